@@ -1,0 +1,50 @@
+//! Bridge settings and the files it reads them from.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the bridge needs to mount.
+#[derive(Debug, Clone)]
+pub struct BridgeConfig {
+    /// The registry database.
+    pub registry_path: PathBuf,
+    /// Directory with `ca.pem`, `bridge.pem` and `bridge.key`.
+    pub cert_dir: PathBuf,
+    /// Upper bound for one file system operation, connecting included. A dead session answers with
+    /// `ETIMEDOUT` or `ENOTCONN` within this time, never later.
+    pub op_timeout: Duration,
+    /// Upper bound for dialing a daemon (part of `op_timeout`).
+    pub connect_timeout: Duration,
+    /// How long the kernel may cache attributes and names.
+    pub attr_ttl: Duration,
+    /// How often the registry is checked for new and removed sessions.
+    pub registry_poll: Duration,
+    /// FUSE worker threads.
+    pub fuse_threads: usize,
+    /// Let other users (and root) use the mount (`allow_other`; needs root or `user_allow_other`).
+    pub allow_other: bool,
+}
+
+impl BridgeConfig {
+    /// Defaults for a state directory laid out by the `sessionfs` CLI.
+    pub fn new(registry_path: PathBuf, cert_dir: PathBuf) -> Self {
+        BridgeConfig {
+            registry_path,
+            cert_dir,
+            op_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            attr_ttl: Duration::from_secs(1),
+            registry_poll: Duration::from_millis(200),
+            fuse_threads: 4,
+            allow_other: rustix::process::geteuid().is_root(),
+        }
+    }
+}
+
+/// Names of the bridge's certificate files.
+pub mod cert_files {
+    /// The installation CA (trust anchor for daemon certificates).
+    pub const CA: &str = "ca.pem";
+    /// Stem of the bridge's client certificate: `bridge.pem`, `bridge.key`.
+    pub const BRIDGE_STEM: &str = "bridge";
+}

@@ -1,0 +1,19 @@
+//! The host-side bridge: one FUSE file system that shows every session under its root.
+//!
+//! - [`config`] owns the tunables (timeouts, kernel cache TTLs, threads) and the certificate files.
+//! - [`session`] owns the per-session connection: resolving the endpoint through the registry, dialing
+//!   with mutual TLS, reusing one QUIC connection, and bounding every request in time.
+//! - [`inodes`] owns the inode table: stable FUSE inode numbers, lookup counts, and the
+//!   `(parent, name)` links from which request paths are rebuilt.
+//! - [`fs`] implements `fuser::Filesystem`: the mount root lists the sessions, and every operation below
+//!   `/<id>/` becomes one request to that session's daemon, answered from a tokio task.
+//! - [`mount`] mounts, waits for a signal or an external unmount, and unmounts cleanly.
+
+pub mod config;
+pub mod fs;
+pub mod inodes;
+pub mod mount;
+pub mod session;
+
+pub use config::BridgeConfig;
+pub use mount::{mount, MountError};

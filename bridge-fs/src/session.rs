@@ -1,0 +1,259 @@
+//! Sessions as the bridge sees them: registry records plus one lazily dialed QUIC connection each.
+//!
+//! Architecture invariants:
+//! - **Every request is bounded in time** by [`BridgeConfig::op_timeout`], dialing included; a dead
+//!   session answers `ETIMEDOUT` or `ENOTCONN`, never hangs.
+//! - **Sessions are independent**: each has its own connection and dial lock, so a slow or dead session
+//!   never delays another.
+//! - **The registry is the source of truth for endpoints**: a dial always re-reads the session's record,
+//!   and a connection whose peer is no longer the recorded endpoint is dropped, so a daemon that comes
+//!   back on another port is found without a remount.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use sessionfs_proto::{errno, Caller, ErrorReply, Reply, Request, RequestFrame};
+use sessionfs_registry::{Registry, SessionId, SessionRecord, SessionState};
+use tracing::{info, warn};
+
+use crate::config::BridgeConfig;
+
+/// After a failed dial, further requests fail fast with the same error for this long.
+const DIAL_BACKOFF: Duration = Duration::from_millis(500);
+
+/// The connection state of one session.
+pub struct Session {
+    pub id: SessionId,
+    record: Mutex<SessionRecord>,
+    conn: Mutex<Option<quinn::Connection>>,
+    dial_lock: tokio::sync::Mutex<Option<(Instant, ErrorReply)>>,
+}
+
+/// All sessions known to the bridge, kept in step with the registry.
+pub struct Sessions {
+    endpoint: quinn::Endpoint,
+    registry: Registry,
+    table: RwLock<BTreeMap<SessionId, Arc<Session>>>,
+    op_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Guarded values here are plain caches; a panicking holder cannot leave them inconsistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn not_connected(msg: impl Into<String>) -> ErrorReply {
+    ErrorReply::new(errno::ENOTCONN, msg)
+}
+
+impl Sessions {
+    /// Sets up the client endpoint; sessions arrive through [`Sessions::update`].
+    pub fn new(config: &BridgeConfig, client: quinn::ClientConfig) -> Result<Self, std::io::Error> {
+        let mut endpoint = quinn::Endpoint::client((std::net::Ipv6Addr::UNSPECIFIED, 0).into())
+            .or_else(|_| quinn::Endpoint::client((std::net::Ipv4Addr::UNSPECIFIED, 0).into()))?;
+        endpoint.set_default_client_config(client);
+        let registry = Registry::open(&config.registry_path).map_err(std::io::Error::other)?;
+        Ok(Sessions {
+            endpoint,
+            registry,
+            table: RwLock::new(BTreeMap::new()),
+            op_timeout: config.op_timeout,
+            connect_timeout: config.connect_timeout,
+        })
+    }
+
+    /// Replaces the known sessions with `records` (a full registry listing).
+    pub fn update(&self, records: Vec<SessionRecord>) {
+        let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = BTreeMap::new();
+        for record in records {
+            let session = match table.remove(&record.id) {
+                Some(s) => {
+                    s.set_record(record);
+                    s
+                }
+                None => {
+                    info!(session = %record.id, backend = %record.backend, "session appeared");
+                    Arc::new(Session::new(record))
+                }
+            };
+            next.insert(session.id.clone(), session);
+        }
+        for (id, gone) in std::mem::take(&mut *table) {
+            info!(session = %id, "session removed");
+            gone.drop_connection("session removed from the registry");
+        }
+        *table = next;
+    }
+
+    /// The session `id`, if the registry has it.
+    pub fn get(&self, id: &str) -> Option<Arc<Session>> {
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+        let id = SessionId::new(id).ok()?;
+        table.get(&id).cloned()
+    }
+
+    /// Ids of all known sessions, sorted.
+    pub fn ids(&self) -> Vec<SessionId> {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+    }
+
+    /// Sends `request` to `session`, dialing if needed; bounded by the operation timeout.
+    pub async fn call(&self, session: &Session, caller: Caller, request: Request) -> Result<(Reply, quinn::Connection), ErrorReply> {
+        let frame = RequestFrame { caller, request };
+        let attempt = async {
+            let conn = self.connection(session).await?;
+            let reply = call_once(&session.id, &conn, &frame).await?;
+            Ok((reply, conn))
+        };
+        tokio::time::timeout(self.op_timeout, attempt).await.unwrap_or_else(|_| {
+            Err(ErrorReply::new(
+                errno::ETIMEDOUT,
+                format!("session {}: no answer within {:?}", session.id, self.op_timeout),
+            ))
+        })
+    }
+
+    /// Sends `request` on a given connection (one that holds an open file handle), bounded in time.
+    pub async fn call_on(&self, session: &Session, conn: &quinn::Connection, caller: Caller, request: Request) -> Result<Reply, ErrorReply> {
+        if let Some(reason) = conn.close_reason() {
+            return Err(ErrorReply::new(
+                errno::EIO,
+                format!("session {}: the connection holding this open file is gone ({reason}); reopen the file", session.id),
+            ));
+        }
+        let frame = RequestFrame { caller, request };
+        tokio::time::timeout(self.op_timeout, call_once(&session.id, conn, &frame))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ErrorReply::new(
+                    errno::ETIMEDOUT,
+                    format!("session {}: no answer within {:?}", session.id, self.op_timeout),
+                ))
+            })
+    }
+
+    /// The live connection of `session`, dialing through the registry when there is none.
+    async fn connection(&self, session: &Session) -> Result<quinn::Connection, ErrorReply> {
+        if let Some(conn) = session.live_connection() {
+            return Ok(conn);
+        }
+        let mut last_failure = session.dial_lock.lock().await;
+        if let Some(conn) = session.live_connection() {
+            return Ok(conn);
+        }
+        if let Some((at, err)) = &*last_failure {
+            if at.elapsed() < DIAL_BACKOFF {
+                return Err(err.clone());
+            }
+        }
+        let result = self.dial(session).await;
+        match &result {
+            Ok(conn) => {
+                info!(session = %session.id, peer = %conn.remote_address(), "connected");
+                *lock(&session.conn) = Some(conn.clone());
+                *last_failure = None;
+            }
+            Err(e) => {
+                warn!(session = %session.id, "cannot reach the daemon: {}", e.message);
+                *last_failure = Some((Instant::now(), e.clone()));
+            }
+        }
+        result
+    }
+
+    async fn dial(&self, session: &Session) -> Result<quinn::Connection, ErrorReply> {
+        let record = match self.registry.get(&session.id) {
+            Ok(Some(record)) => record,
+            Ok(None) => return Err(ErrorReply::new(errno::ENOENT, format!("session {} no longer exists", session.id))),
+            Err(e) => return Err(ErrorReply::new(errno::EIO, format!("registry: {e}"))),
+        };
+        session.set_record(record.clone());
+        let endpoint = usable_endpoint(&record)?;
+        let connect = sessionfs_pki::client::connect(&self.endpoint, endpoint, session.id.as_str());
+        match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(not_connected(format!("session {}: {e}", session.id))),
+            Err(_) => Err(ErrorReply::new(
+                errno::ETIMEDOUT,
+                format!("session {}: daemon at {endpoint} did not answer within {:?}", session.id, self.connect_timeout),
+            )),
+        }
+    }
+
+    /// Closes every connection (at unmount).
+    pub fn close_all(&self) {
+        self.endpoint.close(0u32.into(), b"bridge unmounting");
+    }
+}
+
+/// The endpoint to dial, or why the session cannot be dialed.
+fn usable_endpoint(record: &SessionRecord) -> Result<SocketAddr, ErrorReply> {
+    match record.state {
+        SessionState::Stopped | SessionState::Gone => {
+            return Err(not_connected(format!("session {} is {}", record.id, record.state)));
+        }
+        SessionState::Starting | SessionState::Running | SessionState::Unhealthy => {}
+    }
+    record
+        .endpoint
+        .ok_or_else(|| not_connected(format!("session {} has no endpoint yet", record.id)))
+}
+
+/// True when `peer` is `recorded` (an IPv4 peer may show up IPv4-mapped on a dual-stack socket).
+fn same_endpoint(peer: SocketAddr, recorded: Option<SocketAddr>) -> bool {
+    recorded.is_some_and(|r| r.port() == peer.port() && r.ip().to_canonical() == peer.ip().to_canonical())
+}
+
+async fn call_once(id: &SessionId, conn: &quinn::Connection, frame: &RequestFrame) -> Result<Reply, ErrorReply> {
+    match sessionfs_pki::client::call(conn, frame).await {
+        Ok(result) => result,
+        Err(e) => Err(ErrorReply::new(errno::EIO, format!("session {id}: {e}"))),
+    }
+}
+
+impl Session {
+    fn new(record: SessionRecord) -> Self {
+        Session {
+            id: record.id.clone(),
+            record: Mutex::new(record),
+            conn: Mutex::new(None),
+            dial_lock: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The latest registry record seen for this session.
+    pub fn record(&self) -> SessionRecord {
+        lock(&self.record).clone()
+    }
+
+    fn set_record(&self, record: SessionRecord) {
+        let stale = {
+            let conn = lock(&self.conn);
+            conn.as_ref().is_some_and(|c| !same_endpoint(c.remote_address(), record.endpoint))
+                || matches!(record.state, SessionState::Stopped | SessionState::Gone)
+        };
+        *lock(&self.record) = record;
+        if stale {
+            self.drop_connection("the session's endpoint changed");
+        }
+    }
+
+    fn live_connection(&self) -> Option<quinn::Connection> {
+        let mut conn = lock(&self.conn);
+        if conn.as_ref().is_some_and(|c| c.close_reason().is_some()) {
+            *conn = None;
+        }
+        conn.clone()
+    }
+
+    fn drop_connection(&self, why: &str) {
+        if let Some(conn) = lock(&self.conn).take() {
+            info!(session = %self.id, "closing connection: {why}");
+            conn.close(0u32.into(), why.as_bytes());
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! `sessionfsd`: the per-session file daemon.
+//!
+//! It serves exactly one workspace root over QUIC with mutual TLS and can never reach outside it.
+//! - [`workspace`] owns the file system side: every path is resolved beneath the root with `openat2`
+//!   (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), and every operation on a final component uses the `*at`
+//!   system calls relative to that safely opened parent, never following a symlink.
+//! - [`handles`] owns the table of open files of one connection.
+//! - [`server`] owns the network side: accepting connections, authorizing peers, the handshake, one task
+//!   per request stream, bounded reads of frames, and clean shutdown.
+//! - [`health`] is the client side of `sessionfsd --health`.
+
+pub mod handles;
+pub mod health;
+pub mod server;
+pub mod workspace;
+
+/// Names of the files a daemon reads from its certificate directory.
+pub mod cert_files {
+    /// The installation CA certificate (trust anchor for client certificates).
+    pub const CA: &str = "ca.pem";
+    /// Stem of the session certificate and key: `session.pem`, `session.key`.
+    pub const SESSION_STEM: &str = "session";
+}

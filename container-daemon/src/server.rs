@@ -1,0 +1,300 @@
+//! The network side of the daemon: QUIC endpoint, peer authorization, handshake, request streams.
+//!
+//! Architecture invariants:
+//! - **Every peer is authorized before any request is read**: the TLS layer accepts only certificates
+//!   from the installation CA, and [`sessionfs_pki::authorize_peer`] then admits the bridge (all requests)
+//!   or this session's own health probe (`Ping` only).
+//! - **Network input never panics the daemon and never allocates without bound**: frames are read with
+//!   a size limit and a time limit; a malformed frame gets an `EPROTO` reply and ends only its stream.
+//! - **One stream per request**: requests of one connection run concurrently; file system calls run on
+//!   the blocking pool so a slow disk never stalls the network tasks.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sessionfs_pki::wire::{read_frame, write_frame, WireError};
+use sessionfs_pki::{PeerRole, TransportTuning};
+use sessionfs_proto::{
+    errno, ErrorReply, Hello, HelloReply, Reply, Request, RequestFrame, ResponseFrame,
+    PROTOCOL_VERSION,
+};
+use tracing::{debug, info, warn};
+
+use crate::cert_files;
+use crate::handles::Handles;
+use crate::workspace::{Workspace, XattrValue};
+
+/// How long a peer may take to complete the TLS and protocol handshakes.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a peer may take to send one request frame once it opened the stream.
+pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long shutdown waits for connections to close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Everything a daemon needs to start.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// The workspace root to serve.
+    pub root: PathBuf,
+    /// The UDP address to listen on.
+    pub listen: SocketAddr,
+    /// The session this daemon serves; its certificate must name it.
+    pub session_id: String,
+    /// Directory with `ca.pem`, `session.pem` and `session.key`.
+    pub cert_dir: PathBuf,
+}
+
+/// Why a daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("workspace: {0}")]
+    Workspace(std::io::Error),
+    #[error("certificates in {dir}: {source}")]
+    Certificates { dir: PathBuf, source: sessionfs_pki::PkiError },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A bound daemon, ready to serve.
+pub struct Daemon {
+    endpoint: quinn::Endpoint,
+    workspace: Arc<Workspace>,
+    session_id: Arc<str>,
+}
+
+impl Daemon {
+    /// Opens the workspace, loads the certificates and binds the endpoint. Must run inside a tokio
+    /// runtime.
+    pub fn bind(config: &DaemonConfig) -> Result<Self, DaemonError> {
+        let workspace = Workspace::open(&config.root).map_err(DaemonError::Workspace)?;
+        let certs = |source| DaemonError::Certificates { dir: config.cert_dir.clone(), source };
+        let identity = sessionfs_pki::Identity::load(&config.cert_dir, cert_files::SESSION_STEM).map_err(certs)?;
+        let roots = sessionfs_pki::load_ca_roots(&config.cert_dir.join(cert_files::CA)).map_err(certs)?;
+        let server_config =
+            sessionfs_pki::server_config(identity, roots, &TransportTuning::default()).map_err(certs)?;
+        let endpoint = quinn::Endpoint::server(server_config, config.listen)
+            .map_err(|source| DaemonError::Bind { addr: config.listen, source })?;
+        Ok(Daemon { endpoint, workspace: Arc::new(workspace), session_id: config.session_id.as_str().into() })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then closes every connection and waits briefly for peers to
+    /// acknowledge.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        info!(
+            session = %self.session_id,
+            root = %self.workspace.root_path().display(),
+            addr = ?self.endpoint.local_addr().ok(),
+            "serving"
+        );
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                incoming = self.endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    let ws = self.workspace.clone();
+                    let id = self.session_id.clone();
+                    tokio::spawn(serve_connection(incoming, ws, id));
+                }
+                () = &mut shutdown => break,
+            }
+        }
+        info!("shutting down");
+        self.endpoint.close(0u32.into(), b"daemon shutting down");
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.endpoint.wait_idle()).await.is_err() {
+            debug!("peers did not acknowledge the close in time");
+        }
+    }
+}
+
+async fn serve_connection(incoming: quinn::Incoming, ws: Arc<Workspace>, session_id: Arc<str>) {
+    let remote = incoming.remote_address();
+    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            warn!(%remote, "refused connection: TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            warn!(%remote, "refused connection: TLS handshake timed out");
+            return;
+        }
+    };
+    let role = match sessionfs_pki::authorize_peer(&conn, &session_id) {
+        Ok(role) => role,
+        Err(e) => {
+            warn!(%remote, "refused connection: {e}");
+            conn.close(1u32.into(), b"unauthorized client certificate");
+            return;
+        }
+    };
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&conn, &session_id)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            warn!(%remote, "refused connection: protocol handshake failed: {e}");
+            conn.close(2u32.into(), b"handshake failed");
+            return;
+        }
+        Err(_) => {
+            warn!(%remote, "refused connection: protocol handshake timed out");
+            conn.close(2u32.into(), b"handshake timed out");
+            return;
+        }
+    }
+    debug!(%remote, ?role, "connection ready");
+    let handles = Arc::new(Handles::default());
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                tokio::spawn(serve_stream(send, recv, ws.clone(), handles.clone(), role));
+            }
+            Err(e) => {
+                debug!(%remote, open_files = handles.len(), "connection ended: {e}");
+                break;
+            }
+        }
+    }
+}
+
+/// The protocol handshake on the first stream: versions must match.
+async fn handshake(conn: &quinn::Connection, session_id: &str) -> Result<(), WireError> {
+    let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| {
+        WireError::Read(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(e)))
+    })?;
+    let hello: Hello = read_frame(&mut recv).await?;
+    let reply = if hello.version == PROTOCOL_VERSION {
+        HelloReply::Welcome { version: PROTOCOL_VERSION, session_id: session_id.to_owned() }
+    } else {
+        HelloReply::VersionMismatch { supported: PROTOCOL_VERSION }
+    };
+    write_frame(&mut send, &reply, true).await?;
+    if hello.version != PROTOCOL_VERSION {
+        return Err(WireError::Codec(sessionfs_proto::CodecError::Malformed(format!(
+            "client speaks protocol version {}, this daemon {PROTOCOL_VERSION}",
+            hello.version
+        ))));
+    }
+    Ok(())
+}
+
+async fn serve_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    ws: Arc<Workspace>,
+    handles: Arc<Handles>,
+    role: PeerRole,
+) {
+    let frame = match tokio::time::timeout(REQUEST_READ_TIMEOUT, read_frame::<RequestFrame>(&mut recv)).await {
+        Ok(Ok(frame)) => frame,
+        Ok(Err(WireError::Codec(e))) => {
+            warn!("refused request: {e}");
+            let _ = recv.stop(1u32.into());
+            let reply = ResponseFrame(Err(ErrorReply::new(errno::EPROTO, e.to_string())));
+            let _ = write_frame(&mut send, &reply, true).await;
+            return;
+        }
+        Ok(Err(e)) => {
+            debug!("request stream failed: {e}");
+            return;
+        }
+        Err(_) => {
+            warn!("request not received within {REQUEST_READ_TIMEOUT:?}");
+            let _ = recv.stop(2u32.into());
+            let reply = ResponseFrame(Err(ErrorReply::new(errno::ETIMEDOUT, "request frame timed out")));
+            let _ = write_frame(&mut send, &reply, true).await;
+            return;
+        }
+    };
+    let result = match (role, frame.request) {
+        (_, Request::Ping) => Ok(Reply::Pong),
+        (PeerRole::HealthProbe, _) => {
+            Err(ErrorReply::new(errno::EPERM, "the health probe identity may only ping"))
+        }
+        (PeerRole::Bridge, request) => {
+            let caller = frame.caller;
+            tokio::task::spawn_blocking(move || dispatch(&ws, &handles, caller, request))
+                .await
+                .unwrap_or_else(|e| Err(ErrorReply::new(errno::EIO, format!("request task failed: {e}"))))
+        }
+    };
+    if let Err(e) = write_frame(&mut send, &ResponseFrame(result), true).await {
+        debug!("could not send reply: {e}");
+    }
+}
+
+/// Runs one request against the workspace. Blocking.
+pub fn dispatch(
+    ws: &Workspace,
+    handles: &Handles,
+    caller: sessionfs_proto::Caller,
+    request: Request,
+) -> Result<Reply, ErrorReply> {
+    let xattr = |v: XattrValue| match v {
+        XattrValue::Data(d) => Reply::Data(d),
+        XattrValue::Size(n) => Reply::XattrSize(n),
+    };
+    Ok(match request {
+        Request::Ping => Reply::Pong,
+        Request::Lookup { path } => Reply::Attr(ws.lookup(&path)?),
+        Request::GetAttr { path, fh } => Reply::Attr(ws.getattr(&path, fh, handles)?),
+        Request::SetAttr { path, fh, attrs } => Reply::Attr(ws.setattr(&path, fh, &attrs, handles)?),
+        Request::ReadDir { path, offset, limit } => {
+            let (entries, next) = ws.readdir(&path, offset, limit)?;
+            Reply::Entries { entries, next }
+        }
+        Request::Open { path, flags } => Reply::Opened { fh: ws.open_file(&path, flags, handles)? },
+        Request::Create { path, mode, flags } => {
+            let (fh, attr) = ws.create(&path, mode, flags, caller, handles)?;
+            Reply::Created { fh, attr }
+        }
+        Request::Read { fh, offset, size } => Reply::Data(ws.read(fh, offset, size, handles)?),
+        Request::Write { fh, offset, data } => Reply::Written(ws.write(fh, offset, &data, handles)?),
+        Request::Flush { fh } => {
+            handles.get(fh)?;
+            Reply::Empty
+        }
+        Request::Fsync { fh, datasync } => {
+            ws.fsync(fh, datasync, handles)?;
+            Reply::Empty
+        }
+        Request::Release { fh } => {
+            handles.remove(fh)?;
+            Reply::Empty
+        }
+        Request::Mkdir { path, mode } => Reply::Attr(ws.mkdir(&path, mode, caller)?),
+        Request::Mknod { path, kind, mode } => Reply::Attr(ws.mknod(&path, kind, mode, caller)?),
+        Request::Unlink { path } => {
+            ws.unlink(&path)?;
+            Reply::Empty
+        }
+        Request::Rmdir { path } => {
+            ws.rmdir(&path)?;
+            Reply::Empty
+        }
+        Request::Rename { from, to, flags } => {
+            ws.rename(&from, &to, flags)?;
+            Reply::Empty
+        }
+        Request::Symlink { path, target } => Reply::Attr(ws.symlink(&path, &target, caller)?),
+        Request::Readlink { path } => Reply::Data(ws.readlink(&path)?),
+        Request::Link { from, to } => Reply::Attr(ws.link(&from, &to)?),
+        Request::StatFs => Reply::StatFs(ws.statfs()?),
+        Request::GetXattr { path, name, size } => xattr(ws.getxattr(&path, &name, size)?),
+        Request::ListXattr { path, size } => xattr(ws.listxattr(&path, size)?),
+        Request::SetXattr { path, name, value, flags } => {
+            ws.setxattr(&path, &name, &value, flags)?;
+            Reply::Empty
+        }
+        Request::RemoveXattr { path, name } => {
+            ws.removexattr(&path, &name)?;
+            Reply::Empty
+        }
+    })
+}

@@ -1,0 +1,483 @@
+//! The confined file system of one workspace root.
+//!
+//! Architecture invariant: **nothing outside the root is ever opened, stat'ed or changed.** Every path
+//! from the wire is a [`WirePath`] (no `.`, `..`, absolute or empty components). Its parent directory is
+//! opened with `openat2(root, parent, O_PATH, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+//! RESOLVE_NO_MAGICLINKS)`, so a symlink anywhere on the way — absolute, relative and leading out, or a
+//! `/proc` magic link — is refused with `ELOOP`/`EXDEV` by the kernel. The final component is then used
+//! with the `*at` calls relative to that parent and never followed (`AT_SYMLINK_NOFOLLOW`, or
+//! `openat2` with the same resolve flags for opens). The few calls without an `*at` form that can refuse
+//! to follow (`chmod`, xattrs) go through `/proc/self/fd/<fd>` of a descriptor opened this way, which
+//! names exactly the node already resolved beneath the root.
+//!
+//! All methods are blocking system calls; the server runs them on the blocking thread pool.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{
+    self as rfs, AtFlags, Mode, OFlags, RenameFlags, ResolveFlags, Statx, StatxFlags, Timespec,
+    Timestamps, XattrFlags, CWD,
+};
+use rustix::io::Errno;
+use sessionfs_proto::{
+    errno, Attr, Caller, DirEntry, ErrorReply, NodeKind, SetAttrs, SetTime, StatFs, Timestamp,
+    WirePath, MAX_DIR_PAGE, MAX_IO_CHUNK,
+};
+
+use crate::handles::Handles;
+
+type Result<T> = std::result::Result<T, ErrorReply>;
+
+/// How every path is resolved: beneath the root, following no symlink of any kind.
+const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS);
+
+/// Open flags a client may pass through to `open`/`create`; everything else is dropped.
+const PASSTHROUGH_OPEN_FLAGS: OFlags = OFlags::ACCMODE
+    .union(OFlags::APPEND)
+    .union(OFlags::TRUNC)
+    .union(OFlags::EXCL)
+    .union(OFlags::SYNC)
+    .union(OFlags::DSYNC)
+    .union(OFlags::NONBLOCK)
+    .union(OFlags::NOATIME);
+
+/// The longest symlink target accepted.
+const MAX_SYMLINK_LEN: usize = 4095;
+
+/// One workspace root and the operations confined to it.
+pub struct Workspace {
+    root: OwnedFd,
+    root_path: PathBuf,
+    /// Whether the daemon may give new nodes the caller's ownership (it runs as root).
+    can_chown: bool,
+}
+
+/// The error reply for a failed system call on `path`.
+fn fail(op: &str, path: &WirePath, e: Errno) -> ErrorReply {
+    ErrorReply::new(e.raw_os_error(), format!("{op} {path:?}: {e}"))
+}
+
+fn os(bytes: &[u8]) -> &OsStr {
+    OsStr::from_bytes(bytes)
+}
+
+/// The relative path handed to the kernel: the root itself is `.`.
+fn rel(bytes: &[u8]) -> &OsStr {
+    if bytes.is_empty() {
+        OsStr::new(".")
+    } else {
+        os(bytes)
+    }
+}
+
+fn ts(t: rfs::StatxTimestamp) -> Timestamp {
+    Timestamp { secs: t.tv_sec, nanos: t.tv_nsec }
+}
+
+/// Converts `statx` output to the wire attributes.
+pub fn attr_from_statx(st: &Statx) -> Attr {
+    let btime = (st.stx_mask & StatxFlags::BTIME.bits() != 0).then(|| ts(st.stx_btime));
+    Attr {
+        dev: rfs::makedev(st.stx_dev_major, st.stx_dev_minor),
+        ino: st.stx_ino,
+        mode: u32::from(st.stx_mode),
+        nlink: st.stx_nlink,
+        uid: st.stx_uid,
+        gid: st.stx_gid,
+        rdev: rfs::makedev(st.stx_rdev_major, st.stx_rdev_minor),
+        size: st.stx_size,
+        blocks: st.stx_blocks,
+        blksize: st.stx_blksize,
+        atime: ts(st.stx_atime),
+        mtime: ts(st.stx_mtime),
+        ctime: ts(st.stx_ctime),
+        btime,
+    }
+}
+
+fn statx_at(dir: BorrowedFd<'_>, name: &OsStr) -> std::result::Result<Attr, Errno> {
+    let st = rfs::statx(
+        dir,
+        name,
+        AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::BASIC_STATS | StatxFlags::BTIME,
+    )?;
+    Ok(attr_from_statx(&st))
+}
+
+fn statx_fd(fd: BorrowedFd<'_>) -> std::result::Result<Attr, Errno> {
+    let st = rfs::statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS | StatxFlags::BTIME)?;
+    Ok(attr_from_statx(&st))
+}
+
+fn to_timespec(t: Option<SetTime>) -> Timespec {
+    match t {
+        None => Timespec { tv_sec: 0, tv_nsec: rfs::UTIME_OMIT },
+        Some(SetTime::Now) => Timespec { tv_sec: 0, tv_nsec: rfs::UTIME_NOW },
+        Some(SetTime::At(t)) => Timespec { tv_sec: t.secs, tv_nsec: i64::from(t.nanos) as _ },
+    }
+}
+
+fn proc_fd_path(fd: BorrowedFd<'_>, name: Option<&OsStr>) -> PathBuf {
+    let mut p = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    if let Some(name) = name {
+        p.push(name);
+    }
+    p
+}
+
+impl Workspace {
+    /// Opens `root` as the workspace root.
+    pub fn open(root: &Path) -> io::Result<Self> {
+        let fd = rfs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| io::Error::new(e.kind(), format!("opening workspace root {}: {e}", root.display())))?;
+        Ok(Workspace {
+            root: fd,
+            root_path: root.to_path_buf(),
+            can_chown: rustix::process::geteuid().is_root(),
+        })
+    }
+
+    /// The root directory this workspace serves.
+    pub fn root_path(&self) -> &Path {
+        &self.root_path
+    }
+
+    /// Opens `rel` beneath the root with the confining resolve flags.
+    fn open_beneath(&self, rel_bytes: &[u8], flags: OFlags, mode: Mode) -> std::result::Result<OwnedFd, Errno> {
+        rfs::openat2(&self.root, rel(rel_bytes), flags | OFlags::CLOEXEC, mode, RESOLVE)
+    }
+
+    /// The parent directory of `path` (opened `O_PATH` beneath the root) and its last component. The
+    /// root itself is `(root, ".")`.
+    fn parent<'p>(&self, op: &str, path: &'p WirePath) -> Result<(OwnedFd, &'p OsStr)> {
+        let (dir, name) = path.split_last().unwrap_or((&[], b"."));
+        let fd = self
+            .open_beneath(dir, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
+            .map_err(|e| fail(op, path, e))?;
+        Ok((fd, os(name)))
+    }
+
+    /// Gives a node just created at `dir/name` the caller's ownership, when the daemon may.
+    fn own(&self, dir: BorrowedFd<'_>, name: &OsStr, caller: Caller) -> std::result::Result<(), Errno> {
+        if !self.can_chown {
+            return Ok(());
+        }
+        let parent = statx_fd(dir)?;
+        // A set-group-ID directory gives new nodes its own group (POSIX); keep that.
+        let gid = if parent.mode & 0o2000 != 0 { parent.gid } else { caller.gid };
+        rfs::chownat(
+            dir,
+            name,
+            Some(rfs::Uid::from_raw(caller.uid)),
+            Some(rfs::Gid::from_raw(gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+    }
+
+    pub fn lookup(&self, path: &WirePath) -> Result<Attr> {
+        let (dir, name) = self.parent("lookup", path)?;
+        statx_at(dir.as_fd(), name).map_err(|e| fail("lookup", path, e))
+    }
+
+    pub fn getattr(&self, path: &WirePath, fh: Option<u64>, handles: &Handles) -> Result<Attr> {
+        match fh {
+            Some(fh) => statx_fd(handles.get(fh)?.as_fd()).map_err(|e| fail("getattr", path, e)),
+            None => self.lookup(path),
+        }
+    }
+
+    pub fn setattr(&self, path: &WirePath, fh: Option<u64>, attrs: &SetAttrs, handles: &Handles) -> Result<Attr> {
+        let f = |e| fail("setattr", path, e);
+        let file = fh.map(|fh| handles.get(fh)).transpose()?;
+        let (dir, name) = self.parent("setattr", path)?;
+        // Ownership first: chown clears set-user-ID bits, a mode given in the same call must win.
+        if attrs.uid.is_some() || attrs.gid.is_some() {
+            let uid = attrs.uid.map(rfs::Uid::from_raw);
+            let gid = attrs.gid.map(rfs::Gid::from_raw);
+            match &file {
+                Some(fd) => rfs::fchown(fd.as_fd(), uid, gid),
+                None => rfs::chownat(&dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW),
+            }
+            .map_err(f)?;
+        }
+        if let Some(mode) = attrs.mode {
+            let mode = Mode::from_raw_mode(mode & 0o7777);
+            match &file {
+                Some(fd) => rfs::fchmod(fd.as_fd(), mode),
+                None => {
+                    let target = self
+                        .open_beneath(path.as_bytes(), OFlags::PATH, Mode::empty())
+                        .map_err(f)?;
+                    rfs::chmodat(CWD, proc_fd_path(target.as_fd(), None), mode, AtFlags::empty())
+                }
+            }
+            .map_err(f)?;
+        }
+        if let Some(size) = attrs.size {
+            match &file {
+                Some(fd) => rfs::ftruncate(fd.as_fd(), size),
+                None => self
+                    .open_beneath(path.as_bytes(), OFlags::WRONLY | OFlags::NONBLOCK, Mode::empty())
+                    .and_then(|fd| rfs::ftruncate(&fd, size)),
+            }
+            .map_err(f)?;
+        }
+        if attrs.atime.is_some() || attrs.mtime.is_some() {
+            let times = Timestamps {
+                last_access: to_timespec(attrs.atime),
+                last_modification: to_timespec(attrs.mtime),
+            };
+            match &file {
+                Some(fd) => rfs::futimens(fd.as_fd(), &times),
+                None => rfs::utimensat(&dir, name, &times, AtFlags::SYMLINK_NOFOLLOW),
+            }
+            .map_err(f)?;
+        }
+        match &file {
+            Some(fd) => statx_fd(fd.as_fd()),
+            None => statx_at(dir.as_fd(), name),
+        }
+        .map_err(f)
+    }
+
+    /// Up to `limit` entries of directory `path` after skipping `offset`, with attributes, and
+    /// the offset of the next page if there is one. Entries
+    /// that vanish between listing and stat are left out.
+    pub fn readdir(&self, path: &WirePath, offset: u64, limit: u32) -> Result<(Vec<DirEntry>, Option<u64>)> {
+        let f = |e| fail("readdir", path, e);
+        let dir = self
+            .open_beneath(path.as_bytes(), OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+            .map_err(f)?;
+        let limit = limit.clamp(1, MAX_DIR_PAGE) as usize;
+        let mut entries = Vec::new();
+        let mut index = 0u64;
+        let mut next = None;
+        for entry in rfs::Dir::read_from(&dir).map_err(f)? {
+            let entry = entry.map_err(f)?;
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            index += 1;
+            if index <= offset {
+                continue;
+            }
+            if entries.len() == limit {
+                next = Some(index - 1);
+                break;
+            }
+            match statx_at(dir.as_fd(), os(name)) {
+                Ok(attr) => entries.push(DirEntry { name: name.to_vec(), attr }),
+                Err(Errno::NOENT) => {}
+                Err(e) => return Err(f(e)),
+            }
+        }
+        Ok((entries, next))
+    }
+
+    pub fn open_file(&self, path: &WirePath, flags: i32, handles: &Handles) -> Result<u64> {
+        let flags = OFlags::from_bits_retain(flags as u32) & PASSTHROUGH_OPEN_FLAGS;
+        let fd = self
+            .open_beneath(path.as_bytes(), flags - OFlags::EXCL, Mode::empty())
+            .map_err(|e| fail("open", path, e))?;
+        handles.insert(fd)
+    }
+
+    pub fn create(&self, path: &WirePath, mode: u32, flags: i32, caller: Caller, handles: &Handles) -> Result<(u64, Attr)> {
+        let f = |e| fail("create", path, e);
+        let (dir, name) = self.parent("create", path)?;
+        let flags = OFlags::from_bits_retain(flags as u32) & PASSTHROUGH_OPEN_FLAGS;
+        let fd = rfs::openat2(
+            &dir,
+            name,
+            flags | OFlags::CREATE | OFlags::CLOEXEC,
+            Mode::from_raw_mode(mode & 0o7777),
+            RESOLVE,
+        )
+        .map_err(f)?;
+        self.own(dir.as_fd(), name, caller).map_err(f)?;
+        let attr = statx_fd(fd.as_fd()).map_err(f)?;
+        Ok((handles.insert(fd)?, attr))
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32, handles: &Handles) -> Result<Vec<u8>> {
+        let fd = handles.get(fh)?;
+        let mut buf = vec![0u8; size.min(MAX_IO_CHUNK) as usize];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match rustix::io::pread(fd.as_fd(), &mut buf[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(ErrorReply::new(e.raw_os_error(), format!("read handle {fh}: {e}"))),
+            }
+        }
+        buf.truncate(filled);
+        Ok(buf)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8], handles: &Handles) -> Result<u32> {
+        let fd = handles.get(fh)?;
+        let mut done = 0;
+        while done < data.len() {
+            match rustix::io::pwrite(fd.as_fd(), &data[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(Errno::INTR) => continue,
+                Err(e) if done > 0 => {
+                    tracing::debug!("short write on handle {fh} after {done} bytes: {e}");
+                    break;
+                }
+                Err(e) => return Err(ErrorReply::new(e.raw_os_error(), format!("write handle {fh}: {e}"))),
+            }
+        }
+        // `done` is at most MAX_IO_CHUNK, enforced by the frame limit.
+        Ok(u32::try_from(done).unwrap_or(u32::MAX))
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool, handles: &Handles) -> Result<()> {
+        let fd = handles.get(fh)?;
+        if datasync { rfs::fdatasync(fd.as_fd()) } else { rfs::fsync(fd.as_fd()) }
+            .map_err(|e| ErrorReply::new(e.raw_os_error(), format!("fsync handle {fh}: {e}")))
+    }
+
+    pub fn mkdir(&self, path: &WirePath, mode: u32, caller: Caller) -> Result<Attr> {
+        let f = |e| fail("mkdir", path, e);
+        let (dir, name) = self.parent("mkdir", path)?;
+        rfs::mkdirat(&dir, name, Mode::from_raw_mode(mode & 0o7777)).map_err(f)?;
+        self.own(dir.as_fd(), name, caller).map_err(f)?;
+        statx_at(dir.as_fd(), name).map_err(f)
+    }
+
+    pub fn mknod(&self, path: &WirePath, kind: NodeKind, mode: u32, caller: Caller) -> Result<Attr> {
+        let f = |e| fail("mknod", path, e);
+        let (dir, name) = self.parent("mknod", path)?;
+        let file_type = match kind {
+            NodeKind::Regular => rfs::FileType::RegularFile,
+            NodeKind::Fifo => rfs::FileType::Fifo,
+            NodeKind::Socket => rfs::FileType::Socket,
+        };
+        rfs::mknodat(&dir, name, file_type, Mode::from_raw_mode(mode & 0o7777), 0).map_err(f)?;
+        self.own(dir.as_fd(), name, caller).map_err(f)?;
+        statx_at(dir.as_fd(), name).map_err(f)
+    }
+
+    pub fn unlink(&self, path: &WirePath) -> Result<()> {
+        let (dir, name) = self.parent("unlink", path)?;
+        rfs::unlinkat(&dir, name, AtFlags::empty()).map_err(|e| fail("unlink", path, e))
+    }
+
+    pub fn rmdir(&self, path: &WirePath) -> Result<()> {
+        let (dir, name) = self.parent("rmdir", path)?;
+        rfs::unlinkat(&dir, name, AtFlags::REMOVEDIR).map_err(|e| fail("rmdir", path, e))
+    }
+
+    pub fn rename(&self, from: &WirePath, to: &WirePath, flags: u32) -> Result<()> {
+        let flags = RenameFlags::from_bits(flags)
+            .filter(|f| !f.contains(RenameFlags::WHITEOUT))
+            .ok_or_else(|| ErrorReply::new(errno::EINVAL, format!("rename {from:?}: unsupported flags {flags:#x}")))?;
+        let (from_dir, from_name) = self.parent("rename", from)?;
+        let (to_dir, to_name) = self.parent("rename", to)?;
+        rfs::renameat_with(&from_dir, from_name, &to_dir, to_name, flags).map_err(|e| fail("rename", from, e))
+    }
+
+    pub fn symlink(&self, path: &WirePath, target: &[u8], caller: Caller) -> Result<Attr> {
+        let f = |e| fail("symlink", path, e);
+        if target.is_empty() || target.len() > MAX_SYMLINK_LEN || target.contains(&0) {
+            return Err(ErrorReply::new(errno::EINVAL, format!("symlink {path:?}: invalid target")));
+        }
+        let (dir, name) = self.parent("symlink", path)?;
+        // The target is stored as given; the daemon never follows it.
+        rfs::symlinkat(os(target), &dir, name).map_err(f)?;
+        self.own(dir.as_fd(), name, caller).map_err(f)?;
+        statx_at(dir.as_fd(), name).map_err(f)
+    }
+
+    pub fn readlink(&self, path: &WirePath) -> Result<Vec<u8>> {
+        let (dir, name) = self.parent("readlink", path)?;
+        rfs::readlinkat(&dir, name, Vec::new())
+            .map(|t| t.into_bytes())
+            .map_err(|e| fail("readlink", path, e))
+    }
+
+    pub fn link(&self, from: &WirePath, to: &WirePath) -> Result<Attr> {
+        let f = |e| fail("link", from, e);
+        let (from_dir, from_name) = self.parent("link", from)?;
+        let (to_dir, to_name) = self.parent("link", to)?;
+        // No AT_SYMLINK_FOLLOW: a symlink is linked as itself, never its target.
+        rfs::linkat(&from_dir, from_name, &to_dir, to_name, AtFlags::empty()).map_err(f)?;
+        statx_at(to_dir.as_fd(), to_name).map_err(f)
+    }
+
+    pub fn statfs(&self) -> Result<StatFs> {
+        let s = rfs::fstatvfs(&self.root)
+            .map_err(|e| ErrorReply::new(e.raw_os_error(), format!("statfs: {e}")))?;
+        Ok(StatFs {
+            blocks: s.f_blocks,
+            bfree: s.f_bfree,
+            bavail: s.f_bavail,
+            files: s.f_files,
+            ffree: s.f_ffree,
+            bsize: s.f_bsize as u32,
+            namelen: s.f_namemax as u32,
+            frsize: s.f_frsize as u32,
+        })
+    }
+
+    /// The `/proc/self/fd/<parent>/<name>` path of `path`'s node, for the calls with no `*at` form.
+    /// The l-variants of those calls do not follow the final component.
+    fn xattr_target(&self, op: &str, path: &WirePath) -> Result<(OwnedFd, PathBuf)> {
+        let (dir, name) = self.parent(op, path)?;
+        let p = proc_fd_path(dir.as_fd(), Some(name));
+        Ok((dir, p))
+    }
+
+    pub fn getxattr(&self, path: &WirePath, name: &[u8], size: u32) -> Result<XattrValue> {
+        let (_dir, p) = self.xattr_target("getxattr", path)?;
+        let f = |e| fail("getxattr", path, e);
+        if size == 0 {
+            return rfs::lgetxattr_query(&p, os(name)).map(|n| XattrValue::Size(n as u32)).map_err(f);
+        }
+        let mut buf = vec![0u8; size.min(MAX_IO_CHUNK) as usize];
+        let n = rfs::lgetxattr(&p, os(name), &mut buf[..]).map_err(f)?;
+        buf.truncate(n);
+        Ok(XattrValue::Data(buf))
+    }
+
+    pub fn listxattr(&self, path: &WirePath, size: u32) -> Result<XattrValue> {
+        let (_dir, p) = self.xattr_target("listxattr", path)?;
+        let f = |e| fail("listxattr", path, e);
+        if size == 0 {
+            return rfs::llistxattr_query(&p).map(|n| XattrValue::Size(n as u32)).map_err(f);
+        }
+        let mut buf = vec![0u8; size.min(MAX_IO_CHUNK) as usize];
+        let n = rfs::llistxattr(&p, &mut buf[..]).map_err(f)?;
+        buf.truncate(n);
+        Ok(XattrValue::Data(buf))
+    }
+
+    pub fn setxattr(&self, path: &WirePath, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
+        let (_dir, p) = self.xattr_target("setxattr", path)?;
+        let flags = XattrFlags::from_bits(flags as u32)
+            .ok_or_else(|| ErrorReply::new(errno::EINVAL, format!("setxattr {path:?}: bad flags {flags:#x}")))?;
+        rfs::lsetxattr(&p, os(name), value, flags).map_err(|e| fail("setxattr", path, e))
+    }
+
+    pub fn removexattr(&self, path: &WirePath, name: &[u8]) -> Result<()> {
+        let (_dir, p) = self.xattr_target("removexattr", path)?;
+        rfs::lremovexattr(&p, os(name)).map_err(|e| fail("removexattr", path, e))
+    }
+}
+
+/// An xattr value or list, or only its size when the caller asked for the size.
+pub enum XattrValue {
+    Data(Vec<u8>),
+    Size(u32),
+}

@@ -1,0 +1,276 @@
+//! The per-installation certificate authority: creating/loading `ca.pem` +
+//! `ca.key`, and issuing session (server+client) and bridge (client) certificates.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+
+use crate::files::{
+    ensure_private_dir, exists, pem_and_key, read_text, warn_if_exposed, write_atomic,
+};
+use crate::identity::{bad_pem, parse_chain};
+use crate::{session_dns_name, PkiError};
+
+const CA_STEM: &str = "ca";
+const CA_COMMON_NAME: &str = "sessionfs installation CA";
+const DAY: u64 = 86_400;
+const CA_LIFETIME: Duration = Duration::from_secs(30 * 366 * DAY);
+const LEAF_LIFETIME: Duration = Duration::from_secs(3653 * DAY);
+const CLOCK_SKEW: Duration = Duration::from_secs(3600);
+
+/// The installation CA (certificate + signing key).
+pub struct CertificateAuthority {
+    /// Re-created issuer certificate (same subject and key as `ca.pem`), used for signing.
+    issuer: rcgen::Certificate,
+    key: KeyPair,
+    cert_pem: String,
+}
+
+/// A freshly issued certificate with its private key, both PEM.
+#[derive(Clone)]
+pub struct IssuedCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for IssuedCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedCert")
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IssuedCert {
+    /// Writes `dir/<stem>.pem` (0644) and `dir/<stem>.key` (0600) atomically;
+    /// `dir` is created 0700 if missing.
+    pub fn write(&self, dir: &Path, stem: &str) -> Result<(), PkiError> {
+        ensure_private_dir(dir)?;
+        let (pem_path, key_path) = pem_and_key(dir, stem);
+        write_atomic(&key_path, self.key_pem.as_bytes(), 0o600)?;
+        write_atomic(&pem_path, self.cert_pem.as_bytes(), 0o644)
+    }
+}
+
+fn set_validity(params: &mut CertificateParams, lifetime: Duration) {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let epoch = rcgen::date_time_ymd(1970, 1, 1);
+    params.not_before = epoch + since_epoch.saturating_sub(CLOCK_SKEW);
+    params.not_after = epoch + since_epoch + lifetime;
+}
+
+fn common_name(cn: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    dn
+}
+
+/// Parameters of the CA certificate. The subject is fixed, so the issuer can be
+/// re-created from the key alone when loading (rcgen cannot parse certificates here).
+fn ca_params() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = common_name(CA_COMMON_NAME);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    set_validity(&mut params, CA_LIFETIME);
+    params
+}
+
+impl CertificateAuthority {
+    /// Loads `dir/ca.pem` + `dir/ca.key`, or creates both if both are absent
+    /// (`dir` 0700, key 0600, each written atomically). Exactly one present is
+    /// `PkiError::Incomplete`. Creation is not locked: callers must not race
+    /// it, though a torn result is caught by `load`'s cert/key match check.
+    pub fn load_or_create(dir: &Path) -> Result<Self, PkiError> {
+        let (pem_path, key_path) = pem_and_key(dir, CA_STEM);
+        match (exists(&pem_path)?, exists(&key_path)?) {
+            (true, true) => Self::load(dir),
+            (false, false) => Self::create(dir),
+            (true, false) => Err(PkiError::Incomplete {
+                present: pem_path,
+                missing: key_path,
+            }),
+            (false, true) => Err(PkiError::Incomplete {
+                present: key_path,
+                missing: pem_path,
+            }),
+        }
+    }
+
+    fn create(dir: &Path) -> Result<Self, PkiError> {
+        let key = KeyPair::generate()?;
+        let issuer = ca_params().self_signed(&key)?;
+        let ca = Self {
+            cert_pem: issuer.pem(),
+            issuer,
+            key,
+        };
+        IssuedCert {
+            cert_pem: ca.cert_pem.clone(),
+            key_pem: ca.key.serialize_pem(),
+        }
+        .write(dir, CA_STEM)?;
+        tracing::info!(dir = %dir.display(), "created sessionfs CA");
+        Ok(ca)
+    }
+
+    /// Loads an existing CA; a missing file is `PkiError::NotFound(path)`.
+    pub fn load(dir: &Path) -> Result<Self, PkiError> {
+        let (pem_path, key_path) = pem_and_key(dir, CA_STEM);
+        let cert_pem = read_text(&pem_path)?;
+        let key_pem = read_text(&key_path)?;
+        warn_if_exposed(&key_path);
+        let pem_what = pem_path.display().to_string();
+        let key =
+            KeyPair::from_pem(&key_pem).map_err(|e| bad_pem(&key_path.display().to_string(), e))?;
+        let stored_der = parse_chain(&cert_pem, &pem_what)?.swap_remove(0);
+        let stored =
+            webpki::EndEntityCert::try_from(&stored_der).map_err(|e| bad_pem(&pem_what, e))?;
+        if stored.subject_public_key_info().as_ref() != key.public_key_der().as_slice() {
+            return Err(bad_pem(
+                &pem_what,
+                format!("certificate does not match {}", key_path.display()),
+            ));
+        }
+        let issuer = ca_params().self_signed(&key)?;
+        let rebuilt = webpki::EndEntityCert::try_from(issuer.der())
+            .map_err(|e| bad_pem("re-created CA", e))?;
+        if stored.subject() != rebuilt.subject() {
+            return Err(bad_pem(
+                &pem_what,
+                "not a sessionfs CA certificate (unexpected subject)",
+            ));
+        }
+        Ok(Self {
+            issuer,
+            key,
+            cert_pem,
+        })
+    }
+
+    /// The CA certificate, PEM (exactly as stored in `ca.pem`).
+    pub fn cert_pem(&self) -> String {
+        self.cert_pem.clone()
+    }
+
+    /// Issues a session daemon certificate: SAN `session_dns_name(id)`, EKU
+    /// serverAuth + clientAuth (the latter for the in-container health probe).
+    pub fn issue_session(&self, session_id: &str) -> Result<IssuedCert, PkiError> {
+        self.issue(
+            &session_dns_name(session_id),
+            &format!("sessionfs session {session_id}"),
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        )
+    }
+
+    /// Issues a client certificate with DNS SAN `name` (normally `BRIDGE_IDENTITY`).
+    pub fn issue_client(&self, name: &str) -> Result<IssuedCert, PkiError> {
+        self.issue(
+            name,
+            &format!("sessionfs client {name}"),
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
+        )
+    }
+
+    fn issue(
+        &self,
+        dns_name: &str,
+        cn: &str,
+        ekus: Vec<ExtendedKeyUsagePurpose>,
+    ) -> Result<IssuedCert, PkiError> {
+        let mut params = CertificateParams::new(vec![dns_name.to_string()])?;
+        params.distinguished_name = common_name(cn);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = ekus;
+        params.use_authority_key_identifier_extension = true;
+        set_validity(&mut params, LEAF_LIFETIME);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer, &self.key)?;
+        tracing::debug!(dns_name, "issued certificate");
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn create_then_load_same_ca() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state/pki");
+        let ca = CertificateAuthority::load_or_create(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("ca.key")), 0o600);
+        assert!(dir.join("ca.pem").is_file());
+        let again = CertificateAuthority::load_or_create(&dir).unwrap();
+        assert_eq!(ca.cert_pem(), again.cert_pem());
+        assert_eq!(
+            CertificateAuthority::load(&dir).unwrap().cert_pem(),
+            ca.cert_pem()
+        );
+
+        // Certificates issued by the reloaded CA chain to the stored ca.pem.
+        let issued = again.issue_session("a").unwrap();
+        issued.write(&dir, "session-a").unwrap();
+        assert_eq!(mode(&dir.join("session-a.key")), 0o600);
+        let id = crate::Identity::load(&dir, "session-a").unwrap();
+        let roots = crate::load_ca_roots(&dir.join("ca.pem")).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        verifier
+            .verify_client_cert(&id.chain[0], &[], rustls_pki_types::UnixTime::now())
+            .unwrap();
+    }
+
+    #[test]
+    fn missing_and_incomplete() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(
+            matches!(CertificateAuthority::load(tmp.path()), Err(PkiError::NotFound(p)) if p.ends_with("ca.pem"))
+        );
+        std::fs::write(tmp.path().join("ca.pem"), "x").unwrap();
+        match CertificateAuthority::load_or_create(tmp.path()) {
+            Err(PkiError::Incomplete { present, missing }) => {
+                assert!(present.ends_with("ca.pem") && missing.ends_with("ca.key"));
+            }
+            other => panic!("expected Incomplete, got {:?}", other.err()),
+        }
+    }
+
+    #[test]
+    fn mismatched_key_is_rejected() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        CertificateAuthority::load_or_create(a.path()).unwrap();
+        CertificateAuthority::load_or_create(b.path()).unwrap();
+        std::fs::copy(b.path().join("ca.key"), a.path().join("ca.key")).unwrap();
+        let err = CertificateAuthority::load(a.path()).err().unwrap();
+        assert!(matches!(err, PkiError::BadPem { .. }), "{err}");
+    }
+}

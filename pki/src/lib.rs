@@ -1,0 +1,33 @@
+//! sessionfs transport security: the per-installation CA, the certificates it
+//! issues to session daemons and to the bridge, and the mutually authenticated
+//! QUIC/TLS configurations built from them (always with the *ring* provider);
+//! and the framed request/response exchange over those connections that both
+//! the daemon and the bridge use ([`wire`], [`client`]).
+
+mod authz;
+mod ca;
+pub mod client;
+mod error;
+mod files;
+mod identity;
+mod transport;
+pub mod wire;
+
+pub use authz::{authorize_peer, authorize_peer_chain, PeerRole};
+pub use ca::{CertificateAuthority, IssuedCert};
+pub use error::PkiError;
+pub use identity::{ca_roots_from_pem, load_ca_roots, Identity};
+pub use transport::{client_config, server_config, TransportTuning};
+
+/// DNS SAN carried by the bridge's (and MCP server's) client certificate.
+pub const BRIDGE_IDENTITY: &str = "bridge.client.sessionfs";
+
+/// ALPN protocol identifier spoken on every sessionfs QUIC connection.
+pub const ALPN: &[u8] = b"sessionfs/1";
+
+/// The DNS name a session daemon's certificate is issued for (and that the
+/// bridge passes as server name when connecting). `session_id` must already be
+/// a valid DNS label.
+pub fn session_dns_name(session_id: &str) -> String {
+    format!("{session_id}.session.sessionfs")
+}

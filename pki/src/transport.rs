@@ -1,0 +1,99 @@
+//! QUIC endpoint configurations (TLS 1.3 only, *ring* provider, mandatory
+//! mutual authentication, ALPN `sessionfs/1`, no 0-RTT) and transport tuning.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::{ring, CryptoProvider};
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+
+use crate::{Identity, PkiError, ALPN};
+
+/// Transport tuning shared by both sides. A zero duration disables the
+/// corresponding mechanism.
+#[derive(Clone, Debug)]
+pub struct TransportTuning {
+    pub max_concurrent_bidi_streams: u32,
+    pub keep_alive: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Default for TransportTuning {
+    fn default() -> Self {
+        Self {
+            max_concurrent_bidi_streams: 1024,
+            keep_alive: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(ring::default_provider())
+}
+
+fn transport(tuning: &TransportTuning) -> Result<Arc<TransportConfig>, PkiError> {
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(tuning.max_concurrent_bidi_streams));
+    t.keep_alive_interval((!tuning.keep_alive.is_zero()).then_some(tuning.keep_alive));
+    let idle = match tuning.idle_timeout {
+        d if d.is_zero() => None,
+        d => Some(
+            IdleTimeout::try_from(d)
+                .map_err(|e| PkiError::Quic(format!("idle timeout {d:?}: {e}")))?,
+        ),
+    };
+    t.max_idle_timeout(idle);
+    Ok(Arc::new(t))
+}
+
+/// Daemon-side config: presents `identity`, requires a client certificate chaining to `client_ca`.
+pub fn server_config(
+    identity: Identity,
+    client_ca: RootCertStore,
+    tuning: &TransportTuning,
+) -> Result<quinn::ServerConfig, PkiError> {
+    let provider = provider();
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(client_ca), provider.clone())
+            .build()
+            .map_err(|e| PkiError::Verifier(e.to_string()))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(identity.chain, identity.key)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.max_early_data_size = 0;
+    let quic = QuicServerConfig::try_from(tls).map_err(|e| PkiError::Quic(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(transport(tuning)?);
+    Ok(config)
+}
+
+/// Bridge-side config: presents `identity`, trusts only servers chaining to
+/// `server_ca` (the server name passed to `Endpoint::connect` is verified).
+pub fn client_config(
+    identity: Identity,
+    server_ca: RootCertStore,
+    tuning: &TransportTuning,
+) -> Result<quinn::ClientConfig, PkiError> {
+    let provider = provider();
+    let verifier =
+        WebPkiServerVerifier::builder_with_provider(Arc::new(server_ca), provider.clone())
+            .build()
+            .map_err(|e| PkiError::Verifier(e.to_string()))?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_webpki_verifier(verifier)
+        .with_client_auth_cert(identity.chain, identity.key)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.enable_early_data = false;
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| PkiError::Quic(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport(tuning)?);
+    Ok(config)
+}

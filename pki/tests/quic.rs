@@ -1,0 +1,238 @@
+//! End-to-end tests: certificate-name authorization and real QUIC handshakes over 127.0.0.1.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::Endpoint;
+use sessionfs_pki::*;
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+struct Ca {
+    _dir: tempfile::TempDir,
+    ca: CertificateAuthority,
+}
+
+fn new_ca() -> Ca {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = CertificateAuthority::load_or_create(dir.path()).unwrap();
+    Ca { _dir: dir, ca }
+}
+
+fn identity(c: &IssuedCert) -> Identity {
+    Identity::from_pem(&c.cert_pem, &c.key_pem).unwrap()
+}
+
+fn roots(ca: &CertificateAuthority) -> rustls::RootCertStore {
+    ca_roots_from_pem(&ca.cert_pem()).unwrap()
+}
+
+fn leaf(c: &IssuedCert) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+    identity(c).chain
+}
+
+#[test]
+fn authorize_chain_roles() {
+    let Ca { ca, .. } = new_ca();
+    let bridge = ca.issue_client(BRIDGE_IDENTITY).unwrap();
+    assert_eq!(
+        authorize_peer_chain(&leaf(&bridge), "a").unwrap(),
+        PeerRole::Bridge
+    );
+    let a = ca.issue_session("a").unwrap();
+    assert_eq!(
+        authorize_peer_chain(&leaf(&a), "a").unwrap(),
+        PeerRole::HealthProbe
+    );
+    let b = ca.issue_session("b").unwrap();
+    let err = authorize_peer_chain(&leaf(&b), "a").unwrap_err();
+    assert!(
+        matches!(&err, PkiError::Unauthorized { presented } if presented == "b.session.sessionfs"),
+        "{err}"
+    );
+    assert!(err
+        .to_string()
+        .contains("not valid for the bridge or this session"));
+    assert!(matches!(
+        authorize_peer_chain(&[], "a"),
+        Err(PkiError::NoPeerCertificate)
+    ));
+}
+
+type Outcomes = mpsc::UnboundedReceiver<Result<PeerRole, String>>;
+
+/// Starts a daemon endpoint for `session` that reports every handshake outcome
+/// and echoes one bidi stream on authorized connections.
+fn start_daemon(
+    ca: &CertificateAuthority,
+    session: &'static str,
+) -> (Endpoint, SocketAddr, Outcomes) {
+    let id = identity(&ca.issue_session(session).unwrap());
+    let cfg = server_config(id, roots(ca), &TransportTuning::default()).unwrap();
+    let ep = Endpoint::server(cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = ep.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let server = ep.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = server.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let conn = match incoming.await {
+                    Ok(conn) => conn,
+                    Err(e) => return drop(tx.send(Err(format!("handshake: {e}")))),
+                };
+                let role = authorize_peer(&conn, session);
+                let ok = role.is_ok();
+                let _ = tx.send(role.map_err(|e| e.to_string()));
+                if !ok {
+                    return conn.close(1u32.into(), b"unauthorized");
+                }
+                if let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let data = recv.read_to_end(1 << 16).await.unwrap();
+                    send.write_all(&data).await.unwrap();
+                    send.finish().unwrap();
+                }
+                conn.closed().await;
+            });
+        }
+    });
+    (ep, addr, rx)
+}
+
+fn client_endpoint(cfg: quinn::ClientConfig) -> Endpoint {
+    let mut ep = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(cfg);
+    ep
+}
+
+/// Connects and round-trips one bidi stream; any failure is an `Err`.
+async fn round_trip(ep: &Endpoint, addr: SocketAddr, server_name: &str) -> Result<Vec<u8>, String> {
+    let work = async {
+        let conn = ep
+            .connect(addr, server_name)
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        send.write_all(b"ping over quic")
+            .await
+            .map_err(|e| e.to_string())?;
+        send.finish().map_err(|e| e.to_string())?;
+        let data = recv.read_to_end(1 << 16).await.map_err(|e| e.to_string())?;
+        conn.close(0u32.into(), b"done");
+        Ok(data)
+    };
+    timeout(Duration::from_secs(10), work)
+        .await
+        .map_err(|_| "timed out".to_string())?
+}
+
+/// Asserts the daemon refused the (single) connection attempt and authorized nothing.
+async fn assert_refused_by_daemon(rx: &mut Outcomes) {
+    let first = timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("daemon saw no connection");
+    let first = first.expect("daemon task ended");
+    assert!(
+        first.is_err(),
+        "daemon authorized a connection it should refuse"
+    );
+    while let Ok(outcome) = rx.try_recv() {
+        assert!(
+            outcome.is_err(),
+            "daemon authorized a connection it should refuse"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bridge_connects_and_round_trips() {
+    let Ca { ca, .. } = new_ca();
+    let (_server, addr, mut rx) = start_daemon(&ca, "alpha");
+    let bridge = identity(&ca.issue_client(BRIDGE_IDENTITY).unwrap());
+    let ep =
+        client_endpoint(client_config(bridge, roots(&ca), &TransportTuning::default()).unwrap());
+    let echoed = round_trip(&ep, addr, &session_dns_name("alpha"))
+        .await
+        .unwrap();
+    assert_eq!(echoed, b"ping over quic");
+    assert_eq!(rx.recv().await.unwrap(), Ok(PeerRole::Bridge));
+}
+
+#[tokio::test]
+async fn health_probe_with_own_cert() {
+    let Ca { ca, .. } = new_ca();
+    let (_server, addr, mut rx) = start_daemon(&ca, "alpha");
+    let own = identity(&ca.issue_session("alpha").unwrap());
+    let ep = client_endpoint(client_config(own, roots(&ca), &TransportTuning::default()).unwrap());
+    round_trip(&ep, addr, &session_dns_name("alpha"))
+        .await
+        .unwrap();
+    assert_eq!(rx.recv().await.unwrap(), Ok(PeerRole::HealthProbe));
+}
+
+#[tokio::test]
+async fn other_session_cert_is_unauthorized() {
+    let Ca { ca, .. } = new_ca();
+    let (_server, addr, mut rx) = start_daemon(&ca, "alpha");
+    let other = identity(&ca.issue_session("beta").unwrap());
+    let ep =
+        client_endpoint(client_config(other, roots(&ca), &TransportTuning::default()).unwrap());
+    assert!(round_trip(&ep, addr, &session_dns_name("alpha"))
+        .await
+        .is_err());
+    let outcome = rx.recv().await.unwrap().unwrap_err();
+    assert!(outcome.contains("beta.session.sessionfs"), "{outcome}");
+}
+
+#[tokio::test]
+async fn wrong_expected_session_is_refused() {
+    let Ca { ca, .. } = new_ca();
+    let (_server, addr, mut rx) = start_daemon(&ca, "alpha");
+    let bridge = identity(&ca.issue_client(BRIDGE_IDENTITY).unwrap());
+    let ep =
+        client_endpoint(client_config(bridge, roots(&ca), &TransportTuning::default()).unwrap());
+    let conn = ep.connect(addr, &session_dns_name("beta")).unwrap();
+    let result = timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("connect timed out");
+    assert!(result.is_err(), "connected to alpha while expecting beta");
+    assert_refused_by_daemon(&mut rx).await;
+}
+
+#[tokio::test]
+async fn client_cert_from_other_ca_is_refused() {
+    let Ca { ca, .. } = new_ca();
+    let Ca { ca: rogue, .. } = new_ca();
+    let (_server, addr, mut rx) = start_daemon(&ca, "alpha");
+    let forged = identity(&rogue.issue_client(BRIDGE_IDENTITY).unwrap());
+    let ep =
+        client_endpoint(client_config(forged, roots(&ca), &TransportTuning::default()).unwrap());
+    let err = round_trip(&ep, addr, &session_dns_name("alpha"))
+        .await
+        .unwrap_err();
+    assert_ne!(err, "timed out");
+    assert_refused_by_daemon(&mut rx).await;
+}
+
+#[tokio::test]
+async fn client_without_certificate_is_refused() {
+    let Ca { ca, .. } = new_ca();
+    let (_server, addr, mut rx) = start_daemon(&ca, "alpha");
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots(&ca))
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let ep = client_endpoint(quinn::ClientConfig::new(Arc::new(quic)));
+    let err = round_trip(&ep, addr, &session_dns_name("alpha"))
+        .await
+        .unwrap_err();
+    assert_ne!(err, "timed out");
+    assert_refused_by_daemon(&mut rx).await;
+}

@@ -1,0 +1,29 @@
+//! The sessionfs wire protocol, free of I/O.
+//!
+//! Everything the bridge and the daemon must agree on lives here and nowhere else: the version handshake
+//! ([`Hello`], [`HelloReply`]), the request and response types ([`Request`], [`Reply`]), the confined
+//! relative path type ([`WirePath`]) and the frame codec ([`codec`]). No sockets, no files: the types can be
+//! tested and fuzzed on their own, the way `quinn-proto` is split from `quinn`.
+//!
+//! One QUIC bidirectional stream carries exactly one request frame and one response frame, so requests
+//! run concurrently without head-of-line blocking. The first stream of every connection carries the
+//! handshake.
+
+pub mod codec;
+pub mod message;
+pub mod path;
+
+pub use codec::{decode, encode_frame, frame_body_len, CodecError, FRAME_HEADER_LEN, MAX_FRAME_LEN};
+pub use message::*;
+pub use message::errno;
+pub use path::{PathError, WirePath};
+
+/// The protocol version spoken by this build. A peer with another version is refused at the handshake.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest payload of one `Read` reply or one `Write` request. Larger transfers are split by the
+/// client into several concurrent requests.
+pub const MAX_IO_CHUNK: u32 = 1024 * 1024;
+
+/// The most directory entries one `ReadDir` reply carries; larger directories are paged.
+pub const MAX_DIR_PAGE: u32 = 2048;

@@ -1,0 +1,236 @@
+//! Request and reply messages, the handshake, and the attribute types they carry.
+
+use serde::{Deserialize, Serialize};
+
+use crate::WirePath;
+
+/// `rename` flag: fail with `EEXIST` if the target exists (Linux `RENAME_NOREPLACE`).
+pub const RENAME_NOREPLACE: u32 = 1;
+/// `rename` flag: atomically swap source and target (Linux `RENAME_EXCHANGE`).
+pub const RENAME_EXCHANGE: u32 = 2;
+
+/// Linux errno values used on the wire. Errors carry the errno so the bridge can hand it to the kernel
+/// unchanged.
+pub mod errno {
+    pub const EPERM: i32 = 1;
+    pub const ENOENT: i32 = 2;
+    pub const EIO: i32 = 5;
+    pub const EBADF: i32 = 9;
+    pub const EACCES: i32 = 13;
+    pub const EBUSY: i32 = 16;
+    pub const EEXIST: i32 = 17;
+    pub const EXDEV: i32 = 18;
+    pub const ENOTDIR: i32 = 20;
+    pub const EISDIR: i32 = 21;
+    pub const EINVAL: i32 = 22;
+    pub const EMFILE: i32 = 24;
+    pub const ERANGE: i32 = 34;
+    pub const ENAMETOOLONG: i32 = 36;
+    pub const ENOSYS: i32 = 38;
+    pub const ENOTEMPTY: i32 = 39;
+    pub const ELOOP: i32 = 40;
+    pub const ENODATA: i32 = 61;
+    pub const EPROTO: i32 = 71;
+    pub const EOPNOTSUPP: i32 = 95;
+    pub const ENOTCONN: i32 = 107;
+    pub const ETIMEDOUT: i32 = 110;
+}
+
+/// The first message on a connection, sent by the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u32,
+}
+
+impl Hello {
+    /// The hello this build sends.
+    pub fn current() -> Self {
+        Hello { version: crate::PROTOCOL_VERSION }
+    }
+}
+
+/// The daemon's answer to [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HelloReply {
+    /// Accepted: the daemon's version and the session it serves.
+    Welcome { version: u32, session_id: String },
+    /// Refused: the versions the daemon speaks.
+    VersionMismatch { supported: u32 },
+}
+
+/// Who asked: the credentials of the process that made the file system call on the host. The daemon uses
+/// them as the owner of nodes it creates, when it is allowed to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A request frame: the caller and the operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestFrame {
+    pub caller: Caller,
+    pub request: Request,
+}
+
+/// A timestamp to set: a given time or the daemon's current time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SetTime {
+    Now,
+    At(Timestamp),
+}
+
+/// Seconds and nanoseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Timestamp {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+/// Attribute changes of a `SetAttr`; `None` leaves a field unchanged.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetAttrs {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+/// Node types that `Mknod` may create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeKind {
+    Regular,
+    Fifo,
+    Socket,
+}
+
+/// One operation. Paths are relative to the workspace root; `fh` is a handle from `Open`/`Create`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    Ping,
+    /// Attributes of a path, without following a final symlink.
+    Lookup { path: WirePath },
+    GetAttr { path: WirePath, fh: Option<u64> },
+    SetAttr { path: WirePath, fh: Option<u64>, attrs: SetAttrs },
+    /// Up to `limit` entries (at most [`crate::MAX_DIR_PAGE`]) after skipping `offset`, with attributes.
+    ReadDir { path: WirePath, offset: u64, limit: u32 },
+    Open { path: WirePath, flags: i32 },
+    Create { path: WirePath, mode: u32, flags: i32 },
+    Read { fh: u64, offset: u64, size: u32 },
+    Write { fh: u64, offset: u64, data: Vec<u8> },
+    Flush { fh: u64 },
+    Fsync { fh: u64, datasync: bool },
+    Release { fh: u64 },
+    Mkdir { path: WirePath, mode: u32 },
+    Mknod { path: WirePath, kind: NodeKind, mode: u32 },
+    Unlink { path: WirePath },
+    Rmdir { path: WirePath },
+    Rename { from: WirePath, to: WirePath, flags: u32 },
+    /// Creates `path` as a symlink whose content is `target` (stored as given, never followed).
+    Symlink { path: WirePath, target: Vec<u8> },
+    Readlink { path: WirePath },
+    /// Creates the hard link `to` for the existing node `from`.
+    Link { from: WirePath, to: WirePath },
+    StatFs,
+    /// `size == 0` asks for the value's length only.
+    GetXattr { path: WirePath, name: Vec<u8>, size: u32 },
+    SetXattr { path: WirePath, name: Vec<u8>, value: Vec<u8>, flags: i32 },
+    ListXattr { path: WirePath, size: u32 },
+    RemoveXattr { path: WirePath, name: Vec<u8> },
+}
+
+/// File type bits of [`Attr::mode`] (`S_IFMT`).
+pub const S_IFMT: u32 = 0o170000;
+pub const S_IFDIR: u32 = 0o040000;
+pub const S_IFREG: u32 = 0o100000;
+pub const S_IFLNK: u32 = 0o120000;
+pub const S_IFIFO: u32 = 0o010000;
+pub const S_IFSOCK: u32 = 0o140000;
+pub const S_IFCHR: u32 = 0o020000;
+pub const S_IFBLK: u32 = 0o060000;
+
+/// Attributes of a node as the daemon sees them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attr {
+    /// Device and inode number on the daemon's side: together they identify the node.
+    pub dev: u64,
+    pub ino: u64,
+    /// Full `st_mode`: type and permission bits.
+    pub mode: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u64,
+    pub size: u64,
+    pub blocks: u64,
+    pub blksize: u32,
+    pub atime: Timestamp,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+    /// Birth time where the file system records it; distinguishes a reused inode number.
+    pub btime: Option<Timestamp>,
+}
+
+impl Attr {
+    /// The file type bits.
+    pub fn file_type(&self) -> u32 {
+        self.mode & S_IFMT
+    }
+}
+
+/// One directory entry with its attributes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub attr: Attr,
+}
+
+/// File system statistics (`statvfs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+/// A successful reply. Each request kind has one reply kind; see the daemon's dispatcher.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    Pong,
+    Empty,
+    Attr(Attr),
+    /// A page of entries; `next` is the offset to ask for the next page, `None` at the end.
+    Entries { entries: Vec<DirEntry>, next: Option<u64> },
+    Opened { fh: u64 },
+    Created { fh: u64, attr: Attr },
+    Data(Vec<u8>),
+    Written(u32),
+    StatFs(StatFs),
+    /// The size of an xattr value or list, when the request gave size 0.
+    XattrSize(u32),
+}
+
+/// An error reply: the errno to hand to the kernel, and a message for logs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message} (errno {errno})")]
+pub struct ErrorReply {
+    pub errno: i32,
+    pub message: String,
+}
+
+impl ErrorReply {
+    pub fn new(errno: i32, message: impl Into<String>) -> Self {
+        ErrorReply { errno, message: message.into() }
+    }
+}
+
+/// A response frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseFrame(pub Result<Reply, ErrorReply>);

@@ -1,0 +1,17 @@
+//! The session registry: which sessions exist, where their daemons listen, and how to
+//! authenticate them.
+//!
+//! This crate owns three things:
+//! - [`SessionId`] ([`id`]): the validated session name used in paths, DNS names and
+//!   container names;
+//! - [`SessionRecord`] ([`record`]): what is known about one session;
+//! - [`Registry`] ([`store`]): the SQLite file shared by every sessionfs process (CLI,
+//!   bridge, MCP server), plus [`Registry::watch`] to follow changes made by others.
+
+pub mod id;
+pub mod record;
+pub mod store;
+
+pub use id::{InvalidSessionId, SessionId};
+pub use record::{Backend, SessionRecord, SessionState};
+pub use store::{Registry, RegistryError, WatchHandle};
