@@ -1,0 +1,787 @@
+//! `fuser::Filesystem` for the bridge.
+//!
+//! The mount root (inode 1) is synthesized from the registry: one directory per session. Every inode
+//! below belongs to one session; each operation rebuilds its path from the inode table, then runs as a
+//! tokio task that sends one request to that session's daemon and answers the kernel from there. FUSE
+//! worker threads therefore never wait on the network, and a slow session never blocks another.
+//!
+//! Directory listings are snapshots taken at `opendir` (all pages fetched then), served by offset;
+//! `readdirplus` is negotiated so entries arrive with their attributes and inode numbers agree with
+//! `stat`.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::future::Future;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request as FuseRequest, TimeOrNow, WriteFlags,
+};
+use sessionfs_proto::{
+    errno, Attr, Caller, DirEntry, ErrorReply, NodeKind, Reply, Request, SetAttrs, SetTime,
+    Timestamp, WirePath, MAX_DIR_PAGE, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG,
+    S_IFSOCK,
+};
+use tracing::{debug, warn};
+
+use crate::inodes::{InodeTable, NodeRef, Stale, ROOT_INO};
+use crate::session::{Session, Sessions};
+
+/// An open file: the session, the connection that holds the daemon's handle, and that handle.
+struct OpenFile {
+    session: Arc<Session>,
+    conn: quinn::Connection,
+    remote_fh: u64,
+}
+
+/// The bridge file system. Cheap to clone into tasks.
+pub struct BridgeFs {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    rt: tokio::runtime::Handle,
+    sessions: Arc<Sessions>,
+    inodes: Mutex<InodeTable>,
+    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    next_fh: AtomicU64,
+    ttl: Duration,
+    /// Owner and time shown for the mount root.
+    root_uid: u32,
+    root_gid: u32,
+    mounted_at: SystemTime,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The tables hold no invariant that a panicking holder could half-update in a harmful way.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn errno_of(e: &ErrorReply) -> Errno {
+    match e.errno {
+        errno::ENOENT | errno::EEXIST | errno::ENOTEMPTY | errno::ENODATA => {
+            debug!("{e}");
+        }
+        errno::ENOTCONN | errno::ETIMEDOUT | errno::EIO | errno::EPROTO => warn!("{e}"),
+        _ => debug!("{e}"),
+    }
+    Errno::from_i32(e.errno)
+}
+
+fn stale_errno(s: Stale) -> Errno {
+    match s {
+        Stale::UnknownInode => Errno::ESTALE,
+        Stale::Detached => Errno::ENOENT,
+    }
+}
+
+fn system_time(t: Timestamp) -> SystemTime {
+    if t.secs >= 0 {
+        UNIX_EPOCH + Duration::new(t.secs as u64, t.nanos)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.secs.unsigned_abs()) + Duration::from_nanos(u64::from(t.nanos))
+    }
+}
+
+fn file_type(mode: u32) -> FileType {
+    match mode & S_IFMT {
+        S_IFDIR => FileType::Directory,
+        S_IFLNK => FileType::Symlink,
+        S_IFIFO => FileType::NamedPipe,
+        S_IFSOCK => FileType::Socket,
+        S_IFCHR => FileType::CharDevice,
+        S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+/// The kernel's view of daemon attributes `a` for inode `ino`.
+fn file_attr(ino: u64, a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: system_time(a.atime),
+        mtime: system_time(a.mtime),
+        ctime: system_time(a.ctime),
+        crtime: a.btime.map_or(UNIX_EPOCH, system_time),
+        kind: file_type(a.mode),
+        perm: (a.mode & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev as u32,
+        blksize: a.blksize,
+        flags: 0,
+    }
+}
+
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => {
+            let (secs, nanos) = match t.duration_since(UNIX_EPOCH) {
+                Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
+                Err(e) => {
+                    let d = e.duration();
+                    // Round toward negative infinity, as timespec does.
+                    if d.subsec_nanos() == 0 {
+                        (-(d.as_secs() as i64), 0)
+                    } else {
+                        (-(d.as_secs() as i64) - 1, 1_000_000_000 - d.subsec_nanos())
+                    }
+                }
+            };
+            SetTime::At(Timestamp { secs, nanos })
+        }
+    }
+}
+
+fn caller(req: &FuseRequest) -> Caller {
+    Caller { uid: req.uid(), gid: req.gid() }
+}
+
+fn unexpected(reply: &Reply) -> Errno {
+    warn!("daemon sent an unexpected reply: {reply:?}");
+    Errno::EIO
+}
+
+impl BridgeFs {
+    /// A file system over `sessions`, running its requests on `rt`.
+    pub fn new(rt: tokio::runtime::Handle, sessions: Arc<Sessions>, ttl: Duration) -> Self {
+        BridgeFs {
+            inner: Arc::new(Inner {
+                rt,
+                sessions,
+                inodes: Mutex::new(InodeTable::default()),
+                files: Mutex::new(HashMap::new()),
+                dirs: Mutex::new(HashMap::new()),
+                next_fh: AtomicU64::new(1),
+                ttl,
+                root_uid: rustix::process::geteuid().as_raw(),
+                root_gid: rustix::process::getegid().as_raw(),
+                mounted_at: SystemTime::now(),
+            }),
+        }
+    }
+
+    fn spawn(&self, f: impl Future<Output = ()> + Send + 'static) {
+        self.inner.rt.spawn(f);
+    }
+
+    /// The session and path of `ino`; `Err` for the mount root or an unknown inode.
+    fn node(&self, ino: INodeNo) -> Result<(Arc<Session>, WirePath), Errno> {
+        match lock(&self.inner.inodes).resolve(ino.0) {
+            Ok(NodeRef::InSession { session, path }) => Ok((session, path)),
+            Ok(NodeRef::Root) => Err(Errno::EPERM),
+            Err(s) => Err(stale_errno(s)),
+        }
+    }
+
+    /// The session and path of `parent/name`, checking the name.
+    fn child(&self, parent: INodeNo, name: &OsStr) -> Result<(Arc<Session>, WirePath), Errno> {
+        let (session, dir) = self.node(parent)?;
+        let path = dir.join(name.as_bytes()).map_err(|e| Errno::from_i32(e.errno()))?;
+        Ok((session, path))
+    }
+
+    fn open_file(&self, fh: FileHandle) -> Result<Arc<OpenFile>, Errno> {
+        lock(&self.inner.files).get(&fh.0).cloned().ok_or(Errno::EBADF)
+    }
+
+    fn root_attr(&self) -> FileAttr {
+        let t = self.inner.mounted_at;
+        FileAttr {
+            ino: INodeNo(ROOT_INO),
+            size: 0,
+            blocks: 0,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            kind: FileType::Directory,
+            perm: 0o755,
+            nlink: 2,
+            uid: self.inner.root_uid,
+            gid: self.inner.root_gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    /// Runs `request` for a new node `parent/name` and answers with its entry.
+    fn create_entry(&self, req: &FuseRequest, parent: INodeNo, name: &OsStr, make: impl FnOnce(WirePath) -> Request, reply: ReplyEntry) {
+        let (session, path) = match self.child(parent, name) {
+            Ok(v) => v,
+            Err(e) => return reply.error(e),
+        };
+        let inner = self.inner.clone();
+        let caller = caller(req);
+        let name = name.as_bytes().to_vec();
+        let request = make(path);
+        self.spawn(async move {
+            match inner.sessions.call(&session, caller, request).await {
+                Ok((Reply::Attr(attr), _)) => inner.reply_entry(parent.0, &name, &attr, reply),
+                Ok((other, _)) => reply.error(unexpected(&other)),
+                Err(e) => reply.error(errno_of(&e)),
+            }
+        });
+    }
+
+    /// Runs a request whose success carries no data.
+    fn simple(&self, session: Arc<Session>, caller: Caller, request: Request, reply: ReplyEmpty, then: impl FnOnce(&Inner) + Send + 'static) {
+        let inner = self.inner.clone();
+        self.spawn(async move {
+            match inner.sessions.call(&session, caller, request).await {
+                Ok(_) => {
+                    then(&inner);
+                    reply.ok();
+                }
+                Err(e) => reply.error(errno_of(&e)),
+            }
+        });
+    }
+
+    /// Runs a request on the connection of an open file.
+    fn on_file(&self, fh: FileHandle, caller: Caller, request: impl FnOnce(u64) -> Request, done: impl FnOnce(Result<Reply, Errno>) + Send + 'static) {
+        let file = match self.open_file(fh) {
+            Ok(f) => f,
+            Err(e) => return done(Err(e)),
+        };
+        let inner = self.inner.clone();
+        let request = request(file.remote_fh);
+        self.spawn(async move {
+            let result = inner.sessions.call_on(&file.session, &file.conn, caller, request).await;
+            done(result.map_err(|e| errno_of(&e)));
+        });
+    }
+}
+
+impl Inner {
+    fn reply_entry(&self, parent: u64, name: &[u8], attr: &Attr, reply: ReplyEntry) {
+        let ino = lock(&self.inodes).learn(parent, name, attr);
+        match ino {
+            Some(ino) => reply.entry(&self.ttl, &file_attr(ino, attr), Generation(0)),
+            None => reply.error(Errno::ESTALE),
+        }
+    }
+
+    fn add_file(&self, session: Arc<Session>, conn: quinn::Connection, remote_fh: u64) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.files).insert(fh, Arc::new(OpenFile { session, conn, remote_fh }));
+        fh
+    }
+
+    /// Fetches the whole listing of `path`, page by page.
+    async fn list_dir(&self, session: &Session, caller: Caller, path: WirePath) -> Result<Vec<DirEntry>, ErrorReply> {
+        let mut all = Vec::new();
+        let mut offset = 0;
+        loop {
+            let request = Request::ReadDir { path: path.clone(), offset, limit: MAX_DIR_PAGE };
+            match self.sessions.call(session, caller, request).await? {
+                (Reply::Entries { entries, next }, _) => {
+                    all.extend(entries);
+                    match next {
+                        Some(n) if n > offset => offset = n,
+                        _ => return Ok(all),
+                    }
+                }
+                (other, _) => {
+                    return Err(ErrorReply::new(errno::EIO, format!("unexpected readdir reply {other:?}")))
+                }
+            }
+        }
+    }
+}
+
+impl fuser::Filesystem for BridgeFs {
+    fn init(&mut self, _req: &FuseRequest, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Entries come with attributes; one listing round trip serves `ls -l` and `find`.
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS) {
+            debug!("kernel lacks capabilities {missing:?}");
+        }
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        self.inner.sessions.close_all();
+    }
+
+    fn lookup(&self, req: &FuseRequest, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if parent.0 == ROOT_INO {
+            let Some(session) = name.to_str().and_then(|n| self.inner.sessions.get(n)) else {
+                return reply.error(Errno::ENOENT);
+            };
+            let inner = self.inner.clone();
+            let caller = caller(req);
+            self.spawn(async move {
+                match inner.sessions.call(&session, caller, Request::Lookup { path: WirePath::root() }).await {
+                    Ok((Reply::Attr(attr), _)) => {
+                        let ino = {
+                            let mut inodes = lock(&inner.inodes);
+                            let ino = inodes.session_root(&session);
+                            inodes.count_lookup(ino);
+                            ino
+                        };
+                        reply.entry(&inner.ttl, &file_attr(ino, &attr), Generation(0));
+                    }
+                    Ok((other, _)) => reply.error(unexpected(&other)),
+                    Err(e) => reply.error(errno_of(&e)),
+                }
+            });
+            return;
+        }
+        let (session, path) = match self.child(parent, name) {
+            Ok(v) => v,
+            Err(e) => return reply.error(e),
+        };
+        let inner = self.inner.clone();
+        let caller = caller(req);
+        let name = name.as_bytes().to_vec();
+        self.spawn(async move {
+            match inner.sessions.call(&session, caller, Request::Lookup { path }).await {
+                Ok((Reply::Attr(attr), _)) => inner.reply_entry(parent.0, &name, &attr, reply),
+                Ok((other, _)) => reply.error(unexpected(&other)),
+                Err(e) => reply.error(errno_of(&e)),
+            }
+        });
+    }
+
+    fn forget(&self, _req: &FuseRequest, ino: INodeNo, nlookup: u64) {
+        lock(&self.inner.inodes).forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, req: &FuseRequest, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        if ino.0 == ROOT_INO {
+            return reply.attr(&self.inner.ttl, &self.root_attr());
+        }
+        let ttl = self.inner.ttl;
+        if let Some(fh) = fh.filter(|fh| lock(&self.inner.files).contains_key(&fh.0)) {
+            let path = self.node(ino).map(|(_, p)| p).unwrap_or_default();
+            return self.on_file(fh, caller(req), |remote| Request::GetAttr { path, fh: Some(remote) }, move |r| match r {
+                Ok(Reply::Attr(a)) => reply.attr(&ttl, &file_attr(ino.0, &a)),
+                Ok(other) => reply.error(unexpected(&other)),
+                Err(e) => reply.error(e),
+            });
+        }
+        let (session, path) = match self.node(ino) {
+            Ok(v) => v,
+            Err(e) => return reply.error(e),
+        };
+        let inner = self.inner.clone();
+        let caller = caller(req);
+        self.spawn(async move {
+            match inner.sessions.call(&session, caller, Request::GetAttr { path, fh: None }).await {
+                Ok((Reply::Attr(a), _)) => reply.attr(&ttl, &file_attr(ino.0, &a)),
+                Ok((other, _)) => reply.error(unexpected(&other)),
+                Err(e) => reply.error(errno_of(&e)),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        req: &FuseRequest,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        if ino.0 == ROOT_INO {
+            return reply.error(Errno::EPERM);
+        }
+        let attrs = SetAttrs { mode, uid, gid, size, atime: atime.map(set_time), mtime: mtime.map(set_time) };
+        let ttl = self.inner.ttl;
+        let node = self.node(ino);
+        if let Some(fh) = fh.filter(|fh| lock(&self.inner.files).contains_key(&fh.0)) {
+            let path = node.map(|(_, p)| p).unwrap_or_default();
+            return self.on_file(fh, caller(req), |remote| Request::SetAttr { path, fh: Some(remote), attrs }, move |r| match r {
+                Ok(Reply::Attr(a)) => reply.attr(&ttl, &file_attr(ino.0, &a)),
+                Ok(other) => reply.error(unexpected(&other)),
+                Err(e) => reply.error(e),
+            });
+        }
+        let (session, path) = match node {
+            Ok(v) => v,
+            Err(e) => return reply.error(e),
+        };
+        let inner = self.inner.clone();
+        let caller = caller(req);
+        self.spawn(async move {
+            match inner.sessions.call(&session, caller, Request::SetAttr { path, fh: None, attrs }).await {
+                Ok((Reply::Attr(a), _)) => reply.attr(&ttl, &file_attr(ino.0, &a)),
+                Ok((other, _)) => reply.error(unexpected(&other)),
+                Err(e) => reply.error(errno_of(&e)),
+            }
+        });
+    }
+
+    fn readlink(&self, req: &FuseRequest, ino: INodeNo, reply: ReplyData) {
+        let (session, path) = match self.node(ino) {
+            Ok(v) => v,
+            Err(e) => return reply.error(e),
+        };
+        let inner = self.inner.clone();
+        let caller = caller(req);
+        self.spawn(async move {
+            match inner.sessions.call(&session, caller, Request::Readlink { path }).await {
+                Ok((Reply::Data(d), _)) => reply.data(&d),
+                Ok((other, _)) => reply.error(unexpected(&other)),
+                Err(e) => reply.error(errno_of(&e)),
+            }
+        });
+    }
+
+    fn mknod(&self, req: &FuseRequest, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, _rdev: u32, reply: ReplyEntry) {
+        let kind = match mode & S_IFMT {
+            S_IFREG | 0 => NodeKind::Regular,
+            S_IFIFO => NodeKind::Fifo,
+            S_IFSOCK => NodeKind::Socket,
+            // Device nodes would let a session reach host devices; they are refused.
+            _ => return reply.error(Errno::EPERM),
+        };
+        let mode = mode & 0o7777;
+        self.create_entry(req, parent, name, |path| Request::Mknod { path, kind, mode }, reply);
+    }
+
+    fn mkdir(&self, req: &FuseRequest, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        self.create_entry(req, parent, name, |path| Request::Mkdir { path, mode }, reply);
+    }
+
+    fn unlink(&self, req: &FuseRequest, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (session, path) = match self.child(parent, name) {
+            Ok(v) => v,
+            Err(e) => return reply.error(e),
+        };
+        let name = name.as_bytes().to_vec();
+        self.simple(session, caller(req), Request::Unlink { path }, reply, move |inner| {
+            lock(&inner.inodes).unlink(parent.0, &name)
+        });
+    }
+
+    fn rmdir(&self, req: &FuseRequest, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (session, path) = match self.child(parent, name) {
+            Ok(v) => v,
+            Err(e) => return reply.error(e),
+        };
+        let name = name.as_bytes().to_vec();
+        self.simple(session, caller(req), Request::Rmdir { path }, reply, move |inner| {
+            lock(&inner.inodes).unlink(parent.0, &name)
+        });
+    }
+
+    fn symlink(&self, req: &FuseRequest, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
+        let target = target.as_os_str().as_bytes().to_vec();
+        self.create_entry(req, parent, link_name, |path| Request::Symlink { path, target }, reply);
+    }
+
+    fn rename(&self, req: &FuseRequest, parent: INodeNo, name: &OsStr, newparent: INodeNo, newname: &OsStr, flags: RenameFlags, reply: ReplyEmpty) {
+        let (from_session, from) = match self.child(parent, name) {
+            Ok(v) => v,
+            Err(e) => return reply.error(e),
+        };
+        let (to_session, to) = match self.child(newparent, newname) {
+            Ok(v) => v,
+            Err(e) => return reply.error(e),
+        };
+        if !Arc::ptr_eq(&from_session, &to_session) {
+            // Different sessions are different file systems.
+            return reply.error(Errno::EXDEV);
+        }
+        let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
+        let (name, newname) = (name.as_bytes().to_vec(), newname.as_bytes().to_vec());
+        self.simple(from_session, caller(req), Request::Rename { from, to, flags: flags.bits() }, reply, move |inner| {
+            lock(&inner.inodes).rename(parent.0, &name, newparent.0, &newname, exchange)
+        });
+    }
+
+    fn link(&self, req: &FuseRequest, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let (from_session, from) = match self.node(ino) {
+            Ok(v) => v,
+            Err(e) => return reply.error(e),
+        };
+        match self.node(newparent) {
+            Ok((s, _)) if Arc::ptr_eq(&s, &from_session) => {}
+            Ok(_) => return reply.error(Errno::EXDEV),
+            Err(e) => return reply.error(e),
+        }
+        self.create_entry(req, newparent, newname, |to| Request::Link { from, to }, reply);
+    }
+
+    fn open(&self, req: &FuseRequest, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let (session, path) = match self.node(ino) {
+            Ok(v) => v,
+            Err(e) => return reply.error(e),
+        };
+        let inner = self.inner.clone();
+        let caller = caller(req);
+        self.spawn(async move {
+            match inner.sessions.call(&session, caller, Request::Open { path, flags: flags.0 }).await {
+                Ok((Reply::Opened { fh }, conn)) => {
+                    let fh = inner.add_file(session, conn, fh);
+                    reply.opened(FileHandle(fh), FopenFlags::empty());
+                }
+                Ok((other, _)) => reply.error(unexpected(&other)),
+                Err(e) => reply.error(errno_of(&e)),
+            }
+        });
+    }
+
+    fn create(&self, req: &FuseRequest, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, flags: i32, reply: ReplyCreate) {
+        let (session, path) = match self.child(parent, name) {
+            Ok(v) => v,
+            Err(e) => return reply.error(e),
+        };
+        let inner = self.inner.clone();
+        let caller = caller(req);
+        let name = name.as_bytes().to_vec();
+        self.spawn(async move {
+            let request = Request::Create { path, mode, flags };
+            match inner.sessions.call(&session, caller, request).await {
+                Ok((Reply::Created { fh, attr }, conn)) => {
+                    let Some(ino) = lock(&inner.inodes).learn(parent.0, &name, &attr) else {
+                        return reply.error(Errno::ESTALE);
+                    };
+                    let fh = inner.add_file(session, conn, fh);
+                    reply.created(&inner.ttl, &file_attr(ino, &attr), Generation(0), FileHandle(fh), FopenFlags::empty());
+                }
+                Ok((other, _)) => reply.error(unexpected(&other)),
+                Err(e) => reply.error(errno_of(&e)),
+            }
+        });
+    }
+
+    fn read(&self, req: &FuseRequest, _ino: INodeNo, fh: FileHandle, offset: u64, size: u32, _flags: OpenFlags, _lock: Option<LockOwner>, reply: ReplyData) {
+        // The kernel never asks for more than max_pages (at most 1 MiB = MAX_IO_CHUNK) at once.
+        self.on_file(fh, caller(req), |remote| Request::Read { fh: remote, offset, size }, move |r| match r {
+            Ok(Reply::Data(d)) => reply.data(&d),
+            Ok(other) => reply.error(unexpected(&other)),
+            Err(e) => reply.error(e),
+        });
+    }
+
+    fn write(&self, req: &FuseRequest, _ino: INodeNo, fh: FileHandle, offset: u64, data: &[u8], _wf: WriteFlags, _flags: OpenFlags, _lock: Option<LockOwner>, reply: ReplyWrite) {
+        let data = data.to_vec();
+        self.on_file(fh, caller(req), |remote| Request::Write { fh: remote, offset, data }, move |r| match r {
+            Ok(Reply::Written(n)) => reply.written(n),
+            Ok(other) => reply.error(unexpected(&other)),
+            Err(e) => reply.error(e),
+        });
+    }
+
+    fn flush(&self, req: &FuseRequest, _ino: INodeNo, fh: FileHandle, _lock: LockOwner, reply: ReplyEmpty) {
+        self.on_file(fh, caller(req), |remote| Request::Flush { fh: remote }, move |r| match r {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        });
+    }
+
+    fn release(&self, req: &FuseRequest, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, _lock: Option<LockOwner>, _flush: bool, reply: ReplyEmpty) {
+        let Some(file) = lock(&self.inner.files).remove(&fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        let inner = self.inner.clone();
+        let caller = caller(req);
+        // The kernel does not wait on release; answer at once and close the remote handle behind it.
+        reply.ok();
+        self.spawn(async move {
+            if file.conn.close_reason().is_none() {
+                let request = Request::Release { fh: file.remote_fh };
+                if let Err(e) = inner.sessions.call_on(&file.session, &file.conn, caller, request).await {
+                    debug!("release: {e}");
+                }
+            }
+        });
+    }
+
+    fn fsync(&self, req: &FuseRequest, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        self.on_file(fh, caller(req), |remote| Request::Fsync { fh: remote, datasync }, move |r| match r {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        });
+    }
+
+    fn opendir(&self, req: &FuseRequest, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if ino.0 == ROOT_INO {
+            return reply.opened(FileHandle(0), FopenFlags::empty());
+        }
+        let (session, path) = match self.node(ino) {
+            Ok(v) => v,
+            Err(e) => return reply.error(e),
+        };
+        let inner = self.inner.clone();
+        let caller = caller(req);
+        self.spawn(async move {
+            match inner.list_dir(&session, caller, path).await {
+                Ok(entries) => {
+                    let fh = inner.next_fh.fetch_add(1, Ordering::Relaxed);
+                    lock(&inner.dirs).insert(fh, Arc::new(entries));
+                    reply.opened(FileHandle(fh), FopenFlags::empty());
+                }
+                Err(e) => reply.error(errno_of(&e)),
+            }
+        });
+    }
+
+    fn readdir(&self, _req: &FuseRequest, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        if ino.0 == ROOT_INO {
+            let ids = self.inner.sessions.ids();
+            let mut names: Vec<(u64, FileType, String)> = vec![(ROOT_INO, FileType::Directory, ".".into()), (ROOT_INO, FileType::Directory, "..".into())];
+            {
+                let mut inodes = lock(&self.inner.inodes);
+                for id in ids {
+                    if let Some(s) = self.inner.sessions.get(id.as_str()) {
+                        names.push((inodes.session_root(&s), FileType::Directory, id.to_string()));
+                    }
+                }
+            }
+            for (i, (ino, kind, name)) in names.iter().enumerate().skip(offset as usize) {
+                if reply.add(INodeNo(*ino), i as u64 + 1, *kind, name) {
+                    break;
+                }
+            }
+            return reply.ok();
+        }
+        let Some(entries) = lock(&self.inner.dirs).get(&fh.0).cloned() else {
+            return reply.error(Errno::EBADF);
+        };
+        // Plain readdir (when the kernel does not use readdirplus): the daemon's inode numbers stand in
+        // for d_ino.
+        let dots = [(ino.0, ".".as_bytes()), (ino.0, "..".as_bytes())];
+        let all = dots.iter().map(|(i, n)| (*i, FileType::Directory, *n)).chain(entries.iter().map(|e| (e.attr.ino, file_type(e.attr.mode), e.name.as_slice())));
+        for (i, (entry_ino, kind, name)) in all.enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(entry_ino), i as u64 + 1, kind, OsStr::from_bytes(name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(&self, _req: &FuseRequest, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let Some(entries) = lock(&self.inner.dirs).get(&fh.0).cloned() else {
+            return reply.error(Errno::EBADF);
+        };
+        let ttl = self.inner.ttl;
+        let mut inodes = lock(&self.inner.inodes);
+        let mut index = offset as usize;
+        // "." and ".." carry no lookup count in readdirplus; the kernel ignores their attributes.
+        while index < 2 {
+            let attr = FileAttr { ino, ..self.root_attr() };
+            let name = if index == 0 { "." } else { ".." };
+            if reply.add(ino, index as u64 + 1, name, &Duration::ZERO, &attr, Generation(0)) {
+                return reply.ok();
+            }
+            index += 1;
+        }
+        for entry in entries.iter().skip(index - 2) {
+            let Some(child) = inodes.learn(ino.0, &entry.name, &entry.attr) else {
+                drop(inodes);
+                return reply.error(Errno::ESTALE);
+            };
+            index += 1;
+            if reply.add(INodeNo(child), index as u64, OsStr::from_bytes(&entry.name), &ttl, &file_attr(child, &entry.attr), Generation(0)) {
+                // Did not fit: the kernel never saw it, so it holds no lookup count.
+                inodes.forget(child, 1);
+                break;
+            }
+        }
+        drop(inodes);
+        reply.ok();
+    }
+
+    fn releasedir(&self, _req: &FuseRequest, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        lock(&self.inner.dirs).remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &FuseRequest, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn statfs(&self, req: &FuseRequest, ino: INodeNo, reply: ReplyStatfs) {
+        let Ok((session, _)) = self.node(ino) else {
+            return reply.statfs(0, 0, 0, 0, 0, 4096, 255, 4096);
+        };
+        let inner = self.inner.clone();
+        let caller = caller(req);
+        self.spawn(async move {
+            match inner.sessions.call(&session, caller, Request::StatFs).await {
+                Ok((Reply::StatFs(s), _)) => reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize),
+                Ok((other, _)) => reply.error(unexpected(&other)),
+                Err(e) => reply.error(errno_of(&e)),
+            }
+        });
+    }
+
+    fn setxattr(&self, req: &FuseRequest, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+        let (session, path) = match self.node(ino) {
+            Ok(v) => v,
+            Err(e) => return reply.error(e),
+        };
+        let request = Request::SetXattr { path, name: name.as_bytes().to_vec(), value: value.to_vec(), flags };
+        self.simple(session, caller(req), request, reply, |_| {});
+    }
+
+    fn getxattr(&self, req: &FuseRequest, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let (session, path) = match self.node(ino) {
+            Ok(v) => v,
+            Err(e) => return reply.error(e),
+        };
+        let request = Request::GetXattr { path, name: name.as_bytes().to_vec(), size };
+        self.xattr_call(session, caller(req), request, reply);
+    }
+
+    fn listxattr(&self, req: &FuseRequest, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let (session, path) = match self.node(ino) {
+            Ok(v) => v,
+            Err(e) => return reply.error(e),
+        };
+        self.xattr_call(session, caller(req), Request::ListXattr { path, size }, reply);
+    }
+
+    fn removexattr(&self, req: &FuseRequest, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (session, path) = match self.node(ino) {
+            Ok(v) => v,
+            Err(e) => return reply.error(e),
+        };
+        let request = Request::RemoveXattr { path, name: name.as_bytes().to_vec() };
+        self.simple(session, caller(req), request, reply, |_| {});
+    }
+
+    fn access(&self, _req: &FuseRequest, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        // Permissions are checked by the kernel (`default_permissions`) against the daemon's modes.
+        reply.ok();
+    }
+}
+
+impl BridgeFs {
+    fn xattr_call(&self, session: Arc<Session>, caller: Caller, request: Request, reply: ReplyXattr) {
+        let inner = self.inner.clone();
+        self.spawn(async move {
+            match inner.sessions.call(&session, caller, request).await {
+                Ok((Reply::XattrSize(n), _)) => reply.size(n),
+                Ok((Reply::Data(d), _)) => reply.data(&d),
+                Ok((other, _)) => reply.error(unexpected(&other)),
+                Err(e) => reply.error(errno_of(&e)),
+            }
+        });
+    }
+}

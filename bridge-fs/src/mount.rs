@@ -1,0 +1,112 @@
+//! Mounting: build the client identity, follow the registry, run FUSE, unmount on a signal.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fuser::{MountOption, SessionACL};
+use sessionfs_registry::Registry;
+use tracing::info;
+
+use crate::config::{cert_files, BridgeConfig};
+use crate::fs::BridgeFs;
+use crate::session::Sessions;
+
+/// Why the bridge could not mount or run.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("bridge certificates in {dir}: {source}")]
+    Certificates { dir: PathBuf, source: sessionfs_pki::PkiError },
+    #[error("registry {path}: {source}")]
+    Registry { path: PathBuf, source: sessionfs_registry::RegistryError },
+    #[error("cannot start the bridge runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot open the QUIC client socket: {0}")]
+    Endpoint(std::io::Error),
+    #[error("cannot mount at {mountpoint}: {source}")]
+    Mount { mountpoint: PathBuf, source: std::io::Error },
+    #[error("the FUSE session at {mountpoint} failed: {source}")]
+    Session { mountpoint: PathBuf, source: std::io::Error },
+}
+
+/// Mounts the bridge at `mountpoint` and serves until SIGINT or SIGTERM (then unmounts) or until the
+/// file system is unmounted from outside (`sessionfs umount`, `fusermount3 -u`).
+pub fn mount(config: BridgeConfig, mountpoint: &Path) -> Result<(), MountError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("sessionfs-bridge")
+        .enable_all()
+        .build()
+        .map_err(MountError::Runtime)?;
+    let _guard = rt.enter();
+
+    let certs = |source| MountError::Certificates { dir: config.cert_dir.clone(), source };
+    let identity = sessionfs_pki::Identity::load(&config.cert_dir, cert_files::BRIDGE_STEM).map_err(certs)?;
+    let roots = sessionfs_pki::load_ca_roots(&config.cert_dir.join(cert_files::CA)).map_err(certs)?;
+    let client = sessionfs_pki::client_config(identity, roots, &sessionfs_pki::TransportTuning::default())
+        .map_err(certs)?;
+    let sessions = Arc::new(Sessions::new(&config, client).map_err(MountError::Endpoint)?);
+
+    let registry_err = |source| MountError::Registry { path: config.registry_path.clone(), source };
+    let watched = sessions.clone();
+    let watch = Registry::watch(&config.registry_path, config.registry_poll, move |records| watched.update(records))
+        .map_err(registry_err)?;
+
+    let fs = BridgeFs::new(rt.handle().clone(), sessions.clone(), config.attr_ttl);
+    let mut options = vec![
+        MountOption::FSName("sessionfs".into()),
+        MountOption::Subtype("sessionfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    options.push(MountOption::RW);
+    let mut fuse_config = fuser::Config::default();
+    fuse_config.mount_options = options;
+    fuse_config.acl = if config.allow_other { SessionACL::All } else { SessionACL::Owner };
+    fuse_config.n_threads = Some(config.fuse_threads.max(1));
+    fuse_config.clone_fd = true;
+    let mut session = fuser::Session::new(fs, mountpoint, &fuse_config)
+        .map_err(|source| MountError::Mount { mountpoint: mountpoint.to_path_buf(), source })?;
+    let mut unmounter = session.unmount_callable();
+    info!(mountpoint = %mountpoint.display(), "mounted");
+
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let runner = std::thread::Builder::new()
+        .name("sessionfs-fuse".into())
+        .spawn(move || {
+            let result = session.run();
+            let _ = done_tx.send(());
+            result
+        })
+        .map_err(MountError::Runtime)?;
+
+    let unmounted_outside = rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let term = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = done_rx => true,
+            _ = tokio::signal::ctrl_c() => false,
+            () = term => false,
+        }
+    });
+    if !unmounted_outside {
+        info!(mountpoint = %mountpoint.display(), "signal received, unmounting");
+        unmounter
+            .unmount()
+            .map_err(|source| MountError::Session { mountpoint: mountpoint.to_path_buf(), source })?;
+    }
+    let result = runner
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("FUSE thread panicked")));
+    drop(watch);
+    sessions.close_all();
+    info!(mountpoint = %mountpoint.display(), "unmounted");
+    result.map_err(|source| MountError::Session { mountpoint: mountpoint.to_path_buf(), source })
+}
