@@ -676,6 +676,9 @@ impl fuser::Filesystem for BridgeFs {
     }
 
     fn readdirplus(&self, _req: &FuseRequest, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        if ino.0 == ROOT_INO {
+            return self.root_readdirplus(offset, reply);
+        }
         let Some(entries) = lock(&self.inner.dirs).get(&fh.0).cloned() else {
             return reply.error(Errno::EBADF);
         };
@@ -773,6 +776,32 @@ impl fuser::Filesystem for BridgeFs {
 }
 
 impl BridgeFs {
+    /// Lists the sessions without contacting any daemon: their entries carry placeholder directory
+    /// attributes with a zero TTL, so the kernel asks the daemon (`getattr`) before showing any.
+    fn root_readdirplus(&self, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let root = self.root_attr();
+        let sessions: Vec<Arc<Session>> =
+            self.inner.sessions.ids().iter().filter_map(|id| self.inner.sessions.get(id.as_str())).collect();
+        let mut inodes = lock(&self.inner.inodes);
+        let dots = [(".", root), ("..", root)];
+        for (i, (name, attr)) in dots.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(ROOT_INO), i as u64 + 1, name, &Duration::ZERO, attr, Generation(0)) {
+                return reply.ok();
+            }
+        }
+        for (i, session) in sessions.iter().enumerate().skip((offset as usize).saturating_sub(2)) {
+            let ino = inodes.session_root(session);
+            let attr = FileAttr { ino: INodeNo(ino), nlink: 2, ..root };
+            if reply.add(INodeNo(ino), i as u64 + 3, session.id.as_str(), &Duration::ZERO, &attr, Generation(0)) {
+                break;
+            }
+            // The kernel takes a lookup reference for every entry it receives.
+            inodes.count_lookup(ino);
+        }
+        drop(inodes);
+        reply.ok();
+    }
+
     fn xattr_call(&self, session: Arc<Session>, caller: Caller, request: Request, reply: ReplyXattr) {
         let inner = self.inner.clone();
         self.spawn(async move {

@@ -1,1 +1,15 @@
-//! placeholder
+//! Session lifecycle for sessionfs and the logic behind the `sessionfs` command line.
+//!
+//! - [`state`] owns the state directory (`$SESSIONFS_HOME`): its layout, the CA, the
+//!   bridge and session certificates, and the registry file.
+//! - [`local`] owns the local backend: starting a session's `sessionfsd` as a detached
+//!   process, checking that it is alive, and stopping it safely.
+//! - [`mounts`] owns everything about the mount point: `/proc/self/mountinfo` parsing, the
+//!   checks made before mounting, and unmounting.
+//! - [`commands`] owns the `sessionfs` commands (`session create|ls|stop|start|rm`, `mount`,
+//!   `umount`) as functions returning printable reports, so tests can call them.
+
+pub mod commands;
+pub mod local;
+pub mod mounts;
+pub mod state;

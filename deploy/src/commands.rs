@@ -1,0 +1,1031 @@
+//! The `sessionfs` commands: `session create|ls|stop|start|rm`, `mount` and `umount`.
+//!
+//! Each command is a function taking the state directory and its arguments and returning
+//! a report whose `Display` is exactly what the command prints on stdout, so the binary
+//! stays a thin front end and tests can run the commands directly.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sessionfs_registry::{
+    Backend, InvalidSessionId, Registry, RegistryError, SessionId, SessionRecord, SessionState,
+};
+use tracing::{info, warn};
+
+use crate::local::{self, LocalError, StopOutcome};
+use crate::mounts::{self, MountPointError};
+use crate::state::{Home, StateError};
+
+/// Errors of the `sessionfs` commands.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The session id is not valid.
+    #[error(transparent)]
+    InvalidId(#[from] InvalidSessionId),
+    /// `session create` of an id that is taken.
+    #[error("session `{0}` already exists")]
+    AlreadyExists(SessionId),
+    /// The id is not in the registry.
+    #[error("no session `{0}`")]
+    NotFound(SessionId),
+    /// A label is not `KEY=VALUE`.
+    #[error("invalid label {0:?}: expected KEY=VALUE with a non-empty KEY")]
+    BadLabel(String),
+    /// `--dir` does not exist.
+    #[error("workspace directory {} does not exist", .0.display())]
+    DirMissing(PathBuf),
+    /// `--dir` is not a directory.
+    #[error("workspace directory {} is not a directory", .0.display())]
+    DirNotDirectory(PathBuf),
+    /// The session belongs to a backend this command line does not manage.
+    #[error("session `{id}` uses the {backend} backend, which `sessionfs session` cannot manage")]
+    UnsupportedBackend {
+        /// The session.
+        id: SessionId,
+        /// Its backend.
+        backend: Backend,
+    },
+    /// `rm --purge` of a workspace that must not be deleted.
+    #[error("refusing to delete workspace {}: {reason}", path.display())]
+    PurgeRefused {
+        /// The workspace.
+        path: PathBuf,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A file operation failed.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        /// What was attempted.
+        action: &'static str,
+        /// The file concerned.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading or writing the registry failed.
+    #[error("session registry: {0}")]
+    Registry(#[source] RegistryError),
+    /// The state directory.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The local backend.
+    #[error(transparent)]
+    Local(#[from] LocalError),
+    /// The mount point checks or unmounting.
+    #[error(transparent)]
+    MountPoint(#[from] MountPointError),
+    /// The bridge failed to mount or to run.
+    #[error("sessionfs bridge at {}: {source}", mountpoint.display())]
+    Bridge {
+        /// The mount point.
+        mountpoint: PathBuf,
+        /// The bridge's error.
+        #[source]
+        source: sessionfs_bridge::MountError,
+    },
+}
+
+impl From<RegistryError> for CommandError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::AlreadyExists(id) => CommandError::AlreadyExists(id),
+            RegistryError::NotFound(id) => CommandError::NotFound(id),
+            other => CommandError::Registry(other),
+        }
+    }
+}
+
+fn io_error<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> CommandError + 'a {
+    move |source| CommandError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Parses a session id, with the registry's precise refusal message.
+pub fn parse_id(id: &str) -> Result<SessionId, CommandError> {
+    Ok(SessionId::from_str(id)?)
+}
+
+/// Parses a `KEY=VALUE` label (the value may be empty or contain `=`).
+pub fn parse_label(s: &str) -> Result<(String, String), CommandError> {
+    match s.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(CommandError::BadLabel(s.to_owned())),
+    }
+}
+
+fn get_record(registry: &Registry, id: &SessionId) -> Result<SessionRecord, CommandError> {
+    registry
+        .get(id)?
+        .ok_or_else(|| CommandError::NotFound(id.clone()))
+}
+
+fn require_local(record: &SessionRecord) -> Result<(), CommandError> {
+    match record.backend {
+        Backend::Local => Ok(()),
+        backend => Err(CommandError::UnsupportedBackend {
+            id: record.id.clone(),
+            backend,
+        }),
+    }
+}
+
+fn endpoint_text(record: &SessionRecord) -> String {
+    record
+        .endpoint
+        .map_or_else(|| "-".to_owned(), |e| e.to_string())
+}
+
+fn workspace_text(record: &SessionRecord) -> String {
+    record
+        .workspace
+        .as_ref()
+        .map_or_else(|| "-".to_owned(), |w| w.display().to_string())
+}
+
+// ---------------------------------------------------------------------------------------
+// session create
+
+/// Arguments of `session create`.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    /// The new session's id (validated by [`create`]).
+    pub id: String,
+    /// The directory to serve; default `sessions/<id>/workspace` in the state directory.
+    pub dir: Option<PathBuf>,
+    /// Labels; a repeated key keeps the last value.
+    pub labels: Vec<(String, String)>,
+}
+
+/// What `session create` made.
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// The registered, running session.
+    pub record: SessionRecord,
+}
+
+impl fmt::Display for Created {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "created session {} at {} serving {}",
+            self.record.id,
+            endpoint_text(&self.record),
+            workspace_text(&self.record)
+        )
+    }
+}
+
+/// `session create`: issues the session's certificates, registers it and starts its
+/// daemon. If the daemon does not come up, the registration and the files made for the
+/// session are removed again (never the `--dir` directory).
+pub fn create(home: &Home, opts: &CreateOptions) -> Result<Created, CommandError> {
+    let id = parse_id(&opts.id)?;
+    let user_dir = opts.dir.as_deref().map(workspace_dir).transpose()?;
+    let registry = home.open_registry()?;
+    let _lock = home.lock()?;
+    if registry.get(&id)?.is_some() {
+        return Err(CommandError::AlreadyExists(id));
+    }
+    let ca = home.certificate_authority()?;
+
+    let made_default = user_dir.is_none() && !home.default_workspace(&id).exists();
+    let workspace = user_dir
+        .clone()
+        .unwrap_or_else(|| home.default_workspace(&id));
+    let mut record = SessionRecord::new(
+        id.clone(),
+        Backend::Local,
+        sessionfs_pki::session_dns_name(id.as_str()),
+    );
+    record.workspace = Some(workspace.clone());
+    record.labels = opts.labels.iter().cloned().collect::<BTreeMap<_, _>>();
+    // Registering first claims the id: nothing is touched if it is taken.
+    registry.register(&record)?;
+
+    let undo = |e: CommandError| {
+        if let Err(re) = registry.remove(&id) {
+            warn!(session = %id, error = %re, "cannot remove the failed session's registration");
+        }
+        remove_created_files(home, &id, made_default);
+        e
+    };
+    let prepared = (|| -> Result<(), CommandError> {
+        home.issue_session_certs(&ca, &id)?;
+        if user_dir.is_none() {
+            fs::create_dir_all(&workspace).map_err(io_error("create directory", &workspace))?;
+        }
+        Ok(())
+    })();
+    prepared.map_err(undo)?;
+    let started = local::start(home, &record).map_err(|e| undo(e.into()))?;
+    let record = registry
+        .modify(&id, |r| {
+            r.state = started.state;
+            r.endpoint = started.endpoint;
+            r.pid = started.pid;
+        })
+        .map_err(|e| {
+            stop_quietly(&started);
+            undo(e.into())
+        })?;
+    info!(session = %id, "created session");
+    Ok(Created { record })
+}
+
+/// `--dir`: must exist and be a directory; returned canonical.
+fn workspace_dir(dir: &Path) -> Result<PathBuf, CommandError> {
+    let canonical = fs::canonicalize(dir).map_err(|e| match e.kind() {
+        ErrorKind::NotFound => CommandError::DirMissing(dir.to_path_buf()),
+        _ => io_error("resolve", dir)(e),
+    })?;
+    if !canonical.is_dir() {
+        return Err(CommandError::DirNotDirectory(dir.to_path_buf()));
+    }
+    Ok(canonical)
+}
+
+/// Undoes a failed `create`: the certificates and log, the default workspace if this
+/// `create` made it (only while still empty), and the session directory if then empty.
+fn remove_created_files(home: &Home, id: &SessionId, made_default: bool) {
+    for path in [home.session_cert_dir(id), home.daemon_log(id)] {
+        if let Err(e) = remove_path(&path) {
+            warn!(error = %e, "cannot clean up after the failed create");
+        }
+    }
+    let mut dirs = vec![home.session_dir(id)];
+    if made_default {
+        dirs.insert(0, home.default_workspace(id));
+    }
+    for dir in dirs {
+        // Removes empty directories only; anything with content is left alone.
+        if let Err(e) = fs::remove_dir(&dir) {
+            if e.kind() != ErrorKind::NotFound && e.kind() != ErrorKind::DirectoryNotEmpty {
+                warn!(path = %dir.display(), error = %e, "cannot clean up after the failed create");
+            }
+        }
+    }
+}
+
+fn stop_quietly(record: &SessionRecord) {
+    if let Err(e) = local::stop(record) {
+        warn!(session = %record.id, error = %e, "cannot stop the daemon");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// session ls
+
+/// One row of `session ls`.
+#[derive(Debug, Clone)]
+pub struct SessionStatus {
+    /// The registry's record.
+    pub record: SessionRecord,
+    /// Local sessions: whether the daemon process is alive. `None` for other backends.
+    pub alive: Option<bool>,
+}
+
+impl SessionStatus {
+    /// The STATE column: the recorded state, or `dead` for a local session recorded as
+    /// running whose process is gone.
+    pub fn display_state(&self) -> &'static str {
+        if self.record.backend == Backend::Local
+            && self.record.state == SessionState::Running
+            && self.alive == Some(false)
+        {
+            "dead"
+        } else {
+            self.record.state.as_str()
+        }
+    }
+
+    /// The `--json` object: `{id, backend, state, endpoint, workspace, pid, created_at,
+    /// labels, alive}` in that order; `state` is the recorded state.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.json_row()).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn json_row(&self) -> JsonRow<'_> {
+        let r = &self.record;
+        JsonRow {
+            id: r.id.as_str(),
+            backend: r.backend.as_str(),
+            state: r.state.as_str(),
+            endpoint: r.endpoint.map(|e| e.to_string()),
+            workspace: r
+                .workspace
+                .as_ref()
+                .map(|w| w.to_string_lossy().into_owned()),
+            pid: r.pid,
+            created_at: r.created_at,
+            labels: &r.labels,
+            alive: self.alive,
+        }
+    }
+}
+
+/// One element of `session ls --json`, fields in output order.
+#[derive(serde::Serialize)]
+struct JsonRow<'a> {
+    id: &'a str,
+    backend: &'a str,
+    state: &'a str,
+    endpoint: Option<String>,
+    workspace: Option<String>,
+    pid: Option<u32>,
+    created_at: u64,
+    labels: &'a BTreeMap<String, String>,
+    alive: Option<bool>,
+}
+
+/// `session ls`: every session with the liveness of local daemons. Writes nothing.
+pub fn list(home: &Home) -> Result<Vec<SessionStatus>, CommandError> {
+    let registry = home.open_registry()?;
+    Ok(registry
+        .list()?
+        .into_iter()
+        .map(|record| {
+            let alive = (record.backend == Backend::Local).then(|| local::is_running(&record));
+            SessionStatus { record, alive }
+        })
+        .collect())
+}
+
+/// The `session ls` table: a header and one line per session, columns separated by at
+/// least two spaces, every line ending in a newline.
+pub fn render_table(sessions: &[SessionStatus]) -> String {
+    let mut rows = vec![[
+        "ID".to_owned(),
+        "BACKEND".to_owned(),
+        "STATE".to_owned(),
+        "ENDPOINT".to_owned(),
+        "WORKSPACE".to_owned(),
+    ]];
+    rows.extend(sessions.iter().map(|s| {
+        [
+            s.record.id.to_string(),
+            s.record.backend.to_string(),
+            s.display_state().to_owned(),
+            endpoint_text(&s.record),
+            workspace_text(&s.record),
+        ]
+    }));
+    let mut widths = [0usize; 5];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                let pad = widths[i] - cell.chars().count() + 2;
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// The `session ls --json` output: a pretty-printed JSON array, newline-terminated.
+pub fn render_json(sessions: &[SessionStatus]) -> String {
+    let rows: Vec<JsonRow<'_>> = sessions.iter().map(SessionStatus::json_row).collect();
+    let mut out = serde_json::to_string_pretty(&rows).unwrap_or_else(|_| "[]".to_owned());
+    out.push('\n');
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// session stop / start
+
+/// What `session stop` did.
+#[derive(Debug, Clone)]
+pub struct Stopped {
+    /// The session.
+    pub id: SessionId,
+    /// What happened to the daemon.
+    pub outcome: StopOutcome,
+    /// Whether the registry already said `stopped`.
+    pub was_stopped: bool,
+}
+
+impl fmt::Display for Stopped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let id = &self.id;
+        match self.outcome {
+            StopOutcome::Terminated => write!(f, "stopped session {id}"),
+            StopOutcome::Killed => write!(
+                f,
+                "stopped session {id} (killed: it ignored SIGTERM for {} s)",
+                local::STOP_TIMEOUT.as_secs()
+            ),
+            StopOutcome::NotRunning if self.was_stopped => {
+                write!(f, "session {id} was already stopped")
+            }
+            StopOutcome::NotRunning => write!(
+                f,
+                "session {id} was not running (its daemon had exited); marked it stopped"
+            ),
+        }
+    }
+}
+
+/// `session stop`: stops the daemon and records the session as stopped (no endpoint,
+/// no pid).
+pub fn stop(home: &Home, id: &str) -> Result<Stopped, CommandError> {
+    let id = parse_id(id)?;
+    let registry = home.open_registry()?;
+    let _lock = home.lock()?;
+    let record = get_record(&registry, &id)?;
+    require_local(&record)?;
+    let outcome = local::stop(&record)?;
+    registry.modify(&id, |r| {
+        r.state = SessionState::Stopped;
+        r.endpoint = None;
+        r.pid = None;
+    })?;
+    Ok(Stopped {
+        id,
+        outcome,
+        was_stopped: record.state == SessionState::Stopped,
+    })
+}
+
+/// What `session start` did.
+#[derive(Debug, Clone)]
+pub enum Started {
+    /// The daemon was started; the updated record.
+    Started(SessionRecord),
+    /// The daemon was running already; the record as stored.
+    AlreadyRunning(SessionRecord),
+}
+
+impl fmt::Display for Started {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Started::Started(r) => write!(
+                f,
+                "started session {} at {} serving {}",
+                r.id,
+                endpoint_text(r),
+                workspace_text(r)
+            ),
+            Started::AlreadyRunning(r) => write!(
+                f,
+                "session {} is already running at {}",
+                r.id,
+                endpoint_text(r)
+            ),
+        }
+    }
+}
+
+/// `session start`: starts the daemon of a stopped (or dead) session.
+pub fn start(home: &Home, id: &str) -> Result<Started, CommandError> {
+    let id = parse_id(id)?;
+    let registry = home.open_registry()?;
+    let _lock = home.lock()?;
+    let record = get_record(&registry, &id)?;
+    require_local(&record)?;
+    if local::is_running(&record) {
+        return Ok(Started::AlreadyRunning(record));
+    }
+    let started = local::start(home, &record)?;
+    let record = registry
+        .modify(&id, |r| {
+            r.state = started.state;
+            r.endpoint = started.endpoint;
+            r.pid = started.pid;
+        })
+        .inspect_err(|_| stop_quietly(&started))?;
+    Ok(Started::Started(record))
+}
+
+// ---------------------------------------------------------------------------------------
+// session rm
+
+/// What `session rm` did.
+#[derive(Debug, Clone)]
+pub struct Removed {
+    /// The session.
+    pub id: SessionId,
+    /// What happened to the daemon.
+    pub outcome: StopOutcome,
+    /// Files and directories deleted, in order (the workspace too, with `--purge`).
+    pub deleted: Vec<PathBuf>,
+    /// The workspace deleted by `--purge` (also in [`Removed::deleted`]).
+    pub purged_workspace: Option<PathBuf>,
+    /// The workspace kept (no `--purge`).
+    pub kept_workspace: Option<PathBuf>,
+}
+
+impl fmt::Display for Removed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "removed session {}", self.id)?;
+        match self.outcome {
+            StopOutcome::NotRunning => {}
+            StopOutcome::Terminated => f.write_str(" (stopped its daemon)")?,
+            StopOutcome::Killed => f.write_str(" (killed its daemon)")?,
+        }
+        for path in &self.deleted {
+            let what = if self.purged_workspace.as_ref() == Some(path) {
+                "workspace "
+            } else {
+                ""
+            };
+            write!(f, "\ndeleted {what}{}", path.display())?;
+        }
+        if let Some(ws) = &self.kept_workspace {
+            write!(
+                f,
+                "\nkept workspace {} (use --purge to delete it)",
+                ws.display()
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// `session rm`: stops the daemon, removes the registration and deletes
+/// `sessions/<id>/` (certificates, log). The workspace is kept unless `purge`.
+pub fn remove(home: &Home, id: &str, purge: bool) -> Result<Removed, CommandError> {
+    let id = parse_id(id)?;
+    let registry = home.open_registry()?;
+    let _lock = home.lock()?;
+    let record = get_record(&registry, &id)?;
+    require_local(&record)?;
+    let workspace = record.workspace.clone();
+    if purge {
+        if let Some(ws) = &workspace {
+            check_purge(home, ws)?;
+        }
+    }
+    let outcome = local::stop(&record)?;
+    registry.remove(&id)?;
+
+    let mut deleted = Vec::new();
+    for path in [home.session_cert_dir(&id), home.daemon_log(&id)] {
+        if remove_path(&path)? {
+            deleted.push(path);
+        }
+    }
+    let mut report = Removed {
+        id: id.clone(),
+        outcome,
+        deleted,
+        purged_workspace: None,
+        kept_workspace: None,
+    };
+    if let Some(ws) = workspace {
+        if !purge {
+            report.kept_workspace = ws.exists().then_some(ws);
+        } else if remove_path(&ws)? {
+            report.deleted.push(ws.clone());
+            report.purged_workspace = Some(ws);
+        }
+    }
+    let session_dir = home.session_dir(&id);
+    match fs::remove_dir(&session_dir) {
+        Ok(()) => report.deleted.push(session_dir),
+        // Not empty: the kept default workspace (or files someone put there) remain.
+        Err(e) if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::DirectoryNotEmpty => {}
+        Err(e) => warn!(path = %session_dir.display(), error = %e, "cannot remove"),
+    }
+    info!(session = %id, "removed session");
+    Ok(report)
+}
+
+/// Refuses to purge a workspace that is `/`, the user's home, or holds the state
+/// directory.
+fn check_purge(home: &Home, ws: &Path) -> Result<(), CommandError> {
+    let refuse = |reason| {
+        Err(CommandError::PurgeRefused {
+            path: ws.to_path_buf(),
+            reason,
+        })
+    };
+    if ws.parent().is_none() {
+        return refuse("it is the root directory");
+    }
+    if std::env::var_os("HOME").is_some_and(|h| Path::new(&h) == ws) {
+        return refuse("it is your home directory");
+    }
+    let state = fs::canonicalize(home.root()).unwrap_or_else(|_| home.root().to_path_buf());
+    if state.starts_with(ws) {
+        return refuse("it contains the sessionfs state directory");
+    }
+    Ok(())
+}
+
+/// Deletes a file or a directory tree (a symlink itself, never its target); false if it
+/// did not exist.
+fn remove_path(path: &Path) -> Result<bool, CommandError> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io_error("inspect", path)(e)),
+    };
+    let result = if meta.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
+    result.map_err(io_error("delete", path))?;
+    Ok(true)
+}
+
+// ---------------------------------------------------------------------------------------
+// mount / umount
+
+/// Arguments of `mount`.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    /// Where to mount.
+    pub mountpoint: PathBuf,
+    /// Upper bound for one file system operation.
+    pub op_timeout: Duration,
+    /// FUSE worker threads.
+    pub threads: usize,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            mountpoint: PathBuf::from(mounts::DEFAULT_MOUNTPOINT),
+            op_timeout: Duration::from_secs(10),
+            threads: 4,
+        }
+    }
+}
+
+/// `mount`: checks the FUSE device, the mount point and `fusermount3`, makes sure the
+/// bridge certificate exists, then mounts and serves until unmounted or signalled.
+pub fn mount(home: &Home, opts: &MountOptions) -> Result<(), CommandError> {
+    let mountpoint = mounts::preflight(&opts.mountpoint)?;
+    home.ensure_bridge_cert()?;
+    // Created here so the bridge finds a registry even before the first session.
+    drop(home.open_registry()?);
+    let mut config = home.bridge_config();
+    config.op_timeout = opts.op_timeout;
+    config.connect_timeout = config.connect_timeout.min(opts.op_timeout);
+    config.fuse_threads = opts.threads.max(1);
+    info!(mountpoint = %mountpoint.display(), home = %home.root().display(), "mounting");
+    sessionfs_bridge::mount(config, &mountpoint).map_err(|source| CommandError::Bridge {
+        mountpoint: opts.mountpoint.clone(),
+        source,
+    })
+}
+
+/// What `umount` did.
+#[derive(Debug, Clone)]
+pub struct Unmounted {
+    /// The mount point (canonical).
+    pub mountpoint: PathBuf,
+}
+
+impl fmt::Display for Unmounted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unmounted {}", self.mountpoint.display())
+    }
+}
+
+/// `umount`: unmounts the bridge (or whatever is mounted) at `mountpoint`.
+pub fn umount(mountpoint: &Path) -> Result<Unmounted, CommandError> {
+    Ok(Unmounted {
+        mountpoint: mounts::unmount(mountpoint)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn home() -> (tempfile::TempDir, Home) {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::new(tmp.path().join("state")).unwrap();
+        (tmp, home)
+    }
+
+    #[test]
+    fn ids_are_refused_precisely() {
+        let (_tmp, home) = home();
+        for (id, reason) in [
+            ("Foo", "character 'F' at position 1 is not allowed"),
+            ("-x", "it starts with '-'"),
+            ("", "it is empty"),
+            ("../x", "character '.' at position 1 is not allowed"),
+        ] {
+            let opts = CreateOptions {
+                id: id.into(),
+                ..Default::default()
+            };
+            let msg = create(&home, &opts).unwrap_err().to_string();
+            assert!(
+                msg.starts_with(&format!("invalid session id {id:?}: {reason}")),
+                "{msg}"
+            );
+            for err in [
+                stop(&home, id).unwrap_err(),
+                start(&home, id).unwrap_err(),
+                remove(&home, id, false).unwrap_err(),
+            ] {
+                assert!(matches!(err, CommandError::InvalidId(_)), "{err}");
+            }
+        }
+        // Nothing was created for refused ids.
+        assert!(!home.sessions_dir().exists());
+    }
+
+    #[test]
+    fn unknown_sessions() {
+        let (_tmp, home) = home();
+        assert_eq!(stop(&home, "x").unwrap_err().to_string(), "no session `x`");
+        assert_eq!(start(&home, "x").unwrap_err().to_string(), "no session `x`");
+        assert_eq!(
+            remove(&home, "x", true).unwrap_err().to_string(),
+            "no session `x`"
+        );
+        assert!(list(&home).unwrap().is_empty());
+    }
+
+    #[test]
+    fn duplicate_and_bad_dir_are_refused() {
+        let (tmp, home) = home();
+        let registry = home.open_registry().unwrap();
+        let mut rec = SessionRecord::new("dup".parse().unwrap(), Backend::Local, "d".into());
+        rec.workspace = Some(tmp.path().to_path_buf());
+        registry.register(&rec).unwrap();
+        let opts = CreateOptions {
+            id: "dup".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            create(&home, &opts).unwrap_err().to_string(),
+            "session `dup` already exists"
+        );
+        assert!(!home.session_dir(&rec.id).exists());
+
+        let missing = tmp.path().join("missing");
+        let opts = CreateOptions {
+            id: "new".into(),
+            dir: Some(missing.clone()),
+            ..Default::default()
+        };
+        assert_eq!(
+            create(&home, &opts).unwrap_err().to_string(),
+            format!("workspace directory {} does not exist", missing.display())
+        );
+        let file = tmp.path().join("file");
+        fs::write(&file, "").unwrap();
+        let opts = CreateOptions {
+            id: "new".into(),
+            dir: Some(file.clone()),
+            ..Default::default()
+        };
+        assert_eq!(
+            create(&home, &opts).unwrap_err().to_string(),
+            format!("workspace directory {} is not a directory", file.display())
+        );
+    }
+
+    #[test]
+    fn failed_start_is_undone() {
+        let (tmp, home) = home();
+        let user_dir = tmp.path().join("work");
+        fs::create_dir(&user_dir).unwrap();
+        fs::write(user_dir.join("keep.txt"), "data").unwrap();
+        // A "daemon" that exits at once with a message on stderr.
+        let fake = tmp.path().join("sessionfsd");
+        fs::write(&fake, "#!/bin/sh\necho 'boom: bad certs' >&2\nexit 3\n").unwrap();
+        fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        // Only this test sets the variable; other tests do not start daemons.
+        std::env::set_var(local::DAEMON_ENV, &fake);
+        let id: SessionId = "s1".parse().unwrap();
+        for dir in [Some(user_dir.clone()), None] {
+            let opts = CreateOptions {
+                id: "s1".into(),
+                dir: dir.clone(),
+                labels: vec![("k".into(), "v".into())],
+            };
+            let msg = create(&home, &opts).unwrap_err().to_string();
+            assert!(
+                msg.contains("sessionfsd for session `s1` failed to start"),
+                "{msg}"
+            );
+            assert!(msg.contains("exit status: 3"), "{msg}");
+            assert!(msg.contains("boom: bad certs"), "{msg}");
+            assert!(home.open_registry().unwrap().get(&id).unwrap().is_none());
+            assert!(!home.session_dir(&id).exists());
+            assert_eq!(
+                fs::read_to_string(user_dir.join("keep.txt")).unwrap(),
+                "data"
+            );
+        }
+        // A kept default workspace from an earlier session survives a failed create.
+        let kept = home.default_workspace(&id);
+        fs::create_dir_all(&kept).unwrap();
+        fs::write(kept.join("old.txt"), "old").unwrap();
+        let opts = CreateOptions {
+            id: "s1".into(),
+            ..Default::default()
+        };
+        create(&home, &opts).unwrap_err();
+        assert_eq!(fs::read_to_string(kept.join("old.txt")).unwrap(), "old");
+        assert!(!home.session_cert_dir(&id).exists());
+        std::env::remove_var(local::DAEMON_ENV);
+    }
+
+    #[test]
+    fn labels() {
+        assert_eq!(
+            parse_label("a=b=c").unwrap(),
+            ("a".to_owned(), "b=c".to_owned())
+        );
+        assert_eq!(parse_label("a=").unwrap(), ("a".to_owned(), String::new()));
+        assert_eq!(
+            parse_label("=b").unwrap_err().to_string(),
+            "invalid label \"=b\": expected KEY=VALUE with a non-empty KEY"
+        );
+        assert!(parse_label("ab").is_err());
+    }
+
+    fn status(id: &str, state: SessionState, alive: Option<bool>) -> SessionStatus {
+        let mut record = SessionRecord::new(id.parse().unwrap(), Backend::Local, "x".into());
+        record.state = state;
+        record.created_at = 1_700_000_000;
+        if state == SessionState::Running {
+            record.endpoint = Some("127.0.0.1:40000".parse().unwrap());
+            record.pid = Some(4242);
+        }
+        record.workspace = Some(PathBuf::from(format!("/w/{id}")));
+        record.labels.insert("team".into(), "a".into());
+        SessionStatus { record, alive }
+    }
+
+    #[test]
+    fn table_and_json() {
+        let rows = [
+            status("alpha", SessionState::Running, Some(true)),
+            status("b", SessionState::Running, Some(false)),
+            status("gamma-long-id", SessionState::Stopped, Some(false)),
+        ];
+        assert_eq!(
+            render_table(&rows),
+            "\
+ID             BACKEND  STATE    ENDPOINT         WORKSPACE
+alpha          local    running  127.0.0.1:40000  /w/alpha
+b              local    dead     127.0.0.1:40000  /w/b
+gamma-long-id  local    stopped  -                /w/gamma-long-id
+"
+        );
+        assert_eq!(
+            render_table(&[]),
+            "ID  BACKEND  STATE  ENDPOINT  WORKSPACE\n"
+        );
+        let json: serde_json::Value = serde_json::from_str(&render_json(&rows)).unwrap();
+        assert_eq!(
+            json[1],
+            json!({
+                "id": "b", "backend": "local", "state": "running",
+                "endpoint": "127.0.0.1:40000", "workspace": "/w/b", "pid": 4242,
+                "created_at": 1_700_000_000u64, "labels": {"team": "a"}, "alive": false,
+            })
+        );
+        assert_eq!(json[2]["endpoint"], serde_json::Value::Null);
+        assert_eq!(render_json(&[]), "[]\n");
+        // Keys in the documented order.
+        let text = render_json(&rows[..1]);
+        let keys = [
+            "id",
+            "backend",
+            "state",
+            "endpoint",
+            "workspace",
+            "pid",
+            "created_at",
+            "labels",
+            "alive",
+        ];
+        let positions: Vec<usize> = keys
+            .iter()
+            .map(|k| text.find(&format!("\"{k}\":")).unwrap())
+            .collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{text}");
+    }
+
+    #[test]
+    fn reports() {
+        let id: SessionId = "s".parse().unwrap();
+        let stopped = |outcome, was_stopped| {
+            Stopped {
+                id: id.clone(),
+                outcome,
+                was_stopped,
+            }
+            .to_string()
+        };
+        assert_eq!(stopped(StopOutcome::Terminated, false), "stopped session s");
+        assert_eq!(
+            stopped(StopOutcome::NotRunning, true),
+            "session s was already stopped"
+        );
+        let removed = Removed {
+            id: id.clone(),
+            outcome: StopOutcome::Terminated,
+            deleted: vec![PathBuf::from("/st/sessions/s/certs")],
+            purged_workspace: None,
+            kept_workspace: Some(PathBuf::from("/w")),
+        };
+        assert_eq!(
+            removed.to_string(),
+            "removed session s (stopped its daemon)\ndeleted /st/sessions/s/certs\n\
+             kept workspace /w (use --purge to delete it)"
+        );
+        let purged = Removed {
+            id: id.clone(),
+            outcome: StopOutcome::NotRunning,
+            deleted: vec![
+                PathBuf::from("/st/sessions/s/certs"),
+                PathBuf::from("/st/sessions/s/workspace"),
+                PathBuf::from("/st/sessions/s"),
+            ],
+            purged_workspace: Some(PathBuf::from("/st/sessions/s/workspace")),
+            kept_workspace: None,
+        };
+        assert_eq!(
+            purged.to_string(),
+            "removed session s\ndeleted /st/sessions/s/certs\n\
+             deleted workspace /st/sessions/s/workspace\ndeleted /st/sessions/s"
+        );
+    }
+
+    #[test]
+    fn purge_guard() {
+        let (tmp, home) = home();
+        assert!(check_purge(&home, Path::new("/")).is_err());
+        let msg = check_purge(&home, tmp.path()).unwrap_err().to_string();
+        assert!(
+            msg.ends_with("it contains the sessionfs state directory"),
+            "{msg}"
+        );
+        assert!(check_purge(&home, &tmp.path().join("elsewhere")).is_ok());
+    }
+
+    #[test]
+    fn rm_without_daemon_keeps_workspace_unless_purged() {
+        let (tmp, home) = home();
+        let registry = home.open_registry().unwrap();
+        let ca = home.certificate_authority().unwrap();
+        for (name, purge) in [("keep", false), ("purge", true)] {
+            let id: SessionId = name.parse().unwrap();
+            home.issue_session_certs(&ca, &id).unwrap();
+            fs::write(home.daemon_log(&id), "log\n").unwrap();
+            let ws = tmp.path().join(format!("ws-{name}"));
+            fs::create_dir(&ws).unwrap();
+            fs::write(ws.join("f"), "x").unwrap();
+            let mut rec = SessionRecord::new(id.clone(), Backend::Local, "x".into());
+            rec.workspace = Some(ws.clone());
+            rec.state = SessionState::Stopped;
+            registry.register(&rec).unwrap();
+            let report = remove(&home, name, purge).unwrap();
+            assert_eq!(report.outcome, StopOutcome::NotRunning);
+            assert!(registry.get(&id).unwrap().is_none());
+            assert!(!home.session_dir(&id).exists());
+            assert_eq!(ws.exists(), !purge);
+            let text = report.to_string();
+            assert!(text.contains(&format!("deleted {}", home.session_cert_dir(&id).display())));
+            assert!(text.contains(&format!("deleted {}", home.daemon_log(&id).display())));
+            if purge {
+                assert!(
+                    text.contains(&format!("deleted workspace {}", ws.display())),
+                    "{text}"
+                );
+            } else {
+                assert!(
+                    text.contains(&format!("kept workspace {}", ws.display())),
+                    "{text}"
+                );
+            }
+        }
+    }
+}

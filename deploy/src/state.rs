@@ -1,0 +1,366 @@
+//! The state directory (`$SESSIONFS_HOME`, default `~/.local/state/sessionfs`): where it
+//! is, its layout, and the certificate and registry files kept in it.
+//!
+//! Layout:
+//! - `pki/ca.pem`, `pki/ca.key`: the installation CA;
+//! - `pki/bridge.pem`, `pki/bridge.key`: the bridge's client certificate (issued on first need);
+//! - `registry.db`: the session registry;
+//! - `sessions/<id>/certs/{ca.pem,session.pem,session.key}`: one daemon's certificate directory;
+//! - `sessions/<id>/workspace/`: the default workspace of a local session;
+//! - `sessions/<id>/daemon.log`: the local daemon's stderr (appended);
+//! - `.lock`: serializes CA creation and session creation between `sessionfs` processes.
+
+use std::ffi::OsString;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::ErrorKind;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use sessionfs_bridge::BridgeConfig;
+use sessionfs_pki::{CertificateAuthority, PkiError, BRIDGE_IDENTITY};
+use sessionfs_registry::{Registry, RegistryError, SessionId};
+use tracing::{debug, info};
+
+/// Environment variable naming the state directory.
+pub const HOME_ENV: &str = "SESSIONFS_HOME";
+/// The state directory below `$HOME` when [`HOME_ENV`] is not set.
+pub const DEFAULT_RELATIVE: &str = ".local/state/sessionfs";
+
+/// Errors locating or preparing the state directory.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Neither `--home`, `$SESSIONFS_HOME` nor `$HOME` is set.
+    #[error(
+        "cannot locate the state directory: neither --home, ${HOME_ENV} nor $HOME is set \
+         (set {HOME_ENV} to a directory)"
+    )]
+    NoHome,
+    /// A file system operation in the state directory failed.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        /// What was attempted, e.g. "create directory".
+        action: &'static str,
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Loading or creating the CA, or issuing a certificate, failed.
+    #[error("certificates in {}: {source}", dir.display())]
+    Pki {
+        /// The directory the certificates live in.
+        dir: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: PkiError,
+    },
+    /// Opening the registry failed.
+    #[error("cannot open the registry {}: {source}", path.display())]
+    Registry {
+        /// The registry file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: RegistryError,
+    },
+}
+
+/// Shorthand for a [`StateError::Io`] constructor.
+pub(crate) fn io_error<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> StateError + 'a {
+    move |source| StateError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// An exclusive advisory lock on the state directory; released when dropped.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
+}
+
+/// A state directory and the paths inside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Home {
+    root: PathBuf,
+}
+
+impl Home {
+    /// A state directory at `root` (made absolute against the current directory).
+    pub fn new(root: impl Into<PathBuf>) -> Result<Home, StateError> {
+        let root = root.into();
+        let root = std::path::absolute(&root).map_err(io_error("resolve", &root))?;
+        Ok(Home { root })
+    }
+
+    /// The state directory: `explicit` (from `--home`) if given, else `$SESSIONFS_HOME`,
+    /// else `$HOME/.local/state/sessionfs`.
+    pub fn locate(explicit: Option<&Path>) -> Result<Home, StateError> {
+        let root = resolve_root(
+            explicit,
+            std::env::var_os(HOME_ENV),
+            std::env::var_os("HOME"),
+        )?;
+        Home::new(root)
+    }
+
+    /// The state directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `pki/`: the CA and the bridge certificate.
+    pub fn pki_dir(&self) -> PathBuf {
+        self.root.join("pki")
+    }
+
+    /// `registry.db`.
+    pub fn registry_path(&self) -> PathBuf {
+        self.root.join("registry.db")
+    }
+
+    /// `sessions/`.
+    pub fn sessions_dir(&self) -> PathBuf {
+        self.root.join("sessions")
+    }
+
+    /// `sessions/<id>/`.
+    pub fn session_dir(&self, id: &SessionId) -> PathBuf {
+        self.sessions_dir().join(id.as_str())
+    }
+
+    /// `sessions/<id>/certs/`: the daemon's `--cert-dir`.
+    pub fn session_cert_dir(&self, id: &SessionId) -> PathBuf {
+        self.session_dir(id).join("certs")
+    }
+
+    /// `sessions/<id>/workspace/`: the default workspace of a local session.
+    pub fn default_workspace(&self, id: &SessionId) -> PathBuf {
+        self.session_dir(id).join("workspace")
+    }
+
+    /// `sessions/<id>/daemon.log`: the local daemon's stderr.
+    pub fn daemon_log(&self, id: &SessionId) -> PathBuf {
+        self.session_dir(id).join("daemon.log")
+    }
+
+    /// Bridge settings for this state directory (registry and `pki/` certificates).
+    pub fn bridge_config(&self) -> BridgeConfig {
+        BridgeConfig::new(self.registry_path(), self.pki_dir())
+    }
+
+    /// Creates the state directory (mode 0700) if it does not exist.
+    pub fn ensure_root(&self) -> Result<(), StateError> {
+        private_dir(&self.root)
+    }
+
+    /// Takes the state directory's lock (`.lock`), waiting for other holders.
+    pub fn lock(&self) -> Result<StateLock, StateError> {
+        self.ensure_root()?;
+        let path = self.root.join(".lock");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_error("open", &path))?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| io_error("lock", &path)(e.into()))?;
+        Ok(StateLock { _file: file })
+    }
+
+    /// Opens (creating if needed) the registry.
+    pub fn open_registry(&self) -> Result<Registry, StateError> {
+        self.ensure_root()?;
+        let path = self.registry_path();
+        Registry::open(&path).map_err(|source| StateError::Registry { path, source })
+    }
+
+    /// Loads the CA, creating it on first use. Callers creating it concurrently must hold
+    /// [`Home::lock`].
+    pub fn certificate_authority(&self) -> Result<CertificateAuthority, StateError> {
+        self.ensure_root()?;
+        let dir = self.pki_dir();
+        CertificateAuthority::load_or_create(&dir).map_err(|source| StateError::Pki { dir, source })
+    }
+
+    /// Makes sure the CA and the bridge's client certificate exist (issuing what is
+    /// missing), so that [`Home::bridge_config`] can be used.
+    pub fn ensure_bridge_cert(&self) -> Result<(), StateError> {
+        let _lock = self.lock()?;
+        let ca = self.certificate_authority()?;
+        let dir = self.pki_dir();
+        let stem = sessionfs_bridge::config::cert_files::BRIDGE_STEM;
+        let pem = dir.join(format!("{stem}.pem"));
+        let key = dir.join(format!("{stem}.key"));
+        if exists(&pem)? && exists(&key)? {
+            return Ok(());
+        }
+        let pki = |source| StateError::Pki {
+            dir: dir.clone(),
+            source,
+        };
+        ca.issue_client(BRIDGE_IDENTITY)
+            .map_err(pki)?
+            .write(&dir, stem)
+            .map_err(pki)?;
+        info!(dir = %dir.display(), "issued the bridge certificate");
+        Ok(())
+    }
+
+    /// Issues the daemon certificate of session `id` into `sessions/<id>/certs/`
+    /// (`ca.pem`, `session.pem`, `session.key`) and returns that directory.
+    pub fn issue_session_certs(
+        &self,
+        ca: &CertificateAuthority,
+        id: &SessionId,
+    ) -> Result<PathBuf, StateError> {
+        let dir = self.session_cert_dir(id);
+        private_dir(&self.session_dir(id))?;
+        let pki = |source| StateError::Pki {
+            dir: dir.clone(),
+            source,
+        };
+        ca.issue_session(id.as_str())
+            .map_err(pki)?
+            .write(&dir, daemon_cert_files::SESSION_STEM)
+            .map_err(pki)?;
+        let ca_copy = dir.join(daemon_cert_files::CA);
+        fs::write(&ca_copy, ca.cert_pem()).map_err(io_error("write", &ca_copy))?;
+        debug!(session = %id, dir = %dir.display(), "issued session certificate");
+        Ok(dir)
+    }
+}
+
+/// The file names `sessionfsd` expects in its `--cert-dir` (mirrors
+/// `sessionfs_daemon::cert_files`, which this crate does not depend on).
+mod daemon_cert_files {
+    /// The installation CA certificate.
+    pub const CA: &str = "ca.pem";
+    /// Stem of the session certificate and key: `session.pem`, `session.key`.
+    pub const SESSION_STEM: &str = "session";
+}
+
+/// Picks the state directory from `--home`, `$SESSIONFS_HOME` and `$HOME`, in that order;
+/// empty variables count as unset.
+pub fn resolve_root(
+    explicit: Option<&Path>,
+    sessionfs_home: Option<OsString>,
+    home: Option<OsString>,
+) -> Result<PathBuf, StateError> {
+    if let Some(dir) = explicit {
+        return Ok(dir.to_path_buf());
+    }
+    if let Some(dir) = sessionfs_home.filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    match home.filter(|v| !v.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(DEFAULT_RELATIVE)),
+        None => Err(StateError::NoHome),
+    }
+}
+
+/// Creates `dir` and its parents, the new directories with mode 0700.
+pub(crate) fn private_dir(dir: &Path) -> Result<(), StateError> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_error("create directory", dir))
+}
+
+fn exists(path: &Path) -> Result<bool, StateError> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_error("inspect", path)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_precedence() {
+        let explicit = Path::new("/x");
+        assert_eq!(
+            resolve_root(Some(explicit), Some("/a".into()), Some("/h".into())).unwrap(),
+            PathBuf::from("/x")
+        );
+        assert_eq!(
+            resolve_root(None, Some("/a".into()), Some("/h".into())).unwrap(),
+            PathBuf::from("/a")
+        );
+        assert_eq!(
+            resolve_root(None, Some("".into()), Some("/h".into())).unwrap(),
+            PathBuf::from("/h/.local/state/sessionfs")
+        );
+        let err = resolve_root(None, None, Some("".into())).unwrap_err();
+        assert!(matches!(err, StateError::NoHome));
+        assert!(err.to_string().contains("$HOME is set"), "{err}");
+    }
+
+    #[test]
+    fn layout() {
+        let home = Home::new("/state").unwrap();
+        let id: SessionId = "s-1".parse().unwrap();
+        assert_eq!(home.pki_dir(), Path::new("/state/pki"));
+        assert_eq!(home.registry_path(), Path::new("/state/registry.db"));
+        assert_eq!(home.session_dir(&id), Path::new("/state/sessions/s-1"));
+        assert_eq!(
+            home.session_cert_dir(&id),
+            Path::new("/state/sessions/s-1/certs")
+        );
+        assert_eq!(
+            home.default_workspace(&id),
+            Path::new("/state/sessions/s-1/workspace")
+        );
+        assert_eq!(
+            home.daemon_log(&id),
+            Path::new("/state/sessions/s-1/daemon.log")
+        );
+        let config = home.bridge_config();
+        assert_eq!(config.registry_path, Path::new("/state/registry.db"));
+        assert_eq!(config.cert_dir, Path::new("/state/pki"));
+    }
+
+    #[test]
+    fn relative_home_becomes_absolute() {
+        let home = Home::new("rel/state").unwrap();
+        assert!(home.root().is_absolute());
+        assert!(home.root().ends_with("rel/state"));
+    }
+
+    #[test]
+    fn certificates_are_laid_out() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::new(tmp.path().join("state")).unwrap();
+        home.ensure_bridge_cert().unwrap();
+        for f in ["ca.pem", "ca.key", "bridge.pem", "bridge.key"] {
+            assert!(home.pki_dir().join(f).is_file(), "{f}");
+        }
+        let bridge = fs::read(home.pki_dir().join("bridge.pem")).unwrap();
+        home.ensure_bridge_cert().unwrap();
+        assert_eq!(fs::read(home.pki_dir().join("bridge.pem")).unwrap(), bridge);
+
+        let ca = home.certificate_authority().unwrap();
+        let id: SessionId = "s1".parse().unwrap();
+        let dir = home.issue_session_certs(&ca, &id).unwrap();
+        assert_eq!(dir, home.session_cert_dir(&id));
+        for f in ["ca.pem", "session.pem", "session.key"] {
+            assert!(dir.join(f).is_file(), "{f}");
+        }
+        assert_eq!(
+            fs::read_to_string(dir.join("ca.pem")).unwrap(),
+            fs::read_to_string(home.pki_dir().join("ca.pem")).unwrap()
+        );
+    }
+}

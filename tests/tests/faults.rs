@@ -1,0 +1,139 @@
+//! Faults on a live mount: a daemon killed mid-use answers with an error within the bound while other
+//! sessions carry on; `session start` (on another port) brings it back without a remount; a stopped
+//! session fails at once.
+
+use std::fs;
+use std::net::UdpSocket;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use sessionfs_tests::{rustix_kill, wait_until, Harness};
+
+/// The errnos a dead session may answer with.
+const DEAD: [i32; 3] = [libc::EIO, libc::ENOTCONN, libc::ETIMEDOUT];
+
+#[test]
+fn killed_daemon_errors_within_bound_then_recovers_on_a_new_port() -> Result<()> {
+    let mut h = Harness::new()?;
+    h.op_timeout_secs = 3;
+    let bound = Duration::from_secs(h.op_timeout_secs + 2);
+    h.create_session("victim")?;
+    h.create_session("bystander")?;
+    h.mount()?;
+    fs::write(h.path("victim", "data.txt"), b"survives")?;
+    fs::write(h.path("bystander", "b.txt"), b"unaffected")?;
+    // Keep a file open across the kill: its handle dies with the daemon.
+    let open = fs::File::open(h.path("victim", "data.txt"))?;
+
+    let old_endpoint = h.session_json("victim")?["endpoint"].as_str().context("endpoint")?.to_owned();
+    let pid = h.daemon_pid("victim")?;
+    rustix_kill(pid, libc::SIGKILL);
+    wait_until("the daemon to die", Duration::from_secs(5), || {
+        fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "))
+    })?;
+
+    // An operation on the dead session fails within the bound; meanwhile the bystander answers.
+    let in_flight = Arc::new(AtomicBool::new(true));
+    let victim_path = h.path("victim", "fresh-name.txt");
+    let flag = in_flight.clone();
+    let dead_op = std::thread::spawn(move || {
+        let start = Instant::now();
+        let r = fs::write(&victim_path, b"x");
+        flag.store(false, Ordering::SeqCst);
+        (r, start.elapsed())
+    });
+    assert_eq!(fs::read(h.path("bystander", "b.txt"))?, b"unaffected");
+    let bystander_done_while_victim_pending = in_flight.load(Ordering::SeqCst);
+    let (r, took) = dead_op.join().map_err(|_| anyhow::anyhow!("thread panicked"))?;
+    let errno = r.err().and_then(|e| e.raw_os_error()).context("write to a dead session succeeded")?;
+    assert!(DEAD.contains(&errno), "unexpected errno {errno}");
+    assert!(took <= bound, "dead session answered after {took:?}, bound {bound:?}");
+    assert!(bystander_done_while_victim_pending, "the bystander waited for the dead session");
+
+    // The mount is still up and the root still lists both sessions.
+    let mut names: Vec<_> = fs::read_dir(&h.mountpoint)?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;
+    names.sort();
+    assert_eq!(names, ["bystander", "victim"]);
+
+    // Restart the daemon while its old port is taken, so it must come back elsewhere.
+    let _squatter = UdpSocket::bind(&old_endpoint).context("occupying the old port")?;
+    h.ok(&["session", "start", "victim"])?;
+    let new_endpoint = h.session_json("victim")?["endpoint"].as_str().context("endpoint")?.to_owned();
+    assert_ne!(new_endpoint, old_endpoint);
+    let took = wait_until("the session to come back", bound, || {
+        fs::read(h.path("victim", "data.txt")).is_ok_and(|d| d == b"survives")
+    })?;
+    eprintln!("recovered {took:?} after restart on {new_endpoint}");
+    fs::write(h.path("victim", "after.txt"), b"new daemon")?;
+    assert_eq!(fs::read(h.path("victim", "after.txt"))?, b"new daemon");
+
+    // The handle opened before the kill is gone for good: an error, never stale or foreign data.
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 8];
+    let e = open.read_at(&mut buf, 0).err().context("a handle from the dead daemon still read")?;
+    assert!(e.raw_os_error().is_some_and(|n| DEAD.contains(&n) || n == libc::EBADF), "{e}");
+
+    // A stopped session fails at once with ENOTCONN, then works after start.
+    h.ok(&["session", "stop", "victim"])?;
+    let took = wait_until("the bridge to see the stop", bound, || {
+        fs::read_dir(h.path("victim", "")).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN)
+    })?;
+    eprintln!("stop visible after {took:?}");
+    h.ok(&["session", "start", "victim"])?;
+    wait_until("the session to come back after stop", bound, || fs::read(h.path("victim", "after.txt")).is_ok())?;
+    h.unmount()?;
+    Ok(())
+}
+
+#[test]
+fn sessions_appear_and_disappear_without_remount() -> Result<()> {
+    let mut h = Harness::new()?;
+    h.mount()?;
+    let names = |h: &Harness| -> Vec<String> {
+        fs::read_dir(&h.mountpoint)
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
+    };
+    assert!(names(&h).is_empty());
+    h.create_session("late")?;
+    let took = wait_until("the new session to appear", Duration::from_secs(1), || names(&h) == ["late"])?;
+    eprintln!("appeared after {took:?}");
+    fs::write(h.path("late", "hello"), b"hi")?;
+    h.ok(&["session", "rm", "late"])?;
+    let took = wait_until("the removed session to disappear", Duration::from_secs(1), || names(&h).is_empty())?;
+    eprintln!("disappeared after {took:?}");
+    h.unmount()?;
+    Ok(())
+}
+
+#[test]
+fn cli_refuses_bad_input_clearly() -> Result<()> {
+    let h = Harness::new()?;
+    let out = h.run(&["session", "create", "Bad_Id"])?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid session id"), "{out:?}");
+    h.create_session("dup")?;
+    let out = h.run(&["session", "create", "dup"])?;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"), "{out:?}");
+    let out = h.run(&["session", "stop", "nosuch"])?;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no session"), "{out:?}");
+    let missing = h.dir.path().join("no-such-dir");
+    let out = h.run(&["mount", missing.to_str().context("utf-8")?])?;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"), "{out:?}");
+    Ok(())
+}
+
+#[test]
+fn busy_mountpoint_is_refused() -> Result<()> {
+    let mut h = Harness::new()?;
+    h.mount()?;
+    let out = h.run(&["mount", h.mountpoint.to_str().context("utf-8")?])?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("busy"), "{out:?}");
+    // The first mount is unharmed.
+    assert!(sessionfs_tests::is_mounted(&h.mountpoint));
+    h.unmount()?;
+    Ok(())
+}
