@@ -744,6 +744,9 @@ impl fuser::Filesystem for BridgeFs {
     }
 
     fn getxattr(&self, req: &FuseRequest, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if ino.0 == ROOT_INO {
+            return reply.error(Errno::ENODATA);
+        }
         let (session, path) = match self.node(ino) {
             Ok(v) => v,
             Err(e) => return reply.error(e),
@@ -753,6 +756,9 @@ impl fuser::Filesystem for BridgeFs {
     }
 
     fn listxattr(&self, req: &FuseRequest, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if ino.0 == ROOT_INO {
+            return reply.size(0);
+        }
         let (session, path) = match self.node(ino) {
             Ok(v) => v,
             Err(e) => return reply.error(e),

@@ -3,8 +3,9 @@
 //!
 //! A node inside a session is identified by its daemon-side `(dev, ino, birth time)`; two names for one
 //! file (hard links) therefore share one FUSE inode with the daemon's link count. Each node keeps the
-//! `(parent, name)` it was last seen under, and request paths are rebuilt from those links, so a rename
-//! of a directory moves everything below it at once. Nodes live while the kernel holds a lookup count
+//! `(parent, name)` pairs it is known under (the most recent one is used), and request paths are
+//! rebuilt from those links, so a rename of a directory moves everything below it at once, and
+//! unlinking one name of a hard-linked file leaves it reachable under the others. Nodes live while the kernel holds a lookup count
 //! on them ([`InodeTable::forget`]); session roots live as long as the mount.
 //!
 //! Architecture invariant: **the table lock is never held across an await or a network call**; handlers
@@ -39,11 +40,13 @@ struct RemoteKey {
     file_type: u32,
 }
 
+type Link = (u64, Vec<u8>);
+
 struct Node {
     /// The session root inode this node belongs to (itself, for a session root).
     session_ino: u64,
-    parent: u64,
-    name: Vec<u8>,
+    /// The names this node is known under; the last is used to build paths. Empty: detached.
+    names: Vec<Link>,
     nlookup: u64,
     remote: Option<RemoteKey>,
 }
@@ -52,7 +55,7 @@ struct Node {
 pub struct InodeTable {
     nodes: HashMap<u64, Node>,
     by_remote: HashMap<RemoteKey, u64>,
-    by_name: HashMap<(u64, Vec<u8>), u64>,
+    by_name: HashMap<Link, u64>,
     session_roots: HashMap<String, u64>,
     sessions: HashMap<u64, Arc<Session>>,
     next_ino: u64,
@@ -90,7 +93,7 @@ impl InodeTable {
             return ino;
         }
         let ino = self.alloc();
-        self.nodes.insert(ino, Node { session_ino: ino, parent: ROOT_INO, name: id.as_bytes().to_vec(), nlookup: 0, remote: None });
+        self.nodes.insert(ino, Node { session_ino: ino, names: vec![(ROOT_INO, id.as_bytes().to_vec())], nlookup: 0, remote: None });
         self.session_roots.insert(id.to_owned(), ino);
         self.sessions.insert(ino, session.clone());
         ino
@@ -107,11 +110,9 @@ impl InodeTable {
         let mut cur = node;
         let mut cur_ino = ino;
         while cur_ino != node.session_ino {
-            if cur.parent == 0 {
-                return Err(Stale::Detached);
-            }
-            names.push(&cur.name);
-            cur_ino = cur.parent;
+            let (parent, name) = cur.names.last().ok_or(Stale::Detached)?;
+            names.push(name);
+            cur_ino = *parent;
             cur = self.nodes.get(&cur_ino).ok_or(Stale::Detached)?;
         }
         let mut bytes = Vec::new();
@@ -140,7 +141,7 @@ impl InodeTable {
             Some(&ino) => ino,
             None => {
                 let ino = self.alloc();
-                self.nodes.insert(ino, Node { session_ino, parent: 0, name: Vec::new(), nlookup: 0, remote: Some(key) });
+                self.nodes.insert(ino, Node { session_ino, names: Vec::new(), nlookup: 0, remote: Some(key) });
                 self.by_remote.insert(key, ino);
                 ino
             }
@@ -175,59 +176,60 @@ impl InodeTable {
             if let Some(key) = node.remote {
                 self.by_remote.remove(&key);
             }
-            if node.parent != 0 && self.by_name.get(&(node.parent, node.name.clone())) == Some(&ino) {
-                self.by_name.remove(&(node.parent, node.name));
+            for link in node.names {
+                if self.by_name.get(&link) == Some(&ino) {
+                    self.by_name.remove(&link);
+                }
             }
         }
     }
 
-    /// `parent/name` was removed (unlink, rmdir, or replaced by a rename): detach whatever node it named.
+    /// `parent/name` was removed (unlink, rmdir, or replaced by a rename): the node it named loses
+    /// that name, and is detached once it has none.
     pub fn unlink(&mut self, parent: u64, name: &[u8]) {
-        if let Some(ino) = self.by_name.remove(&(parent, name.to_vec())) {
-            if let Some(node) = self.nodes.get_mut(&ino) {
-                node.parent = 0;
-            }
+        let link = (parent, name.to_vec());
+        if let Some(ino) = self.by_name.remove(&link) {
+            self.drop_name(ino, &link);
         }
     }
 
     /// `parent/name` was renamed to `new_parent/new_name` (replacing what was there), or exchanged
     /// with it when `exchange` is set.
     pub fn rename(&mut self, parent: u64, name: &[u8], new_parent: u64, new_name: &[u8], exchange: bool) {
-        let moved = self.by_name.remove(&(parent, name.to_vec()));
-        let displaced = self.by_name.remove(&(new_parent, new_name.to_vec()));
+        let from = (parent, name.to_vec());
+        let to = (new_parent, new_name.to_vec());
+        let moved = self.by_name.remove(&from);
+        let displaced = self.by_name.remove(&to);
         if let Some(ino) = displaced {
+            self.drop_name(ino, &to);
             if exchange {
                 self.link(ino, parent, name);
-            } else if let Some(node) = self.nodes.get_mut(&ino) {
-                node.parent = 0;
             }
         }
         if let Some(ino) = moved {
+            self.drop_name(ino, &from);
             self.link(ino, new_parent, new_name);
         }
     }
 
+    fn drop_name(&mut self, ino: u64, link: &Link) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.names.retain(|l| l != link);
+        }
+    }
+
+    /// Makes `parent/name` a name of `ino` (the one used for its paths from now on).
     fn link(&mut self, ino: u64, parent: u64, name: &[u8]) {
-        let Some(node) = self.nodes.get_mut(&ino) else { return };
-        if node.parent != 0 && (node.parent, node.name.as_slice()) != (parent, name) {
-            let old = (node.parent, std::mem::take(&mut node.name));
-            if self.by_name.get(&old) == Some(&ino) {
-                self.by_name.remove(&old);
+        let link = (parent, name.to_vec());
+        if let Some(other) = self.by_name.insert(link.clone(), ino) {
+            // The name led to another node (replaced behind our back): that node loses it.
+            if other != ino {
+                self.drop_name(other, &link);
             }
         }
-        let node = match self.nodes.get_mut(&ino) {
-            Some(n) => n,
-            None => return,
-        };
-        node.parent = parent;
-        node.name = name.to_vec();
-        if let Some(other) = self.by_name.insert((parent, name.to_vec()), ino) {
-            // The name now leads to another node (replaced behind our back): the old one is detached.
-            if other != ino {
-                if let Some(old) = self.nodes.get_mut(&other) {
-                    old.parent = 0;
-                }
-            }
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.names.retain(|l| *l != link);
+            node.names.push(link);
         }
     }
 
@@ -251,4 +253,88 @@ impl InodeTable {
 /// Whether `attr` describes a directory.
 pub fn is_dir(attr: &Attr) -> bool {
     attr.file_type() == S_IFDIR
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sessionfs_registry::{Backend, SessionId, SessionRecord};
+
+    fn attr(ino: u64, mode: u32) -> Attr {
+        Attr { dev: 1, ino, mode, ..Attr::default() }
+    }
+
+    fn path(t: &InodeTable, ino: u64) -> Result<String, Stale> {
+        match t.resolve(ino)? {
+            NodeRef::InSession { path, .. } => Ok(String::from_utf8_lossy(path.as_bytes()).into_owned()),
+            NodeRef::Root => Ok("<root>".into()),
+        }
+    }
+
+    fn table() -> (InodeTable, u64) {
+        let mut t = InodeTable::default();
+        let id = SessionId::new("s").unwrap();
+        let session = Arc::new(Session::new(SessionRecord::new(id, Backend::Local, "s".into())));
+        let root = t.session_root(&session);
+        (t, root)
+    }
+
+    #[test]
+    fn hard_links_share_an_inode_and_survive_unlinking_one_name() {
+        let (mut t, root) = table();
+        let d = t.learn(root, b"d", &attr(10, S_IFDIR)).unwrap();
+        let a = t.learn(d, b"a", &attr(11, 0o100000)).unwrap();
+        let b = t.learn(root, b"b", &attr(11, 0o100000)).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(path(&t, a).unwrap(), "b");
+        t.unlink(root, b"b");
+        assert_eq!(path(&t, a).unwrap(), "d/a");
+        t.unlink(d, b"a");
+        assert_eq!(path(&t, a), Err(Stale::Detached));
+    }
+
+    #[test]
+    fn renaming_a_directory_moves_its_subtree() {
+        let (mut t, root) = table();
+        let d = t.learn(root, b"d", &attr(10, S_IFDIR)).unwrap();
+        let f = t.learn(d, b"f", &attr(11, 0o100000)).unwrap();
+        let e = t.learn(root, b"e", &attr(12, S_IFDIR)).unwrap();
+        t.rename(root, b"d", e, b"moved", false);
+        assert_eq!(path(&t, f).unwrap(), "e/moved/f");
+        // Replacing: the displaced node is detached.
+        let g = t.learn(root, b"g", &attr(13, 0o100000)).unwrap();
+        let h = t.learn(root, b"h", &attr(14, 0o100000)).unwrap();
+        t.rename(root, b"g", root, b"h", false);
+        assert_eq!(path(&t, g).unwrap(), "h");
+        assert_eq!(path(&t, h), Err(Stale::Detached));
+    }
+
+    #[test]
+    fn exchange_swaps_names() {
+        let (mut t, root) = table();
+        let x = t.learn(root, b"x", &attr(20, 0o100000)).unwrap();
+        let y = t.learn(root, b"y", &attr(21, 0o100000)).unwrap();
+        t.rename(root, b"x", root, b"y", true);
+        assert_eq!(path(&t, x).unwrap(), "y");
+        assert_eq!(path(&t, y).unwrap(), "x");
+    }
+
+    #[test]
+    fn forget_drops_nodes_and_reused_inode_numbers_are_new_nodes() {
+        let (mut t, root) = table();
+        let a = t.learn(root, b"a", &attr(30, 0o100000)).unwrap();
+        t.learn(root, b"a", &attr(30, 0o100000)).unwrap();
+        t.forget(a, 1);
+        assert!(t.resolve(a).is_ok(), "one lookup is still held");
+        t.forget(a, 1);
+        assert_eq!(t.resolve(a).err(), Some(Stale::UnknownInode));
+        // Same daemon inode number, another type: another node.
+        let f = t.learn(root, b"n", &attr(31, 0o100000)).unwrap();
+        let d = t.learn(root, b"n", &attr(31, S_IFDIR)).unwrap();
+        assert_ne!(f, d);
+        assert_eq!(path(&t, f), Err(Stale::Detached));
+        // Session roots are never forgotten.
+        t.forget(root, 100);
+        assert!(t.resolve(root).is_ok());
+    }
 }

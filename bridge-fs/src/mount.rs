@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use fuser::{MountOption, SessionACL};
 use sessionfs_registry::Registry;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::{cert_files, BridgeConfig};
 use crate::fs::BridgeFs;
@@ -98,9 +98,19 @@ pub fn mount(config: BridgeConfig, mountpoint: &Path) -> Result<(), MountError> 
     });
     if !unmounted_outside {
         info!(mountpoint = %mountpoint.display(), "signal received, unmounting");
-        unmounter
-            .unmount()
-            .map_err(|source| MountError::Session { mountpoint: mountpoint.to_path_buf(), source })?;
+        match unmounter.unmount() {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                // Files are still open (or a shell sits inside). Detach the mount so the path is free,
+                // and end the process: the kernel then fails what is still open with ENOTCONN.
+                warn!(mountpoint = %mountpoint.display(), "mount busy; detaching it lazily");
+                detach(mountpoint).map_err(|source| MountError::Session { mountpoint: mountpoint.to_path_buf(), source })?;
+                drop(watch);
+                sessions.close_all();
+                return Ok(());
+            }
+            Err(source) => return Err(MountError::Session { mountpoint: mountpoint.to_path_buf(), source }),
+        }
     }
     let result = runner
         .join()
@@ -109,4 +119,17 @@ pub fn mount(config: BridgeConfig, mountpoint: &Path) -> Result<(), MountError> 
     sessions.close_all();
     info!(mountpoint = %mountpoint.display(), "unmounted");
     result.map_err(|source| MountError::Session { mountpoint: mountpoint.to_path_buf(), source })
+}
+
+/// Lazily unmounts `mountpoint` (`MNT_DETACH`): directly as root, through `fusermount3 -uz` otherwise.
+fn detach(mountpoint: &Path) -> std::io::Result<()> {
+    if rustix::process::geteuid().is_root() {
+        return rustix::mount::unmount(mountpoint, rustix::mount::UnmountFlags::DETACH).map_err(Into::into);
+    }
+    let status = std::process::Command::new("fusermount3").arg("-u").arg("-z").arg(mountpoint).status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("fusermount3 -u -z failed: {status}")))
+    }
 }

@@ -216,7 +216,7 @@ async fn call_once(id: &SessionId, conn: &quinn::Connection, frame: &RequestFram
 }
 
 impl Session {
-    fn new(record: SessionRecord) -> Self {
+    pub(crate) fn new(record: SessionRecord) -> Self {
         Session {
             id: record.id.clone(),
             record: Mutex::new(record),

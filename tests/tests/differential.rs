@@ -68,7 +68,11 @@ fn tree(root: &Path) -> Vec<String> {
             }
             let m = fs::symlink_metadata(&p).unwrap();
             let ft = m.file_type();
-            let content = if ft.is_file() {
+            // An archive records the members' mtimes, which differ between runs; its members are
+            // compared after extraction instead.
+            let content = if ft.is_file() && rel.ends_with(".tar") {
+                0
+            } else if ft.is_file() {
                 hash(&fs::read(&p).unwrap())
             } else if ft.is_symlink() {
                 hash(fs::read_link(&p).unwrap().as_os_str().as_bytes())
