@@ -18,15 +18,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request as FuseRequest, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request as FuseRequest, TimeOrNow, WriteFlags,
 };
 use sessionfs_proto::{
     errno, Attr, Caller, DirEntry, ErrorReply, NodeKind, Reply, Request, SetAttrs, SetTime,
-    Timestamp, WirePath, MAX_DIR_PAGE, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG,
-    S_IFSOCK,
+    Timestamp, WirePath, MAX_DIR_PAGE, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT,
+    S_IFREG, S_IFSOCK,
 };
 use tracing::{debug, warn};
 
@@ -86,7 +86,8 @@ fn system_time(t: Timestamp) -> SystemTime {
     if t.secs >= 0 {
         UNIX_EPOCH + Duration::new(t.secs as u64, t.nanos)
     } else {
-        UNIX_EPOCH - Duration::from_secs(t.secs.unsigned_abs()) + Duration::from_nanos(u64::from(t.nanos))
+        UNIX_EPOCH - Duration::from_secs(t.secs.unsigned_abs())
+            + Duration::from_nanos(u64::from(t.nanos))
     }
 }
 
@@ -145,7 +146,10 @@ fn set_time(t: TimeOrNow) -> SetTime {
 }
 
 fn caller(req: &FuseRequest) -> Caller {
-    Caller { uid: req.uid(), gid: req.gid() }
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
 }
 
 fn unexpected(reply: &Reply) -> Errno {
@@ -188,12 +192,17 @@ impl BridgeFs {
     /// The session and path of `parent/name`, checking the name.
     fn child(&self, parent: INodeNo, name: &OsStr) -> Result<(Arc<Session>, WirePath), Errno> {
         let (session, dir) = self.node(parent)?;
-        let path = dir.join(name.as_bytes()).map_err(|e| Errno::from_i32(e.errno()))?;
+        let path = dir
+            .join(name.as_bytes())
+            .map_err(|e| Errno::from_i32(e.errno()))?;
         Ok((session, path))
     }
 
     fn open_file(&self, fh: FileHandle) -> Result<Arc<OpenFile>, Errno> {
-        lock(&self.inner.files).get(&fh.0).cloned().ok_or(Errno::EBADF)
+        lock(&self.inner.files)
+            .get(&fh.0)
+            .cloned()
+            .ok_or(Errno::EBADF)
     }
 
     fn root_attr(&self) -> FileAttr {
@@ -218,7 +227,14 @@ impl BridgeFs {
     }
 
     /// Runs `request` for a new node `parent/name` and answers with its entry.
-    fn create_entry(&self, req: &FuseRequest, parent: INodeNo, name: &OsStr, make: impl FnOnce(WirePath) -> Request, reply: ReplyEntry) {
+    fn create_entry(
+        &self,
+        req: &FuseRequest,
+        parent: INodeNo,
+        name: &OsStr,
+        make: impl FnOnce(WirePath) -> Request,
+        reply: ReplyEntry,
+    ) {
         let (session, path) = match self.child(parent, name) {
             Ok(v) => v,
             Err(e) => return reply.error(e),
@@ -237,7 +253,14 @@ impl BridgeFs {
     }
 
     /// Runs a request whose success carries no data.
-    fn simple(&self, session: Arc<Session>, caller: Caller, request: Request, reply: ReplyEmpty, then: impl FnOnce(&Inner) + Send + 'static) {
+    fn simple(
+        &self,
+        session: Arc<Session>,
+        caller: Caller,
+        request: Request,
+        reply: ReplyEmpty,
+        then: impl FnOnce(&Inner) + Send + 'static,
+    ) {
         let inner = self.inner.clone();
         self.spawn(async move {
             match inner.sessions.call(&session, caller, request).await {
@@ -251,7 +274,13 @@ impl BridgeFs {
     }
 
     /// Runs a request on the connection of an open file.
-    fn on_file(&self, fh: FileHandle, caller: Caller, request: impl FnOnce(u64) -> Request, done: impl FnOnce(Result<Reply, Errno>) + Send + 'static) {
+    fn on_file(
+        &self,
+        fh: FileHandle,
+        caller: Caller,
+        request: impl FnOnce(u64) -> Request,
+        done: impl FnOnce(Result<Reply, Errno>) + Send + 'static,
+    ) {
         let file = match self.open_file(fh) {
             Ok(f) => f,
             Err(e) => return done(Err(e)),
@@ -259,7 +288,10 @@ impl BridgeFs {
         let inner = self.inner.clone();
         let request = request(file.remote_fh);
         self.spawn(async move {
-            let result = inner.sessions.call_on(&file.session, &file.conn, caller, request).await;
+            let result = inner
+                .sessions
+                .call_on(&file.session, &file.conn, caller, request)
+                .await;
             done(result.map_err(|e| errno_of(&e)));
         });
     }
@@ -276,16 +308,32 @@ impl Inner {
 
     fn add_file(&self, session: Arc<Session>, conn: quinn::Connection, remote_fh: u64) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.files).insert(fh, Arc::new(OpenFile { session, conn, remote_fh }));
+        lock(&self.files).insert(
+            fh,
+            Arc::new(OpenFile {
+                session,
+                conn,
+                remote_fh,
+            }),
+        );
         fh
     }
 
     /// Fetches the whole listing of `path`, page by page.
-    async fn list_dir(&self, session: &Session, caller: Caller, path: WirePath) -> Result<Vec<DirEntry>, ErrorReply> {
+    async fn list_dir(
+        &self,
+        session: &Session,
+        caller: Caller,
+        path: WirePath,
+    ) -> Result<Vec<DirEntry>, ErrorReply> {
         let mut all = Vec::new();
         let mut offset = 0;
         loop {
-            let request = Request::ReadDir { path: path.clone(), offset, limit: MAX_DIR_PAGE };
+            let request = Request::ReadDir {
+                path: path.clone(),
+                offset,
+                limit: MAX_DIR_PAGE,
+            };
             match self.sessions.call(session, caller, request).await? {
                 (Reply::Entries { entries, next }, _) => {
                     all.extend(entries);
@@ -295,7 +343,10 @@ impl Inner {
                     }
                 }
                 (other, _) => {
-                    return Err(ErrorReply::new(errno::EIO, format!("unexpected readdir reply {other:?}")))
+                    return Err(ErrorReply::new(
+                        errno::EIO,
+                        format!("unexpected readdir reply {other:?}"),
+                    ))
                 }
             }
         }
@@ -323,7 +374,17 @@ impl fuser::Filesystem for BridgeFs {
             let inner = self.inner.clone();
             let caller = caller(req);
             self.spawn(async move {
-                match inner.sessions.call(&session, caller, Request::Lookup { path: WirePath::root() }).await {
+                match inner
+                    .sessions
+                    .call(
+                        &session,
+                        caller,
+                        Request::Lookup {
+                            path: WirePath::root(),
+                        },
+                    )
+                    .await
+                {
                     Ok((Reply::Attr(attr), _)) => {
                         let ino = {
                             let mut inodes = lock(&inner.inodes);
@@ -347,7 +408,11 @@ impl fuser::Filesystem for BridgeFs {
         let caller = caller(req);
         let name = name.as_bytes().to_vec();
         self.spawn(async move {
-            match inner.sessions.call(&session, caller, Request::Lookup { path }).await {
+            match inner
+                .sessions
+                .call(&session, caller, Request::Lookup { path })
+                .await
+            {
                 Ok((Reply::Attr(attr), _)) => inner.reply_entry(parent.0, &name, &attr, reply),
                 Ok((other, _)) => reply.error(unexpected(&other)),
                 Err(e) => reply.error(errno_of(&e)),
@@ -366,11 +431,19 @@ impl fuser::Filesystem for BridgeFs {
         let ttl = self.inner.ttl;
         if let Some(fh) = fh.filter(|fh| lock(&self.inner.files).contains_key(&fh.0)) {
             let path = self.node(ino).map(|(_, p)| p).unwrap_or_default();
-            return self.on_file(fh, caller(req), |remote| Request::GetAttr { path, fh: Some(remote) }, move |r| match r {
-                Ok(Reply::Attr(a)) => reply.attr(&ttl, &file_attr(ino.0, &a)),
-                Ok(other) => reply.error(unexpected(&other)),
-                Err(e) => reply.error(e),
-            });
+            return self.on_file(
+                fh,
+                caller(req),
+                |remote| Request::GetAttr {
+                    path,
+                    fh: Some(remote),
+                },
+                move |r| match r {
+                    Ok(Reply::Attr(a)) => reply.attr(&ttl, &file_attr(ino.0, &a)),
+                    Ok(other) => reply.error(unexpected(&other)),
+                    Err(e) => reply.error(e),
+                },
+            );
         }
         let (session, path) = match self.node(ino) {
             Ok(v) => v,
@@ -379,7 +452,11 @@ impl fuser::Filesystem for BridgeFs {
         let inner = self.inner.clone();
         let caller = caller(req);
         self.spawn(async move {
-            match inner.sessions.call(&session, caller, Request::GetAttr { path, fh: None }).await {
+            match inner
+                .sessions
+                .call(&session, caller, Request::GetAttr { path, fh: None })
+                .await
+            {
                 Ok((Reply::Attr(a), _)) => reply.attr(&ttl, &file_attr(ino.0, &a)),
                 Ok((other, _)) => reply.error(unexpected(&other)),
                 Err(e) => reply.error(errno_of(&e)),
@@ -408,16 +485,32 @@ impl fuser::Filesystem for BridgeFs {
         if ino.0 == ROOT_INO {
             return reply.error(Errno::EPERM);
         }
-        let attrs = SetAttrs { mode, uid, gid, size, atime: atime.map(set_time), mtime: mtime.map(set_time) };
+        let attrs = SetAttrs {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+        };
         let ttl = self.inner.ttl;
         let node = self.node(ino);
         if let Some(fh) = fh.filter(|fh| lock(&self.inner.files).contains_key(&fh.0)) {
             let path = node.map(|(_, p)| p).unwrap_or_default();
-            return self.on_file(fh, caller(req), |remote| Request::SetAttr { path, fh: Some(remote), attrs }, move |r| match r {
-                Ok(Reply::Attr(a)) => reply.attr(&ttl, &file_attr(ino.0, &a)),
-                Ok(other) => reply.error(unexpected(&other)),
-                Err(e) => reply.error(e),
-            });
+            return self.on_file(
+                fh,
+                caller(req),
+                |remote| Request::SetAttr {
+                    path,
+                    fh: Some(remote),
+                    attrs,
+                },
+                move |r| match r {
+                    Ok(Reply::Attr(a)) => reply.attr(&ttl, &file_attr(ino.0, &a)),
+                    Ok(other) => reply.error(unexpected(&other)),
+                    Err(e) => reply.error(e),
+                },
+            );
         }
         let (session, path) = match node {
             Ok(v) => v,
@@ -426,7 +519,19 @@ impl fuser::Filesystem for BridgeFs {
         let inner = self.inner.clone();
         let caller = caller(req);
         self.spawn(async move {
-            match inner.sessions.call(&session, caller, Request::SetAttr { path, fh: None, attrs }).await {
+            match inner
+                .sessions
+                .call(
+                    &session,
+                    caller,
+                    Request::SetAttr {
+                        path,
+                        fh: None,
+                        attrs,
+                    },
+                )
+                .await
+            {
                 Ok((Reply::Attr(a), _)) => reply.attr(&ttl, &file_attr(ino.0, &a)),
                 Ok((other, _)) => reply.error(unexpected(&other)),
                 Err(e) => reply.error(errno_of(&e)),
@@ -442,7 +547,11 @@ impl fuser::Filesystem for BridgeFs {
         let inner = self.inner.clone();
         let caller = caller(req);
         self.spawn(async move {
-            match inner.sessions.call(&session, caller, Request::Readlink { path }).await {
+            match inner
+                .sessions
+                .call(&session, caller, Request::Readlink { path })
+                .await
+            {
                 Ok((Reply::Data(d), _)) => reply.data(&d),
                 Ok((other, _)) => reply.error(unexpected(&other)),
                 Err(e) => reply.error(errno_of(&e)),
@@ -450,7 +559,16 @@ impl fuser::Filesystem for BridgeFs {
         });
     }
 
-    fn mknod(&self, req: &FuseRequest, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, _rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        req: &FuseRequest,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
         let kind = match mode & S_IFMT {
             S_IFREG | 0 => NodeKind::Regular,
             S_IFIFO => NodeKind::Fifo,
@@ -459,11 +577,31 @@ impl fuser::Filesystem for BridgeFs {
             _ => return reply.error(Errno::EPERM),
         };
         let mode = mode & 0o7777;
-        self.create_entry(req, parent, name, |path| Request::Mknod { path, kind, mode }, reply);
+        self.create_entry(
+            req,
+            parent,
+            name,
+            |path| Request::Mknod { path, kind, mode },
+            reply,
+        );
     }
 
-    fn mkdir(&self, req: &FuseRequest, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
-        self.create_entry(req, parent, name, |path| Request::Mkdir { path, mode }, reply);
+    fn mkdir(
+        &self,
+        req: &FuseRequest,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        self.create_entry(
+            req,
+            parent,
+            name,
+            |path| Request::Mkdir { path, mode },
+            reply,
+        );
     }
 
     fn unlink(&self, req: &FuseRequest, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -472,9 +610,13 @@ impl fuser::Filesystem for BridgeFs {
             Err(e) => return reply.error(e),
         };
         let name = name.as_bytes().to_vec();
-        self.simple(session, caller(req), Request::Unlink { path }, reply, move |inner| {
-            lock(&inner.inodes).unlink(parent.0, &name)
-        });
+        self.simple(
+            session,
+            caller(req),
+            Request::Unlink { path },
+            reply,
+            move |inner| lock(&inner.inodes).unlink(parent.0, &name),
+        );
     }
 
     fn rmdir(&self, req: &FuseRequest, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -483,17 +625,43 @@ impl fuser::Filesystem for BridgeFs {
             Err(e) => return reply.error(e),
         };
         let name = name.as_bytes().to_vec();
-        self.simple(session, caller(req), Request::Rmdir { path }, reply, move |inner| {
-            lock(&inner.inodes).unlink(parent.0, &name)
-        });
+        self.simple(
+            session,
+            caller(req),
+            Request::Rmdir { path },
+            reply,
+            move |inner| lock(&inner.inodes).unlink(parent.0, &name),
+        );
     }
 
-    fn symlink(&self, req: &FuseRequest, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
+    fn symlink(
+        &self,
+        req: &FuseRequest,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
         let target = target.as_os_str().as_bytes().to_vec();
-        self.create_entry(req, parent, link_name, |path| Request::Symlink { path, target }, reply);
+        self.create_entry(
+            req,
+            parent,
+            link_name,
+            |path| Request::Symlink { path, target },
+            reply,
+        );
     }
 
-    fn rename(&self, req: &FuseRequest, parent: INodeNo, name: &OsStr, newparent: INodeNo, newname: &OsStr, flags: RenameFlags, reply: ReplyEmpty) {
+    fn rename(
+        &self,
+        req: &FuseRequest,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
         let (from_session, from) = match self.child(parent, name) {
             Ok(v) => v,
             Err(e) => return reply.error(e),
@@ -508,12 +676,29 @@ impl fuser::Filesystem for BridgeFs {
         }
         let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
         let (name, newname) = (name.as_bytes().to_vec(), newname.as_bytes().to_vec());
-        self.simple(from_session, caller(req), Request::Rename { from, to, flags: flags.bits() }, reply, move |inner| {
-            lock(&inner.inodes).rename(parent.0, &name, newparent.0, &newname, exchange)
-        });
+        self.simple(
+            from_session,
+            caller(req),
+            Request::Rename {
+                from,
+                to,
+                flags: flags.bits(),
+            },
+            reply,
+            move |inner| {
+                lock(&inner.inodes).rename(parent.0, &name, newparent.0, &newname, exchange)
+            },
+        );
     }
 
-    fn link(&self, req: &FuseRequest, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        req: &FuseRequest,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         let (from_session, from) = match self.node(ino) {
             Ok(v) => v,
             Err(e) => return reply.error(e),
@@ -523,7 +708,13 @@ impl fuser::Filesystem for BridgeFs {
             Ok(_) => return reply.error(Errno::EXDEV),
             Err(e) => return reply.error(e),
         }
-        self.create_entry(req, newparent, newname, |to| Request::Link { from, to }, reply);
+        self.create_entry(
+            req,
+            newparent,
+            newname,
+            |to| Request::Link { from, to },
+            reply,
+        );
     }
 
     fn open(&self, req: &FuseRequest, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -534,7 +725,18 @@ impl fuser::Filesystem for BridgeFs {
         let inner = self.inner.clone();
         let caller = caller(req);
         self.spawn(async move {
-            match inner.sessions.call(&session, caller, Request::Open { path, flags: flags.0 }).await {
+            match inner
+                .sessions
+                .call(
+                    &session,
+                    caller,
+                    Request::Open {
+                        path,
+                        flags: flags.0,
+                    },
+                )
+                .await
+            {
                 Ok((Reply::Opened { fh }, conn)) => {
                     let fh = inner.add_file(session, conn, fh);
                     reply.opened(FileHandle(fh), FopenFlags::empty());
@@ -545,7 +747,16 @@ impl fuser::Filesystem for BridgeFs {
         });
     }
 
-    fn create(&self, req: &FuseRequest, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, flags: i32, reply: ReplyCreate) {
+    fn create(
+        &self,
+        req: &FuseRequest,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
         let (session, path) = match self.child(parent, name) {
             Ok(v) => v,
             Err(e) => return reply.error(e),
@@ -561,7 +772,13 @@ impl fuser::Filesystem for BridgeFs {
                         return reply.error(Errno::ESTALE);
                     };
                     let fh = inner.add_file(session, conn, fh);
-                    reply.created(&inner.ttl, &file_attr(ino, &attr), Generation(0), FileHandle(fh), FopenFlags::empty());
+                    reply.created(
+                        &inner.ttl,
+                        &file_attr(ino, &attr),
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                    );
                 }
                 Ok((other, _)) => reply.error(unexpected(&other)),
                 Err(e) => reply.error(errno_of(&e)),
@@ -569,32 +786,92 @@ impl fuser::Filesystem for BridgeFs {
         });
     }
 
-    fn read(&self, req: &FuseRequest, _ino: INodeNo, fh: FileHandle, offset: u64, size: u32, _flags: OpenFlags, _lock: Option<LockOwner>, reply: ReplyData) {
+    fn read(
+        &self,
+        req: &FuseRequest,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
         // The kernel never asks for more than max_pages (at most 1 MiB = MAX_IO_CHUNK) at once.
-        self.on_file(fh, caller(req), |remote| Request::Read { fh: remote, offset, size }, move |r| match r {
-            Ok(Reply::Data(d)) => reply.data(&d),
-            Ok(other) => reply.error(unexpected(&other)),
-            Err(e) => reply.error(e),
-        });
+        self.on_file(
+            fh,
+            caller(req),
+            |remote| Request::Read {
+                fh: remote,
+                offset,
+                size,
+            },
+            move |r| match r {
+                Ok(Reply::Data(d)) => reply.data(&d),
+                Ok(other) => reply.error(unexpected(&other)),
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
-    fn write(&self, req: &FuseRequest, _ino: INodeNo, fh: FileHandle, offset: u64, data: &[u8], _wf: WriteFlags, _flags: OpenFlags, _lock: Option<LockOwner>, reply: ReplyWrite) {
+    fn write(
+        &self,
+        req: &FuseRequest,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _wf: WriteFlags,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
         let data = data.to_vec();
-        self.on_file(fh, caller(req), |remote| Request::Write { fh: remote, offset, data }, move |r| match r {
-            Ok(Reply::Written(n)) => reply.written(n),
-            Ok(other) => reply.error(unexpected(&other)),
-            Err(e) => reply.error(e),
-        });
+        self.on_file(
+            fh,
+            caller(req),
+            |remote| Request::Write {
+                fh: remote,
+                offset,
+                data,
+            },
+            move |r| match r {
+                Ok(Reply::Written(n)) => reply.written(n),
+                Ok(other) => reply.error(unexpected(&other)),
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
-    fn flush(&self, req: &FuseRequest, _ino: INodeNo, fh: FileHandle, _lock: LockOwner, reply: ReplyEmpty) {
-        self.on_file(fh, caller(req), |remote| Request::Flush { fh: remote }, move |r| match r {
-            Ok(_) => reply.ok(),
-            Err(e) => reply.error(e),
-        });
+    fn flush(
+        &self,
+        req: &FuseRequest,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        self.on_file(
+            fh,
+            caller(req),
+            |remote| Request::Flush { fh: remote },
+            move |r| match r {
+                Ok(_) => reply.ok(),
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
-    fn release(&self, req: &FuseRequest, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, _lock: Option<LockOwner>, _flush: bool, reply: ReplyEmpty) {
+    fn release(
+        &self,
+        req: &FuseRequest,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
         let Some(file) = lock(&self.inner.files).remove(&fh.0) else {
             return reply.error(Errno::EBADF);
         };
@@ -605,18 +882,37 @@ impl fuser::Filesystem for BridgeFs {
         self.spawn(async move {
             if file.conn.close_reason().is_none() {
                 let request = Request::Release { fh: file.remote_fh };
-                if let Err(e) = inner.sessions.call_on(&file.session, &file.conn, caller, request).await {
+                if let Err(e) = inner
+                    .sessions
+                    .call_on(&file.session, &file.conn, caller, request)
+                    .await
+                {
                     debug!("release: {e}");
                 }
             }
         });
     }
 
-    fn fsync(&self, req: &FuseRequest, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        self.on_file(fh, caller(req), |remote| Request::Fsync { fh: remote, datasync }, move |r| match r {
-            Ok(_) => reply.ok(),
-            Err(e) => reply.error(e),
-        });
+    fn fsync(
+        &self,
+        req: &FuseRequest,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.on_file(
+            fh,
+            caller(req),
+            |remote| Request::Fsync {
+                fh: remote,
+                datasync,
+            },
+            move |r| match r {
+                Ok(_) => reply.ok(),
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn opendir(&self, req: &FuseRequest, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -641,10 +937,20 @@ impl fuser::Filesystem for BridgeFs {
         });
     }
 
-    fn readdir(&self, _req: &FuseRequest, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &FuseRequest,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         if ino.0 == ROOT_INO {
             let ids = self.inner.sessions.ids();
-            let mut names: Vec<(u64, FileType, String)> = vec![(ROOT_INO, FileType::Directory, ".".into()), (ROOT_INO, FileType::Directory, "..".into())];
+            let mut names: Vec<(u64, FileType, String)> = vec![
+                (ROOT_INO, FileType::Directory, ".".into()),
+                (ROOT_INO, FileType::Directory, "..".into()),
+            ];
             {
                 let mut inodes = lock(&self.inner.inodes);
                 for id in ids {
@@ -666,16 +972,35 @@ impl fuser::Filesystem for BridgeFs {
         // Plain readdir (when the kernel does not use readdirplus): the daemon's inode numbers stand in
         // for d_ino.
         let dots = [(ino.0, ".".as_bytes()), (ino.0, "..".as_bytes())];
-        let all = dots.iter().map(|(i, n)| (*i, FileType::Directory, *n)).chain(entries.iter().map(|e| (e.attr.ino, file_type(e.attr.mode), e.name.as_slice())));
+        let all = dots
+            .iter()
+            .map(|(i, n)| (*i, FileType::Directory, *n))
+            .chain(
+                entries
+                    .iter()
+                    .map(|e| (e.attr.ino, file_type(e.attr.mode), e.name.as_slice())),
+            );
         for (i, (entry_ino, kind, name)) in all.enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(entry_ino), i as u64 + 1, kind, OsStr::from_bytes(name)) {
+            if reply.add(
+                INodeNo(entry_ino),
+                i as u64 + 1,
+                kind,
+                OsStr::from_bytes(name),
+            ) {
                 break;
             }
         }
         reply.ok();
     }
 
-    fn readdirplus(&self, _req: &FuseRequest, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(
+        &self,
+        _req: &FuseRequest,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
         if ino.0 == ROOT_INO {
             return self.root_readdirplus(offset, reply);
         }
@@ -687,9 +1012,19 @@ impl fuser::Filesystem for BridgeFs {
         let mut index = offset as usize;
         // "." and ".." carry no lookup count in readdirplus; the kernel ignores their attributes.
         while index < 2 {
-            let attr = FileAttr { ino, ..self.root_attr() };
+            let attr = FileAttr {
+                ino,
+                ..self.root_attr()
+            };
             let name = if index == 0 { "." } else { ".." };
-            if reply.add(ino, index as u64 + 1, name, &Duration::ZERO, &attr, Generation(0)) {
+            if reply.add(
+                ino,
+                index as u64 + 1,
+                name,
+                &Duration::ZERO,
+                &attr,
+                Generation(0),
+            ) {
                 return reply.ok();
             }
             index += 1;
@@ -700,7 +1035,14 @@ impl fuser::Filesystem for BridgeFs {
                 return reply.error(Errno::ESTALE);
             };
             index += 1;
-            if reply.add(INodeNo(child), index as u64, OsStr::from_bytes(&entry.name), &ttl, &file_attr(child, &entry.attr), Generation(0)) {
+            if reply.add(
+                INodeNo(child),
+                index as u64,
+                OsStr::from_bytes(&entry.name),
+                &ttl,
+                &file_attr(child, &entry.attr),
+                Generation(0),
+            ) {
                 // Did not fit: the kernel never saw it, so it holds no lookup count.
                 inodes.forget(child, 1);
                 break;
@@ -710,12 +1052,26 @@ impl fuser::Filesystem for BridgeFs {
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &FuseRequest, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &FuseRequest,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         lock(&self.inner.dirs).remove(&fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &FuseRequest, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &FuseRequest,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
@@ -727,23 +1083,46 @@ impl fuser::Filesystem for BridgeFs {
         let caller = caller(req);
         self.spawn(async move {
             match inner.sessions.call(&session, caller, Request::StatFs).await {
-                Ok((Reply::StatFs(s), _)) => reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize),
+                Ok((Reply::StatFs(s), _)) => reply.statfs(
+                    s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+                ),
                 Ok((other, _)) => reply.error(unexpected(&other)),
                 Err(e) => reply.error(errno_of(&e)),
             }
         });
     }
 
-    fn setxattr(&self, req: &FuseRequest, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+    fn setxattr(
+        &self,
+        req: &FuseRequest,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
         let (session, path) = match self.node(ino) {
             Ok(v) => v,
             Err(e) => return reply.error(e),
         };
-        let request = Request::SetXattr { path, name: name.as_bytes().to_vec(), value: value.to_vec(), flags };
+        let request = Request::SetXattr {
+            path,
+            name: name.as_bytes().to_vec(),
+            value: value.to_vec(),
+            flags,
+        };
         self.simple(session, caller(req), request, reply, |_| {});
     }
 
-    fn getxattr(&self, req: &FuseRequest, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(
+        &self,
+        req: &FuseRequest,
+        ino: INodeNo,
+        name: &OsStr,
+        size: u32,
+        reply: ReplyXattr,
+    ) {
         if ino.0 == ROOT_INO {
             return reply.error(Errno::ENODATA);
         }
@@ -751,7 +1130,11 @@ impl fuser::Filesystem for BridgeFs {
             Ok(v) => v,
             Err(e) => return reply.error(e),
         };
-        let request = Request::GetXattr { path, name: name.as_bytes().to_vec(), size };
+        let request = Request::GetXattr {
+            path,
+            name: name.as_bytes().to_vec(),
+            size,
+        };
         self.xattr_call(session, caller(req), request, reply);
     }
 
@@ -763,7 +1146,12 @@ impl fuser::Filesystem for BridgeFs {
             Ok(v) => v,
             Err(e) => return reply.error(e),
         };
-        self.xattr_call(session, caller(req), Request::ListXattr { path, size }, reply);
+        self.xattr_call(
+            session,
+            caller(req),
+            Request::ListXattr { path, size },
+            reply,
+        );
     }
 
     fn removexattr(&self, req: &FuseRequest, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -771,11 +1159,20 @@ impl fuser::Filesystem for BridgeFs {
             Ok(v) => v,
             Err(e) => return reply.error(e),
         };
-        let request = Request::RemoveXattr { path, name: name.as_bytes().to_vec() };
+        let request = Request::RemoveXattr {
+            path,
+            name: name.as_bytes().to_vec(),
+        };
         self.simple(session, caller(req), request, reply, |_| {});
     }
 
-    fn access(&self, _req: &FuseRequest, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+    fn access(
+        &self,
+        _req: &FuseRequest,
+        _ino: INodeNo,
+        _mask: fuser::AccessFlags,
+        reply: ReplyEmpty,
+    ) {
         // Permissions are checked by the kernel (`default_permissions`) against the daemon's modes.
         reply.ok();
     }
@@ -786,19 +1183,46 @@ impl BridgeFs {
     /// attributes with a zero TTL, so the kernel asks the daemon (`getattr`) before showing any.
     fn root_readdirplus(&self, offset: u64, mut reply: ReplyDirectoryPlus) {
         let root = self.root_attr();
-        let sessions: Vec<Arc<Session>> =
-            self.inner.sessions.ids().iter().filter_map(|id| self.inner.sessions.get(id.as_str())).collect();
+        let sessions: Vec<Arc<Session>> = self
+            .inner
+            .sessions
+            .ids()
+            .iter()
+            .filter_map(|id| self.inner.sessions.get(id.as_str()))
+            .collect();
         let mut inodes = lock(&self.inner.inodes);
         let dots = [(".", root), ("..", root)];
         for (i, (name, attr)) in dots.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(ROOT_INO), i as u64 + 1, name, &Duration::ZERO, attr, Generation(0)) {
+            if reply.add(
+                INodeNo(ROOT_INO),
+                i as u64 + 1,
+                name,
+                &Duration::ZERO,
+                attr,
+                Generation(0),
+            ) {
                 return reply.ok();
             }
         }
-        for (i, session) in sessions.iter().enumerate().skip((offset as usize).saturating_sub(2)) {
+        for (i, session) in sessions
+            .iter()
+            .enumerate()
+            .skip((offset as usize).saturating_sub(2))
+        {
             let ino = inodes.session_root(session);
-            let attr = FileAttr { ino: INodeNo(ino), nlink: 2, ..root };
-            if reply.add(INodeNo(ino), i as u64 + 3, session.id.as_str(), &Duration::ZERO, &attr, Generation(0)) {
+            let attr = FileAttr {
+                ino: INodeNo(ino),
+                nlink: 2,
+                ..root
+            };
+            if reply.add(
+                INodeNo(ino),
+                i as u64 + 3,
+                session.id.as_str(),
+                &Duration::ZERO,
+                &attr,
+                Generation(0),
+            ) {
                 break;
             }
             // The kernel takes a lookup reference for every entry it receives.
@@ -808,7 +1232,13 @@ impl BridgeFs {
         reply.ok();
     }
 
-    fn xattr_call(&self, session: Arc<Session>, caller: Caller, request: Request, reply: ReplyXattr) {
+    fn xattr_call(
+        &self,
+        session: Arc<Session>,
+        caller: Caller,
+        request: Request,
+        reply: ReplyXattr,
+    ) {
         let inner = self.inner.clone();
         self.spawn(async move {
             match inner.sessions.call(&session, caller, request).await {

@@ -27,7 +27,10 @@ pub enum NodeRef {
     /// The mount root, listing the sessions.
     Root,
     /// A node inside a session; the empty path is the session's workspace root.
-    InSession { session: Arc<Session>, path: WirePath },
+    InSession {
+        session: Arc<Session>,
+        path: WirePath,
+    },
 }
 
 /// A node's identity on the daemon side.
@@ -93,7 +96,15 @@ impl InodeTable {
             return ino;
         }
         let ino = self.alloc();
-        self.nodes.insert(ino, Node { session_ino: ino, names: vec![(ROOT_INO, id.as_bytes().to_vec())], nlookup: 0, remote: None });
+        self.nodes.insert(
+            ino,
+            Node {
+                session_ino: ino,
+                names: vec![(ROOT_INO, id.as_bytes().to_vec())],
+                nlookup: 0,
+                remote: None,
+            },
+        );
         self.session_roots.insert(id.to_owned(), ino);
         self.sessions.insert(ino, session.clone());
         ino
@@ -105,7 +116,11 @@ impl InodeTable {
             return Ok(NodeRef::Root);
         }
         let node = self.nodes.get(&ino).ok_or(Stale::UnknownInode)?;
-        let session = self.sessions.get(&node.session_ino).ok_or(Stale::UnknownInode)?.clone();
+        let session = self
+            .sessions
+            .get(&node.session_ino)
+            .ok_or(Stale::UnknownInode)?
+            .clone();
         let mut names: Vec<&[u8]> = Vec::new();
         let mut cur = node;
         let mut cur_ino = ino;
@@ -141,7 +156,15 @@ impl InodeTable {
             Some(&ino) => ino,
             None => {
                 let ino = self.alloc();
-                self.nodes.insert(ino, Node { session_ino, names: Vec::new(), nlookup: 0, remote: Some(key) });
+                self.nodes.insert(
+                    ino,
+                    Node {
+                        session_ino,
+                        names: Vec::new(),
+                        nlookup: 0,
+                        remote: Some(key),
+                    },
+                );
                 self.by_remote.insert(key, ino);
                 ino
             }
@@ -167,7 +190,9 @@ impl InodeTable {
 
     /// The kernel dropped `n` lookups of `ino`; forgets the node when none remain.
     pub fn forget(&mut self, ino: u64, n: u64) {
-        let Some(node) = self.nodes.get_mut(&ino) else { return };
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
         node.nlookup = node.nlookup.saturating_sub(n);
         if node.nlookup > 0 || node.session_ino == ino {
             return;
@@ -195,7 +220,14 @@ impl InodeTable {
 
     /// `parent/name` was renamed to `new_parent/new_name` (replacing what was there), or exchanged
     /// with it when `exchange` is set.
-    pub fn rename(&mut self, parent: u64, name: &[u8], new_parent: u64, new_name: &[u8], exchange: bool) {
+    pub fn rename(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        exchange: bool,
+    ) {
         let from = (parent, name.to_vec());
         let to = (new_parent, new_name.to_vec());
         let moved = self.by_name.remove(&from);
@@ -261,12 +293,19 @@ mod tests {
     use sessionfs_registry::{Backend, SessionId, SessionRecord};
 
     fn attr(ino: u64, mode: u32) -> Attr {
-        Attr { dev: 1, ino, mode, ..Attr::default() }
+        Attr {
+            dev: 1,
+            ino,
+            mode,
+            ..Attr::default()
+        }
     }
 
     fn path(t: &InodeTable, ino: u64) -> Result<String, Stale> {
         match t.resolve(ino)? {
-            NodeRef::InSession { path, .. } => Ok(String::from_utf8_lossy(path.as_bytes()).into_owned()),
+            NodeRef::InSession { path, .. } => {
+                Ok(String::from_utf8_lossy(path.as_bytes()).into_owned())
+            }
             NodeRef::Root => Ok("<root>".into()),
         }
     }
@@ -274,7 +313,11 @@ mod tests {
     fn table() -> (InodeTable, u64) {
         let mut t = InodeTable::default();
         let id = SessionId::new("s").unwrap();
-        let session = Arc::new(Session::new(SessionRecord::new(id, Backend::Local, "s".into())));
+        let session = Arc::new(Session::new(SessionRecord::new(
+            id,
+            Backend::Local,
+            "s".into(),
+        )));
         let root = t.session_root(&session);
         (t, root)
     }

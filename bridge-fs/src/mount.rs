@@ -15,17 +15,29 @@ use crate::session::Sessions;
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
     #[error("bridge certificates in {dir}: {source}")]
-    Certificates { dir: PathBuf, source: sessionfs_pki::PkiError },
+    Certificates {
+        dir: PathBuf,
+        source: sessionfs_pki::PkiError,
+    },
     #[error("registry {path}: {source}")]
-    Registry { path: PathBuf, source: sessionfs_registry::RegistryError },
+    Registry {
+        path: PathBuf,
+        source: sessionfs_registry::RegistryError,
+    },
     #[error("cannot start the bridge runtime: {0}")]
     Runtime(std::io::Error),
     #[error("cannot open the QUIC client socket: {0}")]
     Endpoint(std::io::Error),
     #[error("cannot mount at {mountpoint}: {source}")]
-    Mount { mountpoint: PathBuf, source: std::io::Error },
+    Mount {
+        mountpoint: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the FUSE session at {mountpoint} failed: {source}")]
-    Session { mountpoint: PathBuf, source: std::io::Error },
+    Session {
+        mountpoint: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Mounts the bridge at `mountpoint` and serves until SIGINT or SIGTERM (then unmounts) or until the
@@ -39,17 +51,30 @@ pub fn mount(config: BridgeConfig, mountpoint: &Path) -> Result<(), MountError> 
         .map_err(MountError::Runtime)?;
     let _guard = rt.enter();
 
-    let certs = |source| MountError::Certificates { dir: config.cert_dir.clone(), source };
-    let identity = sessionfs_pki::Identity::load(&config.cert_dir, cert_files::BRIDGE_STEM).map_err(certs)?;
-    let roots = sessionfs_pki::load_ca_roots(&config.cert_dir.join(cert_files::CA)).map_err(certs)?;
-    let client = sessionfs_pki::client_config(identity, roots, &sessionfs_pki::TransportTuning::default())
-        .map_err(certs)?;
+    let certs = |source| MountError::Certificates {
+        dir: config.cert_dir.clone(),
+        source,
+    };
+    let identity =
+        sessionfs_pki::Identity::load(&config.cert_dir, cert_files::BRIDGE_STEM).map_err(certs)?;
+    let roots =
+        sessionfs_pki::load_ca_roots(&config.cert_dir.join(cert_files::CA)).map_err(certs)?;
+    let client =
+        sessionfs_pki::client_config(identity, roots, &sessionfs_pki::TransportTuning::default())
+            .map_err(certs)?;
     let sessions = Arc::new(Sessions::new(&config, client).map_err(MountError::Endpoint)?);
 
-    let registry_err = |source| MountError::Registry { path: config.registry_path.clone(), source };
+    let registry_err = |source| MountError::Registry {
+        path: config.registry_path.clone(),
+        source,
+    };
     let watched = sessions.clone();
-    let watch = Registry::watch(&config.registry_path, config.registry_poll, move |records| watched.update(records))
-        .map_err(registry_err)?;
+    let watch = Registry::watch(
+        &config.registry_path,
+        config.registry_poll,
+        move |records| watched.update(records),
+    )
+    .map_err(registry_err)?;
 
     let fs = BridgeFs::new(rt.handle().clone(), sessions.clone(), config.attr_ttl);
     let mut options = vec![
@@ -62,11 +87,18 @@ pub fn mount(config: BridgeConfig, mountpoint: &Path) -> Result<(), MountError> 
     options.push(MountOption::RW);
     let mut fuse_config = fuser::Config::default();
     fuse_config.mount_options = options;
-    fuse_config.acl = if config.allow_other { SessionACL::All } else { SessionACL::Owner };
+    fuse_config.acl = if config.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
     fuse_config.n_threads = Some(config.fuse_threads.max(1));
     fuse_config.clone_fd = true;
-    let mut session = fuser::Session::new(fs, mountpoint, &fuse_config)
-        .map_err(|source| MountError::Mount { mountpoint: mountpoint.to_path_buf(), source })?;
+    let mut session =
+        fuser::Session::new(fs, mountpoint, &fuse_config).map_err(|source| MountError::Mount {
+            mountpoint: mountpoint.to_path_buf(),
+            source,
+        })?;
     let mut unmounter = session.unmount_callable();
     info!(mountpoint = %mountpoint.display(), "mounted");
 
@@ -81,7 +113,8 @@ pub fn mount(config: BridgeConfig, mountpoint: &Path) -> Result<(), MountError> 
         .map_err(MountError::Runtime)?;
 
     let unmounted_outside = rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let term = async {
             match term.as_mut() {
                 Some(t) => {
@@ -104,12 +137,20 @@ pub fn mount(config: BridgeConfig, mountpoint: &Path) -> Result<(), MountError> 
                 // Files are still open (or a shell sits inside). Detach the mount so the path is free,
                 // and end the process: the kernel then fails what is still open with ENOTCONN.
                 warn!(mountpoint = %mountpoint.display(), "mount busy; detaching it lazily");
-                detach(mountpoint).map_err(|source| MountError::Session { mountpoint: mountpoint.to_path_buf(), source })?;
+                detach(mountpoint).map_err(|source| MountError::Session {
+                    mountpoint: mountpoint.to_path_buf(),
+                    source,
+                })?;
                 drop(watch);
                 sessions.close_all();
                 return Ok(());
             }
-            Err(source) => return Err(MountError::Session { mountpoint: mountpoint.to_path_buf(), source }),
+            Err(source) => {
+                return Err(MountError::Session {
+                    mountpoint: mountpoint.to_path_buf(),
+                    source,
+                })
+            }
         }
     }
     let result = runner
@@ -118,18 +159,28 @@ pub fn mount(config: BridgeConfig, mountpoint: &Path) -> Result<(), MountError> 
     drop(watch);
     sessions.close_all();
     info!(mountpoint = %mountpoint.display(), "unmounted");
-    result.map_err(|source| MountError::Session { mountpoint: mountpoint.to_path_buf(), source })
+    result.map_err(|source| MountError::Session {
+        mountpoint: mountpoint.to_path_buf(),
+        source,
+    })
 }
 
 /// Lazily unmounts `mountpoint` (`MNT_DETACH`): directly as root, through `fusermount3 -uz` otherwise.
 fn detach(mountpoint: &Path) -> std::io::Result<()> {
     if rustix::process::geteuid().is_root() {
-        return rustix::mount::unmount(mountpoint, rustix::mount::UnmountFlags::DETACH).map_err(Into::into);
+        return rustix::mount::unmount(mountpoint, rustix::mount::UnmountFlags::DETACH)
+            .map_err(Into::into);
     }
-    let status = std::process::Command::new("fusermount3").arg("-u").arg("-z").arg(mountpoint).status()?;
+    let status = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg(mountpoint)
+        .status()?;
     if status.success() {
         Ok(())
     } else {
-        Err(std::io::Error::other(format!("fusermount3 -u -z failed: {status}")))
+        Err(std::io::Error::other(format!(
+            "fusermount3 -u -z failed: {status}"
+        )))
     }
 }

@@ -98,27 +98,48 @@ impl Sessions {
 
     /// Ids of all known sessions, sorted.
     pub fn ids(&self) -> Vec<SessionId> {
-        self.table.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+        self.table
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Sends `request` to `session`, dialing if needed; bounded by the operation timeout.
-    pub async fn call(&self, session: &Session, caller: Caller, request: Request) -> Result<(Reply, quinn::Connection), ErrorReply> {
+    pub async fn call(
+        &self,
+        session: &Session,
+        caller: Caller,
+        request: Request,
+    ) -> Result<(Reply, quinn::Connection), ErrorReply> {
         let frame = RequestFrame { caller, request };
         let attempt = async {
             let conn = self.connection(session).await?;
             let reply = call_once(&session.id, &conn, &frame).await?;
             Ok((reply, conn))
         };
-        tokio::time::timeout(self.op_timeout, attempt).await.unwrap_or_else(|_| {
-            Err(ErrorReply::new(
-                errno::ETIMEDOUT,
-                format!("session {}: no answer within {:?}", session.id, self.op_timeout),
-            ))
-        })
+        tokio::time::timeout(self.op_timeout, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ErrorReply::new(
+                    errno::ETIMEDOUT,
+                    format!(
+                        "session {}: no answer within {:?}",
+                        session.id, self.op_timeout
+                    ),
+                ))
+            })
     }
 
     /// Sends `request` on a given connection (one that holds an open file handle), bounded in time.
-    pub async fn call_on(&self, session: &Session, conn: &quinn::Connection, caller: Caller, request: Request) -> Result<Reply, ErrorReply> {
+    pub async fn call_on(
+        &self,
+        session: &Session,
+        conn: &quinn::Connection,
+        caller: Caller,
+        request: Request,
+    ) -> Result<Reply, ErrorReply> {
         if let Some(reason) = conn.close_reason() {
             return Err(ErrorReply::new(
                 errno::EIO,
@@ -131,7 +152,10 @@ impl Sessions {
             .unwrap_or_else(|_| {
                 Err(ErrorReply::new(
                     errno::ETIMEDOUT,
-                    format!("session {}: no answer within {:?}", session.id, self.op_timeout),
+                    format!(
+                        "session {}: no answer within {:?}",
+                        session.id, self.op_timeout
+                    ),
                 ))
             })
     }
@@ -168,7 +192,12 @@ impl Sessions {
     async fn dial(&self, session: &Session) -> Result<quinn::Connection, ErrorReply> {
         let record = match self.registry.get(&session.id) {
             Ok(Some(record)) => record,
-            Ok(None) => return Err(ErrorReply::new(errno::ENOENT, format!("session {} no longer exists", session.id))),
+            Ok(None) => {
+                return Err(ErrorReply::new(
+                    errno::ENOENT,
+                    format!("session {} no longer exists", session.id),
+                ))
+            }
             Err(e) => return Err(ErrorReply::new(errno::EIO, format!("registry: {e}"))),
         };
         session.set_record(record.clone());
@@ -179,7 +208,10 @@ impl Sessions {
             Ok(Err(e)) => Err(not_connected(format!("session {}: {e}", session.id))),
             Err(_) => Err(ErrorReply::new(
                 errno::ETIMEDOUT,
-                format!("session {}: daemon at {endpoint} did not answer within {:?}", session.id, self.connect_timeout),
+                format!(
+                    "session {}: daemon at {endpoint} did not answer within {:?}",
+                    session.id, self.connect_timeout
+                ),
             )),
         }
     }
@@ -194,7 +226,10 @@ impl Sessions {
 fn usable_endpoint(record: &SessionRecord) -> Result<SocketAddr, ErrorReply> {
     match record.state {
         SessionState::Stopped | SessionState::Gone => {
-            return Err(not_connected(format!("session {} is {}", record.id, record.state)));
+            return Err(not_connected(format!(
+                "session {} is {}",
+                record.id, record.state
+            )));
         }
         SessionState::Starting | SessionState::Running | SessionState::Unhealthy => {}
     }
@@ -205,10 +240,16 @@ fn usable_endpoint(record: &SessionRecord) -> Result<SocketAddr, ErrorReply> {
 
 /// True when `peer` is `recorded` (an IPv4 peer may show up IPv4-mapped on a dual-stack socket).
 fn same_endpoint(peer: SocketAddr, recorded: Option<SocketAddr>) -> bool {
-    recorded.is_some_and(|r| r.port() == peer.port() && r.ip().to_canonical() == peer.ip().to_canonical())
+    recorded.is_some_and(|r| {
+        r.port() == peer.port() && r.ip().to_canonical() == peer.ip().to_canonical()
+    })
 }
 
-async fn call_once(id: &SessionId, conn: &quinn::Connection, frame: &RequestFrame) -> Result<Reply, ErrorReply> {
+async fn call_once(
+    id: &SessionId,
+    conn: &quinn::Connection,
+    frame: &RequestFrame,
+) -> Result<Reply, ErrorReply> {
     match sessionfs_pki::client::call(conn, frame).await {
         Ok(result) => result,
         Err(e) => Err(ErrorReply::new(errno::EIO, format!("session {id}: {e}"))),
@@ -233,7 +274,8 @@ impl Session {
     fn set_record(&self, record: SessionRecord) {
         let stale = {
             let conn = lock(&self.conn);
-            conn.as_ref().is_some_and(|c| !same_endpoint(c.remote_address(), record.endpoint))
+            conn.as_ref()
+                .is_some_and(|c| !same_endpoint(c.remote_address(), record.endpoint))
                 || matches!(record.state, SessionState::Stopped | SessionState::Gone)
         };
         *lock(&self.record) = record;

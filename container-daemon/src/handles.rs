@@ -29,7 +29,10 @@ impl Handles {
     pub fn insert(&self, fd: OwnedFd) -> Result<u64, ErrorReply> {
         let mut t = self.lock();
         if t.files.len() >= MAX_OPEN_FILES {
-            return Err(ErrorReply::new(errno::EMFILE, "too many open files on this connection"));
+            return Err(ErrorReply::new(
+                errno::EMFILE,
+                "too many open files on this connection",
+            ));
         }
         t.next += 1;
         let fh = t.next;

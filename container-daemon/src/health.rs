@@ -29,11 +29,17 @@ pub enum HealthError {
 }
 
 /// Pings the daemon of `session_id` at `addr`; returns the round-trip time of the whole probe.
-pub async fn probe(addr: SocketAddr, session_id: &str, cert_dir: &Path, timeout: Duration) -> Result<Duration, HealthError> {
+pub async fn probe(
+    addr: SocketAddr,
+    session_id: &str,
+    cert_dir: &Path,
+    timeout: Duration,
+) -> Result<Duration, HealthError> {
     let start = Instant::now();
     let identity = sessionfs_pki::Identity::load(cert_dir, cert_files::SESSION_STEM)?;
     let roots = sessionfs_pki::load_ca_roots(&cert_dir.join(cert_files::CA))?;
-    let config = sessionfs_pki::client_config(identity, roots, &sessionfs_pki::TransportTuning::default())?;
+    let config =
+        sessionfs_pki::client_config(identity, roots, &sessionfs_pki::TransportTuning::default())?;
     let bind: SocketAddr = if addr.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -43,7 +49,10 @@ pub async fn probe(addr: SocketAddr, session_id: &str, cert_dir: &Path, timeout:
     endpoint.set_default_client_config(config);
     let attempt = async {
         let conn = sessionfs_pki::client::connect(&endpoint, addr, session_id).await?;
-        let frame = RequestFrame { caller: Caller::default(), request: Request::Ping };
+        let frame = RequestFrame {
+            caller: Caller::default(),
+            request: Request::Ping,
+        };
         let reply = sessionfs_pki::client::call(&conn, &frame).await?;
         conn.close(0u32.into(), b"probe done");
         match reply {
@@ -52,7 +61,9 @@ pub async fn probe(addr: SocketAddr, session_id: &str, cert_dir: &Path, timeout:
             Err(e) => Err(HealthError::Refused(e)),
         }
     };
-    let result = tokio::time::timeout(timeout, attempt).await.map_err(|_| HealthError::Timeout(timeout));
+    let result = tokio::time::timeout(timeout, attempt)
+        .await
+        .map_err(|_| HealthError::Timeout(timeout));
     endpoint.close(0u32.into(), b"probe done");
     result??;
     Ok(start.elapsed())

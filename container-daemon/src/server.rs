@@ -53,9 +53,15 @@ pub enum DaemonError {
     #[error("workspace: {0}")]
     Workspace(std::io::Error),
     #[error("certificates in {dir}: {source}")]
-    Certificates { dir: PathBuf, source: sessionfs_pki::PkiError },
+    Certificates {
+        dir: PathBuf,
+        source: sessionfs_pki::PkiError,
+    },
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A bound daemon, ready to serve.
@@ -70,14 +76,28 @@ impl Daemon {
     /// runtime.
     pub fn bind(config: &DaemonConfig) -> Result<Self, DaemonError> {
         let workspace = Workspace::open(&config.root).map_err(DaemonError::Workspace)?;
-        let certs = |source| DaemonError::Certificates { dir: config.cert_dir.clone(), source };
-        let identity = sessionfs_pki::Identity::load(&config.cert_dir, cert_files::SESSION_STEM).map_err(certs)?;
-        let roots = sessionfs_pki::load_ca_roots(&config.cert_dir.join(cert_files::CA)).map_err(certs)?;
+        let certs = |source| DaemonError::Certificates {
+            dir: config.cert_dir.clone(),
+            source,
+        };
+        let identity = sessionfs_pki::Identity::load(&config.cert_dir, cert_files::SESSION_STEM)
+            .map_err(certs)?;
+        let roots =
+            sessionfs_pki::load_ca_roots(&config.cert_dir.join(cert_files::CA)).map_err(certs)?;
         let server_config =
-            sessionfs_pki::server_config(identity, roots, &TransportTuning::default()).map_err(certs)?;
-        let endpoint = quinn::Endpoint::server(server_config, config.listen)
-            .map_err(|source| DaemonError::Bind { addr: config.listen, source })?;
-        Ok(Daemon { endpoint, workspace: Arc::new(workspace), session_id: config.session_id.as_str().into() })
+            sessionfs_pki::server_config(identity, roots, &TransportTuning::default())
+                .map_err(certs)?;
+        let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|source| {
+            DaemonError::Bind {
+                addr: config.listen,
+                source,
+            }
+        })?;
+        Ok(Daemon {
+            endpoint,
+            workspace: Arc::new(workspace),
+            session_id: config.session_id.as_str().into(),
+        })
     }
 
     /// The address actually bound (useful with port 0).
@@ -108,7 +128,10 @@ impl Daemon {
         }
         info!("shutting down");
         self.endpoint.close(0u32.into(), b"daemon shutting down");
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.endpoint.wait_idle()).await.is_err() {
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.endpoint.wait_idle())
+            .await
+            .is_err()
+        {
             debug!("peers did not acknowledge the close in time");
         }
     }
@@ -166,20 +189,29 @@ async fn serve_connection(incoming: quinn::Incoming, ws: Arc<Workspace>, session
 /// The protocol handshake on the first stream: versions must match.
 async fn handshake(conn: &quinn::Connection, session_id: &str) -> Result<(), WireError> {
     let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| {
-        WireError::Read(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(e)))
+        WireError::Read(quinn::ReadExactError::ReadError(
+            quinn::ReadError::ConnectionLost(e),
+        ))
     })?;
     let hello: Hello = read_frame(&mut recv).await?;
     let reply = if hello.version == PROTOCOL_VERSION {
-        HelloReply::Welcome { version: PROTOCOL_VERSION, session_id: session_id.to_owned() }
+        HelloReply::Welcome {
+            version: PROTOCOL_VERSION,
+            session_id: session_id.to_owned(),
+        }
     } else {
-        HelloReply::VersionMismatch { supported: PROTOCOL_VERSION }
+        HelloReply::VersionMismatch {
+            supported: PROTOCOL_VERSION,
+        }
     };
     write_frame(&mut send, &reply, true).await?;
     if hello.version != PROTOCOL_VERSION {
-        return Err(WireError::Codec(sessionfs_proto::CodecError::Malformed(format!(
-            "client speaks protocol version {}, this daemon {PROTOCOL_VERSION}",
-            hello.version
-        ))));
+        return Err(WireError::Codec(sessionfs_proto::CodecError::Malformed(
+            format!(
+                "client speaks protocol version {}, this daemon {PROTOCOL_VERSION}",
+                hello.version
+            ),
+        )));
     }
     Ok(())
 }
@@ -191,37 +223,49 @@ async fn serve_stream(
     handles: Arc<Handles>,
     role: PeerRole,
 ) {
-    let frame = match tokio::time::timeout(REQUEST_READ_TIMEOUT, read_frame::<RequestFrame>(&mut recv)).await {
-        Ok(Ok(frame)) => frame,
-        Ok(Err(WireError::Codec(e))) => {
-            warn!("refused request: {e}");
-            let _ = recv.stop(1u32.into());
-            let reply = ResponseFrame(Err(ErrorReply::new(errno::EPROTO, e.to_string())));
-            let _ = write_frame(&mut send, &reply, true).await;
-            return;
-        }
-        Ok(Err(e)) => {
-            debug!("request stream failed: {e}");
-            return;
-        }
-        Err(_) => {
-            warn!("request not received within {REQUEST_READ_TIMEOUT:?}");
-            let _ = recv.stop(2u32.into());
-            let reply = ResponseFrame(Err(ErrorReply::new(errno::ETIMEDOUT, "request frame timed out")));
-            let _ = write_frame(&mut send, &reply, true).await;
-            return;
-        }
-    };
+    let frame =
+        match tokio::time::timeout(REQUEST_READ_TIMEOUT, read_frame::<RequestFrame>(&mut recv))
+            .await
+        {
+            Ok(Ok(frame)) => frame,
+            Ok(Err(WireError::Codec(e))) => {
+                warn!("refused request: {e}");
+                let _ = recv.stop(1u32.into());
+                let reply = ResponseFrame(Err(ErrorReply::new(errno::EPROTO, e.to_string())));
+                let _ = write_frame(&mut send, &reply, true).await;
+                return;
+            }
+            Ok(Err(e)) => {
+                debug!("request stream failed: {e}");
+                return;
+            }
+            Err(_) => {
+                warn!("request not received within {REQUEST_READ_TIMEOUT:?}");
+                let _ = recv.stop(2u32.into());
+                let reply = ResponseFrame(Err(ErrorReply::new(
+                    errno::ETIMEDOUT,
+                    "request frame timed out",
+                )));
+                let _ = write_frame(&mut send, &reply, true).await;
+                return;
+            }
+        };
     let result = match (role, frame.request) {
         (_, Request::Ping) => Ok(Reply::Pong),
-        (PeerRole::HealthProbe, _) => {
-            Err(ErrorReply::new(errno::EPERM, "the health probe identity may only ping"))
-        }
+        (PeerRole::HealthProbe, _) => Err(ErrorReply::new(
+            errno::EPERM,
+            "the health probe identity may only ping",
+        )),
         (PeerRole::Bridge, request) => {
             let caller = frame.caller;
             tokio::task::spawn_blocking(move || dispatch(&ws, &handles, caller, request))
                 .await
-                .unwrap_or_else(|e| Err(ErrorReply::new(errno::EIO, format!("request task failed: {e}"))))
+                .unwrap_or_else(|e| {
+                    Err(ErrorReply::new(
+                        errno::EIO,
+                        format!("request task failed: {e}"),
+                    ))
+                })
         }
     };
     if let Err(e) = write_frame(&mut send, &ResponseFrame(result), true).await {
@@ -244,18 +288,28 @@ pub fn dispatch(
         Request::Ping => Reply::Pong,
         Request::Lookup { path } => Reply::Attr(ws.lookup(&path)?),
         Request::GetAttr { path, fh } => Reply::Attr(ws.getattr(&path, fh, handles)?),
-        Request::SetAttr { path, fh, attrs } => Reply::Attr(ws.setattr(&path, fh, &attrs, handles)?),
-        Request::ReadDir { path, offset, limit } => {
+        Request::SetAttr { path, fh, attrs } => {
+            Reply::Attr(ws.setattr(&path, fh, &attrs, handles)?)
+        }
+        Request::ReadDir {
+            path,
+            offset,
+            limit,
+        } => {
             let (entries, next) = ws.readdir(&path, offset, limit)?;
             Reply::Entries { entries, next }
         }
-        Request::Open { path, flags } => Reply::Opened { fh: ws.open_file(&path, flags, handles)? },
+        Request::Open { path, flags } => Reply::Opened {
+            fh: ws.open_file(&path, flags, handles)?,
+        },
         Request::Create { path, mode, flags } => {
             let (fh, attr) = ws.create(&path, mode, flags, caller, handles)?;
             Reply::Created { fh, attr }
         }
         Request::Read { fh, offset, size } => Reply::Data(ws.read(fh, offset, size, handles)?),
-        Request::Write { fh, offset, data } => Reply::Written(ws.write(fh, offset, &data, handles)?),
+        Request::Write { fh, offset, data } => {
+            Reply::Written(ws.write(fh, offset, &data, handles)?)
+        }
         Request::Flush { fh } => {
             handles.get(fh)?;
             Reply::Empty
@@ -288,7 +342,12 @@ pub fn dispatch(
         Request::StatFs => Reply::StatFs(ws.statfs()?),
         Request::GetXattr { path, name, size } => xattr(ws.getxattr(&path, &name, size)?),
         Request::ListXattr { path, size } => xattr(ws.listxattr(&path, size)?),
-        Request::SetXattr { path, name, value, flags } => {
+        Request::SetXattr {
+            path,
+            name,
+            value,
+            flags,
+        } => {
             ws.setxattr(&path, &name, &value, flags)?;
             Reply::Empty
         }

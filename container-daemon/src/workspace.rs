@@ -77,7 +77,10 @@ fn rel(bytes: &[u8]) -> &OsStr {
 }
 
 fn ts(t: rfs::StatxTimestamp) -> Timestamp {
-    Timestamp { secs: t.tv_sec, nanos: t.tv_nsec }
+    Timestamp {
+        secs: t.tv_sec,
+        nanos: t.tv_nsec,
+    }
 }
 
 /// Converts `statx` output to the wire attributes.
@@ -112,15 +115,29 @@ fn statx_at(dir: BorrowedFd<'_>, name: &OsStr) -> std::result::Result<Attr, Errn
 }
 
 fn statx_fd(fd: BorrowedFd<'_>) -> std::result::Result<Attr, Errno> {
-    let st = rfs::statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS | StatxFlags::BTIME)?;
+    let st = rfs::statx(
+        fd,
+        "",
+        AtFlags::EMPTY_PATH,
+        StatxFlags::BASIC_STATS | StatxFlags::BTIME,
+    )?;
     Ok(attr_from_statx(&st))
 }
 
 fn to_timespec(t: Option<SetTime>) -> Timespec {
     match t {
-        None => Timespec { tv_sec: 0, tv_nsec: rfs::UTIME_OMIT },
-        Some(SetTime::Now) => Timespec { tv_sec: 0, tv_nsec: rfs::UTIME_NOW },
-        Some(SetTime::At(t)) => Timespec { tv_sec: t.secs, tv_nsec: i64::from(t.nanos) as _ },
+        None => Timespec {
+            tv_sec: 0,
+            tv_nsec: rfs::UTIME_OMIT,
+        },
+        Some(SetTime::Now) => Timespec {
+            tv_sec: 0,
+            tv_nsec: rfs::UTIME_NOW,
+        },
+        Some(SetTime::At(t)) => Timespec {
+            tv_sec: t.secs,
+            tv_nsec: i64::from(t.nanos) as _,
+        },
     }
 }
 
@@ -135,8 +152,17 @@ fn proc_fd_path(fd: BorrowedFd<'_>, name: Option<&OsStr>) -> PathBuf {
 impl Workspace {
     /// Opens `root` as the workspace root.
     pub fn open(root: &Path) -> io::Result<Self> {
-        let fd = rfs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| io::Error::new(e.kind(), format!("opening workspace root {}: {e}", root.display())))?;
+        let fd = rfs::open(
+            root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("opening workspace root {}: {e}", root.display()),
+            )
+        })?;
         Ok(Workspace {
             root: fd,
             root_path: root.to_path_buf(),
@@ -150,8 +176,19 @@ impl Workspace {
     }
 
     /// Opens `rel` beneath the root with the confining resolve flags.
-    fn open_beneath(&self, rel_bytes: &[u8], flags: OFlags, mode: Mode) -> std::result::Result<OwnedFd, Errno> {
-        rfs::openat2(&self.root, rel(rel_bytes), flags | OFlags::CLOEXEC, mode, RESOLVE)
+    fn open_beneath(
+        &self,
+        rel_bytes: &[u8],
+        flags: OFlags,
+        mode: Mode,
+    ) -> std::result::Result<OwnedFd, Errno> {
+        rfs::openat2(
+            &self.root,
+            rel(rel_bytes),
+            flags | OFlags::CLOEXEC,
+            mode,
+            RESOLVE,
+        )
     }
 
     /// The parent directory of `path` (opened `O_PATH` beneath the root) and its last component. The
@@ -165,13 +202,22 @@ impl Workspace {
     }
 
     /// Gives a node just created at `dir/name` the caller's ownership, when the daemon may.
-    fn own(&self, dir: BorrowedFd<'_>, name: &OsStr, caller: Caller) -> std::result::Result<(), Errno> {
+    fn own(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        caller: Caller,
+    ) -> std::result::Result<(), Errno> {
         if !self.can_chown {
             return Ok(());
         }
         let parent = statx_fd(dir)?;
         // A set-group-ID directory gives new nodes its own group (POSIX); keep that.
-        let gid = if parent.mode & 0o2000 != 0 { parent.gid } else { caller.gid };
+        let gid = if parent.mode & 0o2000 != 0 {
+            parent.gid
+        } else {
+            caller.gid
+        };
         rfs::chownat(
             dir,
             name,
@@ -193,7 +239,13 @@ impl Workspace {
         }
     }
 
-    pub fn setattr(&self, path: &WirePath, fh: Option<u64>, attrs: &SetAttrs, handles: &Handles) -> Result<Attr> {
+    pub fn setattr(
+        &self,
+        path: &WirePath,
+        fh: Option<u64>,
+        attrs: &SetAttrs,
+        handles: &Handles,
+    ) -> Result<Attr> {
         let f = |e| fail("setattr", path, e);
         let file = fh.map(|fh| handles.get(fh)).transpose()?;
         let (dir, name) = self.parent("setattr", path)?;
@@ -215,7 +267,12 @@ impl Workspace {
                     let target = self
                         .open_beneath(path.as_bytes(), OFlags::PATH, Mode::empty())
                         .map_err(f)?;
-                    rfs::chmodat(CWD, proc_fd_path(target.as_fd(), None), mode, AtFlags::empty())
+                    rfs::chmodat(
+                        CWD,
+                        proc_fd_path(target.as_fd(), None),
+                        mode,
+                        AtFlags::empty(),
+                    )
                 }
             }
             .map_err(f)?;
@@ -224,7 +281,11 @@ impl Workspace {
             match &file {
                 Some(fd) => rfs::ftruncate(fd.as_fd(), size),
                 None => self
-                    .open_beneath(path.as_bytes(), OFlags::WRONLY | OFlags::NONBLOCK, Mode::empty())
+                    .open_beneath(
+                        path.as_bytes(),
+                        OFlags::WRONLY | OFlags::NONBLOCK,
+                        Mode::empty(),
+                    )
                     .and_then(|fd| rfs::ftruncate(&fd, size)),
             }
             .map_err(f)?;
@@ -250,10 +311,19 @@ impl Workspace {
     /// Up to `limit` entries of directory `path` after skipping `offset`, with attributes, and
     /// the offset of the next page if there is one. Entries
     /// that vanish between listing and stat are left out.
-    pub fn readdir(&self, path: &WirePath, offset: u64, limit: u32) -> Result<(Vec<DirEntry>, Option<u64>)> {
+    pub fn readdir(
+        &self,
+        path: &WirePath,
+        offset: u64,
+        limit: u32,
+    ) -> Result<(Vec<DirEntry>, Option<u64>)> {
         let f = |e| fail("readdir", path, e);
         let dir = self
-            .open_beneath(path.as_bytes(), OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+            .open_beneath(
+                path.as_bytes(),
+                OFlags::RDONLY | OFlags::DIRECTORY,
+                Mode::empty(),
+            )
             .map_err(f)?;
         let limit = limit.clamp(1, MAX_DIR_PAGE) as usize;
         let mut entries = Vec::new();
@@ -274,7 +344,10 @@ impl Workspace {
                 break;
             }
             match statx_at(dir.as_fd(), os(name)) {
-                Ok(attr) => entries.push(DirEntry { name: name.to_vec(), attr }),
+                Ok(attr) => entries.push(DirEntry {
+                    name: name.to_vec(),
+                    attr,
+                }),
                 Err(Errno::NOENT) => {}
                 Err(e) => return Err(f(e)),
             }
@@ -290,7 +363,14 @@ impl Workspace {
         handles.insert(fd)
     }
 
-    pub fn create(&self, path: &WirePath, mode: u32, flags: i32, caller: Caller, handles: &Handles) -> Result<(u64, Attr)> {
+    pub fn create(
+        &self,
+        path: &WirePath,
+        mode: u32,
+        flags: i32,
+        caller: Caller,
+        handles: &Handles,
+    ) -> Result<(u64, Attr)> {
         let f = |e| fail("create", path, e);
         let (dir, name) = self.parent("create", path)?;
         let flags = OFlags::from_bits_retain(flags as u32) & PASSTHROUGH_OPEN_FLAGS;
@@ -316,7 +396,12 @@ impl Workspace {
                 Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(Errno::INTR) => continue,
-                Err(e) => return Err(ErrorReply::new(e.raw_os_error(), format!("read handle {fh}: {e}"))),
+                Err(e) => {
+                    return Err(ErrorReply::new(
+                        e.raw_os_error(),
+                        format!("read handle {fh}: {e}"),
+                    ))
+                }
             }
         }
         buf.truncate(filled);
@@ -335,7 +420,12 @@ impl Workspace {
                     tracing::debug!("short write on handle {fh} after {done} bytes: {e}");
                     break;
                 }
-                Err(e) => return Err(ErrorReply::new(e.raw_os_error(), format!("write handle {fh}: {e}"))),
+                Err(e) => {
+                    return Err(ErrorReply::new(
+                        e.raw_os_error(),
+                        format!("write handle {fh}: {e}"),
+                    ))
+                }
             }
         }
         // `done` is at most MAX_IO_CHUNK, enforced by the frame limit.
@@ -344,8 +434,12 @@ impl Workspace {
 
     pub fn fsync(&self, fh: u64, datasync: bool, handles: &Handles) -> Result<()> {
         let fd = handles.get(fh)?;
-        if datasync { rfs::fdatasync(fd.as_fd()) } else { rfs::fsync(fd.as_fd()) }
-            .map_err(|e| ErrorReply::new(e.raw_os_error(), format!("fsync handle {fh}: {e}")))
+        if datasync {
+            rfs::fdatasync(fd.as_fd())
+        } else {
+            rfs::fsync(fd.as_fd())
+        }
+        .map_err(|e| ErrorReply::new(e.raw_os_error(), format!("fsync handle {fh}: {e}")))
     }
 
     pub fn mkdir(&self, path: &WirePath, mode: u32, caller: Caller) -> Result<Attr> {
@@ -356,7 +450,13 @@ impl Workspace {
         statx_at(dir.as_fd(), name).map_err(f)
     }
 
-    pub fn mknod(&self, path: &WirePath, kind: NodeKind, mode: u32, caller: Caller) -> Result<Attr> {
+    pub fn mknod(
+        &self,
+        path: &WirePath,
+        kind: NodeKind,
+        mode: u32,
+        caller: Caller,
+    ) -> Result<Attr> {
         let f = |e| fail("mknod", path, e);
         let (dir, name) = self.parent("mknod", path)?;
         let file_type = match kind {
@@ -382,16 +482,25 @@ impl Workspace {
     pub fn rename(&self, from: &WirePath, to: &WirePath, flags: u32) -> Result<()> {
         let flags = RenameFlags::from_bits(flags)
             .filter(|f| !f.contains(RenameFlags::WHITEOUT))
-            .ok_or_else(|| ErrorReply::new(errno::EINVAL, format!("rename {from:?}: unsupported flags {flags:#x}")))?;
+            .ok_or_else(|| {
+                ErrorReply::new(
+                    errno::EINVAL,
+                    format!("rename {from:?}: unsupported flags {flags:#x}"),
+                )
+            })?;
         let (from_dir, from_name) = self.parent("rename", from)?;
         let (to_dir, to_name) = self.parent("rename", to)?;
-        rfs::renameat_with(&from_dir, from_name, &to_dir, to_name, flags).map_err(|e| fail("rename", from, e))
+        rfs::renameat_with(&from_dir, from_name, &to_dir, to_name, flags)
+            .map_err(|e| fail("rename", from, e))
     }
 
     pub fn symlink(&self, path: &WirePath, target: &[u8], caller: Caller) -> Result<Attr> {
         let f = |e| fail("symlink", path, e);
         if target.is_empty() || target.len() > MAX_SYMLINK_LEN || target.contains(&0) {
-            return Err(ErrorReply::new(errno::EINVAL, format!("symlink {path:?}: invalid target")));
+            return Err(ErrorReply::new(
+                errno::EINVAL,
+                format!("symlink {path:?}: invalid target"),
+            ));
         }
         let (dir, name) = self.parent("symlink", path)?;
         // The target is stored as given; the daemon never follows it.
@@ -443,7 +552,9 @@ impl Workspace {
         let (_dir, p) = self.xattr_target("getxattr", path)?;
         let f = |e| fail("getxattr", path, e);
         if size == 0 {
-            return rfs::lgetxattr_query(&p, os(name)).map(|n| XattrValue::Size(n as u32)).map_err(f);
+            return rfs::lgetxattr_query(&p, os(name))
+                .map(|n| XattrValue::Size(n as u32))
+                .map_err(f);
         }
         let mut buf = vec![0u8; size.min(MAX_IO_CHUNK) as usize];
         let n = rfs::lgetxattr(&p, os(name), &mut buf[..]).map_err(f)?;
@@ -455,7 +566,9 @@ impl Workspace {
         let (_dir, p) = self.xattr_target("listxattr", path)?;
         let f = |e| fail("listxattr", path, e);
         if size == 0 {
-            return rfs::llistxattr_query(&p).map(|n| XattrValue::Size(n as u32)).map_err(f);
+            return rfs::llistxattr_query(&p)
+                .map(|n| XattrValue::Size(n as u32))
+                .map_err(f);
         }
         let mut buf = vec![0u8; size.min(MAX_IO_CHUNK) as usize];
         let n = rfs::llistxattr(&p, &mut buf[..]).map_err(f)?;
@@ -465,8 +578,12 @@ impl Workspace {
 
     pub fn setxattr(&self, path: &WirePath, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
         let (_dir, p) = self.xattr_target("setxattr", path)?;
-        let flags = XattrFlags::from_bits(flags as u32)
-            .ok_or_else(|| ErrorReply::new(errno::EINVAL, format!("setxattr {path:?}: bad flags {flags:#x}")))?;
+        let flags = XattrFlags::from_bits(flags as u32).ok_or_else(|| {
+            ErrorReply::new(
+                errno::EINVAL,
+                format!("setxattr {path:?}: bad flags {flags:#x}"),
+            )
+        })?;
         rfs::lsetxattr(&p, os(name), value, flags).map_err(|e| fail("setxattr", path, e))
     }
 

@@ -5,7 +5,9 @@
 
 use std::net::SocketAddr;
 
-use sessionfs_proto::{ErrorReply, Hello, HelloReply, Reply, RequestFrame, ResponseFrame, PROTOCOL_VERSION};
+use sessionfs_proto::{
+    ErrorReply, Hello, HelloReply, Reply, RequestFrame, ResponseFrame, PROTOCOL_VERSION,
+};
 
 use crate::wire::{read_frame, write_frame, WireError};
 
@@ -13,15 +15,25 @@ use crate::wire::{read_frame, write_frame, WireError};
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("cannot dial {addr}: {source}")]
-    Dial { addr: SocketAddr, source: quinn::ConnectError },
+    Dial {
+        addr: SocketAddr,
+        source: quinn::ConnectError,
+    },
     #[error("connection to {addr} failed: {source}")]
-    Connection { addr: SocketAddr, source: quinn::ConnectionError },
+    Connection {
+        addr: SocketAddr,
+        source: quinn::ConnectionError,
+    },
     #[error("handshake with {addr} failed: {source}")]
     Handshake { addr: SocketAddr, source: WireError },
     #[error("daemon at {addr} speaks protocol version {supported}, this build {PROTOCOL_VERSION}")]
     VersionMismatch { addr: SocketAddr, supported: u32 },
     #[error("daemon at {addr} serves session `{actual}`, expected `{expected}`")]
-    WrongSession { addr: SocketAddr, expected: String, actual: String },
+    WrongSession {
+        addr: SocketAddr,
+        expected: String,
+        actual: String,
+    },
 }
 
 /// Why a request got no reply.
@@ -41,17 +53,33 @@ pub async fn connect(
     session_id: &str,
 ) -> Result<quinn::Connection, ConnectError> {
     let server_name = crate::session_dns_name(session_id);
-    let connecting =
-        endpoint.connect(addr, &server_name).map_err(|source| ConnectError::Dial { addr, source })?;
-    let conn = connecting.await.map_err(|source| ConnectError::Connection { addr, source })?;
+    let connecting = endpoint
+        .connect(addr, &server_name)
+        .map_err(|source| ConnectError::Dial { addr, source })?;
+    let conn = connecting
+        .await
+        .map_err(|source| ConnectError::Connection { addr, source })?;
     let handshake = |source| ConnectError::Handshake { addr, source };
-    let (mut send, mut recv) =
-        conn.open_bi().await.map_err(|source| ConnectError::Connection { addr, source })?;
-    write_frame(&mut send, &Hello::current(), true).await.map_err(handshake)?;
-    match read_frame::<HelloReply>(&mut recv).await.map_err(handshake)? {
-        HelloReply::Welcome { session_id: actual, .. } if actual != session_id => {
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|source| ConnectError::Connection { addr, source })?;
+    write_frame(&mut send, &Hello::current(), true)
+        .await
+        .map_err(handshake)?;
+    match read_frame::<HelloReply>(&mut recv)
+        .await
+        .map_err(handshake)?
+    {
+        HelloReply::Welcome {
+            session_id: actual, ..
+        } if actual != session_id => {
             conn.close(0u32.into(), b"wrong session");
-            Err(ConnectError::WrongSession { addr, expected: session_id.to_owned(), actual })
+            Err(ConnectError::WrongSession {
+                addr,
+                expected: session_id.to_owned(),
+                actual,
+            })
         }
         HelloReply::Welcome { .. } => Ok(conn),
         HelloReply::VersionMismatch { supported } => {

@@ -28,7 +28,8 @@ pub fn encode_frame<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), Code
     let start = out.len();
     out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
     let buf = std::mem::take(out);
-    let mut buf = postcard::to_extend(msg, buf).map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let mut buf =
+        postcard::to_extend(msg, buf).map_err(|e| CodecError::Malformed(e.to_string()))?;
     let len = buf.len() - start - FRAME_HEADER_LEN;
     if len > MAX_FRAME_LEN {
         buf.truncate(start);
@@ -55,7 +56,10 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
     let (msg, rest) =
         postcard::take_from_bytes(body).map_err(|e| CodecError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(CodecError::Malformed(format!("{} trailing bytes", rest.len())));
+        return Err(CodecError::Malformed(format!(
+            "{} trailing bytes",
+            rest.len()
+        )));
     }
     Ok(msg)
 }
@@ -76,8 +80,15 @@ mod tests {
     #[test]
     fn request_roundtrips() {
         let frame = RequestFrame {
-            caller: crate::Caller { uid: 1000, gid: 100 },
-            request: Request::Write { fh: 7, offset: 1 << 40, data: vec![1, 2, 3] },
+            caller: crate::Caller {
+                uid: 1000,
+                gid: 100,
+            },
+            request: Request::Write {
+                fh: 7,
+                offset: 1 << 40,
+                data: vec![1, 2, 3],
+            },
         };
         assert_eq!(roundtrip(&frame), frame);
         let frame = RequestFrame {
@@ -94,14 +105,20 @@ mod tests {
     #[test]
     fn oversized_header_is_refused_before_allocation() {
         let header = (u32::MAX).to_le_bytes();
-        assert!(matches!(frame_body_len(header), Err(CodecError::TooLarge { .. })));
+        assert!(matches!(
+            frame_body_len(header),
+            Err(CodecError::TooLarge { .. })
+        ));
     }
 
     #[test]
     fn oversized_body_is_refused_on_encode() {
         let frame = ResponseFrame(Ok(Reply::Data(vec![0; MAX_FRAME_LEN + 1])));
         let mut buf = vec![9];
-        assert!(matches!(encode_frame(&frame, &mut buf), Err(CodecError::TooLarge { .. })));
+        assert!(matches!(
+            encode_frame(&frame, &mut buf),
+            Err(CodecError::TooLarge { .. })
+        ));
         assert_eq!(buf, vec![9], "a refused frame leaves the buffer as it was");
     }
 
@@ -140,19 +157,31 @@ mod tests {
         enum RawRequest {
             #[allow(dead_code)]
             Ping,
-            Lookup { path: Vec<u8> },
+            Lookup {
+                path: Vec<u8>,
+            },
         }
         #[derive(serde::Serialize)]
         struct RawFrame(RawCaller, RawRequest);
         let encode = |path: &[u8]| {
-            let raw = RawFrame(RawCaller(0, 0), RawRequest::Lookup { path: path.to_vec() });
+            let raw = RawFrame(
+                RawCaller(0, 0),
+                RawRequest::Lookup {
+                    path: path.to_vec(),
+                },
+            );
             let mut buf = Vec::new();
             encode_frame(&raw, &mut buf).unwrap();
             buf
         };
         // The same hand encoding with a valid path decodes, so the refusal below is the path's.
         let ok = decode::<RequestFrame>(&encode(b"a/x")[4..]).unwrap();
-        assert_eq!(ok.request, Request::Lookup { path: WirePath::new(b"a/x".to_vec()).unwrap() });
+        assert_eq!(
+            ok.request,
+            Request::Lookup {
+                path: WirePath::new(b"a/x".to_vec()).unwrap()
+            }
+        );
         for bad in [&b"../x"[..], b"/etc", b"a//b", b"a\0b"] {
             assert!(decode::<RequestFrame>(&encode(bad)[4..]).is_err());
         }

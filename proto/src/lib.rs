@@ -13,9 +13,11 @@ pub mod codec;
 pub mod message;
 pub mod path;
 
-pub use codec::{decode, encode_frame, frame_body_len, CodecError, FRAME_HEADER_LEN, MAX_FRAME_LEN};
-pub use message::*;
+pub use codec::{
+    decode, encode_frame, frame_body_len, CodecError, FRAME_HEADER_LEN, MAX_FRAME_LEN,
+};
 pub use message::errno;
+pub use message::*;
 pub use path::{PathError, WirePath};
 
 /// The protocol version spoken by this build. A peer with another version is refused at the handshake.

@@ -45,7 +45,9 @@ pub struct Hello {
 impl Hello {
     /// The hello this build sends.
     pub fn current() -> Self {
-        Hello { version: crate::PROTOCOL_VERSION }
+        Hello {
+            version: crate::PROTOCOL_VERSION,
+        }
     }
 }
 
@@ -111,34 +113,107 @@ pub enum NodeKind {
 pub enum Request {
     Ping,
     /// Attributes of a path, without following a final symlink.
-    Lookup { path: WirePath },
-    GetAttr { path: WirePath, fh: Option<u64> },
-    SetAttr { path: WirePath, fh: Option<u64>, attrs: SetAttrs },
+    Lookup {
+        path: WirePath,
+    },
+    GetAttr {
+        path: WirePath,
+        fh: Option<u64>,
+    },
+    SetAttr {
+        path: WirePath,
+        fh: Option<u64>,
+        attrs: SetAttrs,
+    },
     /// Up to `limit` entries (at most [`crate::MAX_DIR_PAGE`]) after skipping `offset`, with attributes.
-    ReadDir { path: WirePath, offset: u64, limit: u32 },
-    Open { path: WirePath, flags: i32 },
-    Create { path: WirePath, mode: u32, flags: i32 },
-    Read { fh: u64, offset: u64, size: u32 },
-    Write { fh: u64, offset: u64, data: Vec<u8> },
-    Flush { fh: u64 },
-    Fsync { fh: u64, datasync: bool },
-    Release { fh: u64 },
-    Mkdir { path: WirePath, mode: u32 },
-    Mknod { path: WirePath, kind: NodeKind, mode: u32 },
-    Unlink { path: WirePath },
-    Rmdir { path: WirePath },
-    Rename { from: WirePath, to: WirePath, flags: u32 },
+    ReadDir {
+        path: WirePath,
+        offset: u64,
+        limit: u32,
+    },
+    Open {
+        path: WirePath,
+        flags: i32,
+    },
+    Create {
+        path: WirePath,
+        mode: u32,
+        flags: i32,
+    },
+    Read {
+        fh: u64,
+        offset: u64,
+        size: u32,
+    },
+    Write {
+        fh: u64,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    Flush {
+        fh: u64,
+    },
+    Fsync {
+        fh: u64,
+        datasync: bool,
+    },
+    Release {
+        fh: u64,
+    },
+    Mkdir {
+        path: WirePath,
+        mode: u32,
+    },
+    Mknod {
+        path: WirePath,
+        kind: NodeKind,
+        mode: u32,
+    },
+    Unlink {
+        path: WirePath,
+    },
+    Rmdir {
+        path: WirePath,
+    },
+    Rename {
+        from: WirePath,
+        to: WirePath,
+        flags: u32,
+    },
     /// Creates `path` as a symlink whose content is `target` (stored as given, never followed).
-    Symlink { path: WirePath, target: Vec<u8> },
-    Readlink { path: WirePath },
+    Symlink {
+        path: WirePath,
+        target: Vec<u8>,
+    },
+    Readlink {
+        path: WirePath,
+    },
     /// Creates the hard link `to` for the existing node `from`.
-    Link { from: WirePath, to: WirePath },
+    Link {
+        from: WirePath,
+        to: WirePath,
+    },
     StatFs,
     /// `size == 0` asks for the value's length only.
-    GetXattr { path: WirePath, name: Vec<u8>, size: u32 },
-    SetXattr { path: WirePath, name: Vec<u8>, value: Vec<u8>, flags: i32 },
-    ListXattr { path: WirePath, size: u32 },
-    RemoveXattr { path: WirePath, name: Vec<u8> },
+    GetXattr {
+        path: WirePath,
+        name: Vec<u8>,
+        size: u32,
+    },
+    SetXattr {
+        path: WirePath,
+        name: Vec<u8>,
+        value: Vec<u8>,
+        flags: i32,
+    },
+    ListXattr {
+        path: WirePath,
+        size: u32,
+    },
+    RemoveXattr {
+        path: WirePath,
+        name: Vec<u8>,
+    },
 }
 
 /// File type bits of [`Attr::mode`] (`S_IFMT`).
@@ -207,9 +282,17 @@ pub enum Reply {
     Empty,
     Attr(Attr),
     /// A page of entries; `next` is the offset to ask for the next page, `None` at the end.
-    Entries { entries: Vec<DirEntry>, next: Option<u64> },
-    Opened { fh: u64 },
-    Created { fh: u64, attr: Attr },
+    Entries {
+        entries: Vec<DirEntry>,
+        next: Option<u64>,
+    },
+    Opened {
+        fh: u64,
+    },
+    Created {
+        fh: u64,
+        attr: Attr,
+    },
     Data(Vec<u8>),
     Written(u32),
     StatFs(StatFs),
@@ -227,7 +310,10 @@ pub struct ErrorReply {
 
 impl ErrorReply {
     pub fn new(errno: i32, message: impl Into<String>) -> Self {
-        ErrorReply { errno, message: message.into() }
+        ErrorReply {
+            errno,
+            message: message.into(),
+        }
     }
 }
 

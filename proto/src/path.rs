@@ -140,8 +140,19 @@ mod tests {
 
     #[test]
     fn accepts_relative_paths() {
-        for ok in [&b""[..], b"a", b"a/b/c", b"...", b".hidden", b"a b/\xff\xfe"] {
-            assert!(WirePath::new(ok.to_vec()).is_ok(), "{:?}", String::from_utf8_lossy(ok));
+        for ok in [
+            &b""[..],
+            b"a",
+            b"a/b/c",
+            b"...",
+            b".hidden",
+            b"a b/\xff\xfe",
+        ] {
+            assert!(
+                WirePath::new(ok.to_vec()).is_ok(),
+                "{:?}",
+                String::from_utf8_lossy(ok)
+            );
         }
     }
 

@@ -23,7 +23,10 @@ pub fn bin_dir() -> Result<PathBuf> {
         .to_path_buf();
     for bin in ["sessionfs", "sessionfsd"] {
         if !dir.join(bin).is_file() {
-            bail!("{} is missing: build the binaries first (cargo build --bins)", dir.join(bin).display());
+            bail!(
+                "{} is missing: build the binaries first (cargo build --bins)",
+                dir.join(bin).display()
+            );
         }
     }
     Ok(dir)
@@ -46,9 +49,12 @@ pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -
 
 /// Whether `path` is a mount point, from /proc/self/mountinfo.
 pub fn is_mounted(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
     let want = path.to_string_lossy().replace(' ', "\\040");
-    info.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+    info.lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
 }
 
 /// A private installation: state directory, sessions, and at most one mount.
@@ -70,17 +76,27 @@ impl Harness {
             .write(true)
             .open("/dev/fuse")
             .context("/dev/fuse must be usable for the end-to-end tests")?;
-        let dir = tempfile::Builder::new().prefix("sessionfs-e2e-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("sessionfs-e2e-")
+            .tempdir()?;
         let home = dir.path().join("home");
         let mountpoint = dir.path().join("mnt");
         std::fs::create_dir_all(&mountpoint)?;
-        Ok(Harness { dir, home, mountpoint, bin, mount: None, op_timeout_secs: 3 })
+        Ok(Harness {
+            dir,
+            home,
+            mountpoint,
+            bin,
+            mount: None,
+            op_timeout_secs: 3,
+        })
     }
 
     /// A `sessionfs` command bound to this installation.
     pub fn cli(&self) -> Command {
         let mut cmd = Command::new(self.bin.join("sessionfs"));
-        cmd.env("SESSIONFS_HOME", &self.home).env("SESSIONFS_DAEMON", self.bin.join("sessionfsd"));
+        cmd.env("SESSIONFS_HOME", &self.home)
+            .env("SESSIONFS_DAEMON", self.bin.join("sessionfsd"));
         cmd
     }
 
@@ -109,7 +125,13 @@ impl Harness {
     pub fn create_session(&self, id: &str) -> Result<PathBuf> {
         let ws = self.dir.path().join(format!("ws-{id}"));
         std::fs::create_dir_all(&ws)?;
-        self.ok(&["session", "create", id, "--dir", ws.to_str().context("utf-8 path")?])?;
+        self.ok(&[
+            "session",
+            "create",
+            id,
+            "--dir",
+            ws.to_str().context("utf-8 path")?,
+        ])?;
         Ok(ws)
     }
 
@@ -125,7 +147,10 @@ impl Harness {
     /// The daemon pid of a local session.
     pub fn daemon_pid(&self, id: &str) -> Result<i32> {
         let v = self.session_json(id)?;
-        v["pid"].as_i64().map(|p| p as i32).with_context(|| format!("no pid for {id}: {v}"))
+        v["pid"]
+            .as_i64()
+            .map(|p| p as i32)
+            .with_context(|| format!("no pid for {id}: {v}"))
     }
 
     /// Mounts the bridge and waits until the mount is live.
@@ -151,7 +176,10 @@ impl Harness {
             is_mounted(&mp)
         });
         if let Some(status) = exited {
-            bail!("sessionfs mount exited early ({status}): {}", self.bridge_log());
+            bail!(
+                "sessionfs mount exited early ({status}): {}",
+                self.bridge_log()
+            );
         }
         ready.map(|_| ()).with_context(|| self.bridge_log())
     }
@@ -173,14 +201,22 @@ impl Harness {
 
     /// Stops the bridge with SIGTERM and waits for a clean unmount.
     pub fn unmount(&mut self) -> Result<()> {
-        let Some(mut child) = self.mount.take() else { return Ok(()) };
+        let Some(mut child) = self.mount.take() else {
+            return Ok(());
+        };
         rustix_kill(child.id() as i32, libc::SIGTERM);
         let status = child.wait()?;
         if !status.success() {
-            bail!("sessionfs mount exited with {status}: {}", self.bridge_log());
+            bail!(
+                "sessionfs mount exited with {status}: {}",
+                self.bridge_log()
+            );
         }
         if is_mounted(&self.mountpoint) {
-            bail!("{} still mounted after the bridge exited", self.mountpoint.display());
+            bail!(
+                "{} still mounted after the bridge exited",
+                self.mountpoint.display()
+            );
         }
         Ok(())
     }
@@ -201,7 +237,11 @@ impl Drop for Harness {
             let _ = child.wait();
         }
         if is_mounted(&self.mountpoint) {
-            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.mountpoint).status();
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(&self.mountpoint)
+                .status();
         }
         // Stop every daemon this installation started.
         if let Ok(out) = self.run(&["session", "ls", "--json"]) {

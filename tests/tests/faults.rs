@@ -27,7 +27,10 @@ fn killed_daemon_errors_within_bound_then_recovers_on_a_new_port() -> Result<()>
     // Keep a file open across the kill: its handle dies with the daemon.
     let open = fs::File::open(h.path("victim", "data.txt"))?;
 
-    let old_endpoint = h.session_json("victim")?["endpoint"].as_str().context("endpoint")?.to_owned();
+    let old_endpoint = h.session_json("victim")?["endpoint"]
+        .as_str()
+        .context("endpoint")?
+        .to_owned();
     let pid = h.daemon_pid("victim")?;
     rustix_kill(pid, libc::SIGKILL);
     wait_until("the daemon to die", Duration::from_secs(5), || {
@@ -46,27 +49,46 @@ fn killed_daemon_errors_within_bound_then_recovers_on_a_new_port() -> Result<()>
     });
     assert_eq!(fs::read(h.path("bystander", "b.txt"))?, b"unaffected");
     let bystander_done_while_victim_pending = in_flight.load(Ordering::SeqCst);
-    let (r, took) = dead_op.join().map_err(|_| anyhow::anyhow!("thread panicked"))?;
-    let errno = r.err().and_then(|e| e.raw_os_error()).context("write to a dead session succeeded")?;
+    let (r, took) = dead_op
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread panicked"))?;
+    let errno = r
+        .err()
+        .and_then(|e| e.raw_os_error())
+        .context("write to a dead session succeeded")?;
     assert!(DEAD.contains(&errno), "unexpected errno {errno}");
-    assert!(took <= bound, "dead session answered after {took:?}, bound {bound:?}");
-    assert!(bystander_done_while_victim_pending, "the bystander waited for the dead session");
+    assert!(
+        took <= bound,
+        "dead session answered after {took:?}, bound {bound:?}"
+    );
+    assert!(
+        bystander_done_while_victim_pending,
+        "the bystander waited for the dead session"
+    );
 
     // A file opened before the kill cannot be read through the dead daemon: an error, not data.
     use std::os::unix::fs::FileExt;
     let mut buf = [0u8; 8];
-    let e = open.read_at(&mut buf, 0).err().context("a handle of the dead daemon still read")?;
+    let e = open
+        .read_at(&mut buf, 0)
+        .err()
+        .context("a handle of the dead daemon still read")?;
     assert!(e.raw_os_error().is_some_and(|n| DEAD.contains(&n)), "{e}");
 
     // The mount is still up and the root still lists both sessions.
-    let mut names: Vec<_> = fs::read_dir(&h.mountpoint)?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;
+    let mut names: Vec<_> = fs::read_dir(&h.mountpoint)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
     names.sort();
     assert_eq!(names, ["bystander", "victim"]);
 
     // Restart the daemon while its old port is taken, so it must come back elsewhere.
     let _squatter = UdpSocket::bind(&old_endpoint).context("occupying the old port")?;
     h.ok(&["session", "start", "victim"])?;
-    let new_endpoint = h.session_json("victim")?["endpoint"].as_str().context("endpoint")?.to_owned();
+    let new_endpoint = h.session_json("victim")?["endpoint"]
+        .as_str()
+        .context("endpoint")?
+        .to_owned();
     assert_ne!(new_endpoint, old_endpoint);
     let took = wait_until("the session to come back", bound, || {
         fs::read(h.path("victim", "data.txt")).is_ok_and(|d| d == b"survives")
@@ -78,11 +100,16 @@ fn killed_daemon_errors_within_bound_then_recovers_on_a_new_port() -> Result<()>
     // A stopped session fails at once with ENOTCONN, then works after start.
     h.ok(&["session", "stop", "victim"])?;
     let took = wait_until("the bridge to see the stop", bound, || {
-        fs::read_dir(h.path("victim", "")).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN)
+        fs::read_dir(h.path("victim", ""))
+            .err()
+            .and_then(|e| e.raw_os_error())
+            == Some(libc::ENOTCONN)
     })?;
     eprintln!("stop visible after {took:?}");
     h.ok(&["session", "start", "victim"])?;
-    wait_until("the session to come back after stop", bound, || fs::read(h.path("victim", "after.txt")).is_ok())?;
+    wait_until("the session to come back after stop", bound, || {
+        fs::read(h.path("victim", "after.txt")).is_ok()
+    })?;
     drop(open);
     h.unmount()?;
     Ok(())
@@ -94,16 +121,26 @@ fn sessions_appear_and_disappear_without_remount() -> Result<()> {
     h.mount()?;
     let names = |h: &Harness| -> Vec<String> {
         fs::read_dir(&h.mountpoint)
-            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default()
     };
     assert!(names(&h).is_empty());
     h.create_session("late")?;
-    let took = wait_until("the new session to appear", Duration::from_secs(1), || names(&h) == ["late"])?;
+    let took = wait_until("the new session to appear", Duration::from_secs(1), || {
+        names(&h) == ["late"]
+    })?;
     eprintln!("appeared after {took:?}");
     fs::write(h.path("late", "hello"), b"hi")?;
     h.ok(&["session", "rm", "late"])?;
-    let took = wait_until("the removed session to disappear", Duration::from_secs(1), || names(&h).is_empty())?;
+    let took = wait_until(
+        "the removed session to disappear",
+        Duration::from_secs(1),
+        || names(&h).is_empty(),
+    )?;
     eprintln!("disappeared after {took:?}");
     h.unmount()?;
     Ok(())
@@ -114,15 +151,27 @@ fn cli_refuses_bad_input_clearly() -> Result<()> {
     let h = Harness::new()?;
     let out = h.run(&["session", "create", "Bad_Id"])?;
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid session id"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invalid session id"),
+        "{out:?}"
+    );
     h.create_session("dup")?;
     let out = h.run(&["session", "create", "dup"])?;
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already exists"),
+        "{out:?}"
+    );
     let out = h.run(&["session", "stop", "nosuch"])?;
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no session"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no session"),
+        "{out:?}"
+    );
     let missing = h.dir.path().join("no-such-dir");
     let out = h.run(&["mount", missing.to_str().context("utf-8")?])?;
-    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not exist"),
+        "{out:?}"
+    );
     Ok(())
 }
 
@@ -132,12 +181,17 @@ fn busy_mountpoint_is_refused() -> Result<()> {
     h.mount()?;
     let out = h.run(&["mount", h.mountpoint.to_str().context("utf-8")?])?;
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("busy"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("busy"),
+        "{out:?}"
+    );
     // The first mount is unharmed.
     assert!(sessionfs_tests::is_mounted(&h.mountpoint));
     // SIGTERM while a file is open still ends the bridge and frees the mountpoint.
     h.create_session("held")?;
-    wait_until("the session to appear", Duration::from_secs(5), || h.path("held", "").is_dir())?;
+    wait_until("the session to appear", Duration::from_secs(5), || {
+        h.path("held", "").is_dir()
+    })?;
     let held = fs::File::create(h.path("held", "open.txt"))?;
     h.unmount()?;
     drop(held);

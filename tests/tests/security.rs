@@ -67,7 +67,10 @@ fn bridge_identity(ca: &CertificateAuthority) -> Result<Identity> {
 }
 
 async fn call(conn: &quinn::Connection, request: Request) -> Result<Result<Reply, ErrorReply>> {
-    let frame = RequestFrame { caller: Caller::default(), request };
+    let frame = RequestFrame {
+        caller: Caller::default(),
+        request,
+    };
     Ok(tokio::time::timeout(BOUND, client::call(conn, &frame)).await??)
 }
 
@@ -93,7 +96,10 @@ async fn escape_corpus_is_refused() -> Result<()> {
     let outside = s.h.dir.path().join("outside");
     std::fs::create_dir(&outside)?;
     std::fs::write(outside.join("secret.txt"), b"top secret")?;
-    std::fs::set_permissions(outside.join("secret.txt"), std::fs::Permissions::from_mode(0o600))?;
+    std::fs::set_permissions(
+        outside.join("secret.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )?;
     std::fs::create_dir(s.ws.join("inner"))?;
     std::fs::write(s.ws.join("inner/file"), b"inside")?;
     std::os::unix::fs::symlink("/etc", s.ws.join("abs"))?;
@@ -106,30 +112,178 @@ async fn escape_corpus_is_refused() -> Result<()> {
     let conn = tokio::time::timeout(BOUND, client::connect(&ep, s.addr, "esc")).await??;
 
     // Sanity: ordinary requests work on this connection.
-    assert!(matches!(call(&conn, Request::Lookup { path: wp("inner/file") }).await?, Ok(Reply::Attr(_))));
+    assert!(matches!(
+        call(
+            &conn,
+            Request::Lookup {
+                path: wp("inner/file")
+            }
+        )
+        .await?,
+        Ok(Reply::Attr(_))
+    ));
 
     let escapes = [
-        ("lookup through absolute symlink", Request::Lookup { path: wp("abs/passwd") }),
-        ("open through absolute symlink", Request::Open { path: wp("abs/passwd"), flags: libc::O_RDONLY }),
-        ("open of an absolute symlink", Request::Open { path: wp("abs_out"), flags: libc::O_RDONLY }),
-        ("lookup through relative symlink", Request::Lookup { path: wp("rel_out/secret.txt") }),
-        ("open through relative symlink", Request::Open { path: wp("rel_out/secret.txt"), flags: libc::O_RDWR }),
-        ("open through /proc magic link", Request::Open { path: wp("proc_root/etc/passwd"), flags: libc::O_RDONLY }),
-        ("readdir through symlink", Request::ReadDir { path: wp("abs_out"), offset: 0, limit: 10 }),
-        ("readdir through /proc link", Request::ReadDir { path: wp("proc_root/etc"), offset: 0, limit: 10 }),
-        ("chmod through symlink", Request::SetAttr { path: wp("rel_out/secret.txt"), fh: None, attrs: SetAttrs { mode: Some(0o777), ..Default::default() } }),
-        ("truncate through symlink", Request::SetAttr { path: wp("abs_out/secret.txt"), fh: None, attrs: SetAttrs { size: Some(0), ..Default::default() } }),
-        ("truncate of a symlink", Request::SetAttr { path: wp("abs_out"), fh: None, attrs: SetAttrs { size: Some(0), ..Default::default() } }),
-        ("create through symlink", Request::Create { path: wp("abs_out/planted"), mode: 0o644, flags: libc::O_WRONLY }),
-        ("mkdir through symlink", Request::Mkdir { path: wp("rel_out/planted_dir"), mode: 0o755 }),
-        ("unlink through symlink", Request::Unlink { path: wp("rel_out/secret.txt") }),
-        ("rename out of the root", Request::Rename { from: wp("inner/file"), to: wp("abs_out/stolen"), flags: 0 }),
-        ("rename in from outside", Request::Rename { from: wp("rel_out/secret.txt"), to: wp("inner/stolen"), flags: 0 }),
-        ("hard link to an outside file", Request::Link { from: wp("abs_out/secret.txt"), to: wp("inner/hard") }),
-        ("xattr through symlink", Request::GetXattr { path: wp("abs_out/secret.txt"), name: b"user.x".to_vec(), size: 0 }),
-        ("readlink through symlink", Request::Readlink { path: wp("abs_out/x") }),
-        ("symlink in an outside dir", Request::Symlink { path: wp("rel_out/planted_link"), target: b"/etc/passwd".to_vec() }),
-        ("lookup through in-root symlink", Request::Lookup { path: wp("inside_link/file") }),
+        (
+            "lookup through absolute symlink",
+            Request::Lookup {
+                path: wp("abs/passwd"),
+            },
+        ),
+        (
+            "open through absolute symlink",
+            Request::Open {
+                path: wp("abs/passwd"),
+                flags: libc::O_RDONLY,
+            },
+        ),
+        (
+            "open of an absolute symlink",
+            Request::Open {
+                path: wp("abs_out"),
+                flags: libc::O_RDONLY,
+            },
+        ),
+        (
+            "lookup through relative symlink",
+            Request::Lookup {
+                path: wp("rel_out/secret.txt"),
+            },
+        ),
+        (
+            "open through relative symlink",
+            Request::Open {
+                path: wp("rel_out/secret.txt"),
+                flags: libc::O_RDWR,
+            },
+        ),
+        (
+            "open through /proc magic link",
+            Request::Open {
+                path: wp("proc_root/etc/passwd"),
+                flags: libc::O_RDONLY,
+            },
+        ),
+        (
+            "readdir through symlink",
+            Request::ReadDir {
+                path: wp("abs_out"),
+                offset: 0,
+                limit: 10,
+            },
+        ),
+        (
+            "readdir through /proc link",
+            Request::ReadDir {
+                path: wp("proc_root/etc"),
+                offset: 0,
+                limit: 10,
+            },
+        ),
+        (
+            "chmod through symlink",
+            Request::SetAttr {
+                path: wp("rel_out/secret.txt"),
+                fh: None,
+                attrs: SetAttrs {
+                    mode: Some(0o777),
+                    ..Default::default()
+                },
+            },
+        ),
+        (
+            "truncate through symlink",
+            Request::SetAttr {
+                path: wp("abs_out/secret.txt"),
+                fh: None,
+                attrs: SetAttrs {
+                    size: Some(0),
+                    ..Default::default()
+                },
+            },
+        ),
+        (
+            "truncate of a symlink",
+            Request::SetAttr {
+                path: wp("abs_out"),
+                fh: None,
+                attrs: SetAttrs {
+                    size: Some(0),
+                    ..Default::default()
+                },
+            },
+        ),
+        (
+            "create through symlink",
+            Request::Create {
+                path: wp("abs_out/planted"),
+                mode: 0o644,
+                flags: libc::O_WRONLY,
+            },
+        ),
+        (
+            "mkdir through symlink",
+            Request::Mkdir {
+                path: wp("rel_out/planted_dir"),
+                mode: 0o755,
+            },
+        ),
+        (
+            "unlink through symlink",
+            Request::Unlink {
+                path: wp("rel_out/secret.txt"),
+            },
+        ),
+        (
+            "rename out of the root",
+            Request::Rename {
+                from: wp("inner/file"),
+                to: wp("abs_out/stolen"),
+                flags: 0,
+            },
+        ),
+        (
+            "rename in from outside",
+            Request::Rename {
+                from: wp("rel_out/secret.txt"),
+                to: wp("inner/stolen"),
+                flags: 0,
+            },
+        ),
+        (
+            "hard link to an outside file",
+            Request::Link {
+                from: wp("abs_out/secret.txt"),
+                to: wp("inner/hard"),
+            },
+        ),
+        (
+            "xattr through symlink",
+            Request::GetXattr {
+                path: wp("abs_out/secret.txt"),
+                name: b"user.x".to_vec(),
+                size: 0,
+            },
+        ),
+        (
+            "readlink through symlink",
+            Request::Readlink {
+                path: wp("abs_out/x"),
+            },
+        ),
+        (
+            "symlink in an outside dir",
+            Request::Symlink {
+                path: wp("rel_out/planted_link"),
+                target: b"/etc/passwd".to_vec(),
+            },
+        ),
+        (
+            "lookup through in-root symlink",
+            Request::Lookup {
+                path: wp("inside_link/file"),
+            },
+        ),
     ];
     for (what, request) in escapes {
         let e = expect_err(what, call(&conn, request).await?);
@@ -141,18 +295,31 @@ async fn escape_corpus_is_refused() -> Result<()> {
 
     // A path with `..` cannot even be decoded: hand-encode one by patching a valid frame.
     let mut frame = Vec::new();
-    let probe = RequestFrame { caller: Caller::default(), request: Request::Lookup { path: wp("zz/outside/secret.txt") } };
+    let probe = RequestFrame {
+        caller: Caller::default(),
+        request: Request::Lookup {
+            path: wp("zz/outside/secret.txt"),
+        },
+    };
     sessionfs_proto::encode_frame(&probe, &mut frame)?;
-    let at = frame.windows(2).position(|w| w == b"zz").context("marker")?;
+    let at = frame
+        .windows(2)
+        .position(|w| w == b"zz")
+        .context("marker")?;
     frame[at..at + 2].copy_from_slice(b"..");
     let ResponseFrame(reply) = raw(&conn, &frame).await?;
     assert_eq!(expect_err("`..` path", reply), errno::EPROTO);
 
     // Nothing outside changed, and nothing was planted.
     assert_eq!(std::fs::read(outside.join("secret.txt"))?, b"top secret");
-    let mode = std::fs::metadata(outside.join("secret.txt"))?.permissions().mode() & 0o777;
+    let mode = std::fs::metadata(outside.join("secret.txt"))?
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
-    let mut names: Vec<_> = std::fs::read_dir(&outside)?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;
+    let mut names: Vec<_> = std::fs::read_dir(&outside)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
     names.sort();
     assert_eq!(names, vec![std::ffi::OsString::from("secret.txt")]);
     assert!(!Path::new("/etc/planted").exists());
@@ -182,11 +349,17 @@ async fn malformed_frames_end_only_their_stream() -> Result<()> {
     send.write_all(b"short").await?;
     send.finish()?;
     let end = tokio::time::timeout(BOUND, recv.read_to_end(1 << 20)).await?;
-    assert!(end.map(|b| b.is_empty()).unwrap_or(true), "a truncated request must get no reply");
+    assert!(
+        end.map(|b| b.is_empty()).unwrap_or(true),
+        "a truncated request must get no reply"
+    );
 
     // The daemon and this very connection still serve.
     assert_eq!(call(&conn, Request::Ping).await?, Ok(Reply::Pong));
-    assert!(matches!(call(&conn, Request::StatFs).await?, Ok(Reply::StatFs(_))));
+    assert!(matches!(
+        call(&conn, Request::StatFs).await?,
+        Ok(Reply::StatFs(_))
+    ));
     let pid = s.h.daemon_pid("frames")?;
     assert!(Path::new(&format!("/proc/{pid}")).exists(), "daemon died");
     Ok(())
@@ -196,8 +369,10 @@ async fn malformed_frames_end_only_their_stream() -> Result<()> {
 async fn wrong_and_missing_certificates_are_refused() -> Result<()> {
     let s = setup("certs")?;
     s.h.create_session("other")?;
-    let other_addr: std::net::SocketAddr =
-        s.h.session_json("other")?["endpoint"].as_str().context("endpoint")?.parse()?;
+    let other_addr: std::net::SocketAddr = s.h.session_json("other")?["endpoint"]
+        .as_str()
+        .context("endpoint")?
+        .parse()?;
     let ca_pem = s.ca.cert_pem();
 
     // A bridge certificate from another CA.
@@ -209,7 +384,10 @@ async fn wrong_and_missing_certificates_are_refused() -> Result<()> {
         call(&conn, Request::Ping).await
     })
     .await?;
-    assert!(refused.is_err(), "a certificate from another CA was accepted");
+    assert!(
+        refused.is_err(),
+        "a certificate from another CA was accepted"
+    );
 
     // No client certificate.
     let ep = endpoint_with(None, &ca_pem)?;
@@ -218,35 +396,67 @@ async fn wrong_and_missing_certificates_are_refused() -> Result<()> {
         call(&conn, Request::Ping).await
     })
     .await?;
-    assert!(refused.is_err(), "a client without a certificate was accepted");
+    assert!(
+        refused.is_err(),
+        "a client without a certificate was accepted"
+    );
 
     // The daemon of another session, dialed as if it were `certs`: the bridge refuses it.
     let ep = endpoint_with(Some(bridge_identity(&s.ca)?), &ca_pem)?;
     let wrong = tokio::time::timeout(BOUND, client::connect(&ep, other_addr, "certs")).await?;
-    let msg = format!("{:?}", wrong.err().context("a daemon of another session was accepted")?);
-    assert!(msg.contains("certs.session.sessionfs") || msg.to_lowercase().contains("name"), "{msg}");
+    let msg = format!(
+        "{:?}",
+        wrong
+            .err()
+            .context("a daemon of another session was accepted")?
+    );
+    assert!(
+        msg.contains("certs.session.sessionfs") || msg.to_lowercase().contains("name"),
+        "{msg}"
+    );
 
     // Another session's certificate used as a client: unauthorized.
     let other_cert = s.ca.issue_session("other")?;
-    let ep = endpoint_with(Some(Identity::from_pem(&other_cert.cert_pem, &other_cert.key_pem)?), &ca_pem)?;
+    let ep = endpoint_with(
+        Some(Identity::from_pem(
+            &other_cert.cert_pem,
+            &other_cert.key_pem,
+        )?),
+        &ca_pem,
+    )?;
     let refused = tokio::time::timeout(BOUND, async {
         let conn = client::connect(&ep, s.addr, "certs").await?;
         call(&conn, Request::Ping).await
     })
     .await?;
-    assert!(refused.is_err(), "another session's certificate was accepted as a client");
+    assert!(
+        refused.is_err(),
+        "another session's certificate was accepted as a client"
+    );
 
     // The session's own certificate (the health-probe identity) may ping, and nothing else.
     let own = s.ca.issue_session("certs")?;
-    let ep = endpoint_with(Some(Identity::from_pem(&own.cert_pem, &own.key_pem)?), &ca_pem)?;
+    let ep = endpoint_with(
+        Some(Identity::from_pem(&own.cert_pem, &own.key_pem)?),
+        &ca_pem,
+    )?;
     let conn = tokio::time::timeout(BOUND, client::connect(&ep, s.addr, "certs")).await??;
     assert_eq!(call(&conn, Request::Ping).await?, Ok(Reply::Pong));
-    let r = call(&conn, Request::Lookup { path: WirePath::root() }).await?;
+    let r = call(
+        &conn,
+        Request::Lookup {
+            path: WirePath::root(),
+        },
+    )
+    .await?;
     assert_eq!(expect_err("probe identity lookup", r), errno::EPERM);
 
     // The daemon said why, clearly.
     let log = std::fs::read_to_string(s.h.home.join("sessions/certs/daemon.log"))?;
-    assert!(log.contains("refused connection"), "daemon log lacks refusals:\n{log}");
+    assert!(
+        log.contains("refused connection"),
+        "daemon log lacks refusals:\n{log}"
+    );
 
     // And `sessionfsd --health` works with the session's own certificate.
     let out = std::process::Command::new(sessionfs_tests::bin_dir()?.join("sessionfsd"))
@@ -254,6 +464,10 @@ async fn wrong_and_missing_certificates_are_refused() -> Result<()> {
         .arg(s.h.home.join("sessions/certs/certs"))
         .args(["--connect", &s.addr.to_string()])
         .output()?;
-    assert!(out.status.success(), "health probe failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "health probe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }

@@ -57,7 +57,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = if args.health { runtime.block_on(health(&args)) } else { runtime.block_on(serve(&args)) };
+    let result = if args.health {
+        runtime.block_on(health(&args))
+    } else {
+        runtime.block_on(serve(&args))
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -107,6 +111,10 @@ async fn health(args: &Args) -> anyhow::Result<()> {
     )
     .await
     .with_context(|| format!("session {} at {addr} is not healthy", args.session_id))?;
-    println!("healthy: session {} at {addr} answered in {} ms", args.session_id, rtt.as_millis());
+    println!(
+        "healthy: session {} at {addr} answered in {} ms",
+        args.session_id,
+        rtt.as_millis()
+    );
     Ok(())
 }
