@@ -35,6 +35,8 @@ use crate::session::{Session, Sessions};
 
 /// An open file: the session, the connection that holds the daemon's handle, and that handle.
 struct OpenFile {
+    /// The inode the file was opened on.
+    ino: u64,
     session: Arc<Session>,
     conn: quinn::Connection,
     remote_fh: u64,
@@ -205,6 +207,20 @@ impl BridgeFs {
             .ok_or(Errno::EBADF)
     }
 
+    /// The handle to use for an attribute call on `ino`: the one the kernel gave, or else, for a node
+    /// that no longer has a name (unlinked while open: `fstat`, `fchmod`), any open handle of it.
+    fn handle_for(&self, ino: INodeNo, fh: Option<FileHandle>) -> Option<FileHandle> {
+        if let Some(fh) = fh.filter(|fh| lock(&self.inner.files).contains_key(&fh.0)) {
+            return Some(fh);
+        }
+        // Lock order: never hold the file table while taking the inode table.
+        if !matches!(lock(&self.inner.inodes).resolve(ino.0), Err(Stale::Detached)) {
+            return None;
+        }
+        let files = lock(&self.inner.files);
+        files.iter().find(|(_, f)| f.ino == ino.0).map(|(&fh, _)| FileHandle(fh))
+    }
+
     fn root_attr(&self) -> FileAttr {
         let t = self.inner.mounted_at;
         FileAttr {
@@ -306,11 +322,18 @@ impl Inner {
         }
     }
 
-    fn add_file(&self, session: Arc<Session>, conn: quinn::Connection, remote_fh: u64) -> u64 {
+    fn add_file(
+        &self,
+        ino: u64,
+        session: Arc<Session>,
+        conn: quinn::Connection,
+        remote_fh: u64,
+    ) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.files).insert(
             fh,
             Arc::new(OpenFile {
+                ino,
                 session,
                 conn,
                 remote_fh,
@@ -429,7 +452,7 @@ impl fuser::Filesystem for BridgeFs {
             return reply.attr(&self.inner.ttl, &self.root_attr());
         }
         let ttl = self.inner.ttl;
-        if let Some(fh) = fh.filter(|fh| lock(&self.inner.files).contains_key(&fh.0)) {
+        if let Some(fh) = self.handle_for(ino, fh) {
             let path = self.node(ino).map(|(_, p)| p).unwrap_or_default();
             return self.on_file(
                 fh,
@@ -495,7 +518,7 @@ impl fuser::Filesystem for BridgeFs {
         };
         let ttl = self.inner.ttl;
         let node = self.node(ino);
-        if let Some(fh) = fh.filter(|fh| lock(&self.inner.files).contains_key(&fh.0)) {
+        if let Some(fh) = self.handle_for(ino, fh) {
             let path = node.map(|(_, p)| p).unwrap_or_default();
             return self.on_file(
                 fh,
@@ -566,15 +589,18 @@ impl fuser::Filesystem for BridgeFs {
         name: &OsStr,
         mode: u32,
         _umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
+        // Device nodes reach here only from callers the kernel allowed to create them (CAP_MKNOD);
+        // the mount is `nodev`, so they can never be opened through it.
         let kind = match mode & S_IFMT {
             S_IFREG | 0 => NodeKind::Regular,
             S_IFIFO => NodeKind::Fifo,
             S_IFSOCK => NodeKind::Socket,
-            // Device nodes would let a session reach host devices; they are refused.
-            _ => return reply.error(Errno::EPERM),
+            S_IFCHR => NodeKind::CharDevice { rdev: u64::from(rdev) },
+            S_IFBLK => NodeKind::BlockDevice { rdev: u64::from(rdev) },
+            _ => return reply.error(Errno::EINVAL),
         };
         let mode = mode & 0o7777;
         self.create_entry(
@@ -738,7 +764,7 @@ impl fuser::Filesystem for BridgeFs {
                 .await
             {
                 Ok((Reply::Opened { fh }, conn)) => {
-                    let fh = inner.add_file(session, conn, fh);
+                    let fh = inner.add_file(ino.0, session, conn, fh);
                     reply.opened(FileHandle(fh), FopenFlags::empty());
                 }
                 Ok((other, _)) => reply.error(unexpected(&other)),
@@ -771,7 +797,7 @@ impl fuser::Filesystem for BridgeFs {
                     let Some(ino) = lock(&inner.inodes).learn(parent.0, &name, &attr) else {
                         return reply.error(Errno::ESTALE);
                     };
-                    let fh = inner.add_file(session, conn, fh);
+                    let fh = inner.add_file(ino, session, conn, fh);
                     reply.created(
                         &inner.ttl,
                         &file_attr(ino, &attr),

@@ -75,6 +75,9 @@ impl Daemon {
     /// Opens the workspace, loads the certificates and binds the endpoint. Must run inside a tokio
     /// runtime.
     pub fn bind(config: &DaemonConfig) -> Result<Self, DaemonError> {
+        // Modes arrive with the caller's umask already applied by the host kernel; applying the
+        // daemon's own umask on top would change them.
+        rustix::process::umask(rustix::fs::Mode::empty());
         let workspace = Workspace::open(&config.root).map_err(DaemonError::Workspace)?;
         let certs = |source| DaemonError::Certificates {
             dir: config.cert_dir.clone(),

@@ -459,12 +459,14 @@ impl Workspace {
     ) -> Result<Attr> {
         let f = |e| fail("mknod", path, e);
         let (dir, name) = self.parent("mknod", path)?;
-        let file_type = match kind {
-            NodeKind::Regular => rfs::FileType::RegularFile,
-            NodeKind::Fifo => rfs::FileType::Fifo,
-            NodeKind::Socket => rfs::FileType::Socket,
+        let (file_type, rdev) = match kind {
+            NodeKind::Regular => (rfs::FileType::RegularFile, 0),
+            NodeKind::Fifo => (rfs::FileType::Fifo, 0),
+            NodeKind::Socket => (rfs::FileType::Socket, 0),
+            NodeKind::CharDevice { rdev } => (rfs::FileType::CharacterDevice, rdev),
+            NodeKind::BlockDevice { rdev } => (rfs::FileType::BlockDevice, rdev),
         };
-        rfs::mknodat(&dir, name, file_type, Mode::from_raw_mode(mode & 0o7777), 0).map_err(f)?;
+        rfs::mknodat(&dir, name, file_type, Mode::from_raw_mode(mode & 0o7777), rdev).map_err(f)?;
         self.own(dir.as_fd(), name, caller).map_err(f)?;
         statx_at(dir.as_fd(), name).map_err(f)
     }
