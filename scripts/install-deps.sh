@@ -19,6 +19,14 @@ if [ ! -e /dev/fuse ]; then
   echo "error: /dev/fuse is missing; load the fuse module (modprobe fuse) or run the container with --device /dev/fuse" >&2
   exit 1
 fi
+# pjdfstest (the POSIX conformance suite) runs as part of the tests; it needs a `tests` user and group.
+getent group tests >/dev/null || { [ "$(id -u)" -eq 0 ] && groupadd tests; }
+id tests >/dev/null 2>&1 || { [ "$(id -u)" -eq 0 ] && useradd -g tests -M -s /usr/sbin/nologin tests; }
+tools="${SESSIONFS_TOOLS:-$HOME/.cache/sessionfs-tools}"
+if [ ! -x "$tools/bin/pjdfstest" ]; then
+  echo "installing pjdfstest into $tools"
+  cargo install --locked --quiet pjdfstest --version 0.2.2 --root "$tools"
+fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "installing cargo-nextest"
   cargo install --locked cargo-nextest

@@ -214,11 +214,17 @@ impl BridgeFs {
             return Some(fh);
         }
         // Lock order: never hold the file table while taking the inode table.
-        if !matches!(lock(&self.inner.inodes).resolve(ino.0), Err(Stale::Detached)) {
+        if !matches!(
+            lock(&self.inner.inodes).resolve(ino.0),
+            Err(Stale::Detached)
+        ) {
             return None;
         }
         let files = lock(&self.inner.files);
-        files.iter().find(|(_, f)| f.ino == ino.0).map(|(&fh, _)| FileHandle(fh))
+        files
+            .iter()
+            .find(|(_, f)| f.ino == ino.0)
+            .map(|(&fh, _)| FileHandle(fh))
     }
 
     fn root_attr(&self) -> FileAttr {
@@ -242,8 +248,46 @@ impl BridgeFs {
         }
     }
 
-    /// Runs `request` for a new node `parent/name` and answers with its entry.
-    fn create_entry(
+    /// Sends `request` to the session a target resolved to and hands a successful reply to `done`;
+    /// every error goes straight back to the kernel.
+    fn remote<R: Fail>(
+        &self,
+        caller: Caller,
+        target: Result<(Arc<Session>, Request), Errno>,
+        reply: R,
+        done: impl FnOnce(&Inner, Arc<Session>, Reply, quinn::Connection, R) + Send + 'static,
+    ) {
+        let (session, request) = match target {
+            Ok(v) => v,
+            Err(e) => return reply.fail(e),
+        };
+        let inner = self.inner.clone();
+        self.spawn(async move {
+            match inner.sessions.call(&session, caller, request).await {
+                Ok((r, conn)) => done(&inner, session, r, conn, reply),
+                Err(e) => reply.fail(errno_of(&e)),
+            }
+        });
+    }
+
+    /// Sends the request `make` builds for the path of `ino`.
+    fn on_node<R: Fail>(
+        &self,
+        req: &FuseRequest,
+        ino: INodeNo,
+        reply: R,
+        make: impl FnOnce(WirePath) -> Request,
+        done: impl FnOnce(&Inner, Reply, R) + Send + 'static,
+    ) {
+        let target = self.node(ino).map(|(s, path)| (s, make(path)));
+        self.remote(caller(req), target, reply, |inner, _, r, _, reply| {
+            done(inner, r, reply)
+        });
+    }
+
+    /// Sends the request for `parent/name` that `make` builds and answers with the entry it returns
+    /// (lookup and every call that creates a node).
+    fn entry_request(
         &self,
         req: &FuseRequest,
         parent: INodeNo,
@@ -251,65 +295,89 @@ impl BridgeFs {
         make: impl FnOnce(WirePath) -> Request,
         reply: ReplyEntry,
     ) {
-        let (session, path) = match self.child(parent, name) {
-            Ok(v) => v,
-            Err(e) => return reply.error(e),
-        };
-        let inner = self.inner.clone();
-        let caller = caller(req);
+        let target = self.child(parent, name).map(|(s, path)| (s, make(path)));
         let name = name.as_bytes().to_vec();
-        let request = make(path);
-        self.spawn(async move {
-            match inner.sessions.call(&session, caller, request).await {
-                Ok((Reply::Attr(attr), _)) => inner.reply_entry(parent.0, &name, &attr, reply),
-                Ok((other, _)) => reply.error(unexpected(&other)),
-                Err(e) => reply.error(errno_of(&e)),
-            }
-        });
+        self.remote(
+            caller(req),
+            target,
+            reply,
+            move |inner, _, r, _, reply| match r {
+                Reply::Attr(attr) => inner.reply_entry(parent.0, &name, &attr, reply),
+                other => reply.fail(unexpected(&other)),
+            },
+        );
     }
 
-    /// Runs a request whose success carries no data.
-    fn simple(
+    /// Sends a request whose success carries no data, then runs `then` on the inode table.
+    fn empty_request(
         &self,
-        session: Arc<Session>,
-        caller: Caller,
-        request: Request,
+        req: &FuseRequest,
+        target: Result<(Arc<Session>, Request), Errno>,
         reply: ReplyEmpty,
-        then: impl FnOnce(&Inner) + Send + 'static,
+        then: impl FnOnce(&mut InodeTable) + Send + 'static,
     ) {
-        let inner = self.inner.clone();
-        self.spawn(async move {
-            match inner.sessions.call(&session, caller, request).await {
-                Ok(_) => {
-                    then(&inner);
-                    reply.ok();
-                }
-                Err(e) => reply.error(errno_of(&e)),
-            }
+        self.remote(caller(req), target, reply, |inner, _, _, _, reply| {
+            then(&mut lock(&inner.inodes));
+            reply.ok();
         });
     }
 
-    /// Runs a request on the connection of an open file.
-    fn on_file(
+    /// Sends the request `make` builds on the connection that holds open file `fh`.
+    fn on_file<R: Fail>(
         &self,
+        req: &FuseRequest,
         fh: FileHandle,
-        caller: Caller,
-        request: impl FnOnce(u64) -> Request,
-        done: impl FnOnce(Result<Reply, Errno>) + Send + 'static,
+        reply: R,
+        make: impl FnOnce(u64) -> Request,
+        done: impl FnOnce(Reply, R) + Send + 'static,
     ) {
         let file = match self.open_file(fh) {
             Ok(f) => f,
-            Err(e) => return done(Err(e)),
+            Err(e) => return reply.fail(e),
         };
         let inner = self.inner.clone();
-        let request = request(file.remote_fh);
+        let (caller, request) = (caller(req), make(file.remote_fh));
         self.spawn(async move {
-            let result = inner
+            match inner
                 .sessions
                 .call_on(&file.session, &file.conn, caller, request)
-                .await;
-            done(result.map_err(|e| errno_of(&e)));
+                .await
+            {
+                Ok(r) => done(r, reply),
+                Err(e) => reply.fail(errno_of(&e)),
+            }
         });
+    }
+
+    /// Sends an attribute request (`make` gets the path and the daemon's handle, if any) and answers
+    /// with the attributes; uses an open handle when there is one (see [`Self::handle_for`]).
+    fn attr_request(
+        &self,
+        req: &FuseRequest,
+        ino: INodeNo,
+        fh: Option<FileHandle>,
+        reply: ReplyAttr,
+        make: impl FnOnce(WirePath, Option<u64>) -> Request,
+    ) {
+        let ttl = self.inner.ttl;
+        let answer = move |r: Reply, reply: ReplyAttr| match r {
+            Reply::Attr(a) => reply.attr(&ttl, &file_attr(ino.0, &a)),
+            other => reply.fail(unexpected(&other)),
+        };
+        match self.handle_for(ino, fh) {
+            Some(fh) => {
+                // A node without a name is reached through the handle; the path is then unused.
+                let path = self.node(ino).map(|(_, p)| p).unwrap_or_default();
+                self.on_file(req, fh, reply, |remote| make(path, Some(remote)), answer);
+            }
+            None => self.on_node(
+                req,
+                ino,
+                reply,
+                |path| make(path, None),
+                move |_, r, reply| answer(r, reply),
+            ),
+        }
     }
 }
 
@@ -390,57 +458,35 @@ impl fuser::Filesystem for BridgeFs {
     }
 
     fn lookup(&self, req: &FuseRequest, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        if parent.0 == ROOT_INO {
-            let Some(session) = name.to_str().and_then(|n| self.inner.sessions.get(n)) else {
-                return reply.error(Errno::ENOENT);
-            };
-            let inner = self.inner.clone();
-            let caller = caller(req);
-            self.spawn(async move {
-                match inner
-                    .sessions
-                    .call(
-                        &session,
-                        caller,
-                        Request::Lookup {
-                            path: WirePath::root(),
-                        },
-                    )
-                    .await
-                {
-                    Ok((Reply::Attr(attr), _)) => {
-                        let ino = {
-                            let mut inodes = lock(&inner.inodes);
-                            let ino = inodes.session_root(&session);
-                            inodes.count_lookup(ino);
-                            ino
-                        };
-                        reply.entry(&inner.ttl, &file_attr(ino, &attr), Generation(0));
-                    }
-                    Ok((other, _)) => reply.error(unexpected(&other)),
-                    Err(e) => reply.error(errno_of(&e)),
-                }
-            });
-            return;
+        if parent.0 != ROOT_INO {
+            return self.entry_request(req, parent, name, |path| Request::Lookup { path }, reply);
         }
-        let (session, path) = match self.child(parent, name) {
-            Ok(v) => v,
-            Err(e) => return reply.error(e),
+        let Some(session) = name.to_str().and_then(|n| self.inner.sessions.get(n)) else {
+            return reply.error(Errno::ENOENT);
         };
-        let inner = self.inner.clone();
-        let caller = caller(req);
-        let name = name.as_bytes().to_vec();
-        self.spawn(async move {
-            match inner
-                .sessions
-                .call(&session, caller, Request::Lookup { path })
-                .await
-            {
-                Ok((Reply::Attr(attr), _)) => inner.reply_entry(parent.0, &name, &attr, reply),
-                Ok((other, _)) => reply.error(unexpected(&other)),
-                Err(e) => reply.error(errno_of(&e)),
-            }
-        });
+        let target = Ok((
+            session,
+            Request::Lookup {
+                path: WirePath::root(),
+            },
+        ));
+        self.remote(
+            caller(req),
+            target,
+            reply,
+            |inner, session, r, _, reply| match r {
+                Reply::Attr(attr) => {
+                    let ino = {
+                        let mut inodes = lock(&inner.inodes);
+                        let ino = inodes.session_root(&session);
+                        inodes.count_lookup(ino);
+                        ino
+                    };
+                    reply.entry(&inner.ttl, &file_attr(ino, &attr), Generation(0));
+                }
+                other => reply.fail(unexpected(&other)),
+            },
+        );
     }
 
     fn forget(&self, _req: &FuseRequest, ino: INodeNo, nlookup: u64) {
@@ -451,39 +497,9 @@ impl fuser::Filesystem for BridgeFs {
         if ino.0 == ROOT_INO {
             return reply.attr(&self.inner.ttl, &self.root_attr());
         }
-        let ttl = self.inner.ttl;
-        if let Some(fh) = self.handle_for(ino, fh) {
-            let path = self.node(ino).map(|(_, p)| p).unwrap_or_default();
-            return self.on_file(
-                fh,
-                caller(req),
-                |remote| Request::GetAttr {
-                    path,
-                    fh: Some(remote),
-                },
-                move |r| match r {
-                    Ok(Reply::Attr(a)) => reply.attr(&ttl, &file_attr(ino.0, &a)),
-                    Ok(other) => reply.error(unexpected(&other)),
-                    Err(e) => reply.error(e),
-                },
-            );
-        }
-        let (session, path) = match self.node(ino) {
-            Ok(v) => v,
-            Err(e) => return reply.error(e),
-        };
-        let inner = self.inner.clone();
-        let caller = caller(req);
-        self.spawn(async move {
-            match inner
-                .sessions
-                .call(&session, caller, Request::GetAttr { path, fh: None })
-                .await
-            {
-                Ok((Reply::Attr(a), _)) => reply.attr(&ttl, &file_attr(ino.0, &a)),
-                Ok((other, _)) => reply.error(unexpected(&other)),
-                Err(e) => reply.error(errno_of(&e)),
-            }
+        self.attr_request(req, ino, fh, reply, |path, fh| Request::GetAttr {
+            path,
+            fh,
         });
     }
 
@@ -516,70 +532,24 @@ impl fuser::Filesystem for BridgeFs {
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
         };
-        let ttl = self.inner.ttl;
-        let node = self.node(ino);
-        if let Some(fh) = self.handle_for(ino, fh) {
-            let path = node.map(|(_, p)| p).unwrap_or_default();
-            return self.on_file(
-                fh,
-                caller(req),
-                |remote| Request::SetAttr {
-                    path,
-                    fh: Some(remote),
-                    attrs,
-                },
-                move |r| match r {
-                    Ok(Reply::Attr(a)) => reply.attr(&ttl, &file_attr(ino.0, &a)),
-                    Ok(other) => reply.error(unexpected(&other)),
-                    Err(e) => reply.error(e),
-                },
-            );
-        }
-        let (session, path) = match node {
-            Ok(v) => v,
-            Err(e) => return reply.error(e),
-        };
-        let inner = self.inner.clone();
-        let caller = caller(req);
-        self.spawn(async move {
-            match inner
-                .sessions
-                .call(
-                    &session,
-                    caller,
-                    Request::SetAttr {
-                        path,
-                        fh: None,
-                        attrs,
-                    },
-                )
-                .await
-            {
-                Ok((Reply::Attr(a), _)) => reply.attr(&ttl, &file_attr(ino.0, &a)),
-                Ok((other, _)) => reply.error(unexpected(&other)),
-                Err(e) => reply.error(errno_of(&e)),
-            }
+        self.attr_request(req, ino, fh, reply, |path, fh| Request::SetAttr {
+            path,
+            fh,
+            attrs,
         });
     }
 
     fn readlink(&self, req: &FuseRequest, ino: INodeNo, reply: ReplyData) {
-        let (session, path) = match self.node(ino) {
-            Ok(v) => v,
-            Err(e) => return reply.error(e),
-        };
-        let inner = self.inner.clone();
-        let caller = caller(req);
-        self.spawn(async move {
-            match inner
-                .sessions
-                .call(&session, caller, Request::Readlink { path })
-                .await
-            {
-                Ok((Reply::Data(d), _)) => reply.data(&d),
-                Ok((other, _)) => reply.error(unexpected(&other)),
-                Err(e) => reply.error(errno_of(&e)),
-            }
-        });
+        self.on_node(
+            req,
+            ino,
+            reply,
+            |path| Request::Readlink { path },
+            |_, r, reply| match r {
+                Reply::Data(d) => reply.data(&d),
+                other => reply.fail(unexpected(&other)),
+            },
+        );
     }
 
     fn mknod(
@@ -598,12 +568,16 @@ impl fuser::Filesystem for BridgeFs {
             S_IFREG | 0 => NodeKind::Regular,
             S_IFIFO => NodeKind::Fifo,
             S_IFSOCK => NodeKind::Socket,
-            S_IFCHR => NodeKind::CharDevice { rdev: u64::from(rdev) },
-            S_IFBLK => NodeKind::BlockDevice { rdev: u64::from(rdev) },
+            S_IFCHR => NodeKind::CharDevice {
+                rdev: u64::from(rdev),
+            },
+            S_IFBLK => NodeKind::BlockDevice {
+                rdev: u64::from(rdev),
+            },
             _ => return reply.error(Errno::EINVAL),
         };
         let mode = mode & 0o7777;
-        self.create_entry(
+        self.entry_request(
             req,
             parent,
             name,
@@ -621,7 +595,7 @@ impl fuser::Filesystem for BridgeFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        self.create_entry(
+        self.entry_request(
             req,
             parent,
             name,
@@ -631,33 +605,23 @@ impl fuser::Filesystem for BridgeFs {
     }
 
     fn unlink(&self, req: &FuseRequest, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let (session, path) = match self.child(parent, name) {
-            Ok(v) => v,
-            Err(e) => return reply.error(e),
-        };
+        let target = self
+            .child(parent, name)
+            .map(|(s, path)| (s, Request::Unlink { path }));
         let name = name.as_bytes().to_vec();
-        self.simple(
-            session,
-            caller(req),
-            Request::Unlink { path },
-            reply,
-            move |inner| lock(&inner.inodes).unlink(parent.0, &name),
-        );
+        self.empty_request(req, target, reply, move |inodes| {
+            inodes.unlink(parent.0, &name)
+        });
     }
 
     fn rmdir(&self, req: &FuseRequest, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let (session, path) = match self.child(parent, name) {
-            Ok(v) => v,
-            Err(e) => return reply.error(e),
-        };
+        let target = self
+            .child(parent, name)
+            .map(|(s, path)| (s, Request::Rmdir { path }));
         let name = name.as_bytes().to_vec();
-        self.simple(
-            session,
-            caller(req),
-            Request::Rmdir { path },
-            reply,
-            move |inner| lock(&inner.inodes).unlink(parent.0, &name),
-        );
+        self.empty_request(req, target, reply, move |inodes| {
+            inodes.unlink(parent.0, &name)
+        });
     }
 
     fn symlink(
@@ -669,7 +633,7 @@ impl fuser::Filesystem for BridgeFs {
         reply: ReplyEntry,
     ) {
         let target = target.as_os_str().as_bytes().to_vec();
-        self.create_entry(
+        self.entry_request(
             req,
             parent,
             link_name,
@@ -688,33 +652,26 @@ impl fuser::Filesystem for BridgeFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let (from_session, from) = match self.child(parent, name) {
-            Ok(v) => v,
-            Err(e) => return reply.error(e),
-        };
-        let (to_session, to) = match self.child(newparent, newname) {
-            Ok(v) => v,
-            Err(e) => return reply.error(e),
-        };
-        if !Arc::ptr_eq(&from_session, &to_session) {
+        let target = self.child(parent, name).and_then(|(session, from)| {
+            let (to_session, to) = self.child(newparent, newname)?;
             // Different sessions are different file systems.
-            return reply.error(Errno::EXDEV);
-        }
+            if !Arc::ptr_eq(&session, &to_session) {
+                return Err(Errno::EXDEV);
+            }
+            Ok((
+                session,
+                Request::Rename {
+                    from,
+                    to,
+                    flags: flags.bits(),
+                },
+            ))
+        });
         let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
         let (name, newname) = (name.as_bytes().to_vec(), newname.as_bytes().to_vec());
-        self.simple(
-            from_session,
-            caller(req),
-            Request::Rename {
-                from,
-                to,
-                flags: flags.bits(),
-            },
-            reply,
-            move |inner| {
-                lock(&inner.inodes).rename(parent.0, &name, newparent.0, &newname, exchange)
-            },
-        );
+        self.empty_request(req, target, reply, move |inodes| {
+            inodes.rename(parent.0, &name, newparent.0, &newname, exchange)
+        });
     }
 
     fn link(
@@ -725,16 +682,12 @@ impl fuser::Filesystem for BridgeFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let (from_session, from) = match self.node(ino) {
-            Ok(v) => v,
-            Err(e) => return reply.error(e),
+        let from = match (self.node(ino), self.node(newparent)) {
+            (Ok((s, from)), Ok((t, _))) if Arc::ptr_eq(&s, &t) => from,
+            (Ok(_), Ok(_)) => return reply.error(Errno::EXDEV),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };
-        match self.node(newparent) {
-            Ok((s, _)) if Arc::ptr_eq(&s, &from_session) => {}
-            Ok(_) => return reply.error(Errno::EXDEV),
-            Err(e) => return reply.error(e),
-        }
-        self.create_entry(
+        self.entry_request(
             req,
             newparent,
             newname,
@@ -744,33 +697,27 @@ impl fuser::Filesystem for BridgeFs {
     }
 
     fn open(&self, req: &FuseRequest, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let (session, path) = match self.node(ino) {
-            Ok(v) => v,
-            Err(e) => return reply.error(e),
-        };
-        let inner = self.inner.clone();
-        let caller = caller(req);
-        self.spawn(async move {
-            match inner
-                .sessions
-                .call(
-                    &session,
-                    caller,
-                    Request::Open {
-                        path,
-                        flags: flags.0,
-                    },
-                )
-                .await
-            {
-                Ok((Reply::Opened { fh }, conn)) => {
+        let target = self.node(ino).map(|(s, path)| {
+            (
+                s,
+                Request::Open {
+                    path,
+                    flags: flags.0,
+                },
+            )
+        });
+        self.remote(
+            caller(req),
+            target,
+            reply,
+            move |inner, session, r, conn, reply| match r {
+                Reply::Opened { fh } => {
                     let fh = inner.add_file(ino.0, session, conn, fh);
                     reply.opened(FileHandle(fh), FopenFlags::empty());
                 }
-                Ok((other, _)) => reply.error(unexpected(&other)),
-                Err(e) => reply.error(errno_of(&e)),
-            }
-        });
+                other => reply.fail(unexpected(&other)),
+            },
+        );
     }
 
     fn create(
@@ -783,33 +730,32 @@ impl fuser::Filesystem for BridgeFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let (session, path) = match self.child(parent, name) {
-            Ok(v) => v,
-            Err(e) => return reply.error(e),
-        };
-        let inner = self.inner.clone();
-        let caller = caller(req);
+        let target = self
+            .child(parent, name)
+            .map(|(s, path)| (s, Request::Create { path, mode, flags }));
         let name = name.as_bytes().to_vec();
-        self.spawn(async move {
-            let request = Request::Create { path, mode, flags };
-            match inner.sessions.call(&session, caller, request).await {
-                Ok((Reply::Created { fh, attr }, conn)) => {
+        self.remote(
+            caller(req),
+            target,
+            reply,
+            move |inner, session, r, conn, reply| match r {
+                Reply::Created { fh, attr } => {
                     let Some(ino) = lock(&inner.inodes).learn(parent.0, &name, &attr) else {
                         return reply.error(Errno::ESTALE);
                     };
                     let fh = inner.add_file(ino, session, conn, fh);
+                    let attr = file_attr(ino, &attr);
                     reply.created(
                         &inner.ttl,
-                        &file_attr(ino, &attr),
+                        &attr,
                         Generation(0),
                         FileHandle(fh),
                         FopenFlags::empty(),
                     );
                 }
-                Ok((other, _)) => reply.error(unexpected(&other)),
-                Err(e) => reply.error(errno_of(&e)),
-            }
-        });
+                other => reply.fail(unexpected(&other)),
+            },
+        );
     }
 
     fn read(
@@ -825,17 +771,17 @@ impl fuser::Filesystem for BridgeFs {
     ) {
         // The kernel never asks for more than max_pages (at most 1 MiB = MAX_IO_CHUNK) at once.
         self.on_file(
+            req,
             fh,
-            caller(req),
+            reply,
             |remote| Request::Read {
                 fh: remote,
                 offset,
                 size,
             },
-            move |r| match r {
-                Ok(Reply::Data(d)) => reply.data(&d),
-                Ok(other) => reply.error(unexpected(&other)),
-                Err(e) => reply.error(e),
+            |r, reply| match r {
+                Reply::Data(d) => reply.data(&d),
+                other => reply.fail(unexpected(&other)),
             },
         );
     }
@@ -854,17 +800,17 @@ impl fuser::Filesystem for BridgeFs {
     ) {
         let data = data.to_vec();
         self.on_file(
+            req,
             fh,
-            caller(req),
+            reply,
             |remote| Request::Write {
                 fh: remote,
                 offset,
                 data,
             },
-            move |r| match r {
-                Ok(Reply::Written(n)) => reply.written(n),
-                Ok(other) => reply.error(unexpected(&other)),
-                Err(e) => reply.error(e),
+            |r, reply| match r {
+                Reply::Written(n) => reply.written(n),
+                other => reply.fail(unexpected(&other)),
             },
         );
     }
@@ -878,13 +824,11 @@ impl fuser::Filesystem for BridgeFs {
         reply: ReplyEmpty,
     ) {
         self.on_file(
+            req,
             fh,
-            caller(req),
+            reply,
             |remote| Request::Flush { fh: remote },
-            move |r| match r {
-                Ok(_) => reply.ok(),
-                Err(e) => reply.error(e),
-            },
+            |_, reply| reply.ok(),
         );
     }
 
@@ -928,16 +872,14 @@ impl fuser::Filesystem for BridgeFs {
         reply: ReplyEmpty,
     ) {
         self.on_file(
+            req,
             fh,
-            caller(req),
+            reply,
             |remote| Request::Fsync {
                 fh: remote,
                 datasync,
             },
-            move |r| match r {
-                Ok(_) => reply.ok(),
-                Err(e) => reply.error(e),
-            },
+            |_, reply| reply.ok(),
         );
     }
 
@@ -1102,20 +1044,21 @@ impl fuser::Filesystem for BridgeFs {
     }
 
     fn statfs(&self, req: &FuseRequest, ino: INodeNo, reply: ReplyStatfs) {
-        let Ok((session, _)) = self.node(ino) else {
+        if ino.0 == ROOT_INO {
             return reply.statfs(0, 0, 0, 0, 0, 4096, 255, 4096);
-        };
-        let inner = self.inner.clone();
-        let caller = caller(req);
-        self.spawn(async move {
-            match inner.sessions.call(&session, caller, Request::StatFs).await {
-                Ok((Reply::StatFs(s), _)) => reply.statfs(
+        }
+        self.on_node(
+            req,
+            ino,
+            reply,
+            |_| Request::StatFs,
+            |_, r, reply| match r {
+                Reply::StatFs(s) => reply.statfs(
                     s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
                 ),
-                Ok((other, _)) => reply.error(unexpected(&other)),
-                Err(e) => reply.error(errno_of(&e)),
-            }
-        });
+                other => reply.fail(unexpected(&other)),
+            },
+        );
     }
 
     fn setxattr(
@@ -1128,17 +1071,19 @@ impl fuser::Filesystem for BridgeFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let (session, path) = match self.node(ino) {
-            Ok(v) => v,
-            Err(e) => return reply.error(e),
-        };
-        let request = Request::SetXattr {
-            path,
-            name: name.as_bytes().to_vec(),
-            value: value.to_vec(),
-            flags,
-        };
-        self.simple(session, caller(req), request, reply, |_| {});
+        let (name, value) = (name.as_bytes().to_vec(), value.to_vec());
+        let target = self.node(ino).map(|(s, path)| {
+            (
+                s,
+                Request::SetXattr {
+                    path,
+                    name,
+                    value,
+                    flags,
+                },
+            )
+        });
+        self.empty_request(req, target, reply, |_| {});
     }
 
     fn getxattr(
@@ -1152,44 +1097,35 @@ impl fuser::Filesystem for BridgeFs {
         if ino.0 == ROOT_INO {
             return reply.error(Errno::ENODATA);
         }
-        let (session, path) = match self.node(ino) {
-            Ok(v) => v,
-            Err(e) => return reply.error(e),
-        };
-        let request = Request::GetXattr {
-            path,
-            name: name.as_bytes().to_vec(),
-            size,
-        };
-        self.xattr_call(session, caller(req), request, reply);
+        let name = name.as_bytes().to_vec();
+        self.on_node(
+            req,
+            ino,
+            reply,
+            |path| Request::GetXattr { path, name, size },
+            xattr_answer,
+        );
     }
 
     fn listxattr(&self, req: &FuseRequest, ino: INodeNo, size: u32, reply: ReplyXattr) {
         if ino.0 == ROOT_INO {
             return reply.size(0);
         }
-        let (session, path) = match self.node(ino) {
-            Ok(v) => v,
-            Err(e) => return reply.error(e),
-        };
-        self.xattr_call(
-            session,
-            caller(req),
-            Request::ListXattr { path, size },
+        self.on_node(
+            req,
+            ino,
             reply,
+            |path| Request::ListXattr { path, size },
+            xattr_answer,
         );
     }
 
     fn removexattr(&self, req: &FuseRequest, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let (session, path) = match self.node(ino) {
-            Ok(v) => v,
-            Err(e) => return reply.error(e),
-        };
-        let request = Request::RemoveXattr {
-            path,
-            name: name.as_bytes().to_vec(),
-        };
-        self.simple(session, caller(req), request, reply, |_| {});
+        let name = name.as_bytes().to_vec();
+        let target = self
+            .node(ino)
+            .map(|(s, path)| (s, Request::RemoveXattr { path, name }));
+        self.empty_request(req, target, reply, |_| {});
     }
 
     fn access(
@@ -1257,22 +1193,39 @@ impl BridgeFs {
         drop(inodes);
         reply.ok();
     }
+}
 
-    fn xattr_call(
-        &self,
-        session: Arc<Session>,
-        caller: Caller,
-        request: Request,
-        reply: ReplyXattr,
-    ) {
-        let inner = self.inner.clone();
-        self.spawn(async move {
-            match inner.sessions.call(&session, caller, request).await {
-                Ok((Reply::XattrSize(n), _)) => reply.size(n),
-                Ok((Reply::Data(d), _)) => reply.data(&d),
-                Ok((other, _)) => reply.error(unexpected(&other)),
-                Err(e) => reply.error(errno_of(&e)),
-            }
-        });
+fn xattr_answer(_: &Inner, r: Reply, reply: ReplyXattr) {
+    match r {
+        Reply::XattrSize(n) => reply.size(n),
+        Reply::Data(d) => reply.data(&d),
+        other => reply.fail(unexpected(&other)),
     }
 }
+
+/// The fuser reply types, which all answer an error the same way.
+trait Fail: Send + 'static {
+    fn fail(self, e: Errno);
+}
+
+macro_rules! impl_fail {
+    ($($t:ty),*) => {
+        $(impl Fail for $t {
+            fn fail(self, e: Errno) {
+                self.error(e)
+            }
+        })*
+    };
+}
+
+impl_fail!(
+    ReplyAttr,
+    ReplyData,
+    ReplyEntry,
+    ReplyEmpty,
+    ReplyOpen,
+    ReplyCreate,
+    ReplyWrite,
+    ReplyStatfs,
+    ReplyXattr
+);

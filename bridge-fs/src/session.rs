@@ -119,17 +119,7 @@ impl Sessions {
             let reply = call_once(&session.id, &conn, &frame).await?;
             Ok((reply, conn))
         };
-        tokio::time::timeout(self.op_timeout, attempt)
-            .await
-            .unwrap_or_else(|_| {
-                Err(ErrorReply::new(
-                    errno::ETIMEDOUT,
-                    format!(
-                        "session {}: no answer within {:?}",
-                        session.id, self.op_timeout
-                    ),
-                ))
-            })
+        self.bounded(session, attempt).await
     }
 
     /// Sends `request` on a given connection (one that holds an open file handle), bounded in time.
@@ -147,7 +137,17 @@ impl Sessions {
             ));
         }
         let frame = RequestFrame { caller, request };
-        tokio::time::timeout(self.op_timeout, call_once(&session.id, conn, &frame))
+        self.bounded(session, call_once(&session.id, conn, &frame))
+            .await
+    }
+
+    /// Runs `work` for `session`, failing with `ETIMEDOUT` after the operation timeout.
+    async fn bounded<T>(
+        &self,
+        session: &Session,
+        work: impl std::future::Future<Output = Result<T, ErrorReply>>,
+    ) -> Result<T, ErrorReply> {
+        tokio::time::timeout(self.op_timeout, work)
             .await
             .unwrap_or_else(|_| {
                 Err(ErrorReply::new(

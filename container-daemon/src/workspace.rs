@@ -466,7 +466,14 @@ impl Workspace {
             NodeKind::CharDevice { rdev } => (rfs::FileType::CharacterDevice, rdev),
             NodeKind::BlockDevice { rdev } => (rfs::FileType::BlockDevice, rdev),
         };
-        rfs::mknodat(&dir, name, file_type, Mode::from_raw_mode(mode & 0o7777), rdev).map_err(f)?;
+        rfs::mknodat(
+            &dir,
+            name,
+            file_type,
+            Mode::from_raw_mode(mode & 0o7777),
+            rdev,
+        )
+        .map_err(f)?;
         self.own(dir.as_fd(), name, caller).map_err(f)?;
         statx_at(dir.as_fd(), name).map_err(f)
     }

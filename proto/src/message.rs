@@ -107,9 +107,13 @@ pub enum NodeKind {
     Fifo,
     Socket,
     /// A character device with the given device number (only a daemon allowed to create devices can).
-    CharDevice { rdev: u64 },
+    CharDevice {
+        rdev: u64,
+    },
     /// A block device with the given device number.
-    BlockDevice { rdev: u64 },
+    BlockDevice {
+        rdev: u64,
+    },
 }
 
 /// One operation. Paths are relative to the workspace root; `fh` is a handle from `Open`/`Create`.
