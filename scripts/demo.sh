@@ -35,7 +35,7 @@ for id in web api notes; do
 done
 sfs session ls
 
-sfs mount "$mnt" &
+SESSIONFS_LOG="${SESSIONFS_LOG:-warn}" "$bin/sessionfs" mount "$mnt" &
 mount_pid=$!
 trap 'kill -TERM $mount_pid 2>/dev/null; wait $mount_pid 2>/dev/null || true' EXIT
 for _ in $(seq 200); do mountpoint -q "$mnt" && break; sleep 0.05; done
@@ -58,5 +58,10 @@ cat "$SESSIONFS_HOME/sessions/web/workspace/index.html"
 
 if [ "$wait" = 1 ]; then
   echo; echo "Sessions are mounted at $mnt. Try: ls $mnt; Ctrl-C to unmount."
-  wait $mount_pid
+  wait $mount_pid || true
+  echo "The session daemons keep running: SESSIONFS_HOME=$SESSIONFS_HOME $bin/sessionfs session ls"
+else
+  kill -TERM $mount_pid; wait $mount_pid || true
+  for id in web api notes; do sfs session stop "$id" >/dev/null; done
+  echo; echo "demo done: unmounted $mnt and stopped the sessions"
 fi
