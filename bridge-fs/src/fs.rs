@@ -15,7 +15,7 @@ use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
@@ -25,8 +25,8 @@ use fuser::{
 };
 use sessionfs_proto::{
     errno, Attr, Caller, DirEntry, ErrorReply, NodeKind, Reply, Request, SetAttrs, SetTime,
-    Timestamp, WirePath, MAX_DIR_PAGE, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT,
-    S_IFREG, S_IFSOCK,
+    Timestamp, WirePath, MAX_DIR_PAGE, MAX_IO_CHUNK, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK,
+    S_IFMT, S_IFREG, S_IFSOCK,
 };
 use tracing::{debug, warn};
 
@@ -42,6 +42,41 @@ struct OpenFile {
     remote_fh: u64,
 }
 
+/// An open directory. Entries are fetched a page at a time when the kernel reads, not at `opendir`,
+/// so what the kernel learns (names, inode links, attributes) is never older than one page fetch.
+struct OpenDir {
+    session: Arc<Session>,
+    path: WirePath,
+    page: Mutex<Option<Arc<DirPage>>>,
+}
+
+/// A page of entries and where it came from.
+struct DirPage {
+    /// The daemon offset the page was fetched at.
+    start: u64,
+    entries: Vec<DirEntry>,
+    /// Whether the directory continues after the page.
+    more: bool,
+    fetched: Instant,
+}
+
+impl DirPage {
+    /// The entries after daemon offset `offset`, if this page can answer for it.
+    fn after(&self, offset: u64) -> Option<&[DirEntry]> {
+        if offset < self.start {
+            return None;
+        }
+        let i = self.entries.partition_point(|e| e.next_offset <= offset);
+        if i == self.entries.len() && self.more {
+            return None;
+        }
+        Some(&self.entries[i..])
+    }
+}
+
+/// Kernel directory offsets: 1 and 2 follow `.` and `..`; an entry's is 2 + its daemon offset.
+const DOT_ENTRIES: u64 = 2;
+
 /// The bridge file system. Cheap to clone into tasks.
 pub struct BridgeFs {
     inner: Arc<Inner>,
@@ -52,7 +87,7 @@ struct Inner {
     sessions: Arc<Sessions>,
     inodes: Mutex<InodeTable>,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
-    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    dirs: Mutex<HashMap<u64, Arc<OpenDir>>>,
     next_fh: AtomicU64,
     ttl: Duration,
     /// Owner and time shown for the mount root.
@@ -81,6 +116,7 @@ fn stale_errno(s: Stale) -> Errno {
     match s {
         Stale::UnknownInode => Errno::ESTALE,
         Stale::Detached => Errno::ENOENT,
+        Stale::TooLong => Errno::ENAMETOOLONG,
     }
 }
 
@@ -411,36 +447,43 @@ impl Inner {
     }
 
     /// Fetches the whole listing of `path`, page by page.
-    async fn list_dir(
+    /// The entries of `dir` after daemon offset `offset`: from its cached page when that covers the
+    /// offset and is younger than the attribute TTL, else from a new page fetched from the daemon.
+    async fn dir_page(
         &self,
-        session: &Session,
+        dir: &OpenDir,
         caller: Caller,
-        path: WirePath,
-    ) -> Result<Vec<DirEntry>, ErrorReply> {
-        let mut all = Vec::new();
-        let mut offset = 0;
-        loop {
-            let request = Request::ReadDir {
-                path: path.clone(),
-                offset,
-                limit: MAX_DIR_PAGE,
-            };
-            match self.sessions.call(session, caller, request).await? {
-                (Reply::Entries { entries, next }, _) => {
-                    all.extend(entries);
-                    match next {
-                        Some(n) if n > offset => offset = n,
-                        _ => return Ok(all),
-                    }
-                }
-                (other, _) => {
-                    return Err(ErrorReply::new(
-                        errno::EIO,
-                        format!("unexpected readdir reply {other:?}"),
-                    ))
-                }
+        offset: u64,
+        use_cache: bool,
+    ) -> Result<(Arc<DirPage>, usize), ErrorReply> {
+        let cached = lock(&dir.page).clone().filter(|_| use_cache);
+        if let Some(page) = cached.filter(|p| p.fetched.elapsed() <= self.ttl) {
+            if let Some(rest) = page.after(offset) {
+                let skip = page.entries.len() - rest.len();
+                return Ok((page, skip));
             }
         }
+        let request = Request::ReadDir {
+            path: dir.path.clone(),
+            offset,
+            limit: MAX_DIR_PAGE,
+        };
+        let page = match self.sessions.call(&dir.session, caller, request).await? {
+            (Reply::Entries { entries, next }, _) => Arc::new(DirPage {
+                start: offset,
+                entries,
+                more: next.is_some(),
+                fetched: Instant::now(),
+            }),
+            (other, _) => {
+                return Err(ErrorReply::new(
+                    errno::EIO,
+                    format!("unexpected readdir reply {other:?}"),
+                ));
+            }
+        };
+        *lock(&dir.page) = Some(page.clone());
+        Ok((page, 0))
     }
 }
 
@@ -449,6 +492,17 @@ impl fuser::Filesystem for BridgeFs {
         // Entries come with attributes; one listing round trip serves `ls -l` and `find`.
         if let Err(missing) = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS) {
             debug!("kernel lacks capabilities {missing:?}");
+        }
+        // One kernel read or write must fit one protocol transfer, whatever the page size.
+        if let Err(nearest) = config.set_max_write(MAX_IO_CHUNK) {
+            config
+                .set_max_write(nearest)
+                .map_err(|_| std::io::Error::other("cannot set max_write"))?;
+        }
+        if let Err(nearest) = config.set_max_readahead(MAX_IO_CHUNK) {
+            config
+                .set_max_readahead(nearest)
+                .map_err(|_| std::io::Error::other("cannot set max_readahead"))?;
         }
         Ok(())
     }
@@ -883,7 +937,7 @@ impl fuser::Filesystem for BridgeFs {
         );
     }
 
-    fn opendir(&self, req: &FuseRequest, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, _req: &FuseRequest, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         if ino.0 == ROOT_INO {
             return reply.opened(FileHandle(0), FopenFlags::empty());
         }
@@ -891,23 +945,19 @@ impl fuser::Filesystem for BridgeFs {
             Ok(v) => v,
             Err(e) => return reply.error(e),
         };
-        let inner = self.inner.clone();
-        let caller = caller(req);
-        self.spawn(async move {
-            match inner.list_dir(&session, caller, path).await {
-                Ok(entries) => {
-                    let fh = inner.next_fh.fetch_add(1, Ordering::Relaxed);
-                    lock(&inner.dirs).insert(fh, Arc::new(entries));
-                    reply.opened(FileHandle(fh), FopenFlags::empty());
-                }
-                Err(e) => reply.error(errno_of(&e)),
-            }
-        });
+        let fh = self.inner.next_fh.fetch_add(1, Ordering::Relaxed);
+        let dir = OpenDir {
+            session,
+            path,
+            page: Mutex::new(None),
+        };
+        lock(&self.inner.dirs).insert(fh, Arc::new(dir));
+        reply.opened(FileHandle(fh), FopenFlags::empty());
     }
 
     fn readdir(
         &self,
-        _req: &FuseRequest,
+        req: &FuseRequest,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -934,36 +984,42 @@ impl fuser::Filesystem for BridgeFs {
             }
             return reply.ok();
         }
-        let Some(entries) = lock(&self.inner.dirs).get(&fh.0).cloned() else {
+        let Some(dir) = lock(&self.inner.dirs).get(&fh.0).cloned() else {
             return reply.error(Errno::EBADF);
         };
         // Plain readdir (when the kernel does not use readdirplus): the daemon's inode numbers stand in
         // for d_ino.
-        let dots = [(ino.0, ".".as_bytes()), (ino.0, "..".as_bytes())];
-        let all = dots
-            .iter()
-            .map(|(i, n)| (*i, FileType::Directory, *n))
-            .chain(
-                entries
-                    .iter()
-                    .map(|e| (e.attr.ino, file_type(e.attr.mode), e.name.as_slice())),
-            );
-        for (i, (entry_ino, kind, name)) in all.enumerate().skip(offset as usize) {
-            if reply.add(
-                INodeNo(entry_ino),
-                i as u64 + 1,
-                kind,
-                OsStr::from_bytes(name),
-            ) {
-                break;
+        for (i, name) in [".", ".."].iter().enumerate().skip(offset as usize) {
+            if reply.add(ino, i as u64 + 1, FileType::Directory, name) {
+                return reply.ok();
             }
         }
-        reply.ok();
+        let inner = self.inner.clone();
+        let caller = caller(req);
+        let from = offset.saturating_sub(DOT_ENTRIES);
+        self.spawn(async move {
+            let (page, skip) = match inner.dir_page(&dir, caller, from, true).await {
+                Ok(v) => v,
+                Err(e) => return reply.error(errno_of(&e)),
+            };
+            for e in &page.entries[skip..] {
+                let kind = file_type(e.attr.mode);
+                if reply.add(
+                    INodeNo(e.attr.ino),
+                    DOT_ENTRIES + e.next_offset,
+                    kind,
+                    OsStr::from_bytes(&e.name),
+                ) {
+                    break;
+                }
+            }
+            reply.ok();
+        });
     }
 
     fn readdirplus(
         &self,
-        _req: &FuseRequest,
+        req: &FuseRequest,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -972,52 +1028,72 @@ impl fuser::Filesystem for BridgeFs {
         if ino.0 == ROOT_INO {
             return self.root_readdirplus(offset, reply);
         }
-        let Some(entries) = lock(&self.inner.dirs).get(&fh.0).cloned() else {
+        let Some(dir) = lock(&self.inner.dirs).get(&fh.0).cloned() else {
             return reply.error(Errno::EBADF);
         };
-        let ttl = self.inner.ttl;
-        let mut inodes = lock(&self.inner.inodes);
-        let mut index = offset as usize;
         // "." and ".." carry no lookup count in readdirplus; the kernel ignores their attributes.
-        while index < 2 {
-            let attr = FileAttr {
-                ino,
-                ..self.root_attr()
-            };
-            let name = if index == 0 { "." } else { ".." };
+        let dot_attr = FileAttr {
+            ino,
+            ..self.root_attr()
+        };
+        for (i, name) in [".", ".."].iter().enumerate().skip(offset as usize) {
             if reply.add(
                 ino,
-                index as u64 + 1,
+                i as u64 + 1,
                 name,
                 &Duration::ZERO,
-                &attr,
+                &dot_attr,
                 Generation(0),
             ) {
                 return reply.ok();
             }
-            index += 1;
         }
-        for entry in entries.iter().skip(index - 2) {
-            let Some(child) = inodes.learn(ino.0, &entry.name, &entry.attr) else {
-                drop(inodes);
-                return reply.error(Errno::ESTALE);
+        let inner = self.inner.clone();
+        let caller = caller(req);
+        let from = offset.saturating_sub(DOT_ENTRIES);
+        self.spawn(async move {
+            let (mut page, mut skip) = match inner.dir_page(&dir, caller, from, true).await {
+                Ok(v) => v,
+                Err(e) => return reply.error(errno_of(&e)),
             };
-            index += 1;
-            if reply.add(
-                INodeNo(child),
-                index as u64,
-                OsStr::from_bytes(&entry.name),
-                &ttl,
-                &file_attr(child, &entry.attr),
-                Generation(0),
-            ) {
-                // Did not fit: the kernel never saw it, so it holds no lookup count.
-                inodes.forget(child, 1);
-                break;
+            // A cached page that disagrees with what lookups learned since is out of date: the
+            // kernel must not be told an old name for a node (it would act on the wrong file).
+            let stale = {
+                let inodes = lock(&inner.inodes);
+                page.entries[skip..]
+                    .iter()
+                    .any(|e| inodes.conflicts(ino.0, &e.name, &e.attr))
+            };
+            if stale {
+                (page, skip) = match inner.dir_page(&dir, caller, from, false).await {
+                    Ok(v) => v,
+                    Err(e) => return reply.error(errno_of(&e)),
+                };
             }
-        }
-        drop(inodes);
-        reply.ok();
+            let mut inodes = lock(&inner.inodes);
+            for e in &page.entries[skip..] {
+                let Some(child) = inodes.learn(ino.0, &e.name, &e.attr) else {
+                    drop(inodes);
+                    return reply.error(Errno::ESTALE);
+                };
+                let attr = file_attr(child, &e.attr);
+                let name = OsStr::from_bytes(&e.name);
+                if reply.add(
+                    INodeNo(child),
+                    DOT_ENTRIES + e.next_offset,
+                    name,
+                    &inner.ttl,
+                    &attr,
+                    Generation(0),
+                ) {
+                    // Did not fit: the kernel never saw it, so it holds no lookup count.
+                    inodes.forget(child, 1);
+                    break;
+                }
+            }
+            drop(inodes);
+            reply.ok();
+        });
     }
 
     fn releasedir(
@@ -1034,13 +1110,20 @@ impl fuser::Filesystem for BridgeFs {
 
     fn fsyncdir(
         &self,
-        _req: &FuseRequest,
-        _ino: INodeNo,
+        req: &FuseRequest,
+        ino: INodeNo,
         _fh: FileHandle,
-        _datasync: bool,
+        datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        if ino.0 == ROOT_INO {
+            return reply.ok();
+        }
+        // Durable renames (write, rename, fsync the directory) need the daemon's directory synced.
+        let target = self
+            .node(ino)
+            .map(|(s, path)| (s, Request::FsyncDir { path, datasync }));
+        self.empty_request(req, target, reply, |_| {});
     }
 
     fn statfs(&self, req: &FuseRequest, ino: INodeNo, reply: ReplyStatfs) {
@@ -1109,7 +1192,11 @@ impl fuser::Filesystem for BridgeFs {
 
     fn listxattr(&self, req: &FuseRequest, ino: INodeNo, size: u32, reply: ReplyXattr) {
         if ino.0 == ROOT_INO {
-            return reply.size(0);
+            return if size == 0 {
+                reply.size(0)
+            } else {
+                reply.data(&[])
+            };
         }
         self.on_node(
             req,

@@ -43,6 +43,18 @@ struct RemoteKey {
     file_type: u32,
 }
 
+impl RemoteKey {
+    fn of(session_ino: u64, attr: &Attr) -> Self {
+        RemoteKey {
+            session_ino,
+            dev: attr.dev,
+            ino: attr.ino,
+            btime: attr.btime.map(|t| (t.secs, t.nanos)),
+            file_type: attr.file_type(),
+        }
+    }
+}
+
 type Link = (u64, Vec<u8>);
 
 struct Node {
@@ -84,6 +96,8 @@ pub enum Stale {
     UnknownInode,
     /// The node was unlinked or replaced; it can still be used through an open file handle only.
     Detached,
+    /// The rebuilt path would exceed the protocol's path limit.
+    TooLong,
 }
 
 impl InodeTable {
@@ -122,11 +136,17 @@ impl InodeTable {
             .ok_or(Stale::UnknownInode)?
             .clone();
         let mut names: Vec<&[u8]> = Vec::new();
+        let mut len = 0;
         let mut cur = node;
         let mut cur_ino = ino;
         while cur_ino != node.session_ino {
             let (parent, name) = cur.names.last().ok_or(Stale::Detached)?;
             names.push(name);
+            // Bounds the walk too: a parent cycle (which `link` refuses to create) could not loop.
+            len += name.len() + 1;
+            if len > sessionfs_proto::path::MAX_PATH_LEN + 1 {
+                return Err(Stale::TooLong);
+            }
             cur_ino = *parent;
             cur = self.nodes.get(&cur_ino).ok_or(Stale::Detached)?;
         }
@@ -145,13 +165,7 @@ impl InodeTable {
     /// returns its inode. `parent` must be a session root or a node inside a session.
     pub fn learn(&mut self, parent: u64, name: &[u8], attr: &Attr) -> Option<u64> {
         let session_ino = self.nodes.get(&parent)?.session_ino;
-        let key = RemoteKey {
-            session_ino,
-            dev: attr.dev,
-            ino: attr.ino,
-            btime: attr.btime.map(|t| (t.secs, t.nanos)),
-            file_type: attr.file_type(),
-        };
+        let key = RemoteKey::of(session_ino, attr);
         let ino = match self.by_remote.get(&key) {
             Some(&ino) => ino,
             None => {
@@ -174,6 +188,18 @@ impl InodeTable {
             node.nlookup += 1;
         }
         Some(ino)
+    }
+
+    /// True when the table binds `parent/name` to a different node than the one `attr` describes:
+    /// one of the two reports is out of date.
+    pub fn conflicts(&self, parent: u64, name: &[u8], attr: &Attr) -> bool {
+        let Some(&bound) = self.by_name.get(&(parent, name.to_vec())) else {
+            return false;
+        };
+        let Some(session_ino) = self.nodes.get(&parent).map(|n| n.session_ino) else {
+            return false;
+        };
+        self.nodes.get(&bound).and_then(|n| n.remote) != Some(RemoteKey::of(session_ino, attr))
     }
 
     /// The inode number to show for a session root's attributes.
@@ -245,13 +271,47 @@ impl InodeTable {
     }
 
     fn drop_name(&mut self, ino: u64, link: &Link) {
-        if let Some(node) = self.nodes.get_mut(&ino) {
-            node.names.retain(|l| l != link);
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        node.names.retain(|l| l != link);
+        // Without a birth time, a daemon inode number is reused as soon as the file is gone; a node
+        // with no name left must not be found again under that number.
+        if node.names.is_empty() {
+            if let Some(key) = node.remote.filter(|k| k.btime.is_none()) {
+                if self.by_remote.get(&key) == Some(&ino) {
+                    self.by_remote.remove(&key);
+                }
+            }
         }
     }
 
-    /// Makes `parent/name` a name of `ino` (the one used for its paths from now on).
+    /// True when `ancestor` is `ino` or one of the directories above it.
+    fn is_ancestor(&self, ancestor: u64, mut ino: u64) -> bool {
+        // A path has at most MAX_PATH_LEN / 2 components, which bounds the walk.
+        for _ in 0..=sessionfs_proto::path::MAX_PATH_LEN / 2 {
+            if ino == ancestor {
+                return true;
+            }
+            match self.nodes.get(&ino).and_then(|n| n.names.last()) {
+                Some((parent, _)) if *parent != ino => ino = *parent,
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// Makes `parent/name` a name of `ino` (the one used for its paths from now on). A directory has
+    /// exactly one name, and never one below itself.
     fn link(&mut self, ino: u64, parent: u64, name: &[u8]) {
+        let is_dir = self
+            .nodes
+            .get(&ino)
+            .and_then(|n| n.remote)
+            .is_some_and(|k| k.file_type == S_IFDIR);
+        if is_dir && self.is_ancestor(ino, parent) {
+            return;
+        }
         let link = (parent, name.to_vec());
         if let Some(other) = self.by_name.insert(link.clone(), ino) {
             // The name led to another node (replaced behind our back): that node loses it.
@@ -259,9 +319,20 @@ impl InodeTable {
                 self.drop_name(other, &link);
             }
         }
-        if let Some(node) = self.nodes.get_mut(&ino) {
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        let stale: Vec<Link> = if is_dir {
+            node.names.drain(..).filter(|l| *l != link).collect()
+        } else {
             node.names.retain(|l| *l != link);
-            node.names.push(link);
+            Vec::new()
+        };
+        node.names.push(link);
+        for old in stale {
+            if self.by_name.get(&old) == Some(&ino) {
+                self.by_name.remove(&old);
+            }
         }
     }
 
@@ -350,6 +421,21 @@ mod tests {
         t.rename(root, b"g", root, b"h", false);
         assert_eq!(path(&t, g).unwrap(), "h");
         assert_eq!(path(&t, h), Err(Stale::Detached));
+    }
+
+    #[test]
+    fn directories_have_one_name_and_never_become_their_own_ancestor() {
+        let (mut t, root) = table();
+        let a = t.learn(root, b"a", &attr(40, S_IFDIR)).unwrap();
+        let b = t.learn(a, b"b", &attr(41, S_IFDIR)).unwrap();
+        // A stale report of `a` under `b` (a listing taken before `mv a b/a`) cannot make a cycle.
+        t.learn(b, b"a", &attr(40, S_IFDIR)).unwrap();
+        assert_eq!(path(&t, b).unwrap(), "a/b");
+        // A real move of `b` to the top replaces its old name instead of adding one.
+        t.rename(a, b"b", root, b"b", false);
+        t.learn(b, b"a", &attr(40, S_IFDIR)).unwrap();
+        assert_eq!(path(&t, a).unwrap(), "b/a");
+        assert_eq!(path(&t, b).unwrap(), "b");
     }
 
     #[test]

@@ -11,6 +11,9 @@ use crate::config::{cert_files, BridgeConfig};
 use crate::fs::BridgeFs;
 use crate::session::Sessions;
 
+/// How long an unmount may take to end the FUSE session before the bridge exits without it.
+const UNMOUNT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why the bridge could not mount or run.
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
@@ -102,7 +105,7 @@ pub fn mount(config: BridgeConfig, mountpoint: &Path) -> Result<(), MountError> 
     let mut unmounter = session.unmount_callable();
     info!(mountpoint = %mountpoint.display(), "mounted");
 
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     let runner = std::thread::Builder::new()
         .name("sessionfs-fuse".into())
         .spawn(move || {
@@ -124,7 +127,7 @@ pub fn mount(config: BridgeConfig, mountpoint: &Path) -> Result<(), MountError> 
             }
         };
         tokio::select! {
-            _ = done_rx => true,
+            _ = &mut done_rx => true,
             _ = tokio::signal::ctrl_c() => false,
             () = term => false,
         }
@@ -151,6 +154,18 @@ pub fn mount(config: BridgeConfig, mountpoint: &Path) -> Result<(), MountError> 
                     source,
                 })
             }
+        }
+        // Unprivileged unmounts go through `fusermount3 -u -z`, which detaches lazily and reports
+        // success while files are still open; the FUSE loop then runs until they close. Do not wait
+        // for that: the process ends, and what is still open fails with ENOTCONN.
+        let finished = rt
+            .block_on(tokio::time::timeout(UNMOUNT_GRACE, &mut done_rx))
+            .is_ok();
+        if !finished {
+            warn!(mountpoint = %mountpoint.display(), "files still open after unmount; exiting anyway");
+            drop(watch);
+            sessions.close_all();
+            return Ok(());
         }
     }
     let result = runner

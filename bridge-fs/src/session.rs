@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use sessionfs_proto::{errno, Caller, ErrorReply, Reply, Request, RequestFrame};
 use sessionfs_registry::{Registry, SessionId, SessionRecord, SessionState};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::BridgeConfig;
 
@@ -34,7 +34,7 @@ pub struct Session {
 /// All sessions known to the bridge, kept in step with the registry.
 pub struct Sessions {
     endpoint: quinn::Endpoint,
-    registry: Registry,
+    registry: Arc<Registry>,
     table: RwLock<BTreeMap<SessionId, Arc<Session>>>,
     op_timeout: Duration,
     connect_timeout: Duration,
@@ -55,7 +55,8 @@ impl Sessions {
         let mut endpoint = quinn::Endpoint::client((std::net::Ipv6Addr::UNSPECIFIED, 0).into())
             .or_else(|_| quinn::Endpoint::client((std::net::Ipv4Addr::UNSPECIFIED, 0).into()))?;
         endpoint.set_default_client_config(client);
-        let registry = Registry::open(&config.registry_path).map_err(std::io::Error::other)?;
+        let registry =
+            Arc::new(Registry::open(&config.registry_path).map_err(std::io::Error::other)?);
         Ok(Sessions {
             endpoint,
             registry,
@@ -107,19 +108,55 @@ impl Sessions {
     }
 
     /// Sends `request` to `session`, dialing if needed; bounded by the operation timeout.
+    ///
+    /// An `Open` or `Create` that times out may still succeed on the daemon; it is left to finish in
+    /// the background and its handle is released, so the daemon does not keep it open.
     pub async fn call(
-        &self,
-        session: &Session,
+        self: &Arc<Self>,
+        session: &Arc<Session>,
         caller: Caller,
         request: Request,
     ) -> Result<(Reply, quinn::Connection), ErrorReply> {
+        let opens = matches!(request, Request::Open { .. } | Request::Create { .. });
         let frame = RequestFrame { caller, request };
-        let attempt = async {
-            let conn = self.connection(session).await?;
-            let reply = call_once(&session.id, &conn, &frame).await?;
-            Ok((reply, conn))
-        };
-        self.bounded(session, attempt).await
+        if !opens {
+            return self.bounded(session, self.attempt(session, &frame)).await;
+        }
+        let (this, s) = (self.clone(), session.clone());
+        let mut task = tokio::spawn(async move { this.attempt(&s, &frame).await });
+        match tokio::time::timeout(self.op_timeout, &mut task).await {
+            Ok(joined) => joined.unwrap_or_else(|e| {
+                Err(ErrorReply::new(
+                    errno::EIO,
+                    format!("request task failed: {e}"),
+                ))
+            }),
+            Err(_) => {
+                let (this, s) = (self.clone(), session.clone());
+                tokio::spawn(async move {
+                    if let Ok(Ok((Reply::Opened { fh } | Reply::Created { fh, .. }, conn))) =
+                        task.await
+                    {
+                        let release = Request::Release { fh };
+                        if let Err(e) = this.call_on(&s, &conn, caller, release).await {
+                            debug!(session = %s.id, "releasing a timed-out open: {e}");
+                        }
+                    }
+                });
+                Err(self.timed_out(session))
+            }
+        }
+    }
+
+    /// One request on the session's connection, dialing first if needed. Unbounded: callers bound it.
+    async fn attempt(
+        &self,
+        session: &Session,
+        frame: &RequestFrame,
+    ) -> Result<(Reply, quinn::Connection), ErrorReply> {
+        let conn = self.connection(session).await?;
+        let reply = call_once(&session.id, &conn, frame).await?;
+        Ok((reply, conn))
     }
 
     /// Sends `request` on a given connection (one that holds an open file handle), bounded in time.
@@ -149,15 +186,17 @@ impl Sessions {
     ) -> Result<T, ErrorReply> {
         tokio::time::timeout(self.op_timeout, work)
             .await
-            .unwrap_or_else(|_| {
-                Err(ErrorReply::new(
-                    errno::ETIMEDOUT,
-                    format!(
-                        "session {}: no answer within {:?}",
-                        session.id, self.op_timeout
-                    ),
-                ))
-            })
+            .unwrap_or_else(|_| Err(self.timed_out(session)))
+    }
+
+    fn timed_out(&self, session: &Session) -> ErrorReply {
+        ErrorReply::new(
+            errno::ETIMEDOUT,
+            format!(
+                "session {}: no answer within {:?}",
+                session.id, self.op_timeout
+            ),
+        )
     }
 
     /// The live connection of `session`, dialing through the registry when there is none.
@@ -190,7 +229,12 @@ impl Sessions {
     }
 
     async fn dial(&self, session: &Session) -> Result<quinn::Connection, ErrorReply> {
-        let record = match self.registry.get(&session.id) {
+        // SQLite may wait on a writer's lock: keep that off the runtime's worker threads.
+        let (registry, id) = (self.registry.clone(), session.id.clone());
+        let lookup = tokio::task::spawn_blocking(move || registry.get(&id))
+            .await
+            .map_err(|e| ErrorReply::new(errno::EIO, format!("registry lookup failed: {e}")))?;
+        let record = match lookup {
             Ok(Some(record)) => record,
             Ok(None) => {
                 return Err(ErrorReply::new(

@@ -321,6 +321,10 @@ pub fn dispatch(
             ws.fsync(fh, datasync, handles)?;
             Reply::Empty
         }
+        Request::FsyncDir { path, datasync } => {
+            ws.fsyncdir(&path, datasync)?;
+            Reply::Empty
+        }
         Request::Release { fh } => {
             handles.remove(fh)?;
             Reply::Empty

@@ -208,8 +208,22 @@ impl Workspace {
         name: &OsStr,
         caller: Caller,
     ) -> std::result::Result<(), Errno> {
+        match self.owner_for(dir, caller)? {
+            Some((uid, gid)) => {
+                rfs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The owner a node created by `caller` in `dir` gets, when the daemon may give it one.
+    fn owner_for(
+        &self,
+        dir: BorrowedFd<'_>,
+        caller: Caller,
+    ) -> std::result::Result<Option<(rfs::Uid, rfs::Gid)>, Errno> {
         if !self.can_chown {
-            return Ok(());
+            return Ok(None);
         }
         let parent = statx_fd(dir)?;
         // A set-group-ID directory gives new nodes its own group (POSIX); keep that.
@@ -218,12 +232,28 @@ impl Workspace {
         } else {
             caller.gid
         };
-        rfs::chownat(
-            dir,
-            name,
-            Some(rfs::Uid::from_raw(caller.uid)),
-            Some(rfs::Gid::from_raw(gid)),
-            AtFlags::SYMLINK_NOFOLLOW,
+        Ok(Some((
+            rfs::Uid::from_raw(caller.uid),
+            rfs::Gid::from_raw(gid),
+        )))
+    }
+
+    /// Opens the regular file `rel` beneath the root with `flags`. The node is first opened `O_PATH`
+    /// and checked, so a FIFO or device node swapped in by someone else is never opened for real
+    /// (that could block a worker or reach a device).
+    fn open_regular(&self, rel: &[u8], flags: OFlags) -> std::result::Result<OwnedFd, Errno> {
+        let target = self.open_beneath(rel, OFlags::PATH, Mode::empty())?;
+        let attr = statx_fd(target.as_fd())?;
+        match attr.file_type() {
+            sessionfs_proto::S_IFREG => {}
+            sessionfs_proto::S_IFDIR => return Err(Errno::ISDIR),
+            _ => return Err(Errno::NXIO),
+        }
+        // Reopening through our own descriptor's /proc link names exactly the node checked above.
+        rfs::open(
+            proc_fd_path(target.as_fd(), None),
+            flags | OFlags::CLOEXEC | OFlags::NOCTTY,
+            Mode::empty(),
         )
     }
 
@@ -248,14 +278,24 @@ impl Workspace {
     ) -> Result<Attr> {
         let f = |e| fail("setattr", path, e);
         let file = fh.map(|fh| handles.get(fh)).transpose()?;
-        let (dir, name) = self.parent("setattr", path)?;
+        // With an open handle everything goes through it: the path may no longer name the file.
+        let (dir, name) = match &file {
+            Some(_) => (None, OsStr::new(".")),
+            None => {
+                let (dir, name) = self.parent("setattr", path)?;
+                (Some(dir), name)
+            }
+        };
+        let dir = || dir.as_ref().map(AsFd::as_fd).ok_or(Errno::BADF);
         // Ownership first: chown clears set-user-ID bits, a mode given in the same call must win.
         if attrs.uid.is_some() || attrs.gid.is_some() {
             let uid = attrs.uid.map(rfs::Uid::from_raw);
             let gid = attrs.gid.map(rfs::Gid::from_raw);
             match &file {
                 Some(fd) => rfs::fchown(fd.as_fd(), uid, gid),
-                None => rfs::chownat(&dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW),
+                None => {
+                    dir().and_then(|d| rfs::chownat(d, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW))
+                }
             }
             .map_err(f)?;
         }
@@ -281,11 +321,7 @@ impl Workspace {
             match &file {
                 Some(fd) => rfs::ftruncate(fd.as_fd(), size),
                 None => self
-                    .open_beneath(
-                        path.as_bytes(),
-                        OFlags::WRONLY | OFlags::NONBLOCK,
-                        Mode::empty(),
-                    )
+                    .open_regular(path.as_bytes(), OFlags::WRONLY)
                     .and_then(|fd| rfs::ftruncate(&fd, size)),
             }
             .map_err(f)?;
@@ -297,13 +333,15 @@ impl Workspace {
             };
             match &file {
                 Some(fd) => rfs::futimens(fd.as_fd(), &times),
-                None => rfs::utimensat(&dir, name, &times, AtFlags::SYMLINK_NOFOLLOW),
+                None => {
+                    dir().and_then(|d| rfs::utimensat(d, name, &times, AtFlags::SYMLINK_NOFOLLOW))
+                }
             }
             .map_err(f)?;
         }
         match &file {
             Some(fd) => statx_fd(fd.as_fd()),
-            None => statx_at(dir.as_fd(), name),
+            None => dir().and_then(|d| statx_at(d, name)),
         }
         .map_err(f)
     }
@@ -347,6 +385,7 @@ impl Workspace {
                 Ok(attr) => entries.push(DirEntry {
                     name: name.to_vec(),
                     attr,
+                    next_offset: index,
                 }),
                 Err(Errno::NOENT) => {}
                 Err(e) => return Err(f(e)),
@@ -358,7 +397,7 @@ impl Workspace {
     pub fn open_file(&self, path: &WirePath, flags: i32, handles: &Handles) -> Result<u64> {
         let flags = OFlags::from_bits_retain(flags as u32) & PASSTHROUGH_OPEN_FLAGS;
         let fd = self
-            .open_beneath(path.as_bytes(), flags - OFlags::EXCL, Mode::empty())
+            .open_regular(path.as_bytes(), flags - OFlags::EXCL)
             .map_err(|e| fail("open", path, e))?;
         handles.insert(fd)
     }
@@ -374,15 +413,32 @@ impl Workspace {
         let f = |e| fail("create", path, e);
         let (dir, name) = self.parent("create", path)?;
         let flags = OFlags::from_bits_retain(flags as u32) & PASSTHROUGH_OPEN_FLAGS;
-        let fd = rfs::openat2(
+        let exclusive = flags.contains(OFlags::EXCL);
+        let created = rfs::openat2(
             &dir,
             name,
-            flags | OFlags::CREATE | OFlags::CLOEXEC,
+            flags | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
             Mode::from_raw_mode(mode & 0o7777),
             RESOLVE,
-        )
-        .map_err(f)?;
-        self.own(dir.as_fd(), name, caller).map_err(f)?;
+        );
+        let fd = match created {
+            Ok(fd) => {
+                // Only a file this call created gets the caller's ownership, through its descriptor.
+                if let Some((uid, gid)) = self.owner_for(dir.as_fd(), caller).map_err(f)? {
+                    rfs::fchown(&fd, Some(uid), Some(gid)).map_err(f)?;
+                    // chown clears set-user-ID and set-group-ID bits; the caller asked for them.
+                    if mode & 0o6000 != 0 {
+                        rfs::fchmod(&fd, Mode::from_raw_mode(mode & 0o7777)).map_err(f)?;
+                    }
+                }
+                fd
+            }
+            // Someone created it since the kernel looked: a plain open, as O_CREAT without O_EXCL means.
+            Err(Errno::EXIST) if !exclusive => {
+                self.open_regular(path.as_bytes(), flags).map_err(f)?
+            }
+            Err(e) => return Err(f(e)),
+        };
         let attr = statx_fd(fd.as_fd()).map_err(f)?;
         Ok((handles.insert(fd)?, attr))
     }
@@ -440,6 +496,24 @@ impl Workspace {
             rfs::fsync(fd.as_fd())
         }
         .map_err(|e| ErrorReply::new(e.raw_os_error(), format!("fsync handle {fh}: {e}")))
+    }
+
+    /// Flushes directory `path` (after renames into it, for durability).
+    pub fn fsyncdir(&self, path: &WirePath, datasync: bool) -> Result<()> {
+        let f = |e| fail("fsyncdir", path, e);
+        let dir = self
+            .open_beneath(
+                path.as_bytes(),
+                OFlags::RDONLY | OFlags::DIRECTORY,
+                Mode::empty(),
+            )
+            .map_err(f)?;
+        if datasync {
+            rfs::fdatasync(&dir)
+        } else {
+            rfs::fsync(&dir)
+        }
+        .map_err(f)
     }
 
     pub fn mkdir(&self, path: &WirePath, mode: u32, caller: Caller) -> Result<Attr> {

@@ -168,6 +168,11 @@ pub enum Request {
     Release {
         fh: u64,
     },
+    /// Flushes a directory (`fsync` on a directory handle).
+    FsyncDir {
+        path: WirePath,
+        datasync: bool,
+    },
     Mkdir {
         path: WirePath,
         mode: u32,
@@ -268,6 +273,8 @@ impl Attr {
 pub struct DirEntry {
     pub name: Vec<u8>,
     pub attr: Attr,
+    /// The `ReadDir` offset that continues the listing right after this entry.
+    pub next_offset: u64,
 }
 
 /// File system statistics (`statvfs`).

@@ -1,0 +1,108 @@
+//! Regressions found in review: directory listings read lazily across renames, directory cycles
+//! reported by stale listings, and xattr calls on the mount root.
+
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+
+use anyhow::{Context, Result};
+use sessionfs_tests::Harness;
+
+#[test]
+fn a_listing_read_after_a_rename_never_points_a_name_at_the_wrong_file() -> Result<()> {
+    let mut h = Harness::new()?;
+    h.create_session("lazy")?;
+    h.mount()?;
+    let d = h.path("lazy", "d");
+    fs::create_dir(&d)?;
+    fs::write(d.join("a"), b"old")?;
+    fs::set_permissions(d.join("a"), fs::Permissions::from_mode(0o644))?;
+    // A lazy reader (walkdir, an IDE, scandir): the directory is opened now and read later.
+    let listing = fs::read_dir(&d)?;
+    fs::rename(d.join("a"), d.join("b"))?;
+    fs::write(d.join("a"), b"new")?;
+    let mut names: Vec<String> = listing
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    names.sort();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(fs::read(d.join("a"))?, b"new");
+    assert_eq!(fs::read(d.join("b"))?, b"old");
+    // A change made through an open handle of `b` lands on `b` only.
+    let b = fs::File::open(d.join("b"))?;
+    b.set_permissions(fs::Permissions::from_mode(0o600))?;
+    assert_eq!(
+        fs::metadata(d.join("b"))?.permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        fs::metadata(d.join("a"))?.permissions().mode() & 0o777,
+        0o644
+    );
+    drop(b);
+    h.unmount()?;
+    Ok(())
+}
+
+#[test]
+fn a_stale_listing_cannot_make_a_directory_its_own_ancestor() -> Result<()> {
+    let mut h = Harness::new()?;
+    h.create_session("cycle")?;
+    h.mount()?;
+    let root = h.path("cycle", "");
+    fs::create_dir_all(root.join("A/B"))?;
+    for i in 0..50 {
+        fs::write(root.join(format!("A/f{i:02}")), b"x")?;
+    }
+    // Start listing A (the first page is fetched), then move A below its own former child.
+    let mut listing = fs::read_dir(root.join("A"))?;
+    let first = listing.next().context("A is not empty")??;
+    drop(first);
+    fs::rename(root.join("A/B"), root.join("B"))?;
+    fs::rename(root.join("A"), root.join("B/A"))?;
+    let rest: Vec<_> = listing.collect();
+    drop(rest);
+    // Everything still resolves, promptly, to where it now is.
+    assert!(fs::metadata(root.join("B/A/f00"))?.is_file());
+    assert!(!root.join("A").exists());
+    let mut top: Vec<String> = fs::read_dir(&root)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    top.sort();
+    assert_eq!(top, ["B"]);
+    assert_eq!(fs::read_dir(root.join("B/A"))?.count(), 50);
+    h.unmount()?;
+    Ok(())
+}
+
+#[test]
+fn xattr_calls_on_the_mount_root_answer_cleanly() -> Result<()> {
+    let mut h = Harness::new()?;
+    h.mount()?;
+    let p = CString::new(h.mountpoint.as_os_str().as_bytes())?;
+    let name = CString::new("user.x")?;
+    let mut buf = [0u8; 64];
+    // SAFETY: valid pointers and lengths for the duration of each call.
+    let (list, list_err, get_err) = unsafe {
+        let list = libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len());
+        let list_err = std::io::Error::last_os_error().raw_os_error();
+        let get = libc::getxattr(
+            p.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        );
+        (
+            list,
+            list_err,
+            (get < 0)
+                .then(|| std::io::Error::last_os_error().raw_os_error())
+                .flatten(),
+        )
+    };
+    assert_eq!(list, 0, "listxattr on the root failed: {list_err:?}");
+    assert_eq!(get_err, Some(libc::ENODATA));
+    h.unmount()?;
+    Ok(())
+}
