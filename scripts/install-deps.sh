@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what sessionfs's tests and demo need on Debian: FUSE 3, git, ripgrep, and the build tools.
-# Idempotent: only missing packages are installed.
+# Installs what sessionfs's tests and demo need on Debian: FUSE 3, git, ripgrep, Docker, and the build
+# tools, and starts a Docker engine if none answers. Idempotent: only missing packages are installed.
 set -euo pipefail
 need=()
 command -v fusermount3 >/dev/null || need+=(fuse3)
@@ -9,11 +9,29 @@ command -v rg >/dev/null || need+=(ripgrep)
 command -v tar >/dev/null || need+=(tar)
 command -v cc >/dev/null || need+=(gcc libc6-dev)
 command -v pkg-config >/dev/null || need+=(pkg-config)
+command -v docker >/dev/null || need+=(docker.io)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# The docker tests need a running engine. Start one if none answers (CI machines start with none).
+if ! docker info >/dev/null 2>&1; then
+  log=/var/log/sessionfs-dockerd.log
+  echo "starting dockerd (log: $log)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO sh -c "setsid nohup dockerd --userland-proxy=false </dev/null >>'$log' 2>&1 &"
+  deadline=$((SECONDS + 60))
+  until docker info >/dev/null 2>&1; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "error: the Docker engine did not answer within 60 s; last lines of $log:" >&2
+      $SUDO tail -n 30 "$log" >&2 || true
+      exit 1
+    fi
+    sleep 1
+  done
+  echo "dockerd is up: $(docker info --format '{{.ServerVersion}}')"
 fi
 if [ ! -e /dev/fuse ]; then
   echo "error: /dev/fuse is missing; load the fuse module (modprobe fuse) or run the container with --device /dev/fuse" >&2

@@ -1,8 +1,10 @@
-//! The `sessionfs` commands: `session create|ls|stop|start|rm`, `mount` and `umount`.
+//! The `sessionfs` commands: `session create|ls|stop|start|rm`, `image build`, `mount` and
+//! `umount`.
 //!
 //! Each command is a function taking the state directory and its arguments and returning
 //! a report whose `Display` is exactly what the command prints on stdout, so the binary
-//! stays a thin front end and tests can run the commands directly.
+//! stays a thin front end and tests can run the commands directly. The session commands
+//! dispatch on the record's backend: [`crate::local`] or [`crate::docker`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,6 +19,11 @@ use sessionfs_registry::{
 };
 use tracing::{info, warn};
 
+use crate::docker::{
+    self, ContainerRemoval, ContainerSpec, ContainerStatus, ContainerStop, DockerError, Engine,
+    WorkspaceSource,
+};
+use crate::image::{self, BuildOptions, Built, ImageError};
 use crate::local::{self, LocalError, StopOutcome};
 use crate::mounts::{self, MountPointError};
 use crate::state::{Home, StateError};
@@ -50,6 +57,28 @@ pub enum CommandError {
         /// Its backend.
         backend: Backend,
     },
+    /// `session create --backend` names a backend that cannot create sessions.
+    #[error("the {0} backend is not available (use --backend local or --backend docker)")]
+    BackendNotAvailable(Backend),
+    /// An option of `session create` that the chosen backend does not take.
+    #[error("{flag} applies only to --backend {applies_to}{hint}")]
+    BackendOption {
+        /// The option, e.g. `--image`.
+        flag: &'static str,
+        /// The backend it belongs to.
+        applies_to: Backend,
+        /// What to use instead, with a leading separator, or empty.
+        hint: &'static str,
+    },
+    /// `--volume` and `--workspace` together.
+    #[error("--volume and --workspace exclude each other: the workspace is either a volume or a host directory")]
+    VolumeAndWorkspace,
+    /// An environment variable is not `KEY=VALUE`.
+    #[error("invalid environment variable {0:?}: expected KEY=VALUE with a non-empty KEY")]
+    BadEnv(String),
+    /// A label key reserved for what sessionfs records about a docker session.
+    #[error("label key {0:?} is reserved: keys starting with `docker.` describe a docker session's container")]
+    ReservedLabel(String),
     /// `rm --purge` of a workspace that must not be deleted.
     #[error("refusing to delete workspace {}: {reason}", path.display())]
     PurgeRefused {
@@ -78,6 +107,12 @@ pub enum CommandError {
     /// The local backend.
     #[error(transparent)]
     Local(#[from] LocalError),
+    /// The Docker backend.
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    /// Building the session image.
+    #[error(transparent)]
+    Image(#[from] ImageError),
     /// The mount point checks or unmounting.
     #[error(transparent)]
     MountPoint(#[from] MountPointError),
@@ -126,19 +161,35 @@ pub fn parse_label(s: &str) -> Result<(String, String), CommandError> {
     }
 }
 
+/// Parses a `KEY=VALUE` environment variable (the value may be empty or contain `=`).
+pub fn parse_env(s: &str) -> Result<(String, String), CommandError> {
+    match s.split_once('=') {
+        Some((key, value)) if !key.is_empty() && !key.contains('\0') && !value.contains('\0') => {
+            Ok((key.to_owned(), value.to_owned()))
+        }
+        _ => Err(CommandError::BadEnv(s.to_owned())),
+    }
+}
+
+/// Parses `session create --backend`: `local` or `docker`.
+pub fn parse_backend(s: &str) -> Result<Backend, String> {
+    match s.parse::<Backend>() {
+        Ok(b @ (Backend::Local | Backend::Docker)) => Ok(b),
+        Ok(other) => Err(CommandError::BackendNotAvailable(other).to_string()),
+        Err(_) => Err(format!("unknown backend {s:?} (expected local or docker)")),
+    }
+}
+
 fn get_record(registry: &Registry, id: &SessionId) -> Result<SessionRecord, CommandError> {
     registry
         .get(id)?
         .ok_or_else(|| CommandError::NotFound(id.clone()))
 }
 
-fn require_local(record: &SessionRecord) -> Result<(), CommandError> {
-    match record.backend {
-        Backend::Local => Ok(()),
-        backend => Err(CommandError::UnsupportedBackend {
-            id: record.id.clone(),
-            backend,
-        }),
+fn unsupported(record: &SessionRecord) -> CommandError {
+    CommandError::UnsupportedBackend {
+        id: record.id.clone(),
+        backend: record.backend,
     }
 }
 
@@ -148,25 +199,83 @@ fn endpoint_text(record: &SessionRecord) -> String {
         .map_or_else(|| "-".to_owned(), |e| e.to_string())
 }
 
+/// The workspace: its directory, or `volume <name>` for a docker session's volume.
 fn workspace_text(record: &SessionRecord) -> String {
-    record
-        .workspace
-        .as_ref()
-        .map_or_else(|| "-".to_owned(), |w| w.display().to_string())
+    if let Some(w) = &record.workspace {
+        return w.display().to_string();
+    }
+    match record.labels.get(docker::RECORD_VOLUME) {
+        Some(volume) if record.backend == Backend::Docker => format!("volume {volume}"),
+        _ => "-".to_owned(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
 // session create
 
 /// Arguments of `session create`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CreateOptions {
     /// The new session's id (validated by [`create`]).
     pub id: String,
-    /// The directory to serve; default `sessions/<id>/workspace` in the state directory.
+    /// Where its daemon runs: [`Backend::Local`] (the default) or [`Backend::Docker`].
+    pub backend: Backend,
+    /// Local sessions: the directory to serve; default `sessions/<id>/workspace` in the state
+    /// directory.
     pub dir: Option<PathBuf>,
     /// Labels; a repeated key keeps the last value.
     pub labels: Vec<(String, String)>,
+    /// Options of docker sessions.
+    pub docker: DockerOptions,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        CreateOptions {
+            id: String::new(),
+            backend: Backend::Local,
+            dir: None,
+            labels: Vec::new(),
+            docker: DockerOptions::default(),
+        }
+    }
+}
+
+/// The options of `session create --backend docker`.
+#[derive(Debug, Clone, Default)]
+pub struct DockerOptions {
+    /// The session image; default [`image::DEFAULT_TAG`].
+    pub image: Option<String>,
+    /// CPU limit in billionths of a CPU (`--cpus`, see [`docker::parse_cpus`]).
+    pub nano_cpus: Option<i64>,
+    /// Memory limit in bytes (`--memory`, see [`docker::parse_memory`]).
+    pub memory: Option<i64>,
+    /// A named volume for `/workspace`; default `sessionfs-<id>`.
+    pub volume: Option<String>,
+    /// A host directory to bind-mount at `/workspace` instead of a volume.
+    pub workspace: Option<PathBuf>,
+    /// Environment variables for the container.
+    pub env: Vec<(String, String)>,
+}
+
+impl DockerOptions {
+    /// The options that were given, as their flags.
+    fn given(&self) -> Vec<&'static str> {
+        let mut flags = Vec::new();
+        for (given, flag) in [
+            (self.image.is_some(), "--image"),
+            (self.nano_cpus.is_some(), "--cpus"),
+            (self.memory.is_some(), "--memory"),
+            (self.volume.is_some(), "--volume"),
+            (self.workspace.is_some(), "--workspace"),
+            (!self.env.is_empty(), "--env"),
+        ] {
+            if given {
+                flags.push(flag);
+            }
+        }
+        flags
+    }
 }
 
 /// What `session create` made.
@@ -184,15 +293,33 @@ impl fmt::Display for Created {
             self.record.id,
             endpoint_text(&self.record),
             workspace_text(&self.record)
-        )
+        )?;
+        if let Some(container) = self.record.labels.get(docker::RECORD_CONTAINER) {
+            write!(f, " in container {container}")?;
+        }
+        Ok(())
     }
 }
 
 /// `session create`: issues the session's certificates, registers it and starts its
-/// daemon. If the daemon does not come up, the registration and the files made for the
-/// session are removed again (never the `--dir` directory).
+/// daemon (a local process, or a container with `--backend docker`). If the daemon does not
+/// come up, the registration, the files and the Docker objects made for the session are
+/// removed again (never the `--dir`/`--workspace` directory, nor a volume that existed).
 pub fn create(home: &Home, opts: &CreateOptions) -> Result<Created, CommandError> {
     let id = parse_id(&opts.id)?;
+    match opts.backend {
+        Backend::Local => {
+            if let Some(flag) = opts.docker.given().first() {
+                return Err(CommandError::BackendOption {
+                    flag,
+                    applies_to: Backend::Docker,
+                    hint: "",
+                });
+            }
+        }
+        Backend::Docker => return create_docker(home, id, opts),
+        other => return Err(CommandError::BackendNotAvailable(other)),
+    }
     let user_dir = opts.dir.as_deref().map(workspace_dir).transpose()?;
     let registry = home.open_registry()?;
     let _lock = home.lock()?;
@@ -245,6 +372,103 @@ pub fn create(home: &Home, opts: &CreateOptions) -> Result<Created, CommandError
     Ok(Created { record })
 }
 
+/// `session create --backend docker`: see [`create`] and [`Engine::provision`]. The
+/// session is registered as `starting` with its endpoint and container labels as soon as
+/// the container runs, and marked `running` once it is ready.
+fn create_docker(
+    home: &Home,
+    id: SessionId,
+    opts: &CreateOptions,
+) -> Result<Created, CommandError> {
+    let d = &opts.docker;
+    if opts.dir.is_some() {
+        return Err(CommandError::BackendOption {
+            flag: "--dir",
+            applies_to: Backend::Local,
+            hint: "; a docker session takes --workspace HOSTDIR or --volume NAME",
+        });
+    }
+    if let Some((key, _)) = opts.labels.iter().find(|(k, _)| k.starts_with("docker.")) {
+        return Err(CommandError::ReservedLabel(key.clone()));
+    }
+    let workspace = match (&d.volume, &d.workspace) {
+        (Some(_), Some(_)) => return Err(CommandError::VolumeAndWorkspace),
+        (Some(volume), None) => {
+            docker::check_volume_name(volume)?;
+            WorkspaceSource::Volume(volume.clone())
+        }
+        (None, Some(dir)) => WorkspaceSource::HostDir(workspace_dir(dir)?),
+        (None, None) => WorkspaceSource::Volume(docker::volume_name(&id)),
+    };
+    let image = d
+        .image
+        .clone()
+        .unwrap_or_else(|| image::DEFAULT_TAG.to_owned());
+    image::check_reference(&image)?;
+    let spec = ContainerSpec {
+        image,
+        nano_cpus: d.nano_cpus,
+        memory: d.memory,
+        workspace: workspace.clone(),
+        env: d.env.clone(),
+    };
+    // Reach the engine before touching anything.
+    let engine = Engine::connect()?;
+    let registry = home.open_registry()?;
+    let _lock = home.lock()?;
+    if registry.get(&id)?.is_some() {
+        return Err(CommandError::AlreadyExists(id));
+    }
+    let ca = home.certificate_authority()?;
+    let mut record = SessionRecord::new(
+        id.clone(),
+        Backend::Docker,
+        sessionfs_pki::session_dns_name(id.as_str()),
+    );
+    if let WorkspaceSource::HostDir(dir) = &workspace {
+        record.workspace = Some(dir.clone());
+    }
+    record.labels = opts.labels.iter().cloned().collect::<BTreeMap<_, _>>();
+    registry.register(&record)?;
+
+    let undo = |e: CommandError| {
+        if let Err(re) = registry.remove(&id) {
+            warn!(session = %id, error = %re, "cannot remove the failed session's registration");
+        }
+        remove_created_files(home, &id, false);
+        e
+    };
+    home.issue_session_certs(&ca, &id)
+        .map_err(|e| undo(e.into()))?;
+    let provisioned = engine
+        .provision(home, &id, &spec)
+        .map_err(|e| undo(e.into()))?;
+    let undo_all = |e: CommandError| {
+        engine.discard(&provisioned);
+        undo(e)
+    };
+    registry
+        .modify(&id, |r| {
+            r.endpoint = Some(provisioned.endpoint);
+            r.labels.extend(provisioned.record_labels());
+        })
+        .map_err(|e| undo_all(e.into()))?;
+    engine
+        .wait_ready(
+            home,
+            &id,
+            &provisioned.container,
+            provisioned.endpoint,
+            docker::READY_TIMEOUT,
+        )
+        .map_err(|e| undo_all(e.into()))?;
+    let record = registry
+        .modify(&id, |r| r.state = SessionState::Running)
+        .map_err(|e| undo_all(e.into()))?;
+    info!(session = %id, container = %provisioned.container, "created docker session");
+    Ok(Created { record })
+}
+
 /// `--dir`: must exist and be a directory; returned canonical.
 fn workspace_dir(dir: &Path) -> Result<PathBuf, CommandError> {
     let canonical = fs::canonicalize(dir).map_err(|e| match e.kind() {
@@ -293,26 +517,46 @@ fn stop_quietly(record: &SessionRecord) {
 pub struct SessionStatus {
     /// The registry's record.
     pub record: SessionRecord,
-    /// Local sessions: whether the daemon process is alive. `None` for other backends.
+    /// Whether the daemon is alive: the local process, or the docker session's container
+    /// running. `None` when it cannot be told (other backends, engine unreachable).
     pub alive: Option<bool>,
+    /// Docker sessions: their container as the engine reports it.
+    pub container: Option<ContainerStatus>,
 }
 
 impl SessionStatus {
-    /// The STATE column: the recorded state, or `dead` for a local session recorded as
-    /// running whose process is gone.
+    /// The STATE column: the recorded state, or `dead` for a session recorded as running
+    /// whose daemon process or container is not running, or `gone` if its container does
+    /// not exist.
     pub fn display_state(&self) -> &'static str {
-        if self.record.backend == Backend::Local
-            && self.record.state == SessionState::Running
-            && self.alive == Some(false)
-        {
-            "dead"
+        if self.record.state == SessionState::Running && self.alive == Some(false) {
+            match &self.container {
+                Some(c) if !c.exists => "gone",
+                _ => "dead",
+            }
         } else {
             self.record.state.as_str()
         }
     }
 
+    /// The CONTAINER column: the container's name, `-` for local sessions.
+    pub fn container_text(&self) -> String {
+        self.container
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |c| c.container.clone())
+    }
+
+    /// The HEALTH column: Docker's health status of a running container, the container's
+    /// state otherwise (`exited`, `gone`, `unknown`, …), `-` for local sessions.
+    pub fn health_text(&self) -> String {
+        self.container
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |c| c.health.clone())
+    }
+
     /// The `--json` object: `{id, backend, state, endpoint, workspace, pid, created_at,
-    /// labels, alive}` in that order; `state` is the recorded state.
+    /// labels, alive, container, health}` in that order; `state` is the recorded state;
+    /// `container` and `health` are null for local sessions.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self.json_row()).unwrap_or(serde_json::Value::Null)
     }
@@ -332,6 +576,8 @@ impl SessionStatus {
             created_at: r.created_at,
             labels: &r.labels,
             alive: self.alive,
+            container: self.container.as_ref().map(|c| c.container.clone()),
+            health: self.container.as_ref().map(|c| c.health.clone()),
         }
     }
 }
@@ -348,17 +594,47 @@ struct JsonRow<'a> {
     created_at: u64,
     labels: &'a BTreeMap<String, String>,
     alive: Option<bool>,
+    container: Option<String>,
+    health: Option<String>,
 }
 
-/// `session ls`: every session with the liveness of local daemons. Writes nothing.
+/// `session ls`: every session with the liveness of its daemon (and, for docker sessions,
+/// the container and its health; the engine is asked only if there are such sessions, and
+/// an unreachable engine shows as health `unknown`). Writes nothing.
 pub fn list(home: &Home) -> Result<Vec<SessionStatus>, CommandError> {
     let registry = home.open_registry()?;
-    Ok(registry
-        .list()?
+    let records = registry.list()?;
+    let engine = if records.iter().any(|r| r.backend == Backend::Docker) {
+        Engine::connect()
+            .inspect_err(|e| warn!(error = %e, "cannot show the state of docker sessions"))
+            .ok()
+    } else {
+        None
+    };
+    Ok(records
         .into_iter()
-        .map(|record| {
-            let alive = (record.backend == Backend::Local).then(|| local::is_running(&record));
-            SessionStatus { record, alive }
+        .map(|record| match record.backend {
+            Backend::Local => SessionStatus {
+                alive: Some(local::is_running(&record)),
+                container: None,
+                record,
+            },
+            Backend::Docker => {
+                let status = match &engine {
+                    Some(engine) => engine.status(&record),
+                    None => docker::unknown_status(&record),
+                };
+                SessionStatus {
+                    alive: (status.health != "unknown").then_some(status.running),
+                    container: Some(status),
+                    record,
+                }
+            }
+            Backend::Kubernetes => SessionStatus {
+                alive: None,
+                container: None,
+                record,
+            },
         })
         .collect())
 }
@@ -371,6 +647,8 @@ pub fn render_table(sessions: &[SessionStatus]) -> String {
         "BACKEND".to_owned(),
         "STATE".to_owned(),
         "ENDPOINT".to_owned(),
+        "CONTAINER".to_owned(),
+        "HEALTH".to_owned(),
         "WORKSPACE".to_owned(),
     ]];
     rows.extend(sessions.iter().map(|s| {
@@ -379,10 +657,12 @@ pub fn render_table(sessions: &[SessionStatus]) -> String {
             s.record.backend.to_string(),
             s.display_state().to_owned(),
             endpoint_text(&s.record),
+            s.container_text(),
+            s.health_text(),
             workspace_text(&s.record),
         ]
     }));
-    let mut widths = [0usize; 5];
+    let mut widths = [0usize; 7];
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -422,15 +702,35 @@ pub fn render_json(sessions: &[SessionStatus]) -> String {
 pub struct Stopped {
     /// The session.
     pub id: SessionId,
-    /// What happened to the daemon.
+    /// What happened to a local daemon ([`StopOutcome::NotRunning`] for docker sessions).
     pub outcome: StopOutcome,
     /// Whether the registry already said `stopped`.
     pub was_stopped: bool,
+    /// Docker sessions: the container and what happened to it.
+    pub container: Option<(String, ContainerStop)>,
 }
 
 impl fmt::Display for Stopped {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let id = &self.id;
+        if let Some((container, stop)) = &self.container {
+            return match stop {
+                ContainerStop::Stopped => {
+                    write!(f, "stopped session {id} (container {container})")
+                }
+                ContainerStop::NotRunning if self.was_stopped => {
+                    write!(f, "session {id} was already stopped")
+                }
+                ContainerStop::NotRunning => write!(
+                    f,
+                    "session {id} was not running (container {container} had exited); marked it stopped"
+                ),
+                ContainerStop::Missing => write!(
+                    f,
+                    "container {container} of session {id} is gone; marked the session gone"
+                ),
+            };
+        }
         match self.outcome {
             StopOutcome::Terminated => write!(f, "stopped session {id}"),
             StopOutcome::Killed => write!(
@@ -449,24 +749,39 @@ impl fmt::Display for Stopped {
     }
 }
 
-/// `session stop`: stops the daemon and records the session as stopped (no endpoint,
-/// no pid).
+/// `session stop`: stops the daemon (or the docker session's container) and records the
+/// session as stopped (no endpoint, no pid); a docker session whose container no longer
+/// exists is recorded as gone.
 pub fn stop(home: &Home, id: &str) -> Result<Stopped, CommandError> {
     let id = parse_id(id)?;
     let registry = home.open_registry()?;
     let _lock = home.lock()?;
     let record = get_record(&registry, &id)?;
-    require_local(&record)?;
-    let outcome = local::stop(&record)?;
+    let was_stopped = record.state == SessionState::Stopped;
+    let (outcome, container, state) = match record.backend {
+        Backend::Local => (local::stop(&record)?, None, SessionState::Stopped),
+        Backend::Docker => {
+            let stop = Engine::connect()?.stop(&record)?;
+            let state = if stop == ContainerStop::Missing {
+                SessionState::Gone
+            } else {
+                SessionState::Stopped
+            };
+            let container = docker::record_container(&record);
+            (StopOutcome::NotRunning, Some((container, stop)), state)
+        }
+        Backend::Kubernetes => return Err(unsupported(&record)),
+    };
     registry.modify(&id, |r| {
-        r.state = SessionState::Stopped;
+        r.state = state;
         r.endpoint = None;
         r.pid = None;
     })?;
     Ok(Stopped {
         id,
         outcome,
-        was_stopped: record.state == SessionState::Stopped,
+        was_stopped,
+        container,
     })
 }
 
@@ -482,13 +797,19 @@ pub enum Started {
 impl fmt::Display for Started {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Started::Started(r) => write!(
-                f,
-                "started session {} at {} serving {}",
-                r.id,
-                endpoint_text(r),
-                workspace_text(r)
-            ),
+            Started::Started(r) => {
+                write!(
+                    f,
+                    "started session {} at {} serving {}",
+                    r.id,
+                    endpoint_text(r),
+                    workspace_text(r)
+                )?;
+                if let Some(container) = r.labels.get(docker::RECORD_CONTAINER) {
+                    write!(f, " in container {container}")?;
+                }
+                Ok(())
+            }
             Started::AlreadyRunning(r) => write!(
                 f,
                 "session {} is already running at {}",
@@ -499,13 +820,33 @@ impl fmt::Display for Started {
     }
 }
 
-/// `session start`: starts the daemon of a stopped (or dead) session.
+/// `session start`: starts the daemon of a stopped (or dead) session. For a docker session
+/// this starts its container, reads back the published port (which may have changed),
+/// waits until it is ready and records the new endpoint.
 pub fn start(home: &Home, id: &str) -> Result<Started, CommandError> {
     let id = parse_id(id)?;
     let registry = home.open_registry()?;
     let _lock = home.lock()?;
     let record = get_record(&registry, &id)?;
-    require_local(&record)?;
+    match record.backend {
+        Backend::Local => {}
+        Backend::Docker => {
+            let (endpoint, was_running) = Engine::connect()?.start(home, &record)?;
+            let unchanged =
+                record.state == SessionState::Running && record.endpoint == Some(endpoint);
+            let record = registry.modify(&id, |r| {
+                r.state = SessionState::Running;
+                r.endpoint = Some(endpoint);
+                r.pid = None;
+            })?;
+            return Ok(if was_running && unchanged {
+                Started::AlreadyRunning(record)
+            } else {
+                Started::Started(record)
+            });
+        }
+        Backend::Kubernetes => return Err(unsupported(&record)),
+    }
     if local::is_running(&record) {
         return Ok(Started::AlreadyRunning(record));
     }
@@ -528,7 +869,7 @@ pub fn start(home: &Home, id: &str) -> Result<Started, CommandError> {
 pub struct Removed {
     /// The session.
     pub id: SessionId,
-    /// What happened to the daemon.
+    /// What happened to a local daemon ([`StopOutcome::NotRunning`] for docker sessions).
     pub outcome: StopOutcome,
     /// Files and directories deleted, in order (the workspace too, with `--purge`).
     pub deleted: Vec<PathBuf>,
@@ -536,15 +877,19 @@ pub struct Removed {
     pub purged_workspace: Option<PathBuf>,
     /// The workspace kept (no `--purge`).
     pub kept_workspace: Option<PathBuf>,
+    /// Docker sessions: the container, volume and host directory.
+    pub container: Option<ContainerRemoval>,
 }
 
 impl fmt::Display for Removed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "removed session {}", self.id)?;
-        match self.outcome {
-            StopOutcome::NotRunning => {}
-            StopOutcome::Terminated => f.write_str(" (stopped its daemon)")?,
-            StopOutcome::Killed => f.write_str(" (killed its daemon)")?,
+        match (&self.container, self.outcome) {
+            (Some(c), _) if c.existed => write!(f, " (removed container {})", c.container)?,
+            (Some(c), _) => write!(f, " (container {} was already gone)", c.container)?,
+            (None, StopOutcome::NotRunning) => {}
+            (None, StopOutcome::Terminated) => f.write_str(" (stopped its daemon)")?,
+            (None, StopOutcome::Killed) => f.write_str(" (killed its daemon)")?,
         }
         for path in &self.deleted {
             let what = if self.purged_workspace.as_ref() == Some(path) {
@@ -561,25 +906,51 @@ impl fmt::Display for Removed {
                 ws.display()
             )?;
         }
+        if let Some(c) = &self.container {
+            match &c.volume {
+                Some((volume, true)) => write!(f, "\ndeleted volume {volume}")?,
+                Some((volume, false)) => {
+                    write!(f, "\nkept volume {volume} (use --purge to delete it)")?
+                }
+                None => {}
+            }
+            if let Some(dir) = &c.host_dir {
+                write!(
+                    f,
+                    "\nkept workspace {} (a --workspace directory is never deleted)",
+                    dir.display()
+                )?;
+            }
+        }
         Ok(())
     }
 }
 
 /// `session rm`: stops the daemon, removes the registration and deletes
-/// `sessions/<id>/` (certificates, log). The workspace is kept unless `purge`.
+/// `sessions/<id>/` (certificates, log). The workspace is kept unless `purge`. A docker
+/// session's container is removed; its volume is deleted only with `purge`, and a
+/// bind-mounted host directory never.
 pub fn remove(home: &Home, id: &str, purge: bool) -> Result<Removed, CommandError> {
     let id = parse_id(id)?;
     let registry = home.open_registry()?;
     let _lock = home.lock()?;
     let record = get_record(&registry, &id)?;
-    require_local(&record)?;
-    let workspace = record.workspace.clone();
-    if purge {
-        if let Some(ws) = &workspace {
-            check_purge(home, ws)?;
+    let (outcome, container, workspace) = match record.backend {
+        Backend::Local => {
+            let workspace = record.workspace.clone();
+            if purge {
+                if let Some(ws) = &workspace {
+                    check_purge(home, ws)?;
+                }
+            }
+            (local::stop(&record)?, None, workspace)
         }
-    }
-    let outcome = local::stop(&record)?;
+        Backend::Docker => {
+            let removal = Engine::connect()?.remove(&record, purge)?;
+            (StopOutcome::NotRunning, Some(removal), None)
+        }
+        Backend::Kubernetes => return Err(unsupported(&record)),
+    };
     registry.remove(&id)?;
 
     let mut deleted = Vec::new();
@@ -594,6 +965,7 @@ pub fn remove(home: &Home, id: &str, purge: bool) -> Result<Removed, CommandErro
         deleted,
         purged_workspace: None,
         kept_workspace: None,
+        container,
     };
     if let Some(ws) = workspace {
         if !purge {
@@ -612,6 +984,18 @@ pub fn remove(home: &Home, id: &str, purge: bool) -> Result<Removed, CommandErro
     }
     info!(session = %id, "removed session");
     Ok(report)
+}
+
+// ---------------------------------------------------------------------------------------
+// image build
+
+/// `image build`: builds the session image (see [`image::build`]), passing each line of the
+/// engine's output to `progress`.
+pub fn image_build(
+    opts: &BuildOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Built, CommandError> {
+    Ok(image::build(opts, progress)?)
 }
 
 /// Refuses to purge a workspace that is `/`, the user's home, or holds the state
@@ -826,6 +1210,7 @@ mod tests {
                 id: "s1".into(),
                 dir: dir.clone(),
                 labels: vec![("k".into(), "v".into())],
+                ..Default::default()
             };
             let msg = create(&home, &opts).unwrap_err().to_string();
             assert!(
@@ -856,6 +1241,86 @@ mod tests {
     }
 
     #[test]
+    fn backend_options_are_checked_before_anything_happens() {
+        let (tmp, home) = home();
+        let local_with_image = CreateOptions {
+            id: "s".into(),
+            docker: DockerOptions {
+                image: Some("i".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(
+            create(&home, &local_with_image).unwrap_err().to_string(),
+            "--image applies only to --backend docker"
+        );
+        let docker = |docker: DockerOptions, dir: Option<PathBuf>, labels| CreateOptions {
+            id: "s".into(),
+            backend: Backend::Docker,
+            dir,
+            labels,
+            docker,
+        };
+        let msg = create(
+            &home,
+            &docker(DockerOptions::default(), Some(tmp.path().into()), vec![]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            msg.starts_with("--dir applies only to --backend local"),
+            "{msg}"
+        );
+        let both = DockerOptions {
+            volume: Some("v1".into()),
+            workspace: Some(tmp.path().into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            create(&home, &docker(both, None, vec![])).unwrap_err(),
+            CommandError::VolumeAndWorkspace
+        ));
+        let bad_volume = DockerOptions {
+            volume: Some("a/b".into()),
+            ..Default::default()
+        };
+        assert!(create(&home, &docker(bad_volume, None, vec![]))
+            .unwrap_err()
+            .to_string()
+            .starts_with("invalid volume name"));
+        let reserved = vec![("docker.container".to_owned(), "x".to_owned())];
+        assert!(matches!(
+            create(&home, &docker(DockerOptions::default(), None, reserved)).unwrap_err(),
+            CommandError::ReservedLabel(_)
+        ));
+        let kube = CreateOptions {
+            id: "s".into(),
+            backend: Backend::Kubernetes,
+            ..Default::default()
+        };
+        assert!(matches!(
+            create(&home, &kube).unwrap_err(),
+            CommandError::BackendNotAvailable(Backend::Kubernetes)
+        ));
+        assert_eq!(parse_backend("docker"), Ok(Backend::Docker));
+        assert!(parse_backend("kubernetes").is_err());
+        assert!(parse_backend("vm").is_err());
+        // Nothing was created.
+        assert!(!home.root().exists());
+    }
+
+    #[test]
+    fn envs() {
+        assert_eq!(
+            parse_env("A=b=c").unwrap(),
+            ("A".to_owned(), "b=c".to_owned())
+        );
+        assert!(parse_env("=b").is_err());
+        assert!(parse_env("AB").is_err());
+    }
+
+    #[test]
     fn labels() {
         assert_eq!(
             parse_label("a=b=c").unwrap(),
@@ -879,7 +1344,39 @@ mod tests {
         }
         record.workspace = Some(PathBuf::from(format!("/w/{id}")));
         record.labels.insert("team".into(), "a".into());
-        SessionStatus { record, alive }
+        SessionStatus {
+            record,
+            alive,
+            container: None,
+        }
+    }
+
+    fn docker_status(id: &str, state: SessionState, health: &str, exists: bool) -> SessionStatus {
+        let mut record = SessionRecord::new(id.parse().unwrap(), Backend::Docker, "x".into());
+        record.state = state;
+        record.created_at = 1_700_000_000;
+        let container = format!("sessionfs-{id}");
+        record
+            .labels
+            .insert(docker::RECORD_CONTAINER.into(), container.clone());
+        record
+            .labels
+            .insert(docker::RECORD_VOLUME.into(), container.clone());
+        if state == SessionState::Running {
+            record.endpoint = Some("127.0.0.1:32768".parse().unwrap());
+        }
+        let running = health == "healthy";
+        SessionStatus {
+            record,
+            alive: Some(running),
+            container: Some(ContainerStatus {
+                container,
+                running,
+                exists,
+                health: health.into(),
+                endpoint: None,
+            }),
+        }
     }
 
     #[test]
@@ -892,16 +1389,38 @@ mod tests {
         assert_eq!(
             render_table(&rows),
             "\
-ID             BACKEND  STATE    ENDPOINT         WORKSPACE
-alpha          local    running  127.0.0.1:40000  /w/alpha
-b              local    dead     127.0.0.1:40000  /w/b
-gamma-long-id  local    stopped  -                /w/gamma-long-id
+ID             BACKEND  STATE    ENDPOINT         CONTAINER  HEALTH  WORKSPACE
+alpha          local    running  127.0.0.1:40000  -          -       /w/alpha
+b              local    dead     127.0.0.1:40000  -          -       /w/b
+gamma-long-id  local    stopped  -                -          -       /w/gamma-long-id
 "
         );
         assert_eq!(
             render_table(&[]),
-            "ID  BACKEND  STATE  ENDPOINT  WORKSPACE\n"
+            "ID  BACKEND  STATE  ENDPOINT  CONTAINER  HEALTH  WORKSPACE\n"
         );
+        let docker_rows = [
+            docker_status("web", SessionState::Running, "healthy", true),
+            docker_status("down", SessionState::Stopped, "exited", true),
+            docker_status("lost", SessionState::Running, "gone", false),
+            docker_status("died", SessionState::Running, "exited", true),
+        ];
+        assert_eq!(
+            render_table(&docker_rows),
+            "\
+ID    BACKEND  STATE    ENDPOINT         CONTAINER       HEALTH   WORKSPACE
+web   docker   running  127.0.0.1:32768  sessionfs-web   healthy  volume sessionfs-web
+down  docker   stopped  -                sessionfs-down  exited   volume sessionfs-down
+lost  docker   gone     127.0.0.1:32768  sessionfs-lost  gone     volume sessionfs-lost
+died  docker   dead     127.0.0.1:32768  sessionfs-died  exited   volume sessionfs-died
+"
+        );
+        let json: serde_json::Value = serde_json::from_str(&render_json(&docker_rows)).unwrap();
+        assert_eq!(json[0]["container"], "sessionfs-web");
+        assert_eq!(json[0]["health"], "healthy");
+        assert_eq!(json[0]["alive"], true);
+        assert_eq!(json[0]["workspace"], serde_json::Value::Null);
+        assert_eq!(json[0]["labels"]["docker.volume"], "sessionfs-web");
         let json: serde_json::Value = serde_json::from_str(&render_json(&rows)).unwrap();
         assert_eq!(
             json[1],
@@ -909,6 +1428,7 @@ gamma-long-id  local    stopped  -                /w/gamma-long-id
                 "id": "b", "backend": "local", "state": "running",
                 "endpoint": "127.0.0.1:40000", "workspace": "/w/b", "pid": 4242,
                 "created_at": 1_700_000_000u64, "labels": {"team": "a"}, "alive": false,
+                "container": null, "health": null,
             })
         );
         assert_eq!(json[2]["endpoint"], serde_json::Value::Null);
@@ -925,6 +1445,8 @@ gamma-long-id  local    stopped  -                /w/gamma-long-id
             "created_at",
             "labels",
             "alive",
+            "container",
+            "health",
         ];
         let positions: Vec<usize> = keys
             .iter()
@@ -941,6 +1463,7 @@ gamma-long-id  local    stopped  -                /w/gamma-long-id
                 id: id.clone(),
                 outcome,
                 was_stopped,
+                container: None,
             }
             .to_string()
         };
@@ -955,6 +1478,7 @@ gamma-long-id  local    stopped  -                /w/gamma-long-id
             deleted: vec![PathBuf::from("/st/sessions/s/certs")],
             purged_workspace: None,
             kept_workspace: Some(PathBuf::from("/w")),
+            container: None,
         };
         assert_eq!(
             removed.to_string(),
@@ -971,11 +1495,64 @@ gamma-long-id  local    stopped  -                /w/gamma-long-id
             ],
             purged_workspace: Some(PathBuf::from("/st/sessions/s/workspace")),
             kept_workspace: None,
+            container: None,
         };
         assert_eq!(
             purged.to_string(),
             "removed session s\ndeleted /st/sessions/s/certs\n\
              deleted workspace /st/sessions/s/workspace\ndeleted /st/sessions/s"
+        );
+        let docker_stopped = |stop, was_stopped| {
+            Stopped {
+                id: id.clone(),
+                outcome: StopOutcome::NotRunning,
+                was_stopped,
+                container: Some(("sessionfs-s".into(), stop)),
+            }
+            .to_string()
+        };
+        assert_eq!(
+            docker_stopped(ContainerStop::Stopped, false),
+            "stopped session s (container sessionfs-s)"
+        );
+        assert_eq!(
+            docker_stopped(ContainerStop::NotRunning, true),
+            "session s was already stopped"
+        );
+        assert_eq!(
+            docker_stopped(ContainerStop::Missing, false),
+            "container sessionfs-s of session s is gone; marked the session gone"
+        );
+        let removed_docker = |volume, host_dir: Option<&str>, existed| {
+            Removed {
+                id: id.clone(),
+                outcome: StopOutcome::NotRunning,
+                deleted: vec![PathBuf::from("/st/sessions/s/certs")],
+                purged_workspace: None,
+                kept_workspace: None,
+                container: Some(ContainerRemoval {
+                    container: "sessionfs-s".into(),
+                    existed,
+                    volume,
+                    host_dir: host_dir.map(PathBuf::from),
+                }),
+            }
+            .to_string()
+        };
+        assert_eq!(
+            removed_docker(Some(("sessionfs-s".into(), false)), None, true),
+            "removed session s (removed container sessionfs-s)\ndeleted /st/sessions/s/certs\n\
+             kept volume sessionfs-s (use --purge to delete it)"
+        );
+        assert_eq!(
+            removed_docker(Some(("sessionfs-s".into(), true)), None, false),
+            "removed session s (container sessionfs-s was already gone)\n\
+             deleted /st/sessions/s/certs\ndeleted volume sessionfs-s"
+        );
+        assert_eq!(
+            removed_docker(None, Some("/src"), true),
+            "removed session s (removed container sessionfs-s)\ndeleted /st/sessions/s/certs\n\
+             kept workspace /src (a --workspace directory is never deleted)"
         );
     }
 

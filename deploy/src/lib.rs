@@ -4,12 +4,19 @@
 //!   bridge and session certificates, and the registry file.
 //! - [`local`] owns the local backend: starting a session's `sessionfsd` as a detached
 //!   process, checking that it is alive, and stopping it safely.
+//! - [`docker`] owns the Docker backend: a session's `sessionfsd` in its own container
+//!   (volume, certificates delivered at start, published port, health check, limits), driven
+//!   through the Docker Engine API.
+//! - [`image`] owns `sessionfs image build`: the static daemon, the in-memory build context,
+//!   and the session image built from it without pulling anything.
 //! - [`mounts`] owns everything about the mount point: `/proc/self/mountinfo` parsing, the
 //!   checks made before mounting, and unmounting.
-//! - [`commands`] owns the `sessionfs` commands (`session create|ls|stop|start|rm`, `mount`,
-//!   `umount`) as functions returning printable reports, so tests can call them.
+//! - [`commands`] owns the `sessionfs` commands (`session create|ls|stop|start|rm`,
+//!   `image build`, `mount`, `umount`) as functions returning printable reports, so tests can call them.
 
 pub mod commands;
+pub mod docker;
+pub mod image;
 pub mod local;
 pub mod mounts;
 pub mod state;

@@ -1,16 +1,119 @@
 //! End-to-end test harness: a private sessionfs installation in a temporary directory.
 //!
 //! A [`Harness`] owns a `SESSIONFS_HOME`, drives the real `sessionfs` CLI (which starts real
-//! `sessionfsd` processes), and mounts the real bridge through FUSE. Nothing is mocked. Binaries come
-//! from the cargo target directory next to the test executable; build them first with
-//! `cargo build --bins` (the project's test command does). A missing binary, `/dev/fuse` or
-//! `fusermount3` fails the test loudly: these tests never skip.
+//! `sessionfsd` processes, or real Docker containers), and mounts the real bridge through FUSE.
+//! Nothing is mocked. Binaries come from the cargo target directory next to the test executable;
+//! build them first with `cargo build --bins` (the project's test command does). A missing binary,
+//! `/dev/fuse` or `fusermount3` fails the test loudly: these tests never skip.
+//!
+//! Docker sessions need a running engine and the static daemon (`SESSIONFS_STATIC_DAEMON`, or
+//! `<target>/x86_64-unknown-linux-gnu/release/sessionfsd`); [`docker_image`] builds the test image
+//! once per process (serialized between processes by a file lock), and a harness that created docker
+//! sessions removes every container and volume labelled with its state directory when dropped, even
+//! after a failure. [`scenario`] is the differential scenario shared by the test files.
 
+pub mod scenario;
+
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+/// The tag of the image the tests build and run docker sessions from.
+pub const TEST_IMAGE: &str = "sessionfs-test:latest";
+
+/// Runs `docker args…`, which must succeed; returns stdout. Fails loudly if there is no engine.
+pub fn docker(args: &[&str]) -> Result<String> {
+    let out = Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run `docker` (scripts/install-deps.sh installs docker.io)")?;
+    if !out.status.success() {
+        bail!(
+            "docker {} failed ({}): {}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether `docker args…` succeeds (for checking that an object exists).
+pub fn docker_succeeds(args: &[&str]) -> bool {
+    Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Builds [`TEST_IMAGE`] with `sessionfs image build` once per test process and returns its tag.
+/// Builds in several processes are serialized by a lock file; each is quick (the engine's build
+/// cache makes a rebuild of an unchanged daemon a re-tag). Fails loudly without an engine.
+pub fn docker_image() -> Result<&'static str> {
+    static BUILT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build_test_image().map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .map(|()| TEST_IMAGE)
+        .map_err(|e| anyhow::anyhow!("building the test image failed: {e}"))
+}
+
+fn build_test_image() -> Result<()> {
+    docker(&["info", "--format", "{{.ServerVersion}}"]).context(
+        "the docker tests need a running Docker engine (scripts/install-deps.sh starts one)",
+    )?;
+    let lock_path = std::env::temp_dir().join("sessionfs-test-image.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    // SAFETY: flock(2) on a descriptor we own; no memory is involved.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        bail!(
+            "locking {}: {}",
+            lock_path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    let image_id = || {
+        docker(&["image", "inspect", "--format", "{{.Id}}", TEST_IMAGE])
+            .map(|id| id.trim().to_owned())
+            .ok()
+    };
+    let previous = image_id();
+    let out = Command::new(bin_dir()?.join("sessionfs"))
+        .args(["image", "build", "--tag", TEST_IMAGE])
+        .stdin(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "sessionfs image build failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A changed daemon makes a new image; drop the one it replaced unless containers of other
+    // test processes still use it (then the engine refuses, which is fine).
+    if let Some(old) = previous.filter(|old| image_id().as_ref() != Some(old)) {
+        let _ = docker(&["rmi", &old]);
+    }
+    // The lock is released when `lock` is dropped here.
+    drop(lock);
+    Ok(())
+}
 
 /// The directory holding the workspace binaries (`sessionfs`, `sessionfsd`).
 pub fn bin_dir() -> Result<PathBuf> {
@@ -65,6 +168,8 @@ pub struct Harness {
     bin: PathBuf,
     mount: Option<Child>,
     pub op_timeout_secs: u64,
+    /// Whether docker sessions were created (then dropping removes their containers and volumes).
+    docker_used: bool,
 }
 
 impl Harness {
@@ -89,7 +194,73 @@ impl Harness {
             bin,
             mount: None,
             op_timeout_secs: 3,
+            docker_used: false,
         })
+    }
+
+    /// A session id unique on this machine while this process runs (container and volume names
+    /// are global to the Docker engine): `<name>-<pid>-<n>`.
+    pub fn unique_id(&self, name: &str) -> String {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        format!("{name}-{}-{n}", std::process::id())
+    }
+
+    /// Creates a docker session from [`docker_image`] with extra `session create` arguments;
+    /// returns the command's stdout.
+    pub fn create_docker_session(&mut self, id: &str, extra: &[&str]) -> Result<String> {
+        let image = docker_image()?;
+        self.docker_used = true;
+        let mut args = vec![
+            "session",
+            "create",
+            id,
+            "--backend",
+            "docker",
+            "--image",
+            image,
+        ];
+        args.extend_from_slice(extra);
+        self.ok(&args)
+    }
+
+    /// Marks this installation as using Docker, so that dropping it removes what it created.
+    pub fn uses_docker(&mut self) {
+        self.docker_used = true;
+    }
+
+    /// The `sessionfs.home` label value of everything this installation creates in Docker.
+    pub fn docker_label(&self) -> String {
+        format!("label=sessionfs.home={}", self.home.display())
+    }
+
+    /// Names of the containers (`docker ps -a`) or volumes (`docker volume ls`) this installation
+    /// created that still exist.
+    pub fn docker_objects(&self, volumes: bool) -> Result<Vec<String>> {
+        let label = self.docker_label();
+        let out = if volumes {
+            docker(&["volume", "ls", "-q", "--filter", &label])?
+        } else {
+            docker(&["ps", "-a", "--format", "{{.Names}}", "--filter", &label])?
+        };
+        Ok(out.lines().map(str::to_owned).collect())
+    }
+
+    /// Removes every container and volume labelled with this installation's state directory.
+    pub fn remove_docker_objects(&self) -> Result<()> {
+        let containers = self.docker_objects(false)?;
+        if !containers.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(containers.iter().map(String::as_str));
+            docker(&args)?;
+        }
+        let volumes = self.docker_objects(true)?;
+        if !volumes.is_empty() {
+            let mut args = vec!["volume", "rm", "-f"];
+            args.extend(volumes.iter().map(String::as_str));
+            docker(&args)?;
+        }
+        Ok(())
     }
 
     /// A `sessionfs` command bound to this installation.
@@ -243,14 +414,23 @@ impl Drop for Harness {
                 .arg(&self.mountpoint)
                 .status();
         }
-        // Stop every daemon this installation started.
+        // Stop every local daemon this installation started.
         if let Ok(out) = self.run(&["session", "ls", "--json"]) {
             if let Ok(serde_json::Value::Array(all)) = serde_json::from_slice(&out.stdout) {
                 for s in all {
-                    if let Some(id) = s["id"].as_str() {
+                    if let (Some(id), Some("local")) = (s["id"].as_str(), s["backend"].as_str()) {
                         let _ = self.run(&["session", "stop", id]);
                     }
                 }
+            }
+        }
+        // Remove every container and volume it made, by label.
+        if self.docker_used {
+            if let Err(e) = self.remove_docker_objects() {
+                eprintln!(
+                    "cleaning up docker objects of {}: {e:#}",
+                    self.home.display()
+                );
             }
         }
     }

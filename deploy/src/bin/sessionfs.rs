@@ -4,20 +4,24 @@
 // The doc comments below are clap's `--help` text, where `<id>` is meant literally.
 #![allow(rustdoc::invalid_html_tags)]
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use sessionfs_deploy::commands::{self, CreateOptions, MountOptions};
+use sessionfs_deploy::commands::{self, CreateOptions, DockerOptions, MountOptions};
+use sessionfs_deploy::image::{BuildOptions, Built, DEFAULT_TAG};
 use sessionfs_deploy::mounts::DEFAULT_MOUNTPOINT;
 use sessionfs_deploy::state::Home;
+use sessionfs_registry::Backend;
 
 /// Manage sessionfs sessions and the FUSE bridge that shows them under /sessions/<id>.
 ///
 /// Every session workspace is served by its own `sessionfsd` daemon over QUIC with mutual
-/// TLS; `sessionfs mount` mounts all sessions at once. State (CA, certificates, registry,
-/// daemon logs) lives in $SESSIONFS_HOME, by default ~/.local/state/sessionfs.
+/// TLS, as a local process or in a Docker container; `sessionfs mount` mounts all sessions
+/// at once. State (CA, certificates, registry, daemon logs) lives in $SESSIONFS_HOME, by
+/// default ~/.local/state/sessionfs.
 ///
 /// Logs go to stderr; set SESSIONFS_LOG (e.g. `debug`, `sessionfs_deploy=trace`) to change
 /// the level (default `warn`, `info` for `mount`).
@@ -42,6 +46,9 @@ enum Command {
     /// Create, list, stop, start and remove sessions.
     #[command(subcommand)]
     Session(SessionCommand),
+    /// Build the Docker image that docker sessions run.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Mount the bridge: every session appears as a directory under MOUNTPOINT.
     ///
     /// Runs in the foreground until SIGINT/SIGTERM (then unmounts cleanly) or until
@@ -53,24 +60,52 @@ enum Command {
 }
 
 #[derive(Subcommand, Debug)]
+enum ImageCommand {
+    /// Build the session image from a statically linked sessionfsd, pulling nothing.
+    ///
+    /// Default: FROM scratch with the daemon at /sessionfsd and an empty /workspace. With
+    /// --base, the daemon goes to /usr/local/bin/sessionfsd in that (local) image. The
+    /// daemon comes from $SESSIONFS_STATIC_DAEMON, else from
+    /// <target>/x86_64-unknown-linux-gnu/release/sessionfsd; build it with
+    /// RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p sessionfs-daemon
+    /// --target x86_64-unknown-linux-gnu. Prints `built image <tag> (<id>) …`.
+    Build(ImageBuildArgs),
+}
+
+#[derive(Args, Debug)]
+struct ImageBuildArgs {
+    /// The image's tag.
+    #[arg(long, default_value = DEFAULT_TAG)]
+    tag: String,
+    /// An image that exists locally to put the daemon into (e.g. one with a toolchain).
+    #[arg(long, value_name = "IMAGE")]
+    base: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
 enum SessionCommand {
-    /// Create a local session and start its daemon.
+    /// Create a session and start its daemon (a local process, or a Docker container).
     ///
     /// Issues the session's certificate, registers it, and starts `sessionfsd` serving the
-    /// workspace on a loopback UDP port. Prints
-    /// `created session <id> at <endpoint> serving <dir>`.
+    /// workspace: on a loopback UDP port (local), or in the container `sessionfs-<id>` with
+    /// its port published on 127.0.0.1 (docker; the workspace is the volume
+    /// `sessionfs-<id>` unless --volume or --workspace is given). Prints
+    /// `created session <id> at <endpoint> serving <workspace>`.
     Create(CreateArgs),
     /// List sessions.
     ///
-    /// A local session recorded as running whose daemon process is gone shows as `dead`.
+    /// A session recorded as running whose daemon process or container is not running shows
+    /// as `dead` (`gone` if its container no longer exists).
     Ls(LsArgs),
-    /// Stop a session's daemon (SIGTERM, then SIGKILL after 5 s); the session is kept.
+    /// Stop a session's daemon (local: SIGTERM, then SIGKILL after 5 s; docker: stop the
+    /// container); the session is kept.
     Stop(IdArg),
-    /// Start the daemon of a stopped session again.
+    /// Start the daemon (or container) of a stopped session again.
     Start(IdArg),
-    /// Stop and remove a session: its registration, certificates and log.
+    /// Stop and remove a session: its registration, certificates and log (and its container).
     ///
-    /// The workspace directory is kept unless --purge is given.
+    /// The workspace directory (or volume) is kept unless --purge is given; a docker
+    /// session's --workspace directory is never deleted.
     Rm(RmArgs),
 }
 
@@ -78,19 +113,46 @@ enum SessionCommand {
 struct CreateArgs {
     /// Session id: 1-63 characters a-z, 0-9 and '-', not starting or ending with '-'.
     id: String,
-    /// Directory to serve (must exist); default: <state>/sessions/<id>/workspace.
+    /// Where the daemon runs: `local` (a process here) or `docker` (a container).
+    #[arg(long, value_name = "BACKEND", default_value = "local", value_parser = commands::parse_backend)]
+    backend: Backend,
+    /// Local: directory to serve (must exist); default: <state>/sessions/<id>/workspace.
     #[arg(long, value_name = "PATH")]
     dir: Option<PathBuf>,
     /// Label KEY=VALUE to attach (repeatable).
     #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
     labels: Vec<(String, String)>,
+    /// Docker: the session image (see `sessionfs image build`).
+    #[arg(long, value_name = "IMAGE", help_heading = "Docker sessions")]
+    image: Option<String>,
+    /// Docker: CPU limit, e.g. 1 or 0.5.
+    #[arg(long, value_name = "N", value_parser = parse_cpus, help_heading = "Docker sessions")]
+    cpus: Option<i64>,
+    /// Docker: memory limit, e.g. 512m or 2g.
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory, help_heading = "Docker sessions")]
+    memory: Option<i64>,
+    /// Docker: named volume for /workspace (created if missing); default sessionfs-<id>.
+    #[arg(
+        long,
+        value_name = "NAME",
+        conflicts_with = "workspace",
+        help_heading = "Docker sessions"
+    )]
+    volume: Option<String>,
+    /// Docker: host directory to bind-mount at /workspace instead of a volume.
+    #[arg(long, value_name = "HOSTDIR", help_heading = "Docker sessions")]
+    workspace: Option<PathBuf>,
+    /// Docker: environment variable K=V for the container (repeatable).
+    #[arg(long = "env", value_name = "K=V", value_parser = parse_env, help_heading = "Docker sessions")]
+    env: Vec<(String, String)>,
 }
 
 #[derive(Args, Debug)]
 struct LsArgs {
     /// Print a JSON array of {id, backend, state, endpoint, workspace, pid, created_at,
-    /// labels, alive}; `state` is the recorded state, `alive` whether a local daemon runs
-    /// (null for other backends).
+    /// labels, alive, container, health}; `state` is the recorded state, `alive` whether the
+    /// daemon process or container runs (null if unknown), `container` and `health` null for
+    /// local sessions.
     #[arg(long)]
     json: bool,
 }
@@ -105,7 +167,8 @@ struct IdArg {
 struct RmArgs {
     /// Session id.
     id: String,
-    /// Also delete the workspace directory (the default one, or the --dir given at create).
+    /// Also delete the workspace directory (the default one, or the --dir given at create),
+    /// or a docker session's volume.
     #[arg(long)]
     purge: bool,
 }
@@ -136,6 +199,18 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     commands::parse_label(s).map_err(|e| e.to_string())
 }
 
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    commands::parse_env(s).map_err(|e| e.to_string())
+}
+
+fn parse_cpus(s: &str) -> Result<i64, String> {
+    sessionfs_deploy::docker::parse_cpus(s).map_err(|e| e.to_string())
+}
+
+fn parse_memory(s: &str) -> Result<i64, String> {
+    sessionfs_deploy::docker::parse_memory(s).map_err(|e| e.to_string())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
@@ -164,8 +239,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Session(SessionCommand::Create(args)) => {
             let opts = CreateOptions {
                 id: args.id,
+                backend: args.backend,
                 dir: args.dir,
                 labels: args.labels,
+                docker: DockerOptions {
+                    image: args.image,
+                    nano_cpus: args.cpus,
+                    memory: args.memory,
+                    volume: args.volume,
+                    workspace: args.workspace,
+                    env: args.env,
+                },
             };
             println!("{}", commands::create(&home()?, &opts)?);
         }
@@ -186,6 +270,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Session(SessionCommand::Rm(args)) => {
             println!("{}", commands::remove(&home()?, &args.id, args.purge)?);
         }
+        Command::Image(ImageCommand::Build(args)) => {
+            let opts = BuildOptions {
+                tag: args.tag,
+                base: args.base,
+                daemon: None,
+            };
+            println!("{}", build_image(&opts)?);
+        }
         Command::Mount(args) => {
             let opts = MountOptions {
                 mountpoint: args.mountpoint,
@@ -199,6 +291,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Builds the image, showing the engine's output: a spinner with the latest line on a
+/// terminal (each build step also printed above it), plain lines on stderr otherwise.
+fn build_image(opts: &BuildOptions) -> anyhow::Result<Built> {
+    if !std::io::stderr().is_terminal() {
+        return Ok(commands::image_build(opts, &mut |line| {
+            eprintln!("{line}")
+        })?);
+    }
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    spinner.set_message(format!("building {}", opts.tag));
+    let result = commands::image_build(opts, &mut |line| {
+        if line.starts_with("Step ") {
+            spinner.println(line);
+        }
+        spinner.set_message(line.to_owned());
+    });
+    spinner.finish_and_clear();
+    Ok(result?)
 }
 
 /// The error and its causes joined with ": ", leaving out causes whose text the message

@@ -1,0 +1,1327 @@
+//! The Docker backend: a session's `sessionfsd` in its own container, driven through the
+//! Docker Engine API (bollard, over the engine's unix socket only).
+//!
+//! - [`Engine`] is a connection to the engine (API version negotiated, so old engines work)
+//!   with a private single-threaded runtime; its methods are blocking.
+//! - [`Engine::provision`] makes a session's container: the workspace volume (or bind mount),
+//!   the container `sessionfs-<id>` with the daemon's command line, a health check running
+//!   `sessionfsd --health`, the daemon port 7878/udp published on `127.0.0.1` at a port Docker
+//!   picks, limits and restart policy; uploads the session's certificates into
+//!   `/run/sessionfs/` (they are never part of the image) and starts it.
+//! - [`Engine::wait_ready`] waits, with a deadline, until Docker reports the container healthy
+//!   or the daemon answers a health probe through the published port.
+//! - [`Engine::start`], [`Engine::stop`], [`Engine::remove`] and [`Engine::status`] map the
+//!   `session` commands onto the container.
+//!
+//! Everything this backend creates carries the labels [`LABEL_SESSION`], [`LABEL_MANAGED`] and
+//! [`LABEL_HOME`]; the registry record of a docker session names its container, container id,
+//! image and volume (or host workspace) in labels ([`RECORD_CONTAINER`] and friends).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HealthConfig,
+    HealthStatusEnum, HostConfig, ImageInspect, Mount, MountType, PortBinding, RestartPolicy,
+    RestartPolicyNameEnum, VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder,
+    UploadToContainerOptionsBuilder,
+};
+use bollard::{Docker, API_DEFAULT_VERSION};
+use futures_util::StreamExt;
+use sessionfs_registry::{SessionId, SessionRecord};
+use tracing::{debug, info, warn};
+
+use crate::state::Home;
+
+/// Label on every container and volume sessionfs creates: the session id.
+pub const LABEL_SESSION: &str = "sessionfs.session";
+/// Label on every container and volume sessionfs creates, value `1`.
+pub const LABEL_MANAGED: &str = "sessionfs.managed";
+/// Label on every container and volume sessionfs creates: the state directory that owns it.
+pub const LABEL_HOME: &str = "sessionfs.home";
+
+/// Record label: the container's name.
+pub const RECORD_CONTAINER: &str = "docker.container";
+/// Record label: the container's id.
+pub const RECORD_CONTAINER_ID: &str = "docker.container-id";
+/// Record label: the image the container was created from.
+pub const RECORD_IMAGE: &str = "docker.image";
+/// Record label: the named volume mounted at `/workspace`.
+pub const RECORD_VOLUME: &str = "docker.volume";
+/// Record label: the host directory bind-mounted at `/workspace`.
+pub const RECORD_WORKSPACE: &str = "docker.workspace";
+
+/// The daemon's port inside the container.
+pub const DAEMON_PORT: u16 = 7878;
+/// The published port's key in Docker's port maps.
+pub const PORT_KEY: &str = "7878/udp";
+/// Where the certificates go inside the container (the daemon's `--cert-dir`).
+pub const CERT_DIR: &str = "/run/sessionfs";
+/// The workspace inside the container (the daemon's `--root`).
+pub const WORKSPACE: &str = "/workspace";
+/// How long [`Engine::wait_ready`] waits for a started container.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Seconds Docker waits after SIGTERM before killing the container on stop.
+pub const STOP_GRACE_SECS: i32 = 10;
+/// Health check interval, timeout (both 2 s) and retries (3).
+const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+const HEALTH_RETRIES: i64 = 3;
+/// Seconds one Docker API request may take (builds stream, so this bounds each read).
+const REQUEST_TIMEOUT_SECS: u64 = 120;
+/// The default engine socket.
+const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+/// How often readiness is polled.
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// How long one readiness probe through the published port may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Lines of container log quoted in errors.
+const LOG_TAIL_LINES: usize = 20;
+
+/// Errors of the Docker backend.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    /// `DOCKER_HOST` names something other than a unix socket.
+    #[error(
+        "DOCKER_HOST={0} is not supported: sessionfs talks to the Docker engine over a unix socket \
+         only (unset DOCKER_HOST or set it to unix:///path/to/docker.sock)"
+    )]
+    UnsupportedHost(String),
+    /// The engine did not answer.
+    #[error(
+        "cannot reach the Docker engine at {socket}: {source} (is dockerd running? \
+         scripts/install-deps.sh starts one)"
+    )]
+    Connect {
+        /// The socket tried.
+        socket: String,
+        /// The underlying error.
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// The private runtime could not be created.
+    #[error("cannot start the Docker client's runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// An API call failed.
+    #[error("docker: cannot {action}: {source}")]
+    Api {
+        /// What was attempted, e.g. "create container sessionfs-web".
+        action: String,
+        /// The underlying error.
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// The session image is not there.
+    #[error("image `{0}` does not exist locally; build it with `sessionfs image build` (or pass --image)")]
+    ImageMissing(String),
+    /// The image is not a sessionfs session image.
+    #[error(
+        "image `{image}` is not a sessionfs session image ({reason}); build one with \
+         `sessionfs image build`"
+    )]
+    NotSessionImage {
+        /// The image.
+        image: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A limit or option given on the command line is invalid.
+    #[error("{0}")]
+    InvalidOption(String),
+    /// A session file could not be read.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        /// What was attempted.
+        action: &'static str,
+        /// The file concerned.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The container has no published daemon port.
+    #[error("container {0} has no host port published for {PORT_KEY}")]
+    NoPort(String),
+    /// The container does not exist.
+    #[error("container {container} of session `{id}` is gone (removed outside sessionfs?); remove the session with `sessionfs session rm {id}`")]
+    ContainerGone {
+        /// The session.
+        id: SessionId,
+        /// The container's name.
+        container: String,
+    },
+    /// The container did not become ready.
+    #[error("container {container} of session `{id}` did not become ready: {reason}{logs}")]
+    NotReady {
+        /// The session.
+        id: SessionId,
+        /// The container.
+        container: String,
+        /// What went wrong.
+        reason: String,
+        /// The container's last log lines, formatted for display.
+        logs: String,
+    },
+}
+
+impl DockerError {
+    fn api(action: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> DockerError {
+        let action = action.into();
+        move |source| DockerError::Api { action, source }
+    }
+}
+
+/// Whether `e` is the engine's "no such object" answer.
+fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+/// The container name of session `id`: `sessionfs-<id>`.
+pub fn container_name(id: &SessionId) -> String {
+    format!("sessionfs-{id}")
+}
+
+/// The default volume name of session `id`: `sessionfs-<id>`.
+pub fn volume_name(id: &SessionId) -> String {
+    format!("sessionfs-{id}")
+}
+
+/// The container a docker session's record names (its label, else the default name).
+pub fn record_container(record: &SessionRecord) -> String {
+    record
+        .labels
+        .get(RECORD_CONTAINER)
+        .cloned()
+        .unwrap_or_else(|| container_name(&record.id))
+}
+
+/// Parses `--memory`: a number of bytes with an optional suffix `b`, `k`, `m`, `g` or `t`
+/// (powers of 1024, case-insensitive, optionally followed by `b` or `ib`).
+pub fn parse_memory(s: &str) -> Result<i64, DockerError> {
+    let bad = || {
+        DockerError::InvalidOption(format!(
+            "invalid memory size {s:?}: expected bytes or a number with suffix k, m, g or t \
+             (e.g. 512m, 2g)"
+        ))
+    };
+    let lower = s.trim().to_ascii_lowercase();
+    let unit_start = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(lower.len());
+    let (digits, unit) = lower.split_at(unit_start);
+    let number: i64 = digits.parse().map_err(|_| bad())?;
+    let unit = unit
+        .strip_suffix("ib")
+        .or_else(|| unit.strip_suffix('b').filter(|u| !u.is_empty()))
+        .unwrap_or(unit);
+    let shift = match unit {
+        "" | "b" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => return Err(bad()),
+    };
+    let bytes = number.checked_mul(1i64 << shift).ok_or_else(bad)?;
+    if bytes <= 0 {
+        return Err(DockerError::InvalidOption(format!(
+            "invalid memory size {s:?}: must be more than zero"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Parses `--cpus` into Docker's `NanoCpus` (billionths of a CPU).
+pub fn parse_cpus(s: &str) -> Result<i64, DockerError> {
+    let bad = |why: &str| DockerError::InvalidOption(format!("invalid --cpus {s:?}: {why}"));
+    let cpus: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| bad("expected a number such as 1 or 0.5"))?;
+    if !cpus.is_finite() || cpus <= 0.0 || cpus > 1024.0 {
+        return Err(bad("must be more than 0 and at most 1024"));
+    }
+    // In range by the check above, so the cast cannot saturate.
+    Ok((cpus * 1e9).round() as i64)
+}
+
+/// Checks a `--volume` name against Docker's alphabet (`[a-zA-Z0-9][a-zA-Z0-9_.-]+`).
+pub fn check_volume_name(name: &str) -> Result<(), DockerError> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if first_ok && rest_ok && name.len() >= 2 {
+        Ok(())
+    } else {
+        Err(DockerError::InvalidOption(format!(
+            "invalid volume name {name:?}: use at least two of a-z, A-Z, 0-9, '_', '.', '-', \
+             starting with a letter or digit"
+        )))
+    }
+}
+
+/// Where a docker session's `/workspace` comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkspaceSource {
+    /// A named volume (created if missing).
+    Volume(String),
+    /// A host directory, bind-mounted (never deleted by sessionfs).
+    HostDir(PathBuf),
+}
+
+/// What [`Engine::provision`] needs besides the session.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    /// The session image.
+    pub image: String,
+    /// `NanoCpus`, if limited.
+    pub nano_cpus: Option<i64>,
+    /// Memory limit in bytes, if limited.
+    pub memory: Option<i64>,
+    /// The workspace.
+    pub workspace: WorkspaceSource,
+    /// Extra environment variables `(KEY, VALUE)`.
+    pub env: Vec<(String, String)>,
+}
+
+/// What [`Engine::provision`] created; [`Engine::discard`] undoes it.
+#[derive(Debug, Clone)]
+pub struct Provisioned {
+    /// The container's name.
+    pub container: String,
+    /// The container's id.
+    pub container_id: String,
+    /// The image it runs.
+    pub image: String,
+    /// The workspace.
+    pub workspace: WorkspaceSource,
+    /// Whether the volume was created by this provisioning (and so is removed on failure).
+    pub volume_created: bool,
+    /// `127.0.0.1:<published port>`.
+    pub endpoint: SocketAddr,
+}
+
+impl Provisioned {
+    /// The registry labels naming the container, image and workspace.
+    pub fn record_labels(&self) -> Vec<(String, String)> {
+        let mut labels = vec![
+            (RECORD_CONTAINER.to_owned(), self.container.clone()),
+            (RECORD_CONTAINER_ID.to_owned(), self.container_id.clone()),
+            (RECORD_IMAGE.to_owned(), self.image.clone()),
+        ];
+        labels.push(match &self.workspace {
+            WorkspaceSource::Volume(v) => (RECORD_VOLUME.to_owned(), v.clone()),
+            WorkspaceSource::HostDir(d) => (RECORD_WORKSPACE.to_owned(), d.display().to_string()),
+        });
+        labels
+    }
+}
+
+/// How [`Engine::wait_ready`] saw the daemon come up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Docker's health check passed.
+    Healthy,
+    /// The daemon answered a probe through the published port (before Docker's first check).
+    Answered,
+}
+
+/// How [`Engine::stop`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerStop {
+    /// The container was running and is stopped now.
+    Stopped,
+    /// The container exists but was not running.
+    NotRunning,
+    /// The container does not exist.
+    Missing,
+}
+
+/// What [`Engine::remove`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerRemoval {
+    /// The container's name.
+    pub container: String,
+    /// Whether it existed (and was removed).
+    pub existed: bool,
+    /// The named volume and whether it was deleted (`--purge`), if the session had one.
+    pub volume: Option<(String, bool)>,
+    /// The bind-mounted host directory, if any (never deleted).
+    pub host_dir: Option<PathBuf>,
+}
+
+/// A session container as `session ls` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerStatus {
+    /// The container's name.
+    pub container: String,
+    /// Whether it runs.
+    pub running: bool,
+    /// Whether it exists.
+    pub exists: bool,
+    /// `healthy`, `unhealthy`, `starting`, `none` while running; the container state (`exited`,
+    /// `created`, …) otherwise; `gone` if it does not exist; `unknown` if the engine did not answer.
+    pub health: String,
+    /// The published daemon port, if running.
+    pub endpoint: Option<SocketAddr>,
+}
+
+/// A connection to the Docker engine with its own runtime; every method blocks.
+pub struct Engine {
+    runtime: tokio::runtime::Runtime,
+    docker: Docker,
+    socket: String,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("socket", &self.socket)
+            .finish()
+    }
+}
+
+/// The engine socket: `$DOCKER_HOST` if it is a `unix://` address, else the default.
+fn socket_path() -> Result<String, DockerError> {
+    match std::env::var("DOCKER_HOST") {
+        Ok(host) if !host.is_empty() => match host.strip_prefix("unix://") {
+            Some(path) => Ok(path.to_owned()),
+            None => Err(DockerError::UnsupportedHost(host)),
+        },
+        _ => Ok(DEFAULT_SOCKET.to_owned()),
+    }
+}
+
+impl Engine {
+    /// Connects to the engine (`$DOCKER_HOST` if it is `unix://…`, else
+    /// `/var/run/docker.sock`) and negotiates the API version.
+    pub fn connect() -> Result<Engine, DockerError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(DockerError::Runtime)?;
+        let socket = socket_path()?;
+        let connect_error = |source| DockerError::Connect {
+            socket: socket.clone(),
+            source,
+        };
+        let docker = {
+            let _guard = runtime.enter();
+            Docker::connect_with_socket(&socket, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+                .map_err(connect_error)?
+        };
+        let docker = runtime
+            .block_on(docker.negotiate_version())
+            .map_err(connect_error)?;
+        debug!(socket = %socket, version = ?docker.client_version(), "connected to the Docker engine");
+        Ok(Engine {
+            runtime,
+            docker,
+            socket,
+        })
+    }
+
+    /// The socket this engine was reached at.
+    pub fn socket(&self) -> &str {
+        &self.socket
+    }
+
+    /// The image, or `None` if it does not exist locally.
+    pub fn inspect_image(&self, image: &str) -> Result<Option<ImageInspect>, DockerError> {
+        match self.runtime.block_on(self.docker.inspect_image(image)) {
+            Ok(found) => Ok(Some(found)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(DockerError::api(format!("inspect image {image}"))(e)),
+        }
+    }
+
+    /// Builds an image from a tar `context` (with a `Dockerfile`) tagged `tag`, pulling
+    /// nothing; `progress` gets each line of the build's output. Returns the image id if
+    /// the engine reported one.
+    pub fn build_image(
+        &self,
+        context: Vec<u8>,
+        tag: &str,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Option<String>, DockerError> {
+        let options = BuildImageOptionsBuilder::default()
+            .dockerfile("Dockerfile")
+            .t(tag)
+            .rm(true)
+            .forcerm(true)
+            .build();
+        let action = format!("build image {tag}");
+        self.runtime.block_on(async {
+            let mut stream = self.docker.build_image(
+                options,
+                None,
+                Some(bollard::body_full(bytes::Bytes::from(context))),
+            );
+            let mut id = None;
+            while let Some(item) = stream.next().await {
+                let info = item.map_err(DockerError::api(action.clone()))?;
+                for text in [info.stream.as_deref(), info.status.as_deref()]
+                    .into_iter()
+                    .flatten()
+                {
+                    for line in text.lines().map(str::trim_end) {
+                        if !line.trim().is_empty() {
+                            progress(line);
+                        }
+                    }
+                }
+                if let Some(aux) = info.aux {
+                    id = aux.id.or(id);
+                }
+            }
+            Ok(id)
+        })
+    }
+
+    /// The container, or `None` if it does not exist.
+    pub fn inspect_container(
+        &self,
+        container: &str,
+    ) -> Result<Option<ContainerInspectResponse>, DockerError> {
+        match self
+            .runtime
+            .block_on(self.docker.inspect_container(container, None))
+        {
+            Ok(found) => Ok(Some(found)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(DockerError::api(format!("inspect container {container}"))(
+                e,
+            )),
+        }
+    }
+
+    /// Whether the named volume exists.
+    pub fn volume_exists(&self, volume: &str) -> Result<bool, DockerError> {
+        match self.runtime.block_on(self.docker.inspect_volume(volume)) {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(DockerError::api(format!("inspect volume {volume}"))(e)),
+        }
+    }
+
+    /// Deletes the named volume; false if it did not exist.
+    pub fn remove_volume(&self, volume: &str) -> Result<bool, DockerError> {
+        let options = RemoveVolumeOptionsBuilder::default().force(false).build();
+        match self
+            .runtime
+            .block_on(self.docker.remove_volume(volume, Some(options)))
+        {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(DockerError::api(format!("remove volume {volume}"))(e)),
+        }
+    }
+
+    /// Force-removes a container (not its volumes); false if it did not exist.
+    pub fn remove_container(&self, container: &str) -> Result<bool, DockerError> {
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(false)
+            .build();
+        match self
+            .runtime
+            .block_on(self.docker.remove_container(container, Some(options)))
+        {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(DockerError::api(format!("remove container {container}"))(e)),
+        }
+    }
+
+    /// The last lines of the container's output, as an indented block after a heading, or
+    /// a note that there are none.
+    pub fn logs_tail(&self, container: &str) -> String {
+        let options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail(&LOG_TAIL_LINES.to_string())
+            .build();
+        let collected = self.runtime.block_on(async {
+            let mut stream = self.docker.logs(container, Some(options));
+            let mut text = String::new();
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(chunk) => text.push_str(&chunk.to_string()),
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(text)
+        });
+        match collected {
+            Ok(text) if text.trim().is_empty() => format!("; container {container} logged nothing"),
+            Ok(text) => {
+                let mut out = format!("; last lines of `docker logs {container}`:");
+                for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                    out.push_str("\n    ");
+                    out.push_str(line);
+                }
+                out
+            }
+            Err(e) => format!("; cannot read the logs of {container}: {e}"),
+        }
+    }
+
+    /// The session image's daemon path (its entrypoint), checking that `image` exists and
+    /// is labelled as a sessionfs session image.
+    fn session_image_daemon(&self, image: &str) -> Result<String, DockerError> {
+        let found = self
+            .inspect_image(image)?
+            .ok_or_else(|| DockerError::ImageMissing(image.to_owned()))?;
+        let config = found.config.unwrap_or_default();
+        let labelled = config
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(crate::image::IMAGE_LABEL))
+            .is_some_and(|v| v == "1");
+        if !labelled {
+            return Err(DockerError::NotSessionImage {
+                image: image.to_owned(),
+                reason: "it lacks the label sessionfs.image=1",
+            });
+        }
+        config
+            .entrypoint
+            .and_then(|e| e.into_iter().next())
+            .filter(|e| e.ends_with(crate::local::DAEMON_NAME))
+            .ok_or_else(|| DockerError::NotSessionImage {
+                image: image.to_owned(),
+                reason: "its entrypoint is not sessionfsd",
+            })
+    }
+
+    /// Creates and starts session `id`'s container (see the module documentation). The
+    /// certificates are read from `home`'s `sessions/<id>/certs/`. On failure everything this
+    /// call created is removed again.
+    pub fn provision(
+        &self,
+        home: &Home,
+        id: &SessionId,
+        spec: &ContainerSpec,
+    ) -> Result<Provisioned, DockerError> {
+        let daemon = self.session_image_daemon(&spec.image)?;
+        let certs = certs_tar(&home.session_cert_dir(id))?;
+        let container = container_name(id);
+        let labels = object_labels(home, id);
+
+        let mut volume_created = false;
+        if let WorkspaceSource::Volume(volume) = &spec.workspace {
+            if !self.volume_exists(volume)? {
+                let request = VolumeCreateRequest {
+                    name: Some(volume.clone()),
+                    labels: Some(labels.clone()),
+                    ..Default::default()
+                };
+                self.runtime
+                    .block_on(self.docker.create_volume(request))
+                    .map_err(DockerError::api(format!("create volume {volume}")))?;
+                volume_created = true;
+                info!(session = %id, volume = %volume, "created volume");
+            }
+        }
+        let undo_volume = |e: DockerError| {
+            if let (true, WorkspaceSource::Volume(volume)) = (volume_created, &spec.workspace) {
+                if let Err(re) = self.remove_volume(volume) {
+                    warn!(session = %id, error = %re, "cannot remove the failed session's volume");
+                }
+            }
+            e
+        };
+
+        let body = container_body(id, spec, &daemon, labels);
+        let options = CreateContainerOptionsBuilder::default()
+            .name(&container)
+            .build();
+        let created = self
+            .runtime
+            .block_on(self.docker.create_container(Some(options), body))
+            .map_err(DockerError::api(format!("create container {container}")))
+            .map_err(undo_volume)?;
+        for warning in &created.warnings {
+            warn!(session = %id, container = %container, "docker: {warning}");
+        }
+        let container_id = created.id;
+        let undo = |e: DockerError| {
+            if let Err(re) = self.remove_container(&container_id) {
+                warn!(session = %id, error = %re, "cannot remove the failed session's container");
+            }
+            undo_volume(e)
+        };
+
+        let upload = UploadToContainerOptionsBuilder::default().path("/").build();
+        self.runtime
+            .block_on(self.docker.upload_to_container(
+                &container_id,
+                Some(upload),
+                bollard::body_full(bytes::Bytes::from(certs)),
+            ))
+            .map_err(DockerError::api(format!(
+                "upload the certificates into {container}"
+            )))
+            .map_err(undo)?;
+        self.start_container(&container_id, &container)
+            .map_err(undo)?;
+        let endpoint = self
+            .published_endpoint(id, &container_id, &container)
+            .map_err(undo)?;
+        info!(session = %id, container = %container, %endpoint, "started container");
+        Ok(Provisioned {
+            container,
+            container_id,
+            image: spec.image.clone(),
+            workspace: spec.workspace.clone(),
+            volume_created,
+            endpoint,
+        })
+    }
+
+    /// Undoes [`Engine::provision`]: removes the container, and the volume if it made it.
+    pub fn discard(&self, provisioned: &Provisioned) {
+        if let Err(e) = self.remove_container(&provisioned.container_id) {
+            warn!(container = %provisioned.container, error = %e, "cannot remove the container");
+        }
+        if let (true, WorkspaceSource::Volume(volume)) =
+            (provisioned.volume_created, &provisioned.workspace)
+        {
+            if let Err(e) = self.remove_volume(volume) {
+                warn!(volume = %volume, error = %e, "cannot remove the volume");
+            }
+        }
+    }
+
+    fn start_container(&self, container_id: &str, container: &str) -> Result<(), DockerError> {
+        self.runtime
+            .block_on(self.docker.start_container(container_id, None))
+            .map_err(DockerError::api(format!("start container {container}")))
+    }
+
+    /// `127.0.0.1:<host port>` of the container's published daemon port (only a running
+    /// container has one: a stopped one is reported with its exit code and logs).
+    fn published_endpoint(
+        &self,
+        id: &SessionId,
+        container_id: &str,
+        container: &str,
+    ) -> Result<SocketAddr, DockerError> {
+        let inspected =
+            self.inspect_container(container_id)?
+                .ok_or_else(|| DockerError::ContainerGone {
+                    id: id.clone(),
+                    container: container.to_owned(),
+                })?;
+        if let Some(reason) = not_running(&inspected) {
+            return Err(DockerError::NotReady {
+                id: id.clone(),
+                container: container.to_owned(),
+                reason,
+                logs: self.logs_tail(container),
+            });
+        }
+        host_port(&inspected)
+            .map(|port| SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+            .ok_or_else(|| DockerError::NoPort(container.to_owned()))
+    }
+
+    /// Waits up to `timeout` until the container of session `id` is healthy or its daemon
+    /// answers a probe at `endpoint` (with the session's own certificate from `home`). Fails
+    /// at once if the container stops running, quoting its logs.
+    pub fn wait_ready(
+        &self,
+        home: &Home,
+        id: &SessionId,
+        container: &str,
+        endpoint: SocketAddr,
+        timeout: Duration,
+    ) -> Result<Readiness, DockerError> {
+        let deadline = Instant::now() + timeout;
+        let cert_dir = home.session_cert_dir(id);
+        let not_ready = |reason: String| DockerError::NotReady {
+            id: id.clone(),
+            container: container.to_owned(),
+            reason,
+            logs: self.logs_tail(container),
+        };
+        loop {
+            let inspected =
+                self.inspect_container(container)?
+                    .ok_or_else(|| DockerError::ContainerGone {
+                        id: id.clone(),
+                        container: container.to_owned(),
+                    })?;
+            if let Some(reason) = not_running(&inspected) {
+                return Err(not_ready(reason));
+            }
+            let health = inspected
+                .state
+                .and_then(|s| s.health)
+                .and_then(|h| h.status);
+            if health == Some(HealthStatusEnum::HEALTHY) {
+                debug!(session = %id, "container reported healthy");
+                return Ok(Readiness::Healthy);
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let probe = self.runtime.block_on(sessionfs_daemon::health::probe(
+                endpoint,
+                id.as_str(),
+                &cert_dir,
+                PROBE_TIMEOUT.min(remaining).max(Duration::from_millis(50)),
+            ));
+            let probe_error = match probe {
+                Ok(rtt) => {
+                    debug!(session = %id, ?rtt, "daemon answered through the published port");
+                    return Ok(Readiness::Answered);
+                }
+                Err(e) => e.to_string(),
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                let health = health.map_or_else(|| "none".to_owned(), |h| h.to_string());
+                return Err(not_ready(format!(
+                    "neither healthy (health: {health}) nor answering at {endpoint} ({probe_error}) \
+                     within {} s",
+                    timeout.as_secs()
+                )));
+            }
+            // The poll interval of a bounded wait, not a fixed delay.
+            std::thread::sleep(POLL_INTERVAL.min(remaining));
+        }
+    }
+
+    /// Starts a docker session's stopped container and returns its (possibly new) endpoint
+    /// once ready, and whether it was running already (then it is left alone). A container
+    /// that this call started but that does not become ready is stopped again.
+    pub fn start(
+        &self,
+        home: &Home,
+        record: &SessionRecord,
+    ) -> Result<(SocketAddr, bool), DockerError> {
+        let container = record_container(record);
+        let inspected =
+            self.inspect_container(&container)?
+                .ok_or_else(|| DockerError::ContainerGone {
+                    id: record.id.clone(),
+                    container: container.clone(),
+                })?;
+        let was_running = inspected
+            .state
+            .as_ref()
+            .and_then(|s| s.running)
+            .unwrap_or(false);
+        if !was_running {
+            self.start_container(&container, &container)?;
+        }
+        let ready = self
+            .published_endpoint(&record.id, &container, &container)
+            .and_then(|endpoint| {
+                self.wait_ready(home, &record.id, &container, endpoint, READY_TIMEOUT)
+                    .map(|_| endpoint)
+            });
+        match ready {
+            Ok(endpoint) => Ok((endpoint, was_running)),
+            Err(e) => {
+                // Leave a container this call started as it found it: stopped.
+                if !was_running {
+                    if let Err(se) = self.stop(record) {
+                        warn!(session = %record.id, error = %se, "cannot stop the container again");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops a docker session's container (SIGTERM, SIGKILL after [`STOP_GRACE_SECS`]).
+    pub fn stop(&self, record: &SessionRecord) -> Result<ContainerStop, DockerError> {
+        let container = record_container(record);
+        let Some(inspected) = self.inspect_container(&container)? else {
+            return Ok(ContainerStop::Missing);
+        };
+        let running = inspected
+            .state
+            .as_ref()
+            .and_then(|s| s.running)
+            .unwrap_or(false);
+        let options = StopContainerOptionsBuilder::default()
+            .t(STOP_GRACE_SECS)
+            .build();
+        // Stopped even when not running: this also tells the restart policy it was on purpose.
+        match self
+            .runtime
+            .block_on(self.docker.stop_container(&container, Some(options)))
+        {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => return Ok(ContainerStop::Missing),
+            // 304: already stopped.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => {}
+            Err(e) => return Err(DockerError::api(format!("stop container {container}"))(e)),
+        }
+        info!(session = %record.id, container = %container, "stopped container");
+        Ok(if running {
+            ContainerStop::Stopped
+        } else {
+            ContainerStop::NotRunning
+        })
+    }
+
+    /// Removes a docker session's container, and with `purge` its named volume. A host
+    /// directory is never touched.
+    pub fn remove(
+        &self,
+        record: &SessionRecord,
+        purge: bool,
+    ) -> Result<ContainerRemoval, DockerError> {
+        let container = record_container(record);
+        let existed = self.remove_container(&container)?;
+        let volume = match record.labels.get(RECORD_VOLUME) {
+            Some(volume) if purge => Some((volume.clone(), self.remove_volume(volume)?)),
+            Some(volume) => Some((volume.clone(), false)),
+            None => None,
+        };
+        let host_dir = record
+            .labels
+            .get(RECORD_WORKSPACE)
+            .map(PathBuf::from)
+            .or_else(|| record.workspace.clone());
+        info!(session = %record.id, container = %container, existed, "removed container");
+        Ok(ContainerRemoval {
+            container,
+            existed,
+            volume,
+            host_dir,
+        })
+    }
+
+    /// The container of a docker session as `session ls` shows it.
+    pub fn status(&self, record: &SessionRecord) -> ContainerStatus {
+        let container = record_container(record);
+        match self.inspect_container(&container) {
+            Ok(Some(inspected)) => status_of(container, &inspected),
+            Ok(None) => ContainerStatus {
+                container,
+                running: false,
+                exists: false,
+                health: "gone".to_owned(),
+                endpoint: None,
+            },
+            Err(e) => {
+                warn!(session = %record.id, error = %e, "cannot inspect the container");
+                unknown_status(record)
+            }
+        }
+    }
+}
+
+/// The status shown when the engine cannot be asked.
+pub fn unknown_status(record: &SessionRecord) -> ContainerStatus {
+    ContainerStatus {
+        container: record_container(record),
+        running: false,
+        exists: true,
+        health: "unknown".to_owned(),
+        endpoint: None,
+    }
+}
+
+fn status_of(container: String, inspected: &ContainerInspectResponse) -> ContainerStatus {
+    let state = inspected.state.clone().unwrap_or_default();
+    let running = state.running == Some(true);
+    let health = if running {
+        match state.health.and_then(|h| h.status) {
+            Some(HealthStatusEnum::EMPTY) | None => "none".to_owned(),
+            Some(h) => h.to_string(),
+        }
+    } else {
+        match state.status {
+            Some(ContainerStateStatusEnum::EMPTY) | None => "stopped".to_owned(),
+            Some(s) => s.to_string(),
+        }
+    };
+    ContainerStatus {
+        container,
+        running,
+        exists: true,
+        health,
+        endpoint: running
+            .then(|| host_port(inspected))
+            .flatten()
+            .map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, p))),
+    }
+}
+
+/// Why the container is not running (its state, exit code and error), or `None` if it runs.
+fn not_running(inspected: &ContainerInspectResponse) -> Option<String> {
+    let state = inspected.state.clone().unwrap_or_default();
+    if state.running == Some(true) && state.restarting != Some(true) {
+        return None;
+    }
+    let status = state
+        .status
+        .map_or_else(|| "unknown".to_owned(), |s| s.to_string());
+    let code = state
+        .exit_code
+        .map_or_else(String::new, |c| format!(", exit code {c}"));
+    let error = state
+        .error
+        .filter(|e| !e.is_empty())
+        .map_or_else(String::new, |e| format!(": {e}"));
+    Some(format!("it is not running (state {status}{code}){error}"))
+}
+
+/// The host port published for [`PORT_KEY`].
+fn host_port(inspected: &ContainerInspectResponse) -> Option<u16> {
+    inspected
+        .network_settings
+        .as_ref()?
+        .ports
+        .as_ref()?
+        .get(PORT_KEY)?
+        .as_ref()?
+        .iter()
+        .find_map(|b| b.host_port.as_deref()?.parse().ok())
+        .filter(|&p: &u16| p != 0)
+}
+
+/// The labels of every container and volume made for session `id`.
+fn object_labels(home: &Home, id: &SessionId) -> HashMap<String, String> {
+    HashMap::from([
+        (LABEL_SESSION.to_owned(), id.to_string()),
+        (LABEL_MANAGED.to_owned(), "1".to_owned()),
+        (LABEL_HOME.to_owned(), home.root().display().to_string()),
+    ])
+}
+
+/// The daemon's arguments after its entrypoint.
+fn daemon_args(id: &SessionId) -> Vec<String> {
+    let listen = format!("0.0.0.0:{DAEMON_PORT}");
+    [
+        "--session-id",
+        id.as_str(),
+        "--cert-dir",
+        CERT_DIR,
+        "--root",
+        WORKSPACE,
+        "--listen",
+        &listen,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// The health check command (exec form) for a daemon at `daemon` in the image.
+fn health_test(daemon: &str, id: &SessionId) -> Vec<String> {
+    let listen = format!("0.0.0.0:{DAEMON_PORT}");
+    [
+        "CMD",
+        daemon,
+        "--health",
+        "--session-id",
+        id.as_str(),
+        "--cert-dir",
+        CERT_DIR,
+        "--listen",
+        &listen,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// The create request of session `id`'s container.
+fn container_body(
+    id: &SessionId,
+    spec: &ContainerSpec,
+    daemon: &str,
+    labels: HashMap<String, String>,
+) -> ContainerCreateBody {
+    let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+    let mut env = vec!["NO_COLOR=1".to_owned()];
+    env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
+    let mount = match &spec.workspace {
+        WorkspaceSource::Volume(volume) => Mount {
+            typ: Some(MountType::VOLUME),
+            source: Some(volume.clone()),
+            target: Some(WORKSPACE.to_owned()),
+            ..Default::default()
+        },
+        WorkspaceSource::HostDir(dir) => Mount {
+            typ: Some(MountType::BIND),
+            source: Some(dir.display().to_string()),
+            target: Some(WORKSPACE.to_owned()),
+            ..Default::default()
+        },
+    };
+    let port_bindings = HashMap::from([(
+        PORT_KEY.to_owned(),
+        Some(vec![PortBinding {
+            host_ip: Some(Ipv4Addr::LOCALHOST.to_string()),
+            // Empty: Docker picks a free host port.
+            host_port: Some(String::new()),
+        }]),
+    )]);
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        cmd: Some(daemon_args(id)),
+        env: Some(env),
+        labels: Some(labels),
+        exposed_ports: Some(vec![PORT_KEY.to_owned()]),
+        healthcheck: Some(HealthConfig {
+            test: Some(health_test(daemon, id)),
+            interval: Some(nanos(HEALTH_INTERVAL)),
+            timeout: Some(nanos(HEALTH_INTERVAL)),
+            retries: Some(HEALTH_RETRIES),
+            ..Default::default()
+        }),
+        host_config: Some(HostConfig {
+            mounts: Some(vec![mount]),
+            port_bindings: Some(port_bindings),
+            nano_cpus: spec.nano_cpus,
+            memory: spec.memory,
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                maximum_retry_count: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A tar archive, to be unpacked at `/`, holding `run/sessionfs/` (0700) with `ca.pem`,
+/// `session.pem` (0644) and `session.key` (0600), all owned by root.
+pub fn certs_tar(cert_dir: &Path) -> Result<Vec<u8>, DockerError> {
+    let mut entries = vec![
+        TarEntry::dir("run/", 0o755),
+        TarEntry::dir("run/sessionfs/", 0o700),
+    ];
+    for (name, mode) in [
+        ("ca.pem", 0o644),
+        ("session.pem", 0o644),
+        ("session.key", 0o600),
+    ] {
+        let path = cert_dir.join(name);
+        let data = fs::read(&path).map_err(|source| DockerError::Io {
+            action: "read",
+            path: path.clone(),
+            source,
+        })?;
+        entries.push(TarEntry::file(&format!("run/sessionfs/{name}"), mode, data));
+    }
+    write_tar(&entries).map_err(|source| DockerError::Io {
+        action: "pack the certificates of",
+        path: cert_dir.to_path_buf(),
+        source,
+    })
+}
+
+/// One member of an in-memory tar archive.
+#[derive(Debug, Clone)]
+pub struct TarEntry {
+    /// Relative path; directories end in `/`.
+    pub path: String,
+    /// Permission bits.
+    pub mode: u32,
+    /// File contents; `None` for a directory.
+    pub data: Option<Vec<u8>>,
+}
+
+impl TarEntry {
+    /// A directory entry.
+    pub fn dir(path: &str, mode: u32) -> TarEntry {
+        TarEntry {
+            path: path.to_owned(),
+            mode,
+            data: None,
+        }
+    }
+
+    /// A regular file entry.
+    pub fn file(path: &str, mode: u32, data: Vec<u8>) -> TarEntry {
+        TarEntry {
+            path: path.to_owned(),
+            mode,
+            data: Some(data),
+        }
+    }
+}
+
+/// Packs `entries` (owned by root, modified now) into a tar archive in memory.
+pub fn write_tar(entries: &[TarEntry]) -> std::io::Result<Vec<u8>> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut builder = tar::Builder::new(Vec::new());
+    for entry in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(entry.mode);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(now);
+        match &entry.data {
+            Some(data) => {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(data.len() as u64);
+                builder.append_data(&mut header, &entry.path, data.as_slice())?;
+            }
+            None => {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_size(0);
+                builder.append_data(&mut header, &entry.path, std::io::empty())?;
+            }
+        }
+    }
+    builder.into_inner()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_memory("512m").unwrap(), 512 << 20);
+        assert_eq!(parse_memory("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_memory("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_memory("2gb").unwrap(), 2 << 30);
+        assert_eq!(parse_memory("64k").unwrap(), 64 << 10);
+        assert_eq!(parse_memory("100b").unwrap(), 100);
+        for bad in ["", "m", "1.5g", "-1", "0", "12x", "9999999999999t"] {
+            let err = parse_memory(bad).unwrap_err().to_string();
+            assert!(err.starts_with("invalid memory size"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn cpus() {
+        assert_eq!(parse_cpus("1").unwrap(), 1_000_000_000);
+        assert_eq!(parse_cpus("0.5").unwrap(), 500_000_000);
+        assert_eq!(parse_cpus("1.25").unwrap(), 1_250_000_000);
+        for bad in ["0", "-1", "nan", "inf", "x", "4096"] {
+            assert!(parse_cpus(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn volume_names() {
+        for ok in ["sessionfs-web", "data_1", "a.b"] {
+            check_volume_name(ok).unwrap();
+        }
+        for bad in ["", "a", "-x", "a/b", "../x", "a b"] {
+            assert!(check_volume_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn container_request() {
+        let home = Home::new("/state").unwrap();
+        let id: SessionId = "web".parse().unwrap();
+        let spec = ContainerSpec {
+            image: "img:1".into(),
+            nano_cpus: Some(500_000_000),
+            memory: Some(256 << 20),
+            workspace: WorkspaceSource::Volume("sessionfs-web".into()),
+            env: vec![("A".into(), "b=c".into())],
+        };
+        let body = container_body(&id, &spec, "/sessionfsd", object_labels(&home, &id));
+        let json = serde_json::to_value(&body).unwrap();
+        assert_eq!(
+            json["Cmd"],
+            serde_json::json!([
+                "--session-id",
+                "web",
+                "--cert-dir",
+                "/run/sessionfs",
+                "--root",
+                "/workspace",
+                "--listen",
+                "0.0.0.0:7878"
+            ])
+        );
+        assert_eq!(
+            json["Healthcheck"]["Test"],
+            serde_json::json!([
+                "CMD",
+                "/sessionfsd",
+                "--health",
+                "--session-id",
+                "web",
+                "--cert-dir",
+                "/run/sessionfs",
+                "--listen",
+                "0.0.0.0:7878"
+            ])
+        );
+        assert_eq!(json["Healthcheck"]["Interval"], 2_000_000_000i64);
+        assert_eq!(json["Healthcheck"]["Timeout"], 2_000_000_000i64);
+        assert_eq!(json["Healthcheck"]["Retries"], 3);
+        assert_eq!(json["ExposedPorts"], serde_json::json!({"7878/udp": {}}));
+        assert_eq!(json["Env"], serde_json::json!(["NO_COLOR=1", "A=b=c"]));
+        assert_eq!(json["Labels"]["sessionfs.session"], "web");
+        assert_eq!(json["Labels"]["sessionfs.managed"], "1");
+        assert_eq!(json["Labels"]["sessionfs.home"], "/state");
+        let host = &json["HostConfig"];
+        assert_eq!(host["NanoCpus"], 500_000_000i64);
+        assert_eq!(host["Memory"], 256i64 << 20);
+        assert_eq!(host["RestartPolicy"]["Name"], "unless-stopped");
+        assert_eq!(
+            host["PortBindings"]["7878/udp"],
+            serde_json::json!([{"HostIp": "127.0.0.1", "HostPort": ""}])
+        );
+        assert_eq!(
+            host["Mounts"],
+            serde_json::json!([{"Target": "/workspace", "Source": "sessionfs-web", "Type": "volume"}])
+        );
+    }
+
+    #[test]
+    fn certificates_archive() {
+        let tmp = tempfile::tempdir().unwrap();
+        for name in ["ca.pem", "session.pem", "session.key"] {
+            fs::write(tmp.path().join(name), name).unwrap();
+        }
+        let bytes = certs_tar(tmp.path()).unwrap();
+        let mut archive = tar::Archive::new(bytes.as_slice());
+        let mut seen = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let entry = entry.unwrap();
+            let header = entry.header();
+            seen.push((
+                entry.path().unwrap().display().to_string(),
+                header.mode().unwrap(),
+                header.uid().unwrap(),
+                header.entry_type().is_dir(),
+            ));
+        }
+        assert_eq!(
+            seen,
+            [
+                ("run/".to_owned(), 0o755, 0, true),
+                ("run/sessionfs/".to_owned(), 0o700, 0, true),
+                ("run/sessionfs/ca.pem".to_owned(), 0o644, 0, false),
+                ("run/sessionfs/session.pem".to_owned(), 0o644, 0, false),
+                ("run/sessionfs/session.key".to_owned(), 0o600, 0, false),
+            ]
+        );
+        fs::remove_file(tmp.path().join("session.key")).unwrap();
+        let err = certs_tar(tmp.path()).unwrap_err().to_string();
+        assert!(err.contains("session.key"), "{err}");
+    }
+}

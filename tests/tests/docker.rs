@@ -1,0 +1,550 @@
+//! Docker sessions end to end, against the real Docker engine (never skipped: without an engine
+//! these tests fail). Three docker sessions and a local one mounted together pass the differential
+//! scenario; `session stop` answers ENOTCONN and `session start` recovers on the published port it
+//! gets; the volume's data survives stop/start and `rm` without `--purge`; `rm --purge` removes the
+//! container and the volume but never a `--workspace` directory; image and create errors are clear
+//! and leave nothing behind. Every container and volume a test makes is removed by label when its
+//! harness is dropped.
+
+use std::fs;
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use sessionfs_tests::scenario::{assert_same, scenario};
+use sessionfs_tests::{docker, docker_image, docker_succeeds, wait_until, Harness};
+
+/// The recorded endpoint of a session (`session ls --json`).
+fn endpoint(h: &Harness, id: &str) -> Result<Option<SocketAddr>> {
+    let v = h.session_json(id)?;
+    Ok(match v["endpoint"].as_str() {
+        Some(e) => Some(e.parse()?),
+        None => None,
+    })
+}
+
+/// `docker inspect -f FORMAT NAME`, trimmed.
+fn inspect(name: &str, format: &str) -> Result<String> {
+    Ok(docker(&["inspect", "-f", format, name])?.trim().to_owned())
+}
+
+#[test]
+fn three_docker_sessions_and_a_local_one_agree_with_a_local_directory() -> Result<()> {
+    let mut h = Harness::new()?;
+    let ids: Vec<String> = (0..3).map(|i| h.unique_id(&format!("dk{i}"))).collect();
+    let host_ws = h.dir.path().join("host-ws");
+    fs::create_dir(&host_ws)?;
+    let out = h.create_docker_session(
+        &ids[0],
+        &["--cpus", "1", "--memory", "512m", "--env", "TEAM=a=b"],
+    )?;
+    ensure!(
+        out.contains(&format!(
+            "serving volume sessionfs-{0} in container sessionfs-{0}",
+            ids[0]
+        )),
+        "{out}"
+    );
+    h.create_docker_session(&ids[1], &[])?;
+    h.create_docker_session(
+        &ids[2],
+        &["--workspace", host_ws.to_str().context("utf-8")?],
+    )?;
+    let local_id = h.unique_id("loc");
+    h.create_session(&local_id)?;
+    h.mount()?;
+
+    // What Docker holds for the first session.
+    let c0 = format!("sessionfs-{}", ids[0]);
+    ensure!(inspect(&c0, "{{index .Config.Labels \"sessionfs.session\"}}")? == ids[0]);
+    ensure!(inspect(&c0, "{{index .Config.Labels \"sessionfs.managed\"}}")? == "1");
+    ensure!(inspect(&c0, "{{.HostConfig.RestartPolicy.Name}}")? == "unless-stopped");
+    ensure!(inspect(&c0, "{{.HostConfig.NanoCpus}}")? == "1000000000");
+    ensure!(inspect(&c0, "{{.HostConfig.Memory}}")? == (512u64 << 20).to_string());
+    ensure!(inspect(&c0, "{{json .Config.Env}}")?.contains("\"TEAM=a=b\""));
+    let health = inspect(&c0, "{{json .Config.Healthcheck}}")?;
+    ensure!(
+        health.contains(&format!(
+            "\"Test\":[\"CMD\",\"/sessionfsd\",\"--health\",\"--session-id\",\"{}\",\
+             \"--cert-dir\",\"/run/sessionfs\",\"--listen\",\"0.0.0.0:7878\"]",
+            ids[0]
+        )) && health.contains("\"Interval\":2000000000")
+            && health.contains("\"Timeout\":2000000000")
+            && health.contains("\"Retries\":3"),
+        "{health}"
+    );
+    let binding = inspect(&c0, "{{json .NetworkSettings.Ports}}")?;
+    let ep0 = endpoint(&h, &ids[0])?.context("no endpoint")?;
+    ensure!(
+        binding.contains(&format!(
+            "\"7878/udp\":[{{\"HostIp\":\"127.0.0.1\",\"HostPort\":\"{}\"}}]",
+            ep0.port()
+        )),
+        "{binding} vs {ep0}"
+    );
+    ensure!(ep0.ip().is_loopback());
+    ensure!(inspect(&c0, "{{(index .Mounts 0).Name}}")? == c0);
+    // Certificates were delivered into the container, the key private; the image has none.
+    let listing = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("docker cp {c0}:/run/sessionfs - | tar tvf -"))
+        .output()?;
+    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+    ensure!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("-rw------- root/root") && l.ends_with("session.key")),
+        "{listing}"
+    );
+    let image_id = inspect(docker_image()?, "{{.Id}}")?;
+    ensure!(inspect(&c0, "{{.Image}}")? == image_id);
+    let history = docker(&[
+        "history",
+        "--no-trunc",
+        "--format",
+        "{{.CreatedBy}}",
+        &image_id,
+    ])?;
+    ensure!(
+        !history.contains("sessionfs/") && !history.contains(".key"),
+        "{history}"
+    );
+
+    // `session ls`: backend, endpoint, container and health for every session.
+    for id in &ids {
+        let v = h.session_json(id)?;
+        ensure!(v["backend"] == "docker" && v["state"] == "running", "{v}");
+        ensure!(v["container"] == format!("sessionfs-{id}"), "{v}");
+        ensure!(v["alive"] == true, "{v}");
+        ensure!(
+            v["labels"]["docker.container"] == format!("sessionfs-{id}"),
+            "{v}"
+        );
+    }
+    ensure!(h.session_json(&ids[0])?["workspace"].is_null());
+    ensure!(h.session_json(&ids[0])?["labels"]["docker.volume"] == c0);
+    ensure!(
+        h.session_json(&ids[2])?["workspace"] == host_ws.to_str().context("utf-8")?,
+        "{}",
+        h.session_json(&ids[2])?
+    );
+    let local = h.session_json(&local_id)?;
+    ensure!(
+        local["container"].is_null() && local["health"].is_null(),
+        "{local}"
+    );
+    wait_until(
+        "docker health checks to pass",
+        Duration::from_secs(20),
+        || {
+            ids.iter()
+                .all(|id| h.session_json(id).is_ok_and(|v| v["health"] == "healthy"))
+        },
+    )?;
+    let table = h.ok(&["session", "ls"])?;
+    let header = table.lines().next().context("empty table")?;
+    ensure!(
+        header.split_whitespace().collect::<Vec<_>>()
+            == [
+                "ID",
+                "BACKEND",
+                "STATE",
+                "ENDPOINT",
+                "CONTAINER",
+                "HEALTH",
+                "WORKSPACE"
+            ],
+        "{table}"
+    );
+    let row0 = table
+        .lines()
+        .find(|l| l.starts_with(&format!("{} ", ids[0])))
+        .context("no row")?;
+    ensure!(
+        row0.split_whitespace().collect::<Vec<_>>()
+            == [
+                ids[0].as_str(),
+                "docker",
+                "running",
+                &ep0.to_string(),
+                &c0,
+                "healthy",
+                "volume",
+                &c0
+            ],
+        "{table}"
+    );
+    let row_local = table
+        .lines()
+        .find(|l| l.starts_with(&format!("{local_id} ")))
+        .context("no local row")?;
+    let cells: Vec<&str> = row_local.split_whitespace().collect();
+    ensure!(
+        cells[1] == "local" && cells[4] == "-" && cells[5] == "-",
+        "{table}"
+    );
+
+    // The differential scenario on every session, docker and local, mounted together.
+    let plain = h.dir.path().join("plain");
+    fs::create_dir(&plain)?;
+    let expected = scenario(&plain);
+    for id in ids.iter().chain([&local_id]) {
+        let seen = scenario(&h.path(id, ""));
+        assert_same(&expected, &seen, &format!("session {id}"));
+    }
+    // The bind-mounted session wrote into the host directory.
+    ensure!(host_ws.join("repo/README").is_file());
+    h.unmount()?;
+    Ok(())
+}
+
+#[test]
+fn stop_answers_enotconn_and_start_recovers_with_the_data() -> Result<()> {
+    let mut h = Harness::new()?;
+    let id = h.unique_id("stop");
+    h.create_docker_session(&id, &[])?;
+    h.mount()?;
+    let file = h.path(&id, "keep.txt");
+    fs::write(&file, b"survives stop and start\n")?;
+    let before = endpoint(&h, &id)?.context("no endpoint")?;
+
+    let out = h.ok(&["session", "stop", &id])?;
+    ensure!(
+        out.trim() == format!("stopped session {id} (container sessionfs-{id})"),
+        "{out}"
+    );
+    let v = h.session_json(&id)?;
+    ensure!(
+        v["state"] == "stopped" && v["endpoint"].is_null() && v["alive"] == false,
+        "{v}"
+    );
+    ensure!(v["health"] == "exited", "{v}");
+    ensure!(inspect(&format!("sessionfs-{id}"), "{{.State.Running}}")? == "false");
+    let mut last = None;
+    wait_until(
+        "ENOTCONN from the stopped session",
+        Duration::from_secs(2),
+        || {
+            let err = fs::metadata(&file).err().and_then(|e| e.raw_os_error());
+            last = err;
+            err == Some(libc::ENOTCONN)
+        },
+    )
+    .with_context(|| format!("last errno {last:?}"))?;
+    // Stopping again is harmless.
+    let out = h.ok(&["session", "stop", &id])?;
+    ensure!(
+        out.trim() == format!("session {id} was already stopped"),
+        "{out}"
+    );
+
+    let out = h.ok(&["session", "start", &id])?;
+    ensure!(
+        out.starts_with(&format!("started session {id} at 127.0.0.1:")),
+        "{out}"
+    );
+    let after = endpoint(&h, &id)?.context("no endpoint after start")?;
+    ensure!(after.ip().is_loopback());
+    ensure!(
+        inspect(
+            &format!("sessionfs-{id}"),
+            "{{(index (index .NetworkSettings.Ports \"7878/udp\") 0).HostPort}}"
+        )? == after.port().to_string()
+    );
+    eprintln!("endpoint before stop {before}, after start {after}");
+    let mut seen = String::new();
+    wait_until(
+        "the restarted session to answer",
+        Duration::from_secs(10),
+        || match fs::read_to_string(&file) {
+            Ok(text) => {
+                seen = text;
+                true
+            }
+            Err(_) => false,
+        },
+    )?;
+    ensure!(seen == "survives stop and start\n", "{seen:?}");
+    fs::write(h.path(&id, "after.txt"), b"written after the restart")?;
+    ensure!(fs::read(h.path(&id, "after.txt"))? == b"written after the restart");
+    ensure!(h.session_json(&id)?["state"] == "running");
+    // Starting a running session changes nothing.
+    let out = h.ok(&["session", "start", &id])?;
+    ensure!(
+        out.trim() == format!("session {id} is already running at {after}"),
+        "{out}"
+    );
+    h.unmount()?;
+    Ok(())
+}
+
+#[test]
+fn rm_keeps_the_volume_unless_purged_and_never_deletes_a_host_workspace() -> Result<()> {
+    let mut h = Harness::new()?;
+    let id = h.unique_id("rm");
+    let container = format!("sessionfs-{id}");
+    h.create_docker_session(&id, &[])?;
+    h.mount()?;
+    fs::write(h.path(&id, "data.txt"), b"in the volume")?;
+
+    let out = h.ok(&["session", "rm", &id])?;
+    ensure!(
+        out.starts_with(&format!(
+            "removed session {id} (removed container {container})"
+        )),
+        "{out}"
+    );
+    ensure!(
+        out.contains(&format!(
+            "kept volume {container} (use --purge to delete it)"
+        )),
+        "{out}"
+    );
+    ensure!(!docker_succeeds(&["container", "inspect", &container]));
+    ensure!(docker_succeeds(&["volume", "inspect", &container]));
+    ensure!(!h.home.join("sessions").join(&id).exists());
+    wait_until(
+        "the removed session to leave the mount",
+        Duration::from_secs(2),
+        || !h.path(&id, "").exists(),
+    )?;
+
+    // The same id again reuses the kept volume: the data is still there.
+    h.create_docker_session(&id, &[])?;
+    let mut seen = Vec::new();
+    wait_until(
+        "the new container to serve the old volume",
+        Duration::from_secs(10),
+        || match fs::read(h.path(&id, "data.txt")) {
+            Ok(bytes) => {
+                seen = bytes;
+                true
+            }
+            Err(_) => false,
+        },
+    )?;
+    ensure!(seen == b"in the volume");
+
+    let out = h.ok(&["session", "rm", &id, "--purge"])?;
+    ensure!(
+        out.contains(&format!("deleted volume {container}")),
+        "{out}"
+    );
+    ensure!(!docker_succeeds(&["container", "inspect", &container]));
+    ensure!(!docker_succeeds(&["volume", "inspect", &container]));
+    ensure!(h.session_json(&id).is_err());
+
+    // A bind-mounted host directory survives --purge.
+    let host_ws = h.dir.path().join("host");
+    fs::create_dir(&host_ws)?;
+    let hid = h.unique_id("host");
+    h.create_docker_session(&hid, &["--workspace", host_ws.to_str().context("utf-8")?])?;
+    wait_until(
+        "the host-dir session to appear",
+        Duration::from_secs(2),
+        || h.path(&hid, "").exists(),
+    )?;
+    fs::write(h.path(&hid, "f.txt"), b"on the host")?;
+    ensure!(fs::read(host_ws.join("f.txt"))? == b"on the host");
+    let out = h.ok(&["session", "rm", &hid, "--purge"])?;
+    ensure!(
+        out.contains(&format!(
+            "kept workspace {} (a --workspace directory is never deleted)",
+            host_ws.display()
+        )),
+        "{out}"
+    );
+    ensure!(fs::read(host_ws.join("f.txt"))? == b"on the host");
+    ensure!(h.docker_objects(false)?.is_empty() && h.docker_objects(true)?.is_empty());
+    h.unmount()?;
+    Ok(())
+}
+
+/// Removes an image tag when dropped.
+struct TagGuard(String);
+
+impl Drop for TagGuard {
+    fn drop(&mut self) {
+        let _ = docker(&["rmi", &self.0]);
+    }
+}
+
+#[test]
+fn image_and_create_errors_are_clear_and_leave_nothing_behind() -> Result<()> {
+    let mut h = Harness::new()?;
+    h.uses_docker();
+    let image = docker_image()?;
+
+    // A base image that is not there is refused before building.
+    let out = h.run(&[
+        "image",
+        "build",
+        "--base",
+        "sessionfs-no-such-image:1",
+        "--tag",
+        "x:1",
+    ])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "{err}");
+    ensure!(
+        err.contains("base image `sessionfs-no-such-image:1` does not exist locally"),
+        "{err}"
+    );
+    // A dynamically linked daemon is refused.
+    let dynamic = sessionfs_tests::bin_dir()?.join("sessionfsd");
+    let out = h
+        .cli()
+        .args(["image", "build", "--tag", "x:1"])
+        .env("SESSIONFS_STATIC_DAEMON", &dynamic)
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "{err}");
+    ensure!(
+        err.contains("is dynamically linked") && err.contains("crt-static"),
+        "{err}"
+    );
+
+    // Create failures: a missing image, and a limit the engine refuses after the volume was
+    // made. Neither leaves a registration, a session directory, a container or a volume.
+    let id = h.unique_id("bad");
+    let out = h.run(&[
+        "session",
+        "create",
+        &id,
+        "--backend",
+        "docker",
+        "--image",
+        "sessionfs-no-such-image:2",
+    ])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success()
+            && err.contains("image `sessionfs-no-such-image:2` does not exist locally"),
+        "{err}"
+    );
+    let out = h.run(&[
+        "session",
+        "create",
+        &id,
+        "--backend",
+        "docker",
+        "--image",
+        image,
+        "--cpus",
+        "1000",
+    ])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("cannot create container"),
+        "{err}"
+    );
+    ensure!(h.session_json(&id).is_err());
+    ensure!(!h.home.join("sessions").join(&id).exists());
+    ensure!(h.docker_objects(false)?.is_empty(), "containers left");
+    ensure!(h.docker_objects(true)?.is_empty(), "volumes left");
+    // Options of the other backend are refused.
+    let out = h.run(&["session", "create", &id, "--image", image])?;
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains("--image applies only to --backend docker")
+    );
+
+    // --base: the daemon goes into an existing image at /usr/local/bin/sessionfsd.
+    let based = format!("sessionfs-test-based:{}", std::process::id());
+    let _guard = TagGuard(based.clone());
+    let out = h.ok(&["image", "build", "--base", image, "--tag", &based])?;
+    ensure!(
+        out.contains(&format!("built image {based}"))
+            && out.contains("daemon at /usr/local/bin/sessionfsd"),
+        "{out}"
+    );
+    ensure!(inspect(&based, "{{json .Config.Entrypoint}}")? == "[\"/usr/local/bin/sessionfsd\"]");
+    ensure!(inspect(&based, "{{index .Config.Labels \"sessionfs.image\"}}")? == "1");
+    let bid = h.unique_id("based");
+    h.ok(&[
+        "session",
+        "create",
+        &bid,
+        "--backend",
+        "docker",
+        "--image",
+        &based,
+    ])?;
+    wait_until(
+        "the based session's health check",
+        Duration::from_secs(20),
+        || h.session_json(&bid).is_ok_and(|v| v["health"] == "healthy"),
+    )?;
+    h.mount()?;
+    fs::write(h.path(&bid, "hello"), b"from a based image")?;
+    ensure!(fs::read(h.path(&bid, "hello"))? == b"from a based image");
+    match fs::read(h.path(&bid, "missing")) {
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        other => anyhow::bail!("expected ENOENT, got {other:?}"),
+    }
+    h.unmount()?;
+    h.ok(&["session", "rm", &bid, "--purge"])?;
+    Ok(())
+}
+
+#[test]
+fn a_daemon_that_dies_at_start_is_reported_and_rolled_back() -> Result<()> {
+    let mut h = Harness::new()?;
+    h.uses_docker();
+    // A static stand-in for the daemon that says why it fails and exits.
+    let src = h.dir.path().join("dies.c");
+    fs::write(
+        &src,
+        "#include <stdio.h>\nint main(void) { fputs(\"boom: no workspace today\\n\", stderr); return 3; }\n",
+    )?;
+    let bin = h.dir.path().join("dies");
+    let cc = std::process::Command::new("cc")
+        .arg("-static")
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .context("cc (scripts/install-deps.sh installs gcc)")?;
+    ensure!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let tag = format!("sessionfs-test-dies:{}", std::process::id());
+    let _guard = TagGuard(tag.clone());
+    let out = h
+        .cli()
+        .args(["image", "build", "--tag", &tag])
+        .env("SESSIONFS_STATIC_DAEMON", &bin)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let id = h.unique_id("dies");
+    let out = h.run(&[
+        "session",
+        "create",
+        &id,
+        "--backend",
+        "docker",
+        "--image",
+        &tag,
+    ])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "{err}");
+    ensure!(
+        err.contains(&format!(
+            "container sessionfs-{id} of session `{id}` did not become ready"
+        )) && err.contains("exit code 3")
+            && err.contains("boom: no workspace today"),
+        "{err}"
+    );
+    ensure!(h.session_json(&id).is_err());
+    ensure!(!h.home.join("sessions").join(&id).exists());
+    ensure!(h.docker_objects(false)?.is_empty(), "containers left");
+    ensure!(h.docker_objects(true)?.is_empty(), "volumes left");
+    Ok(())
+}
