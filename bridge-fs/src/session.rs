@@ -67,10 +67,12 @@ impl Sessions {
     }
 
     /// Replaces the known sessions with `records` (a full registry listing).
+    /// Records in state `gone` (their container was removed behind sessionfs's back) are left out:
+    /// they disappear from the mount root as if removed.
     pub fn update(&self, records: Vec<SessionRecord>) {
         let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
         let mut next = BTreeMap::new();
-        for record in records {
+        for record in records.into_iter().filter(|r| r.state != SessionState::Gone) {
             let session = match table.remove(&record.id) {
                 Some(s) => {
                     s.set_record(record);
