@@ -72,7 +72,10 @@ impl Sessions {
     pub fn update(&self, records: Vec<SessionRecord>) {
         let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
         let mut next = BTreeMap::new();
-        for record in records.into_iter().filter(|r| r.state != SessionState::Gone) {
+        for record in records
+            .into_iter()
+            .filter(|r| r.state != SessionState::Gone)
+        {
             let session = match table.remove(&record.id) {
                 Some(s) => {
                     s.set_record(record);

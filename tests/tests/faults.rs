@@ -57,6 +57,7 @@ fn killed_daemon_errors_within_bound_then_recovers_on_a_new_port() -> Result<()>
         .and_then(|e| e.raw_os_error())
         .context("write to a dead session succeeded")?;
     assert!(DEAD.contains(&errno), "unexpected errno {errno}");
+    eprintln!("dead session answered errno {errno} after {took:?} (bound {bound:?})");
     assert!(
         took <= bound,
         "dead session answered after {took:?}, bound {bound:?}"
