@@ -1,4 +1,4 @@
-//! The `sessionfs` commands: `session create|ls|stop|start|rm`, `image build`, `mount` and
+//! The `sessionfs` commands: `session create|ls|stop|start|rm|recreate`, `image build`, `mount` and
 //! `umount`.
 //!
 //! Each command is a function taking the state directory and its arguments and returning
@@ -49,6 +49,19 @@ pub enum CommandError {
     /// `--dir` is not a directory.
     #[error("workspace directory {} is not a directory", .0.display())]
     DirNotDirectory(PathBuf),
+    /// A docker-only command on a session of another backend.
+    #[error("session `{id}` uses the {backend} backend; `session {command}` applies to docker sessions only")]
+    DockerOnly {
+        /// The session.
+        id: SessionId,
+        /// Its backend.
+        backend: Backend,
+        /// The command.
+        command: &'static str,
+    },
+    /// The Docker reconciler thread could not be started.
+    #[error("cannot start the docker reconciler: {0}")]
+    Reconciler(#[source] std::io::Error),
     /// The session belongs to a backend this command line does not manage.
     #[error("session `{id}` uses the {backend} backend, which `sessionfs session` cannot manage")]
     UnsupportedBackend {
@@ -451,6 +464,7 @@ fn create_docker(
         .modify(&id, |r| {
             r.endpoint = Some(provisioned.endpoint);
             r.labels.extend(provisioned.record_labels());
+            r.labels.extend(spec.record_labels());
         })
         .map_err(|e| undo_all(e.into()))?;
     engine
@@ -987,6 +1001,114 @@ pub fn remove(home: &Home, id: &str, purge: bool) -> Result<Removed, CommandErro
 }
 
 // ---------------------------------------------------------------------------------------
+// session recreate
+
+/// What `session recreate` did.
+#[derive(Debug, Clone)]
+pub struct Recreated {
+    /// The updated record.
+    pub record: SessionRecord,
+    /// Whether an old container existed (and was removed).
+    pub replaced: bool,
+}
+
+impl fmt::Display for Recreated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = &self.record;
+        let container = r
+            .labels
+            .get(docker::RECORD_CONTAINER)
+            .cloned()
+            .unwrap_or_else(|| docker::container_name(&r.id));
+        let image = r
+            .labels
+            .get(docker::RECORD_IMAGE)
+            .map_or("-", String::as_str);
+        write!(
+            f,
+            "recreated session {} at {} serving {} in container {container} from image {image}",
+            r.id,
+            endpoint_text(r),
+            workspace_text(r)
+        )?;
+        if !self.replaced {
+            f.write_str(" (the old container was already gone)")?;
+        }
+        Ok(())
+    }
+}
+
+/// `session recreate`: replaces a docker session's container with a new one from its image
+/// (`image`, else the recorded one, possibly rebuilt meanwhile) on the same volume or host
+/// directory with the same limits and environment; uploads the certificates, starts it,
+/// waits until ready and records the new endpoint. The mount follows the new endpoint
+/// without a remount. The image is checked before the old container is removed; if the new
+/// container does not come up it is stopped and the session recorded `stopped` (`gone` if
+/// it could not be created), and `recreate` may be run again.
+pub fn recreate(home: &Home, id: &str, image: Option<&str>) -> Result<Recreated, CommandError> {
+    let id = parse_id(id)?;
+    let registry = home.open_registry()?;
+    let _lock = home.lock()?;
+    let record = get_record(&registry, &id)?;
+    if record.backend != Backend::Docker {
+        return Err(CommandError::DockerOnly {
+            id,
+            backend: record.backend,
+            command: "recreate",
+        });
+    }
+    if let Some(image) = image {
+        image::check_reference(image)?;
+    }
+    let spec = ContainerSpec::from_record(&record, image)?;
+    let engine = Engine::connect()?;
+    // Refuse a missing or foreign image while the old container still exists.
+    engine.session_image_daemon(&spec.image)?;
+    let old = docker::record_container(&record);
+    let replaced = engine.remove_container(&old)?;
+    info!(session = %id, container = %old, replaced, "removed the old container");
+    let provisioned = match engine.provision(home, &id, &spec) {
+        Ok(p) => p,
+        Err(e) => {
+            registry.modify(&id, |r| {
+                r.state = SessionState::Gone;
+                r.endpoint = None;
+                r.pid = None;
+            })?;
+            return Err(e.into());
+        }
+    };
+    registry.modify(&id, |r| {
+        r.state = SessionState::Starting;
+        r.endpoint = Some(provisioned.endpoint);
+        r.pid = None;
+        r.labels.extend(provisioned.record_labels());
+        r.labels.extend(spec.record_labels());
+    })?;
+    let ready = engine.wait_ready(
+        home,
+        &id,
+        &provisioned.container,
+        provisioned.endpoint,
+        docker::READY_TIMEOUT,
+    );
+    if let Err(e) = ready {
+        let current = get_record(&registry, &id)?;
+        if let Err(se) = engine.stop(&current) {
+            warn!(session = %id, error = %se, "cannot stop the new container");
+        }
+        registry.modify(&id, |r| {
+            r.state = SessionState::Stopped;
+            r.endpoint = None;
+        })?;
+        return Err(e.into());
+    }
+    let record = registry.modify(&id, |r| r.state = SessionState::Running)?;
+    info!(session = %id, container = %provisioned.container, "recreated docker session");
+    Ok(Recreated { record, replaced })
+}
+
+// ---------------------------------------------------------------------------------------
 // image build
 
 /// `image build`: builds the session image (see [`image::build`]), passing each line of the
@@ -1010,8 +1132,13 @@ fn check_purge(home: &Home, ws: &Path) -> Result<(), CommandError> {
     if ws.parent().is_none() {
         return refuse("it is the root directory");
     }
-    if std::env::var_os("HOME").is_some_and(|h| Path::new(&h) == ws) {
-        return refuse("it is your home directory");
+    // `ws` is canonical; compare with the canonical home too (it may sit behind a symlink), and refuse
+    // the home directory and everything above it.
+    if let Some(h) = std::env::var_os("HOME") {
+        let home_dir = fs::canonicalize(&h).unwrap_or_else(|_| Path::new(&h).to_path_buf());
+        if home_dir.starts_with(ws) {
+            return refuse("it is your home directory or contains it");
+        }
     }
     let state = fs::canonicalize(home.root()).unwrap_or_else(|_| home.root().to_path_buf());
     if state.starts_with(ws) {
@@ -1073,6 +1200,9 @@ pub fn mount(home: &Home, opts: &MountOptions) -> Result<(), CommandError> {
     config.connect_timeout = config.connect_timeout.min(opts.op_timeout);
     config.fuse_threads = opts.threads.max(1);
     info!(mountpoint = %mountpoint.display(), home = %home.root().display(), "mounting");
+    // Follows Docker while mounted; stopped and joined when dropped, after the unmount.
+    let _watcher =
+        crate::reconcile::Watcher::spawn(home.clone()).map_err(CommandError::Reconciler)?;
     sessionfs_bridge::mount(config, &mountpoint).map_err(|source| CommandError::Bridge {
         mountpoint: opts.mountpoint.clone(),
         source,
@@ -1566,6 +1696,14 @@ died  docker   dead     127.0.0.1:32768  sessionfs-died  exited   volume session
             "{msg}"
         );
         assert!(check_purge(&home, &tmp.path().join("elsewhere")).is_ok());
+        // The home directory and any directory above it are refused.
+        if let Some(h) = std::env::var_os("HOME") {
+            let h = fs::canonicalize(h).unwrap();
+            assert!(check_purge(&home, &h).is_err());
+            if let Some(parent) = h.parent().filter(|p| p.parent().is_some()) {
+                assert!(check_purge(&home, parent).is_err());
+            }
+        }
     }
 
     #[test]

@@ -20,23 +20,25 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::fs;
+use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HealthConfig,
-    HealthStatusEnum, HostConfig, ImageInspect, Mount, MountType, PortBinding, RestartPolicy,
-    RestartPolicyNameEnum, VolumeCreateRequest,
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummary,
+    EventMessage, HealthConfig, HealthStatusEnum, HostConfig, ImageInspect, Mount, MountType,
+    PortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder,
-    UploadToContainerOptionsBuilder,
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, EventsOptionsBuilder,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bollard::{Docker, API_DEFAULT_VERSION};
-use futures_util::StreamExt;
-use sessionfs_registry::{SessionId, SessionRecord};
+use futures_util::{Stream, StreamExt};
+use sessionfs_registry::{SessionId, SessionRecord, SessionState};
 use tracing::{debug, info, warn};
 
 use crate::state::Home;
@@ -58,6 +60,12 @@ pub const RECORD_IMAGE: &str = "docker.image";
 pub const RECORD_VOLUME: &str = "docker.volume";
 /// Record label: the host directory bind-mounted at `/workspace`.
 pub const RECORD_WORKSPACE: &str = "docker.workspace";
+/// Record label: the CPU limit in billionths of a CPU (`--cpus`), if limited.
+pub const RECORD_NANO_CPUS: &str = "docker.nano-cpus";
+/// Record label: the memory limit in bytes (`--memory`), if limited.
+pub const RECORD_MEMORY: &str = "docker.memory";
+/// Record label: the `--env` variables, a JSON array of `KEY=VALUE` strings, if any.
+pub const RECORD_ENV: &str = "docker.env";
 
 /// The daemon's port inside the container.
 pub const DAEMON_PORT: u16 = 7878;
@@ -84,6 +92,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(200);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Lines of container log quoted in errors.
 const LOG_TAIL_LINES: usize = 20;
+/// How long one quick Docker API call (inspect, list) may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Errors of the Docker backend.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +159,22 @@ pub enum DockerError {
     /// The container has no published daemon port.
     #[error("container {0} has no host port published for {PORT_KEY}")]
     NoPort(String),
+    /// A Docker API call did not answer in time.
+    #[error("docker: cannot {action}: no answer within {} s", timeout.as_secs())]
+    Timeout {
+        /// What was attempted.
+        action: String,
+        /// The bound.
+        timeout: Duration,
+    },
+    /// A docker session's record lacks what is needed to rebuild its container.
+    #[error("session `{id}`: {reason}")]
+    BadRecord {
+        /// The session.
+        id: SessionId,
+        /// What is wrong.
+        reason: String,
+    },
     /// The container does not exist.
     #[error("container {container} of session `{id}` is gone (removed outside sessionfs?); remove the session with `sessionfs session rm {id}`")]
     ContainerGone {
@@ -295,6 +321,81 @@ pub struct ContainerSpec {
     pub workspace: WorkspaceSource,
     /// Extra environment variables `(KEY, VALUE)`.
     pub env: Vec<(String, String)>,
+}
+
+impl ContainerSpec {
+    /// The registry labels that let [`ContainerSpec::from_record`] rebuild this spec
+    /// (limits and environment; image and workspace are in [`Provisioned::record_labels`]).
+    pub fn record_labels(&self) -> Vec<(String, String)> {
+        let mut labels = Vec::new();
+        if let Some(n) = self.nano_cpus {
+            labels.push((RECORD_NANO_CPUS.to_owned(), n.to_string()));
+        }
+        if let Some(m) = self.memory {
+            labels.push((RECORD_MEMORY.to_owned(), m.to_string()));
+        }
+        if !self.env.is_empty() {
+            let env: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let json = serde_json::Value::from(env).to_string();
+            labels.push((RECORD_ENV.to_owned(), json));
+        }
+        labels
+    }
+
+    /// The spec a docker session's container was created with, from its record's labels;
+    /// `image` replaces the recorded image if given.
+    pub fn from_record(
+        record: &SessionRecord,
+        image: Option<&str>,
+    ) -> Result<ContainerSpec, DockerError> {
+        let bad = |reason: String| DockerError::BadRecord {
+            id: record.id.clone(),
+            reason,
+        };
+        let label = |key: &str| record.labels.get(key).map(String::as_str);
+        let image = match image.or_else(|| label(RECORD_IMAGE)) {
+            Some(i) => i.to_owned(),
+            None => return Err(bad(format!("no label {RECORD_IMAGE}; pass --image"))),
+        };
+        let workspace = match (label(RECORD_VOLUME), label(RECORD_WORKSPACE)) {
+            (Some(v), _) => WorkspaceSource::Volume(v.to_owned()),
+            (None, Some(d)) => WorkspaceSource::HostDir(PathBuf::from(d)),
+            (None, None) => {
+                return Err(bad(format!(
+                    "neither {RECORD_VOLUME} nor {RECORD_WORKSPACE} is recorded"
+                )))
+            }
+        };
+        let number = |key: &str| -> Result<Option<i64>, DockerError> {
+            label(key)
+                .map(|v| {
+                    v.parse::<i64>()
+                        .map_err(|_| bad(format!("label {key}={v:?} is not a number")))
+                })
+                .transpose()
+        };
+        let env = match label(RECORD_ENV) {
+            None => Vec::new(),
+            Some(json) => {
+                let items: Vec<String> = serde_json::from_str(json)
+                    .map_err(|e| bad(format!("label {RECORD_ENV} is not a JSON list: {e}")))?;
+                items
+                    .into_iter()
+                    .map(|item| match item.split_once('=') {
+                        Some((k, v)) => Ok((k.to_owned(), v.to_owned())),
+                        None => Err(bad(format!("label {RECORD_ENV} holds {item:?}"))),
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+        };
+        Ok(ContainerSpec {
+            image,
+            nano_cpus: number(RECORD_NANO_CPUS)?,
+            memory: number(RECORD_MEMORY)?,
+            workspace,
+            env,
+        })
+    }
 }
 
 /// What [`Engine::provision`] created; [`Engine::discard`] undoes it.
@@ -491,20 +592,85 @@ impl Engine {
         })
     }
 
-    /// The container, or `None` if it does not exist.
+    /// Runs `call` on the private runtime, giving up after `timeout`.
+    fn bounded<F: Future>(
+        &self,
+        action: impl FnOnce() -> String,
+        timeout: Duration,
+        call: F,
+    ) -> Result<F::Output, DockerError> {
+        self.runtime
+            // The timer is made inside the runtime, which it needs.
+            .block_on(async { tokio::time::timeout(timeout, call).await })
+            .map_err(|_| DockerError::Timeout {
+                action: action(),
+                timeout,
+            })
+    }
+
+    /// The container, or `None` if it does not exist (bounded by [`CALL_TIMEOUT`]).
     pub fn inspect_container(
         &self,
         container: &str,
     ) -> Result<Option<ContainerInspectResponse>, DockerError> {
-        match self
-            .runtime
-            .block_on(self.docker.inspect_container(container, None))
-        {
+        let action = || format!("inspect container {container}");
+        match self.bounded(
+            action,
+            CALL_TIMEOUT,
+            self.docker.inspect_container(container, None),
+        )? {
             Ok(found) => Ok(Some(found)),
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(DockerError::api(format!("inspect container {container}"))(
                 e,
             )),
+        }
+    }
+
+    /// Every container, running or not, labelled [`LABEL_MANAGED`]`=1` and [`LABEL_HOME`]
+    /// of `home` (bounded by [`CALL_TIMEOUT`]).
+    pub fn list_session_containers(
+        &self,
+        home: &Home,
+    ) -> Result<Vec<ContainerSummary>, DockerError> {
+        let filters = HashMap::from([("label", home_filters(home))]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let action = || "list the session containers".to_owned();
+        self.bounded(
+            action,
+            CALL_TIMEOUT,
+            self.docker.list_containers(Some(options)),
+        )?
+        .map_err(DockerError::api("list the session containers"))
+    }
+
+    /// The engine's container events for `home`'s session containers since `since` (unix
+    /// seconds), as a stream read with [`Engine::next_event`].
+    pub fn subscribe_events(&self, home: &Home, since: u64) -> EventStream {
+        let filters = HashMap::from([
+            ("type", vec!["container".to_owned()]),
+            ("label", home_filters(home)),
+        ]);
+        let options = EventsOptionsBuilder::default()
+            .since(&since.to_string())
+            .filters(&filters)
+            .build();
+        EventStream(Box::pin(self.docker.events(Some(options))))
+    }
+
+    /// Waits at most `wait` for the next event of `stream`.
+    pub fn next_event(&self, stream: &mut EventStream, wait: Duration) -> NextEvent {
+        match self
+            .runtime
+            .block_on(async { tokio::time::timeout(wait, stream.0.next()).await })
+        {
+            Err(_) => NextEvent::Idle,
+            Ok(None) => NextEvent::Ended,
+            Ok(Some(Ok(event))) => NextEvent::Event(Box::new(event)),
+            Ok(Some(Err(e))) => NextEvent::Failed(DockerError::api("read the event stream")(e)),
         }
     }
 
@@ -581,7 +747,7 @@ impl Engine {
 
     /// The session image's daemon path (its entrypoint), checking that `image` exists and
     /// is labelled as a sessionfs session image.
-    fn session_image_daemon(&self, image: &str) -> Result<String, DockerError> {
+    pub fn session_image_daemon(&self, image: &str) -> Result<String, DockerError> {
         let found = self
             .inspect_image(image)?
             .ok_or_else(|| DockerError::ImageMissing(image.to_owned()))?;
@@ -928,6 +1094,67 @@ impl Engine {
             }
         }
     }
+}
+
+/// A stream of engine events (see [`Engine::subscribe_events`]).
+pub struct EventStream(Pin<Box<dyn Stream<Item = Result<EventMessage, bollard::errors::Error>>>>);
+
+impl fmt::Debug for EventStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EventStream")
+    }
+}
+
+/// What [`Engine::next_event`] saw.
+#[derive(Debug)]
+pub enum NextEvent {
+    /// An event.
+    Event(Box<EventMessage>),
+    /// Nothing within the wait.
+    Idle,
+    /// The engine closed the stream.
+    Ended,
+    /// Reading the stream failed.
+    Failed(DockerError),
+}
+
+/// The `label` filters selecting `home`'s session containers.
+fn home_filters(home: &Home) -> Vec<String> {
+    vec![
+        format!("{LABEL_MANAGED}=1"),
+        format!("{LABEL_HOME}={}", home.root().display()),
+    ]
+}
+
+/// The registry state and endpoint a docker session should have given its container:
+/// `running` while running and healthy or not yet checked (or without a health check),
+/// `unhealthy` when the health check fails or the container is paused, `starting` while
+/// Docker restarts it, `stopped` when it is created, exited or dead. The endpoint is the
+/// published port of a running container, else `None`.
+pub fn observed_state(inspected: &ContainerInspectResponse) -> (SessionState, Option<SocketAddr>) {
+    let state = inspected.state.clone().unwrap_or_default();
+    let session_state = if state.restarting == Some(true) {
+        SessionState::Starting
+    } else if state.paused == Some(true) {
+        SessionState::Unhealthy
+    } else if state.running == Some(true) {
+        match state.health.and_then(|h| h.status) {
+            Some(HealthStatusEnum::UNHEALTHY) => SessionState::Unhealthy,
+            _ => SessionState::Running,
+        }
+    } else {
+        match state.status {
+            Some(ContainerStateStatusEnum::RESTARTING) => SessionState::Starting,
+            _ => SessionState::Stopped,
+        }
+    };
+    let endpoint = match session_state {
+        SessionState::Running | SessionState::Unhealthy => {
+            host_port(inspected).map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, p)))
+        }
+        _ => None,
+    };
+    (session_state, endpoint)
 }
 
 /// The status shown when the engine cannot be asked.
@@ -1289,6 +1516,140 @@ mod tests {
             host["Mounts"],
             serde_json::json!([{"Target": "/workspace", "Source": "sessionfs-web", "Type": "volume"}])
         );
+    }
+
+    #[test]
+    fn spec_survives_the_record() {
+        let spec = ContainerSpec {
+            image: "img:1".into(),
+            nano_cpus: Some(1_500_000_000),
+            memory: Some(2 << 30),
+            workspace: WorkspaceSource::Volume("vol".into()),
+            env: vec![("A".into(), "b=c".into()), ("EMPTY".into(), String::new())],
+        };
+        let provisioned = Provisioned {
+            container: "sessionfs-web".into(),
+            container_id: "abc".into(),
+            image: spec.image.clone(),
+            workspace: spec.workspace.clone(),
+            volume_created: true,
+            endpoint: "127.0.0.1:4000".parse().unwrap(),
+        };
+        let mut record = SessionRecord::new(
+            "web".parse().unwrap(),
+            sessionfs_registry::Backend::Docker,
+            "x".into(),
+        );
+        record.labels.extend(provisioned.record_labels());
+        record.labels.extend(spec.record_labels());
+        let back = ContainerSpec::from_record(&record, None).unwrap();
+        assert_eq!(back.image, "img:1");
+        assert_eq!(back.nano_cpus, spec.nano_cpus);
+        assert_eq!(back.memory, spec.memory);
+        assert_eq!(back.workspace, spec.workspace);
+        assert_eq!(back.env, spec.env);
+        assert_eq!(
+            ContainerSpec::from_record(&record, Some("img:2"))
+                .unwrap()
+                .image,
+            "img:2"
+        );
+        // Without limits or environment nothing is recorded, and nothing comes back.
+        record
+            .labels
+            .retain(|k, _| ![RECORD_NANO_CPUS, RECORD_MEMORY, RECORD_ENV].contains(&k.as_str()));
+        let plain = ContainerSpec::from_record(&record, None).unwrap();
+        assert_eq!(
+            (plain.nano_cpus, plain.memory, plain.env.len()),
+            (None, None, 0)
+        );
+        record.labels.insert(RECORD_MEMORY.into(), "lots".into());
+        assert!(ContainerSpec::from_record(&record, None).is_err());
+        record.labels.clear();
+        assert!(ContainerSpec::from_record(&record, None).is_err());
+    }
+
+    #[test]
+    fn states_from_inspect() {
+        use bollard::models::{
+            ContainerState, ContainerStateStatusEnum as S, Health, NetworkSettings,
+        };
+        let inspected = |status: S, running: bool, health: Option<HealthStatusEnum>| {
+            let ports = HashMap::from([(
+                PORT_KEY.to_owned(),
+                Some(vec![PortBinding {
+                    host_ip: Some("127.0.0.1".into()),
+                    host_port: Some("40001".into()),
+                }]),
+            )]);
+            ContainerInspectResponse {
+                state: Some(ContainerState {
+                    status: Some(status),
+                    running: Some(running),
+                    restarting: Some(status == S::RESTARTING),
+                    paused: Some(status == S::PAUSED),
+                    health: health.map(|h| Health {
+                        status: Some(h),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                network_settings: Some(NetworkSettings {
+                    ports: Some(ports),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+        };
+        let ep: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        let cases = [
+            (
+                S::RUNNING,
+                true,
+                Some(HealthStatusEnum::HEALTHY),
+                SessionState::Running,
+                Some(ep),
+            ),
+            (
+                S::RUNNING,
+                true,
+                Some(HealthStatusEnum::STARTING),
+                SessionState::Running,
+                Some(ep),
+            ),
+            (S::RUNNING, true, None, SessionState::Running, Some(ep)),
+            (
+                S::RUNNING,
+                true,
+                Some(HealthStatusEnum::UNHEALTHY),
+                SessionState::Unhealthy,
+                Some(ep),
+            ),
+            (
+                S::PAUSED,
+                true,
+                Some(HealthStatusEnum::HEALTHY),
+                SessionState::Unhealthy,
+                Some(ep),
+            ),
+            (S::RESTARTING, true, None, SessionState::Starting, None),
+            (
+                S::EXITED,
+                false,
+                Some(HealthStatusEnum::UNHEALTHY),
+                SessionState::Stopped,
+                None,
+            ),
+            (S::CREATED, false, None, SessionState::Stopped, None),
+            (S::DEAD, false, None, SessionState::Stopped, None),
+        ];
+        for (status, running, health, state, endpoint) in cases {
+            assert_eq!(
+                observed_state(&inspected(status, running, health)),
+                (state, endpoint),
+                "{status:?} {health:?}"
+            );
+        }
     }
 
     #[test]

@@ -11,7 +11,10 @@
 //!   and the session image built from it without pulling anything.
 //! - [`mounts`] owns everything about the mount point: `/proc/self/mountinfo` parsing, the
 //!   checks made before mounting, and unmounting.
-//! - [`commands`] owns the `sessionfs` commands (`session create|ls|stop|start|rm`,
+//! - [`reconcile`] owns Docker reconciliation: the registry follows what Docker reports
+//!   about docker sessions' containers (states, new ports, removed containers), once and
+//!   then from the event stream while `sessionfs mount` runs.
+//! - [`commands`] owns the `sessionfs` commands (`session create|ls|stop|start|rm|recreate`,
 //!   `image build`, `mount`, `umount`) as functions returning printable reports, so tests can call them.
 
 pub mod commands;
@@ -19,4 +22,5 @@ pub mod docker;
 pub mod image;
 pub mod local;
 pub mod mounts;
+pub mod reconcile;
 pub mod state;

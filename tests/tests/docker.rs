@@ -3,7 +3,10 @@
 //! scenario; `session stop` answers ENOTCONN and `session start` recovers on the published port it
 //! gets; the volume's data survives stop/start and `rm` without `--purge`; `rm --purge` removes the
 //! container and the volume but never a `--workspace` directory; image and create errors are clear
-//! and leave nothing behind. Every container and volume a test makes is removed by label when its
+//! and leave nothing behind. While mounted the registry follows Docker: `docker restart` (new port) is
+//! picked up without `session start`; `docker kill` fails operations within the bound until `session
+//! start`; `docker rm -f` drops the session from the mount root (`gone`); data survives `session
+//! recreate` at the same mount path. Every container and volume a test makes is removed by label when its
 //! harness is dropped.
 
 use std::fs;
@@ -546,5 +549,250 @@ fn a_daemon_that_dies_at_start_is_reported_and_rolled_back() -> Result<()> {
     ensure!(!h.home.join("sessions").join(&id).exists());
     ensure!(h.docker_objects(false)?.is_empty(), "containers left");
     ensure!(h.docker_objects(true)?.is_empty(), "volumes left");
+    Ok(())
+}
+
+/// The errno of reading `path`, `None` if the read succeeds.
+fn read_errno(path: &std::path::Path) -> Option<i32> {
+    fs::read(path).err().map(|e| e.raw_os_error().unwrap_or(-1))
+}
+
+/// The host port Docker published for the daemon of container `name`.
+fn published_port(name: &str) -> Result<u16> {
+    let port = inspect(
+        name,
+        "{{(index (index .NetworkSettings.Ports \"7878/udp\") 0).HostPort}}",
+    )?;
+    Ok(port.parse()?)
+}
+
+#[test]
+fn docker_restart_is_picked_up_from_the_events_without_session_start() -> Result<()> {
+    let mut h = Harness::new()?;
+    let id = h.unique_id("rst");
+    let container = format!("sessionfs-{id}");
+    h.create_docker_session(&id, &[])?;
+    h.mount()?;
+    let file = h.path(&id, "kept.txt");
+    fs::write(&file, b"across docker restart\n")?;
+    let before = endpoint(&h, &id)?.context("no endpoint")?;
+
+    docker(&["restart", "-t", "1", &container])?;
+    let port = published_port(&container)?;
+    eprintln!("port before restart {}, after {port}", before.port());
+    // The reconciler records the new port from the events; nobody runs `session start`.
+    wait_until(
+        "the registry to follow the restarted container",
+        Duration::from_secs(10),
+        || {
+            endpoint(&h, &id).is_ok_and(|e| e.map(|e| e.port()) == Some(port))
+                && h.session_json(&id).is_ok_and(|v| v["state"] == "running")
+        },
+    )
+    .with_context(|| h.bridge_log())?;
+    let mut seen = Vec::new();
+    wait_until(
+        "the file to be readable through the new port",
+        Duration::from_secs(10),
+        || match fs::read(&file) {
+            Ok(bytes) => {
+                seen = bytes;
+                true
+            }
+            Err(_) => false,
+        },
+    )
+    .with_context(|| h.bridge_log())?;
+    ensure!(seen == b"across docker restart\n", "{seen:?}");
+    ensure!(
+        h.bridge_log().contains("reconciled docker session"),
+        "{}",
+        h.bridge_log()
+    );
+    h.unmount()?;
+    Ok(())
+}
+
+#[test]
+fn docker_kill_fails_within_the_bound_and_session_start_recovers() -> Result<()> {
+    let mut h = Harness::new()?;
+    let id = h.unique_id("kill");
+    let container = format!("sessionfs-{id}");
+    h.create_docker_session(&id, &[])?;
+    h.mount()?;
+    let file = h.path(&id, "kept.txt");
+    fs::write(&file, b"across docker kill\n")?;
+
+    docker(&["kill", &container])?;
+    // Every read fails, each within the op timeout, with one of the documented errnos.
+    let bound = Duration::from_secs(h.op_timeout_secs + 1);
+    let mut errnos = Vec::new();
+    let limit = std::time::Instant::now() + Duration::from_secs(5);
+    let mut failed_reads = 0;
+    while std::time::Instant::now() < limit && failed_reads < 3 {
+        let started = std::time::Instant::now();
+        let errno = read_errno(&file);
+        let took = started.elapsed();
+        ensure!(took <= bound, "a read took {took:?} (errno {errno:?})");
+        if let Some(errno) = errno {
+            ensure!(
+                [libc::EIO, libc::ENOTCONN, libc::ETIMEDOUT].contains(&errno),
+                "unexpected errno {errno}"
+            );
+            errnos.push(errno);
+            failed_reads += 1;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ensure!(failed_reads >= 3, "reads kept succeeding after docker kill");
+    eprintln!("errnos after docker kill: {errnos:?}");
+    // The reconciler saw the container exit.
+    wait_until(
+        "the killed session to be recorded stopped",
+        Duration::from_secs(5),
+        || h.session_json(&id).is_ok_and(|v| v["state"] == "stopped"),
+    )?;
+
+    let out = h.ok(&["session", "start", &id])?;
+    ensure!(out.starts_with(&format!("started session {id}")), "{out}");
+    let mut seen = Vec::new();
+    wait_until(
+        "the started session to answer",
+        Duration::from_secs(10),
+        || match fs::read(&file) {
+            Ok(bytes) => {
+                seen = bytes;
+                true
+            }
+            Err(_) => false,
+        },
+    )?;
+    ensure!(seen == b"across docker kill\n", "{seen:?}");
+    h.unmount()?;
+    Ok(())
+}
+
+#[test]
+fn docker_rm_outside_sessionfs_drops_the_session_from_the_mount() -> Result<()> {
+    let mut h = Harness::new()?;
+    let id = h.unique_id("gone");
+    let other = h.unique_id("stay");
+    h.create_docker_session(&id, &[])?;
+    h.create_docker_session(&other, &[])?;
+    h.mount()?;
+    let listing = |h: &Harness| -> Vec<String> {
+        fs::read_dir(&h.mountpoint)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    ensure!(listing(&h).contains(&id), "{:?}", listing(&h));
+
+    docker(&["rm", "-f", &format!("sessionfs-{id}")])?;
+    wait_until(
+        "the removed container's session to leave the mount root",
+        Duration::from_secs(5),
+        || !listing(&h).contains(&id),
+    )
+    .with_context(|| h.bridge_log())?;
+    ensure!(listing(&h).contains(&other), "{:?}", listing(&h));
+    let v = h.session_json(&id)?;
+    ensure!(
+        v["state"] == "gone" && v["endpoint"].is_null() && v["health"] == "gone",
+        "{v}"
+    );
+    let table = h.ok(&["session", "ls"])?;
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&format!("{id} ")))
+        .context("no row")?;
+    ensure!(row.split_whitespace().nth(2) == Some("gone"), "{table}");
+    // The other session is untouched.
+    fs::write(h.path(&other, "f"), b"still here")?;
+    ensure!(fs::read(h.path(&other, "f"))? == b"still here");
+
+    // `recreate` brings the gone session back on its kept volume.
+    let out = h.ok(&["session", "recreate", &id])?;
+    ensure!(
+        out.contains("(the old container was already gone)"),
+        "{out}"
+    );
+    wait_until(
+        "the recreated session to reappear",
+        Duration::from_secs(5),
+        || listing(&h).contains(&id),
+    )?;
+    h.unmount()?;
+    Ok(())
+}
+
+#[test]
+fn data_survives_docker_session_recreate_and_the_mount_keeps_working() -> Result<()> {
+    let mut h = Harness::new()?;
+    let id = h.unique_id("recr");
+    let container = format!("sessionfs-{id}");
+    h.create_docker_session(&id, &["--cpus", "1", "--memory", "256m", "--env", "K=v=1"])?;
+    h.mount()?;
+    let file = h.path(&id, "data.txt");
+    fs::write(&file, b"in the volume\n")?;
+    let old_id = inspect(&container, "{{.Id}}")?;
+
+    let out = h.ok(&["session", "recreate", &id])?;
+    ensure!(
+        out.starts_with(&format!("recreated session {id} at 127.0.0.1:"))
+            && out.contains(&format!(
+                "in container {container} from image {}",
+                docker_image()?
+            )),
+        "{out}"
+    );
+    let new_id = inspect(&container, "{{.Id}}")?;
+    ensure!(new_id != old_id, "the container was not replaced");
+    // Same options, same volume.
+    ensure!(inspect(&container, "{{.HostConfig.NanoCpus}}")? == "1000000000");
+    ensure!(inspect(&container, "{{.HostConfig.Memory}}")? == (256u64 << 20).to_string());
+    ensure!(inspect(&container, "{{json .Config.Env}}")?.contains("\"K=v=1\""));
+    ensure!(inspect(&container, "{{(index .Mounts 0).Name}}")? == container);
+    let v = h.session_json(&id)?;
+    ensure!(
+        v["state"] == "running" && v["labels"]["docker.container-id"] == new_id,
+        "{v}"
+    );
+    ensure!(
+        endpoint(&h, &id)?.map(|e| e.port()) == Some(published_port(&container)?),
+        "{v}"
+    );
+
+    // The same path, without a remount.
+    let mut seen = Vec::new();
+    wait_until(
+        "the recreated session to serve the data",
+        Duration::from_secs(10),
+        || match fs::read(&file) {
+            Ok(bytes) => {
+                seen = bytes;
+                true
+            }
+            Err(_) => false,
+        },
+    )
+    .with_context(|| h.bridge_log())?;
+    ensure!(seen == b"in the volume\n", "{seen:?}");
+    fs::write(h.path(&id, "after.txt"), b"after recreate")?;
+    ensure!(fs::read(h.path(&id, "after.txt"))? == b"after recreate");
+
+    // Local sessions cannot be recreated.
+    let local = h.unique_id("loc");
+    h.create_session(&local)?;
+    let out = h.run(&["session", "recreate", &local])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("applies to docker sessions only"),
+        "{err}"
+    );
+    h.unmount()?;
     Ok(())
 }

@@ -43,7 +43,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Create, list, stop, start and remove sessions.
+    /// Create, list, stop, start, remove and recreate sessions.
     #[command(subcommand)]
     Session(SessionCommand),
     /// Build the Docker image that docker sessions run.
@@ -107,6 +107,23 @@ enum SessionCommand {
     /// The workspace directory (or volume) is kept unless --purge is given; a docker
     /// session's --workspace directory is never deleted.
     Rm(RmArgs),
+    /// Replace a docker session's container with a new one on the same workspace.
+    ///
+    /// Removes the container and creates a new one from the session's image (after
+    /// `sessionfs image build`, the rebuilt one; or --image) on the same volume or host
+    /// directory, with the same limits and environment; delivers the certificates, starts it
+    /// and waits until it is ready. A running mount follows it at the same path. Prints
+    /// `recreated session <id> at <endpoint> … from image <image>`.
+    Recreate(RecreateArgs),
+}
+
+#[derive(Args, Debug)]
+struct RecreateArgs {
+    /// Session id (a docker session).
+    id: String,
+    /// The image for the new container (default: the session's recorded image).
+    #[arg(long, value_name = "IMAGE")]
+    image: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -269,6 +286,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Session(SessionCommand::Rm(args)) => {
             println!("{}", commands::remove(&home()?, &args.id, args.purge)?);
+        }
+        Command::Session(SessionCommand::Recreate(args)) => {
+            println!(
+                "{}",
+                commands::recreate(&home()?, &args.id, args.image.as_deref())?
+            );
         }
         Command::Image(ImageCommand::Build(args)) => {
             let opts = BuildOptions {

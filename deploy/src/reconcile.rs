@@ -1,0 +1,400 @@
+//! Docker reconciliation: the registry learns what happened to docker sessions' containers
+//! from Docker itself.
+//!
+//! - [`reconcile_all`] lists the containers labelled [`docker::LABEL_MANAGED`]`=1` and with
+//!   this installation's [`docker::LABEL_HOME`], and brings every docker session's record in
+//!   line with its container: state and endpoint from [`docker::observed_state`] (a
+//!   `docker restart` publishes a new host port), `gone` without an endpoint when the
+//!   container no longer exists.
+//! - [`reconcile_session`] does the same for one session.
+//! - [`Watcher`] runs both in a background thread owned by `sessionfs mount`: one full pass,
+//!   then one session at a time from the engine's event stream, with a full pass again
+//!   after every reconnect (events may have been missed meanwhile).
+//!
+//! Every pass holds the state directory's lock, so it never interleaves with a `session`
+//! command, and writes the registry only when something changed. Every Docker call is
+//! bounded in time ([`docker::CALL_TIMEOUT`]); the event stream is read in short waits so the
+//! watcher stops promptly.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bollard::models::{ContainerInspectResponse, EventMessage};
+use sessionfs_registry::{
+    Backend, Registry, RegistryError, SessionId, SessionRecord, SessionState,
+};
+use tracing::{debug, info, warn};
+
+use crate::docker::{self, DockerError, Engine, NextEvent};
+use crate::state::{Home, StateError};
+
+/// How long one wait for the next event lasts before the stop flag is checked again.
+const EVENT_WAIT: Duration = Duration::from_millis(250);
+/// At most this many already-arrived events are merged into one round of reconciling.
+const EVENT_BATCH: usize = 64;
+/// Backoff between reconnects to the event stream.
+const MIN_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Errors of reconciliation.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The state directory (its lock).
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The registry.
+    #[error("session registry: {0}")]
+    Registry(#[from] RegistryError),
+    /// The Docker engine.
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+}
+
+/// One record changed by reconciliation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The session.
+    pub id: SessionId,
+    /// The state before and after.
+    pub state: (SessionState, SessionState),
+    /// The endpoint before and after.
+    pub endpoint: (Option<SocketAddr>, Option<SocketAddr>),
+}
+
+/// Brings every docker session of `home` in line with its container (see the module
+/// documentation); returns what changed.
+pub fn reconcile_all(
+    home: &Home,
+    registry: &Registry,
+    engine: &Engine,
+) -> Result<Vec<Change>, ReconcileError> {
+    let _lock = home.lock()?;
+    let containers = engine.list_session_containers(home)?;
+    let listed = |name: &str| {
+        let slashed = format!("/{name}");
+        containers.iter().any(|c| {
+            c.names
+                .as_ref()
+                .is_some_and(|names| names.contains(&slashed))
+        })
+    };
+    let records = registry.list()?;
+    for c in &containers {
+        let session = c.labels.as_ref().and_then(|l| l.get(docker::LABEL_SESSION));
+        let known = session.is_some_and(|s| {
+            records
+                .iter()
+                .any(|r| r.backend == Backend::Docker && r.id.as_str() == s)
+        });
+        if !known {
+            debug!(container = ?c.names, session = ?session, "labelled container of no registered session; ignored");
+        }
+    }
+    let mut changes = Vec::new();
+    for record in records.iter().filter(|r| r.backend == Backend::Docker) {
+        let container = docker::record_container(record);
+        let inspected = if listed(&container) {
+            engine.inspect_container(&container)?
+        } else {
+            None
+        };
+        changes.extend(apply(registry, record, inspected.as_ref())?);
+    }
+    Ok(changes)
+}
+
+/// Brings docker session `id` in line with its container; `None` if nothing changed (or it
+/// is not a registered docker session).
+pub fn reconcile_session(
+    home: &Home,
+    registry: &Registry,
+    engine: &Engine,
+    id: &SessionId,
+) -> Result<Option<Change>, ReconcileError> {
+    let _lock = home.lock()?;
+    let Some(record) = registry.get(id)? else {
+        debug!(session = %id, "event for a session that is not registered; ignored");
+        return Ok(None);
+    };
+    if record.backend != Backend::Docker {
+        return Ok(None);
+    }
+    let inspected = engine.inspect_container(&docker::record_container(&record))?;
+    apply(registry, &record, inspected.as_ref())
+}
+
+/// Writes the state, endpoint and container id observed for `record`'s container (`None`:
+/// it does not exist) if they differ from the record.
+fn apply(
+    registry: &Registry,
+    record: &SessionRecord,
+    inspected: Option<&ContainerInspectResponse>,
+) -> Result<Option<Change>, ReconcileError> {
+    let (state, endpoint, container_id) = match inspected {
+        None => (SessionState::Gone, None, None),
+        Some(i) => {
+            let (state, endpoint) = docker::observed_state(i);
+            (state, endpoint, i.id.clone())
+        }
+    };
+    let id_changed = container_id
+        .as_ref()
+        .is_some_and(|c| record.labels.get(docker::RECORD_CONTAINER_ID) != Some(c));
+    if record.state == state && record.endpoint == endpoint && !id_changed {
+        return Ok(None);
+    }
+    registry.modify(&record.id, |r| {
+        r.state = state;
+        r.endpoint = endpoint;
+        r.pid = None;
+        if let Some(c) = container_id {
+            r.labels.insert(docker::RECORD_CONTAINER_ID.to_owned(), c);
+        }
+    })?;
+    let change = Change {
+        id: record.id.clone(),
+        state: (record.state, state),
+        endpoint: (record.endpoint, endpoint),
+    };
+    info!(
+        session = %change.id,
+        from = %change.state.0,
+        to = %change.state.1,
+        endpoint = ?change.endpoint.1,
+        "reconciled docker session with its container"
+    );
+    Ok(Some(change))
+}
+
+/// The session an event is about, if it is one that can change a session's state.
+fn event_session(event: &EventMessage) -> Option<SessionId> {
+    let action = event.action.as_deref()?;
+    let verb = action.split(':').next().unwrap_or(action).trim();
+    let relevant = matches!(
+        verb,
+        "create"
+            | "start"
+            | "restart"
+            | "die"
+            | "stop"
+            | "kill"
+            | "destroy"
+            | "pause"
+            | "unpause"
+            | "health_status"
+            | "oom"
+            | "rename"
+            | "update"
+    );
+    if !relevant {
+        return None;
+    }
+    let session = event
+        .actor
+        .as_ref()?
+        .attributes
+        .as_ref()?
+        .get(docker::LABEL_SESSION)?;
+    match session.parse() {
+        Ok(id) => Some(id),
+        Err(_) => {
+            debug!(session = %session, "event with an invalid session label; ignored");
+            None
+        }
+    }
+}
+
+/// The background reconciler of `sessionfs mount`: stops and joins its thread when dropped.
+#[derive(Debug)]
+pub struct Watcher {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watcher {
+    /// Starts reconciling `home`'s docker sessions in a background thread (see the module
+    /// documentation). Without a Docker engine the thread logs that at info level and ends.
+    pub fn spawn(home: Home) -> std::io::Result<Watcher> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("sessionfs-docker".to_owned())
+            .spawn(move || watch(&home, &flag))?;
+        Ok(Watcher {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                warn!("the docker reconciler thread panicked");
+            }
+        }
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn watch(home: &Home, stop: &AtomicBool) {
+    let engine = match Engine::connect() {
+        Ok(engine) => engine,
+        Err(e) => {
+            info!(error = %e, "no Docker engine answers; docker sessions are not reconciled");
+            return;
+        }
+    };
+    let registry = match home.open_registry() {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "cannot open the registry; docker sessions are not reconciled");
+            return;
+        }
+    };
+    info!(socket = %engine.socket(), "reconciling docker sessions with the Docker engine");
+    let mut backoff = MIN_BACKOFF;
+    while !stop.load(Ordering::Relaxed) {
+        // Events from this second on are replayed, so nothing between the pass and the
+        // subscription is lost (a replayed event only reconciles again).
+        let since = now_secs();
+        let mut healthy = match reconcile_all(home, &registry, &engine) {
+            Ok(changes) => {
+                debug!(changed = changes.len(), "reconciled every docker session");
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot reconcile docker sessions");
+                false
+            }
+        };
+        if healthy {
+            let mut stream = engine.subscribe_events(home, since);
+            healthy = follow(home, &registry, &engine, &mut stream, stop);
+        }
+        backoff = if healthy {
+            MIN_BACKOFF
+        } else {
+            (backoff * 2).min(MAX_BACKOFF)
+        };
+        // Sleeps in short steps so a stop request is seen promptly.
+        let mut waited = Duration::ZERO;
+        while waited < backoff && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(EVENT_WAIT);
+            waited += EVENT_WAIT;
+        }
+    }
+    debug!("docker reconciler stopped");
+}
+
+/// Reconciles the session of every relevant event until the stream ends or fails, or
+/// `stop` is set; returns whether the stream delivered anything (or was stopped).
+fn follow(
+    home: &Home,
+    registry: &Registry,
+    engine: &Engine,
+    stream: &mut docker::EventStream,
+    stop: &AtomicBool,
+) -> bool {
+    let mut delivered = false;
+    while !stop.load(Ordering::Relaxed) {
+        let first = match engine.next_event(stream, EVENT_WAIT) {
+            NextEvent::Idle => continue,
+            NextEvent::Ended => {
+                info!("the Docker event stream ended; reconnecting");
+                return delivered;
+            }
+            NextEvent::Failed(e) => {
+                warn!(error = %e, "the Docker event stream failed; reconnecting");
+                return delivered;
+            }
+            NextEvent::Event(event) => event,
+        };
+        delivered = true;
+        let mut sessions = BTreeSet::new();
+        sessions.extend(event_session(&first));
+        // Merges the events that are already there (a restart is kill, die, stop, start…).
+        let mut ended = false;
+        for _ in 0..EVENT_BATCH {
+            match engine.next_event(stream, Duration::ZERO) {
+                NextEvent::Event(event) => sessions.extend(event_session(&event)),
+                NextEvent::Idle => break,
+                NextEvent::Ended | NextEvent::Failed(_) => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        for id in &sessions {
+            if let Err(e) = reconcile_session(home, registry, engine, id) {
+                warn!(session = %id, error = %e, "cannot reconcile the session");
+            }
+        }
+        if ended {
+            return delivered;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use bollard::models::{EventActor, EventMessage};
+
+    use super::*;
+
+    fn event(action: &str, session: Option<&str>) -> EventMessage {
+        EventMessage {
+            action: Some(action.to_owned()),
+            actor: Some(EventActor {
+                id: Some("abc".into()),
+                attributes: Some(
+                    session
+                        .map(|s| HashMap::from([(docker::LABEL_SESSION.to_owned(), s.to_owned())]))
+                        .unwrap_or_default(),
+                ),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn relevant_events_name_their_session() {
+        let web: SessionId = "web".parse().unwrap();
+        for action in [
+            "start",
+            "die",
+            "destroy",
+            "health_status: healthy",
+            "restart",
+        ] {
+            assert_eq!(
+                event_session(&event(action, Some("web"))),
+                Some(web.clone())
+            );
+        }
+        for action in [
+            "exec_create: /sessionfsd --health",
+            "exec_die",
+            "attach",
+            "top",
+        ] {
+            assert_eq!(event_session(&event(action, Some("web"))), None, "{action}");
+        }
+        assert_eq!(event_session(&event("start", None)), None);
+        assert_eq!(event_session(&event("start", Some("Bad_Id"))), None);
+    }
+}
