@@ -71,6 +71,9 @@ pub fn mount(config: BridgeConfig, mountpoint: &Path) -> Result<(), MountError> 
         path: config.registry_path.clone(),
         source,
     };
+    // The mount root must list the registry's sessions from the first request on, not from the
+    // watcher's first tick.
+    sessions.refresh().map_err(registry_err)?;
     let watched = sessions.clone();
     let watch = Registry::watch(
         &config.registry_path,

@@ -95,6 +95,12 @@ impl Sessions {
         *table = next;
     }
 
+    /// Reads the registry now and updates the known sessions from it.
+    pub fn refresh(&self) -> Result<(), sessionfs_registry::RegistryError> {
+        self.update(self.registry.list()?);
+        Ok(())
+    }
+
     /// The session `id`, if the registry has it.
     pub fn get(&self, id: &str) -> Option<Arc<Session>> {
         let table = self.table.read().unwrap_or_else(|p| p.into_inner());
