@@ -191,6 +191,15 @@ impl Workspace {
         )
     }
 
+    /// Opens directory `path` beneath the root for reading (listing, syncing).
+    fn open_dir(&self, path: &WirePath) -> std::result::Result<OwnedFd, Errno> {
+        self.open_beneath(
+            path.as_bytes(),
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+    }
+
     /// The parent directory of `path` (opened `O_PATH` beneath the root) and its last component. The
     /// root itself is `(root, ".")`.
     fn parent<'p>(&self, op: &str, path: &'p WirePath) -> Result<(OwnedFd, &'p OsStr)> {
@@ -356,13 +365,7 @@ impl Workspace {
         limit: u32,
     ) -> Result<(Vec<DirEntry>, Option<u64>)> {
         let f = |e| fail("readdir", path, e);
-        let dir = self
-            .open_beneath(
-                path.as_bytes(),
-                OFlags::RDONLY | OFlags::DIRECTORY,
-                Mode::empty(),
-            )
-            .map_err(f)?;
+        let dir = self.open_dir(path).map_err(f)?;
         let limit = limit.clamp(1, MAX_DIR_PAGE) as usize;
         let mut entries = Vec::new();
         let mut index = 0u64;
@@ -501,13 +504,7 @@ impl Workspace {
     /// Flushes directory `path` (after renames into it, for durability).
     pub fn fsyncdir(&self, path: &WirePath, datasync: bool) -> Result<()> {
         let f = |e| fail("fsyncdir", path, e);
-        let dir = self
-            .open_beneath(
-                path.as_bytes(),
-                OFlags::RDONLY | OFlags::DIRECTORY,
-                Mode::empty(),
-            )
-            .map_err(f)?;
+        let dir = self.open_dir(path).map_err(f)?;
         if datasync {
             rfs::fdatasync(&dir)
         } else {

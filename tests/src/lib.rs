@@ -150,6 +150,19 @@ pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -
     }
 }
 
+/// Waits until `path` can be read (a session coming back), returning its bytes; fails after `limit`.
+pub fn wait_readable(what: &str, path: &Path, limit: Duration) -> Result<Vec<u8>> {
+    let mut seen = Vec::new();
+    wait_until(what, limit, || match std::fs::read(path) {
+        Ok(bytes) => {
+            seen = bytes;
+            true
+        }
+        Err(_) => false,
+    })?;
+    Ok(seen)
+}
+
 /// Whether `path` is a mount point, from /proc/self/mountinfo.
 pub fn is_mounted(path: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use sessionfs_tests::scenario::{assert_same, scenario};
-use sessionfs_tests::{docker, docker_image, docker_succeeds, wait_until, Harness};
+use sessionfs_tests::{docker, docker_image, docker_succeeds, wait_readable, wait_until, Harness};
 
 /// The recorded endpoint of a session (`session ls --json`).
 fn endpoint(h: &Harness, id: &str) -> Result<Option<SocketAddr>> {
@@ -315,17 +315,10 @@ fn rm_keeps_the_volume_unless_purged_and_never_deletes_a_host_workspace() -> Res
 
     // The same id again reuses the kept volume: the data is still there.
     h.create_docker_session(&id, &[])?;
-    let mut seen = Vec::new();
-    wait_until(
+    let seen = wait_readable(
         "the new container to serve the old volume",
+        &h.path(&id, "data.txt"),
         Duration::from_secs(10),
-        || match fs::read(h.path(&id, "data.txt")) {
-            Ok(bytes) => {
-                seen = bytes;
-                true
-            }
-            Err(_) => false,
-        },
     )?;
     ensure!(seen == b"in the volume");
 
@@ -590,17 +583,10 @@ fn docker_restart_is_picked_up_from_the_events_without_session_start() -> Result
         },
     )
     .with_context(|| h.bridge_log())?;
-    let mut seen = Vec::new();
-    wait_until(
+    let seen = wait_readable(
         "the file to be readable through the new port",
+        &file,
         Duration::from_secs(10),
-        || match fs::read(&file) {
-            Ok(bytes) => {
-                seen = bytes;
-                true
-            }
-            Err(_) => false,
-        },
     )
     .with_context(|| h.bridge_log())?;
     ensure!(seen == b"across docker restart\n", "{seen:?}");
@@ -655,17 +641,10 @@ fn docker_kill_fails_within_the_bound_and_session_start_recovers() -> Result<()>
 
     let out = h.ok(&["session", "start", &id])?;
     ensure!(out.starts_with(&format!("started session {id}")), "{out}");
-    let mut seen = Vec::new();
-    wait_until(
+    let seen = wait_readable(
         "the started session to answer",
+        &file,
         Duration::from_secs(10),
-        || match fs::read(&file) {
-            Ok(bytes) => {
-                seen = bytes;
-                true
-            }
-            Err(_) => false,
-        },
     )?;
     ensure!(seen == b"across docker kill\n", "{seen:?}");
     h.unmount()?;
@@ -767,17 +746,10 @@ fn data_survives_docker_session_recreate_and_the_mount_keeps_working() -> Result
     );
 
     // The same path, without a remount.
-    let mut seen = Vec::new();
-    wait_until(
+    let seen = wait_readable(
         "the recreated session to serve the data",
+        &file,
         Duration::from_secs(10),
-        || match fs::read(&file) {
-            Ok(bytes) => {
-                seen = bytes;
-                true
-            }
-            Err(_) => false,
-        },
     )
     .with_context(|| h.bridge_log())?;
     ensure!(seen == b"in the volume\n", "{seen:?}");
