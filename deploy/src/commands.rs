@@ -6,6 +6,7 @@
 //! stays a thin front end and tests can run the commands directly. The session commands
 //! dispatch on the record's backend: [`crate::local`] or [`crate::docker`].
 
+use crate::file_error::io_error;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
@@ -101,16 +102,8 @@ pub enum CommandError {
         reason: &'static str,
     },
     /// A file operation failed.
-    #[error("cannot {action} {}: {source}", path.display())]
-    Io {
-        /// What was attempted.
-        action: &'static str,
-        /// The file concerned.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::file_error::FileError),
     /// Reading or writing the registry failed.
     #[error("session registry: {0}")]
     Registry(#[source] RegistryError),
@@ -147,17 +140,6 @@ impl From<RegistryError> for CommandError {
             RegistryError::NotFound(id) => CommandError::NotFound(id),
             other => CommandError::Registry(other),
         }
-    }
-}
-
-fn io_error<'a>(
-    action: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> CommandError + 'a {
-    move |source| CommandError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
     }
 }
 
@@ -487,7 +469,7 @@ fn create_docker(
 fn workspace_dir(dir: &Path) -> Result<PathBuf, CommandError> {
     let canonical = fs::canonicalize(dir).map_err(|e| match e.kind() {
         ErrorKind::NotFound => CommandError::DirMissing(dir.to_path_buf()),
-        _ => io_error("resolve", dir)(e),
+        _ => io_error("resolve", dir)(e).into(),
     })?;
     if !canonical.is_dir() {
         return Err(CommandError::DirNotDirectory(dir.to_path_buf()));
@@ -1153,7 +1135,7 @@ fn remove_path(path: &Path) -> Result<bool, CommandError> {
     let meta = match fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(io_error("inspect", path)(e)),
+        Err(e) => return Err(io_error("inspect", path)(e).into()),
     };
     let result = if meta.is_dir() {
         fs::remove_dir_all(path)

@@ -17,6 +17,7 @@
 //! [`LABEL_HOME`]; the registry record of a docker session names its container, container id,
 //! image and volume (or host workspace) in labels ([`RECORD_CONTAINER`] and friends).
 
+use crate::file_error::io_error;
 use std::collections::HashMap;
 use std::fmt;
 use std::fs;
@@ -145,17 +146,9 @@ pub enum DockerError {
     /// A limit or option given on the command line is invalid.
     #[error("{0}")]
     InvalidOption(String),
-    /// A session file could not be read.
-    #[error("cannot {action} {}: {source}", path.display())]
-    Io {
-        /// What was attempted.
-        action: &'static str,
-        /// The file concerned.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// A file operation failed.
+    #[error(transparent)]
+    Io(#[from] crate::file_error::FileError),
     /// The container has no published daemon port.
     #[error("container {0} has no host port published for {PORT_KEY}")]
     NoPort(String),
@@ -1344,18 +1337,10 @@ pub fn certs_tar(cert_dir: &Path) -> Result<Vec<u8>, DockerError> {
         ("session.key", 0o600),
     ] {
         let path = cert_dir.join(name);
-        let data = fs::read(&path).map_err(|source| DockerError::Io {
-            action: "read",
-            path: path.clone(),
-            source,
-        })?;
+        let data = fs::read(&path).map_err(io_error("read", &path))?;
         entries.push(TarEntry::file(&format!("run/sessionfs/{name}"), mode, data));
     }
-    write_tar(&entries).map_err(|source| DockerError::Io {
-        action: "pack the certificates of",
-        path: cert_dir.to_path_buf(),
-        source,
-    })
+    Ok(write_tar(&entries).map_err(io_error("pack the certificates of", cert_dir))?)
 }
 
 /// One member of an in-memory tar archive.

@@ -13,6 +13,7 @@
 //!   when it is created ([`crate::docker`]).
 //! - [`build`] runs the build and reports its output line by line.
 
+use crate::file_error::io_error;
 use std::ffi::OsString;
 use std::fs;
 use std::io::Read;
@@ -73,17 +74,9 @@ pub enum ImageError {
         /// What is wrong.
         reason: String,
     },
-    /// Reading the daemon failed.
-    #[error("cannot {action} {}: {source}", path.display())]
-    Io {
-        /// What was attempted.
-        action: &'static str,
-        /// The file concerned.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// A file operation failed.
+    #[error(transparent)]
+    Io(#[from] crate::file_error::FileError),
     /// `--base` names an image that is not there.
     #[error(
         "base image `{0}` does not exist locally (nothing is pulled: load or build it first, \
@@ -203,11 +196,7 @@ pub fn check_static(path: &Path) -> Result<Vec<u8>, ImageError> {
     let mut bytes = Vec::new();
     fs::File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(|source| ImageError::Io {
-            action: "read",
-            path: path.to_path_buf(),
-            source,
-        })?;
+        .map_err(io_error("read", path))?;
     match elf_interpreter(&bytes) {
         Ok(None) => Ok(bytes),
         Ok(Some(interpreter)) => Err(ImageError::NotStatic {
@@ -341,11 +330,8 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
             return Err(ImageError::BaseMissing(base.clone()));
         }
     }
-    let context = build_context(bytes, opts.base.as_deref()).map_err(|source| ImageError::Io {
-        action: "pack the build context with",
-        path: daemon.clone(),
-        source,
-    })?;
+    let context = build_context(bytes, opts.base.as_deref())
+        .map_err(io_error("pack the build context with", &daemon))?;
     info!(tag = %opts.tag, daemon = %daemon.display(), "building the session image");
     let id = engine.build_image(context, &opts.tag, progress)?;
     Ok(Built {

@@ -14,11 +14,13 @@
 //! - [`reconcile`] owns Docker reconciliation: the registry follows what Docker reports
 //!   about docker sessions' containers (states, new ports, removed containers), once and
 //!   then from the event stream while `sessionfs mount` runs.
+//! - [`file_error`] owns the one error for a failed file operation that every module wraps.
 //! - [`commands`] owns the `sessionfs` commands (`session create|ls|stop|start|rm|recreate`,
 //!   `image build`, `mount`, `umount`) as functions returning printable reports, so tests can call them.
 
 pub mod commands;
 pub mod docker;
+pub mod file_error;
 pub mod image;
 pub mod local;
 pub mod mounts;

@@ -7,6 +7,7 @@
 //! `sessions/<id>/daemon.log`. It announces the bound address with exactly one stdout line,
 //! `listening on <addr>`, which [`start`] waits for.
 
+use crate::file_error::io_error;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -64,16 +65,8 @@ pub enum LocalError {
         path: PathBuf,
     },
     /// A file operation failed.
-    #[error("cannot {action} {}: {source}", path.display())]
-    Io {
-        /// What was attempted.
-        action: &'static str,
-        /// The file concerned.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::file_error::FileError),
     /// The daemon could not be spawned.
     #[error("cannot run {}: {source}", program.display())]
     Spawn {
@@ -120,17 +113,6 @@ pub enum LocalError {
         /// The daemon's process id.
         pid: u32,
     },
-}
-
-fn io_error<'a>(
-    action: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> LocalError + 'a {
-    move |source| LocalError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// How [`stop`] ended.

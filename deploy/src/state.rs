@@ -10,6 +10,7 @@
 //! - `sessions/<id>/daemon.log`: the local daemon's stderr (appended);
 //! - `.lock`: serializes CA creation and session creation between `sessionfs` processes.
 
+use crate::file_error::io_error;
 use std::ffi::OsString;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::ErrorKind;
@@ -35,17 +36,9 @@ pub enum StateError {
          (set {HOME_ENV} to a directory)"
     )]
     NoHome,
-    /// A file system operation in the state directory failed.
-    #[error("cannot {action} {}: {source}", path.display())]
-    Io {
-        /// What was attempted, e.g. "create directory".
-        action: &'static str,
-        /// The file or directory concerned.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// A file operation failed.
+    #[error(transparent)]
+    Io(#[from] crate::file_error::FileError),
     /// Loading or creating the CA, or issuing a certificate, failed.
     #[error("certificates in {}: {source}", dir.display())]
     Pki {
@@ -64,18 +57,6 @@ pub enum StateError {
         #[source]
         source: RegistryError,
     },
-}
-
-/// Shorthand for a [`StateError::Io`] constructor.
-pub(crate) fn io_error<'a>(
-    action: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> StateError + 'a {
-    move |source| StateError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// An exclusive advisory lock on the state directory; released when dropped.
@@ -273,14 +254,15 @@ pub(crate) fn private_dir(dir: &Path) -> Result<(), StateError> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(io_error("create directory", dir))
+        .map_err(io_error("create directory", dir))?;
+    Ok(())
 }
 
 fn exists(path: &Path) -> Result<bool, StateError> {
     match fs::symlink_metadata(path) {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(io_error("inspect", path)(e)),
+        Err(e) => Err(io_error("inspect", path)(e).into()),
     }
 }
 
