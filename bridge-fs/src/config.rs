@@ -23,6 +23,9 @@ pub struct BridgeConfig {
     pub fuse_threads: usize,
     /// Let other users (and root) use the mount (`allow_other`; needs root or `user_allow_other`).
     pub allow_other: bool,
+    /// Show each session's workspace owner (its `owner` label) as the mounting user, and map the
+    /// mounting user back to that owner in requests, like sshfs's `idmap=user`.
+    pub map_owner: bool,
 }
 
 impl BridgeConfig {
@@ -37,6 +40,7 @@ impl BridgeConfig {
             registry_poll: Duration::from_millis(200),
             fuse_threads: 4,
             allow_other: rustix::process::geteuid().is_root(),
+            map_owner: false,
         }
     }
 }

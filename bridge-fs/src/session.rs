@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use sessionfs_proto::{errno, Caller, ErrorReply, Reply, Request, RequestFrame};
-use sessionfs_registry::{Registry, SessionId, SessionRecord, SessionState};
+use sessionfs_registry::{Registry, SessionId, SessionRecord, SessionState, OWNER_LABEL};
 use tracing::{debug, info, warn};
 
 use crate::config::BridgeConfig;
@@ -38,6 +38,8 @@ pub struct Sessions {
     table: RwLock<BTreeMap<SessionId, Arc<Session>>>,
     op_timeout: Duration,
     connect_timeout: Duration,
+    /// The mounting user's uid and gid, when owners are mapped (`--map-owner`).
+    map_owner_to: Option<(u32, u32)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -63,6 +65,12 @@ impl Sessions {
             table: RwLock::new(BTreeMap::new()),
             op_timeout: config.op_timeout,
             connect_timeout: config.connect_timeout,
+            map_owner_to: config.map_owner.then(|| {
+                (
+                    rustix::process::geteuid().as_raw(),
+                    rustix::process::getegid().as_raw(),
+                )
+            }),
         })
     }
 
@@ -129,13 +137,16 @@ impl Sessions {
         request: Request,
     ) -> Result<(Reply, quinn::Connection), ErrorReply> {
         let opens = matches!(request, Request::Open { .. } | Request::Create { .. });
-        let frame = RequestFrame { caller, request };
+        let map = self.owner_map(session);
+        let frame = outbound(map, caller, request);
         if !opens {
-            return self.bounded(session, self.attempt(session, &frame)).await;
+            let result = self.bounded(session, self.attempt(session, &frame)).await;
+            return result.map(|(reply, conn)| (inbound(map, reply), conn));
         }
         let (this, s) = (self.clone(), session.clone());
         let mut task = tokio::spawn(async move { this.attempt(&s, &frame).await });
         match tokio::time::timeout(self.op_timeout, &mut task).await {
+            Ok(Ok(Ok((reply, conn)))) => Ok((inbound(map, reply), conn)),
             Ok(joined) => joined.unwrap_or_else(|e| {
                 Err(ErrorReply::new(
                     errno::EIO,
@@ -184,9 +195,23 @@ impl Sessions {
                 format!("session {}: the connection holding this open file is gone ({reason}); reopen the file", session.id),
             ));
         }
-        let frame = RequestFrame { caller, request };
-        self.bounded(session, call_once(&session.id, conn, &frame))
-            .await
+        let map = self.owner_map(session);
+        let frame = outbound(map, caller, request);
+        let reply = self
+            .bounded(session, call_once(&session.id, conn, &frame))
+            .await;
+        reply.map(|r| inbound(map, r))
+    }
+
+    /// The owner mapping for `session`, when `--map-owner` is on and the session has an owner.
+    fn owner_map(&self, session: &Session) -> Option<OwnerMap> {
+        let local = self.map_owner_to?;
+        let record = session.record();
+        let (uid, gid) = record.labels.get(OWNER_LABEL)?.split_once(':')?;
+        Some(OwnerMap {
+            remote: (uid.parse().ok()?, gid.parse().ok()?),
+            local,
+        })
     }
 
     /// Runs `work` for `session`, failing with `ETIMEDOUT` after the operation timeout.
@@ -277,6 +302,49 @@ impl Sessions {
     }
 }
 
+/// `--map-owner` for one session: its workspace owner inside ↔ the mounting user outside.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct OwnerMap {
+    remote: (u32, u32),
+    local: (u32, u32),
+}
+
+fn swap(id: u32, from: u32, to: u32) -> u32 {
+    if id == from {
+        to
+    } else {
+        id
+    }
+}
+
+/// The frame to send: the mounting user becomes the workspace owner.
+fn outbound(map: Option<OwnerMap>, mut caller: Caller, mut request: Request) -> RequestFrame {
+    if let Some(m) = map {
+        caller.uid = swap(caller.uid, m.local.0, m.remote.0);
+        caller.gid = swap(caller.gid, m.local.1, m.remote.1);
+        if let Request::SetAttr { attrs, .. } = &mut request {
+            attrs.uid = attrs.uid.map(|u| swap(u, m.local.0, m.remote.0));
+            attrs.gid = attrs.gid.map(|g| swap(g, m.local.1, m.remote.1));
+        }
+    }
+    RequestFrame { caller, request }
+}
+
+/// The reply as the host sees it: the workspace owner becomes the mounting user.
+fn inbound(map: Option<OwnerMap>, mut reply: Reply) -> Reply {
+    let Some(m) = map else { return reply };
+    let fix = |a: &mut sessionfs_proto::Attr| {
+        a.uid = swap(a.uid, m.remote.0, m.local.0);
+        a.gid = swap(a.gid, m.remote.1, m.local.1);
+    };
+    match &mut reply {
+        Reply::Attr(a) | Reply::Created { attr: a, .. } => fix(a),
+        Reply::Entries { entries, .. } => entries.iter_mut().for_each(|e| fix(&mut e.attr)),
+        _ => {}
+    }
+    reply
+}
+
 /// The endpoint to dial, or why the session cannot be dialed.
 fn usable_endpoint(record: &SessionRecord) -> Result<SocketAddr, ErrorReply> {
     match record.state {
@@ -352,5 +420,75 @@ impl Session {
             info!(session = %self.id, "closing connection: {why}");
             conn.close(0u32.into(), why.as_bytes());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sessionfs_proto::{Attr, SetAttrs, WirePath};
+
+    #[test]
+    fn owner_mapping_is_symmetric_and_leaves_others_alone() {
+        let m = Some(OwnerMap {
+            remote: (1000, 1000),
+            local: (501, 20),
+        });
+        let frame = outbound(
+            m,
+            Caller { uid: 501, gid: 20 },
+            Request::SetAttr {
+                path: WirePath::root(),
+                fh: None,
+                attrs: SetAttrs {
+                    uid: Some(501),
+                    gid: Some(7),
+                    ..Default::default()
+                },
+            },
+        );
+        assert_eq!(
+            frame.caller,
+            Caller {
+                uid: 1000,
+                gid: 1000
+            }
+        );
+        let Request::SetAttr { attrs, .. } = frame.request else {
+            panic!("not a setattr")
+        };
+        assert_eq!((attrs.uid, attrs.gid), (Some(1000), Some(7)));
+        let reply = inbound(
+            m,
+            Reply::Attr(Attr {
+                uid: 1000,
+                gid: 1000,
+                ..Attr::default()
+            }),
+        );
+        assert_eq!(
+            reply,
+            Reply::Attr(Attr {
+                uid: 501,
+                gid: 20,
+                ..Attr::default()
+            })
+        );
+        let other = inbound(
+            m,
+            Reply::Attr(Attr {
+                uid: 0,
+                gid: 0,
+                ..Attr::default()
+            }),
+        );
+        assert_eq!(other, Reply::Attr(Attr::default()));
+        // Without a mapping nothing changes.
+        assert_eq!(
+            outbound(None, Caller { uid: 501, gid: 20 }, Request::Ping)
+                .caller
+                .uid,
+            501
+        );
     }
 }

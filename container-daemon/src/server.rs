@@ -45,6 +45,8 @@ pub struct DaemonConfig {
     pub session_id: String,
     /// Directory with `ca.pem`, `session.pem` and `session.key`.
     pub cert_dir: PathBuf,
+    /// The fixed owner of new nodes; `None`: the caller on the host.
+    pub owner: Option<crate::workspace::Owner>,
 }
 
 /// Why a daemon could not start.
@@ -78,7 +80,8 @@ impl Daemon {
         // Modes arrive with the caller's umask already applied by the host kernel; applying the
         // daemon's own umask on top would change them.
         rustix::process::umask(rustix::fs::Mode::empty());
-        let workspace = Workspace::open(&config.root).map_err(DaemonError::Workspace)?;
+        let workspace =
+            Workspace::open(&config.root, config.owner).map_err(DaemonError::Workspace)?;
         let certs = |source| DaemonError::Certificates {
             dir: config.cert_dir.clone(),
             source,

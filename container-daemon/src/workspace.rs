@@ -50,12 +50,45 @@ const PASSTHROUGH_OPEN_FLAGS: OFlags = OFlags::ACCMODE
 /// The longest symlink target accepted.
 const MAX_SYMLINK_LEN: usize = 4095;
 
+/// The fixed owner of new nodes (`sessionfsd --owner UID:GID`): the workspace's user, for example the
+/// container's unprivileged user, instead of whoever made the call on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl std::str::FromStr for Owner {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (uid, gid) = s
+            .split_once(':')
+            .ok_or_else(|| format!("owner `{s}` is not UID:GID"))?;
+        let num = |v: &str| {
+            v.parse::<u32>()
+                .map_err(|_| format!("owner `{s}`: `{v}` is not a number"))
+        };
+        Ok(Owner {
+            uid: num(uid)?,
+            gid: num(gid)?,
+        })
+    }
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.uid, self.gid)
+    }
+}
+
 /// One workspace root and the operations confined to it.
 pub struct Workspace {
     root: OwnedFd,
     root_path: PathBuf,
     /// Whether the daemon may give new nodes the caller's ownership (it runs as root).
     can_chown: bool,
+    /// The fixed owner of new nodes, if any; otherwise they belong to the caller.
+    owner: Option<Owner>,
 }
 
 /// The error reply for a failed system call on `path`.
@@ -151,7 +184,9 @@ fn proc_fd_path(fd: BorrowedFd<'_>, name: Option<&OsStr>) -> PathBuf {
 
 impl Workspace {
     /// Opens `root` as the workspace root.
-    pub fn open(root: &Path) -> io::Result<Self> {
+    /// Opens `root` as the workspace root. With an `owner`, new nodes belong to that user, and a root
+    /// directory still owned by uid 0 (a fresh container volume) is given to it.
+    pub fn open(root: &Path, owner: Option<Owner>) -> io::Result<Self> {
         let fd = rfs::open(
             root,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -163,10 +198,24 @@ impl Workspace {
                 format!("opening workspace root {}: {e}", root.display()),
             )
         })?;
+        let can_chown = rustix::process::geteuid().is_root();
+        if let Some(o) = owner.filter(|o| can_chown && o.uid != 0) {
+            let st = statx_fd(fd.as_fd()).map_err(io::Error::from)?;
+            if st.uid == 0 {
+                rfs::fchown(
+                    &fd,
+                    Some(rfs::Uid::from_raw(o.uid)),
+                    Some(rfs::Gid::from_raw(o.gid)),
+                )
+                .map_err(io::Error::from)?;
+                tracing::info!(owner = %o, root = %root.display(), "gave the workspace root to its owner");
+            }
+        }
         Ok(Workspace {
             root: fd,
             root_path: root.to_path_buf(),
-            can_chown: rustix::process::geteuid().is_root(),
+            can_chown,
+            owner,
         })
     }
 
@@ -235,16 +284,16 @@ impl Workspace {
             return Ok(None);
         }
         let parent = statx_fd(dir)?;
+        let (uid, gid) = self
+            .owner
+            .map_or((caller.uid, caller.gid), |o| (o.uid, o.gid));
         // A set-group-ID directory gives new nodes its own group (POSIX); keep that.
         let gid = if parent.mode & 0o2000 != 0 {
             parent.gid
         } else {
-            caller.gid
+            gid
         };
-        Ok(Some((
-            rfs::Uid::from_raw(caller.uid),
-            rfs::Gid::from_raw(gid),
-        )))
+        Ok(Some((rfs::Uid::from_raw(uid), rfs::Gid::from_raw(gid))))
     }
 
     /// Opens the regular file `rel` beneath the root with `flags`. The node is first opened `O_PATH`

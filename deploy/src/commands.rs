@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use sessionfs_registry::{
     Backend, InvalidSessionId, Registry, RegistryError, SessionId, SessionRecord, SessionState,
+    OWNER_LABEL,
 };
 use tracing::{info, warn};
 
@@ -220,8 +221,30 @@ pub struct CreateOptions {
     pub dir: Option<PathBuf>,
     /// Labels; a repeated key keeps the last value.
     pub labels: Vec<(String, String)>,
+    /// The workspace owner `UID:GID` given to new files (`sessionfsd --owner`); docker sessions
+    /// default to [`DEFAULT_DOCKER_OWNER`], local sessions to the calling host user.
+    pub owner: Option<String>,
     /// Options of docker sessions.
     pub docker: DockerOptions,
+}
+
+/// The workspace owner of docker sessions unless `--owner` says otherwise: the conventional first
+/// unprivileged user of an image, never root.
+pub const DEFAULT_DOCKER_OWNER: &str = "1000:1000";
+
+/// The daemon's environment variable for its workspace owner (`sessionfsd --owner`).
+pub const OWNER_ENV: &str = "SESSIONFSD_OWNER";
+
+/// Checks a `UID:GID` owner.
+pub fn parse_owner(s: &str) -> Result<String, String> {
+    let valid = s
+        .split_once(':')
+        .is_some_and(|(u, g)| u.parse::<u32>().is_ok() && g.parse::<u32>().is_ok());
+    if valid {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("owner `{s}` is not UID:GID (numbers)"))
+    }
 }
 
 impl Default for CreateOptions {
@@ -231,6 +254,7 @@ impl Default for CreateOptions {
             backend: Backend::Local,
             dir: None,
             labels: Vec::new(),
+            owner: None,
             docker: DockerOptions::default(),
         }
     }
@@ -334,6 +358,9 @@ pub fn create(home: &Home, opts: &CreateOptions) -> Result<Created, CommandError
     );
     record.workspace = Some(workspace.clone());
     record.labels = opts.labels.iter().cloned().collect::<BTreeMap<_, _>>();
+    if let Some(owner) = &opts.owner {
+        record.labels.insert(OWNER_LABEL.to_owned(), owner.clone());
+    }
     // Registering first claims the id: nothing is touched if it is taken.
     registry.register(&record)?;
 
@@ -400,12 +427,21 @@ fn create_docker(
         .clone()
         .unwrap_or_else(|| image::DEFAULT_TAG.to_owned());
     image::check_reference(&image)?;
+    // The daemon in the container gives new files the workspace owner (recorded with the other
+    // environment, so a recreated container keeps it).
+    let owner = opts
+        .owner
+        .clone()
+        .unwrap_or_else(|| DEFAULT_DOCKER_OWNER.to_owned());
+    let mut env = d.env.clone();
+    env.retain(|(k, _)| k != OWNER_ENV);
+    env.push((OWNER_ENV.to_owned(), owner.clone()));
     let spec = ContainerSpec {
         image,
         nano_cpus: d.nano_cpus,
         memory: d.memory,
         workspace: workspace.clone(),
-        env: d.env.clone(),
+        env,
     };
     // Reach the engine before touching anything.
     let engine = Engine::connect()?;
@@ -424,6 +460,7 @@ fn create_docker(
         record.workspace = Some(dir.clone());
     }
     record.labels = opts.labels.iter().cloned().collect::<BTreeMap<_, _>>();
+    record.labels.insert(OWNER_LABEL.to_owned(), owner);
     registry.register(&record)?;
 
     let undo = |e: CommandError| {
@@ -1104,7 +1141,7 @@ pub fn image_build(
 
 /// Refuses to purge a workspace that is `/`, the user's home, or holds the state
 /// directory.
-fn check_purge(home: &Home, ws: &Path) -> Result<(), CommandError> {
+pub(crate) fn check_purge(home: &Home, ws: &Path) -> Result<(), CommandError> {
     let refuse = |reason| {
         Err(CommandError::PurgeRefused {
             path: ws.to_path_buf(),
@@ -1158,6 +1195,8 @@ pub struct MountOptions {
     pub op_timeout: Duration,
     /// FUSE worker threads.
     pub threads: usize,
+    /// Show each session's workspace owner as the mounting user (`--map-owner`).
+    pub map_owner: bool,
 }
 
 impl Default for MountOptions {
@@ -1166,6 +1205,7 @@ impl Default for MountOptions {
             mountpoint: PathBuf::from(mounts::DEFAULT_MOUNTPOINT),
             op_timeout: Duration::from_secs(10),
             threads: 4,
+            map_owner: false,
         }
     }
 }
@@ -1181,6 +1221,7 @@ pub fn mount(home: &Home, opts: &MountOptions) -> Result<(), CommandError> {
     config.op_timeout = opts.op_timeout;
     config.connect_timeout = config.connect_timeout.min(opts.op_timeout);
     config.fuse_threads = opts.threads.max(1);
+    config.map_owner = opts.map_owner;
     info!(mountpoint = %mountpoint.display(), home = %home.root().display(), "mounting");
     // Follows Docker while mounted; stopped and joined when dropped, after the unmount.
     let _watcher =
@@ -1372,6 +1413,7 @@ mod tests {
             backend: Backend::Docker,
             dir,
             labels,
+            owner: None,
             docker,
         };
         let msg = create(

@@ -50,6 +50,11 @@ pub const LABEL_SESSION: &str = "sessionfs.session";
 pub const LABEL_MANAGED: &str = "sessionfs.managed";
 /// Label on every container and volume sessionfs creates: the state directory that owns it.
 pub const LABEL_HOME: &str = "sessionfs.home";
+/// Label, value `1`, on a container started outside sessionfs (compose, another
+/// orchestrator) that the reconciler may adopt as a docker session (see [`crate::compose`]).
+pub const LABEL_ADOPT: &str = "sessionfs.adopt";
+/// Record label, value `1`: the session's container was adopted, not created by sessionfs.
+pub const RECORD_ADOPTED: &str = "docker.adopted";
 
 /// Record label: the container's name.
 pub const RECORD_CONTAINER: &str = "docker.container";
@@ -640,12 +645,33 @@ impl Engine {
         .map_err(DockerError::api("list the session containers"))
     }
 
-    /// The engine's container events for `home`'s session containers since `since` (unix
-    /// seconds), as a stream read with [`Engine::next_event`].
-    pub fn subscribe_events(&self, home: &Home, since: u64) -> EventStream {
+    /// Every container, running or not, labelled [`LABEL_ADOPT`]`=1` (and [`LABEL_SESSION`]),
+    /// whatever its [`LABEL_HOME`] (bounded by [`CALL_TIMEOUT`]).
+    pub fn list_adoptable_containers(&self) -> Result<Vec<ContainerSummary>, DockerError> {
+        let filters = HashMap::from([(
+            "label",
+            vec![format!("{LABEL_ADOPT}=1"), LABEL_SESSION.to_owned()],
+        )]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let action = || "list the adoptable session containers".to_owned();
+        self.bounded(
+            action,
+            CALL_TIMEOUT,
+            self.docker.list_containers(Some(options)),
+        )?
+        .map_err(DockerError::api("list the adoptable session containers"))
+    }
+
+    /// The engine's events of containers labelled [`LABEL_SESSION`] since `since` (unix
+    /// seconds), as a stream read with [`Engine::next_event`]. This includes other
+    /// installations' containers and adoptable ones; the reconciler picks its own.
+    pub fn subscribe_events(&self, _home: &Home, since: u64) -> EventStream {
         let filters = HashMap::from([
             ("type", vec!["container".to_owned()]),
-            ("label", home_filters(home)),
+            ("label", vec![LABEL_SESSION.to_owned()]),
         ]);
         let options = EventsOptionsBuilder::default()
             .since(&since.to_string())

@@ -14,15 +14,21 @@
 //! - [`reconcile`] owns Docker reconciliation: the registry follows what Docker reports
 //!   about docker sessions' containers (states, new ports, removed containers), once and
 //!   then from the event stream while `sessionfs mount` runs.
+//! - [`compose`] owns `session certs`: certificates for session containers started outside
+//!   sessionfs (compose, other orchestrators), which the reconciler then adopts.
+//! - [`migrate`] owns `session migrate`: moving a session between the local and docker
+//!   backends (copy, verify, switch, stop the source; rollback on any failure).
 //! - [`file_error`] owns the one error for a failed file operation that every module wraps.
 //! - [`commands`] owns the `sessionfs` commands (`session create|ls|stop|start|rm|recreate`,
 //!   `image build`, `mount`, `umount`) as functions returning printable reports, so tests can call them.
 
 pub mod commands;
+pub mod compose;
 pub mod docker;
 pub mod file_error;
 pub mod image;
 pub mod local;
+pub mod migrate;
 pub mod mounts;
 pub mod reconcile;
 pub mod state;

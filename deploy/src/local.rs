@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags, Signal};
-use sessionfs_registry::{SessionId, SessionRecord, SessionState};
+use sessionfs_registry::{SessionId, SessionRecord, SessionState, OWNER_LABEL};
 use tracing::{debug, info, warn};
 
 use crate::state::{private_dir, Home, StateError};
@@ -249,9 +249,14 @@ pub fn start(home: &Home, record: &SessionRecord) -> Result<SessionRecord, Local
         .current_dir("/")
         // The log is a file: no colour escapes in it.
         .env("NO_COLOR", "1")
+        .env_remove(crate::commands::OWNER_ENV)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log);
+    // The session's workspace owner, if it has one, gets every new node.
+    if let Some(owner) = record.labels.get(OWNER_LABEL) {
+        command.env(crate::commands::OWNER_ENV, owner);
+    }
     // SAFETY: the closure runs in the forked child before exec and only makes the
     // async-signal-safe setsid system call.
     unsafe {

@@ -7,6 +7,15 @@
 //!   `docker restart` publishes a new host port), `gone` without an endpoint when the
 //!   container no longer exists.
 //! - [`reconcile_session`] does the same for one session.
+//! - Adoption: a running container labelled [`docker::LABEL_SESSION`]`=<id>` and
+//!   [`docker::LABEL_ADOPT`]`=1` (one started by `deploy/docker-compose.yml`, say) whose id has
+//!   no record is registered as a docker session (state and endpoint as above, labels
+//!   [`docker::RECORD_CONTAINER`], [`docker::RECORD_CONTAINER_ID`] and
+//!   [`docker::RECORD_ADOPTED`]`=1`), provided this installation issued the session's
+//!   certificates (`sessions/<id>/certs` exists, see `sessionfs session certs`) and the
+//!   container carries no other installation's [`docker::LABEL_HOME`]; otherwise a warning is
+//!   logged once and the container is left alone. From then on it is reconciled like any
+//!   docker session.
 //! - [`Watcher`] runs both in a background thread owned by `sessionfs mount`: one full pass,
 //!   then one session at a time from the engine's event stream, with a full pass again
 //!   after every reconnect (events may have been missed meanwhile).
@@ -19,11 +28,11 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bollard::models::{ContainerInspectResponse, EventMessage};
+use bollard::models::{ContainerInspectResponse, ContainerSummary, EventMessage};
 use sessionfs_registry::{
     Backend, Registry, RegistryError, SessionId, SessionRecord, SessionState,
 };
@@ -74,14 +83,19 @@ pub fn reconcile_all(
 ) -> Result<Vec<Change>, ReconcileError> {
     let _lock = home.lock()?;
     let containers = engine.list_session_containers(home)?;
+    let adoptable = engine.list_adoptable_containers()?;
     let listed = |name: &str| {
         let slashed = format!("/{name}");
-        containers.iter().any(|c| {
+        containers.iter().chain(&adoptable).any(|c| {
             c.names
                 .as_ref()
                 .is_some_and(|names| names.contains(&slashed))
         })
     };
+    let mut changes = Vec::new();
+    for c in &adoptable {
+        changes.extend(adopt(home, registry, engine, c)?);
+    }
     let records = registry.list()?;
     for c in &containers {
         let session = c.labels.as_ref().and_then(|l| l.get(docker::LABEL_SESSION));
@@ -94,7 +108,6 @@ pub fn reconcile_all(
             debug!(container = ?c.names, session = ?session, "labelled container of no registered session; ignored");
         }
     }
-    let mut changes = Vec::new();
     for record in records.iter().filter(|r| r.backend == Backend::Docker) {
         let container = docker::record_container(record);
         let inspected = if listed(&container) {
@@ -117,6 +130,14 @@ pub fn reconcile_session(
 ) -> Result<Option<Change>, ReconcileError> {
     let _lock = home.lock()?;
     let Some(record) = registry.get(id)? else {
+        for c in engine.list_adoptable_containers()? {
+            let labelled = c.labels.as_ref().and_then(|l| l.get(docker::LABEL_SESSION));
+            if labelled.is_some_and(|s| s == id.as_str()) {
+                if let Some(change) = adopt(home, registry, engine, &c)? {
+                    return Ok(Some(change));
+                }
+            }
+        }
         debug!(session = %id, "event for a session that is not registered; ignored");
         return Ok(None);
     };
@@ -125,6 +146,127 @@ pub fn reconcile_session(
     }
     let inspected = engine.inspect_container(&docker::record_container(&record))?;
     apply(registry, &record, inspected.as_ref())
+}
+
+/// Containers already warned about (by container id and reason), so that each warning is
+/// logged once per process rather than on every pass.
+static WARNED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// Logs `message` about `container` at warn level the first time, at debug level after.
+fn warn_once(container: &str, session: &str, message: &'static str) {
+    let first = WARNED
+        .lock()
+        .map_or(true, |mut w| w.insert(format!("{container} {message}")));
+    if first {
+        warn!(container, session, "{message}");
+    } else {
+        debug!(container, session, "{message}");
+    }
+}
+
+/// Adopts the adoptable container `c` as a docker session if its id has no record, it runs,
+/// it belongs to no other installation and `home` issued the session's certificates (see the
+/// module documentation). Must be called with the state directory's lock held.
+fn adopt(
+    home: &Home,
+    registry: &Registry,
+    engine: &Engine,
+    c: &ContainerSummary,
+) -> Result<Option<Change>, ReconcileError> {
+    let labels = c.labels.clone().unwrap_or_default();
+    let container_id = c.id.clone().unwrap_or_default();
+    let Some(session) = labels.get(docker::LABEL_SESSION) else {
+        return Ok(None);
+    };
+    if labels.get(docker::LABEL_ADOPT).map(String::as_str) != Some("1") {
+        return Ok(None);
+    }
+    if labels
+        .get(docker::LABEL_HOME)
+        .is_some_and(|h| *h != home.root().display().to_string())
+    {
+        debug!(container = %container_id, session = %session, "adoptable container of another installation; ignored");
+        return Ok(None);
+    }
+    let Ok(id) = session.parse::<SessionId>() else {
+        warn_once(
+            &container_id,
+            session,
+            "container to adopt has an invalid session id label; ignored",
+        );
+        return Ok(None);
+    };
+    if registry.get(&id)?.is_some() {
+        return Ok(None);
+    }
+    let Some(inspected) = engine.inspect_container(&container_id)? else {
+        return Ok(None);
+    };
+    if inspected.state.as_ref().and_then(|s| s.running) != Some(true) {
+        debug!(container = %container_id, session = %id, "container to adopt is not running yet");
+        return Ok(None);
+    }
+    if !home.session_cert_dir(&id).is_dir() {
+        warn_once(
+            &container_id,
+            session,
+            "not adopting the container: this installation issued no certificates for its \
+             session (run `sessionfs session certs <id> --out DIR` and mount DIR at /run/sessionfs)",
+        );
+        return Ok(None);
+    }
+    let (state, endpoint) = docker::observed_state(&inspected);
+    if endpoint.is_none() {
+        warn_once(
+            &container_id,
+            session,
+            "not adopting the container: it publishes no host port for 7878/udp \
+             (publish it as 127.0.0.1::7878/udp)",
+        );
+        return Ok(None);
+    }
+    let name = inspected
+        .name
+        .as_deref()
+        .map(|n| n.trim_start_matches('/').to_owned())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| container_id.clone());
+    let mut record = SessionRecord::new(
+        id.clone(),
+        Backend::Docker,
+        sessionfs_pki::session_dns_name(id.as_str()),
+    );
+    record.state = state;
+    record.endpoint = endpoint;
+    record
+        .labels
+        .insert(docker::RECORD_CONTAINER.to_owned(), name.clone());
+    record
+        .labels
+        .insert(docker::RECORD_CONTAINER_ID.to_owned(), container_id.clone());
+    record
+        .labels
+        .insert(docker::RECORD_ADOPTED.to_owned(), "1".to_owned());
+    registry.register(&record)?;
+    info!(session = %id, container = %name, endpoint = ?endpoint, state = %state, "adopted container as docker session");
+    Ok(Some(Change {
+        id,
+        state: (SessionState::Gone, state),
+        endpoint: (None, endpoint),
+    }))
+}
+
+/// Whether an event is about a container of `home`: one carrying its [`docker::LABEL_HOME`],
+/// or an adoptable one ([`docker::LABEL_ADOPT`]`=1`) carrying no other installation's.
+fn event_for_home(event: &EventMessage, home: &Home) -> bool {
+    let Some(attrs) = event.actor.as_ref().and_then(|a| a.attributes.as_ref()) else {
+        return false;
+    };
+    let root = home.root().display().to_string();
+    match attrs.get(docker::LABEL_HOME) {
+        Some(h) => *h == root,
+        None => attrs.get(docker::LABEL_ADOPT).map(String::as_str) == Some("1"),
+    }
 }
 
 /// Writes the state, endpoint and container id observed for `record`'s container (`None`:
@@ -323,12 +465,17 @@ fn follow(
         };
         delivered = true;
         let mut sessions = BTreeSet::new();
-        sessions.extend(event_session(&first));
+        let mut add = |event: &EventMessage| {
+            if event_for_home(event, home) {
+                sessions.extend(event_session(event));
+            }
+        };
+        add(&first);
         // Merges the events that are already there (a restart is kill, die, stop, start…).
         let mut ended = false;
         for _ in 0..EVENT_BATCH {
             match engine.next_event(stream, Duration::ZERO) {
-                NextEvent::Event(event) => sessions.extend(event_session(&event)),
+                NextEvent::Event(event) => add(&event),
                 NextEvent::Idle => break,
                 NextEvent::Ended | NextEvent::Failed(_) => {
                     ended = true;
@@ -396,5 +543,37 @@ mod tests {
         }
         assert_eq!(event_session(&event("start", None)), None);
         assert_eq!(event_session(&event("start", Some("Bad_Id"))), None);
+    }
+
+    #[test]
+    fn events_of_own_and_adoptable_containers_only() {
+        let home = Home::new("/state").unwrap();
+        let with = |labels: &[(&str, &str)]| EventMessage {
+            action: Some("start".to_owned()),
+            actor: Some(EventActor {
+                id: Some("abc".into()),
+                attributes: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                ),
+            }),
+            ..Default::default()
+        };
+        let s = docker::LABEL_SESSION;
+        let own = with(&[(s, "web"), (docker::LABEL_HOME, "/state")]);
+        assert!(event_for_home(&own, &home));
+        let other = with(&[(s, "web"), (docker::LABEL_HOME, "/elsewhere")]);
+        assert!(!event_for_home(&other, &home));
+        let adoptable = with(&[(s, "web"), (docker::LABEL_ADOPT, "1")]);
+        assert!(event_for_home(&adoptable, &home));
+        let foreign_adoptable = with(&[
+            (s, "web"),
+            (docker::LABEL_ADOPT, "1"),
+            (docker::LABEL_HOME, "/elsewhere"),
+        ]);
+        assert!(!event_for_home(&foreign_adoptable, &home));
+        assert!(!event_for_home(&with(&[(s, "web")]), &home));
     }
 }

@@ -13,5 +13,5 @@ pub mod record;
 pub mod store;
 
 pub use id::{InvalidSessionId, SessionId};
-pub use record::{Backend, SessionRecord, SessionState};
+pub use record::{Backend, SessionRecord, SessionState, OWNER_LABEL};
 pub use store::{Registry, RegistryError, WatchHandle};

@@ -95,6 +95,10 @@ string_enum!(SessionState, "session state", {
 });
 
 /// Everything the registry stores about one session.
+/// Label holding the workspace owner (`UID:GID`) of a session whose daemon gives new nodes a fixed
+/// owner; `sessionfs mount --map-owner` shows that owner as the mounting user.
+pub const OWNER_LABEL: &str = "owner";
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRecord {
     /// The session's name.

@@ -181,6 +181,8 @@ pub struct Harness {
     bin: PathBuf,
     mount: Option<Child>,
     pub op_timeout_secs: u64,
+    /// Extra arguments for `sessionfs mount` (e.g. `--map-owner`).
+    pub mount_args: Vec<String>,
     /// Whether docker sessions were created (then dropping removes their containers and volumes).
     docker_used: bool,
 }
@@ -207,6 +209,7 @@ impl Harness {
             bin,
             mount: None,
             op_timeout_secs: 3,
+            mount_args: Vec::new(),
             docker_used: false,
         })
     }
@@ -344,6 +347,7 @@ impl Harness {
             .cli()
             .args(["mount", self.mountpoint.to_str().context("utf-8 path")?])
             .args(["--op-timeout", &self.op_timeout_secs.to_string()])
+            .args(&self.mount_args)
             .env("SESSIONFS_LOG", "info,sessionfs_bridge=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -447,4 +451,45 @@ impl Drop for Harness {
             }
         }
     }
+}
+
+/// What a tree holds, path by path (relative, the root itself excluded): `dir <mode>`,
+/// `file <mode> <size> <sha256>` or `link <target>` (`other <mode>` for anything else), read
+/// without following symlinks. Two trees with equal digests hold the same bytes, modes and links.
+pub fn tree_digest(root: &Path) -> Result<std::collections::BTreeMap<String, String>> {
+    use sha2::Digest;
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(rel) = pending.pop() {
+        let dir = root.join(&rel);
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
+        {
+            let rel = rel.join(entry?.file_name());
+            let path = root.join(&rel);
+            let meta = std::fs::symlink_metadata(&path)
+                .with_context(|| format!("inspecting {}", path.display()))?;
+            let mode = meta.mode() & 0o7777;
+            let ft = meta.file_type();
+            let value = if ft.is_dir() {
+                pending.push(rel.clone());
+                format!("dir {mode:o}")
+            } else if ft.is_symlink() {
+                format!("link {}", std::fs::read_link(&path)?.display())
+            } else if ft.is_file() {
+                let bytes =
+                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                let sum: String = sha2::Sha256::digest(&bytes)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                format!("file {mode:o} {} {sum}", bytes.len())
+            } else {
+                format!("other {mode:o}")
+            };
+            out.insert(rel.to_string_lossy().into_owned(), value);
+        }
+    }
+    Ok(out)
 }

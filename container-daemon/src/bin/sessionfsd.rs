@@ -25,6 +25,10 @@ struct Args {
     /// UDP address to listen on.
     #[arg(long, env = "SESSIONFSD_LISTEN", default_value = "0.0.0.0:7878")]
     listen: SocketAddr,
+    /// Give new files and directories this owner (UID:GID) instead of the calling host user, e.g. the
+    /// unprivileged user of the session's container. A root-owned workspace root is given to it too.
+    #[arg(long, env = "SESSIONFSD_OWNER")]
+    owner: Option<sessionfs_daemon::workspace::Owner>,
     /// Probe a running daemon instead of serving: exit 0 if it answers a ping.
     #[arg(long)]
     health: bool,
@@ -77,6 +81,7 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
         listen: args.listen,
         session_id: args.session_id.clone(),
         cert_dir: args.cert_dir.clone(),
+        owner: args.owner,
     };
     let daemon = Daemon::bind(&config)?;
     let addr = daemon.local_addr().context("reading the bound address")?;

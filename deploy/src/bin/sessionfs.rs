@@ -43,7 +43,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Create, list, stop, start, remove and recreate sessions.
+    /// Create, list, stop, start, remove, recreate and migrate sessions.
     #[command(subcommand)]
     Session(SessionCommand),
     /// Build the Docker image that docker sessions run.
@@ -115,6 +115,51 @@ enum SessionCommand {
     /// and waits until it is ready. A running mount follows it at the same path. Prints
     /// `recreated session <id> at <endpoint> … from image <image>`.
     Recreate(RecreateArgs),
+    /// Write a session's certificates for a container that sessionfs does not create.
+    ///
+    /// For docker compose or another orchestrator: issues the session's certificate from
+    /// the installation CA (or reuses the one already issued) and writes ca.pem,
+    /// session.pem and session.key (mode 0600) into DIR, to be mounted read-only at
+    /// /run/sessionfs. A running container labelled sessionfs.session=<id> and
+    /// sessionfs.adopt=1 is then adopted by `sessionfs mount`. Refuses an id registered
+    /// with the local backend.
+    Certs(CertsArgs),
+    /// Move a session to the other backend: local → docker, or docker → local.
+    ///
+    /// Copies the workspace (into a new volume sessionfs-<id>, or a new directory, by default
+    /// <state>/sessions/<id>/workspace-migrated), verifies the copy (paths, kinds, modes,
+    /// sizes, SHA-256 of every file, symlink targets), then starts the session on the target,
+    /// switches its registry entry and stops the source. The source data is kept unless
+    /// --purge-source. Any failure rolls back: the session stays where it was, serving the
+    /// same data. A running mount follows at the same path.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Args, Debug)]
+struct MigrateArgs {
+    /// Session id.
+    id: String,
+    /// The target backend: `docker` or `local`.
+    #[arg(long, value_name = "BACKEND", value_parser = commands::parse_backend)]
+    to: Backend,
+    /// --to docker: the session image (default: sessionfs-session:latest).
+    #[arg(long, value_name = "IMAGE")]
+    image: Option<String>,
+    /// --to local: the new workspace directory (must not exist, or be empty).
+    #[arg(long, value_name = "PATH")]
+    dir: Option<PathBuf>,
+    /// After a successful migration, delete the source directory or volume.
+    #[arg(long)]
+    purge_source: bool,
+}
+
+#[derive(Args, Debug)]
+struct CertsArgs {
+    /// Session id.
+    id: String,
+    /// Directory to write the certificates into (created, mode 0700, if missing).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -139,6 +184,10 @@ struct CreateArgs {
     /// Label KEY=VALUE to attach (repeatable).
     #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
     labels: Vec<(String, String)>,
+    /// Owner UID:GID of new files in the workspace (the session's user); docker default 1000:1000,
+    /// local default: the host user who creates them. See `mount --map-owner`.
+    #[arg(long, value_name = "UID:GID", value_parser = commands::parse_owner)]
+    owner: Option<String>,
     /// Docker: the session image (see `sessionfs image build`).
     #[arg(long, value_name = "IMAGE", help_heading = "Docker sessions")]
     image: Option<String>,
@@ -203,6 +252,10 @@ struct MountArgs {
     #[arg(long, value_name = "N", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..))]
     threads: u16,
+    /// Show each session's workspace owner (`session create --owner`) as you, and files you create
+    /// or chown to yourself as that owner inside, like sshfs's idmap=user.
+    #[arg(long)]
+    map_owner: bool,
 }
 
 #[derive(Args, Debug)]
@@ -259,6 +312,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 backend: args.backend,
                 dir: args.dir,
                 labels: args.labels,
+                owner: args.owner,
                 docker: DockerOptions {
                     image: args.image,
                     nano_cpus: args.cpus,
@@ -293,6 +347,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 commands::recreate(&home()?, &args.id, args.image.as_deref())?
             );
         }
+        Command::Session(SessionCommand::Certs(args)) => {
+            println!(
+                "{}",
+                sessionfs_deploy::compose::session_certs(&home()?, &args.id, &args.out)?
+            );
+        }
+        Command::Session(SessionCommand::Migrate(args)) => {
+            let opts = sessionfs_deploy::migrate::MigrateOptions {
+                id: args.id,
+                to: args.to,
+                image: args.image,
+                dir: args.dir,
+                purge_source: args.purge_source,
+            };
+            println!("{}", sessionfs_deploy::migrate::migrate(&home()?, &opts)?);
+        }
         Command::Image(ImageCommand::Build(args)) => {
             let opts = BuildOptions {
                 tag: args.tag,
@@ -306,6 +376,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 mountpoint: args.mountpoint,
                 op_timeout: Duration::from_secs(args.op_timeout),
                 threads: usize::from(args.threads),
+                map_owner: args.map_owner,
             };
             commands::mount(&home()?, &opts)?;
         }
