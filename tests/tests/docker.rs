@@ -56,6 +56,9 @@ fn three_docker_sessions_and_a_local_one_agree_with_a_local_directory() -> Resul
     )?;
     let local_id = h.unique_id("loc");
     h.create_session(&local_id)?;
+    // Docker workspaces belong to their owner (1000:1000); shown as the mounting user, as a
+    // developer would mount them, so that git accepts the repository as the user's own.
+    h.mount_args = vec!["--map-owner".into()];
     h.mount()?;
 
     // What Docker holds for the first session.
