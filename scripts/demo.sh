@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job, end to end: builds sessionfs, creates three local sessions with some files, mounts them
-# under one directory, and shows ordinary tools working on them. Then it stays mounted until Ctrl-C
+# The main job, end to end: builds sessionfs, creates three sessions (Docker containers when an engine
+# answers, local processes otherwise) with some files, mounts them under one directory, and shows
+# ordinary tools working on them. Then it stays mounted until Ctrl-C
 # (or unmounts at once with --no-wait).
 #
 #   scripts/demo.sh [MOUNTPOINT] [--no-wait]      (default mountpoint: ./demo/sessions)
@@ -15,10 +16,19 @@ for a in "$@"; do
 done
 root="$(pwd)/demo"
 mnt="${mnt:-$root/sessions}"
-scripts/install-deps.sh
+SESSIONFS_DOCKER=optional scripts/install-deps.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sessionfs-target}"
 cargo build --release --bins --locked
 bin="$CARGO_TARGET_DIR/release"
+# Sessions run in Docker containers when an engine answers, as local processes otherwise.
+backend=local
+if docker info >/dev/null 2>&1; then
+  backend=docker
+  # The image is FROM scratch: its daemon is linked statically.
+  RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build --release --locked -p sessionfs-daemon --target x86_64-unknown-linux-gnu
+  export SESSIONFS_STATIC_DAEMON="$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/sessionfsd"
+fi
 export SESSIONFS_HOME="$root/state"
 sfs() { "$bin/sessionfs" "$@"; }
 
@@ -30,14 +40,17 @@ if [ -d "$SESSIONFS_HOME" ]; then
   done
 fi
 mkdir -p "$mnt"
+if [ "$backend" = docker ]; then
+  sfs image build
+fi
 for id in web api notes; do
-  sfs session create "$id"
+  sfs session create "$id" --backend "$backend"
 done
 sfs session ls
 
-SESSIONFS_LOG="${SESSIONFS_LOG:-warn}" "$bin/sessionfs" mount "$mnt" &
+SESSIONFS_LOG="${SESSIONFS_LOG:-warn}" "$bin/sessionfs" mount "$mnt" --map-owner &
 mount_pid=$!
-trap 'kill -TERM $mount_pid 2>/dev/null; wait $mount_pid 2>/dev/null || true' EXIT
+trap 'kill -TERM $mount_pid 2>/dev/null || true; wait $mount_pid 2>/dev/null || true' EXIT
 for _ in $(seq 200); do mountpoint -q "$mnt" && break; sleep 0.05; done
 mountpoint -q "$mnt" || { echo "the bridge did not mount" >&2; exit 1; }
 
@@ -54,7 +67,11 @@ git -C "$mnt/api" log --oneline
 echo; echo "== ripgrep across all sessions"
 rg -n "hello|api|demo" "$mnt"
 echo; echo "== the same bytes on the daemon side"
-cat "$SESSIONFS_HOME/sessions/web/workspace/index.html"
+if [ "$backend" = docker ]; then
+  docker cp sessionfs-web:/workspace/index.html - | tar -xO
+else
+  cat "$SESSIONFS_HOME/sessions/web/workspace/index.html"
+fi
 
 if [ "$wait" = 1 ]; then
   echo; echo "Sessions are mounted at $mnt. Try: ls $mnt; Ctrl-C to unmount."

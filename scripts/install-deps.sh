@@ -18,6 +18,8 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 # The docker tests need a running engine. Start one if none answers (CI machines start with none).
+# SESSIONFS_DOCKER=optional (the demo) turns a failure to start one into a warning.
+docker_mode="${SESSIONFS_DOCKER:-required}"
 if ! docker info >/dev/null 2>&1; then
   log=/var/log/sessionfs-dockerd.log
   echo "starting dockerd (log: $log)"
@@ -26,13 +28,17 @@ if ! docker info >/dev/null 2>&1; then
   deadline=$((SECONDS + 60))
   until docker info >/dev/null 2>&1; do
     if [ "$SECONDS" -ge "$deadline" ]; then
+      if [ "$docker_mode" = optional ]; then
+        echo "warning: no Docker engine (see $log); continuing without Docker" >&2
+        break
+      fi
       echo "error: the Docker engine did not answer within 60 s; last lines of $log:" >&2
       $SUDO tail -n 30 "$log" >&2 || true
       exit 1
     fi
     sleep 1
   done
-  echo "dockerd is up: $(docker info --format '{{.ServerVersion}}')"
+  docker info >/dev/null 2>&1 && echo "dockerd is up: $(docker info --format '{{.ServerVersion}}')"
 fi
 if [ ! -e /dev/fuse ]; then
   echo "error: /dev/fuse is missing; load the fuse module (modprobe fuse) or run the container with --device /dev/fuse" >&2
