@@ -377,6 +377,17 @@ impl Harness {
         std::fs::read_to_string(self.dir.path().join("bridge.log")).unwrap_or_default()
     }
 
+    /// The names under the mount root (the sessions it shows); empty if it cannot be read.
+    pub fn root_names(&self) -> Vec<String> {
+        std::fs::read_dir(&self.mountpoint)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The path of `rel` inside session `id` on the mount.
     pub fn path(&self, id: &str, rel: &str) -> PathBuf {
         let p = self.mountpoint.join(id);

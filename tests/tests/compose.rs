@@ -289,16 +289,6 @@ fn run_like_compose(
     Ok(name)
 }
 
-fn listing(h: &Harness) -> Vec<String> {
-    fs::read_dir(&h.mountpoint)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn a_compose_started_container_is_adopted_and_leaves_after_docker_rm() -> Result<()> {
     let mut h = Harness::new()?;
@@ -384,7 +374,7 @@ fn a_compose_started_container_is_adopted_and_leaves_after_docker_rm() -> Result
     wait_until(
         "the compose container's session to appear under the mount root",
         Duration::from_secs(5),
-        || listing(&h).contains(&id),
+        || h.root_names().contains(&id),
     )
     .with_context(|| h.bridge_log())?;
     let file = h.path(&id, "hello.txt");
@@ -417,9 +407,9 @@ fn a_compose_started_container_is_adopted_and_leaves_after_docker_rm() -> Result
         "{all}"
     );
     ensure!(
-        !listing(&h).contains(&unknown) && !listing(&h).contains(&foreign_home),
+        !h.root_names().contains(&unknown) && !h.root_names().contains(&foreign_home),
         "{:?}",
-        listing(&h)
+        h.root_names()
     );
     let log = h.bridge_log();
     ensure!(
@@ -431,7 +421,7 @@ fn a_compose_started_container_is_adopted_and_leaves_after_docker_rm() -> Result
     wait_until(
         "the removed container's session to leave the mount root",
         Duration::from_secs(5),
-        || !listing(&h).contains(&id),
+        || !h.root_names().contains(&id),
     )
     .with_context(|| h.bridge_log())?;
     let v = h.session_json(&id)?;
@@ -496,7 +486,7 @@ fn docker_compose_up_starts_sessions_the_mount_adopts() -> Result<()> {
         wait_until(
             "every compose service to appear under the mount root",
             Duration::from_secs(5),
-            || ids.iter().all(|id| listing(&h).contains(id)),
+            || ids.iter().all(|id| h.root_names().contains(id)),
         )
         .with_context(|| h.bridge_log())?;
         for id in &ids {
@@ -518,10 +508,10 @@ fn docker_compose_up_starts_sessions_the_mount_adopts() -> Result<()> {
         wait_until(
             "the removed service's session to leave the mount root",
             Duration::from_secs(5),
-            || !listing(&h).contains(gone),
+            || !h.root_names().contains(gone),
         )
         .with_context(|| h.bridge_log())?;
-        ensure!(ids[1..].iter().all(|id| listing(&h).contains(id)));
+        ensure!(ids[1..].iter().all(|id| h.root_names().contains(id)));
         Ok(())
     })();
     let down = compose(&["down", "-v"]);

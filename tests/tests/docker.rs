@@ -662,25 +662,16 @@ fn docker_rm_outside_sessionfs_drops_the_session_from_the_mount() -> Result<()> 
     h.create_docker_session(&id, &[])?;
     h.create_docker_session(&other, &[])?;
     h.mount()?;
-    let listing = |h: &Harness| -> Vec<String> {
-        fs::read_dir(&h.mountpoint)
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    ensure!(listing(&h).contains(&id), "{:?}", listing(&h));
+    ensure!(h.root_names().contains(&id), "{:?}", h.root_names());
 
     docker(&["rm", "-f", &format!("sessionfs-{id}")])?;
     wait_until(
         "the removed container's session to leave the mount root",
         Duration::from_secs(5),
-        || !listing(&h).contains(&id),
+        || !h.root_names().contains(&id),
     )
     .with_context(|| h.bridge_log())?;
-    ensure!(listing(&h).contains(&other), "{:?}", listing(&h));
+    ensure!(h.root_names().contains(&other), "{:?}", h.root_names());
     let v = h.session_json(&id)?;
     ensure!(
         v["state"] == "gone" && v["endpoint"].is_null() && v["health"] == "gone",
@@ -705,7 +696,7 @@ fn docker_rm_outside_sessionfs_drops_the_session_from_the_mount() -> Result<()> 
     wait_until(
         "the recreated session to reappear",
         Duration::from_secs(5),
-        || listing(&h).contains(&id),
+        || h.root_names().contains(&id),
     )?;
     h.unmount()?;
     Ok(())

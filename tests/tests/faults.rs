@@ -120,19 +120,10 @@ fn killed_daemon_errors_within_bound_then_recovers_on_a_new_port() -> Result<()>
 fn sessions_appear_and_disappear_without_remount() -> Result<()> {
     let mut h = Harness::new()?;
     h.mount()?;
-    let names = |h: &Harness| -> Vec<String> {
-        fs::read_dir(&h.mountpoint)
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    assert!(names(&h).is_empty());
+    assert!(h.root_names().is_empty());
     h.create_session("late")?;
     let took = wait_until("the new session to appear", Duration::from_secs(1), || {
-        names(&h) == ["late"]
+        h.root_names() == ["late"]
     })?;
     eprintln!("appeared after {took:?}");
     fs::write(h.path("late", "hello"), b"hi")?;
@@ -140,7 +131,7 @@ fn sessions_appear_and_disappear_without_remount() -> Result<()> {
     let took = wait_until(
         "the removed session to disappear",
         Duration::from_secs(1),
-        || names(&h).is_empty(),
+        || h.root_names().is_empty(),
     )?;
     eprintln!("disappeared after {took:?}");
     h.unmount()?;
