@@ -1,0 +1,502 @@
+//! Pure edit logic of `session_edit_file` and `session_search_replace`: no I/O, no model call, no guessing.
+//!
+//! # Marker merge ([`merge_edit`])
+//!
+//! An edit is text in which some lines are *markers*: a line whose content, once surrounding whitespace and an
+//! optional comment leader (`//`, `#`, `--`, `;`, `%`, `/*`, `<!--`, `{/*`) and trailer (`*/`, `-->`, `*/}`)
+//! are removed, reads `... existing code ...` (case-insensitive; the words may be separated by any
+//! whitespace, and `…` counts as `...`). Examples of markers: `// ... existing code ...`,
+//! `    # ... Existing Code ...`, `-- ... existing code ...`, `/* ... existing code ... */`,
+//! `<!-- ... existing code ... -->`. A marker stands for "the original lines here, unchanged".
+//!
+//! The rules, applied line by line (a line is compared without its line ending and trailing whitespace;
+//! indentation is significant):
+//!
+//! 1. Marker lines split the edit into *segments* of literal lines. Segments made only of blank lines are
+//!    dropped (so consecutive markers act as one). An edit that is blank, or only markers and blank
+//!    lines, is refused ([`EditError::EmptyEdit`]); an edit without any marker is refused by
+//!    [`merge_edit`] ([`EditError::NoMarkers`]; [`edit_file`] decides what such content means).
+//! 2. Segments are numbered from 1 in edit order. A segment's *start anchor* is its first non-blank line
+//!    and its *end anchor* its last non-blank line (the same line when the segment has one non-blank line).
+//! 3. Segments are placed in order; a cursor starts at the first line of the original and moves to the
+//!    line after each placed segment.
+//!    - If a marker precedes the segment, its start anchor must occur **exactly once** among the original's
+//!      lines from the cursor to the end; the segment begins at that line. Without a preceding marker (only
+//!      possible for the first segment) the segment begins at the first line of the file.
+//!    - If a marker follows the segment, its end anchor must occur exactly once among the original's
+//!      lines after the segment's start line (from the start line itself when the segment begins at the
+//!      file start without an anchor); the segment ends after that line. A one-line segment with a
+//!      preceding marker ends right after its start line. Without a following marker (only possible for
+//!      the last segment) the segment extends to the end of the file.
+//!    - The original lines from the segment's start to its end are replaced by the segment's lines. Blank
+//!      lines of the segment next to a marker are dropped (they usually just frame the marker); blank lines
+//!      at an edge of the edit without a marker are kept.
+//! 4. Original lines not covered by a segment are kept verbatim: the head before the first segment (leading
+//!    marker), the lines between segments (inner markers) and the tail after the last segment (trailing
+//!    marker).
+//! 5. An anchor with no occurrence after the cursor is refused: [`EditError::AnchorOutOfOrder`] if it does
+//!    occur earlier in the file, [`EditError::AnchorNotFound`] otherwise. Several occurrences are refused
+//!    with [`EditError::AmbiguousAnchor`], giving their count and line numbers.
+//! 6. Line endings: the original's lines keep their endings; lines coming from the edit get the original's
+//!    line ending (CRLF if the original contains `\r\n`, LF otherwise). When the output ends with lines from
+//!    the edit, it ends with a newline exactly when the original does (for an empty original: when the edit
+//!    does).
+//!
+//! Example, original:
+//!
+//! ```text
+//! fn a() {
+//!     one();
+//! }
+//!
+//! fn b() {
+//!     two();
+//! }
+//! ```
+//!
+//! Edit (inserts a line between two anchors, keeps the head and the tail):
+//!
+//! ```text
+//! // ... existing code ...
+//! fn b() {
+//!     zero();
+//!     two();
+//! // ... existing code ...
+//! ```
+//!
+//! `fn b() {` (start anchor) and `    two();` (end anchor) each occur once, so lines 5–6 are replaced by the
+//! segment; lines 1–4 and 7 are kept. Without the leading marker the edit would instead replace lines 1–6
+//! (the head up to the end anchor), and without the trailing marker lines 5–7 (from the start anchor to the
+//! end of the file).
+//!
+//! # Tool rules ([`edit_file`])
+//!
+//! New file: the content is written as is; markers in a new file are refused. Existing file: content with
+//! markers is merged by [`merge_edit`]; content without markers replaces the file only with `full_replace`,
+//! and is refused otherwise. The outcome carries a unified diff (3 lines of context).
+//!
+//! # Search and replace ([`search_replace`])
+//!
+//! The search text is matched literally (no regex), non-overlapping, left to right. An empty search is
+//! refused; no match is refused quoting the search (up to 200 characters); more than one match is refused
+//! with the count and line numbers unless `replace_all`. The replacement is inserted literally (`$1`, `\n`
+//! escapes and regex metacharacters mean nothing). In a CRLF file, a search (and its replacement) written
+//! with bare `\n` line breaks is matched and inserted with `\r\n`.
+
+use similar::TextDiff;
+
+/// Which anchor of a segment an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnchorKind {
+    /// The segment's first non-blank line.
+    Start,
+    /// The segment's last non-blank line.
+    End,
+}
+
+impl std::fmt::Display for AnchorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AnchorKind::Start => "start anchor (first line)",
+            AnchorKind::End => "end anchor (last line)",
+        })
+    }
+}
+
+/// Why an edit was refused. Line numbers are 1-based.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EditError {
+    /// The edit has no literal content (blank, or only markers and blank lines).
+    #[error("the edit is empty: it has no lines besides blank lines and `... existing code ...` markers")]
+    EmptyEdit,
+    /// [`merge_edit`] was given content without any marker line.
+    #[error(
+        "the edit has no `// ... existing code ...` marker lines, so there is nothing to merge"
+    )]
+    NoMarkers,
+    /// An anchor line does not occur in the original.
+    #[error("segment {segment}: {kind} {anchor:?} (edit line {edit_line}) does not occur in the file; anchors must match a whole line of the file exactly (indentation included)")]
+    AnchorNotFound {
+        segment: usize,
+        kind: AnchorKind,
+        anchor: String,
+        edit_line: usize,
+    },
+    /// An anchor line occurs more than once where it is searched.
+    #[error("segment {segment}: {kind} {anchor:?} (edit line {edit_line}) is ambiguous: it occurs {count} times at or after line {from_line}, at lines {}; extend the segment so that its first and last lines are unique", fmt_lines(.lines))]
+    AmbiguousAnchor {
+        segment: usize,
+        kind: AnchorKind,
+        anchor: String,
+        edit_line: usize,
+        count: usize,
+        from_line: usize,
+        lines: Vec<usize>,
+    },
+    /// An anchor line occurs only before the place the previous segment (or start anchor) ended.
+    #[error("segment {segment}: {kind} {anchor:?} (edit line {edit_line}) is out of order: it occurs only at lines {}, before line {from_line} where it must be searched (segments must follow the file's order)", fmt_lines(.lines))]
+    AnchorOutOfOrder {
+        segment: usize,
+        kind: AnchorKind,
+        anchor: String,
+        edit_line: usize,
+        from_line: usize,
+        lines: Vec<usize>,
+    },
+    /// Markers in content for a file that does not exist.
+    #[error("the file does not exist, so `... existing code ...` markers cannot refer to anything; send the whole content without markers")]
+    MarkersInNewFile,
+    /// Content without markers for an existing file, without `full_replace`.
+    #[error("the file exists and the content has no `// ... existing code ...` markers: it would replace the whole file; set fullReplace to do that, or add markers around the changed lines")]
+    FullReplaceRequired,
+    /// Empty search text.
+    #[error("the search text is empty")]
+    EmptySearch,
+    /// The search text does not occur.
+    #[error("the search text was not found: {search:?}")]
+    SearchNotFound {
+        /// The search text, truncated to 200 characters.
+        search: String,
+    },
+    /// The search text occurs more than once and `replace_all` is off.
+    #[error("the search text occurs {count} times (lines {}); make it unique or set replace_all", fmt_lines(.lines))]
+    AmbiguousSearch { count: usize, lines: Vec<usize> },
+}
+
+/// Result of [`edit_file`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EditOutcome {
+    /// The file's content after the edit.
+    pub new_content: String,
+    /// Unified diff from the old to the new content (`--- a/<path>`, `+++ b/<path>`, 3 lines of context;
+    /// `--- /dev/null` for a new file). Empty when nothing changed.
+    pub diff: String,
+}
+
+/// Line numbers in error messages: at most 20, then an ellipsis.
+fn fmt_lines(lines: &[usize]) -> String {
+    const MAX: usize = 20;
+    let mut s = lines
+        .iter()
+        .take(MAX)
+        .map(|l| l.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if lines.len() > MAX {
+        s.push_str(", …");
+    }
+    s
+}
+
+const COMMENT_LEADERS: &[&str] = &["<!--", "{/*", "/*", "//", "--", "#", ";", "%"];
+const COMMENT_TRAILERS: &[&str] = &["-->", "*/}", "*/"];
+
+/// Whether `line` is an `... existing code ...` marker (see the module documentation).
+pub fn is_marker(line: &str) -> bool {
+    let mut s = line.trim();
+    if let Some(rest) = COMMENT_LEADERS.iter().find_map(|p| s.strip_prefix(p)) {
+        s = rest;
+    }
+    if let Some(rest) = COMMENT_TRAILERS.iter().find_map(|p| s.strip_suffix(p)) {
+        s = rest;
+    }
+    let s = s.trim().replace('…', "...");
+    let Some(inner) = s.strip_prefix("...").and_then(|r| r.strip_suffix("...")) else {
+        return false;
+    };
+    let words: Vec<String> = inner.split_whitespace().map(str::to_lowercase).collect();
+    words == ["existing", "code"]
+}
+
+/// Whether the text has at least one marker line.
+pub fn has_markers(text: &str) -> bool {
+    text.lines().any(is_marker)
+}
+
+/// A line compared for anchoring: without line ending and trailing whitespace.
+fn key(line: &str) -> &str {
+    line.trim_end()
+}
+
+fn is_blank(line: &str) -> bool {
+    line.trim().is_empty()
+}
+
+/// One literal segment of the edit.
+struct Segment<'a> {
+    /// 1-based edit line number of each line.
+    lines: Vec<(usize, &'a str)>,
+    marker_before: bool,
+    marker_after: bool,
+}
+
+/// Lines of the original with their endings.
+fn split_keep_ends(text: &str) -> Vec<&str> {
+    text.split_inclusive('\n').collect()
+}
+
+/// Positions (0-based) of lines in `orig[from..]` equal to `anchor`.
+fn find_anchor(orig: &[&str], from: usize, anchor: &str) -> Vec<usize> {
+    let k = key(anchor);
+    (from..orig.len()).filter(|&i| key(orig[i]) == k).collect()
+}
+
+/// Resolve an anchor to exactly one original line at or after `from`.
+fn resolve(
+    orig: &[&str],
+    from: usize,
+    segment: usize,
+    kind: AnchorKind,
+    (edit_line, anchor): (usize, &str),
+) -> Result<usize, EditError> {
+    let hits = find_anchor(orig, from, anchor);
+    match hits.as_slice() {
+        [one] => Ok(*one),
+        [] => {
+            let before: Vec<usize> = find_anchor(&orig[..from.min(orig.len())], 0, anchor)
+                .into_iter()
+                .map(|i| i + 1)
+                .collect();
+            if before.is_empty() {
+                Err(EditError::AnchorNotFound {
+                    segment,
+                    kind,
+                    anchor: anchor.trim_end().to_string(),
+                    edit_line,
+                })
+            } else {
+                Err(EditError::AnchorOutOfOrder {
+                    segment,
+                    kind,
+                    anchor: anchor.trim_end().to_string(),
+                    edit_line,
+                    from_line: from + 1,
+                    lines: before,
+                })
+            }
+        }
+        many => Err(EditError::AmbiguousAnchor {
+            segment,
+            kind,
+            anchor: anchor.trim_end().to_string(),
+            edit_line,
+            count: many.len(),
+            from_line: from + 1,
+            lines: many.iter().map(|i| i + 1).collect(),
+        }),
+    }
+}
+
+/// Merge content with `// ... existing code ...` markers into `original`, following the rules in the module
+/// documentation. Refuses (never guesses) when an anchor is missing, ambiguous or out of order.
+pub fn merge_edit(original: &str, edit: &str) -> Result<String, EditError> {
+    if edit.trim().is_empty() {
+        return Err(EditError::EmptyEdit);
+    }
+    let edit_lines: Vec<&str> = edit.lines().collect();
+    if !edit_lines.iter().any(|l| is_marker(l)) {
+        return Err(EditError::NoMarkers);
+    }
+
+    // Split into segments by marker lines; drop blank segments.
+    let mut segments: Vec<Segment<'_>> = Vec::new();
+    let mut current: Vec<(usize, &str)> = Vec::new();
+    let mut marker_before = false;
+    for (i, line) in edit_lines.iter().enumerate() {
+        if is_marker(line) {
+            if current.iter().any(|(_, l)| !is_blank(l)) {
+                segments.push(Segment {
+                    lines: std::mem::take(&mut current),
+                    marker_before,
+                    marker_after: true,
+                });
+            } else {
+                current.clear();
+            }
+            marker_before = true;
+        } else {
+            current.push((i + 1, line));
+        }
+    }
+    if current.iter().any(|(_, l)| !is_blank(l)) {
+        segments.push(Segment {
+            lines: current,
+            marker_before,
+            marker_after: false,
+        });
+    }
+    if segments.is_empty() {
+        return Err(EditError::EmptyEdit);
+    }
+
+    // Trim blank lines next to markers.
+    for seg in &mut segments {
+        if seg.marker_before {
+            let skip = seg.lines.iter().take_while(|(_, l)| is_blank(l)).count();
+            seg.lines.drain(..skip);
+        }
+        if seg.marker_after {
+            while seg.lines.last().is_some_and(|(_, l)| is_blank(l)) {
+                seg.lines.pop();
+            }
+        }
+    }
+
+    let orig = split_keep_ends(original);
+    let eol = if original.contains("\r\n") {
+        "\r\n"
+    } else {
+        "\n"
+    };
+
+    // Place segments: (start, end) half-open ranges of original lines.
+    let mut cursor = 0usize;
+    let mut ranges: Vec<(usize, usize)> = Vec::with_capacity(segments.len());
+    for (idx, seg) in segments.iter().enumerate() {
+        let number = idx + 1;
+        let non_blank: Vec<(usize, &str)> = seg
+            .lines
+            .iter()
+            .copied()
+            .filter(|(_, l)| !is_blank(l))
+            .collect();
+        let (first, last) = match (non_blank.first(), non_blank.last()) {
+            (Some(f), Some(l)) => (*f, *l),
+            _ => return Err(EditError::EmptyEdit),
+        };
+        let start = if seg.marker_before {
+            Some(resolve(&orig, cursor, number, AnchorKind::Start, first)?)
+        } else {
+            None
+        };
+        let end = if seg.marker_after {
+            match start {
+                Some(s) if non_blank.len() == 1 => s + 1,
+                Some(s) => resolve(&orig, s + 1, number, AnchorKind::End, last)? + 1,
+                None => resolve(&orig, cursor, number, AnchorKind::End, last)? + 1,
+            }
+        } else {
+            orig.len()
+        };
+        let start = start.unwrap_or(0);
+        ranges.push((start, end));
+        cursor = end;
+    }
+
+    // Assemble.
+    let mut out = String::with_capacity(original.len() + edit.len());
+    let mut kept_from = 0usize;
+    let mut ends_with_edit = false;
+    for (seg, &(start, end)) in segments.iter().zip(&ranges) {
+        for line in &orig[kept_from..start] {
+            out.push_str(line);
+        }
+        for (_, line) in &seg.lines {
+            out.push_str(line);
+            out.push_str(eol);
+        }
+        ends_with_edit = end == orig.len();
+        kept_from = end;
+    }
+    for line in &orig[kept_from..] {
+        out.push_str(line);
+    }
+    if ends_with_edit {
+        let want_newline = if original.is_empty() {
+            edit.ends_with('\n')
+        } else {
+            original.ends_with('\n')
+        };
+        if !want_newline {
+            if let Some(stripped) = out.strip_suffix(eol) {
+                out.truncate(stripped.len());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Unified diff of `old` → `new` for `path` (3 lines of context); `old = None` diffs from `/dev/null`.
+/// Empty when nothing changed.
+pub fn unified_diff(path: &str, old: Option<&str>, new: &str) -> String {
+    let old_header = if old.is_some() {
+        format!("a/{path}")
+    } else {
+        "/dev/null".to_string()
+    };
+    let new_header = format!("b/{path}");
+    TextDiff::from_lines(old.unwrap_or(""), new)
+        .unified_diff()
+        .context_radius(3)
+        .header(&old_header, &new_header)
+        .to_string()
+}
+
+/// Apply the `session_edit_file` rules to the file at `path` (used only for the diff headers):
+/// `original = None` for a file that does not exist (content written as is; markers refused); an existing
+/// file with content without markers needs `full_replace`; content with markers is merged by
+/// [`merge_edit`] (whatever `full_replace` says).
+pub fn edit_file(
+    path: &str,
+    original: Option<&str>,
+    content: &str,
+    full_replace: bool,
+) -> Result<EditOutcome, EditError> {
+    let new_content = match original {
+        None if has_markers(content) => return Err(EditError::MarkersInNewFile),
+        None => content.to_string(),
+        Some(orig) if has_markers(content) => merge_edit(orig, content)?,
+        Some(_) if full_replace => content.to_string(),
+        Some(_) => return Err(EditError::FullReplaceRequired),
+    };
+    let diff = unified_diff(path, original, &new_content);
+    Ok(EditOutcome { new_content, diff })
+}
+
+/// Replace `search` with `replace`, both literal: exactly one match unless `replace_all`. Returns the new
+/// text and the number of replacements. See the module documentation for the rules.
+pub fn search_replace(
+    original: &str,
+    search: &str,
+    replace: &str,
+    replace_all: bool,
+) -> Result<(String, usize), EditError> {
+    if search.is_empty() {
+        return Err(EditError::EmptySearch);
+    }
+    let crlf = original.contains("\r\n") && search.contains('\n') && !search.contains('\r');
+    let (search_eff, replace_eff);
+    let asked = search;
+    let (search, replace) = if crlf {
+        search_eff = search.replace('\n', "\r\n");
+        replace_eff = if replace.contains('\r') {
+            replace.to_string()
+        } else {
+            replace.replace('\n', "\r\n")
+        };
+        (search_eff.as_str(), replace_eff.as_str())
+    } else {
+        (search, replace)
+    };
+    let starts: Vec<usize> = original.match_indices(search).map(|(i, _)| i).collect();
+    match starts.len() {
+        0 => {
+            let shown: String = asked.chars().take(200).collect();
+            let shown = if asked.chars().count() > 200 {
+                format!("{shown}…")
+            } else {
+                shown
+            };
+            Err(EditError::SearchNotFound { search: shown })
+        }
+        1 => Ok((original.replacen(search, replace, 1), 1)),
+        n if replace_all => Ok((original.replace(search, replace), n)),
+        n => {
+            let lines = starts
+                .iter()
+                .map(|&i| original[..i].matches('\n').count() + 1)
+                .collect();
+            Err(EditError::AmbiguousSearch { count: n, lines })
+        }
+    }
+}
