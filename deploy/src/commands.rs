@@ -363,12 +363,13 @@ pub fn create(home: &Home, opts: &CreateOptions) -> Result<Created, CommandError
     }
     // Registering first claims the id: nothing is touched if it is taken.
     registry.register(&record)?;
+    let certs_existed = home.session_cert_dir(&id).exists();
 
     let undo = |e: CommandError| {
         if let Err(re) = registry.remove(&id) {
             warn!(session = %id, error = %re, "cannot remove the failed session's registration");
         }
-        remove_created_files(home, &id, made_default);
+        remove_created_files(home, &id, made_default, certs_existed);
         e
     };
     let prepared = (|| -> Result<(), CommandError> {
@@ -462,12 +463,15 @@ fn create_docker(
     record.labels = opts.labels.iter().cloned().collect::<BTreeMap<_, _>>();
     record.labels.insert(OWNER_LABEL.to_owned(), owner);
     registry.register(&record)?;
+    // Certificates issued earlier (`session certs`, for a compose container) are not this create's
+    // to delete.
+    let certs_existed = home.session_cert_dir(&id).exists();
 
     let undo = |e: CommandError| {
         if let Err(re) = registry.remove(&id) {
             warn!(session = %id, error = %re, "cannot remove the failed session's registration");
         }
-        remove_created_files(home, &id, false);
+        remove_created_files(home, &id, false, certs_existed);
         e
     };
     home.issue_session_certs(&ca, &id)
@@ -516,8 +520,9 @@ fn workspace_dir(dir: &Path) -> Result<PathBuf, CommandError> {
 
 /// Undoes a failed `create`: the certificates and log, the default workspace if this
 /// `create` made it (only while still empty), and the session directory if then empty.
-fn remove_created_files(home: &Home, id: &SessionId, made_default: bool) {
-    for path in [home.session_cert_dir(id), home.daemon_log(id)] {
+fn remove_created_files(home: &Home, id: &SessionId, made_default: bool, keep_certs: bool) {
+    let certs = (!keep_certs).then(|| home.session_cert_dir(id));
+    for path in certs.into_iter().chain([home.daemon_log(id)]) {
         if let Err(e) = remove_path(&path) {
             warn!(error = %e, "cannot clean up after the failed create");
         }

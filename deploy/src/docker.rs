@@ -193,6 +193,17 @@ pub enum DockerError {
         /// The container's last log lines, formatted for display.
         logs: String,
     },
+    /// A volume that sessionfs did not create for this session is never deleted.
+    #[error(
+        "volume {volume} was not created by sessionfs for session `{session}`; not deleting it \
+         (remove it yourself with `docker volume rm {volume}` if you mean to)"
+    )]
+    NotOurVolume {
+        /// The volume.
+        volume: String,
+        /// The session whose purge asked for it.
+        session: String,
+    },
 }
 
 impl DockerError {
@@ -522,8 +533,15 @@ impl Engine {
             Docker::connect_with_socket(&socket, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
                 .map_err(connect_error)?
         };
+        // A hung engine must not hang the CLI or the mount's reconciler: the handshake is bounded.
         let docker = runtime
-            .block_on(docker.negotiate_version())
+            .block_on(async {
+                tokio::time::timeout(CALL_TIMEOUT, docker.negotiate_version()).await
+            })
+            .map_err(|_| DockerError::Timeout {
+                action: format!("negotiate the API version with {socket}"),
+                timeout: CALL_TIMEOUT,
+            })?
             .map_err(connect_error)?;
         debug!(socket = %socket, version = ?docker.client_version(), "connected to the Docker engine");
         Ok(Engine {
@@ -702,8 +720,28 @@ impl Engine {
         }
     }
 
-    /// Deletes the named volume; false if it did not exist.
-    pub fn remove_volume(&self, volume: &str) -> Result<bool, DockerError> {
+    /// Deletes the named volume if sessionfs created it (it carries [`LABEL_MANAGED`]), and, when
+    /// `session` is given, created it for that session; false if it did not exist. A volume the user
+    /// brought (`--volume`), or another session's, is refused with [`DockerError::NotOurVolume`].
+    pub fn remove_volume(
+        &self,
+        volume: &str,
+        session: Option<&SessionId>,
+    ) -> Result<bool, DockerError> {
+        let labels = match self.runtime.block_on(self.docker.inspect_volume(volume)) {
+            Ok(v) => v.labels,
+            Err(e) if is_not_found(&e) => return Ok(false),
+            Err(e) => return Err(DockerError::api(format!("inspect volume {volume}"))(e)),
+        };
+        let managed = labels.get(LABEL_MANAGED).is_some_and(|v| v == "1");
+        let owner = labels.get(LABEL_SESSION).map(String::as_str);
+        if !managed || session.is_some_and(|id| owner != Some(id.as_str())) {
+            return Err(DockerError::NotOurVolume {
+                volume: volume.to_owned(),
+                session: session
+                    .map_or_else(|| owner.unwrap_or("?").to_owned(), ToString::to_string),
+            });
+        }
         let options = RemoveVolumeOptionsBuilder::default().force(false).build();
         match self
             .runtime
@@ -823,7 +861,7 @@ impl Engine {
         }
         let undo_volume = |e: DockerError| {
             if let (true, WorkspaceSource::Volume(volume)) = (volume_created, &spec.workspace) {
-                if let Err(re) = self.remove_volume(volume) {
+                if let Err(re) = self.remove_volume(volume, Some(id)) {
                     warn!(session = %id, error = %re, "cannot remove the failed session's volume");
                 }
             }
@@ -885,7 +923,7 @@ impl Engine {
         if let (true, WorkspaceSource::Volume(volume)) =
             (provisioned.volume_created, &provisioned.workspace)
         {
-            if let Err(e) = self.remove_volume(volume) {
+            if let Err(e) = self.remove_volume(volume, None) {
                 warn!(volume = %volume, error = %e, "cannot remove the volume");
             }
         }
@@ -1077,7 +1115,10 @@ impl Engine {
         let container = record_container(record);
         let existed = self.remove_container(&container)?;
         let volume = match record.labels.get(RECORD_VOLUME) {
-            Some(volume) if purge => Some((volume.clone(), self.remove_volume(volume)?)),
+            Some(volume) if purge => Some((
+                volume.clone(),
+                self.remove_volume(volume, Some(&record.id))?,
+            )),
             Some(volume) => Some((volume.clone(), false)),
             None => None,
         };

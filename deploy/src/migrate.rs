@@ -1,24 +1,32 @@
 //! `sessionfs session migrate <id> --to docker|local`: moves a session between backends.
 //!
 //! The steps, each named in errors:
-//! 1. **copy** — local→docker: a new volume `sessionfs-<id>` is filled by uploading a tar of the
+//! 1. **stop-source** — the source daemon process or container is stopped and the record marked
+//!    `stopped` (the mount answers ENOTCONN for the duration), so nothing writes to the workspace
+//!    while it is copied.
+//! 2. **copy** — local→docker: a new volume `sessionfs-<id>` is filled by uploading a tar of the
 //!    workspace into a helper container (`sessionfs-<id>-migrate`, created from the session image
-//!    and never started); docker→local: the container's `/workspace` is downloaded as a tar and
-//!    unpacked into a new directory (default `<state>/sessions/<id>/workspace-migrated`).
-//! 2. **verify** — the copy is read back (the volume is downloaded again; the directory is
-//!    walked) and compared with the source: the set of paths, each node's kind and mode, every
-//!    regular file's size and SHA-256, every symlink's target.
-//! 3. **switch** — the target runtime is started (container, or local daemon) and the registry
+//!    and never started); docker→local: the stopped container's `/workspace` is downloaded as a
+//!    tar and unpacked into a new directory (default `<state>/sessions/<id>/workspace-migrated`;
+//!    only its last component is created).
+//! 3. **verify** — the copy is compared with an independent second read of the source
+//!    (local→docker: the volume is downloaded and compared with the directory walked again;
+//!    docker→local: `/workspace` is downloaded again and compared with the unpacked directory):
+//!    the set of paths, each node's kind and mode, every regular file's size and SHA-256, every
+//!    symlink's target. Archives are read strictly (short entry data or a missing end-of-archive
+//!    marker fail).
+//! 4. **switch** — the target runtime is started (container, or local daemon) and the registry
 //!    entry is rewritten (backend, endpoint, labels, workspace).
-//! 4. **stop-source** — the source daemon process or container is stopped (and the container
-//!    removed). Its data (directory or volume) is kept unless `--purge-source`.
 //!
-//! A failure at any step rolls back what the migration created (volume, helper and session
-//! containers, target directory contents, registry change, new daemon), so the session stays
-//! on its original backend, serving the same data. The state directory's lock is held
-//! throughout, so no other `sessionfs` command changes the session meanwhile. Writes made to the
-//! workspace while it is being copied make the verification fail (nothing is lost: the
-//! session stays where it was).
+//! After the switch nothing is rolled back (the target may hold new writes): the old container
+//! (docker→local) is removed if possible, else reported as not cleaned up. The source data
+//! (directory or volume) is kept unless `--purge-source`.
+//!
+//! A failure up to the switch rolls back what the migration created (volume, helper and session
+//! containers, target directory contents, registry change, new daemon) and restarts the source
+//! as it was, so the session stays on its original backend, serving the same data. The state
+//! directory's lock is held throughout, so no other `sessionfs` command changes the session
+//! meanwhile.
 //!
 //! For tests only, [`FAIL_ENV`] (`SESSIONFS_MIGRATE_FAIL_AFTER=copy|verify|switch`) makes the
 //! migration fail right after that step, to exercise the rollback.
@@ -26,7 +34,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs::{self, File};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
@@ -40,11 +48,14 @@ use bollard::{Docker, API_DEFAULT_VERSION};
 use futures_util::StreamExt;
 use sessionfs_registry::{
     Backend, InvalidSessionId, Registry, RegistryError, SessionId, SessionRecord, SessionState,
+    OWNER_LABEL,
 };
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use crate::docker::{self, ContainerSpec, DockerError, Engine, Provisioned, WorkspaceSource};
+use crate::docker::{
+    self, ContainerSpec, ContainerStop, DockerError, Engine, Provisioned, WorkspaceSource,
+};
 use crate::file_error::{io_error, FileError};
 use crate::image::{self, ImageError};
 use crate::local::{self, LocalError};
@@ -120,6 +131,10 @@ pub enum StepError {
     /// The archive holds something that cannot be unpacked safely.
     #[error("unsafe or unsupported archive entry {0:?}")]
     BadEntry(String),
+    /// The archive ends early (an entry's data is short, or the end-of-archive blocks are
+    /// missing).
+    #[error("the archive {0} is truncated")]
+    Truncated(String),
     /// [`FAIL_ENV`] asked for this failure.
     #[error("failure injected by {FAIL_ENV}={0}")]
     Injected(Step),
@@ -205,6 +220,9 @@ pub struct Migrated {
     pub source: String,
     /// Whether the source data was deleted (`--purge-source`).
     pub purged: bool,
+    /// Source runtime the migration could not clean up after the switch (the migration
+    /// succeeded; this is left for the user), in words.
+    pub leftover: Option<String>,
 }
 
 impl fmt::Display for Migrated {
@@ -221,6 +239,9 @@ impl fmt::Display for Migrated {
             "migrated session {} from {} to {} at {endpoint} serving {workspace} ({} paths verified)",
             r.id, self.from, r.backend, self.verified
         )?;
+        if let Some(leftover) = &self.leftover {
+            write!(f, "\nnot cleaned up: {leftover}")?;
+        }
         if self.purged {
             write!(f, "\ndeleted the source {}", self.source)
         } else {
@@ -317,6 +338,13 @@ impl Ctx<'_> {
             .session_dir(&self.record.id)
             .join("migrate.tar.partial")
     }
+
+    /// The second download of a docker→local migration, read for the verification.
+    fn verify_tar(&self) -> PathBuf {
+        self.home
+            .session_dir(&self.record.id)
+            .join("migrate-verify.tar.partial")
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -328,7 +356,16 @@ struct DockerTarget {
     volume: Option<String>,
     helper: Option<String>,
     container: Option<Provisioned>,
-    switched: bool,
+    source: SourceStop,
+}
+
+/// What the migration did to the source runtime before copying.
+#[derive(Default)]
+struct SourceStop {
+    /// The source was running when the migration stopped it (restarted on rollback).
+    was_running: bool,
+    /// The registry entry was changed (marked stopped, or switched); restored on rollback.
+    registry_changed: bool,
 }
 
 fn to_docker(ctx: &Ctx<'_>, opts: &MigrateOptions) -> Result<Migrated, MigrateError> {
@@ -363,10 +400,24 @@ fn to_docker(ctx: &Ctx<'_>, opts: &MigrateOptions) -> Result<Migrated, MigrateEr
     }
     let api = ctx.prepare(Api::connect(&engine))?;
     let mut made = DockerTarget::default();
-    let mut step = Step::Copy;
+    let mut step = Step::StopSource;
     let labels = object_labels(ctx.home, id);
+    // The daemon in the container gives new files the workspace owner, as `session create`
+    // does for docker sessions.
+    let owner = ctx
+        .record
+        .labels
+        .get(OWNER_LABEL)
+        .cloned()
+        .unwrap_or_else(|| crate::commands::DEFAULT_DOCKER_OWNER.to_owned());
     let result = (|| -> Result<(SessionRecord, usize), StepError> {
+        // stop-source: nothing writes to the directory from now on; the mount answers
+        // ENOTCONN until the switch (or the rollback).
+        made.source.was_running = local::is_running(ctx.record);
+        local::stop(ctx.record)?;
+        mark_stopped(ctx, &mut made.source)?;
         // copy
+        step = Step::Copy;
         api.create_volume(&volume, &labels)?;
         made.volume = Some(volume.clone());
         api.create_helper(&helper, &image, &volume, &labels)?;
@@ -392,7 +443,7 @@ fn to_docker(ctx: &Ctx<'_>, opts: &MigrateOptions) -> Result<Migrated, MigrateEr
             nano_cpus: None,
             memory: None,
             workspace: WorkspaceSource::Volume(volume.clone()),
-            env: Vec::new(),
+            env: vec![(crate::commands::OWNER_ENV.to_owned(), owner.clone())],
         };
         let provisioned = engine.provision(ctx.home, id, &spec)?;
         made.container = Some(provisioned.clone());
@@ -412,12 +463,11 @@ fn to_docker(ctx: &Ctx<'_>, opts: &MigrateOptions) -> Result<Migrated, MigrateEr
             r.labels.retain(|k, _| !k.starts_with("docker."));
             r.labels.extend(provisioned.record_labels());
             r.labels.extend(spec.record_labels());
+            r.labels.insert(OWNER_LABEL.to_owned(), owner.clone());
         })?;
-        made.switched = true;
+        made.source.registry_changed = true;
         ctx.inject(Step::Switch)?;
-        // stop-source
-        step = Step::StopSource;
-        local::stop(ctx.record)?;
+        // The source daemon was stopped before the copy: nothing left to clean up.
         Ok((record, source.len()))
     })();
     let (record, verified) = match result {
@@ -446,16 +496,32 @@ fn to_docker(ctx: &Ctx<'_>, opts: &MigrateOptions) -> Result<Migrated, MigrateEr
         verified,
         source: format!("directory {}", source_dir.display()),
         purged,
+        leftover: None,
     })
+}
+
+/// Marks the session stopped in the registry (no endpoint, no pid) while it migrates.
+fn mark_stopped(ctx: &Ctx<'_>, source: &mut SourceStop) -> Result<(), StepError> {
+    ctx.registry.modify(&ctx.record.id, |r| {
+        r.state = SessionState::Stopped;
+        r.endpoint = None;
+        r.pid = None;
+    })?;
+    source.registry_changed = true;
+    Ok(())
+}
+
+/// Writes `record` back into the registry if the migration changed it or restarted the source.
+fn restore_record(ctx: &Ctx<'_>, record: &SessionRecord, source: &SourceStop, restarted: bool) {
+    if source.registry_changed || restarted {
+        if let Err(e) = ctx.registry.update(record) {
+            warn!(session = %ctx.record.id, error = %e, "rollback: cannot restore the registry entry");
+        }
+    }
 }
 
 fn rollback_docker(ctx: &Ctx<'_>, engine: &Engine, made: DockerTarget) {
     let id = &ctx.record.id;
-    if made.switched {
-        if let Err(e) = ctx.registry.update(ctx.record) {
-            warn!(session = %id, error = %e, "rollback: cannot restore the registry entry");
-        }
-    }
     if let Some(p) = &made.container {
         engine.discard(p);
     }
@@ -465,11 +531,29 @@ fn rollback_docker(ctx: &Ctx<'_>, engine: &Engine, made: DockerTarget) {
         }
     }
     if let Some(volume) = &made.volume {
-        if let Err(e) = engine.remove_volume(volume) {
+        if let Err(e) = engine.remove_volume(volume, Some(id)) {
             warn!(session = %id, error = %e, "rollback: cannot remove the volume");
         }
     }
     remove_scratch(&ctx.scratch_tar());
+    // Restart the source daemon as it was (never a second one next to a survivor).
+    let mut record = ctx.record.clone();
+    let mut restarted = false;
+    if made.source.was_running && !local::is_running(ctx.record) {
+        match local::start(ctx.home, ctx.record) {
+            Ok(started) => {
+                record = started;
+                restarted = true;
+            }
+            Err(e) => {
+                warn!(session = %id, error = %e, "rollback: cannot restart the source daemon (`session start` it)");
+                record.state = SessionState::Stopped;
+                record.endpoint = None;
+                record.pid = None;
+            }
+        }
+    }
+    restore_record(ctx, &record, &made.source, restarted);
 }
 
 fn failed(ctx: &Ctx<'_>, to: Backend, step: Step, source: StepError) -> MigrateError {
@@ -511,7 +595,7 @@ struct LocalTarget {
     /// The target directory, and whether the migration created it.
     dir: Option<(PathBuf, bool)>,
     started: Option<SessionRecord>,
-    switched: bool,
+    source: SourceStop,
 }
 
 fn to_local(ctx: &Ctx<'_>, opts: &MigrateOptions) -> Result<Migrated, MigrateError> {
@@ -538,6 +622,16 @@ fn to_local(ctx: &Ctx<'_>, opts: &MigrateOptions) -> Result<Migrated, MigrateErr
             })
         }
     };
+    if !exists {
+        // Only the last component is created (so a rollback removes only what it made).
+        let parent_ok = target.parent().is_some_and(|p| p.is_dir());
+        if opts.dir.is_some() && !parent_ok {
+            return Err(refuse(format!(
+                "the parent directory of {} does not exist (create it first)",
+                target.display()
+            )));
+        }
+    }
     if exists {
         let mut entries = ctx.prepare(fs::read_dir(&target).map_err(io_error("list", &target)))?;
         if entries.next().is_some() {
@@ -566,29 +660,50 @@ fn to_local(ctx: &Ctx<'_>, opts: &MigrateOptions) -> Result<Migrated, MigrateErr
         (None, None) => "-".to_owned(),
     };
     let engine = ctx.prepare(Engine::connect())?;
-    if ctx.prepare(engine.inspect_container(&container))?.is_none() {
+    let Some(inspected) = ctx.prepare(engine.inspect_container(&container))? else {
         return Err(refuse(format!(
             "its container {container} does not exist (`session recreate` it first)"
         )));
-    }
+    };
+    let running = inspected
+        .state
+        .as_ref()
+        .and_then(|s| s.running)
+        .unwrap_or(false);
     let api = ctx.prepare(Api::connect(&engine))?;
     let mut made = LocalTarget::default();
-    let mut step = Step::Copy;
+    let mut step = Step::StopSource;
     let result = (|| -> Result<(SessionRecord, usize), StepError> {
+        // stop-source: nothing writes to the volume from now on; the mount answers ENOTCONN
+        // until the switch (or the rollback). The archive download works on a stopped
+        // container.
+        made.source.was_running = running;
+        if engine.stop(ctx.record)? == ContainerStop::Missing {
+            return Err(DockerError::ContainerGone {
+                id: id.clone(),
+                container: container.clone(),
+            }
+            .into());
+        }
+        mark_stopped(ctx, &mut made.source)?;
         // copy
+        step = Step::Copy;
+        crate::state::private_dir(&ctx.home.session_dir(id))?;
         if !exists {
-            fs::create_dir_all(&target).map_err(io_error("create directory", &target))?;
+            fs::create_dir(&target).map_err(io_error("create directory", &target))?;
         }
         made.dir = Some((target.clone(), !exists));
         let target = fs::canonicalize(&target).map_err(io_error("resolve", &target))?;
         made.dir = Some((target.clone(), !exists));
         let tar = ctx.scratch_tar();
-        crate::state::private_dir(&ctx.home.session_dir(id))?;
         api.download(&container, &tar)?;
         unpack(&tar, &target)?;
+        remove_scratch(&tar);
         ctx.inject(Step::Copy)?;
-        // verify
+        // verify: against a second, independent download of the (stopped) source.
         step = Step::Verify;
+        let tar = ctx.verify_tar();
+        api.download(&container, &tar)?;
         let source = manifest_tar(&tar)?;
         let copied = manifest_dir(&target)?;
         compare(
@@ -613,24 +728,32 @@ fn to_local(ctx: &Ctx<'_>, opts: &MigrateOptions) -> Result<Migrated, MigrateErr
         next.endpoint = started.endpoint;
         next.pid = started.pid;
         ctx.registry.update(&next)?;
-        made.switched = true;
+        made.source.registry_changed = true;
         ctx.inject(Step::Switch)?;
-        // stop-source
-        step = Step::StopSource;
-        engine.remove_container(&container)?;
         Ok((next, source.len()))
     })();
     let (record, verified) = match result {
         Ok(done) => done,
         Err(source) => {
-            rollback_local(ctx, made);
+            rollback_local(ctx, &engine, made);
             return Err(failed(ctx, Backend::Local, step, source));
         }
     };
     info!(session = %id, container = %container, "migrated to local");
+    // After the switch nothing is rolled back (the target may hold new writes already): the
+    // old container, stopped since the copy, is removed if possible, else reported.
+    let leftover = match engine.remove_container(&container) {
+        Ok(_) => None,
+        Err(e) => {
+            warn!(session = %id, container = %container, error = %e, "cannot remove the source container");
+            Some(format!(
+                "the stopped source container {container} ({e}); remove it with `docker rm {container}`"
+            ))
+        }
+    };
     let mut purged = false;
-    if let (true, Some(volume)) = (opts.purge_source, &source) {
-        match engine.remove_volume(volume) {
+    if let (true, Some(volume), None) = (opts.purge_source, &source, &leftover) {
+        match engine.remove_volume(volume, Some(id)) {
             Ok(_) => purged = true,
             Err(e) => warn!(volume = %volume, error = %e, "cannot delete the source volume"),
         }
@@ -641,16 +764,12 @@ fn to_local(ctx: &Ctx<'_>, opts: &MigrateOptions) -> Result<Migrated, MigrateErr
         verified,
         source: source_text,
         purged,
+        leftover,
     })
 }
 
-fn rollback_local(ctx: &Ctx<'_>, made: LocalTarget) {
+fn rollback_local(ctx: &Ctx<'_>, engine: &Engine, made: LocalTarget) {
     let id = &ctx.record.id;
-    if made.switched {
-        if let Err(e) = ctx.registry.update(ctx.record) {
-            warn!(session = %id, error = %e, "rollback: cannot restore the registry entry");
-        }
-    }
     if let Some(started) = &made.started {
         if let Err(e) = local::stop(started) {
             warn!(session = %id, error = %e, "rollback: cannot stop the new daemon");
@@ -667,6 +786,25 @@ fn rollback_local(ctx: &Ctx<'_>, made: LocalTarget) {
         }
     }
     remove_scratch(&ctx.scratch_tar());
+    remove_scratch(&ctx.verify_tar());
+    // Restart the source container as it was.
+    let mut record = ctx.record.clone();
+    let mut restarted = false;
+    if made.source.was_running {
+        match engine.start(ctx.home, ctx.record) {
+            Ok((endpoint, _)) => {
+                record.state = SessionState::Running;
+                record.endpoint = Some(endpoint);
+                restarted = true;
+            }
+            Err(e) => {
+                warn!(session = %id, error = %e, "rollback: cannot restart the source container (`session start` it)");
+                record.state = SessionState::Stopped;
+                record.endpoint = None;
+            }
+        }
+    }
+    restore_record(ctx, &record, &made.source, restarted);
 }
 
 /// Deletes everything inside `dir` (it was empty before the migration).
@@ -850,6 +988,8 @@ fn entry_rel(path: &Path) -> Result<Option<PathBuf>, StepError> {
 /// Unpacks the archive `tar` (one top directory, stripped) into the existing directory
 /// `root`, refusing entries that would leave it. Directory modes are applied last.
 fn unpack(tar: &Path, root: &Path) -> Result<(), StepError> {
+    // A truncated archive is refused before anything is unpacked.
+    manifest_tar(tar)?;
     let file = File::open(tar).map_err(io_error("open", tar))?;
     let mut archive = tar::Archive::new(std::io::BufReader::new(file));
     let mut dir_modes = Vec::new();
@@ -1001,13 +1141,19 @@ fn manifest_dir(root: &Path) -> Result<Manifest, StepError> {
 }
 
 /// The manifest of an archive with one top directory (stripped); hard links count as the
-/// file they link to.
+/// file they link to. Strict: fails if an entry's data is shorter than its header says or
+/// the archive lacks its end-of-archive blocks.
 fn manifest_tar(tar: &Path) -> Result<Manifest, StepError> {
+    let truncated = |what: String| StepError::Truncated(format!("{} ({what})", tar.display()));
     let file = File::open(tar).map_err(io_error("open", tar))?;
     let mut archive = tar::Archive::new(std::io::BufReader::new(file));
     let mut out = Manifest::new();
+    // Where the last entry's data (padded to whole blocks) ends.
+    let mut end = 0u64;
     for entry in archive.entries().map_err(io_error("read", tar))? {
-        let entry = entry.map_err(io_error("read", tar))?;
+        let mut entry = entry.map_err(io_error("read", tar))?;
+        let declared = entry.size();
+        end = entry.raw_file_position() + declared.div_ceil(BLOCK) * BLOCK;
         let path = entry.path().map_err(io_error("read", tar))?.into_owned();
         let Some(rel) = entry_rel(&path)? else {
             continue;
@@ -1034,7 +1180,13 @@ fn manifest_tar(tar: &Path) -> Result<Manifest, StepError> {
                 .cloned()
                 .ok_or_else(|| StepError::BadEntry(path.display().to_string()))?
         } else if kind.is_file() {
-            let (size, sha256) = hash_reader(entry, tar)?;
+            let (size, sha256) = hash_reader(&mut entry, tar)?;
+            if size != declared {
+                return Err(truncated(format!(
+                    "{} holds {size} of {declared} bytes",
+                    path.display()
+                )));
+            }
             Node::File { mode, size, sha256 }
         } else {
             Node::Other {
@@ -1044,8 +1196,26 @@ fn manifest_tar(tar: &Path) -> Result<Manifest, StepError> {
         };
         out.insert(rel, node);
     }
+    // The end-of-archive marker: two zero blocks after the last entry.
+    let mut file = File::open(tar).map_err(io_error("open", tar))?;
+    let len = file.metadata().map_err(io_error("inspect", tar))?.len();
+    if len < end + 2 * BLOCK {
+        return Err(truncated(format!(
+            "{len} bytes, no end-of-archive blocks after byte {end}"
+        )));
+    }
+    let mut marker = vec![0u8; 2 * BLOCK as usize];
+    file.seek(SeekFrom::Start(end))
+        .and_then(|_| file.read_exact(&mut marker))
+        .map_err(io_error("read", tar))?;
+    if marker.iter().any(|&b| b != 0) {
+        return Err(truncated(format!("no end-of-archive blocks at byte {end}")));
+    }
     Ok(out)
 }
+
+/// The tar block size.
+const BLOCK: u64 = 512;
 
 /// Fails with the first difference between the two manifests.
 fn compare(
@@ -1114,6 +1284,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("a/b/f is a file of mode 644"), "{msg}");
+    }
+
+    #[test]
+    fn truncated_archives_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::create_dir_all(src.join("d")).unwrap();
+        fs::write(src.join("d/big"), vec![3u8; 10_000]).unwrap();
+        let tar = tmp.path().join("t.tar");
+        pack_dir(&src, &tar).unwrap();
+        let full = fs::read(&tar).unwrap();
+        manifest_tar(&tar).unwrap();
+        let cut = tmp.path().join("cut.tar");
+        // Without the end-of-archive blocks, cut at a block boundary inside the data, and
+        // cut mid-block: each is refused, and nothing is unpacked.
+        for len in [
+            full.len() - 1024,
+            full.len() - 1024 - 4096,
+            full.len() - 2000,
+        ] {
+            fs::write(&cut, &full[..len]).unwrap();
+            let err = manifest_tar(&cut).unwrap_err();
+            assert!(
+                matches!(err, StepError::Truncated(_) | StepError::Io(_)),
+                "{len}: {err}"
+            );
+            let dst = tmp.path().join(format!("dst{len}"));
+            fs::create_dir(&dst).unwrap();
+            assert!(unpack(&cut, &dst).is_err());
+            assert!(fs::read_dir(&dst).unwrap().next().is_none());
+        }
+        fs::write(&cut, &full[..full.len() - 1024]).unwrap();
+        let msg = manifest_tar(&cut).unwrap_err().to_string();
+        assert!(msg.contains("truncated"), "{msg}");
     }
 
     #[test]

@@ -71,12 +71,32 @@ pub struct Home {
     root: PathBuf,
 }
 
+/// `path` with its longest existing ancestor canonicalized (symlinks, `..` and trailing slashes
+/// resolved), so a directory not created yet gets the name it will have once it exists.
+fn canonical(path: &Path) -> PathBuf {
+    for ancestor in path.ancestors() {
+        if let Ok(real) = std::fs::canonicalize(ancestor) {
+            return match path.strip_prefix(ancestor) {
+                // Joining an empty rest would add a trailing slash.
+                Ok(rest) if rest.as_os_str().is_empty() => real,
+                Ok(rest) => real.join(rest),
+                Err(_) => path.to_path_buf(),
+            };
+        }
+    }
+    path.to_path_buf()
+}
+
 impl Home {
-    /// A state directory at `root` (made absolute against the current directory).
+    /// A state directory at `root`, made absolute and, when it exists, canonical: the root is also
+    /// the `sessionfs.home` label of Docker objects, so every spelling of one directory (a trailing
+    /// slash, `..`, a symlink) must give the same string.
     pub fn new(root: impl Into<PathBuf>) -> Result<Home, StateError> {
         let root = root.into();
         let root = std::path::absolute(&root).map_err(io_error("resolve", &root))?;
-        Ok(Home { root })
+        Ok(Home {
+            root: canonical(&root),
+        })
     }
 
     /// The state directory: `explicit` (from `--home`) if given, else `$SESSIONFS_HOME`,
@@ -319,6 +339,39 @@ mod tests {
         let home = Home::new("rel/state").unwrap();
         assert!(home.root().is_absolute());
         assert!(home.root().ends_with("rel/state"));
+    }
+
+    #[test]
+    fn every_spelling_of_a_home_gives_one_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("real");
+        fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, tmp.path().join("link")).unwrap();
+        let want = Home::new(real.join("state")).unwrap();
+        for spelling in [
+            tmp.path().join("link/state"),
+            tmp.path().join("real/../real/state/"),
+        ] {
+            assert_eq!(
+                Home::new(&spelling).unwrap().root(),
+                want.root(),
+                "{}",
+                spelling.display()
+            );
+        }
+        // Once the directory exists, it keeps the same name.
+        fs::create_dir(real.join("state")).unwrap();
+        assert_eq!(
+            Home::new(tmp.path().join("link/state")).unwrap().root(),
+            want.root()
+        );
+        let existing = Home::new(real.join("state")).unwrap();
+        assert_eq!(existing.root(), want.root());
+        assert!(
+            !existing.root().to_string_lossy().ends_with('/'),
+            "{}",
+            existing.root().display()
+        );
     }
 
     #[test]
