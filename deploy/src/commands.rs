@@ -612,11 +612,33 @@ impl SessionStatus {
                 .map(|w| w.to_string_lossy().into_owned()),
             pid: r.pid,
             created_at: r.created_at,
-            labels: &r.labels,
+            labels: r
+                .labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), display_label(k, v)))
+                .collect(),
             alive: self.alive,
             container: self.container.as_ref().map(|c| c.container.clone()),
             health: self.container.as_ref().map(|c| c.health.clone()),
         }
+    }
+}
+
+/// A label's value as `ls` shows it: container environment values may be secrets (tokens), so only
+/// their names are shown.
+fn display_label(key: &str, value: &str) -> String {
+    if key != docker::RECORD_ENV {
+        return value.to_owned();
+    }
+    match serde_json::from_str::<Vec<String>>(value) {
+        Ok(vars) => {
+            let names: Vec<String> = vars
+                .iter()
+                .map(|kv| format!("{}=…", kv.split_once('=').map_or(kv.as_str(), |(k, _)| k)))
+                .collect();
+            serde_json::Value::from(names).to_string()
+        }
+        Err(_) => "…".to_owned(),
     }
 }
 
@@ -630,7 +652,7 @@ struct JsonRow<'a> {
     workspace: Option<String>,
     pid: Option<u32>,
     created_at: u64,
-    labels: &'a BTreeMap<String, String>,
+    labels: BTreeMap<&'a str, String>,
     alive: Option<bool>,
     container: Option<String>,
     health: Option<String>,
@@ -1713,6 +1735,14 @@ died  docker   dead     127.0.0.1:32768  sessionfs-died  exited   volume session
             "removed session s (removed container sessionfs-s)\ndeleted /st/sessions/s/certs\n\
              kept workspace /src (a --workspace directory is never deleted)"
         );
+    }
+
+    #[test]
+    fn ls_hides_environment_values() {
+        let shown = display_label(docker::RECORD_ENV, r#"["API_TOKEN=s3cret","A=b=c"]"#);
+        assert_eq!(shown, r#"["API_TOKEN=…","A=…"]"#);
+        assert!(!shown.contains("s3cret"));
+        assert_eq!(display_label("team", "core"), "core");
     }
 
     #[test]
