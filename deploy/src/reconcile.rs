@@ -80,8 +80,12 @@ pub fn reconcile_all(
     home: &Home,
     registry: &Registry,
     engine: &Engine,
+    stop: &AtomicBool,
 ) -> Result<Vec<Change>, ReconcileError> {
-    let _lock = home.lock()?;
+    // A command holding the lock (a long migration, say) must not keep the mount from exiting.
+    let Some(_lock) = home.lock_unless(|| stop.load(Ordering::Relaxed))? else {
+        return Ok(Vec::new());
+    };
     let containers = engine.list_session_containers(home)?;
     let adoptable = engine.list_adoptable_containers()?;
     let listed = |name: &str| {
@@ -127,8 +131,11 @@ pub fn reconcile_session(
     registry: &Registry,
     engine: &Engine,
     id: &SessionId,
+    stop: &AtomicBool,
 ) -> Result<Option<Change>, ReconcileError> {
-    let _lock = home.lock()?;
+    let Some(_lock) = home.lock_unless(|| stop.load(Ordering::Relaxed))? else {
+        return Ok(None);
+    };
     let Some(record) = registry.get(id)? else {
         for c in engine.list_adoptable_containers()? {
             let labelled = c.labels.as_ref().and_then(|l| l.get(docker::LABEL_SESSION));
@@ -411,7 +418,7 @@ fn watch(home: &Home, stop: &AtomicBool) {
         // Events from this second on are replayed, so nothing between the pass and the
         // subscription is lost (a replayed event only reconciles again).
         let since = now_secs();
-        let mut healthy = match reconcile_all(home, &registry, &engine) {
+        let mut healthy = match reconcile_all(home, &registry, &engine, stop) {
             Ok(changes) => {
                 debug!(changed = changes.len(), "reconciled every docker session");
                 true
@@ -484,7 +491,7 @@ fn follow(
             }
         }
         for id in &sessions {
-            if let Err(e) = reconcile_session(home, registry, engine, id) {
+            if let Err(e) = reconcile_session(home, registry, engine, id, stop) {
                 warn!(session = %id, error = %e, "cannot reconcile the session");
             }
         }

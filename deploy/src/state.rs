@@ -17,6 +17,7 @@ use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use rustix::fs::FlockOperation;
 use sessionfs_bridge::BridgeConfig;
 use sessionfs_pki::{CertificateAuthority, PkiError, BRIDGE_IDENTITY};
 use sessionfs_registry::{Registry, RegistryError, SessionId};
@@ -162,6 +163,22 @@ impl Home {
 
     /// Takes the state directory's lock (`.lock`), waiting for other holders.
     pub fn lock(&self) -> Result<StateLock, StateError> {
+        self.lock_with(FlockOperation::LockExclusive, || false)
+            // Invariant: a blocking flock either succeeds or fails; it never gives up.
+            .map(|lock| lock.expect("a blocking lock is always taken"))
+    }
+
+    /// Like [`Home::lock`], but gives up (returns `None`) as soon as `stop` says so while another
+    /// process holds the lock: for background threads that must end promptly (the reconciler).
+    pub fn lock_unless(&self, stop: impl Fn() -> bool) -> Result<Option<StateLock>, StateError> {
+        self.lock_with(FlockOperation::NonBlockingLockExclusive, stop)
+    }
+
+    fn lock_with(
+        &self,
+        operation: FlockOperation,
+        stop: impl Fn() -> bool,
+    ) -> Result<Option<StateLock>, StateError> {
         self.ensure_root()?;
         let path = self.root.join(".lock");
         let file = OpenOptions::new()
@@ -172,9 +189,17 @@ impl Home {
             .mode(0o600)
             .open(&path)
             .map_err(io_error("open", &path))?;
-        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| io_error("lock", &path)(e.into()))?;
-        Ok(StateLock { _file: file })
+        loop {
+            match rustix::fs::flock(&file, operation) {
+                Ok(()) => return Ok(Some(StateLock { _file: file })),
+                Err(rustix::io::Errno::WOULDBLOCK) if !stop() => {
+                    // Held by a command; look again shortly.
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
+                Err(e) => return Err(io_error("lock", &path)(e.into()).into()),
+            }
+        }
     }
 
     /// Opens (creating if needed) the registry.
@@ -332,6 +357,16 @@ mod tests {
         let config = home.bridge_config();
         assert_eq!(config.registry_path, Path::new("/state/registry.db"));
         assert_eq!(config.cert_dir, Path::new("/state/pki"));
+    }
+
+    #[test]
+    fn lock_unless_gives_up_when_asked_while_the_lock_is_held() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::new(tmp.path().join("state")).unwrap();
+        let held = home.lock().unwrap();
+        assert!(home.lock_unless(|| true).unwrap().is_none());
+        drop(held);
+        assert!(home.lock_unless(|| true).unwrap().is_some());
     }
 
     #[test]
