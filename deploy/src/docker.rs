@@ -1288,7 +1288,7 @@ fn host_port(inspected: &ContainerInspectResponse) -> Option<u16> {
 }
 
 /// The labels of every container and volume made for session `id`.
-fn object_labels(home: &Home, id: &SessionId) -> HashMap<String, String> {
+pub(crate) fn object_labels(home: &Home, id: &SessionId) -> HashMap<String, String> {
     HashMap::from([
         (LABEL_SESSION.to_owned(), id.to_string()),
         (LABEL_MANAGED.to_owned(), "1".to_owned()),

@@ -401,7 +401,7 @@ fn to_docker(ctx: &Ctx<'_>, opts: &MigrateOptions) -> Result<Migrated, MigrateEr
     let api = ctx.prepare(Api::connect(&engine))?;
     let mut made = DockerTarget::default();
     let mut step = Step::StopSource;
-    let labels = object_labels(ctx.home, id);
+    let labels = docker::object_labels(ctx.home, id);
     // The daemon in the container gives new files the workspace owner, as `session create`
     // does for docker sessions.
     let owner = ctx
@@ -573,17 +573,6 @@ fn remove_scratch(path: &Path) {
             warn!(path = %path.display(), error = %e, "cannot remove the temporary archive");
         }
     }
-}
-
-fn object_labels(home: &Home, id: &SessionId) -> HashMap<String, String> {
-    HashMap::from([
-        (docker::LABEL_SESSION.to_owned(), id.to_string()),
-        (docker::LABEL_MANAGED.to_owned(), "1".to_owned()),
-        (
-            docker::LABEL_HOME.to_owned(),
-            home.root().display().to_string(),
-        ),
-    ])
 }
 
 // ---------------------------------------------------------------------------------------
