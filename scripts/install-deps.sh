@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what sessionfs's tests and demo need on Debian: FUSE 3, git, ripgrep, Docker, and the build
-# tools, and starts a Docker engine if none answers. Idempotent: only missing packages are installed.
+# Installs what sessionfs's tests and demo need on Debian: FUSE 3, git, ripgrep, Docker, the build
+# tools, pjdfstest and the MCP Python SDK (in a virtualenv), and starts a Docker engine if none answers. Idempotent: only missing packages are installed.
 set -euo pipefail
 need=()
 command -v fusermount3 >/dev/null || need+=(fuse3)
@@ -11,6 +11,7 @@ command -v cc >/dev/null || need+=(gcc libc6-dev)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v docker >/dev/null || need+=(docker.io)
 command -v docker-compose >/dev/null || need+=(docker-compose)
+/usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3 python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -51,6 +52,16 @@ tools="${SESSIONFS_TOOLS:-$HOME/.cache/sessionfs-tools}"
 if [ ! -x "$tools/bin/pjdfstest" ]; then
   echo "installing pjdfstest into $tools"
   cargo install --locked --quiet pjdfstest --version 0.2.2 --root "$tools"
+fi
+# The MCP tests drive `sessionfs mcp` with the official MCP Python SDK, from a private virtualenv.
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+venv="$tools/venv"
+if ! cmp -s "$repo/tests/mcp/requirements.txt" "$venv/requirements.txt" 2>/dev/null; then
+  echo "installing the MCP Python SDK into $venv"
+  rm -rf "$venv"
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$repo/tests/mcp/requirements.txt"
+  cp "$repo/tests/mcp/requirements.txt" "$venv/requirements.txt"
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "installing cargo-nextest"

@@ -7,12 +7,14 @@
 //!   `(parent, name)` links from which request paths are rebuilt.
 //! - [`fs`] implements `fuser::Filesystem`: the mount root lists the sessions, and every operation below
 //!   `/<id>/` becomes one request to that session's daemon, answered from a tokio task.
-//! - [`mount`] mounts, waits for a signal or an external unmount, and unmounts cleanly.
+//! - [`mount`] mounts, waits for a signal or an external unmount, and unmounts cleanly;
+//!   [`mountinfo`] reads the mount table (where the bridge is mounted).
 
 pub mod config;
 pub mod fs;
 pub mod inodes;
 pub mod mount;
+pub mod mountinfo;
 pub mod session;
 
 pub use config::BridgeConfig;

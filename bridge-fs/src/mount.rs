@@ -84,8 +84,8 @@ pub fn mount(config: BridgeConfig, mountpoint: &Path) -> Result<(), MountError> 
 
     let fs = BridgeFs::new(rt.handle().clone(), sessions.clone(), config.attr_ttl);
     let mut options = vec![
-        MountOption::FSName("sessionfs".into()),
-        MountOption::Subtype("sessionfs".into()),
+        MountOption::FSName(crate::mountinfo::FS_NAME.into()),
+        MountOption::Subtype(crate::mountinfo::FS_NAME.into()),
         MountOption::DefaultPermissions,
         MountOption::NoDev,
         MountOption::NoSuid,

@@ -18,6 +18,8 @@
 //!   sessionfs (compose, other orchestrators), which the reconciler then adopts.
 //! - [`migrate`] owns `session migrate`: moving a session between the local and docker
 //!   backends (copy, verify, switch, stop the source; rollback on any failure).
+//! - [`mcp`] owns `sessionfs mcp`: the MCP server of `sessionfs_mcp` with `session_list` backed by
+//!   the registry and backends.
 //! - [`file_error`] owns the one error for a failed file operation that every module wraps.
 //! - [`commands`] owns the `sessionfs` commands (`session create|ls|stop|start|rm|recreate`,
 //!   `image build`, `mount`, `umount`) as functions returning printable reports, so tests can call them.
@@ -28,6 +30,7 @@ pub mod docker;
 pub mod file_error;
 pub mod image;
 pub mod local;
+pub mod mcp;
 pub mod migrate;
 pub mod mounts;
 pub mod reconcile;

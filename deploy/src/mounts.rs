@@ -1,14 +1,15 @@
 //! The bridge's mount point: parsing `/proc/self/mountinfo`, the checks made before
 //! mounting (FUSE device, mount point, `fusermount3`), and unmounting.
 
-use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
 use std::io::ErrorKind;
-use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use sessionfs_bridge::mountinfo::{self, MOUNTINFO};
 use tracing::debug;
+
+pub use sessionfs_bridge::mountinfo::{is_mount_point_in, parse_mountinfo, MountEntry};
 
 use crate::local::search_path;
 
@@ -18,7 +19,6 @@ pub const DEFAULT_MOUNTPOINT: &str = "/sessions";
 pub const FUSE_DEVICE: &str = "/dev/fuse";
 /// The setuid helper that mounts and unmounts FUSE file systems for unprivileged users.
 pub const FUSERMOUNT: &str = "fusermount3";
-const MOUNTINFO: &str = "/proc/self/mountinfo";
 
 /// Why a mount point cannot be mounted or unmounted.
 #[derive(Debug, thiserror::Error)]
@@ -78,71 +78,9 @@ pub enum MountPointError {
     },
 }
 
-/// One line of `/proc/self/mountinfo`, the fields sessionfs needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountEntry {
-    /// Where it is mounted (field 5), unescaped.
-    pub mount_point: PathBuf,
-    /// File system type, e.g. `fuse.sessionfs`.
-    pub fs_type: String,
-    /// Mount source, e.g. `sessionfs`, unescaped.
-    pub source: String,
-}
-
-/// Parses the text of a `mountinfo` file; malformed lines are skipped.
-pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
-    text.lines().filter_map(parse_mountinfo_line).collect()
-}
-
-fn parse_mountinfo_line(line: &str) -> Option<MountEntry> {
-    // id parent major:minor root mount_point options [optional...] - fs_type source super_options
-    let mut fields = line.split(' ');
-    let mount_point = fields.nth(4)?;
-    let mut rest = fields.skip(1).skip_while(|f| *f != "-");
-    rest.next()?;
-    let fs_type = rest.next()?;
-    let source = rest.next().unwrap_or("");
-    Some(MountEntry {
-        mount_point: PathBuf::from(OsString::from_vec(unescape(mount_point))),
-        fs_type: String::from_utf8_lossy(&unescape(fs_type)).into_owned(),
-        source: String::from_utf8_lossy(&unescape(source)).into_owned(),
-    })
-}
-
-/// Undoes the kernel's octal escaping (`\040` space, `\011` tab, `\012` newline,
-/// `\134` backslash) in a mountinfo field.
-pub fn unescape(field: &str) -> Vec<u8> {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' {
-            let octal = bytes.get(i + 1..i + 4).and_then(|d| {
-                d.iter()
-                    .all(|c| (b'0'..=b'7').contains(c))
-                    .then(|| d.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0')))
-            });
-            if let Some(value) = octal.and_then(|v| u8::try_from(v).ok()) {
-                out.push(value);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    out
-}
-
 /// The mounts of this process's mount namespace.
 pub fn mounts() -> Result<Vec<MountEntry>, MountPointError> {
-    let text = fs::read_to_string(MOUNTINFO).map_err(MountPointError::MountInfo)?;
-    Ok(parse_mountinfo(&text))
-}
-
-/// Whether `canonical` (an absolute path without symlinks) is a mount point in `entries`.
-pub fn is_mount_point_in(entries: &[MountEntry], canonical: &Path) -> bool {
-    entries.iter().any(|e| e.mount_point == canonical)
+    mountinfo::mounts().map_err(MountPointError::MountInfo)
 }
 
 /// `path` made absolute and free of symlinks. If the path itself cannot be resolved for a
@@ -287,56 +225,6 @@ pub fn shell_quote(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const SAMPLE: &str = "\
-22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
-35 22 0:31 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw
-36 22 0:45 / /sessions rw,nosuid,nodev,relatime shared:20 master:3 - fuse.sessionfs sessionfs rw,user_id=0,group_id=0
-37 22 0:46 / /mnt/my\\040dir rw,relatime - tmpfs my\\040src rw
-38 22 0:47 /sub /mnt/tab\\011and\\134slash\\012nl rw - tmpfs none rw
-garbage line
-39 22 0:48 / /no-separator rw shared:1 tmpfs none rw
-";
-
-    #[test]
-    fn parses_mountinfo() {
-        let entries = parse_mountinfo(SAMPLE);
-        let points: Vec<&Path> = entries.iter().map(|e| e.mount_point.as_path()).collect();
-        assert_eq!(
-            points,
-            [
-                Path::new("/"),
-                Path::new("/proc"),
-                Path::new("/sessions"),
-                Path::new("/mnt/my dir"),
-                Path::new("/mnt/tab\tand\\slash\nnl"),
-            ]
-        );
-        assert_eq!(entries[2].fs_type, "fuse.sessionfs");
-        assert_eq!(entries[2].source, "sessionfs");
-        assert_eq!(entries[3].source, "my src");
-        assert!(is_mount_point_in(&entries, Path::new("/mnt/my dir")));
-        assert!(is_mount_point_in(&entries, Path::new("/sessions")));
-        assert!(!is_mount_point_in(&entries, Path::new("/mnt/my\\040dir")));
-        assert!(!is_mount_point_in(&entries, Path::new("/mnt")));
-    }
-
-    #[test]
-    fn unescapes_only_octal_triplets() {
-        assert_eq!(unescape(r"a\040b"), b"a b");
-        assert_eq!(unescape(r"\134"), b"\\");
-        assert_eq!(unescape(r"a\04"), br"a\04");
-        assert_eq!(unescape(r"a\x41"), br"a\x41");
-        assert_eq!(unescape(r"\777"), br"\777");
-        assert_eq!(unescape("plain"), b"plain");
-    }
-
-    #[test]
-    fn real_mountinfo_has_root() {
-        let entries = mounts().unwrap();
-        assert!(!entries.is_empty());
-        assert!(entries.iter().any(|e| e.mount_point == Path::new("/")));
-    }
 
     #[test]
     fn mountpoint_checks() {

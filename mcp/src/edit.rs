@@ -35,8 +35,15 @@
 //!    marker), the lines between segments (inner markers) and the tail after the last segment (trailing
 //!    marker).
 //! 5. An anchor with no occurrence after the cursor is refused: [`EditError::AnchorOutOfOrder`] if it does
-//!    occur earlier in the file, [`EditError::AnchorNotFound`] otherwise. Several occurrences are refused
-//!    with [`EditError::AmbiguousAnchor`], giving their count and line numbers.
+//!    occur earlier in the file, [`EditError::AnchorNotFound`] otherwise. Several occurrences of a start
+//!    anchor are refused with [`EditError::AmbiguousAnchor`], giving their count and line numbers. An end
+//!    anchor often is a common line (`}`, `end`, `</div>`), so several occurrences are resolved by the
+//!    span they would replace: for each occurrence, the original lines from the segment's start through
+//!    it are compared with the segment, and the occurrence with the best score `kept − 2 × removed` wins
+//!    (`kept`: lines of that span in the longest common subsequence with the segment; `removed`: the
+//!    span's other lines). Replacing a function body picks the function's own closing line, not a later
+//!    one (which would delete what lies between); a segment spanning two functions picks the second's.
+//!    A tie for the best score is refused as ambiguous.
 //! 6. Line endings: the original's lines keep their endings; lines coming from the edit get the original's
 //!    line ending (CRLF if the original contains `\r\n`, LF otherwise). When the output ends with lines from
 //!    the edit, it ends with a newline exactly when the original does (for an empty original: when the edit
@@ -287,6 +294,72 @@ fn resolve(
     }
 }
 
+/// Resolves a segment's end anchor searched from `from`, for a segment placed from original line
+/// `start`: the single occurrence, or among several the one whose span best matches the segment (rule 5
+/// of the module documentation); refused as ambiguous when the best is not unique.
+fn resolve_end(
+    orig: &[&str],
+    start: usize,
+    from: usize,
+    segment: usize,
+    last: (usize, &str),
+    segment_keys: &[&str],
+) -> Result<usize, EditError> {
+    let hits = find_anchor(orig, from, last.1);
+    if hits.len() > 1 {
+        if let Some(end) = best_span_end(orig, start, &hits, segment_keys) {
+            return Ok(end);
+        }
+    }
+    resolve(orig, from, segment, AnchorKind::End, last)
+}
+
+/// The occurrence `e` in `ends` (ascending) for which replacing original lines `start..=e` by the segment
+/// keeps the most and removes the fewest lines: score = kept − 2 × removed, where kept is the length of
+/// the longest common subsequence of the span and the segment. `None` on a tie for the best score.
+/// Spans only grow with `e` and the score's upper bound falls with the span, so the search stops early.
+fn best_span_end(
+    orig: &[&str],
+    start: usize,
+    ends: &[usize],
+    segment_keys: &[&str],
+) -> Option<usize> {
+    let seg_len = segment_keys.len() as i64;
+    let mut best: Option<(i64, usize)> = None;
+    let mut tied = false;
+    for &e in ends {
+        let span = (e + 1 - start) as i64;
+        let bound = seg_len.min(span) - 2 * (span - seg_len).max(0);
+        if best.is_some_and(|(b, _)| bound < b) {
+            break;
+        }
+        let region: Vec<&str> = orig[start..=e].iter().map(|l| key(l)).collect();
+        let kept: usize =
+            similar::capture_diff_slices(similar::Algorithm::Myers, &region, segment_keys)
+                .iter()
+                .filter_map(|op| match op {
+                    similar::DiffOp::Equal { len, .. } => Some(*len),
+                    _ => None,
+                })
+                .sum();
+        let kept = kept as i64;
+        let score = kept - 2 * (span - kept);
+        match best {
+            Some((b, _)) if score < b => {}
+            Some((b, _)) if score == b => tied = true,
+            _ => {
+                best = Some((score, e));
+                tied = false;
+            }
+        }
+    }
+    if tied {
+        None
+    } else {
+        best.map(|(_, e)| e)
+    }
+}
+
 /// Merge content with `// ... existing code ...` markers into `original`, following the rules in the module
 /// documentation. Refuses (never guesses) when an anchor is missing, ambiguous or out of order.
 pub fn merge_edit(original: &str, edit: &str) -> Result<String, EditError> {
@@ -370,10 +443,11 @@ pub fn merge_edit(original: &str, edit: &str) -> Result<String, EditError> {
             None
         };
         let end = if seg.marker_after {
+            let keys: Vec<&str> = seg.lines.iter().map(|(_, l)| key(l)).collect();
             match start {
                 Some(s) if non_blank.len() == 1 => s + 1,
-                Some(s) => resolve(&orig, s + 1, number, AnchorKind::End, last)? + 1,
-                None => resolve(&orig, cursor, number, AnchorKind::End, last)? + 1,
+                Some(s) => resolve_end(&orig, s, s + 1, number, last, &keys)? + 1,
+                None => resolve_end(&orig, 0, cursor, number, last, &keys)? + 1,
             }
         } else {
             orig.len()

@@ -61,12 +61,66 @@ fn replace_one_line_between_markers() {
     // single-line segment: anchor is replaced by itself (no change)
     assert_eq!(merge_edit(RUST, edit).unwrap(), RUST);
     let edit = "// ... existing code ...\nfn a() {\n    uno();\n}\n// ... existing code ...\n";
-    // end anchor `}` occurs twice after `fn a() {` → ambiguous, never guessed
-    let err = merge_edit(RUST, edit).unwrap_err();
+    // end anchor `}` occurs twice after `fn a() {`: a()'s own `}` (line 3) replaces the least
+    let out = merge_edit(RUST, edit).unwrap();
+    assert_eq!(out, RUST.replace("one()", "uno()"));
+}
+
+#[test]
+fn repeated_end_anchor_spanning_two_functions_takes_the_second() {
+    let edit = "// ... existing code ...\nfn a() {\n    uno();\n}\n\nfn b() {\n    dos();\n}\n// ... existing code ...\n";
+    let out = merge_edit(RUST, edit).unwrap();
+    assert_eq!(
+        out,
+        RUST.replace("one()", "uno()").replace("two()", "dos()")
+    );
+}
+
+#[test]
+fn repeated_end_anchor_with_an_inserted_function_keeps_the_next_one() {
+    let original = "fn a() {\n    1\n}\n\nfn b() {\n    2\n}\n\nfn c() {\n    3\n}\n";
+    let edit = "// ... existing code ...\nfn b() {\n    2\n}\n\nfn inserted() {\n}\n// ... existing code ...\n";
+    let out = merge_edit(original, edit).unwrap();
+    assert_eq!(
+        out,
+        "fn a() {\n    1\n}\n\nfn b() {\n    2\n}\n\nfn inserted() {\n}\n\nfn c() {\n    3\n}\n"
+    );
+}
+
+#[test]
+fn repeated_end_anchor_is_chosen_by_score_and_a_tie_refused() {
+    let original = "begin\nx\nend\nend\n";
+    let edit = "// ... existing code ...\nbegin\ny\nz\nw\nend\n// ... existing code ...\n";
+    let out = merge_edit(original, edit);
+    // span to line 3: kept 2 (begin, end), removed 1 (x) → 0; to line 4: kept 2, removed 2 → -2.
+    assert_eq!(out.unwrap(), "begin\ny\nz\nw\nend\nend\n");
+    let original = "begin\nend\nend\n";
+    let edit = "// ... existing code ...\nbegin\nend\nend\nend\n// ... existing code ...\n";
+    // span to 2: kept 2, removed 0 → 2; span to 3: kept 3, removed 0 → 3: the longer span wins.
+    assert_eq!(
+        merge_edit(original, edit).unwrap(),
+        "begin\nend\nend\nend\n"
+    );
+    let original = "s\na\ne\nb\ne\n";
+    let edit = "// ... existing code ...\ns\nb\na\ne\n// ... existing code ...\n";
+    // span to 3 (s a e): kept 3, removed 0 → 3; span to 5 (s a e b e): kept 3 (s a e or s b e), removed 2 → -1.
+    assert_eq!(merge_edit(original, edit).unwrap(), "s\nb\na\ne\nb\ne\n");
+    let original = "s\nq\ne\nr\ne\n";
+    let edit = "// ... existing code ...\ns\nq\ne\nr\nnew\ne\n// ... existing code ...\n";
+    // span to 3: kept 3, removed 0 → 3; span to 5: kept 5, removed 0 → 5.
+    assert_eq!(merge_edit(original, edit).unwrap(), "s\nq\ne\nr\nnew\ne\n");
+    let original = "s\nx\ne\ny\nz\ne\n";
+    let edit = "// ... existing code ...\ns\ne\nk\ne\n// ... existing code ...\n";
+    // span to 3 (s x e): kept 2, removed 1 → 0; span to 6 (s x e y z e): kept 3, removed 3 → -3.
+    assert_eq!(merge_edit(original, edit).unwrap(), "s\ne\nk\ne\ny\nz\ne\n");
+    let original = "s\na\ne\nb\nc\ne\n";
+    let edit = "// ... existing code ...\ns\nb\nc\nd\ne\n// ... existing code ...\n";
+    // span to 3 (s a e): kept 2, removed 1 → 0; span to 6 (s a e b c e): kept 4 (s b c e), removed 2 → 0: tie.
+    let err = merge_edit(original, edit).unwrap_err();
     assert!(
         matches!(
             err,
-            EditError::AmbiguousAnchor { segment: 1, kind: AnchorKind::End, count: 2, ref lines, .. } if *lines == vec![3, 7]
+            EditError::AmbiguousAnchor { segment: 1, kind: AnchorKind::End, count: 2, ref lines, .. } if *lines == vec![3, 6]
         ),
         "{err:?}"
     );

@@ -57,6 +57,26 @@ enum Command {
     Mount(MountArgs),
     /// Unmount the bridge (with `fusermount3 -u`, or `umount` as root without fusermount3).
     Umount(UmountArgs),
+    /// Serve the session tools over MCP (stdio, or streamable HTTP with --http).
+    ///
+    /// Tools: session_list, session_read_file, session_write_file, session_edit_file,
+    /// session_search_replace, session_list_directory, session_file_exists, session_delete_file,
+    /// session_create_directory, session_move_file, session_rename_file, session_grep_search.
+    /// Every call names its session (sessionId) and works through the mount, whatever backend runs
+    /// the session; paths leading outside the session's workspace are refused. Needs a running
+    /// `sessionfs mount` at --mount. See docs/mcp.md.
+    Mcp(McpArgs),
+}
+
+#[derive(Args, Debug)]
+struct McpArgs {
+    /// Where the bridge is mounted (by `sessionfs mount`).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_MOUNTPOINT)]
+    mount: PathBuf,
+    /// Serve MCP over streamable HTTP at http://ADDR/mcp instead of stdio: PORT (on 127.0.0.1),
+    /// IP:PORT or [IPv6]:PORT. Port 0 picks a free port (the address is printed on stderr).
+    #[arg(long, value_name = "ADDR", value_parser = parse_http)]
+    http: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -265,6 +285,10 @@ struct UmountArgs {
     mountpoint: PathBuf,
 }
 
+fn parse_http(s: &str) -> Result<std::net::SocketAddr, String> {
+    sessionfs_deploy::mcp::parse_http_addr(s).map_err(|e| e.to_string())
+}
+
 fn parse_label(s: &str) -> Result<(String, String), String> {
     commands::parse_label(s).map_err(|e| e.to_string())
 }
@@ -382,6 +406,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Umount(args) => {
             println!("{}", commands::umount(&args.mountpoint)?);
+        }
+        Command::Mcp(args) => {
+            let opts = sessionfs_deploy::mcp::McpOptions {
+                mount: args.mount,
+                http: args.http,
+            };
+            sessionfs_deploy::mcp::serve(home()?, &opts)?;
         }
     }
     Ok(())

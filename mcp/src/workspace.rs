@@ -1,0 +1,591 @@
+//! One session's workspace as the MCP tools see it: a directory of the mount (`<mount>/<id>`), with every
+//! path confined to it.
+//!
+//! Confinement has two layers. [`SessionDir::relative`] normalizes the path an agent sent (relative to
+//! the workspace, or absolute under `<mount>/<id>`) and refuses a `..` that climbs out before anything is
+//! touched. Then every access resolves that path with `openat2(session_root, path, RESOLVE_BENEATH |
+//! RESOLVE_NO_MAGICLINKS)`: symlinks inside the workspace are followed as long as they stay inside it, and
+//! one that leads out (absolute, or `..` past the root) fails with `EXDEV` in the kernel, which becomes
+//! [`ToolError::Escape`]. Nothing is resolved by string prefix. Operations on a node work on descriptors of
+//! its parent directory and its name (`*at` calls), so a path is resolved once per operation.
+//!
+//! Every call here blocks (file system calls through FUSE); the server runs them on the blocking pool.
+//! A dead or stopped session fails inside the mount's operation timeout, so nothing here waits forever.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, RenameFlags, ResolveFlags, Stat};
+use rustix::io::Errno;
+use sessionfs_bridge::mountinfo;
+
+use crate::error::ToolError;
+
+/// How paths are resolved beneath a session root: symlinks allowed while they stay beneath it.
+const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_MAGICLINKS);
+
+/// The bridge's mount point, as the tools use it.
+#[derive(Clone, Debug)]
+pub struct Mount {
+    path: PathBuf,
+}
+
+impl Mount {
+    /// The mount at `path` (made absolute; its parent canonicalized, the mount point itself not touched,
+    /// since a dead FUSE mount cannot be stat'ed).
+    pub fn new(path: &Path) -> io::Result<Mount> {
+        let absolute = std::path::absolute(path)?;
+        let path = match (absolute.parent(), absolute.file_name()) {
+            (Some(parent), Some(name)) => parent.canonicalize()?.join(name),
+            _ => absolute,
+        };
+        Ok(Mount { path })
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Fails with [`ToolError::NoMount`] unless a sessionfs bridge is mounted at the mount point.
+    pub fn check(&self) -> Result<(), ToolError> {
+        let no_mount = |detail: String| ToolError::NoMount {
+            mount: self.path.clone(),
+            detail,
+        };
+        let entries = mountinfo::mounts()
+            .map_err(|e| no_mount(format!("cannot read {}: {e}", mountinfo::MOUNTINFO)))?;
+        match mountinfo::mounted_at(&entries, &self.path) {
+            Some(entry) if entry.is_sessionfs() => Ok(()),
+            Some(entry) => Err(no_mount(format!(
+                "{} (type {}) is mounted there, not sessionfs",
+                entry.source, entry.fs_type
+            ))),
+            None => Err(no_mount("nothing is mounted there".into())),
+        }
+    }
+
+    /// Opens session `id`'s workspace: checks the mount, the id's syntax, that the session is listed in
+    /// the mount, and that its daemon answers (a stat of the session root).
+    pub fn session(&self, id: &str) -> Result<SessionDir, ToolError> {
+        self.check()?;
+        let id =
+            sessionfs_registry::SessionId::new(id).map_err(|e| ToolError::InvalidArgument {
+                message: format!("invalid sessionId {id:?}: {e}"),
+            })?;
+        let root_path = self.path.join(id.as_str());
+        let unknown = || ToolError::UnknownSession {
+            id: id.as_str().to_owned(),
+        };
+        let root = rfs::openat(
+            rfs::CWD,
+            &root_path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            Errno::NOENT => unknown(),
+            e => ToolError::unavailable(id.as_str(), e),
+        })?;
+        // The root's attributes come from the daemon: this is where a stopped or dead session shows.
+        rfs::fstat(&root).map_err(|e| ToolError::unavailable(id.as_str(), e))?;
+        Ok(SessionDir {
+            id: id.into_string(),
+            root_path,
+            root,
+        })
+    }
+}
+
+/// A workspace path after lexical normalization: relative, no `.`/`..`/empty components; empty means the
+/// workspace root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelPath(PathBuf);
+
+impl RelPath {
+    /// The path as the tools report it (`.` for the root).
+    pub fn display(&self) -> String {
+        if self.0.as_os_str().is_empty() {
+            ".".into()
+        } else {
+            self.0.to_string_lossy().into_owned()
+        }
+    }
+
+    /// Whether this is the workspace root.
+    pub fn is_root(&self) -> bool {
+        self.0.as_os_str().is_empty()
+    }
+
+    /// The path for `*at` calls relative to the session root (`.` for the root).
+    fn at(&self) -> &Path {
+        if self.is_root() {
+            Path::new(".")
+        } else {
+            &self.0
+        }
+    }
+
+    /// The parent path and the final name; `None` for the root.
+    pub fn split(&self) -> Option<(RelPath, &OsStr)> {
+        let name = self.0.file_name()?;
+        let parent = self.0.parent().unwrap_or(Path::new(""));
+        Some((RelPath(parent.to_path_buf()), name))
+    }
+
+    /// `self/name`.
+    pub fn join(&self, name: &OsStr) -> RelPath {
+        RelPath(self.0.join(name))
+    }
+}
+
+/// What a node is, as the tools report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    File,
+    Directory,
+    Symlink,
+    Other,
+}
+
+impl Kind {
+    pub fn of(stat: &Stat) -> Kind {
+        match FileType::from_raw_mode(stat.st_mode) {
+            FileType::RegularFile => Kind::File,
+            FileType::Directory => Kind::Directory,
+            FileType::Symlink => Kind::Symlink,
+            _ => Kind::Other,
+        }
+    }
+}
+
+/// One directory entry.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub name: String,
+    pub kind: Kind,
+    pub size: u64,
+}
+
+/// One session's workspace, opened through the mount.
+pub struct SessionDir {
+    id: String,
+    root_path: PathBuf,
+    root: OwnedFd,
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl SessionDir {
+    /// The session id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Normalizes `path` (relative to the workspace, or absolute under `<mount>/<id>`) without touching
+    /// the file system; refuses absolute paths elsewhere and `..` above the workspace root.
+    pub fn relative(&self, path: &str) -> Result<RelPath, ToolError> {
+        if path.contains('\0') {
+            return Err(ToolError::InvalidArgument {
+                message: format!("path {path:?} contains a NUL byte"),
+            });
+        }
+        let p = Path::new(path);
+        let rest = if p.is_absolute() {
+            p.strip_prefix(&self.root_path)
+                .map_err(|_| ToolError::Escape {
+                    path: path.to_owned(),
+                    reason: format!(
+                        "it is absolute and not under the session's directory {}; give paths relative \
+                         to the workspace (e.g. \"src/main.rs\")",
+                        self.root_path.display()
+                    ),
+                })?
+        } else {
+            p
+        };
+        let mut out = PathBuf::new();
+        for c in rest.components() {
+            match c {
+                Component::Normal(name) => out.push(name),
+                Component::CurDir => {}
+                Component::ParentDir => {
+                    if !out.pop() {
+                        return Err(ToolError::Escape {
+                            path: path.to_owned(),
+                            reason: "its `..` leads outside the workspace (above its root)".into(),
+                        });
+                    }
+                }
+                Component::RootDir | Component::Prefix(_) => {}
+            }
+        }
+        Ok(RelPath(out))
+    }
+
+    /// Maps an errno from resolving or acting on `path` to a tool error.
+    fn fail(&self, path: &RelPath, e: Errno) -> ToolError {
+        ToolError::from_errno(&self.id, &path.display(), e)
+    }
+
+    /// `openat2` beneath the session root.
+    fn open_beneath(
+        &self,
+        path: &RelPath,
+        flags: OFlags,
+        mode: Mode,
+    ) -> Result<OwnedFd, ToolError> {
+        rfs::openat2(
+            &self.root,
+            path.at(),
+            flags | OFlags::CLOEXEC,
+            mode,
+            RESOLVE,
+        )
+        .map_err(|e| self.fail(path, e))
+    }
+
+    /// An `O_PATH` descriptor of `path`'s node, following symlinks that stay inside (or, with
+    /// `follow = false`, not the final one).
+    fn node(&self, path: &RelPath, follow: bool) -> Result<OwnedFd, ToolError> {
+        let mut flags = OFlags::PATH;
+        if !follow {
+            flags |= OFlags::NOFOLLOW;
+        }
+        self.open_beneath(path, flags, Mode::empty())
+    }
+
+    /// Stat of `path`'s node (following symlinks that stay inside, or not the final one).
+    pub fn stat(&self, path: &RelPath, follow: bool) -> Result<Stat, ToolError> {
+        let fd = self.node(path, follow)?;
+        rfs::fstat(&fd).map_err(|e| self.fail(path, e))
+    }
+
+    /// Stat of `path`, `None` if it does not exist.
+    pub fn try_stat(&self, path: &RelPath, follow: bool) -> Result<Option<Stat>, ToolError> {
+        match self.stat(path, follow) {
+            Ok(st) => Ok(Some(st)),
+            Err(ToolError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The directory holding `path` (opened beneath the root) and `path`'s final name.
+    fn parent(&self, path: &RelPath) -> Result<(OwnedFd, std::ffi::OsString), ToolError> {
+        let Some((parent, name)) = path.split() else {
+            return Err(ToolError::InvalidArgument {
+                message: "the workspace root itself cannot be the target of this operation".into(),
+            });
+        };
+        let dir = self.open_beneath(&parent, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())?;
+        Ok((dir, name.to_owned()))
+    }
+
+    /// Where `path` really is inside the workspace: symlinks (that stay inside) resolved.
+    fn canonical(&self, fd: &OwnedFd, path: &RelPath) -> Result<RelPath, ToolError> {
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map_err(|e| self.fail(path, errno_of(&e)))?;
+        let rest = link
+            .strip_prefix(&self.root_path)
+            .map_err(|_| ToolError::Escape {
+                path: path.display(),
+                reason: format!("it resolves to {}, outside the workspace", link.display()),
+            })?;
+        Ok(RelPath(rest.to_path_buf()))
+    }
+
+    /// Opens the regular file at `path` for reading (symlinks followed while inside); anything else is
+    /// refused before it is opened for I/O (no FIFO can block the server).
+    pub fn open_file(&self, path: &RelPath) -> Result<(File, Stat), ToolError> {
+        let fd = self.node(path, true)?;
+        let st = rfs::fstat(&fd).map_err(|e| self.fail(path, e))?;
+        match Kind::of(&st) {
+            Kind::File => {}
+            Kind::Directory => {
+                return Err(ToolError::IsDirectory {
+                    path: path.display(),
+                })
+            }
+            _ => {
+                return Err(ToolError::NotRegular {
+                    path: path.display(),
+                })
+            }
+        }
+        // Reopen the very node that was checked, not the path again.
+        let file = File::open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map_err(|e| self.fail(path, errno_of(&e)))?;
+        Ok((file, st))
+    }
+
+    /// Reads the whole regular file at `path`, refusing files larger than `limit` bytes.
+    pub fn read_all(&self, path: &RelPath, limit: u64) -> Result<Vec<u8>, ToolError> {
+        let (file, st) = self.open_file(path)?;
+        let size = st.st_size as u64;
+        if size > limit {
+            return Err(ToolError::TooLarge {
+                path: path.display(),
+                size,
+                limit,
+            });
+        }
+        let mut buf = Vec::with_capacity(size as usize);
+        file.take(limit + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| self.fail(path, errno_of(&e)))?;
+        if buf.len() as u64 > limit {
+            return Err(ToolError::TooLarge {
+                path: path.display(),
+                size: buf.len() as u64,
+                limit,
+            });
+        }
+        Ok(buf)
+    }
+
+    /// Replaces (or creates) the file at `path` with `content` atomically: written to a temporary file
+    /// in the same directory, flushed, then renamed over the target, so a reader sees the old or the new
+    /// content, never a mix. An existing file keeps its permission bits; a symlink (inside the
+    /// workspace) is written through. Returns whether the file was created.
+    pub fn write_atomic(
+        &self,
+        path: &RelPath,
+        content: &[u8],
+        create_dirs: bool,
+    ) -> Result<bool, ToolError> {
+        let (parent, _) = path.split().ok_or_else(|| ToolError::IsDirectory {
+            path: path.display(),
+        })?;
+        if create_dirs && !parent.is_root() {
+            self.create_dir_all(&parent)?;
+        }
+        // Follow a symlink to the file it names, so the link stays a link.
+        let mut target = path.clone();
+        let mut mode = None;
+        match self.node(path, true) {
+            Ok(fd) => {
+                let st = rfs::fstat(&fd).map_err(|e| self.fail(path, e))?;
+                match Kind::of(&st) {
+                    Kind::File => {}
+                    Kind::Directory => {
+                        return Err(ToolError::IsDirectory {
+                            path: path.display(),
+                        })
+                    }
+                    _ => {
+                        return Err(ToolError::NotRegular {
+                            path: path.display(),
+                        })
+                    }
+                }
+                mode = Some(Mode::from_raw_mode(st.st_mode) & Mode::from_bits_truncate(0o7777));
+                target = self.canonical(&fd, path)?;
+            }
+            Err(ToolError::NotFound { .. }) => {
+                // A dangling symlink: writing would replace the link, not create what it names.
+                if let Some(st) = self.try_stat(path, false)? {
+                    if Kind::of(&st) == Kind::Symlink {
+                        return Err(ToolError::InvalidArgument {
+                            message: format!(
+                                "{} is a symlink to a file that does not exist; write to the link's target",
+                                path.display()
+                            ),
+                        });
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        let (dir, name) = self.parent(&target)?;
+        let tmp_name = temp_name(&name);
+        let created_mode = mode.unwrap_or(Mode::from_bits_truncate(0o666));
+        let tmp = rfs::openat2(
+            &dir,
+            &tmp_name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            created_mode,
+            RESOLVE,
+        )
+        .map_err(|e| self.fail(&target, e))?;
+        let written = (|| -> Result<(), Errno> {
+            if let Some(mode) = mode {
+                // The process umask applied at creation; an existing file's bits are restored exactly.
+                rfs::fchmod(&tmp, mode)?;
+            }
+            let mut file = File::from(tmp);
+            file.write_all(content).map_err(|e| errno_of(&e))?;
+            file.sync_all().map_err(|e| errno_of(&e))?;
+            drop(file);
+            rfs::renameat(&dir, &tmp_name, &dir, &name)
+        })();
+        if let Err(e) = written {
+            let _ = rfs::unlinkat(&dir, &tmp_name, AtFlags::empty());
+            return Err(self.fail(&target, e));
+        }
+        Ok(mode.is_none())
+    }
+
+    /// Lists the directory at `path` (symlinks followed while inside): entries sorted by name, each with
+    /// its kind (symlinks reported as such) and size.
+    pub fn list_dir(&self, path: &RelPath) -> Result<Vec<Entry>, ToolError> {
+        let dir = self.open_beneath(path, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?;
+        let mut entries = Vec::new();
+        for entry in rfs::Dir::read_from(&dir).map_err(|e| self.fail(path, e))? {
+            let entry = entry.map_err(|e| self.fail(path, e))?;
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let name_os = OsStr::from_bytes(name);
+            let st = match rfs::statat(&dir, name_os, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                // Removed between readdir and stat.
+                Err(Errno::NOENT) => continue,
+                Err(e) => return Err(self.fail(&path.join(name_os), e)),
+            };
+            entries.push(Entry {
+                name: String::from_utf8_lossy(name).into_owned(),
+                kind: Kind::of(&st),
+                size: st.st_size as u64,
+            });
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(entries)
+    }
+
+    /// Removes the file (or symlink, not what it names) at `path`; directories are refused.
+    pub fn delete_file(&self, path: &RelPath) -> Result<Kind, ToolError> {
+        let (dir, name) = self.parent(path)?;
+        let st =
+            rfs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| self.fail(path, e))?;
+        let kind = Kind::of(&st);
+        if kind == Kind::Directory {
+            return Err(ToolError::IsDirectory {
+                path: path.display(),
+            });
+        }
+        rfs::unlinkat(&dir, &name, AtFlags::empty()).map_err(|e| self.fail(path, e))?;
+        Ok(kind)
+    }
+
+    /// Creates the directory at `path`: with its missing parents (`recursive`), or only it. Returns
+    /// whether anything was created; an existing directory is fine when `recursive`.
+    pub fn create_dir(&self, path: &RelPath, recursive: bool) -> Result<bool, ToolError> {
+        if recursive {
+            return self.create_dir_all(path);
+        }
+        let (dir, name) = self.parent(path)?;
+        rfs::mkdirat(&dir, &name, Mode::from_bits_truncate(0o777)).map_err(|e| match e {
+            Errno::EXIST => ToolError::AlreadyExists {
+                path: path.display(),
+            },
+            e => self.fail(path, e),
+        })?;
+        Ok(true)
+    }
+
+    /// `mkdir -p` beneath the root, one component at a time; each step resolved beneath the root.
+    pub fn create_dir_all(&self, path: &RelPath) -> Result<bool, ToolError> {
+        let mut current = RelPath(PathBuf::new());
+        let mut created = false;
+        for c in path.0.components() {
+            let Component::Normal(name) = c else { continue };
+            let dir =
+                self.open_beneath(&current, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())?;
+            current = current.join(name);
+            match rfs::mkdirat(&dir, name, Mode::from_bits_truncate(0o777)) {
+                Ok(()) => created = true,
+                Err(Errno::EXIST) => {
+                    // Fine if it is a directory (or a symlink to one inside the workspace).
+                    let st = self.stat(&current, true)?;
+                    if Kind::of(&st) != Kind::Directory {
+                        return Err(ToolError::NotDirectory {
+                            path: current.display(),
+                        });
+                    }
+                }
+                Err(e) => return Err(self.fail(&current, e)),
+            }
+        }
+        Ok(created)
+    }
+
+    /// Renames `from` to `to` (files, symlinks or directories). Without `overwrite` an existing target is
+    /// refused atomically (`RENAME_NOREPLACE`); `create_dirs` creates the target's missing parents.
+    pub fn rename(
+        &self,
+        from: &RelPath,
+        to: &RelPath,
+        overwrite: bool,
+        create_dirs: bool,
+    ) -> Result<(), ToolError> {
+        let (from_dir, from_name) = self.parent(from)?;
+        rfs::statat(&from_dir, &from_name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| self.fail(from, e))?;
+        if to.is_root() {
+            return Err(ToolError::InvalidArgument {
+                message: "the target cannot be the workspace root".into(),
+            });
+        }
+        if from == to {
+            return Err(ToolError::InvalidArgument {
+                message: format!("source and target are the same path {}", from.display()),
+            });
+        }
+        if create_dirs {
+            if let Some((parent, _)) = to.split() {
+                if !parent.is_root() {
+                    self.create_dir_all(&parent)?;
+                }
+            }
+        }
+        let (to_dir, to_name) = self.parent(to)?;
+        let flags = if overwrite {
+            RenameFlags::empty()
+        } else {
+            RenameFlags::NOREPLACE
+        };
+        rfs::renameat_with(&from_dir, &from_name, &to_dir, &to_name, flags).map_err(|e| match e {
+            Errno::EXIST | Errno::NOTEMPTY if !overwrite || e == Errno::NOTEMPTY => {
+                ToolError::AlreadyExists { path: to.display() }
+            }
+            Errno::INVAL if from.0.starts_with(&to.0) || to.0.starts_with(&from.0) => {
+                ToolError::InvalidArgument {
+                    message: format!(
+                        "cannot move {} into itself ({})",
+                        from.display(),
+                        to.display()
+                    ),
+                }
+            }
+            e => self.fail(to, e),
+        })
+    }
+
+    /// An `O_PATH` descriptor of the directory at `path` (for walking it by `/proc/self/fd/<fd>`).
+    pub fn open_dir(&self, path: &RelPath) -> Result<OwnedFd, ToolError> {
+        self.open_beneath(path, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
+    }
+}
+
+/// `.<name>.sessionfs-<pid>-<n>.tmp`: hidden, unique within this process, next to the target.
+fn temp_name(name: &OsStr) -> std::ffi::OsString {
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut s = std::ffi::OsString::from(".");
+    // Keep the name well under NAME_MAX even for long targets.
+    let bytes = name.as_bytes();
+    s.push(OsStr::from_bytes(&bytes[..bytes.len().min(200)]));
+    s.push(format!(".sessionfs-{}-{n}.tmp", std::process::id()));
+    s
+}
+
+/// The errno inside an I/O error (`EIO` if it has none).
+pub fn errno_of(e: &io::Error) -> Errno {
+    e.raw_os_error().map_or(Errno::IO, Errno::from_raw_os_error)
+}
