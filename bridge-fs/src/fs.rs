@@ -18,10 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request as FuseRequest, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request as FuseRequest, TimeOrNow, WriteFlags,
 };
 use sessionfs_proto::{
     errno, Attr, Caller, DirEntry, ErrorReply, NodeKind, Reply, Request, SetAttrs, SetTime,
@@ -1106,6 +1106,22 @@ impl fuser::Filesystem for BridgeFs {
     ) {
         lock(&self.inner.dirs).remove(&fh.0);
         reply.ok();
+    }
+
+    /// No ioctl reaches the daemons. The common one, `TCGETS` from `isatty(3)` (many runtimes ask on
+    /// every open), fails as on any regular file, quietly: `ENOTTY`.
+    fn ioctl(
+        &self,
+        _req: &FuseRequest,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
     }
 
     fn fsyncdir(

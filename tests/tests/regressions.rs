@@ -1,5 +1,5 @@
 //! Regressions found in review: directory listings read lazily across renames, directory cycles
-//! reported by stale listings, and xattr calls on the mount root.
+//! reported by stale listings, xattr calls on the mount root, and `isatty` on mounted files.
 
 use std::ffi::CString;
 use std::fs;
@@ -104,5 +104,32 @@ fn xattr_calls_on_the_mount_root_answer_cleanly() -> Result<()> {
     assert_eq!(list, 0, "listxattr on the root failed: {list_err:?}");
     assert_eq!(get_err, Some(libc::ENODATA));
     h.unmount()?;
+    Ok(())
+}
+
+/// `isatty(3)` on a file in the mount (Python does it on every `open`) is an ioctl the bridge answers
+/// with ENOTTY, as any regular file does, instead of ENOSYS and a warning per call in the bridge log.
+#[test]
+fn isatty_on_a_mounted_file_is_enotty_and_quiet() -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut h = Harness::new()?;
+    h.create_session("tty")?;
+    h.mount()?;
+    let path = h.path("tty", "f");
+    fs::write(&path, b"x")?;
+    let f = fs::File::open(&path)?;
+    for _ in 0..3 {
+        // SAFETY: isatty only inspects the open descriptor.
+        let tty = unsafe { libc::isatty(f.as_raw_fd()) };
+        let errno = std::io::Error::last_os_error().raw_os_error();
+        anyhow::ensure!(
+            tty == 0 && errno == Some(libc::ENOTTY),
+            "isatty={tty} errno={errno:?}"
+        );
+    }
+    drop(f);
+    h.unmount()?;
+    let log = h.bridge_log();
+    anyhow::ensure!(!log.contains("ioctl"), "the bridge logged ioctls: {log}");
     Ok(())
 }
