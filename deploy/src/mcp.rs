@@ -34,6 +34,8 @@ pub struct McpOptions {
     pub mount: PathBuf,
     /// Serve streamable HTTP on this address instead of stdio.
     pub http: Option<SocketAddr>,
+    /// Bearer token HTTP clients must send (required for a non-loopback address).
+    pub token: Option<String>,
 }
 
 /// `--http` values: `PORT` (on 127.0.0.1), `IP:PORT`, `[IPv6]:PORT`.
@@ -108,17 +110,21 @@ pub fn serve(home: Home, opts: &McpOptions) -> Result<(), McpError> {
         .enable_all()
         .build()
         .map_err(McpError::Runtime)?;
-    runtime.block_on(async {
+    let served = runtime.block_on(async {
         match opts.http {
             None => sessionfs_mcp::serve_stdio(tools).await,
             Some(addr) => {
-                sessionfs_mcp::serve_http(tools, addr, |bound| {
+                sessionfs_mcp::serve_http(tools, addr, opts.token.clone(), |bound| {
                     eprintln!("sessionfs mcp: serving MCP at http://{bound}/mcp");
                 })
                 .await
             }
         }
-    })?;
+    });
+    // A tool call stuck in a file operation is bounded by the mount's operation timeout; do not wait
+    // for it longer than that on the way out.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    served?;
     Ok(())
 }
 

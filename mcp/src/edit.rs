@@ -37,13 +37,16 @@
 //! 5. An anchor with no occurrence after the cursor is refused: [`EditError::AnchorOutOfOrder`] if it does
 //!    occur earlier in the file, [`EditError::AnchorNotFound`] otherwise. Several occurrences of a start
 //!    anchor are refused with [`EditError::AmbiguousAnchor`], giving their count and line numbers. An end
-//!    anchor often is a common line (`}`, `end`, `</div>`), so several occurrences are resolved by the
-//!    span they would replace: for each occurrence, the original lines from the segment's start through
-//!    it are compared with the segment, and the occurrence with the best score `kept − 2 × removed` wins
-//!    (`kept`: lines of that span in the longest common subsequence with the segment; `removed`: the
-//!    span's other lines). Replacing a function body picks the function's own closing line, not a later
-//!    one (which would delete what lies between); a segment spanning two functions picks the second's.
-//!    A tie for the best score is refused as ambiguous.
+//!    anchor is often a common line (`}`, `end`, `</div>`), so several occurrences are resolved, if
+//!    two readings agree, to the first occurrence at or after every original line (from the segment's
+//!    start) that equals a non-blank segment line occurring only once there: the segment visibly covers
+//!    those lines. The second reading checks that choice: ending there must score at least as well as
+//!    ending at any other occurrence, the score of a span being `kept − removed` (`kept`: lines of the
+//!    original span in the longest common subsequence with the segment; `removed`: the span's other
+//!    lines). Otherwise the edit is refused as ambiguous. So replacing a function body ends at that
+//!    function's closing line; a segment showing one function and changing the next ends at the next
+//!    one's; inserting a function after another ends at the first one's; and a new line that happens to
+//!    equal a unique line far below cannot make the segment swallow everything in between.
 //! 6. Line endings: the original's lines keep their endings; lines coming from the edit get the original's
 //!    line ending (CRLF if the original contains `\r\n`, LF otherwise). When the output ends with lines from
 //!    the edit, it ends with a newline exactly when the original does (for an empty original: when the edit
@@ -295,8 +298,8 @@ fn resolve(
 }
 
 /// Resolves a segment's end anchor searched from `from`, for a segment placed from original line
-/// `start`: the single occurrence, or among several the one whose span best matches the segment (rule 5
-/// of the module documentation); refused as ambiguous when the best is not unique.
+/// `start`: the single occurrence, or among several the one two independent readings agree on (rule 5
+/// of the module documentation); refused as ambiguous otherwise.
 fn resolve_end(
     orig: &[&str],
     start: usize,
@@ -307,30 +310,66 @@ fn resolve_end(
 ) -> Result<usize, EditError> {
     let hits = find_anchor(orig, from, last.1);
     if hits.len() > 1 {
-        if let Some(end) = best_span_end(orig, start, &hits, segment_keys) {
-            return Ok(end);
+        if let Some(end) = first_end_after_unique_lines(orig, start, &hits, segment_keys) {
+            if scores_best(orig, start, &hits, segment_keys, end) {
+                return Ok(end);
+            }
         }
     }
     resolve(orig, from, segment, AnchorKind::End, last)
 }
 
-/// The occurrence `e` in `ends` (ascending) for which replacing original lines `start..=e` by the segment
-/// keeps the most and removes the fewest lines: score = kept − 2 × removed, where kept is the length of
-/// the longest common subsequence of the span and the segment. `None` on a tie for the best score.
-/// Spans only grow with `e` and the score's upper bound falls with the span, so the search stops early.
-fn best_span_end(
+/// The first occurrence in `ends` at or after every original line (from `start` on) that equals a
+/// non-blank segment line occurring exactly once there: the segment visibly covers those lines.
+fn first_end_after_unique_lines(
     orig: &[&str],
     start: usize,
     ends: &[usize],
     segment_keys: &[&str],
 ) -> Option<usize> {
+    let mut seen: std::collections::HashMap<&str, (usize, usize)> =
+        std::collections::HashMap::new();
+    for (i, line) in orig.iter().enumerate().skip(start) {
+        let entry = seen.entry(key(line)).or_insert((0, i));
+        entry.0 += 1;
+    }
+    let floor = segment_keys
+        .iter()
+        .filter(|k| !k.trim().is_empty())
+        .filter_map(|k| match seen.get(k) {
+            Some(&(1, at)) => Some(at),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(start);
+    ends.iter().copied().find(|&e| e >= floor)
+}
+
+/// Segments longer than this are not disambiguated by scoring (refused instead), bounding the work.
+const MAX_SCORED_SEGMENT: usize = 5000;
+
+/// Whether ending the segment at `chosen` (one of `ends`, ascending) scores at least as well as ending
+/// it at any other occurrence, the score of ending at `e` being `kept − removed` for the original span
+/// `start..=e`: `kept` is the length of the longest common subsequence of the span and the segment,
+/// `removed` the span's other lines. Spans only grow with `e` and the score's upper bound falls with
+/// the span, so the search stops early.
+fn scores_best(
+    orig: &[&str],
+    start: usize,
+    ends: &[usize],
+    segment_keys: &[&str],
+    chosen: usize,
+) -> bool {
+    if segment_keys.len() > MAX_SCORED_SEGMENT {
+        return false;
+    }
     let seg_len = segment_keys.len() as i64;
-    let mut best: Option<(i64, usize)> = None;
-    let mut tied = false;
+    let mut best = i64::MIN;
+    let mut chosen_score = None;
     for &e in ends {
         let span = (e + 1 - start) as i64;
-        let bound = seg_len.min(span) - 2 * (span - seg_len).max(0);
-        if best.is_some_and(|(b, _)| bound < b) {
+        let bound = seg_len.min(span) - (span - seg_len).max(0);
+        if bound < best && chosen_score.is_some() {
             break;
         }
         let region: Vec<&str> = orig[start..=e].iter().map(|l| key(l)).collect();
@@ -343,21 +382,13 @@ fn best_span_end(
                 })
                 .sum();
         let kept = kept as i64;
-        let score = kept - 2 * (span - kept);
-        match best {
-            Some((b, _)) if score < b => {}
-            Some((b, _)) if score == b => tied = true,
-            _ => {
-                best = Some((score, e));
-                tied = false;
-            }
+        let score = kept - (span - kept);
+        best = best.max(score);
+        if e == chosen {
+            chosen_score = Some(score);
         }
     }
-    if tied {
-        None
-    } else {
-        best.map(|(_, e)| e)
-    }
+    chosen_score == Some(best)
 }
 
 /// Merge content with `// ... existing code ...` markers into `original`, following the rules in the module

@@ -40,7 +40,7 @@ pub enum ToolError {
     #[error("{path} already exists (set overwrite to replace it)")]
     AlreadyExists { path: String },
     /// A file too large for the call.
-    #[error("{path} is {size} bytes, more than the {limit} bytes this call handles; read a line range instead")]
+    #[error("{path} is {size} bytes, more than the {limit} bytes the session tools load; use the mount for it")]
     TooLarge { path: String, size: u64, limit: u64 },
     /// A file that is not UTF-8 text where text is needed.
     #[error("{path} is not UTF-8 text ({what}); text tools cannot edit it")]
@@ -52,6 +52,12 @@ pub enum ToolError {
         #[source]
         source: EditError,
     },
+    /// The file changed between reading it and writing it (another writer).
+    #[error("{path} changed while this call was working on it (another writer); nothing was written: read it again and retry")]
+    Changed { path: String },
+    /// A symlink loop inside the workspace.
+    #[error("{path}: too many levels of symbolic links (a symlink loop)")]
+    SymlinkLoop { path: String },
     /// A parameter that cannot be used.
     #[error("{message}")]
     InvalidArgument { message: String },
@@ -77,10 +83,7 @@ impl ToolError {
                 reason: "it resolves outside the session's workspace (a symlink or `..` leads out)"
                     .into(),
             },
-            Errno::LOOP => ToolError::Escape {
-                path,
-                reason: "too many levels of symbolic links".into(),
-            },
+            Errno::LOOP => ToolError::SymlinkLoop { path },
             Errno::ACCESS | Errno::PERM | Errno::ROFS => ToolError::Permission {
                 path,
                 errno: describe(e),

@@ -1,34 +1,56 @@
-//! MCP over streamable HTTP: rmcp's `StreamableHttpService` at `/mcp`, served by hyper on one listener
-//! (loopback unless asked otherwise; rmcp also checks the `Host` header against loopback names and the
-//! bound address, which stops DNS rebinding). Stops on SIGINT/SIGTERM.
+//! MCP over streamable HTTP: rmcp's `StreamableHttpService` at `/mcp`, served by hyper on one listener.
+//! Loopback by default; a non-loopback address needs a bearer token. rmcp checks the `Host` header
+//! against loopback names and the bound address (DNS rebinding) and refuses any `Origin` (web pages).
+//! At most 64 connections, 30 s to send headers. Stops on SIGINT/SIGTERM.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::server::{ServeError, SessionTools};
 
 /// The URL path MCP is served at.
 pub const MCP_PATH: &str = "/mcp";
 
+/// Most connections served at once; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 64;
+/// Longest time a client may take to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Errors of the HTTP transport's configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpConfigError {
+    #[error("refusing to serve MCP on the non-loopback address {0} without a token: anyone who can reach it could read and write every session; set SESSIONFS_MCP_TOKEN (clients then send `Authorization: Bearer <token>`)")]
+    RemoteWithoutToken(SocketAddr),
+}
+
 /// Serves MCP over streamable HTTP on `addr` until SIGINT/SIGTERM. `on_listening` gets the bound address
-/// (useful with port 0) once the listener is up. Fails first if there is no mount.
+/// (useful with port 0) once the listener is up. With `token`, every request must carry
+/// `Authorization: Bearer <token>`; a non-loopback address needs one. Fails first if there is no mount.
 pub async fn serve_http(
     tools: SessionTools,
     addr: SocketAddr,
+    token: Option<String>,
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<(), ServeError> {
     tools.mount_check().map_err(ServeError::NoMount)?;
+    if !addr.ip().is_loopback() && token.is_none() {
+        return Err(ServeError::HttpConfig(HttpConfigError::RemoteWithoutToken(
+            addr,
+        )));
+    }
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind { addr, source })?;
@@ -42,8 +64,10 @@ pub async fn serve_http(
     if !bound.ip().is_loopback() {
         hosts.push(bound.ip().to_string());
     }
+    // Browsers send Origin; MCP clients do not. No origin is allowed, so no web page can call the tools.
     let config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(hosts)
+        .enforce_origin_validation()
         .with_cancellation_token(stop.child_token());
     let service: StreamableHttpService<SessionTools, LocalSessionManager> =
         StreamableHttpService::new(
@@ -51,29 +75,53 @@ pub async fn serve_http(
             Arc::new(LocalSessionManager::default()),
             config,
         );
+    let expected = token.map(|t| Arc::new(format!("Bearer {t}")));
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     info!(%bound, "serving MCP over streamable HTTP at {MCP_PATH}");
     on_listening(bound);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(ServeError::Http)?;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    debug!(error = %e, "accept failed");
-                    continue;
-                }
-            },
-            _ = tokio::signal::ctrl_c() => break,
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = &mut ctrl_c => break,
             _ = sigterm.recv() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
         };
         debug!(%peer, "connection");
         let service = service.clone();
+        let expected = expected.clone();
         let handler = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
             let service = service.clone();
+            let expected = expected.clone();
             async move {
+                if let Some(expected) = expected {
+                    let given = req.headers().get(hyper::header::AUTHORIZATION);
+                    if given.map(|v| v.as_bytes()) != Some(expected.as_bytes()) {
+                        return Ok::<_, Infallible>(plain(
+                            StatusCode::UNAUTHORIZED,
+                            "unauthorized: send Authorization: Bearer <token>\n",
+                        ));
+                    }
+                }
                 if req.uri().path() != MCP_PATH {
-                    return Ok::<_, Infallible>(not_found());
+                    return Ok(plain(
+                        StatusCode::NOT_FOUND,
+                        "not found: MCP is served at /mcp\n",
+                    ));
                 }
                 Ok(service.handle(req).await)
             }
@@ -81,6 +129,8 @@ pub async fn serve_http(
         let stop = stop.clone();
         tokio::spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), handler);
             tokio::select! {
                 result = conn => if let Err(e) = result {
@@ -88,6 +138,7 @@ pub async fn serve_http(
                 },
                 _ = stop.cancelled() => {}
             }
+            drop(slot);
         });
     }
     stop.cancel();
@@ -95,9 +146,8 @@ pub async fn serve_http(
     Ok(())
 }
 
-fn not_found() -> Response<BoxBody<Bytes, Infallible>> {
-    let mut response =
-        Response::new(Full::new(Bytes::from_static(b"not found: MCP is served at /mcp\n")).boxed());
-    *response.status_mut() = StatusCode::NOT_FOUND;
+fn plain(status: StatusCode, text: &'static str) -> Response<BoxBody<Bytes, Infallible>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())).boxed());
+    *response.status_mut() = status;
     response
 }

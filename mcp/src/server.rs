@@ -34,6 +34,8 @@ pub enum ServeError {
     },
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
+    #[error(transparent)]
+    HttpConfig(#[from] crate::http::HttpConfigError),
 }
 
 fn yes() -> bool {

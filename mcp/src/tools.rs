@@ -207,63 +207,45 @@ fn classify(bytes: &[u8]) -> Result<&str, String> {
     })
 }
 
-/// A file's text for the editing tools: must be UTF-8 without NUL bytes.
-fn load_text(dir: &SessionDir, rel: &RelPath) -> Result<Option<(String, FileVersion)>, ToolError> {
-    let st = match dir.try_stat(rel, true)? {
-        Some(st) => st,
-        None => return Ok(None),
-    };
+/// A file's text for the editing tools (`None` if it does not exist): UTF-8 without NUL bytes.
+fn load_text(dir: &SessionDir, rel: &RelPath) -> Result<Option<String>, ToolError> {
+    if dir.try_stat(rel, true)?.is_none() {
+        return Ok(None);
+    }
     let bytes = dir.read_all(rel, MAX_TEXT_FILE)?;
-    let version = FileVersion::of(&st);
-    match classify(&bytes) {
-        Ok(_) => Ok(Some((
-            String::from_utf8(bytes).map_err(|_| ToolError::NotText {
-                path: rel.display(),
-                what: "invalid UTF-8".into(),
-            })?,
-            version,
-        ))),
-        Err(what) => Err(ToolError::NotText {
+    if let Err(what) = classify(&bytes) {
+        return Err(ToolError::NotText {
             path: rel.display(),
             what,
-        }),
+        });
     }
-}
-
-/// What identifies a file's content version for a read-modify-write (inode, size, mtime, ctime).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct FileVersion {
-    ino: u64,
-    size: i64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl FileVersion {
-    fn of(st: &rustix::fs::Stat) -> FileVersion {
-        FileVersion {
-            ino: st.st_ino,
-            size: st.st_size,
-            mtime: (st.st_mtime, st.st_mtime_nsec as i64),
-            ctime: (st.st_ctime, st.st_ctime_nsec as i64),
-        }
+    if bytes.contains(&0) {
+        return Err(ToolError::NotText {
+            path: rel.display(),
+            what: "it contains NUL bytes".into(),
+        });
     }
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| ToolError::NotText {
+            path: rel.display(),
+            what: "invalid UTF-8".into(),
+        })
 }
 
 /// Refuses to write when the file changed since it was read (another writer in between): the edit was
-/// computed from content that is no longer there.
-fn check_unchanged(
-    dir: &SessionDir,
-    rel: &RelPath,
-    read: Option<FileVersion>,
-) -> Result<(), ToolError> {
-    let now = dir.try_stat(rel, true)?.map(|st| FileVersion::of(&st));
-    if now != read {
-        return Err(ToolError::InvalidArgument {
-            message: format!(
-                "{} changed while the edit was being made (another writer); read it again and retry",
-                rel.display()
-            ),
+/// computed from content that is no longer there. The file is read again (an open through the mount
+/// fetches it from the daemon), so a change made inside the container is seen even while the mount's
+/// attribute cache still shows the old size and time. A writer between this check and the rename can
+/// still be overwritten; that window is one rename round trip.
+fn check_unchanged(dir: &SessionDir, rel: &RelPath, read: Option<&str>) -> Result<(), ToolError> {
+    let now = match dir.try_stat(rel, true)? {
+        Some(_) => Some(dir.read_all(rel, MAX_TEXT_FILE)?),
+        None => None,
+    };
+    if now.as_deref() != read.map(str::as_bytes) {
+        return Err(ToolError::Changed {
+            path: rel.display(),
         });
     }
     Ok(())
@@ -342,7 +324,7 @@ pub fn edit_file(dir: &SessionDir, req: &EditRequest<'_>) -> Result<EditResult, 
     let rel = dir.relative(req.path)?;
     let shown = rel.display();
     let current = load_text(dir, &rel)?;
-    let original = current.as_ref().map(|(text, _)| text.as_str());
+    let original = current.as_deref();
     let outcome =
         edit::edit_file(&shown, original, req.content, req.full_replace).map_err(|source| {
             ToolError::Edit {
@@ -352,7 +334,7 @@ pub fn edit_file(dir: &SessionDir, req: &EditRequest<'_>) -> Result<EditResult, 
         })?;
     let changed = original != Some(outcome.new_content.as_str());
     if !req.dry_run && changed {
-        check_unchanged(dir, &rel, current.as_ref().map(|(_, v)| *v))?;
+        check_unchanged(dir, &rel, original)?;
         dir.write_atomic(&rel, outcome.new_content.as_bytes(), req.create_dirs)?;
     }
     let diff_summary = summarize(&outcome.diff, &outcome.new_content);
@@ -418,7 +400,7 @@ pub fn search_replace(
             source: EditError::EmptySearch,
         });
     }
-    let Some((original, version)) = load_text(dir, &rel)? else {
+    let Some(original) = load_text(dir, &rel)? else {
         return Err(ToolError::NotFound { path: shown });
     };
     let (new_content, count) = edit::search_replace(&original, search, replace, replace_all)
@@ -428,7 +410,7 @@ pub fn search_replace(
         })?;
     let changed = new_content != original;
     if changed {
-        check_unchanged(dir, &rel, Some(version))?;
+        check_unchanged(dir, &rel, Some(&original))?;
         dir.write_atomic(&rel, new_content.as_bytes(), false)?;
     }
     Ok(SearchReplaceResult {
@@ -465,6 +447,8 @@ pub struct ListResult {
     pub total_entries: usize,
     /// Every entry with its type and size.
     pub entries: Vec<DirEntryInfo>,
+    /// Whether the directory has more entries than the 10,000 listed.
+    pub truncated: bool,
 }
 
 pub fn list_directory(
@@ -481,8 +465,11 @@ pub fn list_directory(
         directories: Vec::new(),
         total_entries: 0,
         entries: Vec::new(),
+        truncated: false,
     };
-    for entry in dir.list_dir(&rel)? {
+    let (entries, truncated) = dir.list_dir(&rel)?;
+    result.truncated = truncated;
+    for entry in entries {
         if !show_hidden && entry.name.starts_with('.') {
             continue;
         }

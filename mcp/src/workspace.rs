@@ -26,6 +26,9 @@ use sessionfs_bridge::mountinfo;
 
 use crate::error::ToolError;
 
+/// Most entries `session_list_directory` returns.
+pub const MAX_LIST_ENTRIES: usize = 10_000;
+
 /// How paths are resolved beneath a session root: symlinks allowed while they stay beneath it.
 const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_MAGICLINKS);
 
@@ -61,7 +64,15 @@ impl Mount {
         let entries = mountinfo::mounts()
             .map_err(|e| no_mount(format!("cannot read {}: {e}", mountinfo::MOUNTINFO)))?;
         match mountinfo::mounted_at(&entries, &self.path) {
-            Some(entry) if entry.is_sessionfs() => Ok(()),
+            Some(entry) if entry.is_sessionfs() => match rfs::stat(&self.path) {
+                // The root is answered by the bridge itself: this fails only if the bridge is gone.
+                Err(Errno::NOTCONN) => Err(no_mount(
+                    "its bridge process is gone (transport endpoint is not connected); unmount it \
+                     with `sessionfs umount` and mount again"
+                        .into(),
+                )),
+                _ => Ok(()),
+            },
             Some(entry) => Err(no_mount(format!(
                 "{} (type {}) is mounted there, not sessionfs",
                 entry.source, entry.fs_type
@@ -156,7 +167,11 @@ pub enum Kind {
 
 impl Kind {
     pub fn of(stat: &Stat) -> Kind {
-        match FileType::from_raw_mode(stat.st_mode) {
+        Kind::of_file_type(FileType::from_raw_mode(stat.st_mode))
+    }
+
+    pub fn of_file_type(file_type: FileType) -> Kind {
+        match file_type {
             FileType::RegularFile => Kind::File,
             FileType::Directory => Kind::Directory,
             FileType::Symlink => Kind::Symlink,
@@ -234,21 +249,26 @@ impl SessionDir {
         ToolError::from_errno(&self.id, &path.display(), e)
     }
 
-    /// `openat2` beneath the session root.
+    /// `openat2` beneath the session root. `EAGAIN` (a rename raced with resolving `..`) is retried.
     fn open_beneath(
         &self,
         path: &RelPath,
         flags: OFlags,
         mode: Mode,
     ) -> Result<OwnedFd, ToolError> {
-        rfs::openat2(
-            &self.root,
-            path.at(),
-            flags | OFlags::CLOEXEC,
-            mode,
-            RESOLVE,
-        )
-        .map_err(|e| self.fail(path, e))
+        let mut attempts = 0;
+        loop {
+            match rfs::openat2(
+                &self.root,
+                path.at(),
+                flags | OFlags::CLOEXEC,
+                mode,
+                RESOLVE,
+            ) {
+                Err(Errno::AGAIN) if attempts < 8 => attempts += 1,
+                outcome => return outcome.map_err(|e| self.fail(path, e)),
+            }
+        }
     }
 
     /// An `O_PATH` descriptor of `path`'s node, following symlinks that stay inside (or, with
@@ -267,11 +287,12 @@ impl SessionDir {
         rfs::fstat(&fd).map_err(|e| self.fail(path, e))
     }
 
-    /// Stat of `path`, `None` if it does not exist.
+    /// Stat of `path`, `None` if it does not exist (or a parent is not a directory).
     pub fn try_stat(&self, path: &RelPath, follow: bool) -> Result<Option<Stat>, ToolError> {
         match self.stat(path, follow) {
             Ok(st) => Ok(Some(st)),
-            Err(ToolError::NotFound { .. }) => Ok(None),
+            // `file.txt/x` does not exist either.
+            Err(ToolError::NotFound { .. } | ToolError::NotDirectory { .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -367,7 +388,7 @@ impl SessionDir {
         }
         // Follow a symlink to the file it names, so the link stays a link.
         let mut target = path.clone();
-        let mut mode = None;
+        let mut existing: Option<Stat> = None;
         match self.node(path, true) {
             Ok(fd) => {
                 let st = rfs::fstat(&fd).map_err(|e| self.fail(path, e))?;
@@ -384,8 +405,8 @@ impl SessionDir {
                         })
                     }
                 }
-                mode = Some(Mode::from_raw_mode(st.st_mode) & Mode::from_bits_truncate(0o7777));
                 target = self.canonical(&fd, path)?;
+                existing = Some(st);
             }
             Err(ToolError::NotFound { .. }) => {
                 // A dangling symlink: writing would replace the link, not create what it names.
@@ -403,16 +424,22 @@ impl SessionDir {
             Err(e) => return Err(e),
         }
         let (dir, name) = self.parent(&target)?;
-        let tmp_name = temp_name(&name);
-        let created_mode = mode.unwrap_or(Mode::from_bits_truncate(0o666));
-        let tmp = rfs::openat2(
-            &dir,
-            &tmp_name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-            created_mode,
-            RESOLVE,
-        )
-        .map_err(|e| self.fail(&target, e))?;
+        if let Some(st) = &existing {
+            // The name found from the checked descriptor must still be that file (not renamed or
+            // replaced meanwhile), or the write would land on something else.
+            match rfs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(now) if now.st_dev == st.st_dev && now.st_ino == st.st_ino => {}
+                _ => {
+                    return Err(ToolError::Changed {
+                        path: path.display(),
+                    })
+                }
+            }
+        }
+        let mode = existing
+            .as_ref()
+            .map(|st| Mode::from_raw_mode(st.st_mode) & Mode::from_bits_truncate(0o7777));
+        let (tmp, tmp_name) = self.create_temp(&dir, &name, &target, mode)?;
         let written = (|| -> Result<(), Errno> {
             if let Some(mode) = mode {
                 // The process umask applied at creation; an existing file's bits are restored exactly.
@@ -431,32 +458,65 @@ impl SessionDir {
         Ok(mode.is_none())
     }
 
+    /// Creates a new temporary file next to `name` in `dir` (exclusively, with an unpredictable name, so
+    /// a name planted in the workspace cannot be reused); retried on a name clash.
+    fn create_temp(
+        &self,
+        dir: &OwnedFd,
+        name: &OsStr,
+        target: &RelPath,
+        mode: Option<Mode>,
+    ) -> Result<(OwnedFd, std::ffi::OsString), ToolError> {
+        let created_mode = mode.unwrap_or(Mode::from_bits_truncate(0o666));
+        let mut attempts = 0;
+        loop {
+            let tmp_name = temp_name(name);
+            match rfs::openat2(
+                dir,
+                &tmp_name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                created_mode,
+                RESOLVE,
+            ) {
+                Ok(fd) => return Ok((fd, tmp_name)),
+                Err(Errno::EXIST) if attempts < 8 => attempts += 1,
+                Err(e) => return Err(self.fail(target, e)),
+            }
+        }
+    }
+
     /// Lists the directory at `path` (symlinks followed while inside): entries sorted by name, each with
-    /// its kind (symlinks reported as such) and size.
-    pub fn list_dir(&self, path: &RelPath) -> Result<Vec<Entry>, ToolError> {
+    /// its kind (symlinks reported as such) and size; at most [`MAX_LIST_ENTRIES`] (then `true`).
+    pub fn list_dir(&self, path: &RelPath) -> Result<(Vec<Entry>, bool), ToolError> {
         let dir = self.open_beneath(path, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?;
         let mut entries = Vec::new();
+        let mut truncated = false;
         for entry in rfs::Dir::read_from(&dir).map_err(|e| self.fail(path, e))? {
             let entry = entry.map_err(|e| self.fail(path, e))?;
             let name = entry.file_name().to_bytes();
             if name == b"." || name == b".." {
                 continue;
             }
+            if entries.len() == MAX_LIST_ENTRIES {
+                truncated = true;
+                break;
+            }
             let name_os = OsStr::from_bytes(name);
-            let st = match rfs::statat(&dir, name_os, AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(st) => st,
+            let (kind, size) = match rfs::statat(&dir, name_os, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => (Kind::of(&st), st.st_size as u64),
                 // Removed between readdir and stat.
                 Err(Errno::NOENT) => continue,
-                Err(e) => return Err(self.fail(&path.join(name_os), e)),
+                // Listed but not stat-able: shown with the type readdir gave.
+                Err(_) => (Kind::of_file_type(entry.file_type()), 0),
             };
             entries.push(Entry {
                 name: String::from_utf8_lossy(name).into_owned(),
-                kind: Kind::of(&st),
-                size: st.st_size as u64,
+                kind,
+                size,
             });
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(entries)
+        Ok((entries, truncated))
     }
 
     /// Removes the file (or symlink, not what it names) at `path`; directories are refused.
@@ -538,6 +598,17 @@ impl SessionDir {
                 message: format!("source and target are the same path {}", from.display()),
             });
         }
+        let into_itself = || ToolError::InvalidArgument {
+            message: format!(
+                "cannot move {} into itself ({})",
+                from.display(),
+                to.display()
+            ),
+        };
+        // Checked before creating the target's parents, which would otherwise be left behind.
+        if to.0.starts_with(&from.0) {
+            return Err(into_itself());
+        }
         if create_dirs {
             if let Some((parent, _)) = to.split() {
                 if !parent.is_root() {
@@ -552,36 +623,45 @@ impl SessionDir {
             RenameFlags::NOREPLACE
         };
         rfs::renameat_with(&from_dir, &from_name, &to_dir, &to_name, flags).map_err(|e| match e {
-            Errno::EXIST | Errno::NOTEMPTY if !overwrite || e == Errno::NOTEMPTY => {
-                ToolError::AlreadyExists { path: to.display() }
-            }
-            Errno::INVAL if from.0.starts_with(&to.0) || to.0.starts_with(&from.0) => {
-                ToolError::InvalidArgument {
-                    message: format!(
-                        "cannot move {} into itself ({})",
-                        from.display(),
-                        to.display()
-                    ),
-                }
-            }
+            Errno::EXIST if !overwrite => ToolError::AlreadyExists { path: to.display() },
+            Errno::NOTEMPTY | Errno::EXIST => ToolError::InvalidArgument {
+                message: format!(
+                    "{} is a directory that is not empty; it cannot be replaced",
+                    to.display()
+                ),
+            },
+            // Both ends were resolved beneath the root; EXDEV here means another file system mounted
+            // inside the workspace (a volume inside the container's workspace).
+            Errno::XDEV => ToolError::InvalidArgument {
+                message: format!(
+                    "{} and {} are on different file systems inside the session; copy and delete instead",
+                    from.display(),
+                    to.display()
+                ),
+            },
+            Errno::INVAL => into_itself(),
             e => self.fail(to, e),
         })
     }
 
-    /// An `O_PATH` descriptor of the directory at `path` (for walking it by `/proc/self/fd/<fd>`).
-    pub fn open_dir(&self, path: &RelPath) -> Result<OwnedFd, ToolError> {
-        self.open_beneath(path, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
+    /// The directory at `path` opened for reading its entries (grep walks from it).
+    pub fn open_dir_for_reading(&self, path: &RelPath) -> Result<OwnedFd, ToolError> {
+        self.open_beneath(path, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
     }
 }
 
-/// `.<name>.sessionfs-<pid>-<n>.tmp`: hidden, unique within this process, next to the target.
+/// `.<name>.sessionfs-<random>.tmp`: hidden, next to the target, not guessable from inside the workspace.
 fn temp_name(name: &OsStr) -> std::ffi::OsString {
-    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS's randomness; the counter makes every call differ.
+    let mut hasher = std::hash::RandomState::new().build_hasher();
+    hasher.write_u64(TEMP_COUNTER.fetch_add(1, Ordering::Relaxed));
+    hasher.write_u32(std::process::id());
     let mut s = std::ffi::OsString::from(".");
     // Keep the name well under NAME_MAX even for long targets.
     let bytes = name.as_bytes();
     s.push(OsStr::from_bytes(&bytes[..bytes.len().min(200)]));
-    s.push(format!(".sessionfs-{}-{n}.tmp", std::process::id()));
+    s.push(format!(".sessionfs-{:016x}.tmp", hasher.finish()));
     s
 }
 

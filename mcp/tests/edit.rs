@@ -87,43 +87,68 @@ fn repeated_end_anchor_with_an_inserted_function_keeps_the_next_one() {
     );
 }
 
-#[test]
-fn repeated_end_anchor_is_chosen_by_score_and_a_tie_refused() {
-    let original = "begin\nx\nend\nend\n";
-    let edit = "// ... existing code ...\nbegin\ny\nz\nw\nend\n// ... existing code ...\n";
-    let out = merge_edit(original, edit);
-    // span to line 3: kept 2 (begin, end), removed 1 (x) → 0; to line 4: kept 2, removed 2 → -2.
-    assert_eq!(out.unwrap(), "begin\ny\nz\nw\nend\nend\n");
-    let original = "begin\nend\nend\n";
-    let edit = "// ... existing code ...\nbegin\nend\nend\nend\n// ... existing code ...\n";
-    // span to 2: kept 2, removed 0 → 2; span to 3: kept 3, removed 0 → 3: the longer span wins.
-    assert_eq!(
-        merge_edit(original, edit).unwrap(),
-        "begin\nend\nend\nend\n"
-    );
-    let original = "s\na\ne\nb\ne\n";
-    let edit = "// ... existing code ...\ns\nb\na\ne\n// ... existing code ...\n";
-    // span to 3 (s a e): kept 3, removed 0 → 3; span to 5 (s a e b e): kept 3 (s a e or s b e), removed 2 → -1.
-    assert_eq!(merge_edit(original, edit).unwrap(), "s\nb\na\ne\nb\ne\n");
-    let original = "s\nq\ne\nr\ne\n";
-    let edit = "// ... existing code ...\ns\nq\ne\nr\nnew\ne\n// ... existing code ...\n";
-    // span to 3: kept 3, removed 0 → 3; span to 5: kept 5, removed 0 → 5.
-    assert_eq!(merge_edit(original, edit).unwrap(), "s\nq\ne\nr\nnew\ne\n");
-    let original = "s\nx\ne\ny\nz\ne\n";
-    let edit = "// ... existing code ...\ns\ne\nk\ne\n// ... existing code ...\n";
-    // span to 3 (s x e): kept 2, removed 1 → 0; span to 6 (s x e y z e): kept 3, removed 3 → -3.
-    assert_eq!(merge_edit(original, edit).unwrap(), "s\ne\nk\ne\ny\nz\ne\n");
-    let original = "s\na\ne\nb\nc\ne\n";
-    let edit = "// ... existing code ...\ns\nb\nc\nd\ne\n// ... existing code ...\n";
-    // span to 3 (s a e): kept 2, removed 1 → 0; span to 6 (s a e b c e): kept 4 (s b c e), removed 2 → 0: tie.
-    let err = merge_edit(original, edit).unwrap_err();
+fn ambiguous_end(err: EditError, want: &[usize]) {
     assert!(
         matches!(
             err,
-            EditError::AmbiguousAnchor { segment: 1, kind: AnchorKind::End, count: 2, ref lines, .. } if *lines == vec![3, 6]
+            EditError::AmbiguousAnchor { kind: AnchorKind::End, ref lines, .. } if lines == want
         ),
         "{err:?}"
     );
+}
+
+#[test]
+fn repeated_end_anchor_needs_both_readings_to_agree() {
+    let m = |orig: &str, seg: &str| {
+        merge_edit(
+            orig,
+            &format!("// ... existing code ...\n{seg}// ... existing code ...\n"),
+        )
+    };
+    // Covered lines: only `begin` → first `end`; scores: to line 3 → 2−1 = 1, to line 4 → 2−2 = 0.
+    assert_eq!(
+        m("begin\nx\nend\nend\n", "begin\ny\nz\nw\nend\n").unwrap(),
+        "begin\ny\nz\nw\nend\nend\n"
+    );
+    // Covered: `r` (line 4) → the `end` at line 5; scores 3 (to line 3) and 5 (to line 5) agree.
+    assert_eq!(
+        m("s\nq\ne\nr\ne\n", "s\nq\ne\nr\nnew\ne\n").unwrap(),
+        "s\nq\ne\nr\nnew\ne\n"
+    );
+    // Covered: `s` → line 3; scores 1 (to 3) and 0 (to 6).
+    assert_eq!(
+        m("s\nx\ne\ny\nz\ne\n", "s\ne\nk\ne\n").unwrap(),
+        "s\ne\nk\ne\ny\nz\ne\n"
+    );
+    // Covered: `c` (line 5) → line 6; scores 1 (to 3) and 4−2 = 2 (to 6).
+    assert_eq!(
+        m("s\na\ne\nb\nc\ne\n", "s\nb\nc\nd\ne\n").unwrap(),
+        "s\nb\nc\nd\ne\n"
+    );
+    // Covered: `begin` → line 2, but ending at line 3 keeps more (3 > 2): refused.
+    ambiguous_end(
+        m("begin\nend\nend\n", "begin\nend\nend\nend\n").unwrap_err(),
+        &[2, 3],
+    );
+    // Covered: `b` (line 4) → line 5, but `s a e` scores 3 against 1: refused.
+    ambiguous_end(m("s\na\ne\nb\ne\n", "s\nb\na\ne\n").unwrap_err(), &[3, 5]);
+}
+
+#[test]
+fn a_segment_showing_one_function_and_rewriting_the_next_ends_at_the_next() {
+    let original = "fn a() {\n    a1();\n    a2();\n    a3();\n    a4();\n}\n\nfn b() {\n    one();\n    two();\n}\n\nfn c() {\n    three();\n}\n";
+    let edit = "// ... existing code ...\nfn a() {\n    a1();\n    a2();\n    a3();\n    a4();\n}\n\nfn b() {\n    TWO();\n    THREE();\n}\n// ... existing code ...\n";
+    assert_eq!(
+        merge_edit(original, edit).unwrap(),
+        original.replace("    one();\n    two();", "    TWO();\n    THREE();")
+    );
+}
+
+#[test]
+fn a_new_line_equal_to_a_unique_line_far_below_does_not_swallow_the_code_between() {
+    let original = "fn a() {\n    x();\n}\n\nmod m {\n    use std::io;\n    fn b() {\n        y();\n    }\n}\n";
+    let edit = "// ... existing code ...\nfn a() {\n    use std::io;\n    x();\n}\n// ... existing code ...\n";
+    ambiguous_end(merge_edit(original, edit).unwrap_err(), &[3, 10]);
 }
 
 #[test]

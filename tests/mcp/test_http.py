@@ -1,9 +1,13 @@
-"""`sessionfs mcp --http`: the same tools over streamable HTTP, bound to loopback, stopped by SIGTERM."""
+"""`sessionfs mcp --http`: the same tools over streamable HTTP, loopback only unless a token is set, Host and
+Origin checked, other paths 404, stopped by SIGTERM."""
 
+import http.client
 import os
+import queue
 import re
 import signal
 import subprocess
+import threading
 
 import pytest
 from mcp import ClientSession
@@ -14,19 +18,56 @@ from conftest import BIN, HOME, MOUNT, SESSIONS, on_mount
 pytestmark = pytest.mark.anyio
 
 
-async def test_streamable_http_serves_the_tools():
-    server = subprocess.Popen(
-        [BIN, "mcp", "--mount", MOUNT, "--http", "0"],
-        env=dict(os.environ, SESSIONFS_HOME=HOME, SESSIONFS_LOG="warn"),
-        stdin=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = server.stderr.readline()
-        m = re.search(r"serving MCP at (http://127\.0\.0\.1:(\d+)/mcp)", line)
+class Server:
+    """`sessionfs mcp --http ADDR` in the background; its stderr is drained by a thread."""
+
+    def __init__(self, addr="0", token=None):
+        env = dict(os.environ, SESSIONFS_HOME=HOME, SESSIONFS_LOG="warn")
+        env.pop("SESSIONFS_MCP_TOKEN", None)
+        if token:
+            env["SESSIONFS_MCP_TOKEN"] = token
+        self.proc = subprocess.Popen(
+            [BIN, "mcp", "--mount", MOUNT, "--http", addr],
+            env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        self.lines = queue.Queue()
+        self.stderr = []
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self):
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def url(self):
+        line = self.lines.get(timeout=20)
+        m = re.search(r"serving MCP at (http://127\.0\.0\.1:(\d+)/mcp)", line or "")
         assert m, f"unexpected first line: {line!r}"
-        url = m.group(1)
+        self.port = int(m.group(2))
+        return m.group(1)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=20)
+        assert code == 0, "".join(self.stderr)
+
+
+def post(port, path="/mcp", headers=None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    body = '{"jsonrpc":"2.0","id":1,"method":"ping"}'
+    base = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+    conn.request("POST", path, body=body, headers={**base, **(headers or {})})
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    return resp.status
+
+
+async def test_streamable_http_serves_the_tools():
+    server = Server()
+    try:
+        url = server.url()
         session = SESSIONS[0]
         async with streamable_http_client(url) as (read, write):
             async with ClientSession(read, write) as client:
@@ -46,7 +87,37 @@ async def test_streamable_http_serves_the_tools():
                 assert r.structured_content["content"] == "via http\n"
                 r = await client.call_tool("session_read_file", {"sessionId": session["id"], "path": "../x"})
                 assert r.is_error
+        # Only /mcp; a foreign Host (DNS rebinding) and any browser Origin are refused.
+        assert post(server.port, "/other") == 404
+        assert post(server.port, headers={"Host": "evil.example:80"}) == 403
+        assert post(server.port, headers={"Origin": "http://evil.example"}) == 403
     finally:
-        server.send_signal(signal.SIGTERM)
-        code = server.wait(timeout=20)
-    assert code == 0, server.stderr.read()
+        server.stop()
+
+
+async def test_a_token_is_required_when_set():
+    server = Server(token="s3cret")
+    try:
+        url = server.url()
+        assert post(server.port) == 401
+        assert post(server.port, headers={"Authorization": "Bearer wrong"}) == 401
+        assert post(server.port, headers={"Authorization": "Bearer s3cret"}) != 401
+        import httpx2 as httpx  # the SDK's HTTP client
+
+        async with httpx.AsyncClient(headers={"Authorization": "Bearer s3cret"}) as http_client:
+            async with streamable_http_client(url, http_client=http_client) as (read, write):
+                async with ClientSession(read, write) as client:
+                    await client.initialize()
+                    assert len((await client.list_tools()).tools) == 12
+    finally:
+        server.stop()
+
+
+def test_a_non_loopback_address_needs_a_token():
+    out = subprocess.run(
+        [BIN, "mcp", "--mount", MOUNT, "--http", "0.0.0.0:0"],
+        env={k: v for k, v in dict(os.environ, SESSIONFS_HOME=HOME).items() if k != "SESSIONFS_MCP_TOKEN"},
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
+    )
+    assert out.returncode != 0
+    assert "refusing to serve MCP on the non-loopback address 0.0.0.0:0 without a token" in out.stderr

@@ -298,6 +298,31 @@ async def test_edit_refusals_leave_the_file_unchanged(client, session, base):
     assert read_mount(session, base, "new/fresh.rs") == b"fresh\n"
 
 
+async def test_edit_resolves_a_repeated_closing_line(client, session, base):
+    """A segment that shows one function unchanged and rewrites the next ends at the next one's `}`."""
+    sid = session["id"]
+    original = (
+        "fn a() {\n    a1();\n    a2();\n}\n\nfn b() {\n    one();\n    two();\n}\n\nfn c() {\n    three();\n}\n"
+    )
+    write_mount(session, original.encode(), base, "m.rs")
+    edit = (
+        "// ... existing code ...\nfn a() {\n    a1();\n    a2();\n}\n\nfn b() {\n    TWO();\n    THREE();\n}\n"
+        "// ... existing code ...\n"
+    )
+    await client.call("session_edit_file", sessionId=sid, path=f"{base}/m.rs", content=edit)
+    assert read_mount(session, base, "m.rs").decode() == original.replace(
+        "    one();\n    two();", "    TWO();\n    THREE();"
+    )
+    # A new line equal to a unique line further down must not swallow the code in between: refused.
+    write_mount(session, b"fn a() {\n    x();\n}\n\nmod m {\n    use std::io;\n}\n", base, "n.rs")
+    err = await client.fail(
+        "session_edit_file", sessionId=sid, path=f"{base}/n.rs",
+        content="// ... existing code ...\nfn a() {\n    use std::io;\n    x();\n}\n// ... existing code ...\n",
+    )
+    assert "ambiguous" in err
+    assert read_mount(session, base, "n.rs") == b"fn a() {\n    x();\n}\n\nmod m {\n    use std::io;\n}\n"
+
+
 async def test_search_replace(client, session, base):
     sid = session["id"]
     write_mount(session, b"one two one\nthree\n", base, "s.txt")
@@ -484,6 +509,9 @@ ESCAPES = [
     "../outside.txt",
     "a/../../outside.txt",
     "/etc/passwd",
+    MOUNT,
+    MOUNT + "/",
+    os.path.join(MOUNT, "another-session", "f.txt"),
 ]
 
 
@@ -537,9 +565,34 @@ async def test_escapes_are_refused(client, session, base):
     await client.call("session_write_file", sessionId=sid, path=f"{base}/ok-link", content="via link\n")
     assert os.path.islink(on_mount(session, base, "ok-link"))
     assert read_mount(session, base, "target.txt") == b"via link\n"
-    # Grep does not follow symlinks out of the workspace.
-    r = await client.call("session_grep_search", sessionId=sid, query="host secret", include_pattern=f"{base}/**")
+    # Grep does not follow symlinks out of the workspace, and names nothing outside in its errors.
+    r = await client.call("session_grep_search", sessionId=sid, query="host secret")
     assert r["matches"] == []
+    assert not any(OUTSIDE in e or "secret" in e for e in r.get("errors", [])), r.get("errors")
+
+
+async def test_grep_reads_no_ignore_rules_from_outside_and_never_blocks(client, session, base):
+    """Ignore files are read beneath the root only, if regular: a `.gitignore` symlinked to a host file, a
+    `.git` file pointing at a host git directory, or a FIFO named `.gitignore` change nothing and hang nothing."""
+    sid = session["id"]
+    rules = os.path.join(OUTSIDE, f"rules-{base}")
+    with open(rules, "w") as f:
+        f.write("*.txt\n")
+    gitdir = os.path.join(OUTSIDE, f"gitdir-{base}")
+    os.makedirs(os.path.join(gitdir, "info"))
+    with open(os.path.join(gitdir, "info", "exclude"), "w") as f:
+        f.write("*.txt\n")
+    for sub in ("linked", "gitfile", "fifo"):
+        os.makedirs(on_mount(session, base, sub))
+        write_mount(session, f"marker {base} {sub}\n".encode(), base, sub, "found.txt")
+    os.symlink(rules, on_mount(session, base, "linked", ".gitignore"))
+    write_mount(session, f"gitdir: {gitdir}\n".encode(), base, "gitfile", ".git")
+    os.mkfifo(on_mount(session, base, "fifo", ".gitignore"))
+    with anyio.fail_after(30):
+        r = await client.call("session_grep_search", sessionId=sid, query=f"marker {base}")
+    assert sorted(m["path"] for m in r["matches"]) == [
+        f"{base}/fifo/found.txt", f"{base}/gitfile/found.txt", f"{base}/linked/found.txt",
+    ]
 
 
 async def test_a_stopped_session_is_reported_and_recovers(session, base):

@@ -75,6 +75,8 @@ struct McpArgs {
     mount: PathBuf,
     /// Serve MCP over streamable HTTP at http://ADDR/mcp instead of stdio: PORT (on 127.0.0.1),
     /// IP:PORT or [IPv6]:PORT. Port 0 picks a free port (the address is printed on stderr).
+    /// With $SESSIONFS_MCP_TOKEN set, clients must send `Authorization: Bearer <token>`; a
+    /// non-loopback address is refused without it.
     #[arg(long, value_name = "ADDR", value_parser = parse_http)]
     http: Option<std::net::SocketAddr>,
 }
@@ -411,6 +413,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = sessionfs_deploy::mcp::McpOptions {
                 mount: args.mount,
                 http: args.http,
+                token: std::env::var("SESSIONFS_MCP_TOKEN")
+                    .ok()
+                    .filter(|t| !t.is_empty()),
             };
             sessionfs_deploy::mcp::serve(home()?, &opts)?;
         }
