@@ -19,16 +19,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs,
     ReplyWrite, ReplyXattr, Request as FuseRequest, TimeOrNow, WriteFlags,
 };
 use sessionfs_proto::{
-    errno, Attr, Caller, DirEntry, ErrorReply, NodeKind, Reply, Request, SetAttrs, SetTime,
+    errno, Attr, Caller, Change, DirEntry, ErrorReply, NodeKind, Reply, Request, SetAttrs, SetTime,
     Timestamp, WirePath, MAX_DIR_PAGE, MAX_IO_CHUNK, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK,
     S_IFMT, S_IFREG, S_IFSOCK,
 };
 use tracing::{debug, warn};
+
+use crate::session::Invalidation;
 
 use crate::inodes::{InodeTable, NodeRef, Stale, ROOT_INO};
 use crate::session::{Session, Sessions};
@@ -74,10 +76,29 @@ impl DirPage {
     }
 }
 
+/// What identifies a version of a file's content: its size and its modification and change times.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct ContentStamp {
+    size: u64,
+    mtime: Timestamp,
+    ctime: Timestamp,
+}
+
+impl ContentStamp {
+    fn of(a: &Attr) -> Self {
+        ContentStamp {
+            size: a.size,
+            mtime: a.mtime,
+            ctime: a.ctime,
+        }
+    }
+}
+
 /// Kernel directory offsets: 1 and 2 follow `.` and `..`; an entry's is 2 + its daemon offset.
 const DOT_ENTRIES: u64 = 2;
 
 /// The bridge file system. Cheap to clone into tasks.
+#[derive(Clone)]
 pub struct BridgeFs {
     inner: Arc<Inner>,
 }
@@ -90,6 +111,9 @@ struct Inner {
     dirs: Mutex<HashMap<u64, Arc<OpenDir>>>,
     next_fh: AtomicU64,
     ttl: Duration,
+    /// Per file inode: its content version when the kernel last started caching its pages (at an open
+    /// that dropped the cache). An open of an unchanged file keeps the cache (close-to-open).
+    page_stamps: Mutex<HashMap<u64, ContentStamp>>,
     /// Owner and time shown for the mount root.
     root_uid: u32,
     root_gid: u32,
@@ -207,11 +231,30 @@ impl BridgeFs {
                 dirs: Mutex::new(HashMap::new()),
                 next_fh: AtomicU64::new(1),
                 ttl,
+                page_stamps: Mutex::new(HashMap::new()),
                 root_uid: rustix::process::geteuid().as_raw(),
                 root_gid: rustix::process::getegid().as_raw(),
                 mounted_at: SystemTime::now(),
             }),
         }
+    }
+
+    /// Starts the invalidator thread, which turns the daemons' change notifications into kernel cache
+    /// invalidations through `notifier`, and routes the sessions' notifications to it. Notifications
+    /// are sent from this dedicated thread, never from a request handler (the kernel may wait for
+    /// FUSE answers while it processes them).
+    pub fn start_invalidator(&self, notifier: Notifier) -> std::io::Result<()> {
+        let (tx, rx) = std::sync::mpsc::channel::<Invalidation>();
+        let inner = self.inner.clone();
+        std::thread::Builder::new()
+            .name("sessionfs-inval".into())
+            .spawn(move || {
+                for work in rx {
+                    inner.invalidate(&notifier, work);
+                }
+            })?;
+        self.inner.sessions.set_invalidator(tx);
+        Ok(())
     }
 
     fn spawn(&self, f: impl Future<Output = ()> + Send + 'static) {
@@ -418,6 +461,72 @@ impl BridgeFs {
 }
 
 impl Inner {
+    /// Close-to-open: whether an open may keep the kernel's cached pages of `ino`. Only when the
+    /// session's changes are watched (so pages of a changed file are dropped when it changes) and the
+    /// content is the version that was cached; otherwise the pages are dropped and this version
+    /// becomes the cached one.
+    fn keep_cache(&self, ino: u64, session: &Session, attr: &Attr) -> bool {
+        let stamp = ContentStamp::of(attr);
+        let mut stamps = lock(&self.page_stamps);
+        if session.is_watched() && stamps.get(&ino) == Some(&stamp) {
+            return true;
+        }
+        stamps.insert(ino, stamp);
+        false
+    }
+
+    /// Tells the kernel to forget what it cached that `work` touches; runs on the invalidator thread.
+    fn invalidate(&self, notifier: &Notifier, work: Invalidation) {
+        // Collect under the lock, notify without it: the kernel may need FUSE answers meanwhile.
+        let (inodes, entries): (Vec<u64>, Vec<(u64, Vec<u8>)>) = {
+            let table = lock(&self.inodes);
+            match &work {
+                Invalidation::Changes(id, changes) => {
+                    let (mut inodes, mut entries) = (Vec::new(), Vec::new());
+                    for change in changes {
+                        match change {
+                            Change::Node { path } => inodes.extend(table.find(id.as_str(), path)),
+                            Change::Entry { dir, name } => {
+                                if let Some(dir) = table.find(id.as_str(), dir) {
+                                    entries.push((dir, name.clone()));
+                                }
+                            }
+                        }
+                    }
+                    (inodes, entries)
+                }
+                Invalidation::Reset(id) => {
+                    let nodes = table.session_nodes(id.as_str());
+                    let entries = nodes
+                        .iter()
+                        .flat_map(|(_, names)| names.iter().cloned())
+                        .filter(|(parent, _)| *parent != ROOT_INO)
+                        .collect();
+                    (nodes.into_iter().map(|(ino, _)| ino).collect(), entries)
+                }
+            }
+        };
+        {
+            let mut stamps = lock(&self.page_stamps);
+            match &work {
+                Invalidation::Changes(..) => {
+                    for ino in &inodes {
+                        stamps.remove(ino);
+                    }
+                }
+                Invalidation::Reset(_) => stamps.clear(),
+            }
+        }
+        for (parent, name) in entries {
+            // ENOENT: the kernel has no such entry cached; nothing to do.
+            let _ = notifier.inval_entry(INodeNo(parent), OsStr::from_bytes(&name));
+        }
+        for ino in inodes {
+            // Attributes, and the whole page cache (offset 0, length 0 = to the end).
+            let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
+        }
+    }
+
     fn reply_entry(&self, parent: u64, name: &[u8], attr: &Attr, reply: ReplyEntry) {
         let ino = lock(&self.inodes).learn(parent, name, attr);
         match ino {
@@ -489,9 +598,16 @@ impl Inner {
 
 impl fuser::Filesystem for BridgeFs {
     fn init(&mut self, _req: &FuseRequest, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Entries come with attributes; one listing round trip serves `ls -l` and `find`.
-        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS) {
+        // Entries come with attributes (one listing round trip serves `ls -l` and `find`; the kernel
+        // switches to plain readdir when the attributes go unused); lookups and listings of one
+        // directory run in parallel; reads of one file are issued concurrently.
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_ASYNC_READ;
+        if let Err(missing) = config.add_capabilities(wanted) {
             debug!("kernel lacks capabilities {missing:?}");
+            let _ = config.add_capabilities(wanted - missing);
         }
         // One kernel read or write must fit one protocol transfer, whatever the page size.
         if let Err(nearest) = config.set_max_write(MAX_IO_CHUNK) {
@@ -765,9 +881,15 @@ impl fuser::Filesystem for BridgeFs {
             target,
             reply,
             move |inner, session, r, conn, reply| match r {
-                Reply::Opened { fh } => {
+                Reply::Opened { fh, attr } => {
+                    let keep = inner.keep_cache(ino.0, &session, &attr);
                     let fh = inner.add_file(ino.0, session, conn, fh);
-                    reply.opened(FileHandle(fh), FopenFlags::empty());
+                    let flags = if keep {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.opened(FileHandle(fh), flags);
                 }
                 other => reply.fail(unexpected(&other)),
             },

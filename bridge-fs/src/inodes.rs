@@ -55,7 +55,8 @@ impl RemoteKey {
     }
 }
 
-type Link = (u64, Vec<u8>);
+/// A name of a node: its parent inode and the name in it.
+pub type Link = (u64, Vec<u8>);
 
 struct Node {
     /// The session root inode this node belongs to (itself, for a session root).
@@ -73,8 +74,15 @@ pub struct InodeTable {
     by_name: HashMap<Link, u64>,
     session_roots: HashMap<String, u64>,
     sessions: HashMap<u64, Arc<Session>>,
+    /// Inode numbers of nodes the kernel forgot, by daemon identity, so that a node learned again
+    /// (after a cache invalidation dropped its dentry) keeps its inode number; oldest dropped first.
+    retired: HashMap<RemoteKey, u64>,
+    retired_order: std::collections::VecDeque<(RemoteKey, u64)>,
     next_ino: u64,
 }
+
+/// How many forgotten nodes keep their inode numbers.
+const RETIRED_MAX: usize = 65_536;
 
 impl Default for InodeTable {
     fn default() -> Self {
@@ -84,6 +92,8 @@ impl Default for InodeTable {
             by_name: HashMap::new(),
             session_roots: HashMap::new(),
             sessions: HashMap::new(),
+            retired: HashMap::new(),
+            retired_order: std::collections::VecDeque::new(),
             next_ino: ROOT_INO + 1,
         }
     }
@@ -169,7 +179,10 @@ impl InodeTable {
         let ino = match self.by_remote.get(&key) {
             Some(&ino) => ino,
             None => {
-                let ino = self.alloc();
+                let ino = match self.retired.remove(&key) {
+                    Some(ino) => ino,
+                    None => self.alloc(),
+                };
                 self.nodes.insert(
                     ino,
                     Node {
@@ -202,6 +215,32 @@ impl InodeTable {
         self.nodes.get(&bound).and_then(|n| n.remote) != Some(RemoteKey::of(session_ino, attr))
     }
 
+    /// The inode the kernel knows for `path` in session `id`, following known names from the session
+    /// root; `None` if the session or any component is unknown (then the kernel caches nothing there).
+    pub fn find(&self, id: &str, path: &WirePath) -> Option<u64> {
+        let mut ino = *self.session_roots.get(id)?;
+        if path.is_root() {
+            return Some(ino);
+        }
+        for name in path.as_bytes().split(|&b| b == b'/') {
+            ino = *self.by_name.get(&(ino, name.to_vec()))?;
+        }
+        Some(ino)
+    }
+
+    /// Every inode of session `id` (its root included) with the names it is known under: what the
+    /// kernel may have cached for the session.
+    pub fn session_nodes(&self, id: &str) -> Vec<(u64, Vec<Link>)> {
+        let Some(&root) = self.session_roots.get(id) else {
+            return Vec::new();
+        };
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.session_ino == root)
+            .map(|(&ino, n)| (ino, n.names.clone()))
+            .collect()
+    }
+
     /// The inode number to show for a session root's attributes.
     pub fn is_session_root(&self, ino: u64) -> bool {
         self.nodes.get(&ino).is_some_and(|n| n.session_ino == ino)
@@ -226,6 +265,9 @@ impl InodeTable {
         if let Some(node) = self.nodes.remove(&ino) {
             if let Some(key) = node.remote {
                 self.by_remote.remove(&key);
+                if !node.names.is_empty() {
+                    self.retire(key, ino);
+                }
             }
             for link in node.names {
                 if self.by_name.get(&link) == Some(&ino) {
@@ -336,6 +378,18 @@ impl InodeTable {
         }
     }
 
+    fn retire(&mut self, key: RemoteKey, ino: u64) {
+        self.retired.insert(key, ino);
+        self.retired_order.push_back((key, ino));
+        while self.retired_order.len() > RETIRED_MAX {
+            if let Some((old, old_ino)) = self.retired_order.pop_front() {
+                if self.retired.get(&old) == Some(&old_ino) {
+                    self.retired.remove(&old);
+                }
+            }
+        }
+    }
+
     fn alloc(&mut self) -> u64 {
         let ino = self.next_ino;
         self.next_ino += 1;
@@ -391,6 +445,33 @@ mod tests {
         )));
         let root = t.session_root(&session);
         (t, root)
+    }
+
+    #[test]
+    fn a_forgotten_node_learned_again_keeps_its_inode_number() {
+        let (mut t, root) = table();
+        let f = t.learn(root, b"f", &attr(11, 0o100644)).unwrap();
+        t.forget(f, 1);
+        assert_eq!(t.len(), 1, "only the session root is left");
+        assert_eq!(t.learn(root, b"f", &attr(11, 0o100644)), Some(f));
+        let g = t.learn(root, b"g", &attr(12, 0o100644)).unwrap();
+        assert_ne!(g, f);
+    }
+
+    #[test]
+    fn paths_resolve_to_known_inodes() {
+        let (mut t, root) = table();
+        let d = t.learn(root, b"d", &attr(10, S_IFDIR | 0o755)).unwrap();
+        let f = t.learn(d, b"f", &attr(11, 0o100644)).unwrap();
+        let p = |s: &str| WirePath::new(s.as_bytes().to_vec()).unwrap();
+        assert_eq!(t.find("s", &WirePath::root()), Some(root));
+        assert_eq!(t.find("s", &p("d")), Some(d));
+        assert_eq!(t.find("s", &p("d/f")), Some(f));
+        assert_eq!(t.find("s", &p("d/g")), None);
+        assert_eq!(t.find("other", &p("d")), None);
+        let mut nodes: Vec<u64> = t.session_nodes("s").into_iter().map(|(i, _)| i).collect();
+        nodes.sort();
+        assert_eq!(nodes, vec![root, d, f]);
     }
 
     #[test]

@@ -83,6 +83,7 @@ pub fn mount(config: BridgeConfig, mountpoint: &Path) -> Result<(), MountError> 
     .map_err(registry_err)?;
 
     let fs = BridgeFs::new(rt.handle().clone(), sessions.clone(), config.attr_ttl);
+    let handle = fs.clone();
     let mut options = vec![
         MountOption::FSName(crate::mountinfo::FS_NAME.into()),
         MountOption::Subtype(crate::mountinfo::FS_NAME.into()),
@@ -105,6 +106,9 @@ pub fn mount(config: BridgeConfig, mountpoint: &Path) -> Result<(), MountError> 
             mountpoint: mountpoint.to_path_buf(),
             source,
         })?;
+    handle
+        .start_invalidator(session.notifier())
+        .map_err(MountError::Runtime)?;
     let mut unmounter = session.unmount_callable();
     info!(mountpoint = %mountpoint.display(), "mounted");
 

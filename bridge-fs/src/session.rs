@@ -8,13 +8,20 @@
 //! - **The registry is the source of truth for endpoints**: a dial always re-reads the session's record,
 //!   and a connection whose peer is no longer the recorded endpoint is dropped, so a daemon that comes
 //!   back on another port is found without a remount.
+//! - **A session's cached data is only trusted while its change stream is live**: each connection
+//!   subscribes to the daemon's changes (`Request::Watch`); the start and the end of that stream, and
+//!   any overflow, invalidate everything the kernel cached for the session.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use sessionfs_proto::{errno, Caller, ErrorReply, Reply, Request, RequestFrame};
+use sessionfs_pki::wire::{read_frame, write_frame};
+use sessionfs_proto::{
+    errno, Caller, Change, ErrorReply, Reply, Request, RequestFrame, WatchFrame,
+};
 use sessionfs_registry::{Registry, SessionId, SessionRecord, SessionState, OWNER_LABEL};
 use tracing::{debug, info, warn};
 
@@ -29,6 +36,20 @@ pub struct Session {
     record: Mutex<SessionRecord>,
     conn: Mutex<Option<quinn::Connection>>,
     dial_lock: tokio::sync::Mutex<Option<(Instant, ErrorReply)>>,
+    /// Whether the daemon's change stream is live (every change from now on will be reported).
+    watching: AtomicBool,
+    /// Bumped by every invalidation of this session: a reply built from data fetched before an
+    /// invalidation must not be cached for long (see `fs.rs`).
+    generation: AtomicU64,
+}
+
+/// What the invalidator thread is asked to do (see `fs.rs`).
+#[derive(Debug)]
+pub enum Invalidation {
+    /// Forget what the kernel cached for these changes in the session.
+    Changes(SessionId, Vec<Change>),
+    /// Forget everything the kernel cached for the session (overflow, reconnect, restart).
+    Reset(SessionId),
 }
 
 /// All sessions known to the bridge, kept in step with the registry.
@@ -40,6 +61,8 @@ pub struct Sessions {
     connect_timeout: Duration,
     /// The mounting user's uid and gid, when owners are mapped (`--map-owner`).
     map_owner_to: Option<(u32, u32)>,
+    /// Where change notifications go (the invalidator thread), once the mount set it.
+    invalidations: OnceLock<std::sync::mpsc::Sender<Invalidation>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -71,7 +94,14 @@ impl Sessions {
                     rustix::process::getegid().as_raw(),
                 )
             }),
+            invalidations: OnceLock::new(),
         })
+    }
+
+    /// Routes change notifications of every session's daemon to `tx`. Without it, no session is
+    /// watched (and the kernel caches only briefly).
+    pub fn set_invalidator(&self, tx: std::sync::mpsc::Sender<Invalidation>) {
+        let _ = self.invalidations.set(tx);
     }
 
     /// Replaces the known sessions with `records` (a full registry listing).
@@ -156,7 +186,7 @@ impl Sessions {
             Err(_) => {
                 let (this, s) = (self.clone(), session.clone());
                 tokio::spawn(async move {
-                    if let Ok(Ok((Reply::Opened { fh } | Reply::Created { fh, .. }, conn))) =
+                    if let Ok(Ok((Reply::Opened { fh, .. } | Reply::Created { fh, .. }, conn))) =
                         task.await
                     {
                         let release = Request::Release { fh };
@@ -173,7 +203,7 @@ impl Sessions {
     /// One request on the session's connection, dialing first if needed. Unbounded: callers bound it.
     async fn attempt(
         &self,
-        session: &Session,
+        session: &Arc<Session>,
         frame: &RequestFrame,
     ) -> Result<(Reply, quinn::Connection), ErrorReply> {
         let conn = self.connection(session).await?;
@@ -236,7 +266,7 @@ impl Sessions {
     }
 
     /// The live connection of `session`, dialing through the registry when there is none.
-    async fn connection(&self, session: &Session) -> Result<quinn::Connection, ErrorReply> {
+    async fn connection(&self, session: &Arc<Session>) -> Result<quinn::Connection, ErrorReply> {
         if let Some(conn) = session.live_connection() {
             return Ok(conn);
         }
@@ -255,6 +285,9 @@ impl Sessions {
                 info!(session = %session.id, peer = %conn.remote_address(), "connected");
                 *lock(&session.conn) = Some(conn.clone());
                 *last_failure = None;
+                if let Some(tx) = self.invalidations.get() {
+                    tokio::spawn(watch(session.clone(), conn.clone(), tx.clone()));
+                }
             }
             Err(e) => {
                 warn!(session = %session.id, "cannot reach the daemon: {}", e.message);
@@ -368,6 +401,58 @@ fn same_endpoint(peer: SocketAddr, recorded: Option<SocketAddr>) -> bool {
     })
 }
 
+/// Follows the daemon's change stream on `conn` for as long as it lives, forwarding changes to the
+/// invalidator. The session's kernel caches are reset when the stream starts (changes before it were
+/// not seen) and when it ends (changes after it will not be).
+async fn watch(
+    session: Arc<Session>,
+    conn: quinn::Connection,
+    tx: std::sync::mpsc::Sender<Invalidation>,
+) {
+    let id = session.id.clone();
+    let reset = |why: &str| {
+        debug!(session = %id, "invalidating the session's cached data: {why}");
+        session.generation.fetch_add(1, Ordering::AcqRel);
+        let _ = tx.send(Invalidation::Reset(id.clone()));
+    };
+    reset("new connection");
+    let ended = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let frame = RequestFrame {
+            caller: Caller::default(),
+            request: Request::Watch,
+        };
+        write_frame(&mut send, &frame, true)
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            match read_frame::<WatchFrame>(&mut recv)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                WatchFrame::Ready => {
+                    session.watching.store(true, Ordering::Release);
+                    debug!(session = %id, "watching the session's changes");
+                }
+                WatchFrame::Changes(changes) => {
+                    session.generation.fetch_add(1, Ordering::AcqRel);
+                    let _ = tx.send(Invalidation::Changes(id.clone(), changes));
+                }
+                WatchFrame::Overflow => reset("the daemon's change queue overflowed"),
+                WatchFrame::Unavailable { reason } => {
+                    return Err(format!("the daemon cannot watch: {reason}"))
+                }
+            }
+        }
+    };
+    let why: Result<(), String> = ended.await;
+    session.watching.store(false, Ordering::Release);
+    if let Err(why) = why {
+        debug!(session = %id, "change stream ended: {why}");
+    }
+    reset("change stream ended");
+}
+
 async fn call_once(
     id: &SessionId,
     conn: &quinn::Connection,
@@ -386,7 +471,20 @@ impl Session {
             record: Mutex::new(record),
             conn: Mutex::new(None),
             dial_lock: tokio::sync::Mutex::new(None),
+            watching: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
         }
+    }
+
+    /// Whether the daemon's change stream is live, so that cached data is invalidated on change.
+    pub fn is_watched(&self) -> bool {
+        self.watching.load(Ordering::Acquire)
+    }
+
+    /// The invalidation generation: compare before and after a request to know whether an
+    /// invalidation may have crossed it.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The latest registry record seen for this session.

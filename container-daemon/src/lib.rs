@@ -7,11 +7,14 @@
 //! - [`handles`] owns the table of open files of one connection.
 //! - [`server`] owns the network side: accepting connections, authorizing peers, the handshake, one task
 //!   per request stream, bounded reads of frames, and clean shutdown.
+//! - [`watch`] owns the workspace watcher: inotify changes batched and streamed to the bridge so it can
+//!   invalidate what the host kernel cached.
 //! - [`health`] is the client side of `sessionfsd --health`.
 
 pub mod handles;
 pub mod health;
 pub mod server;
+pub mod watch;
 pub mod workspace;
 
 /// Names of the files a daemon reads from its certificate directory.

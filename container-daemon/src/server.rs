@@ -25,7 +25,10 @@ use tracing::{debug, info, warn};
 
 use crate::cert_files;
 use crate::handles::Handles;
+use crate::watch::{Subscription, WorkspaceWatcher};
 use crate::workspace::{Workspace, XattrValue};
+use sessionfs_proto::WatchFrame;
+use tokio::sync::broadcast;
 
 /// How long a peer may take to complete the TLS and protocol handshakes.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -70,6 +73,7 @@ pub enum DaemonError {
 pub struct Daemon {
     endpoint: quinn::Endpoint,
     workspace: Arc<Workspace>,
+    watcher: Arc<WorkspaceWatcher>,
     session_id: Arc<str>,
 }
 
@@ -99,9 +103,11 @@ impl Daemon {
                 source,
             }
         })?;
+        let watcher = WorkspaceWatcher::start(&config.root);
         Ok(Daemon {
             endpoint,
             workspace: Arc::new(workspace),
+            watcher,
             session_id: config.session_id.as_str().into(),
         })
     }
@@ -126,8 +132,9 @@ impl Daemon {
                 incoming = self.endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
                     let ws = self.workspace.clone();
+                    let watcher = self.watcher.clone();
                     let id = self.session_id.clone();
-                    tokio::spawn(serve_connection(incoming, ws, id));
+                    tokio::spawn(serve_connection(incoming, ws, watcher, id));
                 }
                 () = &mut shutdown => break,
             }
@@ -143,7 +150,12 @@ impl Daemon {
     }
 }
 
-async fn serve_connection(incoming: quinn::Incoming, ws: Arc<Workspace>, session_id: Arc<str>) {
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    ws: Arc<Workspace>,
+    watcher: Arc<WorkspaceWatcher>,
+    session_id: Arc<str>,
+) {
     let remote = incoming.remote_address();
     let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
         Ok(Ok(conn)) => conn,
@@ -182,7 +194,8 @@ async fn serve_connection(incoming: quinn::Incoming, ws: Arc<Workspace>, session
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
-                tokio::spawn(serve_stream(send, recv, ws.clone(), handles.clone(), role));
+                let (ws, handles, watcher) = (ws.clone(), handles.clone(), watcher.clone());
+                tokio::spawn(serve_stream(send, recv, ws, handles, watcher, role));
             }
             Err(e) => {
                 debug!(%remote, open_files = handles.len(), "connection ended: {e}");
@@ -227,6 +240,7 @@ async fn serve_stream(
     mut recv: quinn::RecvStream,
     ws: Arc<Workspace>,
     handles: Arc<Handles>,
+    watcher: Arc<WorkspaceWatcher>,
     role: PeerRole,
 ) {
     let frame =
@@ -258,6 +272,10 @@ async fn serve_stream(
         };
     let result = match (role, frame.request) {
         (_, Request::Ping) => Ok(Reply::Pong),
+        (PeerRole::Bridge, Request::Watch) => {
+            serve_watch(send, &watcher).await;
+            return;
+        }
         (PeerRole::HealthProbe, _) => Err(ErrorReply::new(
             errno::EPERM,
             "the health probe identity may only ping",
@@ -276,6 +294,37 @@ async fn serve_stream(
     };
     if let Err(e) = write_frame(&mut send, &ResponseFrame(result), true).await {
         debug!("could not send reply: {e}");
+    }
+}
+
+/// Streams workspace changes on a `Watch` stream until the peer or the connection goes away.
+async fn serve_watch(mut send: quinn::SendStream, watcher: &WorkspaceWatcher) {
+    let mut frames = match watcher.subscribe() {
+        Subscription::Live(frames) => frames,
+        Subscription::Unavailable(reason) => {
+            let _ = write_frame(&mut send, &WatchFrame::Unavailable { reason }, true).await;
+            return;
+        }
+    };
+    if write_frame(&mut send, &WatchFrame::Ready, false)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        let frame = match frames.recv().await {
+            Ok(frame) => frame,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                debug!(missed = n, "watch subscriber fell behind");
+                Arc::new(WatchFrame::Overflow)
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        if let Err(e) = write_frame(&mut send, &*frame, false).await {
+            debug!("watch stream ended: {e}");
+            return;
+        }
     }
 }
 
@@ -305,9 +354,10 @@ pub fn dispatch(
             let (entries, next) = ws.readdir(&path, offset, limit)?;
             Reply::Entries { entries, next }
         }
-        Request::Open { path, flags } => Reply::Opened {
-            fh: ws.open_file(&path, flags, handles)?,
-        },
+        Request::Open { path, flags } => {
+            let (fh, attr) = ws.open_file(&path, flags, handles)?;
+            Reply::Opened { fh, attr }
+        }
         Request::Create { path, mode, flags } => {
             let (fh, attr) = ws.create(&path, mode, flags, caller, handles)?;
             Reply::Created { fh, attr }
@@ -364,6 +414,13 @@ pub fn dispatch(
         Request::RemoveXattr { path, name } => {
             ws.removexattr(&path, &name)?;
             Reply::Empty
+        }
+        // Served on its own stream by `serve_watch`, never dispatched.
+        Request::Watch => {
+            return Err(ErrorReply::new(
+                errno::EINVAL,
+                "Watch is served on its own stream",
+            ))
         }
     })
 }

@@ -446,12 +446,15 @@ impl Workspace {
         Ok((entries, next))
     }
 
-    pub fn open_file(&self, path: &WirePath, flags: i32, handles: &Handles) -> Result<u64> {
+    /// Opens a regular file; returns its handle and its attributes as of the open (the bridge keeps
+    /// the kernel's cached pages only if they are unchanged since they were cached).
+    pub fn open_file(&self, path: &WirePath, flags: i32, handles: &Handles) -> Result<(u64, Attr)> {
         let flags = OFlags::from_bits_retain(flags as u32) & PASSTHROUGH_OPEN_FLAGS;
         let fd = self
             .open_regular(path.as_bytes(), flags - OFlags::EXCL)
             .map_err(|e| fail("open", path, e))?;
-        handles.insert(fd)
+        let attr = statx_fd(fd.as_fd()).map_err(|e| fail("open", path, e))?;
+        Ok((handles.insert(fd)?, attr))
     }
 
     pub fn create(

@@ -227,6 +227,35 @@ pub enum Request {
         path: WirePath,
         name: Vec<u8>,
     },
+    /// Subscribes to changes in the workspace: the daemon answers on this stream with
+    /// [`WatchFrame`]s, as long as the connection lives (one subscription per connection).
+    Watch,
+}
+
+/// Most changes in one [`WatchFrame::Changes`] batch.
+pub const MAX_WATCH_BATCH: usize = 1024;
+
+/// A change in the workspace that may invalidate what the bridge (and the host kernel) cached.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Change {
+    /// The content or attributes of the node at `path` changed.
+    Node { path: WirePath },
+    /// The name `name` in directory `dir` appeared, disappeared or now names another node (create,
+    /// unlink, rename, link); the directory's own listing and attributes changed too.
+    Entry { dir: WirePath, name: Vec<u8> },
+}
+
+/// What the daemon sends on a [`Request::Watch`] stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WatchFrame {
+    /// The subscription is live: every change from now on will be reported.
+    Ready,
+    /// Changes, in the order they were seen (at most [`MAX_WATCH_BATCH`]).
+    Changes(Vec<Change>),
+    /// Changes were lost (the event queue overflowed): anything cached may be stale.
+    Overflow,
+    /// The daemon cannot watch the workspace (e.g. out of inotify watches); no further frames follow.
+    Unavailable { reason: String },
 }
 
 /// File type bits of [`Attr::mode`] (`S_IFMT`).
@@ -301,8 +330,10 @@ pub enum Reply {
         entries: Vec<DirEntry>,
         next: Option<u64>,
     },
+    /// An open file handle and the file's attributes at open (for close-to-open cache revalidation).
     Opened {
         fh: u64,
+        attr: Attr,
     },
     Created {
         fh: u64,

@@ -1,0 +1,254 @@
+//! The workspace watcher: inotify on the whole root (through `notify`), turned into protocol
+//! [`Change`]s, batched, and fanned out to every connection that subscribed with `Request::Watch`.
+//!
+//! Invariants:
+//! - **A lost event is never silent.** When inotify's queue overflows, the raw event channel is full, or
+//!   a subscriber falls behind the broadcast, the subscriber gets [`WatchFrame::Overflow`] (the bridge then
+//!   forgets everything it cached for the session). When the watch cannot be set up at all (out of
+//!   inotify watches), subscribers get [`WatchFrame::Unavailable`] and the bridge keeps short cache
+//!   lifetimes for the session.
+//! - **Symlinks are not followed**: only the workspace itself is watched.
+//! - Batches are sent at most [`BATCH_WINDOW`] after their first change, so a change reaches the bridge
+//!   within a few milliseconds.
+
+use std::collections::HashSet;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+use notify::{Config, Event, RecommendedWatcher, RecursiveMode, Watcher as _};
+use sessionfs_proto::{Change, WatchFrame, WirePath, MAX_WATCH_BATCH};
+use tokio::sync::{broadcast, mpsc};
+use tracing::{debug, warn};
+
+/// How long a batch collects changes after its first one.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(2);
+/// Raw events buffered between inotify's thread and the batcher; beyond this, an overflow.
+const RAW_CAPACITY: usize = 16 * 1024;
+/// Frames buffered per subscriber; a subscriber further behind gets an overflow.
+const FRAME_CAPACITY: usize = 1024;
+
+/// The watcher of one workspace, shared by every connection.
+pub struct WorkspaceWatcher {
+    frames: broadcast::Sender<Arc<WatchFrame>>,
+    unavailable: Mutex<Option<String>>,
+    /// Keeps inotify alive.
+    _watcher: Option<RecommendedWatcher>,
+}
+
+/// One connection's subscription.
+pub enum Subscription {
+    Live(broadcast::Receiver<Arc<WatchFrame>>),
+    Unavailable(String),
+}
+
+impl WorkspaceWatcher {
+    /// Starts watching `root` (recursively). Never fails: a watch that cannot be set up is reported to
+    /// subscribers as unavailable. Must run inside a tokio runtime.
+    pub fn start(root: &Path) -> Arc<WorkspaceWatcher> {
+        let (frames, _) = broadcast::channel(FRAME_CAPACITY);
+        let (raw_tx, raw_rx) = mpsc::channel::<Raw>(RAW_CAPACITY);
+        let overflowed = Arc::new(AtomicBool::new(false));
+        let flag = overflowed.clone();
+        let handler = move |event: notify::Result<Event>| {
+            let raw = match event {
+                Ok(event) if event.need_rescan() => Raw::Overflow,
+                Ok(event) => Raw::Event(event),
+                Err(e) => {
+                    warn!("workspace watcher: {e}");
+                    Raw::Overflow
+                }
+            };
+            if raw_tx.try_send(raw).is_err() {
+                flag.store(true, Ordering::Release);
+            }
+        };
+        let config = Config::default().with_follow_symlinks(false);
+        let watcher = RecommendedWatcher::new(handler, config).and_then(|mut w| {
+            w.watch(root, RecursiveMode::Recursive)?;
+            Ok(w)
+        });
+        let (watcher, unavailable) = match watcher {
+            Ok(w) => (Some(w), None),
+            Err(e) => {
+                warn!(root = %root.display(), "cannot watch the workspace; the bridge will cache briefly: {e}");
+                (None, Some(format!("cannot watch the workspace: {e}")))
+            }
+        };
+        let this = Arc::new(WorkspaceWatcher {
+            frames: frames.clone(),
+            unavailable: Mutex::new(unavailable),
+            _watcher: watcher,
+        });
+        tokio::spawn(batch(root.to_path_buf(), raw_rx, overflowed, frames));
+        this
+    }
+
+    /// Subscribes to the changes from now on.
+    pub fn subscribe(&self) -> Subscription {
+        let unavailable = self
+            .unavailable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match unavailable {
+            Some(reason) => Subscription::Unavailable(reason),
+            None => Subscription::Live(self.frames.subscribe()),
+        }
+    }
+}
+
+enum Raw {
+    Event(Event),
+    Overflow,
+}
+
+/// Collects raw events into batches of [`Change`]s and broadcasts them.
+async fn batch(
+    root: PathBuf,
+    mut raw: mpsc::Receiver<Raw>,
+    overflowed: Arc<AtomicBool>,
+    frames: broadcast::Sender<Arc<WatchFrame>>,
+) {
+    let mut pending: Vec<Change> = Vec::new();
+    let mut seen: HashSet<Change> = HashSet::new();
+    while let Some(first) = raw.recv().await {
+        let mut overflow = matches!(first, Raw::Overflow);
+        if let Raw::Event(event) = first {
+            add_changes(&root, &event, &mut pending, &mut seen);
+        }
+        let window = tokio::time::sleep(BATCH_WINDOW);
+        tokio::pin!(window);
+        loop {
+            tokio::select! {
+                next = raw.recv() => match next {
+                    Some(Raw::Event(event)) => add_changes(&root, &event, &mut pending, &mut seen),
+                    Some(Raw::Overflow) => overflow = true,
+                    None => break,
+                },
+                () = &mut window => break,
+            }
+            if pending.len() >= MAX_WATCH_BATCH {
+                break;
+            }
+        }
+        if overflowed.swap(false, Ordering::AcqRel) {
+            overflow = true;
+        }
+        if overflow {
+            debug!("workspace watcher overflowed");
+            pending.clear();
+            seen.clear();
+            let _ = frames.send(Arc::new(WatchFrame::Overflow));
+            continue;
+        }
+        if !pending.is_empty() {
+            seen.clear();
+            let batch = std::mem::take(&mut pending);
+            // No subscriber is fine: nobody caches anything then.
+            let _ = frames.send(Arc::new(WatchFrame::Changes(batch)));
+        }
+    }
+}
+
+/// The changes one inotify event stands for.
+fn add_changes(root: &Path, event: &Event, out: &mut Vec<Change>, seen: &mut HashSet<Change>) {
+    let entry = match event.kind {
+        // Opening and reading change nothing cached.
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => false,
+        EventKind::Access(_) => return,
+        EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)) => {
+            true
+        }
+        EventKind::Modify(_) | EventKind::Any | EventKind::Other => false,
+    };
+    for path in &event.paths {
+        let Ok(rel) = path.strip_prefix(root) else {
+            continue;
+        };
+        let Ok(wire) = WirePath::new(rel.as_os_str().as_bytes().to_vec()) else {
+            continue;
+        };
+        let mut push = |c: Change| {
+            if seen.insert(c.clone()) {
+                out.push(c);
+            }
+        };
+        if entry {
+            if let Some((dir, name)) = wire.split_last() {
+                let dir = WirePath::new(dir.to_vec()).unwrap_or_default();
+                push(Change::Entry {
+                    dir: dir.clone(),
+                    name: name.to_vec(),
+                });
+                // The directory's size, times and listing changed with it.
+                push(Change::Node { path: dir });
+            }
+        }
+        push(Change::Node { path: wire });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, DataChange, RenameMode};
+
+    fn changes(kind: EventKind, paths: &[&str]) -> Vec<Change> {
+        let mut event = Event::new(kind);
+        for p in paths {
+            event = event.add_path(PathBuf::from(p));
+        }
+        let (mut out, mut seen) = (Vec::new(), HashSet::new());
+        add_changes(Path::new("/ws"), &event, &mut out, &mut seen);
+        out
+    }
+
+    fn node(p: &str) -> Change {
+        Change::Node {
+            path: WirePath::new(p.as_bytes().to_vec()).unwrap(),
+        }
+    }
+
+    fn entry(dir: &str, name: &str) -> Change {
+        Change::Entry {
+            dir: WirePath::new(dir.as_bytes().to_vec()).unwrap(),
+            name: name.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn events_map_to_changes() {
+        assert_eq!(
+            changes(
+                EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+                &["/ws/a/f"]
+            ),
+            vec![node("a/f")]
+        );
+        assert_eq!(
+            changes(EventKind::Create(CreateKind::File), &["/ws/a/f"]),
+            vec![entry("a", "f"), node("a"), node("a/f")]
+        );
+        assert_eq!(
+            changes(
+                EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+                &["/ws/x", "/ws/d/y"]
+            ),
+            vec![
+                entry("", "x"),
+                node(""),
+                node("x"),
+                entry("d", "y"),
+                node("d"),
+                node("d/y")
+            ]
+        );
+        assert!(changes(EventKind::Access(AccessKind::Read), &["/ws/f"]).is_empty());
+        // Paths outside the root (never sent by inotify for this watch) are dropped.
+        assert!(changes(EventKind::Any, &["/elsewhere/f"]).is_empty());
+    }
+}

@@ -1,0 +1,193 @@
+//! Coherence: changes made behind the bridge's back — in a local session's directory, and in a Docker
+//! session's bind-mounted workspace (seen by the container's own inotify) — reach the host through the
+//! mount within the propagation bound, although the kernel caches entries and attributes: the daemon
+//! streams its changes and the bridge invalidates the kernel's caches. Before each change the host
+//! reads through the mount (stat, read, listing) so that the kernel holds the old state; after it, the
+//! host must see the new state within [`BOUND`] and never the old one again. Latencies are printed
+//! (p50/p99); the benchmark reports them too.
+
+use std::fs;
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use sessionfs_tests::Harness;
+
+/// How long a change may take to become visible through the mount.
+const BOUND: Duration = Duration::from_millis(500);
+
+/// What the host observes of one file through the mount.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Seen {
+    Missing,
+    Content(Vec<u8>, u64),
+}
+
+fn observe(path: &Path) -> Result<Seen> {
+    match fs::metadata(path) {
+        Ok(meta) => {
+            // Read by the cached size, as any reader does: a stale size would cut the content.
+            let content = match fs::read(path) {
+                Ok(c) => c,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Seen::Missing),
+                Err(e) => return Err(e.into()),
+            };
+            Ok(Seen::Content(content, meta.size()))
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(Seen::Missing),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn listed(dir: &Path, name: &str) -> Result<bool> {
+    Ok(fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name() == name))
+}
+
+/// Polls `check` every millisecond until it holds; fails after [`BOUND`]. Returns the latency.
+fn arrives(what: &str, mut check: impl FnMut() -> Result<bool>) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        if check()? {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > BOUND {
+            bail!("{what}: still stale {BOUND:?} after the change landed");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// `stat` alone, without opening: an open that drops the page cache refreshes attributes too, so only a
+/// bare `stat` (what `ls -l`, `make` and editors polling for changes do) shows cached attributes.
+fn stat_size(path: &Path) -> Result<Option<u64>> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) => Ok(Some(meta.size())),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn expect_stat(mount: &Path, name: &str, want: Option<u64>) -> impl FnMut() -> Result<bool> {
+    let path = mount.join(name);
+    move || Ok(stat_size(&path)? == want)
+}
+
+fn expect(mount: &Path, name: &str, want: Seen) -> impl FnMut() -> Result<bool> {
+    let path = mount.join(name);
+    move || Ok(observe(&path)? == want)
+}
+
+/// Runs the change sequence with `backing` the workspace as the daemon sees it (changed directly) and
+/// `mount` the same workspace through the bridge; returns the propagation latencies.
+fn change_sequence(backing: &Path, mount: &Path) -> Result<Vec<Duration>> {
+    let mut latencies = Vec::new();
+    let content = |s: &str| Seen::Content(s.as_bytes().to_vec(), s.len() as u64);
+    for round in 0..10 {
+        let f = format!("f{round}");
+        let g = format!("g{round}");
+        // Warm the kernel's caches: a negative lookup, the listing.
+        assert_eq!(observe(&mount.join(&f))?, Seen::Missing);
+        assert!(!listed(mount, &f)?);
+        // Create.
+        fs::write(backing.join(&f), b"one")?;
+        latencies.push(arrives("create", expect(mount, &f, content("one")))?);
+        latencies.push(arrives("create (listing)", || listed(mount, &f))?);
+        // Rewrite longer: a stale size would cut the content.
+        observe(&mount.join(&f))?;
+        stat_size(&mount.join(&f))?;
+        fs::write(backing.join(&f), b"one two three")?;
+        latencies.push(arrives("rewrite (stat)", expect_stat(mount, &f, Some(13)))?);
+        latencies.push(arrives(
+            "rewrite",
+            expect(mount, &f, content("one two three")),
+        )?);
+        // Truncate.
+        let file = fs::OpenOptions::new().write(true).open(backing.join(&f))?;
+        file.set_len(3)?;
+        drop(file);
+        latencies.push(arrives("truncate (stat)", expect_stat(mount, &f, Some(3)))?);
+        latencies.push(arrives("truncate", expect(mount, &f, content("one")))?);
+        // Append.
+        fs::OpenOptions::new()
+            .append(true)
+            .open(backing.join(&f))?
+            .write_all(b"+more")?;
+        latencies.push(arrives("append (stat)", expect_stat(mount, &f, Some(8)))?);
+        latencies.push(arrives("append", expect(mount, &f, content("one+more")))?);
+        // Rename.
+        observe(&mount.join(&g))?;
+        stat_size(&mount.join(&f))?;
+        fs::rename(backing.join(&f), backing.join(&g))?;
+        latencies.push(arrives("rename (stat)", expect_stat(mount, &f, None))?);
+        latencies.push(arrives(
+            "rename (old name)",
+            expect(mount, &f, Seen::Missing),
+        )?);
+        latencies.push(arrives(
+            "rename (new name)",
+            expect(mount, &g, content("one+more")),
+        )?);
+        // Delete.
+        stat_size(&mount.join(&g))?;
+        fs::remove_file(backing.join(&g))?;
+        latencies.push(arrives("delete (stat)", expect_stat(mount, &g, None))?);
+        latencies.push(arrives("delete", expect(mount, &g, Seen::Missing))?);
+        latencies.push(arrives("delete (listing)", || Ok(!listed(mount, &g)?))?);
+        // A directory created, filled and removed.
+        let d = backing.join(format!("d{round}"));
+        fs::create_dir(&d)?;
+        fs::write(d.join("inner"), b"x")?;
+        let inner = mount.join(format!("d{round}/inner"));
+        latencies.push(arrives("new directory", || {
+            Ok(observe(&inner)? == content("x"))
+        })?);
+        fs::remove_dir_all(&d)?;
+        latencies.push(arrives("removed directory", || {
+            Ok(observe(&inner)? == Seen::Missing)
+        })?);
+    }
+    Ok(latencies)
+}
+
+fn report(what: &str, mut latencies: Vec<Duration>) {
+    latencies.sort();
+    let q = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    println!(
+        "{what}: {} changes, propagation p50 {:?}, p99 {:?}, max {:?}",
+        latencies.len(),
+        q(0.5),
+        q(0.99),
+        latencies.last().copied().unwrap_or_default()
+    );
+}
+
+#[test]
+fn changes_in_a_local_session_directory_reach_the_mount_within_the_bound() -> Result<()> {
+    let mut h = Harness::new()?;
+    let ws = h.create_session("coh")?;
+    h.mount()?;
+    let mount = h.path("coh", "");
+    let latencies = change_sequence(&ws, &mount)?;
+    report("local session", latencies);
+    h.unmount()
+}
+
+#[test]
+fn changes_in_a_docker_session_workspace_reach_the_mount_within_the_bound() -> Result<()> {
+    let mut h = Harness::new()?;
+    let id = h.unique_id("cohdk");
+    let ws = h.dir.path().join("bound-ws");
+    fs::create_dir(&ws)?;
+    // The daemon runs as the workspace owner's peer in the container; let it write here too.
+    fs::set_permissions(&ws, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
+    h.create_docker_session(&id, &["--workspace", ws.to_str().context("utf-8")?])?;
+    h.mount()?;
+    let mount = h.path(&id, "");
+    let latencies = change_sequence(&ws, &mount)?;
+    report("docker session", latencies);
+    h.unmount()
+}
