@@ -15,8 +15,12 @@ pub struct BridgeConfig {
     pub op_timeout: Duration,
     /// Upper bound for dialing a daemon (part of `op_timeout`).
     pub connect_timeout: Duration,
-    /// How long the kernel may cache attributes and names.
+    /// How long the kernel may cache attributes and names of a session whose changes are not pushed
+    /// (its change stream is not live).
     pub attr_ttl: Duration,
+    /// How long the kernel may cache attributes and names of a session whose daemon pushes its
+    /// changes: the bridge invalidates them on change, so this only bounds the cost of a lost event.
+    pub watched_ttl: Duration,
     /// How often the registry is checked for new and removed sessions.
     pub registry_poll: Duration,
     /// FUSE worker threads.
@@ -37,6 +41,7 @@ impl BridgeConfig {
             op_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             attr_ttl: Duration::from_secs(1),
+            watched_ttl: Duration::from_secs(60),
             registry_poll: Duration::from_millis(200),
             fuse_threads: 4,
             allow_other: rustix::process::geteuid().is_root(),

@@ -60,6 +60,8 @@ struct DirPage {
     /// Whether the directory continues after the page.
     more: bool,
     fetched: Instant,
+    /// The session's invalidation generation when the page was requested.
+    generation: u64,
 }
 
 impl DirPage {
@@ -94,6 +96,12 @@ impl ContentStamp {
     }
 }
 
+/// An entry to check: directory inode, name, and the session and path to look it up with (if any).
+type EntryCheck = (u64, Vec<u8>, Option<(Arc<Session>, WirePath)>);
+
+/// Lookups in flight while checking which dentries a change invalidated.
+const VERIFY_CONCURRENCY: usize = 32;
+
 /// Kernel directory offsets: 1 and 2 follow `.` and `..`; an entry's is 2 + its daemon offset.
 const DOT_ENTRIES: u64 = 2;
 
@@ -110,7 +118,10 @@ struct Inner {
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     dirs: Mutex<HashMap<u64, Arc<OpenDir>>>,
     next_fh: AtomicU64,
+    /// Cache lifetime of entries and attributes of sessions whose changes are not pushed.
     ttl: Duration,
+    /// Cache lifetime while a session's changes are pushed (invalidation keeps it coherent).
+    watched_ttl: Duration,
     /// Per file inode: its content version when the kernel last started caching its pages (at an open
     /// that dropped the cache). An open of an unchanged file keeps the cache (close-to-open).
     page_stamps: Mutex<HashMap<u64, ContentStamp>>,
@@ -221,7 +232,12 @@ fn unexpected(reply: &Reply) -> Errno {
 
 impl BridgeFs {
     /// A file system over `sessions`, running its requests on `rt`.
-    pub fn new(rt: tokio::runtime::Handle, sessions: Arc<Sessions>, ttl: Duration) -> Self {
+    pub fn new(
+        rt: tokio::runtime::Handle,
+        sessions: Arc<Sessions>,
+        ttl: Duration,
+        watched_ttl: Duration,
+    ) -> Self {
         BridgeFs {
             inner: Arc::new(Inner {
                 rt,
@@ -231,6 +247,7 @@ impl BridgeFs {
                 dirs: Mutex::new(HashMap::new()),
                 next_fh: AtomicU64::new(1),
                 ttl,
+                watched_ttl,
                 page_stamps: Mutex::new(HashMap::new()),
                 root_uid: rustix::process::geteuid().as_raw(),
                 root_gid: rustix::process::getegid().as_raw(),
@@ -334,7 +351,7 @@ impl BridgeFs {
         caller: Caller,
         target: Result<(Arc<Session>, Request), Errno>,
         reply: R,
-        done: impl FnOnce(&Inner, Arc<Session>, Reply, quinn::Connection, R) + Send + 'static,
+        done: impl FnOnce(&Inner, Answered, Reply, R) + Send + 'static,
     ) {
         let (session, request) = match target {
             Ok(v) => v,
@@ -342,8 +359,12 @@ impl BridgeFs {
         };
         let inner = self.inner.clone();
         self.spawn(async move {
+            let since = session.generation();
             match inner.sessions.call(&session, caller, request).await {
-                Ok((r, conn)) => done(&inner, session, r, conn, reply),
+                Ok((r, conn)) => {
+                    let ttl = inner.ttl_for(&session, since);
+                    done(&inner, Answered { session, conn, ttl }, r, reply)
+                }
                 Err(e) => reply.fail(errno_of(&e)),
             }
         });
@@ -359,7 +380,7 @@ impl BridgeFs {
         done: impl FnOnce(&Inner, Reply, R) + Send + 'static,
     ) {
         let target = self.node(ino).map(|(s, path)| (s, make(path)));
-        self.remote(caller(req), target, reply, |inner, _, r, _, reply| {
+        self.remote(caller(req), target, reply, |inner, _, r, reply| {
             done(inner, r, reply)
         });
     }
@@ -380,8 +401,8 @@ impl BridgeFs {
             caller(req),
             target,
             reply,
-            move |inner, _, r, _, reply| match r {
-                Reply::Attr(attr) => inner.reply_entry(parent.0, &name, &attr, reply),
+            move |inner, answered, r, reply| match r {
+                Reply::Attr(attr) => inner.reply_entry(parent.0, &name, &attr, answered.ttl, reply),
                 other => reply.fail(unexpected(&other)),
             },
         );
@@ -395,7 +416,7 @@ impl BridgeFs {
         reply: ReplyEmpty,
         then: impl FnOnce(&mut InodeTable) + Send + 'static,
     ) {
-        self.remote(caller(req), target, reply, |inner, _, _, _, reply| {
+        self.remote(caller(req), target, reply, |inner, _, _, reply| {
             then(&mut lock(&inner.inodes));
             reply.ok();
         });
@@ -438,29 +459,69 @@ impl BridgeFs {
         reply: ReplyAttr,
         make: impl FnOnce(WirePath, Option<u64>) -> Request,
     ) {
-        let ttl = self.inner.ttl;
-        let answer = move |r: Reply, reply: ReplyAttr| match r {
-            Reply::Attr(a) => reply.attr(&ttl, &file_attr(ino.0, &a)),
-            other => reply.fail(unexpected(&other)),
-        };
         match self.handle_for(ino, fh) {
             Some(fh) => {
                 // A node without a name is reached through the handle; the path is then unused.
                 let path = self.node(ino).map(|(_, p)| p).unwrap_or_default();
-                self.on_file(req, fh, reply, |remote| make(path, Some(remote)), answer);
+                let file = match self.open_file(fh) {
+                    Ok(f) => f,
+                    Err(e) => return reply.fail(e),
+                };
+                let inner = self.inner.clone();
+                let (caller, request) = (caller(req), make(path, Some(file.remote_fh)));
+                self.spawn(async move {
+                    let since = file.session.generation();
+                    match inner
+                        .sessions
+                        .call_on(&file.session, &file.conn, caller, request)
+                        .await
+                    {
+                        Ok(Reply::Attr(a)) => {
+                            let ttl = inner.ttl_for(&file.session, since);
+                            reply.attr(&ttl, &file_attr(ino.0, &a));
+                        }
+                        Ok(other) => reply.fail(unexpected(&other)),
+                        Err(e) => reply.fail(errno_of(&e)),
+                    }
+                });
             }
-            None => self.on_node(
-                req,
-                ino,
-                reply,
-                |path| make(path, None),
-                move |_, r, reply| answer(r, reply),
-            ),
+            None => {
+                let target = self.node(ino).map(|(s, path)| (s, make(path, None)));
+                self.remote(
+                    caller(req),
+                    target,
+                    reply,
+                    move |_, answered, r, reply| match r {
+                        Reply::Attr(a) => reply.attr(&answered.ttl, &file_attr(ino.0, &a)),
+                        other => reply.fail(unexpected(&other)),
+                    },
+                );
+            }
         }
     }
 }
 
+/// What a successful remote call hands to its continuation.
+struct Answered {
+    session: Arc<Session>,
+    conn: quinn::Connection,
+    /// How long the kernel may cache what the reply says (see [`Inner::ttl_for`]).
+    ttl: Duration,
+}
+
 impl Inner {
+    /// How long the kernel may cache entries and attributes of `session` fetched by a request that
+    /// started at invalidation generation `since`: long while the session's changes are pushed and no
+    /// invalidation crossed the request (else a stale reply could outlive the invalidation), the short
+    /// TTL otherwise.
+    fn ttl_for(&self, session: &Session, since: u64) -> Duration {
+        if session.is_watched() && session.generation() == since {
+            self.watched_ttl
+        } else {
+            self.ttl
+        }
+    }
+
     /// Close-to-open: whether an open may keep the kernel's cached pages of `ino`. Only when the
     /// session's changes are watched (so pages of a changed file are dropped when it changes) and the
     /// content is the version that was cached; otherwise the pages are dropped and this version
@@ -517,6 +578,19 @@ impl Inner {
                 Invalidation::Reset(_) => stamps.clear(),
             }
         }
+        let verify = match &work {
+            Invalidation::Changes(..) => true,
+            // At the end of a connection the daemon may be gone: nothing can be checked.
+            Invalidation::Reset(id) => self
+                .sessions
+                .get(id.as_str())
+                .is_some_and(|s| s.is_connected()),
+        };
+        let entries = if verify {
+            self.changed_entries(entries)
+        } else {
+            entries
+        };
         for (parent, name) in entries {
             // ENOENT: the kernel has no such entry cached; nothing to do.
             let _ = notifier.inval_entry(INodeNo(parent), OsStr::from_bytes(&name));
@@ -527,10 +601,73 @@ impl Inner {
         }
     }
 
-    fn reply_entry(&self, parent: u64, name: &[u8], attr: &Attr, reply: ReplyEntry) {
+    /// The entries among `entries` whose kernel dentry may be wrong: bound in the table to a node that
+    /// the name no longer names (or that cannot be checked). A name still naming the same node keeps
+    /// its dentry: invalidating it would detach a directory that is some process's working directory
+    /// (the kernel unhashes it), which is what the echo of a `mkdir` through the mount would do.
+    /// Names the kernel was not told of have no positive dentry to drop.
+    fn changed_entries(&self, entries: Vec<(u64, Vec<u8>)>) -> Vec<(u64, Vec<u8>)> {
+        let checks: Vec<EntryCheck> = {
+            let table = lock(&self.inodes);
+            entries
+                .into_iter()
+                .filter(|(dir, name)| table.child(*dir, name).is_some())
+                .map(|(dir, name)| {
+                    let target = match table.resolve(dir) {
+                        Ok(NodeRef::InSession { session, path }) => {
+                            path.join(&name).ok().map(|p| (session, p))
+                        }
+                        _ => None,
+                    };
+                    (dir, name, target)
+                })
+                .collect()
+        };
+        if checks.is_empty() {
+            return Vec::new();
+        }
+        let sessions = self.sessions.clone();
+        let looked_up = self.rt.block_on(async move {
+            let slots = Arc::new(tokio::sync::Semaphore::new(VERIFY_CONCURRENCY));
+            let mut set = tokio::task::JoinSet::new();
+            for (dir, name, target) in checks {
+                let (sessions, slots) = (sessions.clone(), slots.clone());
+                set.spawn(async move {
+                    let Some((session, path)) = target else {
+                        return (dir, name, None);
+                    };
+                    let _slot = slots.acquire_owned().await;
+                    let lookup = Request::Lookup { path };
+                    let attr = match sessions.call(&session, Caller::default(), lookup).await {
+                        Ok((Reply::Attr(attr), _)) => Some(attr),
+                        _ => None,
+                    };
+                    (dir, name, attr)
+                });
+            }
+            let mut out = Vec::new();
+            while let Some(done) = set.join_next().await {
+                if let Ok(v) = done {
+                    out.push(v);
+                }
+            }
+            out
+        });
+        let table = lock(&self.inodes);
+        looked_up
+            .into_iter()
+            .filter(|(dir, name, attr)| match attr {
+                Some(attr) => table.conflicts(*dir, name, attr),
+                None => true,
+            })
+            .map(|(dir, name, _)| (dir, name))
+            .collect()
+    }
+
+    fn reply_entry(&self, parent: u64, name: &[u8], attr: &Attr, ttl: Duration, reply: ReplyEntry) {
         let ino = lock(&self.inodes).learn(parent, name, attr);
         match ino {
-            Some(ino) => reply.entry(&self.ttl, &file_attr(ino, attr), Generation(0)),
+            Some(ino) => reply.entry(&ttl, &file_attr(ino, attr), Generation(0)),
             None => reply.error(Errno::ESTALE),
         }
     }
@@ -577,12 +714,14 @@ impl Inner {
             offset,
             limit: MAX_DIR_PAGE,
         };
+        let generation = dir.session.generation();
         let page = match self.sessions.call(&dir.session, caller, request).await? {
             (Reply::Entries { entries, next }, _) => Arc::new(DirPage {
                 start: offset,
                 entries,
                 more: next.is_some(),
                 fetched: Instant::now(),
+                generation,
             }),
             (other, _) => {
                 return Err(ErrorReply::new(
@@ -644,15 +783,15 @@ impl fuser::Filesystem for BridgeFs {
             caller(req),
             target,
             reply,
-            |inner, session, r, _, reply| match r {
+            |inner, answered, r, reply| match r {
                 Reply::Attr(attr) => {
                     let ino = {
                         let mut inodes = lock(&inner.inodes);
-                        let ino = inodes.session_root(&session);
+                        let ino = inodes.session_root(&answered.session);
                         inodes.count_lookup(ino);
                         ino
                     };
-                    reply.entry(&inner.ttl, &file_attr(ino, &attr), Generation(0));
+                    reply.entry(&answered.ttl, &file_attr(ino, &attr), Generation(0));
                 }
                 other => reply.fail(unexpected(&other)),
             },
@@ -880,10 +1019,10 @@ impl fuser::Filesystem for BridgeFs {
             caller(req),
             target,
             reply,
-            move |inner, session, r, conn, reply| match r {
+            move |inner, answered, r, reply| match r {
                 Reply::Opened { fh, attr } => {
-                    let keep = inner.keep_cache(ino.0, &session, &attr);
-                    let fh = inner.add_file(ino.0, session, conn, fh);
+                    let keep = inner.keep_cache(ino.0, &answered.session, &attr);
+                    let fh = inner.add_file(ino.0, answered.session, answered.conn, fh);
                     let flags = if keep {
                         FopenFlags::FOPEN_KEEP_CACHE
                     } else {
@@ -914,15 +1053,15 @@ impl fuser::Filesystem for BridgeFs {
             caller(req),
             target,
             reply,
-            move |inner, session, r, conn, reply| match r {
+            move |inner, answered, r, reply| match r {
                 Reply::Created { fh, attr } => {
                     let Some(ino) = lock(&inner.inodes).learn(parent.0, &name, &attr) else {
                         return reply.error(Errno::ESTALE);
                     };
-                    let fh = inner.add_file(ino, session, conn, fh);
+                    let fh = inner.add_file(ino, answered.session, answered.conn, fh);
                     let attr = file_attr(ino, &attr);
                     reply.created(
-                        &inner.ttl,
+                        &answered.ttl,
                         &attr,
                         Generation(0),
                         FileHandle(fh),
@@ -1192,6 +1331,7 @@ impl fuser::Filesystem for BridgeFs {
                     Err(e) => return reply.error(errno_of(&e)),
                 };
             }
+            let ttl = inner.ttl_for(&dir.session, page.generation);
             let mut inodes = lock(&inner.inodes);
             for e in &page.entries[skip..] {
                 let Some(child) = inodes.learn(ino.0, &e.name, &e.attr) else {
@@ -1204,7 +1344,7 @@ impl fuser::Filesystem for BridgeFs {
                     INodeNo(child),
                     DOT_ENTRIES + e.next_offset,
                     name,
-                    &inner.ttl,
+                    &ttl,
                     &attr,
                     Generation(0),
                 ) {

@@ -228,6 +228,11 @@ impl InodeTable {
         Some(ino)
     }
 
+    /// The node `parent/name` is bound to, if the kernel was told of it.
+    pub fn child(&self, parent: u64, name: &[u8]) -> Option<u64> {
+        self.by_name.get(&(parent, name.to_vec())).copied()
+    }
+
     /// Every inode of session `id` (its root included) with the names it is known under: what the
     /// kernel may have cached for the session.
     pub fn session_nodes(&self, id: &str) -> Vec<(u64, Vec<Link>)> {

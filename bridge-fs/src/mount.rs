@@ -82,7 +82,12 @@ pub fn mount(config: BridgeConfig, mountpoint: &Path) -> Result<(), MountError> 
     )
     .map_err(registry_err)?;
 
-    let fs = BridgeFs::new(rt.handle().clone(), sessions.clone(), config.attr_ttl);
+    let fs = BridgeFs::new(
+        rt.handle().clone(),
+        sessions.clone(),
+        config.attr_ttl,
+        config.watched_ttl,
+    );
     let handle = fs.clone();
     let mut options = vec![
         MountOption::FSName(crate::mountinfo::FS_NAME.into()),

@@ -476,6 +476,11 @@ impl Session {
         }
     }
 
+    /// Whether the session has a live connection.
+    pub fn is_connected(&self) -> bool {
+        self.live_connection().is_some()
+    }
+
     /// Whether the daemon's change stream is live, so that cached data is invalidated on change.
     pub fn is_watched(&self) -> bool {
         self.watching.load(Ordering::Acquire)

@@ -1,5 +1,6 @@
 //! Regressions found in review: directory listings read lazily across renames, directory cycles
-//! reported by stale listings, xattr calls on the mount root, and `isatty` on mounted files.
+//! reported by stale listings, xattr calls on the mount root, `isatty` on mounted files, and working
+//! directories detached by change notifications.
 
 use std::ffi::CString;
 use std::fs;
@@ -132,4 +133,29 @@ fn isatty_on_a_mounted_file_is_enotty_and_quiet() -> Result<()> {
     let log = h.bridge_log();
     anyhow::ensure!(!log.contains("ioctl"), "the bridge logged ioctls: {log}");
     Ok(())
+}
+
+/// A directory made through the mount stays usable as a working directory: the daemon's change event
+/// for the `mkdir` must not make the bridge invalidate the new directory's dentry (the kernel would
+/// unhash it and `getcwd` would fail with ENOENT, as `git init` did).
+#[test]
+fn the_echo_of_a_mkdir_does_not_detach_a_working_directory() -> Result<()> {
+    let mut h = Harness::new()?;
+    h.create_session("cwd")?;
+    h.mount()?;
+    for i in 0..20 {
+        let dir = h.path("cwd", &format!("repo{i}"));
+        fs::create_dir(&dir)?;
+        let out = std::process::Command::new("git")
+            .args(["init", "-q"])
+            .current_dir(&dir)
+            .output()
+            .context("running git")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "git init in a new directory ({i}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    h.unmount()
 }
