@@ -58,6 +58,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import traceback
 from pathlib import Path
@@ -1386,6 +1387,7 @@ Subsystem sftp {a.sftp_server}
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter, NullFormatter
         keys = [k for k, *_ in WORKLOADS if any(t != "local" for t in self.results.get(k, {}))]
         colors = {"local": "#888888", "bindfs": "#4c72b0", "sshfs": "#dd8452", "sessionfs-local": "#55a868",
                   "sessionfs-docker": "#2a7a3b", "docker-exec": "#c44e52"}
@@ -1408,12 +1410,14 @@ Subsystem sftp {a.sftp_server}
             bars = ax.bar(names, vals, color=[colors.get(n.replace("sfs-", "sessionfs-"), "#999") for n in names])
             for b, h, v in zip(bars, hatches, vals):
                 b.set_hatch(h)
-                ax.annotate(f"{v:.2g}×", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=7)
+                ax.annotate(f"{v:.0f}×" if v >= 10 else f"{v:.2g}×", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=7)
             ax.axhline(1, color="black", linewidth=0.8)
             ax.set_yscale("log")
             if vals:
                 ax.set_ylim(min(min(vals), 1) / 1.6, max(max(vals), 1) * 1.6)
-            ax.set_title(re.sub(r"[`]", "", title)[:60], fontsize=8)
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.set_title("\n".join(textwrap.wrap(title.replace("`", ""), 55)), fontsize=8)
             ax.set_ylabel("slowdown vs local (×, log)", fontsize=7)
             ax.tick_params(axis="x", labelrotation=25, labelsize=7)
             ax.tick_params(axis="y", labelsize=7)
