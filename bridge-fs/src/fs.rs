@@ -556,6 +556,7 @@ impl Inner {
                     }
                     (inodes, entries)
                 }
+                Invalidation::Inode(ino) => (vec![*ino], Vec::new()),
                 Invalidation::Reset(id) => {
                     let nodes = table.session_nodes(id.as_str());
                     let entries = nodes
@@ -570,7 +571,7 @@ impl Inner {
         {
             let mut stamps = lock(&self.page_stamps);
             match &work {
-                Invalidation::Changes(..) => {
+                Invalidation::Changes(..) | Invalidation::Inode(_) => {
                     for ino in &inodes {
                         stamps.remove(ino);
                     }
@@ -579,7 +580,7 @@ impl Inner {
             }
         }
         let verify = match &work {
-            Invalidation::Changes(..) => true,
+            Invalidation::Changes(..) | Invalidation::Inode(_) => true,
             // At the end of a connection the daemon may be gone: nothing can be checked.
             Invalidation::Reset(id) => self
                 .sessions
@@ -737,11 +738,11 @@ impl Inner {
 
 impl fuser::Filesystem for BridgeFs {
     fn init(&mut self, _req: &FuseRequest, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Entries come with attributes (one listing round trip serves `ls -l` and `find`; the kernel
-        // switches to plain readdir when the attributes go unused); lookups and listings of one
-        // directory run in parallel; reads of one file are issued concurrently.
+        // Entries come with attributes (one listing round trip serves `ls -l` and `find`); lookups and
+        // listings of one directory run in parallel; reads of one file are issued concurrently.
+        // Not READDIRPLUS_AUTO: plain readdir would report the daemon's inode numbers, which differ
+        // from the ones `stat` shows.
         let wanted = InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_ASYNC_READ;
         if let Err(missing) = config.add_capabilities(wanted) {
@@ -1207,13 +1208,21 @@ impl fuser::Filesystem for BridgeFs {
             Err(e) => return reply.error(e),
         };
         let fh = self.inner.next_fh.fetch_add(1, Ordering::Relaxed);
+        // While the session's changes are pushed, the kernel keeps listings in its readdir cache
+        // across opens; a change in the directory drops it (inval_inode), as does any change made
+        // through the mount (the kernel's own bookkeeping).
+        let flags = if session.is_watched() {
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
         let dir = OpenDir {
             session,
             path,
             page: Mutex::new(None),
         };
         lock(&self.inner.dirs).insert(fh, Arc::new(dir));
-        reply.opened(FileHandle(fh), FopenFlags::empty());
+        reply.opened(FileHandle(fh), flags);
     }
 
     fn readdir(
@@ -1263,6 +1272,9 @@ impl fuser::Filesystem for BridgeFs {
                 Ok(v) => v,
                 Err(e) => return reply.error(errno_of(&e)),
             };
+            if dir.session.generation() != page.generation {
+                inner.sessions.invalidate(Invalidation::Inode(ino.0));
+            }
             for e in &page.entries[skip..] {
                 let kind = file_type(e.attr.mode);
                 if reply.add(
@@ -1332,6 +1344,11 @@ impl fuser::Filesystem for BridgeFs {
                 };
             }
             let ttl = inner.ttl_for(&dir.session, page.generation);
+            if dir.session.generation() != page.generation {
+                // An invalidation overtook this page: the kernel may cache it in its readdir
+                // cache; have it dropped once the reply is in.
+                inner.sessions.invalidate(Invalidation::Inode(ino.0));
+            }
             let mut inodes = lock(&inner.inodes);
             for e in &page.entries[skip..] {
                 let Some(child) = inodes.learn(ino.0, &e.name, &e.attr) else {

@@ -50,6 +50,9 @@ pub enum Invalidation {
     Changes(SessionId, Vec<Change>),
     /// Forget everything the kernel cached for the session (overflow, reconnect, restart).
     Reset(SessionId),
+    /// Forget the attributes, pages and cached listing of one inode (a directory listing the kernel
+    /// may have cached from a reply that an invalidation overtook).
+    Inode(u64),
 }
 
 /// All sessions known to the bridge, kept in step with the registry.
@@ -131,6 +134,13 @@ impl Sessions {
             gone.drop_connection("session removed from the registry");
         }
         *table = next;
+    }
+
+    /// Queues `work` for the invalidator thread (nothing happens before the mount started it).
+    pub fn invalidate(&self, work: Invalidation) {
+        if let Some(tx) = self.invalidations.get() {
+            let _ = tx.send(work);
+        }
     }
 
     /// Reads the registry now and updates the known sessions from it.

@@ -28,8 +28,11 @@ use tracing::{debug, warn};
 pub const BATCH_WINDOW: Duration = Duration::from_millis(2);
 /// Raw events buffered between inotify's thread and the batcher; beyond this, an overflow.
 const RAW_CAPACITY: usize = 16 * 1024;
-/// Frames buffered per subscriber; a subscriber further behind gets an overflow.
-const FRAME_CAPACITY: usize = 1024;
+/// Frames buffered per subscriber; a subscriber further behind gets an overflow. The buffer keeps the
+/// last frames until they are overwritten, so it is small: it is memory held while idle.
+const FRAME_CAPACITY: usize = 64;
+/// After this long without changes, the batcher hands freed heap back to the system.
+const IDLE_TRIM: Duration = Duration::from_secs(1);
 
 /// The watcher of one workspace, shared by every connection.
 pub struct WorkspaceWatcher {
@@ -115,7 +118,23 @@ async fn batch(
 ) {
     let mut pending: Vec<Change> = Vec::new();
     let mut seen: HashSet<Change> = HashSet::new();
-    while let Some(first) = raw.recv().await {
+    let mut dirty = false;
+    loop {
+        let first = if dirty {
+            match tokio::time::timeout(IDLE_TRIM, raw.recv()).await {
+                Ok(first) => first,
+                Err(_) => {
+                    // A burst (a build, an extraction) grew the heap; idle daemons should be small.
+                    trim_heap();
+                    dirty = false;
+                    continue;
+                }
+            }
+        } else {
+            raw.recv().await
+        };
+        let Some(first) = first else { break };
+        dirty = true;
         let mut overflow = matches!(first, Raw::Overflow);
         if let Raw::Event(event) = first {
             add_changes(&root, &event, &mut pending, &mut seen);
@@ -151,6 +170,15 @@ async fn batch(
             // No subscriber is fine: nobody caches anything then.
             let _ = frames.send(Arc::new(WatchFrame::Changes(batch)));
         }
+    }
+}
+
+/// Returns freed heap memory to the system (glibc keeps it otherwise).
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory of the allocator; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
