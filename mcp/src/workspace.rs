@@ -321,24 +321,25 @@ impl SessionDir {
         Ok(RelPath(rest.to_path_buf()))
     }
 
+    /// The attributes of the node `fd` (found at `path`), which must be a regular file.
+    fn regular_file(&self, fd: &OwnedFd, path: &RelPath) -> Result<Stat, ToolError> {
+        let st = rfs::fstat(fd).map_err(|e| self.fail(path, e))?;
+        match Kind::of(&st) {
+            Kind::File => Ok(st),
+            Kind::Directory => Err(ToolError::IsDirectory {
+                path: path.display(),
+            }),
+            _ => Err(ToolError::NotRegular {
+                path: path.display(),
+            }),
+        }
+    }
+
     /// Opens the regular file at `path` for reading (symlinks followed while inside); anything else is
     /// refused before it is opened for I/O (no FIFO can block the server).
     pub fn open_file(&self, path: &RelPath) -> Result<(File, Stat), ToolError> {
         let fd = self.node(path, true)?;
-        let st = rfs::fstat(&fd).map_err(|e| self.fail(path, e))?;
-        match Kind::of(&st) {
-            Kind::File => {}
-            Kind::Directory => {
-                return Err(ToolError::IsDirectory {
-                    path: path.display(),
-                })
-            }
-            _ => {
-                return Err(ToolError::NotRegular {
-                    path: path.display(),
-                })
-            }
-        }
+        let st = self.regular_file(&fd, path)?;
         // Reopen the very node that was checked, not the path again.
         let file = File::open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
             .map_err(|e| self.fail(path, errno_of(&e)))?;
@@ -391,20 +392,7 @@ impl SessionDir {
         let mut existing: Option<Stat> = None;
         match self.node(path, true) {
             Ok(fd) => {
-                let st = rfs::fstat(&fd).map_err(|e| self.fail(path, e))?;
-                match Kind::of(&st) {
-                    Kind::File => {}
-                    Kind::Directory => {
-                        return Err(ToolError::IsDirectory {
-                            path: path.display(),
-                        })
-                    }
-                    _ => {
-                        return Err(ToolError::NotRegular {
-                            path: path.display(),
-                        })
-                    }
-                }
+                let st = self.regular_file(&fd, path)?;
                 target = self.canonical(&fd, path)?;
                 existing = Some(st);
             }
