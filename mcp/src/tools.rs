@@ -209,28 +209,18 @@ fn classify(bytes: &[u8]) -> Result<&str, String> {
 
 /// A file's text for the editing tools (`None` if it does not exist): UTF-8 without NUL bytes.
 fn load_text(dir: &SessionDir, rel: &RelPath) -> Result<Option<String>, ToolError> {
-    if dir.try_stat(rel, true)?.is_none() {
+    let Some(bytes) = dir.try_read_all(rel, MAX_TEXT_FILE)? else {
         return Ok(None);
+    };
+    let not_text = |what| ToolError::NotText {
+        path: rel.display(),
+        what,
+    };
+    let text = classify(&bytes).map_err(not_text)?;
+    if text.contains('\0') {
+        return Err(not_text("it contains NUL bytes".into()));
     }
-    let bytes = dir.read_all(rel, MAX_TEXT_FILE)?;
-    if let Err(what) = classify(&bytes) {
-        return Err(ToolError::NotText {
-            path: rel.display(),
-            what,
-        });
-    }
-    if bytes.contains(&0) {
-        return Err(ToolError::NotText {
-            path: rel.display(),
-            what: "it contains NUL bytes".into(),
-        });
-    }
-    String::from_utf8(bytes)
-        .map(Some)
-        .map_err(|_| ToolError::NotText {
-            path: rel.display(),
-            what: "invalid UTF-8".into(),
-        })
+    Ok(Some(text.to_owned()))
 }
 
 /// Refuses to write when the file changed since it was read (another writer in between): the edit was
@@ -239,10 +229,7 @@ fn load_text(dir: &SessionDir, rel: &RelPath) -> Result<Option<String>, ToolErro
 /// attribute cache still shows the old size and time. A writer between this check and the rename can
 /// still be overwritten; that window is one rename round trip.
 fn check_unchanged(dir: &SessionDir, rel: &RelPath, read: Option<&str>) -> Result<(), ToolError> {
-    let now = match dir.try_stat(rel, true)? {
-        Some(_) => Some(dir.read_all(rel, MAX_TEXT_FILE)?),
-        None => None,
-    };
+    let now = dir.try_read_all(rel, MAX_TEXT_FILE)?;
     if now.as_deref() != read.map(str::as_bytes) {
         return Err(ToolError::Changed {
             path: rel.display(),

@@ -371,6 +371,15 @@ impl SessionDir {
         Ok(buf)
     }
 
+    /// Like [`Self::read_all`], `None` if nothing is at `path` (or a parent is not a directory).
+    pub fn try_read_all(&self, path: &RelPath, limit: u64) -> Result<Option<Vec<u8>>, ToolError> {
+        match self.read_all(path, limit) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(ToolError::NotFound { .. } | ToolError::NotDirectory { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Replaces (or creates) the file at `path` with `content` atomically: written to a temporary file
     /// in the same directory, flushed, then renamed over the target, so a reader sees the old or the new
     /// content, never a mix. An existing file keeps its permission bits; a symlink (inside the
