@@ -422,14 +422,15 @@ impl BridgeFs {
         });
     }
 
-    /// Sends the request `make` builds on the connection that holds open file `fh`.
+    /// Sends the request `make` builds on the connection that holds open file `fh`; `done` also gets
+    /// how long the kernel may cache what the reply says (see [`Inner::ttl_for`]).
     fn on_file<R: Fail>(
         &self,
         req: &FuseRequest,
         fh: FileHandle,
         reply: R,
         make: impl FnOnce(u64) -> Request,
-        done: impl FnOnce(Reply, R) + Send + 'static,
+        done: impl FnOnce(Reply, Duration, R) + Send + 'static,
     ) {
         let file = match self.open_file(fh) {
             Ok(f) => f,
@@ -438,12 +439,13 @@ impl BridgeFs {
         let inner = self.inner.clone();
         let (caller, request) = (caller(req), make(file.remote_fh));
         self.spawn(async move {
+            let since = file.session.generation();
             match inner
                 .sessions
                 .call_on(&file.session, &file.conn, caller, request)
                 .await
             {
-                Ok(r) => done(r, reply),
+                Ok(r) => done(r, inner.ttl_for(&file.session, since), reply),
                 Err(e) => reply.fail(errno_of(&e)),
             }
         });
@@ -463,27 +465,16 @@ impl BridgeFs {
             Some(fh) => {
                 // A node without a name is reached through the handle; the path is then unused.
                 let path = self.node(ino).map(|(_, p)| p).unwrap_or_default();
-                let file = match self.open_file(fh) {
-                    Ok(f) => f,
-                    Err(e) => return reply.fail(e),
-                };
-                let inner = self.inner.clone();
-                let (caller, request) = (caller(req), make(path, Some(file.remote_fh)));
-                self.spawn(async move {
-                    let since = file.session.generation();
-                    match inner
-                        .sessions
-                        .call_on(&file.session, &file.conn, caller, request)
-                        .await
-                    {
-                        Ok(Reply::Attr(a)) => {
-                            let ttl = inner.ttl_for(&file.session, since);
-                            reply.attr(&ttl, &file_attr(ino.0, &a));
-                        }
-                        Ok(other) => reply.fail(unexpected(&other)),
-                        Err(e) => reply.fail(errno_of(&e)),
-                    }
-                });
+                self.on_file(
+                    req,
+                    fh,
+                    reply,
+                    |remote| make(path, Some(remote)),
+                    move |r, ttl, reply| match r {
+                        Reply::Attr(a) => reply.attr(&ttl, &file_attr(ino.0, &a)),
+                        other => reply.fail(unexpected(&other)),
+                    },
+                );
             }
             None => {
                 let target = self.node(ino).map(|(s, path)| (s, make(path, None)));
@@ -569,14 +560,10 @@ impl Inner {
             }
         };
         {
+            // A reset lists every inode of the session, so this covers it too.
             let mut stamps = lock(&self.page_stamps);
-            match &work {
-                Invalidation::Changes(..) | Invalidation::Inode(_) => {
-                    for ino in &inodes {
-                        stamps.remove(ino);
-                    }
-                }
-                Invalidation::Reset(_) => stamps.clear(),
+            for ino in &inodes {
+                stamps.remove(ino);
             }
         }
         let verify = match &work {
@@ -1095,7 +1082,7 @@ impl fuser::Filesystem for BridgeFs {
                 offset,
                 size,
             },
-            |r, reply| match r {
+            |r, _, reply| match r {
                 Reply::Data(d) => reply.data(&d),
                 other => reply.fail(unexpected(&other)),
             },
@@ -1124,7 +1111,7 @@ impl fuser::Filesystem for BridgeFs {
                 offset,
                 data,
             },
-            |r, reply| match r {
+            |r, _, reply| match r {
                 Reply::Written(n) => reply.written(n),
                 other => reply.fail(unexpected(&other)),
             },
@@ -1196,7 +1183,7 @@ impl fuser::Filesystem for BridgeFs {
                 fh: remote,
                 datasync,
             },
-            |_, reply| reply.ok(),
+            |_, _, reply| reply.ok(),
         );
     }
 
