@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -33,23 +33,33 @@ use tracing::{debug, warn};
 use crate::session::Invalidation;
 
 use crate::inodes::{InodeTable, NodeRef, Stale, ROOT_INO};
+use crate::negative::NegativeEntries;
 use crate::session::{Session, Sessions};
 
-/// An open file: the session, the connection that holds the daemon's handle, and that handle.
+/// An open file: its inode and session, and the daemon's handle for it.
 struct OpenFile {
     /// The inode the file was opened on.
     ino: u64,
     session: Arc<Session>,
-    conn: quinn::Connection,
-    remote_fh: u64,
+    /// The daemon's handle and the connection that holds it: set at the open, or, for a read-only
+    /// open answered from the kernel's cache, by the first request that needs it (see
+    /// [`Inner::remote_handle`]).
+    remote: tokio::sync::OnceCell<RemoteHandle>,
+    /// The open flags, for a deferred open.
+    flags: i32,
 }
 
-/// An open directory. Entries are fetched a page at a time when the kernel reads, not at `opendir`,
-/// so what the kernel learns (names, inode links, attributes) is never older than one page fetch.
-struct OpenDir {
+/// A daemon file handle on one connection.
+struct RemoteHandle {
+    conn: quinn::Connection,
+    fh: u64,
+}
+
+/// A directory being listed: its inode, session and current path.
+struct DirRef {
+    ino: u64,
     session: Arc<Session>,
     path: WirePath,
-    page: Mutex<Option<Arc<DirPage>>>,
 }
 
 /// A page of entries and where it came from.
@@ -116,8 +126,14 @@ struct Inner {
     sessions: Arc<Sessions>,
     inodes: Mutex<InodeTable>,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
-    dirs: Mutex<HashMap<u64, Arc<OpenDir>>>,
+    /// Per directory inode: the last page of entries fetched, kept until the kernel has read to its
+    /// end (a listing is read in several calls when it does not fit one reply).
+    dir_pages: Mutex<HashMap<u64, Arc<DirPage>>>,
+    /// The names the kernel caches as missing (see [`crate::negative`]).
+    negatives: Mutex<NegativeEntries>,
     next_fh: AtomicU64,
+    /// The kernel lets OPENDIR be skipped (see `opendir`); set at `init`.
+    no_opendir: AtomicBool,
     /// Cache lifetime of entries and attributes of sessions whose changes are not pushed.
     ttl: Duration,
     /// Cache lifetime while a session's changes are pushed (invalidation keeps it coherent).
@@ -197,6 +213,27 @@ fn file_attr(ino: u64, a: &Attr) -> FileAttr {
     }
 }
 
+/// The attributes sent with a negative entry (the kernel reads none of them).
+fn negative_attr() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
 fn set_time(t: TimeOrNow) -> SetTime {
     match t {
         TimeOrNow::Now => SetTime::Now,
@@ -244,8 +281,10 @@ impl BridgeFs {
                 sessions,
                 inodes: Mutex::new(InodeTable::default()),
                 files: Mutex::new(HashMap::new()),
-                dirs: Mutex::new(HashMap::new()),
+                dir_pages: Mutex::new(HashMap::new()),
+                negatives: Mutex::new(NegativeEntries::new(watched_ttl)),
                 next_fh: AtomicU64::new(1),
+                no_opendir: AtomicBool::new(false),
                 ttl,
                 watched_ttl,
                 page_stamps: Mutex::new(HashMap::new()),
@@ -306,7 +345,12 @@ impl BridgeFs {
     /// The handle to use for an attribute call on `ino`: the one the kernel gave, or else, for a node
     /// that no longer has a name (unlinked while open: `fstat`, `fchmod`), any open handle of it.
     fn handle_for(&self, ino: INodeNo, fh: Option<FileHandle>) -> Option<FileHandle> {
-        if let Some(fh) = fh.filter(|fh| lock(&self.inner.files).contains_key(&fh.0)) {
+        let has_remote = |fh: &FileHandle| {
+            lock(&self.inner.files)
+                .get(&fh.0)
+                .is_some_and(|f| f.remote.initialized())
+        };
+        if let Some(fh) = fh.filter(has_remote) {
             return Some(fh);
         }
         // Lock order: never hold the file table while taking the inode table.
@@ -319,7 +363,7 @@ impl BridgeFs {
         let files = lock(&self.inner.files);
         files
             .iter()
-            .find(|(_, f)| f.ino == ino.0)
+            .find(|(_, f)| f.ino == ino.0 && f.remote.initialized())
             .map(|(&fh, _)| FileHandle(fh))
     }
 
@@ -408,6 +452,41 @@ impl BridgeFs {
         );
     }
 
+    /// Looks `parent/name` up. A missing name of a watched session is answered with a negative entry
+    /// the kernel keeps for the long TTL (see [`crate::negative`] for how it is invalidated).
+    fn lookup_in_session(
+        &self,
+        req: &FuseRequest,
+        parent: INodeNo,
+        name: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let (session, path) = match self.child(parent, name) {
+            Ok(v) => v,
+            Err(e) => return reply.error(e),
+        };
+        let name = name.as_bytes().to_vec();
+        let (inner, caller) = (self.inner.clone(), caller(req));
+        self.spawn(async move {
+            let since = session.generation();
+            match inner
+                .sessions
+                .call(&session, caller, Request::Lookup { path })
+                .await
+            {
+                Ok((Reply::Attr(attr), _)) => {
+                    let ttl = inner.ttl_for(&session, since);
+                    inner.reply_entry(parent.0, &name, &attr, ttl, reply)
+                }
+                Ok((other, _)) => reply.fail(unexpected(&other)),
+                Err(e) if e.errno == errno::ENOENT => {
+                    inner.reply_missing(&session, since, parent.0, &name, reply)
+                }
+                Err(e) => reply.fail(errno_of(&e)),
+            }
+        });
+    }
+
     /// Sends a request whose success carries no data, then runs `then` on the inode table.
     fn empty_request(
         &self,
@@ -429,7 +508,7 @@ impl BridgeFs {
         req: &FuseRequest,
         fh: FileHandle,
         reply: R,
-        make: impl FnOnce(u64) -> Request,
+        make: impl FnOnce(u64) -> Request + Send + 'static,
         done: impl FnOnce(Reply, Duration, R) + Send + 'static,
     ) {
         let file = match self.open_file(fh) {
@@ -437,12 +516,16 @@ impl BridgeFs {
             Err(e) => return reply.fail(e),
         };
         let inner = self.inner.clone();
-        let (caller, request) = (caller(req), make(file.remote_fh));
+        let caller = caller(req);
         self.spawn(async move {
             let since = file.session.generation();
+            let remote = match inner.remote_handle(&file, caller).await {
+                Ok(remote) => remote,
+                Err(e) => return reply.fail(errno_of(&e)),
+            };
             match inner
                 .sessions
-                .call_on(&file.session, &file.conn, caller, request)
+                .call_on(&file.session, &remote.conn, caller, make(remote.fh))
                 .await
             {
                 Ok(r) => done(r, inner.ttl_for(&file.session, since), reply),
@@ -459,7 +542,7 @@ impl BridgeFs {
         ino: INodeNo,
         fh: Option<FileHandle>,
         reply: ReplyAttr,
-        make: impl FnOnce(WirePath, Option<u64>) -> Request,
+        make: impl FnOnce(WirePath, Option<u64>) -> Request + Send + 'static,
     ) {
         match self.handle_for(ino, fh) {
             Some(fh) => {
@@ -517,21 +600,38 @@ impl Inner {
     /// session's changes are watched (so pages of a changed file are dropped when it changes) and the
     /// content is the version that was cached; otherwise the pages are dropped and this version
     /// becomes the cached one.
-    fn keep_cache(&self, ino: u64, session: &Session, attr: &Attr) -> bool {
+    ///
+    /// `fresh`: no invalidation of the session crossed the open, so an invalidation of `ino` still to
+    /// come will find the stamp recorded now (one that came already may have missed it: then none is).
+    fn keep_cache(&self, ino: u64, session: &Session, attr: &Attr, fresh: bool) -> bool {
         let stamp = ContentStamp::of(attr);
         let mut stamps = lock(&self.page_stamps);
         if session.is_watched() && stamps.get(&ino) == Some(&stamp) {
             return true;
         }
-        stamps.insert(ino, stamp);
+        if fresh {
+            stamps.insert(ino, stamp);
+        } else {
+            stamps.remove(&ino);
+        }
         false
+    }
+
+    /// Whether the kernel's pages of `ino` are known current without asking the daemon: the session's
+    /// changes are pushed, and none touched the file since its pages were cached (an invalidation of
+    /// the inode drops its stamp).
+    fn cache_is_current(&self, ino: u64, session: &Session) -> bool {
+        session.is_watched() && lock(&self.page_stamps).contains_key(&ino)
     }
 
     /// Tells the kernel to forget what it cached that `work` touches; runs on the invalidator thread.
     fn invalidate(&self, notifier: &Notifier, work: Invalidation) {
         // Collect under the lock, notify without it: the kernel may need FUSE answers meanwhile.
-        let (inodes, entries): (Vec<u64>, Vec<(u64, Vec<u8>)>) = {
+        // `missing`: negative entries the kernel may hold for names that now may exist.
+        let (inodes, entries, missing) = {
             let table = lock(&self.inodes);
+            let mut negatives = lock(&self.negatives);
+            let mut missing = Vec::new();
             match &work {
                 Invalidation::Changes(id, changes) => {
                     let (mut inodes, mut entries) = (Vec::new(), Vec::new());
@@ -539,23 +639,44 @@ impl Inner {
                         match change {
                             Change::Node { path } => inodes.extend(table.find(id.as_str(), path)),
                             Change::Entry { dir, name } => {
-                                if let Some(dir) = table.find(id.as_str(), dir) {
+                                let Some(dir) = table.find(id.as_str(), dir) else {
+                                    continue;
+                                };
+                                let negative = negatives.take(dir, name);
+                                if table.child(dir, name).is_some() {
                                     entries.push((dir, name.clone()));
+                                } else if negative {
+                                    missing.push((dir, name.clone()));
                                 }
                             }
                         }
                     }
-                    (inodes, entries)
+                    (inodes, entries, missing)
                 }
-                Invalidation::Inode(ino) => (vec![*ino], Vec::new()),
+                Invalidation::Inode(ino) => (vec![*ino], Vec::new(), missing),
+                Invalidation::Root { removed } => {
+                    let entries = removed
+                        .iter()
+                        .map(|id| (ROOT_INO, id.as_str().as_bytes().to_vec()))
+                        .collect();
+                    (vec![ROOT_INO], entries, missing)
+                }
                 Invalidation::Reset(id) => {
                     let nodes = table.session_nodes(id.as_str());
-                    let entries = nodes
+                    let entries: Vec<(u64, Vec<u8>)> = nodes
                         .iter()
                         .flat_map(|(_, names)| names.iter().cloned())
                         .filter(|(parent, _)| *parent != ROOT_INO)
                         .collect();
-                    (nodes.into_iter().map(|(ino, _)| ino).collect(), entries)
+                    let dirs = nodes.iter().map(|(ino, _)| *ino).collect();
+                    // Names bound since they were missing are among `entries` already.
+                    missing = negatives
+                        .take_in(&dirs)
+                        .into_iter()
+                        .filter(|(dir, name)| table.child(*dir, name).is_none())
+                        .collect();
+                    let inodes = nodes.into_iter().map(|(ino, _)| ino).collect();
+                    (inodes, entries, missing)
                 }
             }
         };
@@ -568,6 +689,8 @@ impl Inner {
         }
         let verify = match &work {
             Invalidation::Changes(..) | Invalidation::Inode(_) => true,
+            // Sessions no longer listed: their names are gone, nothing to check.
+            Invalidation::Root { .. } => false,
             // At the end of a connection the daemon may be gone: nothing can be checked.
             Invalidation::Reset(id) => self
                 .sessions
@@ -579,7 +702,7 @@ impl Inner {
         } else {
             entries
         };
-        for (parent, name) in entries {
+        for (parent, name) in entries.into_iter().chain(missing) {
             // ENOENT: the kernel has no such entry cached; nothing to do.
             let _ = notifier.inval_entry(INodeNo(parent), OsStr::from_bytes(&name));
         }
@@ -652,6 +775,32 @@ impl Inner {
             .collect()
     }
 
+    /// Answers a lookup of a missing `dir/name` that started at generation `since`: a negative entry
+    /// for the watched TTL when the session is watched and no invalidation crossed the lookup, a
+    /// plain `ENOENT` (not cached) otherwise.
+    fn reply_missing(
+        &self,
+        session: &Session,
+        since: u64,
+        dir: u64,
+        name: &[u8],
+        reply: ReplyEntry,
+    ) {
+        // Record first, then check: an invalidation after the check finds the record.
+        let cacheable = session.is_watched() && lock(&self.negatives).insert(dir, name);
+        if cacheable && self.ttl_for(session, since) == self.watched_ttl {
+            // Node id 0: "no such entry", kept for the entry TTL.
+            reply.entry_with_ttls(
+                &Duration::ZERO,
+                &self.watched_ttl,
+                &negative_attr(),
+                Generation(0),
+            );
+        } else {
+            reply.error(Errno::ENOENT);
+        }
+    }
+
     fn reply_entry(&self, parent: u64, name: &[u8], attr: &Attr, ttl: Duration, reply: ReplyEntry) {
         let ino = lock(&self.inodes).learn(parent, name, attr);
         match ino {
@@ -660,40 +809,88 @@ impl Inner {
         }
     }
 
+    /// Registers an open file; `remote`: the daemon's handle, `None` to open it when first needed.
     fn add_file(
         &self,
         ino: u64,
         session: Arc<Session>,
-        conn: quinn::Connection,
-        remote_fh: u64,
+        flags: i32,
+        remote: Option<RemoteHandle>,
     ) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.files).insert(
-            fh,
-            Arc::new(OpenFile {
-                ino,
-                session,
-                conn,
-                remote_fh,
-            }),
-        );
+        let file = OpenFile {
+            ino,
+            session,
+            remote: tokio::sync::OnceCell::new_with(remote),
+            flags,
+        };
+        lock(&self.files).insert(fh, Arc::new(file));
         fh
+    }
+
+    /// The daemon's handle of `file`, opening it now if the open was answered from the kernel's
+    /// cache. The file is then found by its current path: one removed in the meantime fails with
+    /// `ESTALE`, as a file removed on an NFS server does.
+    async fn remote_handle<'f>(
+        &self,
+        file: &'f OpenFile,
+        caller: Caller,
+    ) -> Result<&'f RemoteHandle, ErrorReply> {
+        file.remote
+            .get_or_try_init(|| async {
+                let path = match lock(&self.inodes).resolve(file.ino) {
+                    Ok(NodeRef::InSession { path, .. }) => path,
+                    _ => {
+                        return Err(ErrorReply::new(
+                            errno::ESTALE,
+                            "the file was removed before its data was read",
+                        ))
+                    }
+                };
+                let open = Request::Open {
+                    path,
+                    flags: file.flags,
+                };
+                match self.sessions.call(&file.session, caller, open).await {
+                    Ok((Reply::Opened { fh, .. }, conn)) => Ok(RemoteHandle { conn, fh }),
+                    Ok((other, _)) => Err(ErrorReply::new(
+                        errno::EIO,
+                        format!("unexpected open reply {other:?}"),
+                    )),
+                    Err(e) if e.errno == errno::ENOENT => Err(ErrorReply::new(
+                        errno::ESTALE,
+                        "the file was removed before its data was read",
+                    )),
+                    Err(e) => Err(e),
+                }
+            })
+            .await
     }
 
     /// Fetches the whole listing of `path`, page by page.
     /// The entries of `dir` after daemon offset `offset`: from its cached page when that covers the
     /// offset and is younger than the attribute TTL, else from a new page fetched from the daemon.
+    ///
+    /// A listing read from its start is always fetched anew (the kernel reads from offset 0 only when
+    /// it holds no valid listing of its own); a page read to its end is dropped.
     async fn dir_page(
         &self,
-        dir: &OpenDir,
+        dir: &DirRef,
         caller: Caller,
         offset: u64,
         use_cache: bool,
     ) -> Result<(Arc<DirPage>, usize), ErrorReply> {
-        let cached = lock(&dir.page).clone().filter(|_| use_cache);
+        let cached = lock(&self.dir_pages)
+            .get(&dir.ino)
+            .cloned()
+            .filter(|_| use_cache && offset > 0);
         if let Some(page) = cached.filter(|p| p.fetched.elapsed() <= self.ttl) {
             if let Some(rest) = page.after(offset) {
                 let skip = page.entries.len() - rest.len();
+                if rest.is_empty() && !page.more {
+                    // The end of the listing: the kernel will not read this page again.
+                    lock(&self.dir_pages).remove(&dir.ino);
+                }
                 return Ok((page, skip));
             }
         }
@@ -718,7 +915,12 @@ impl Inner {
                 ));
             }
         };
-        *lock(&dir.page) = Some(page.clone());
+        let mut pages = lock(&self.dir_pages);
+        if page.entries.is_empty() && !page.more {
+            pages.remove(&dir.ino);
+        } else {
+            pages.insert(dir.ino, page.clone());
+        }
         Ok((page, 0))
     }
 }
@@ -736,6 +938,10 @@ impl fuser::Filesystem for BridgeFs {
             debug!("kernel lacks capabilities {missing:?}");
             let _ = config.add_capabilities(wanted - missing);
         }
+        let no_opendir = config
+            .capabilities()
+            .contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
+        self.inner.no_opendir.store(no_opendir, Ordering::Relaxed);
         // One kernel read or write must fit one protocol transfer, whatever the page size.
         if let Err(nearest) = config.set_max_write(MAX_IO_CHUNK) {
             config
@@ -756,7 +962,7 @@ impl fuser::Filesystem for BridgeFs {
 
     fn lookup(&self, req: &FuseRequest, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         if parent.0 != ROOT_INO {
-            return self.entry_request(req, parent, name, |path| Request::Lookup { path }, reply);
+            return self.lookup_in_session(req, parent, name, reply);
         }
         let Some(session) = name.to_str().and_then(|n| self.inner.sessions.get(n)) else {
             return reply.error(Errno::ENOENT);
@@ -787,7 +993,16 @@ impl fuser::Filesystem for BridgeFs {
     }
 
     fn forget(&self, _req: &FuseRequest, ino: INodeNo, nlookup: u64) {
-        lock(&self.inner.inodes).forget(ino.0, nlookup);
+        let forgotten = {
+            let mut inodes = lock(&self.inner.inodes);
+            inodes.forget(ino.0, nlookup);
+            inodes.resolve(ino.0).is_err()
+        };
+        if forgotten {
+            // The kernel dropped the inode, so also every entry below it.
+            lock(&self.inner.negatives).forget_dir(ino.0);
+            lock(&self.inner.dir_pages).remove(&ino.0);
+        }
     }
 
     fn getattr(&self, req: &FuseRequest, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -994,7 +1209,25 @@ impl fuser::Filesystem for BridgeFs {
     }
 
     fn open(&self, req: &FuseRequest, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let target = self.node(ino).map(|(s, path)| {
+        // A read-only handle needs no FLUSH at close (nothing to push, locks are the host's).
+        let read_only = flags.0 & libc::O_ACCMODE == libc::O_RDONLY && flags.0 & libc::O_TRUNC == 0;
+        let base = if read_only {
+            FopenFlags::FOPEN_NOFLUSH
+        } else {
+            FopenFlags::empty()
+        };
+        let target = self.node(ino);
+        if read_only {
+            // Reading a file whose pages the kernel has and that did not change since: no round
+            // trip; the daemon's handle is opened only if a read misses the cache.
+            if let Ok((session, _)) = &target {
+                if self.inner.cache_is_current(ino.0, session) {
+                    let fh = self.inner.add_file(ino.0, session.clone(), flags.0, None);
+                    return reply.opened(FileHandle(fh), base | FopenFlags::FOPEN_KEEP_CACHE);
+                }
+            }
+        }
+        let target = target.map(|(s, path)| {
             (
                 s,
                 Request::Open {
@@ -1009,12 +1242,17 @@ impl fuser::Filesystem for BridgeFs {
             reply,
             move |inner, answered, r, reply| match r {
                 Reply::Opened { fh, attr } => {
-                    let keep = inner.keep_cache(ino.0, &answered.session, &attr);
-                    let fh = inner.add_file(ino.0, answered.session, answered.conn, fh);
+                    let fresh = answered.ttl == inner.watched_ttl;
+                    let keep = inner.keep_cache(ino.0, &answered.session, &attr, fresh);
+                    let remote = RemoteHandle {
+                        conn: answered.conn,
+                        fh,
+                    };
+                    let fh = inner.add_file(ino.0, answered.session, flags.0, Some(remote));
                     let flags = if keep {
-                        FopenFlags::FOPEN_KEEP_CACHE
+                        base | FopenFlags::FOPEN_KEEP_CACHE
                     } else {
-                        FopenFlags::empty()
+                        base
                     };
                     reply.opened(FileHandle(fh), flags);
                 }
@@ -1046,7 +1284,11 @@ impl fuser::Filesystem for BridgeFs {
                     let Some(ino) = lock(&inner.inodes).learn(parent.0, &name, &attr) else {
                         return reply.error(Errno::ESTALE);
                     };
-                    let fh = inner.add_file(ino, answered.session, answered.conn, fh);
+                    let remote = RemoteHandle {
+                        conn: answered.conn,
+                        fh,
+                    };
+                    let fh = inner.add_file(ino, answered.session, flags, Some(remote));
                     let attr = file_attr(ino, &attr);
                     reply.created(
                         &answered.ttl,
@@ -1077,7 +1319,7 @@ impl fuser::Filesystem for BridgeFs {
             req,
             fh,
             reply,
-            |remote| Request::Read {
+            move |remote| Request::Read {
                 fh: remote,
                 offset,
                 size,
@@ -1106,7 +1348,7 @@ impl fuser::Filesystem for BridgeFs {
             req,
             fh,
             reply,
-            |remote| Request::Write {
+            move |remote| Request::Write {
                 fh: remote,
                 offset,
                 data,
@@ -1130,8 +1372,10 @@ impl fuser::Filesystem for BridgeFs {
         reply: ReplyEmpty,
     ) {
         match self.open_file(fh) {
-            Ok(file) if file.conn.close_reason().is_none() => reply.ok(),
-            Ok(_) => reply.error(Errno::EIO),
+            Ok(file) => match file.remote.get() {
+                Some(remote) if remote.conn.close_reason().is_some() => reply.error(Errno::EIO),
+                _ => reply.ok(),
+            },
             Err(e) => reply.error(e),
         }
     }
@@ -1153,16 +1397,20 @@ impl fuser::Filesystem for BridgeFs {
         let caller = caller(req);
         // The kernel does not wait on release; answer at once and close the remote handle behind it.
         reply.ok();
+        let Some(remote) = file.remote.get() else {
+            return;
+        };
+        if remote.conn.close_reason().is_some() {
+            return;
+        }
+        let (conn, request) = (remote.conn.clone(), Request::Release { fh: remote.fh });
         self.spawn(async move {
-            if file.conn.close_reason().is_none() {
-                let request = Request::Release { fh: file.remote_fh };
-                if let Err(e) = inner
-                    .sessions
-                    .call_on(&file.session, &file.conn, caller, request)
-                    .await
-                {
-                    debug!("release: {e}");
-                }
+            if let Err(e) = inner
+                .sessions
+                .call_on(&file.session, &conn, caller, request)
+                .await
+            {
+                debug!("release: {e}");
             }
         });
     }
@@ -1179,7 +1427,7 @@ impl fuser::Filesystem for BridgeFs {
             req,
             fh,
             reply,
-            |remote| Request::Fsync {
+            move |remote| Request::Fsync {
                 fh: remote,
                 datasync,
             },
@@ -1187,15 +1435,22 @@ impl fuser::Filesystem for BridgeFs {
         );
     }
 
+    /// Where the kernel supports it, answered `ENOSYS` once: the kernel then stops sending
+    /// OPENDIR and RELEASEDIR (two requests per directory listed) and keeps every listing in its
+    /// readdir cache. That cache is dropped by an invalidation of the directory (watched sessions) and
+    /// revalidated against the directory's mtime at each listing once its attributes expire (the
+    /// short TTL of unwatched sessions). Listings are fetched by inode (see [`Inner::dir_page`]).
     fn opendir(&self, _req: &FuseRequest, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.inner.no_opendir.load(Ordering::Relaxed) {
+            return reply.error(Errno::ENOSYS);
+        }
         if ino.0 == ROOT_INO {
             return reply.opened(FileHandle(0), FopenFlags::empty());
         }
-        let (session, path) = match self.node(ino) {
-            Ok(v) => v,
+        let session = match self.node(ino) {
+            Ok((session, _)) => session,
             Err(e) => return reply.error(e),
         };
-        let fh = self.inner.next_fh.fetch_add(1, Ordering::Relaxed);
         // While the session's changes are pushed, the kernel keeps listings in its readdir cache
         // across opens; a change in the directory drops it (inval_inode), as does any change made
         // through the mount (the kernel's own bookkeeping).
@@ -1204,20 +1459,14 @@ impl fuser::Filesystem for BridgeFs {
         } else {
             FopenFlags::empty()
         };
-        let dir = OpenDir {
-            session,
-            path,
-            page: Mutex::new(None),
-        };
-        lock(&self.inner.dirs).insert(fh, Arc::new(dir));
-        reply.opened(FileHandle(fh), flags);
+        reply.opened(FileHandle(0), flags);
     }
 
     fn readdir(
         &self,
         req: &FuseRequest,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
@@ -1242,8 +1491,13 @@ impl fuser::Filesystem for BridgeFs {
             }
             return reply.ok();
         }
-        let Some(dir) = lock(&self.inner.dirs).get(&fh.0).cloned() else {
-            return reply.error(Errno::EBADF);
+        let dir = match self.node(ino) {
+            Ok((session, path)) => DirRef {
+                ino: ino.0,
+                session,
+                path,
+            },
+            Err(e) => return reply.error(e),
         };
         // Plain readdir (when the kernel does not use readdirplus): the daemon's inode numbers stand in
         // for d_ino.
@@ -1282,15 +1536,20 @@ impl fuser::Filesystem for BridgeFs {
         &self,
         req: &FuseRequest,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         if ino.0 == ROOT_INO {
             return self.root_readdirplus(offset, reply);
         }
-        let Some(dir) = lock(&self.inner.dirs).get(&fh.0).cloned() else {
-            return reply.error(Errno::EBADF);
+        let dir = match self.node(ino) {
+            Ok((session, path)) => DirRef {
+                ino: ino.0,
+                session,
+                path,
+            },
+            Err(e) => return reply.error(e),
         };
         // "." and ".." carry no lookup count in readdirplus; the kernel ignores their attributes.
         let dot_attr = FileAttr {
@@ -1367,11 +1626,10 @@ impl fuser::Filesystem for BridgeFs {
         &self,
         _req: &FuseRequest,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        lock(&self.inner.dirs).remove(&fh.0);
         reply.ok();
     }
 

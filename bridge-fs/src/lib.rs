@@ -5,6 +5,7 @@
 //!   with mutual TLS, reusing one QUIC connection, and bounding every request in time.
 //! - [`inodes`] owns the inode table: stable FUSE inode numbers, lookup counts, and the
 //!   `(parent, name)` links from which request paths are rebuilt.
+//! - [`negative`] records the names the kernel was told are missing, so they can be invalidated.
 //! - [`fs`] implements `fuser::Filesystem`: the mount root lists the sessions, and every operation below
 //!   `/<id>/` becomes one request to that session's daemon, answered from a tokio task.
 //! - [`mount`] mounts, waits for a signal or an external unmount, and unmounts cleanly;
@@ -15,6 +16,7 @@ pub mod fs;
 pub mod inodes;
 pub mod mount;
 pub mod mountinfo;
+pub mod negative;
 pub mod session;
 
 pub use config::BridgeConfig;

@@ -53,6 +53,8 @@ pub enum Invalidation {
     /// Forget the attributes, pages and cached listing of one inode (a directory listing the kernel
     /// may have cached from a reply that an invalidation overtook).
     Inode(u64),
+    /// The set of sessions changed: forget the mount root's listing, and the entries of `removed`.
+    Root { removed: Vec<SessionId> },
 }
 
 /// All sessions known to the bridge, kept in step with the registry.
@@ -113,6 +115,7 @@ impl Sessions {
     pub fn update(&self, records: Vec<SessionRecord>) {
         let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
         let mut next = BTreeMap::new();
+        let mut appeared = false;
         for record in records
             .into_iter()
             .filter(|r| r.state != SessionState::Gone)
@@ -124,16 +127,24 @@ impl Sessions {
                 }
                 None => {
                     info!(session = %record.id, backend = %record.backend, "session appeared");
+                    appeared = true;
                     Arc::new(Session::new(record))
                 }
             };
             next.insert(session.id.clone(), session);
         }
+        let mut removed = Vec::new();
         for (id, gone) in std::mem::take(&mut *table) {
             info!(session = %id, "session removed");
             gone.drop_connection("session removed from the registry");
+            removed.push(id);
         }
         *table = next;
+        drop(table);
+        if appeared || !removed.is_empty() {
+            // The kernel caches the root listing (see `fs.rs`, `opendir`).
+            self.invalidate(Invalidation::Root { removed });
+        }
     }
 
     /// Queues `work` for the invalidator thread (nothing happens before the mount started it).

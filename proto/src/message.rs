@@ -34,6 +34,7 @@ pub mod errno {
     pub const EOPNOTSUPP: i32 = 95;
     pub const ENOTCONN: i32 = 107;
     pub const ETIMEDOUT: i32 = 110;
+    pub const ESTALE: i32 = 116;
 }
 
 /// The first message on a connection, sent by the client.
