@@ -345,12 +345,9 @@ impl BridgeFs {
     /// The handle to use for an attribute call on `ino`: the one the kernel gave, or else, for a node
     /// that no longer has a name (unlinked while open: `fstat`, `fchmod`), any open handle of it.
     fn handle_for(&self, ino: INodeNo, fh: Option<FileHandle>) -> Option<FileHandle> {
-        let has_remote = |fh: &FileHandle| {
-            lock(&self.inner.files)
-                .get(&fh.0)
-                .is_some_and(|f| f.remote.initialized())
-        };
-        if let Some(fh) = fh.filter(has_remote) {
+        // A handle opened from the cache gets its daemon handle now (a file removed since then
+        // fails ESTALE, as its reads do).
+        if let Some(fh) = fh.filter(|fh| lock(&self.inner.files).contains_key(&fh.0)) {
             return Some(fh);
         }
         // Lock order: never hold the file table while taking the inode table.

@@ -191,3 +191,84 @@ fn changes_in_a_docker_session_workspace_reach_the_mount_within_the_bound() -> R
     report("docker session", latencies);
     h.unmount()
 }
+
+/// A missing name is cached by the kernel (a negative entry) while the session is watched. When the
+/// change stream ends (here: the daemon is stopped), nothing more will be reported, so the bridge drops
+/// the negative entries too: a file created while the daemon is down is found once it is back.
+#[test]
+fn a_name_missing_before_a_daemon_restart_is_found_after_it() -> Result<()> {
+    let mut h = Harness::new()?;
+    let ws = h.create_session("negr")?;
+    h.mount()?;
+    let mount = h.path("negr", "");
+    fs::create_dir(ws.join("sub"))?;
+    fs::write(ws.join("seen"), b"x")?;
+    // The session is watched once a reply has come back over its connection and the stream started.
+    arrives("first contact", || {
+        Ok(stat_size(&mount.join("seen"))? == Some(1))
+    })?;
+    for name in ["late", "sub/late"] {
+        assert_eq!(stat_size(&mount.join(name))?, None);
+    }
+    h.ok(&["session", "stop", "negr"])?;
+    fs::write(ws.join("late"), b"here")?;
+    fs::write(ws.join("sub/late"), b"here too")?;
+    h.ok(&["session", "start", "negr"])?;
+    arrives(
+        "created while the daemon was down",
+        expect_stat(&mount, "late", Some(4)),
+    )?;
+    arrives(
+        "… in a subdirectory",
+        expect_stat(&mount, "sub/late", Some(8)),
+    )?;
+    h.unmount()
+}
+
+/// A read-only open of a file whose pages the kernel holds, unchanged, is answered by the bridge alone;
+/// the daemon's handle is opened only when a read misses the cache. Such a handle reads the current
+/// content after a change, and fails with ESTALE (never stale data) when the file was removed before.
+#[test]
+fn read_only_handles_opened_from_the_cache_read_current_data_or_fail_estale() -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut h = Harness::new()?;
+    let ws = h.create_session("lazy")?;
+    h.mount()?;
+    let path = h.path("lazy", "file");
+    fs::write(ws.join("file"), b"version one")?;
+    arrives("the file", || {
+        Ok(fs::read(&path).ok().as_deref() == Some(&b"version one"[..]))
+    })?;
+    // Cached now: a later open is answered from the cache.
+    assert_eq!(fs::read(&path)?, b"version one");
+
+    let mut handle = fs::File::open(&path)?;
+    fs::write(ws.join("file"), b"version two")?;
+    arrives(
+        "the change",
+        expect(
+            &h.path("lazy", ""),
+            "file",
+            Seen::Content(b"version two".to_vec(), 11),
+        ),
+    )?;
+    let mut seen = Vec::new();
+    handle.seek(SeekFrom::Start(0))?;
+    handle.read_to_end(&mut seen)?;
+    assert_eq!(seen, b"version two", "a handle opened before the change");
+    drop(handle);
+
+    assert_eq!(fs::read(&path)?, b"version two");
+    let mut handle = fs::File::open(&path)?;
+    fs::remove_file(ws.join("file"))?;
+    arrives(
+        "the removal",
+        expect_stat(&h.path("lazy", ""), "file", None),
+    )?;
+    let mut buf = [0u8; 64];
+    let err = handle
+        .read(&mut buf)
+        .expect_err("a removed file's dropped pages must not be served");
+    assert_eq!(err.raw_os_error(), Some(libc::ESTALE), "{err}");
+    h.unmount()
+}
