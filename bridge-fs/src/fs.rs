@@ -47,13 +47,39 @@ struct OpenFile {
     remote: tokio::sync::OnceCell<RemoteHandle>,
     /// The open flags, for a deferred open.
     flags: i32,
+    /// The file's first bytes, read with the open, until the kernel has read past them.
+    head: Mutex<Option<Head>>,
 }
+
+/// The first bytes of a file, read with its open (see [`Request::Open`]). They are served only while
+/// the file's page stamp is still `stamp`: an invalidation of the file drops the stamp, and the
+/// handle then reads through the daemon (opening its handle by the current path if the open left none).
+struct Head {
+    data: Vec<u8>,
+    /// The file ends with `data` (the daemon closed it: reads past `data` are at its end).
+    whole: bool,
+    /// The version the bytes are of.
+    stamp: ContentStamp,
+}
+
+/// How many bytes a read-only open asks to have read with it: most source files fit.
+const OPEN_HEAD: u32 = 128 * 1024;
 
 /// A daemon file handle on one connection.
 struct RemoteHandle {
     conn: quinn::Connection,
     fh: u64,
 }
+
+/// The names of a directory, from a listing fetched whole at invalidation generation `generation`.
+/// While the session's generation is unchanged, a name not among them does not exist.
+struct Listing {
+    generation: u64,
+    names: std::collections::HashSet<Vec<u8>>,
+}
+
+/// At most this many names are kept in [`Listing`]s; beyond it they are all dropped.
+const LISTED_MAX: usize = 262_144;
 
 /// A directory being listed: its inode, session and current path.
 struct DirRef {
@@ -131,6 +157,9 @@ struct Inner {
     dir_pages: Mutex<HashMap<u64, Arc<DirPage>>>,
     /// The names the kernel caches as missing (see [`crate::negative`]).
     negatives: Mutex<NegativeEntries>,
+    /// Per directory inode: its names, from its last complete listing (lookups of other names are
+    /// answered as missing without a round trip while nothing changed: `.gitignore` and friends).
+    listings: Mutex<(HashMap<u64, Listing>, usize)>,
     next_fh: AtomicU64,
     /// The kernel lets OPENDIR be skipped (see `opendir`); set at `init`.
     no_opendir: AtomicBool,
@@ -283,6 +312,7 @@ impl BridgeFs {
                 files: Mutex::new(HashMap::new()),
                 dir_pages: Mutex::new(HashMap::new()),
                 negatives: Mutex::new(NegativeEntries::new(watched_ttl)),
+                listings: Mutex::new((HashMap::new(), 0)),
                 next_fh: AtomicU64::new(1),
                 no_opendir: AtomicBool::new(false),
                 ttl,
@@ -345,9 +375,12 @@ impl BridgeFs {
     /// The handle to use for an attribute call on `ino`: the one the kernel gave, or else, for a node
     /// that no longer has a name (unlinked while open: `fstat`, `fchmod`), any open handle of it.
     fn handle_for(&self, ino: INodeNo, fh: Option<FileHandle>) -> Option<FileHandle> {
-        // A handle opened from the cache gets its daemon handle now (a file removed since then
-        // fails ESTALE, as its reads do).
-        if let Some(fh) = fh.filter(|fh| lock(&self.inner.files).contains_key(&fh.0)) {
+        let has_remote = |fh: &FileHandle| {
+            lock(&self.inner.files)
+                .get(&fh.0)
+                .is_some_and(|f| f.remote.initialized())
+        };
+        if let Some(fh) = fh.filter(has_remote) {
             return Some(fh);
         }
         // Lock order: never hold the file table while taking the inode table.
@@ -436,14 +469,20 @@ impl BridgeFs {
         make: impl FnOnce(WirePath) -> Request,
         reply: ReplyEntry,
     ) {
+        self.inner.forget_listing(parent.0);
         let target = self.child(parent, name).map(|(s, path)| (s, make(path)));
-        let name = name.as_bytes().to_vec();
+        let binding = self.inner.binding(parent.0, name.as_bytes());
         self.remote(
             caller(req),
             target,
             reply,
             move |inner, answered, r, reply| match r {
-                Reply::Attr(attr) => inner.reply_entry(parent.0, &name, &attr, answered.ttl, reply),
+                Reply::Attr(attr) => {
+                    let name = binding.name.clone();
+                    if inner.reply_entry(parent.0, &name, &attr, answered.ttl, reply) {
+                        binding.bound();
+                    }
+                }
                 other => reply.fail(unexpected(&other)),
             },
         );
@@ -462,6 +501,14 @@ impl BridgeFs {
             Ok(v) => v,
             Err(e) => return reply.error(e),
         };
+        if let Some(since) = self
+            .inner
+            .listed_missing(parent.0, &session, name.as_bytes())
+        {
+            return self
+                .inner
+                .reply_missing(&session, since, parent.0, name.as_bytes(), reply);
+        }
         let name = name.as_bytes().to_vec();
         let (inner, caller) = (self.inner.clone(), caller(req));
         self.spawn(async move {
@@ -473,7 +520,7 @@ impl BridgeFs {
             {
                 Ok((Reply::Attr(attr), _)) => {
                     let ttl = inner.ttl_for(&session, since);
-                    inner.reply_entry(parent.0, &name, &attr, ttl, reply)
+                    inner.reply_entry(parent.0, &name, &attr, ttl, reply);
                 }
                 Ok((other, _)) => reply.fail(unexpected(&other)),
                 Err(e) if e.errno == errno::ENOENT => {
@@ -557,17 +604,60 @@ impl BridgeFs {
                 );
             }
             None => {
-                let target = self.node(ino).map(|(s, path)| (s, make(path, None)));
-                self.remote(
-                    caller(req),
-                    target,
-                    reply,
-                    move |_, answered, r, reply| match r {
-                        Reply::Attr(a) => reply.attr(&answered.ttl, &file_attr(ino.0, &a)),
-                        other => reply.fail(unexpected(&other)),
-                    },
-                );
+                // By path, also for a handle opened from the cache (no daemon handle yet): one
+                // round trip instead of two. Its file gone means the handle is stale, as its reads.
+                let (session, path) = match self.node(ino) {
+                    Ok(v) => v,
+                    Err(e) => return reply.error(e),
+                };
+                let (inner, caller, request) = (self.inner.clone(), caller(req), make(path, None));
+                let via_handle = fh.is_some();
+                self.spawn(async move {
+                    let since = session.generation();
+                    match inner.sessions.call(&session, caller, request).await {
+                        Ok((Reply::Attr(a), _)) => {
+                            let ttl = inner.ttl_for(&session, since);
+                            reply.attr(&ttl, &file_attr(ino.0, &a))
+                        }
+                        Ok((other, _)) => reply.fail(unexpected(&other)),
+                        Err(e) if via_handle && e.errno == errno::ENOENT => {
+                            reply.error(Errno::ESTALE)
+                        }
+                        Err(e) => reply.fail(errno_of(&e)),
+                    }
+                });
             }
+        }
+    }
+}
+
+/// A name a call is about to bind (mkdir, create, link, symlink, mknod, the target of a rename).
+/// When the call succeeds the kernel turns its negative entry for the name, if it holds one, into the
+/// new node; so the record is dropped before the call is sent, or a change event overtaking the reply
+/// would invalidate the new entry (and detach a working directory made by `mkdir`). If the call fails
+/// the kernel keeps the negative entry, which may be stale by now: a binding dropped without
+/// [`Binding::bound`] queues its invalidation.
+struct Binding {
+    sessions: Arc<Sessions>,
+    dir: u64,
+    name: Vec<u8>,
+    negative: bool,
+}
+
+impl Binding {
+    /// The name is bound: the kernel replaced its negative entry.
+    fn bound(mut self) {
+        self.negative = false;
+    }
+}
+
+impl Drop for Binding {
+    fn drop(&mut self) {
+        if self.negative {
+            self.sessions.invalidate(Invalidation::Missing {
+                dir: self.dir,
+                name: std::mem::take(&mut self.name),
+            });
         }
     }
 }
@@ -651,6 +741,13 @@ impl Inner {
                     (inodes, entries, missing)
                 }
                 Invalidation::Inode(ino) => (vec![*ino], Vec::new(), missing),
+                Invalidation::Missing { dir, name } => {
+                    negatives.take(*dir, name);
+                    if table.child(*dir, name).is_none() {
+                        missing.push((*dir, name.clone()));
+                    }
+                    (Vec::new(), Vec::new(), missing)
+                }
                 Invalidation::Root { removed } => {
                     let entries = removed
                         .iter()
@@ -687,7 +784,7 @@ impl Inner {
         let verify = match &work {
             Invalidation::Changes(..) | Invalidation::Inode(_) => true,
             // Sessions no longer listed: their names are gone, nothing to check.
-            Invalidation::Root { .. } => false,
+            Invalidation::Root { .. } | Invalidation::Missing { .. } => false,
             // At the end of a connection the daemon may be gone: nothing can be checked.
             Invalidation::Reset(id) => self
                 .sessions
@@ -699,13 +796,14 @@ impl Inner {
         } else {
             entries
         };
-        for (parent, name) in entries.into_iter().chain(missing) {
-            // ENOENT: the kernel has no such entry cached; nothing to do.
-            let _ = notifier.inval_entry(INodeNo(parent), OsStr::from_bytes(&name));
-        }
+        // Content before names: once a name shows the change, what was read through it is gone too.
         for ino in inodes {
             // Attributes, and the whole page cache (offset 0, length 0 = to the end).
             let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
+        }
+        for (parent, name) in entries.into_iter().chain(missing) {
+            // ENOENT: the kernel has no such entry cached; nothing to do.
+            let _ = notifier.inval_entry(INodeNo(parent), OsStr::from_bytes(&name));
         }
     }
 
@@ -772,6 +870,16 @@ impl Inner {
             .collect()
     }
 
+    /// Starts binding `dir/name` (see [`Binding`]).
+    fn binding(&self, dir: u64, name: &[u8]) -> Binding {
+        Binding {
+            sessions: self.sessions.clone(),
+            dir,
+            name: name.to_vec(),
+            negative: lock(&self.negatives).take(dir, name),
+        }
+    }
+
     /// Answers a lookup of a missing `dir/name` that started at generation `since`: a negative entry
     /// for the watched TTL when the session is watched and no invalidation crossed the lookup, a
     /// plain `ENOENT` (not cached) otherwise.
@@ -798,11 +906,25 @@ impl Inner {
         }
     }
 
-    fn reply_entry(&self, parent: u64, name: &[u8], attr: &Attr, ttl: Duration, reply: ReplyEntry) {
+    /// Answers with the entry of `parent/name`; `false` if it could not be bound (ESTALE).
+    fn reply_entry(
+        &self,
+        parent: u64,
+        name: &[u8],
+        attr: &Attr,
+        ttl: Duration,
+        reply: ReplyEntry,
+    ) -> bool {
         let ino = lock(&self.inodes).learn(parent, name, attr);
         match ino {
-            Some(ino) => reply.entry(&ttl, &file_attr(ino, attr), Generation(0)),
-            None => reply.error(Errno::ESTALE),
+            Some(ino) => {
+                reply.entry(&ttl, &file_attr(ino, attr), Generation(0));
+                true
+            }
+            None => {
+                reply.error(Errno::ESTALE);
+                false
+            }
         }
     }
 
@@ -813,6 +935,7 @@ impl Inner {
         session: Arc<Session>,
         flags: i32,
         remote: Option<RemoteHandle>,
+        head: Option<Head>,
     ) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let file = OpenFile {
@@ -820,9 +943,74 @@ impl Inner {
             session,
             remote: tokio::sync::OnceCell::new_with(remote),
             flags,
+            head: Mutex::new(head),
         };
         lock(&self.files).insert(fh, Arc::new(file));
         fh
+    }
+
+    /// Keeps the names of `dir` from `page`, a complete listing.
+    fn remember_listing(&self, dir: u64, page: &DirPage) {
+        let names: std::collections::HashSet<Vec<u8>> =
+            page.entries.iter().map(|e| e.name.clone()).collect();
+        let mut guard = lock(&self.listings);
+        let (listings, count) = &mut *guard;
+        if *count + names.len() > LISTED_MAX {
+            listings.clear();
+            *count = 0;
+        }
+        *count += names.len();
+        let listing = Listing {
+            generation: page.generation,
+            names,
+        };
+        if let Some(old) = listings.insert(dir, listing) {
+            *count -= old.names.len();
+        }
+    }
+
+    /// Drops what is known of `dir`'s names (a change through the mount is under way there).
+    fn forget_listing(&self, dir: u64) {
+        let mut guard = lock(&self.listings);
+        let (listings, count) = &mut *guard;
+        if let Some(old) = listings.remove(&dir) {
+            *count -= old.names.len();
+        }
+    }
+
+    /// If `dir`'s last complete listing is still current and lacks `name`: the generation it was
+    /// fetched at (for [`Self::reply_missing`]).
+    fn listed_missing(&self, dir: u64, session: &Session, name: &[u8]) -> Option<u64> {
+        let guard = lock(&self.listings);
+        let listing = guard.0.get(&dir)?;
+        let current = session.is_watched() && listing.generation == session.generation();
+        (current && !listing.names.contains(name)).then_some(listing.generation)
+    }
+
+    /// The bytes `offset..offset + size` of open file `fh` if the head read with its open holds
+    /// them (all of them, or up to the end of a file that ends within the head). The head is dropped
+    /// once a read reaches its end: the kernel has the pages then.
+    fn read_head(&self, fh: FileHandle, offset: u64, size: u32) -> Option<Vec<u8>> {
+        let file = lock(&self.files).get(&fh.0).cloned()?;
+        let mut slot = lock(&file.head);
+        let head = slot.as_ref()?;
+        if lock(&self.page_stamps).get(&file.ino) != Some(&head.stamp) {
+            // The file changed since (or its pages were dropped): the head may be stale.
+            *slot = None;
+            return None;
+        }
+        let (len, end) = (
+            head.data.len() as u64,
+            offset.saturating_add(u64::from(size)),
+        );
+        if end > len && !head.whole {
+            return None;
+        }
+        let data = head.data[offset.min(len) as usize..end.min(len) as usize].to_vec();
+        if end >= len {
+            *slot = None;
+        }
+        Some(data)
     }
 
     /// The daemon's handle of `file`, opening it now if the open was answered from the kernel's
@@ -847,9 +1035,10 @@ impl Inner {
                 let open = Request::Open {
                     path,
                     flags: file.flags,
+                    head: 0,
                 };
                 match self.sessions.call(&file.session, caller, open).await {
-                    Ok((Reply::Opened { fh, .. }, conn)) => Ok(RemoteHandle { conn, fh }),
+                    Ok((Reply::Opened { fh: Some(fh), .. }, conn)) => Ok(RemoteHandle { conn, fh }),
                     Ok((other, _)) => Err(ErrorReply::new(
                         errno::EIO,
                         format!("unexpected open reply {other:?}"),
@@ -912,6 +1101,9 @@ impl Inner {
                 ));
             }
         };
+        if offset == 0 && !page.more {
+            self.remember_listing(dir.ino, &page);
+        }
         let mut pages = lock(&self.dir_pages);
         if page.entries.is_empty() && !page.more {
             pages.remove(&dir.ino);
@@ -999,6 +1191,7 @@ impl fuser::Filesystem for BridgeFs {
             // The kernel dropped the inode, so also every entry below it.
             lock(&self.inner.negatives).forget_dir(ino.0);
             lock(&self.inner.dir_pages).remove(&ino.0);
+            self.inner.forget_listing(ino.0);
         }
     }
 
@@ -1114,6 +1307,7 @@ impl fuser::Filesystem for BridgeFs {
     }
 
     fn unlink(&self, req: &FuseRequest, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.inner.forget_listing(parent.0);
         let target = self
             .child(parent, name)
             .map(|(s, path)| (s, Request::Unlink { path }));
@@ -1124,6 +1318,7 @@ impl fuser::Filesystem for BridgeFs {
     }
 
     fn rmdir(&self, req: &FuseRequest, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.inner.forget_listing(parent.0);
         let target = self
             .child(parent, name)
             .map(|(s, path)| (s, Request::Rmdir { path }));
@@ -1161,6 +1356,8 @@ impl fuser::Filesystem for BridgeFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.inner.forget_listing(parent.0);
+        self.inner.forget_listing(newparent.0);
         let target = self.child(parent, name).and_then(|(session, from)| {
             let (to_session, to) = self.child(newparent, newname)?;
             // Different sessions are different file systems.
@@ -1177,9 +1374,11 @@ impl fuser::Filesystem for BridgeFs {
             ))
         });
         let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
-        let (name, newname) = (name.as_bytes().to_vec(), newname.as_bytes().to_vec());
+        let binding = self.inner.binding(newparent.0, newname.as_bytes());
+        let name = name.as_bytes().to_vec();
         self.empty_request(req, target, reply, move |inodes| {
-            inodes.rename(parent.0, &name, newparent.0, &newname, exchange)
+            inodes.rename(parent.0, &name, newparent.0, &binding.name, exchange);
+            binding.bound();
         });
     }
 
@@ -1219,7 +1418,9 @@ impl fuser::Filesystem for BridgeFs {
             // trip; the daemon's handle is opened only if a read misses the cache.
             if let Ok((session, _)) = &target {
                 if self.inner.cache_is_current(ino.0, session) {
-                    let fh = self.inner.add_file(ino.0, session.clone(), flags.0, None);
+                    let fh = self
+                        .inner
+                        .add_file(ino.0, session.clone(), flags.0, None, None);
                     return reply.opened(FileHandle(fh), base | FopenFlags::FOPEN_KEEP_CACHE);
                 }
             }
@@ -1230,6 +1431,8 @@ impl fuser::Filesystem for BridgeFs {
                 Request::Open {
                     path,
                     flags: flags.0,
+                    // The kernel drops its pages at this open and reads the file anew.
+                    head: if read_only { OPEN_HEAD } else { 0 },
                 },
             )
         });
@@ -1238,14 +1441,22 @@ impl fuser::Filesystem for BridgeFs {
             target,
             reply,
             move |inner, answered, r, reply| match r {
-                Reply::Opened { fh, attr } => {
+                Reply::Opened { fh, attr, head } => {
                     let fresh = answered.ttl == inner.watched_ttl;
                     let keep = inner.keep_cache(ino.0, &answered.session, &attr, fresh);
-                    let remote = RemoteHandle {
+                    let whole = fh.is_none();
+                    let remote = fh.map(|fh| RemoteHandle {
                         conn: answered.conn,
                         fh,
-                    };
-                    let fh = inner.add_file(ino.0, answered.session, flags.0, Some(remote));
+                    });
+                    // Kept pages: the kernel reads nothing, the head is of no use. An invalidation
+                    // that crossed the open may have been about a change the head predates.
+                    let head = (!keep && fresh && (whole || !head.is_empty())).then(|| Head {
+                        data: head,
+                        whole,
+                        stamp: ContentStamp::of(&attr),
+                    });
+                    let fh = inner.add_file(ino.0, answered.session, flags.0, remote, head);
                     let flags = if keep {
                         base | FopenFlags::FOPEN_KEEP_CACHE
                     } else {
@@ -1268,24 +1479,27 @@ impl fuser::Filesystem for BridgeFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        self.inner.forget_listing(parent.0);
         let target = self
             .child(parent, name)
             .map(|(s, path)| (s, Request::Create { path, mode, flags }));
-        let name = name.as_bytes().to_vec();
+        let binding = self.inner.binding(parent.0, name.as_bytes());
         self.remote(
             caller(req),
             target,
             reply,
             move |inner, answered, r, reply| match r {
                 Reply::Created { fh, attr } => {
-                    let Some(ino) = lock(&inner.inodes).learn(parent.0, &name, &attr) else {
+                    let learned = lock(&inner.inodes).learn(parent.0, &binding.name, &attr);
+                    let Some(ino) = learned else {
                         return reply.error(Errno::ESTALE);
                     };
+                    binding.bound();
                     let remote = RemoteHandle {
                         conn: answered.conn,
                         fh,
                     };
-                    let fh = inner.add_file(ino, answered.session, flags, Some(remote));
+                    let fh = inner.add_file(ino, answered.session, flags, Some(remote), None);
                     let attr = file_attr(ino, &attr);
                     reply.created(
                         &answered.ttl,
@@ -1311,6 +1525,9 @@ impl fuser::Filesystem for BridgeFs {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        if let Some(data) = self.inner.read_head(fh, offset, size) {
+            return reply.data(&data);
+        }
         // The kernel never asks for more than max_pages (at most 1 MiB = MAX_IO_CHUNK) at once.
         self.on_file(
             req,

@@ -106,6 +106,16 @@ pub fn mount(config: BridgeConfig, mountpoint: &Path) -> Result<(), MountError> 
     };
     fuse_config.n_threads = Some(config.fuse_threads.max(1));
     fuse_config.clone_fd = true;
+    // Signals are caught from before the mount exists: a SIGTERM right after it appears must unmount,
+    // not kill the process and leave a dead mount behind.
+    let (mut term, mut int) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _runtime = rt.enter();
+        (
+            signal(SignalKind::terminate()).map_err(MountError::Runtime)?,
+            signal(SignalKind::interrupt()).map_err(MountError::Runtime)?,
+        )
+    };
     let mut session =
         fuser::Session::new(fs, mountpoint, &fuse_config).map_err(|source| MountError::Mount {
             mountpoint: mountpoint.to_path_buf(),
@@ -128,20 +138,10 @@ pub fn mount(config: BridgeConfig, mountpoint: &Path) -> Result<(), MountError> 
         .map_err(MountError::Runtime)?;
 
     let unmounted_outside = rt.block_on(async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let term = async {
-            match term.as_mut() {
-                Some(t) => {
-                    t.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             _ = &mut done_rx => true,
-            _ = tokio::signal::ctrl_c() => false,
-            () = term => false,
+            _ = int.recv() => false,
+            _ = term.recv() => false,
         }
     });
     if !unmounted_outside {

@@ -55,6 +55,9 @@ pub enum Invalidation {
     Inode(u64),
     /// The set of sessions changed: forget the mount root's listing, and the entries of `removed`.
     Root { removed: Vec<SessionId> },
+    /// A call that would have bound `dir/name` failed after the bridge stopped tracking the negative
+    /// entry the kernel may hold for it: forget that entry unless the name is bound.
+    Missing { dir: u64, name: Vec<u8> },
 }
 
 /// All sessions known to the bridge, kept in step with the registry.
@@ -207,8 +210,10 @@ impl Sessions {
             Err(_) => {
                 let (this, s) = (self.clone(), session.clone());
                 tokio::spawn(async move {
-                    if let Ok(Ok((Reply::Opened { fh, .. } | Reply::Created { fh, .. }, conn))) =
-                        task.await
+                    if let Ok(Ok((
+                        Reply::Opened { fh: Some(fh), .. } | Reply::Created { fh, .. },
+                        conn,
+                    ))) = task.await
                     {
                         let release = Request::Release { fh };
                         if let Err(e) = this.call_on(&s, &conn, caller, release).await {

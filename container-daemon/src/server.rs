@@ -354,9 +354,9 @@ pub fn dispatch(
             let (entries, next) = ws.readdir(&path, offset, limit)?;
             Reply::Entries { entries, next }
         }
-        Request::Open { path, flags } => {
-            let (fh, attr) = ws.open_file(&path, flags, handles)?;
-            Reply::Opened { fh, attr }
+        Request::Open { path, flags, head } => {
+            let (fh, attr, head) = ws.open_file(&path, flags, head, handles)?;
+            Reply::Opened { fh, attr, head }
         }
         Request::Create { path, mode, flags } => {
             let (fh, attr) = ws.create(&path, mode, flags, caller, handles)?;

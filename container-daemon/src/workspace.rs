@@ -25,7 +25,7 @@ use rustix::fs::{
 use rustix::io::Errno;
 use sessionfs_proto::{
     errno, Attr, Caller, DirEntry, ErrorReply, NodeKind, SetAttrs, SetTime, StatFs, Timestamp,
-    WirePath, MAX_DIR_PAGE, MAX_IO_CHUNK,
+    WirePath, MAX_DIR_PAGE, MAX_IO_CHUNK, MAX_OPEN_HEAD,
 };
 
 use crate::handles::Handles;
@@ -145,6 +145,22 @@ fn statx_at(dir: BorrowedFd<'_>, name: &OsStr) -> std::result::Result<Attr, Errn
         StatxFlags::BASIC_STATS | StatxFlags::BTIME,
     )?;
     Ok(attr_from_statx(&st))
+}
+
+/// Up to `size` bytes of `fd` from `offset`; fewer only at the end of the file.
+fn read_at(fd: BorrowedFd<'_>, offset: u64, size: u32) -> std::result::Result<Vec<u8>, Errno> {
+    let mut buf = vec![0u8; size as usize];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match rustix::io::pread(fd, &mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
 }
 
 fn statx_fd(fd: BorrowedFd<'_>) -> std::result::Result<Attr, Errno> {
@@ -448,13 +464,36 @@ impl Workspace {
 
     /// Opens a regular file; returns its handle and its attributes as of the open (the bridge keeps
     /// the kernel's cached pages only if they are unchanged since they were cached).
-    pub fn open_file(&self, path: &WirePath, flags: i32, handles: &Handles) -> Result<(u64, Attr)> {
+    /// Opens `path`; with `head` > 0 and a read-only open, also reads its first `head` bytes (capped
+    /// at [`MAX_OPEN_HEAD`]), and closes it again if it ends within them (handle `None`).
+    pub fn open_file(
+        &self,
+        path: &WirePath,
+        flags: i32,
+        head: u32,
+        handles: &Handles,
+    ) -> Result<(Option<u64>, Attr, Vec<u8>)> {
         let flags = OFlags::from_bits_retain(flags as u32) & PASSTHROUGH_OPEN_FLAGS;
         let fd = self
             .open_regular(path.as_bytes(), flags - OFlags::EXCL)
             .map_err(|e| fail("open", path, e))?;
+        let read_only = flags & OFlags::ACCMODE == OFlags::RDONLY;
+        let want = if read_only {
+            head.min(MAX_OPEN_HEAD)
+        } else {
+            0
+        };
+        let data = if want > 0 {
+            read_at(fd.as_fd(), 0, want).map_err(|e| fail("open", path, e))?
+        } else {
+            Vec::new()
+        };
         let attr = statx_fd(fd.as_fd()).map_err(|e| fail("open", path, e))?;
-        Ok((handles.insert(fd)?, attr))
+        // Asked-for bytes missing: the file ended within them, and its handle is of no further use.
+        if want > 0 && data.len() < want as usize {
+            return Ok((None, attr, data));
+        }
+        Ok((Some(handles.insert(fd)?), attr, data))
     }
 
     pub fn create(
@@ -500,23 +539,8 @@ impl Workspace {
 
     pub fn read(&self, fh: u64, offset: u64, size: u32, handles: &Handles) -> Result<Vec<u8>> {
         let fd = handles.get(fh)?;
-        let mut buf = vec![0u8; size.min(MAX_IO_CHUNK) as usize];
-        let mut filled = 0;
-        while filled < buf.len() {
-            match rustix::io::pread(fd.as_fd(), &mut buf[filled..], offset + filled as u64) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(Errno::INTR) => continue,
-                Err(e) => {
-                    return Err(ErrorReply::new(
-                        e.raw_os_error(),
-                        format!("read handle {fh}: {e}"),
-                    ))
-                }
-            }
-        }
-        buf.truncate(filled);
-        Ok(buf)
+        read_at(fd.as_fd(), offset, size.min(MAX_IO_CHUNK))
+            .map_err(|e| ErrorReply::new(e.raw_os_error(), format!("read handle {fh}: {e}")))
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8], handles: &Handles) -> Result<u32> {

@@ -21,11 +21,14 @@ pub use message::*;
 pub use path::{PathError, WirePath};
 
 /// The protocol version spoken by this build. A peer with another version is refused at the handshake.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The largest payload of one `Read` reply or one `Write` request. Larger transfers are split by the
 /// client into several concurrent requests.
 pub const MAX_IO_CHUNK: u32 = 1024 * 1024;
+
+/// The most bytes an `Open` may ask to have read with it ([`Request::Open`]'s `head`).
+pub const MAX_OPEN_HEAD: u32 = 256 * 1024;
 
 /// The most directory entries one `ReadDir` reply carries; larger directories are paged.
 pub const MAX_DIR_PAGE: u32 = 2048;

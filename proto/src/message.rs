@@ -140,9 +140,13 @@ pub enum Request {
         offset: u64,
         limit: u32,
     },
+    /// Opens a regular file. With `head` > 0 (read-only opens; at most [`crate::MAX_OPEN_HEAD`]),
+    /// the reply carries the first `head` bytes too, and a file that ends within them is closed
+    /// again at once (no handle to release): most files are read whole right after they are opened.
     Open {
         path: WirePath,
         flags: i32,
+        head: u32,
     },
     Create {
         path: WirePath,
@@ -331,10 +335,12 @@ pub enum Reply {
         entries: Vec<DirEntry>,
         next: Option<u64>,
     },
-    /// An open file handle and the file's attributes at open (for close-to-open cache revalidation).
+    /// An open file: its handle, `None` when the whole file is in `head` (then it was closed again);
+    /// its attributes at open (for close-to-open cache revalidation); and its first bytes, if asked.
     Opened {
-        fh: u64,
+        fh: Option<u64>,
         attr: Attr,
+        head: Vec<u8>,
     },
     Created {
         fh: u64,

@@ -19,10 +19,13 @@ fn killed_daemon_errors_within_bound_then_recovers_on_a_new_port() -> Result<()>
     let mut h = Harness::new()?;
     h.op_timeout_secs = 3;
     let bound = Duration::from_secs(h.op_timeout_secs + 2);
-    h.create_session("victim")?;
+    let victim_dir = h.create_session("victim")?;
     h.create_session("bystander")?;
     h.mount()?;
-    fs::write(h.path("victim", "data.txt"), b"survives")?;
+    // Larger than the head a read-only open brings along (128 KiB), so reading its end needs the
+    // daemon's handle; written behind the mount, so the host kernel has none of its pages.
+    let survives: Vec<u8> = (0..300 * 1024).map(|i| (i % 251) as u8).collect();
+    fs::write(victim_dir.join("data.txt"), &survives)?;
     fs::write(h.path("bystander", "b.txt"), b"unaffected")?;
     // Keep a file open across the kill: its handle dies with the daemon.
     let open = fs::File::open(h.path("victim", "data.txt"))?;
@@ -68,10 +71,11 @@ fn killed_daemon_errors_within_bound_then_recovers_on_a_new_port() -> Result<()>
     );
 
     // A file opened before the kill cannot be read through the dead daemon: an error, not data.
+    // (Bytes its open already brought along may still be served, as from a page cache.)
     use std::os::unix::fs::FileExt;
     let mut buf = [0u8; 8];
     let e = open
-        .read_at(&mut buf, 0)
+        .read_at(&mut buf, 250 * 1024)
         .err()
         .context("a handle of the dead daemon still read")?;
     assert!(e.raw_os_error().is_some_and(|n| DEAD.contains(&n)), "{e}");
@@ -92,7 +96,7 @@ fn killed_daemon_errors_within_bound_then_recovers_on_a_new_port() -> Result<()>
         .to_owned();
     assert_ne!(new_endpoint, old_endpoint);
     let took = wait_until("the session to come back", bound, || {
-        fs::read(h.path("victim", "data.txt")).is_ok_and(|d| d == b"survives")
+        fs::read(h.path("victim", "data.txt")).is_ok_and(|d| d == survives)
     })?;
     eprintln!("recovered {took:?} after restart on {new_endpoint}");
     fs::write(h.path("victim", "after.txt"), b"new daemon")?;

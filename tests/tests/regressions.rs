@@ -159,3 +159,48 @@ fn the_echo_of_a_mkdir_does_not_detach_a_working_directory() -> Result<()> {
     }
     h.unmount()
 }
+
+/// A read-only open brings the file's first 128 KiB with it (the whole file when it ends there, and
+/// the daemon's handle is then closed at once); reads are answered from those bytes until the kernel
+/// has read past them. Sizes around that boundary, and reads at offsets, must come back exactly.
+#[test]
+fn reads_around_the_open_head_size_are_exact() -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::FileExt;
+    let mut h = Harness::new()?;
+    let ws = h.create_session("head")?;
+    h.mount()?;
+    const HEAD: usize = 128 * 1024;
+    let sizes = [0, 1, 4095, 4096, HEAD - 1, HEAD, HEAD + 1, 3 * HEAD + 17];
+    let content = |n: usize| -> Vec<u8> { (0..n).map(|i| (i * 7 % 251) as u8).collect() };
+    for n in sizes {
+        // Written behind the bridge, so the first open through the mount is not answered from a cache.
+        fs::write(ws.join(format!("f{n}")), content(n))?;
+    }
+    for n in sizes {
+        let path = h.path("head", &format!("f{n}"));
+        let want = content(n);
+        sessionfs_tests::wait_until("file visible", std::time::Duration::from_secs(5), || {
+            path.exists()
+        })?;
+        assert_eq!(fs::read(&path)?, want, "whole read of {n} bytes");
+        // A fresh handle whose first read is at an offset, then one across the head's end.
+        fs::write(ws.join(format!("f{n}")), content(n))?;
+        let f = fs::File::open(&path)?;
+        let mut buf = vec![0u8; 5000];
+        let at = (n / 2) as u64;
+        let got = f.read_at(&mut buf, at)?;
+        let end = (n / 2 + 5000).min(n);
+        assert_eq!(&buf[..got], &want[n / 2..end], "read at {at} of {n} bytes");
+        let mut f = f;
+        f.seek(SeekFrom::Start(HEAD.saturating_sub(10) as u64))?;
+        let mut rest = Vec::new();
+        f.read_to_end(&mut rest)?;
+        assert_eq!(
+            rest,
+            want[HEAD.saturating_sub(10).min(n)..],
+            "tail of {n} bytes"
+        );
+    }
+    h.unmount()
+}

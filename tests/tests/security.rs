@@ -135,6 +135,7 @@ async fn escape_corpus_is_refused() -> Result<()> {
             Request::Open {
                 path: wp("abs/passwd"),
                 flags: libc::O_RDONLY,
+                head: 0,
             },
         ),
         (
@@ -142,6 +143,7 @@ async fn escape_corpus_is_refused() -> Result<()> {
             Request::Open {
                 path: wp("abs_out"),
                 flags: libc::O_RDONLY,
+                head: 0,
             },
         ),
         (
@@ -155,6 +157,7 @@ async fn escape_corpus_is_refused() -> Result<()> {
             Request::Open {
                 path: wp("rel_out/secret.txt"),
                 flags: libc::O_RDWR,
+                head: 0,
             },
         ),
         (
@@ -162,6 +165,7 @@ async fn escape_corpus_is_refused() -> Result<()> {
             Request::Open {
                 path: wp("proc_root/etc/passwd"),
                 flags: libc::O_RDONLY,
+                head: 0,
             },
         ),
         (
