@@ -77,6 +77,23 @@ mod tests {
         decode(&buf[4..]).unwrap()
     }
 
+    /// Byte payloads are encoded as a length and the raw bytes (`serde_bytes`), the same bytes a
+    /// sequence of `u8` gives in postcard, but copied whole instead of one element at a time.
+    #[test]
+    fn byte_payloads_are_length_and_raw_bytes() {
+        let data: Vec<u8> = (0..300u32).map(|i| (i % 256) as u8).collect();
+        let mut framed = Vec::new();
+        encode_frame(&ResponseFrame(Ok(Reply::Data(data.clone()))), &mut framed).unwrap();
+        let body = &framed[4..];
+        // Ok variant, Data variant, varint length 300 = [0xac, 0x02], then the bytes as they are.
+        assert_eq!(&body[body.len() - data.len()..], &data[..]);
+        assert_eq!(body.len(), data.len() + 4);
+        let as_seq = postcard::to_stdvec(&data).unwrap();
+        assert_eq!(&body[2..], &as_seq[..]);
+        let back: ResponseFrame = decode(body).unwrap();
+        assert_eq!(back, ResponseFrame(Ok(Reply::Data(data))));
+    }
+
     #[test]
     fn request_roundtrips() {
         let frame = RequestFrame {

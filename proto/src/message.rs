@@ -161,6 +161,7 @@ pub enum Request {
     Write {
         fh: u64,
         offset: u64,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     Flush {
@@ -201,6 +202,7 @@ pub enum Request {
     /// Creates `path` as a symlink whose content is `target` (stored as given, never followed).
     Symlink {
         path: WirePath,
+        #[serde(with = "serde_bytes")]
         target: Vec<u8>,
     },
     Readlink {
@@ -215,12 +217,15 @@ pub enum Request {
     /// `size == 0` asks for the value's length only.
     GetXattr {
         path: WirePath,
+        #[serde(with = "serde_bytes")]
         name: Vec<u8>,
         size: u32,
     },
     SetXattr {
         path: WirePath,
+        #[serde(with = "serde_bytes")]
         name: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         flags: i32,
     },
@@ -230,6 +235,7 @@ pub enum Request {
     },
     RemoveXattr {
         path: WirePath,
+        #[serde(with = "serde_bytes")]
         name: Vec<u8>,
     },
     /// Subscribes to changes in the workspace: the daemon answers on this stream with
@@ -247,7 +253,11 @@ pub enum Change {
     Node { path: WirePath },
     /// The name `name` in directory `dir` appeared, disappeared or now names another node (create,
     /// unlink, rename, link); the directory's own listing and attributes changed too.
-    Entry { dir: WirePath, name: Vec<u8> },
+    Entry {
+        dir: WirePath,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+    },
 }
 
 /// What the daemon sends on a [`Request::Watch`] stream.
@@ -305,6 +315,7 @@ impl Attr {
 /// One directory entry with its attributes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirEntry {
+    #[serde(with = "serde_bytes")]
     pub name: Vec<u8>,
     pub attr: Attr,
     /// The `ReadDir` offset that continues the listing right after this entry.
@@ -340,13 +351,14 @@ pub enum Reply {
     Opened {
         fh: Option<u64>,
         attr: Attr,
+        #[serde(with = "serde_bytes")]
         head: Vec<u8>,
     },
     Created {
         fh: u64,
         attr: Attr,
     },
-    Data(Vec<u8>),
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
     Written(u32),
     StatFs(StatFs),
     /// The size of an xattr value or list, when the request gave size 0.

@@ -129,8 +129,8 @@ impl Serialize for WirePath {
 
 impl<'de> Deserialize<'de> for WirePath {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let bytes: Vec<u8> = serde::Deserialize::deserialize(d)?;
-        WirePath::new(bytes).map_err(serde::de::Error::custom)
+        let bytes = serde_bytes::ByteBuf::deserialize(d)?;
+        WirePath::new(bytes.into_vec()).map_err(serde::de::Error::custom)
     }
 }
 
