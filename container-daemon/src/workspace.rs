@@ -10,7 +10,8 @@
 //! to follow (`chmod`, xattrs) go through `/proc/self/fd/<fd>` of a descriptor opened this way, which
 //! names exactly the node already resolved beneath the root.
 //!
-//! All methods are blocking system calls; the server runs them on the blocking thread pool.
+//! All methods are blocking system calls; the server runs those that may take long on the blocking
+//! thread pool, and single-node metadata calls inline (see `server.rs`, `runs_inline`).
 
 use std::ffi::OsStr;
 use std::io;
