@@ -5,7 +5,8 @@
 //! tokio task that sends one request to that session's daemon and answers the kernel from there. FUSE
 //! worker threads therefore never wait on the network, and a slow session never blocks another.
 //!
-//! Directory listings are snapshots taken at `opendir` (all pages fetched then), served by offset;
+//! Directory listings are fetched a page at a time (the page a listing continues in is kept until
+//! read to its end), or taken from read-ahead during tree walks ([`crate::read_ahead`]);
 //! `readdirplus` is negotiated so entries arrive with their attributes and inode numbers agree with
 //! `stat`.
 
@@ -34,6 +35,7 @@ use crate::session::Invalidation;
 
 use crate::inodes::{InodeTable, NodeRef, Stale, ROOT_INO};
 use crate::negative::NegativeEntries;
+use crate::read_ahead::ReadAhead;
 use crate::session::{Session, Sessions};
 
 /// An open file: its inode and session, and the daemon's handle for it.
@@ -98,6 +100,10 @@ struct DirPage {
     fetched: Instant,
     /// The session's invalidation generation when the page was requested.
     generation: u64,
+    /// Fetched ahead of the kernel's read (see [`crate::read_ahead`]).
+    ahead: bool,
+    /// The attribute epoch when the page was requested (see [`AttrCache`]).
+    attr_epoch: u64,
 }
 
 impl DirPage {
@@ -132,11 +138,67 @@ impl ContentStamp {
     }
 }
 
+/// Attributes last answered per inode of a watched session, so that a `getattr` the kernel sends only
+/// because it invalidated the atime itself (after every read and listing it got from the bridge) is
+/// answered without a round trip. An invalidation of the inode drops its entry; the epoch moves at
+/// every change made through the mount (when it starts and when it ends, see [`Mutation`]), which
+/// also empties the cache, and attributes read by a request that started at an older epoch are not
+/// kept.
+#[derive(Default)]
+struct AttrCache {
+    attrs: HashMap<u64, Attr>,
+    epoch: u64,
+}
+
+/// At most this many inodes' attributes are remembered.
+const ATTR_CACHE_MAX: usize = 1 << 18;
+
+impl AttrCache {
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Keeps `attrs` if they were read at the current epoch; `false` if not.
+    fn insert(&mut self, epoch: u64, attrs: &[(u64, Attr)]) -> bool {
+        if epoch != self.epoch {
+            return false;
+        }
+        if self.attrs.len() + attrs.len() > ATTR_CACHE_MAX {
+            self.attrs.clear();
+        }
+        self.attrs.extend(attrs.iter().copied());
+        true
+    }
+
+    fn get(&self, ino: u64) -> Option<Attr> {
+        self.attrs.get(&ino).copied()
+    }
+
+    fn remove(&mut self, ino: u64) {
+        self.attrs.remove(&ino);
+    }
+
+    /// A change through the mount starts or ends.
+    fn changed(&mut self) {
+        self.epoch += 1;
+        self.attrs.clear();
+    }
+}
+
 /// An entry to check: directory inode, name, and the session and path to look it up with (if any).
 type EntryCheck = (u64, Vec<u8>, Option<(Arc<Session>, WirePath)>);
 
 /// Lookups in flight while checking which dentries a change invalidated.
 const VERIFY_CONCURRENCY: usize = 32;
+
+/// Directory listings fetched ahead at once, for the whole mount (the daemons have few cores).
+const READ_AHEAD_CONCURRENCY: usize = 4;
+
+/// The extended attribute the kernel reads before every write to a file (to drop the file's
+/// capabilities, as a write must), which no ordinary file has.
+const CAPABILITY_XATTR: &[u8] = b"security.capability";
+/// At most this many inodes are remembered as having no [`CAPABILITY_XATTR`].
+const NO_CAPABILITY_MAX: usize = 1 << 20;
 
 /// Kernel directory offsets: 1 and 2 follow `.` and `..`; an entry's is 2 + its daemon offset.
 const DOT_ENTRIES: u64 = 2;
@@ -160,6 +222,14 @@ struct Inner {
     /// Per directory inode: its names, from its last complete listing (lookups of other names are
     /// answered as missing without a round trip while nothing changed: `.gitignore` and friends).
     listings: Mutex<(HashMap<u64, Listing>, usize)>,
+    /// Listings fetched ahead during tree walks, and the walk bookkeeping.
+    read_ahead: Mutex<ReadAhead<Arc<DirPage>>>,
+    read_ahead_slots: Arc<tokio::sync::Semaphore>,
+    /// File inodes of watched sessions known to have no [`CAPABILITY_XATTR`]: the kernel's read of it
+    /// before each write is answered without a round trip. A change of the inode drops it.
+    no_capability: Mutex<std::collections::HashSet<u64>>,
+    /// See [`AttrCache`].
+    attrs: Mutex<AttrCache>,
     next_fh: AtomicU64,
     /// The kernel lets OPENDIR be skipped (see `opendir`); set at `init`.
     no_opendir: AtomicBool,
@@ -313,6 +383,10 @@ impl BridgeFs {
                 dir_pages: Mutex::new(HashMap::new()),
                 negatives: Mutex::new(NegativeEntries::new(watched_ttl)),
                 listings: Mutex::new((HashMap::new(), 0)),
+                read_ahead: Mutex::new(ReadAhead::default()),
+                read_ahead_slots: Arc::new(tokio::sync::Semaphore::new(READ_AHEAD_CONCURRENCY)),
+                no_capability: Mutex::new(std::collections::HashSet::new()),
+                attrs: Mutex::new(AttrCache::default()),
                 next_fh: AtomicU64::new(1),
                 no_opendir: AtomicBool::new(false),
                 ttl,
@@ -469,6 +543,7 @@ impl BridgeFs {
         make: impl FnOnce(WirePath) -> Request,
         reply: ReplyEntry,
     ) {
+        let mutation = self.inner.mutation();
         self.inner.forget_listing(parent.0);
         let target = self.child(parent, name).map(|(s, path)| (s, make(path)));
         let binding = self.inner.binding(parent.0, name.as_bytes());
@@ -476,14 +551,18 @@ impl BridgeFs {
             caller(req),
             target,
             reply,
-            move |inner, answered, r, reply| match r {
-                Reply::Attr(attr) => {
-                    let name = binding.name.clone();
-                    if inner.reply_entry(parent.0, &name, &attr, answered.ttl, reply) {
-                        binding.bound();
+            move |inner, answered, r, reply| {
+                let _mutation = mutation;
+                match r {
+                    Reply::Attr(attr) => {
+                        let name = binding.name.clone();
+                        let entry = inner.reply_entry(parent.0, &name, &attr, answered.ttl, reply);
+                        if entry.is_some() {
+                            binding.bound();
+                        }
                     }
+                    other => reply.fail(unexpected(&other)),
                 }
-                other => reply.fail(unexpected(&other)),
             },
         );
     }
@@ -511,6 +590,7 @@ impl BridgeFs {
         }
         let name = name.as_bytes().to_vec();
         let (inner, caller) = (self.inner.clone(), caller(req));
+        let epoch = lock(&self.inner.attrs).epoch();
         self.spawn(async move {
             let since = session.generation();
             match inner
@@ -520,7 +600,9 @@ impl BridgeFs {
             {
                 Ok((Reply::Attr(attr), _)) => {
                     let ttl = inner.ttl_for(&session, since);
-                    inner.reply_entry(parent.0, &name, &attr, ttl, reply);
+                    if let Some(ino) = inner.reply_entry(parent.0, &name, &attr, ttl, reply) {
+                        inner.keep_attrs(&session, since, epoch, &[(ino, attr)]);
+                    }
                 }
                 Ok((other, _)) => reply.fail(unexpected(&other)),
                 Err(e) if e.errno == errno::ENOENT => {
@@ -580,26 +662,41 @@ impl BridgeFs {
 
     /// Sends an attribute request (`make` gets the path and the daemon's handle, if any) and answers
     /// with the attributes; uses an open handle when there is one (see [`Self::handle_for`]).
+    /// `mutation`: the request changes the node (setattr), held until the reply is handled;
+    /// without one the attributes are remembered (see [`Inner::keep_attrs`]).
     fn attr_request(
         &self,
         req: &FuseRequest,
         ino: INodeNo,
         fh: Option<FileHandle>,
         reply: ReplyAttr,
+        mutation: Option<Mutation>,
         make: impl FnOnce(WirePath, Option<u64>) -> Request + Send + 'static,
     ) {
+        let epoch = lock(&self.inner.attrs).epoch();
         match self.handle_for(ino, fh) {
             Some(fh) => {
                 // A node without a name is reached through the handle; the path is then unused.
-                let path = self.node(ino).map(|(_, p)| p).unwrap_or_default();
+                let node = self.node(ino).ok();
+                let since = node.as_ref().map(|(s, _)| (s.clone(), s.generation()));
+                let path = node.map(|(_, p)| p).unwrap_or_default();
+                let inner = self.inner.clone();
                 self.on_file(
                     req,
                     fh,
                     reply,
                     |remote| make(path, Some(remote)),
-                    move |r, ttl, reply| match r {
-                        Reply::Attr(a) => reply.attr(&ttl, &file_attr(ino.0, &a)),
-                        other => reply.fail(unexpected(&other)),
+                    move |r, ttl, reply| match (r, mutation) {
+                        (Reply::Attr(a), None) => {
+                            if let Some((session, since)) = since {
+                                inner.keep_attrs(&session, since, epoch, &[(ino.0, a)]);
+                            }
+                            reply.attr(&ttl, &file_attr(ino.0, &a))
+                        }
+                        (Reply::Attr(a), Some(_mutation)) => {
+                            reply.attr(&ttl, &file_attr(ino.0, &a))
+                        }
+                        (other, _) => reply.fail(unexpected(&other)),
                     },
                 );
             }
@@ -614,7 +711,17 @@ impl BridgeFs {
                 let via_handle = fh.is_some();
                 self.spawn(async move {
                     let since = session.generation();
-                    match inner.sessions.call(&session, caller, request).await {
+                    let result = inner.sessions.call(&session, caller, request).await;
+                    let _mutation = match mutation {
+                        Some(m) => Some(m),
+                        None => {
+                            if let Ok((Reply::Attr(a), _)) = &result {
+                                inner.keep_attrs(&session, since, epoch, &[(ino.0, *a)]);
+                            }
+                            None
+                        }
+                    };
+                    match result {
                         Ok((Reply::Attr(a), _)) => {
                             let ttl = inner.ttl_for(&session, since);
                             reply.attr(&ttl, &file_attr(ino.0, &a))
@@ -628,6 +735,18 @@ impl BridgeFs {
                 });
             }
         }
+    }
+}
+
+/// A change made through the mount, from its start until its reply (or failure) has been handled:
+/// what the bridge answers from memory on the daemon's behalf (listings fetched ahead, remembered
+/// attributes) is voided when it starts and again when it ends, so nothing read while it ran, which
+/// may predate it, is kept.
+struct Mutation(Arc<Inner>);
+
+impl Drop for Mutation {
+    fn drop(&mut self) {
+        self.0.void_answers();
     }
 }
 
@@ -777,8 +896,12 @@ impl Inner {
         {
             // A reset lists every inode of the session, so this covers it too.
             let mut stamps = lock(&self.page_stamps);
+            let mut no_capability = lock(&self.no_capability);
+            let mut attrs = lock(&self.attrs);
             for ino in &inodes {
                 stamps.remove(ino);
+                no_capability.remove(ino);
+                attrs.remove(*ino);
             }
         }
         let verify = match &work {
@@ -906,7 +1029,7 @@ impl Inner {
         }
     }
 
-    /// Answers with the entry of `parent/name`; `false` if it could not be bound (ESTALE).
+    /// Answers with the entry of `parent/name`; its inode, `None` if it could not be bound (ESTALE).
     fn reply_entry(
         &self,
         parent: u64,
@@ -914,18 +1037,13 @@ impl Inner {
         attr: &Attr,
         ttl: Duration,
         reply: ReplyEntry,
-    ) -> bool {
+    ) -> Option<u64> {
         let ino = lock(&self.inodes).learn(parent, name, attr);
         match ino {
-            Some(ino) => {
-                reply.entry(&ttl, &file_attr(ino, attr), Generation(0));
-                true
-            }
-            None => {
-                reply.error(Errno::ESTALE);
-                false
-            }
+            Some(ino) => reply.entry(&ttl, &file_attr(ino, attr), Generation(0)),
+            None => reply.error(Errno::ESTALE),
         }
+        ino
     }
 
     /// Registers an open file; `remote`: the daemon's handle, `None` to open it when first needed.
@@ -969,7 +1087,47 @@ impl Inner {
         }
     }
 
-    /// Drops what is known of `dir`'s names (a change through the mount is under way there).
+    /// Starts a change through the mount (see [`Mutation`]).
+    fn mutation(self: &Arc<Self>) -> Mutation {
+        self.void_answers();
+        Mutation(self.clone())
+    }
+
+    /// Voids what the bridge answers from memory on the daemon's behalf: listings fetched ahead and
+    /// remembered attributes.
+    fn void_answers(&self) {
+        lock(&self.read_ahead).changed();
+        lock(&self.attrs).changed();
+    }
+
+    /// The attributes last answered for `ino`, if its session is watched and nothing voided them.
+    fn cached_attr(&self, ino: u64, session: &Session) -> Option<Attr> {
+        if !session.is_watched() {
+            return None;
+        }
+        lock(&self.attrs).get(ino)
+    }
+
+    /// Remembers `attrs` (inode, attributes) of `session`, read by requests that started at
+    /// invalidation generation `since` and attribute epoch `epoch`: only if the session is watched
+    /// and neither an invalidation nor a change through the mount crossed them. Recorded first, then
+    /// checked, so an invalidation after the check finds the records.
+    fn keep_attrs(&self, session: &Session, since: u64, epoch: u64, attrs: &[(u64, Attr)]) {
+        if !session.is_watched() || attrs.is_empty() {
+            return;
+        }
+        if !lock(&self.attrs).insert(epoch, attrs) {
+            return;
+        }
+        if session.generation() != since {
+            let mut cache = lock(&self.attrs);
+            for (ino, _) in attrs {
+                cache.remove(*ino);
+            }
+        }
+    }
+
+    /// Drops what is known of `dir`'s names.
     fn forget_listing(&self, dir: u64) {
         let mut guard = lock(&self.listings);
         let (listings, count) = &mut *guard;
@@ -1053,14 +1211,14 @@ impl Inner {
             .await
     }
 
-    /// Fetches the whole listing of `path`, page by page.
     /// The entries of `dir` after daemon offset `offset`: from its cached page when that covers the
     /// offset and is younger than the attribute TTL, else from a new page fetched from the daemon.
     ///
-    /// A listing read from its start is always fetched anew (the kernel reads from offset 0 only when
-    /// it holds no valid listing of its own); a page read to its end is dropped.
+    /// A listing read from its start is fetched anew (the kernel reads from offset 0 only when it
+    /// holds no valid listing of its own), unless read-ahead fetched it at the session's current
+    /// invalidation generation; a page read to its end is dropped.
     async fn dir_page(
-        &self,
+        self: &Arc<Self>,
         dir: &DirRef,
         caller: Caller,
         offset: u64,
@@ -1080,29 +1238,20 @@ impl Inner {
                 return Ok((page, skip));
             }
         }
-        let request = Request::ReadDir {
-            path: dir.path.clone(),
-            offset,
-            limit: MAX_DIR_PAGE,
+        let ahead = if offset == 0 && use_cache {
+            self.take_read_ahead(dir)
+        } else {
+            None
         };
-        let generation = dir.session.generation();
-        let page = match self.sessions.call(&dir.session, caller, request).await? {
-            (Reply::Entries { entries, next }, _) => Arc::new(DirPage {
-                start: offset,
-                entries,
-                more: next.is_some(),
-                fetched: Instant::now(),
-                generation,
-            }),
-            (other, _) => {
-                return Err(ErrorReply::new(
-                    errno::EIO,
-                    format!("unexpected readdir reply {other:?}"),
-                ));
+        let page = match ahead {
+            Some(page) => page,
+            None => self.fetch_dir_page(dir, caller, offset).await?,
+        };
+        if offset == 0 {
+            if !page.more {
+                self.remember_listing(dir.ino, &page);
             }
-        };
-        if offset == 0 && !page.more {
-            self.remember_listing(dir.ino, &page);
+            self.read_ahead_after(dir, &page);
         }
         let mut pages = lock(&self.dir_pages);
         if page.entries.is_empty() && !page.more {
@@ -1111,6 +1260,114 @@ impl Inner {
             pages.insert(dir.ino, page.clone());
         }
         Ok((page, 0))
+    }
+
+    /// Fetches the page of `dir`'s entries that starts at daemon offset `offset`.
+    async fn fetch_dir_page(
+        &self,
+        dir: &DirRef,
+        caller: Caller,
+        offset: u64,
+    ) -> Result<Arc<DirPage>, ErrorReply> {
+        let request = Request::ReadDir {
+            path: dir.path.clone(),
+            offset,
+            limit: MAX_DIR_PAGE,
+        };
+        let generation = dir.session.generation();
+        let attr_epoch = lock(&self.attrs).epoch();
+        match self.sessions.call(&dir.session, caller, request).await? {
+            (Reply::Entries { entries, next }, _) => Ok(Arc::new(DirPage {
+                start: offset,
+                entries,
+                more: next.is_some(),
+                fetched: Instant::now(),
+                generation,
+                ahead: false,
+                attr_epoch,
+            })),
+            (other, _) => Err(ErrorReply::new(
+                errno::EIO,
+                format!("unexpected readdir reply {other:?}"),
+            )),
+        }
+    }
+
+    /// The first page of `dir` if read-ahead fetched it and nothing changed in the session since.
+    fn take_read_ahead(&self, dir: &DirRef) -> Option<Arc<DirPage>> {
+        let key = (dir.session.id.clone(), dir.path.clone());
+        let page = lock(&self.read_ahead).take(&key)?;
+        let current = dir.session.is_watched()
+            && page.generation == dir.session.generation()
+            && page.fetched.elapsed() <= self.watched_ttl;
+        current.then_some(page)
+    }
+
+    /// `dir` was listed from its start (`page`): fetches its subdirectories' listings ahead if this
+    /// is a step of a tree walk (see [`crate::read_ahead`]). Only for watched sessions, whose
+    /// changes void what was fetched.
+    fn read_ahead_after(self: &Arc<Self>, dir: &DirRef, page: &DirPage) {
+        if !dir.session.is_watched() {
+            return;
+        }
+        let subdirs = page
+            .entries
+            .iter()
+            .filter(|e| crate::inodes::is_dir(&e.attr))
+            .filter_map(|e| dir.path.join(&e.name).ok())
+            .collect();
+        let (start, epoch) = lock(&self.read_ahead).listed(
+            &dir.session.id,
+            &dir.path,
+            subdirs,
+            page.ahead,
+            Instant::now(),
+        );
+        for path in start {
+            let (inner, session) = (self.clone(), dir.session.clone());
+            self.rt.spawn(async move {
+                let Ok(_slot) = inner.read_ahead_slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let generation = session.generation();
+                let attr_epoch = lock(&inner.attrs).epoch();
+                let request = Request::ReadDir {
+                    path: path.clone(),
+                    offset: 0,
+                    limit: MAX_DIR_PAGE,
+                };
+                // As root: the kernel checks the reader's permissions before it reads a listing.
+                let page = match inner
+                    .sessions
+                    .call(&session, Caller::default(), request)
+                    .await
+                {
+                    Ok((Reply::Entries { entries, next }, _)) => Some(Arc::new(DirPage {
+                        start: 0,
+                        entries,
+                        more: next.is_some(),
+                        fetched: Instant::now(),
+                        generation,
+                        ahead: true,
+                        attr_epoch,
+                    })),
+                    _ => None,
+                };
+                let counted = page.clone().map(|p| {
+                    let n = p.entries.len();
+                    (p, n)
+                });
+                let key = (session.id.clone(), path);
+                let kept = lock(&inner.read_ahead).fetched(key.clone(), epoch, counted);
+                // A complete listing also answers lookups of names it lacks (see `listed_missing`).
+                if let Some(page) = page.filter(|p| kept && !p.more) {
+                    let ino = lock(&inner.inodes).find(key.0.as_str(), &key.1);
+                    if let Some(ino) = ino {
+                        inner.remember_listing(ino, &page);
+                    }
+                }
+            });
+        }
     }
 }
 
@@ -1192,6 +1449,10 @@ impl fuser::Filesystem for BridgeFs {
             lock(&self.inner.negatives).forget_dir(ino.0);
             lock(&self.inner.dir_pages).remove(&ino.0);
             self.inner.forget_listing(ino.0);
+            // Changes reported while the kernel does not know the inode cannot find it.
+            lock(&self.inner.attrs).remove(ino.0);
+            lock(&self.inner.no_capability).remove(&ino.0);
+            lock(&self.inner.page_stamps).remove(&ino.0);
         }
     }
 
@@ -1199,7 +1460,14 @@ impl fuser::Filesystem for BridgeFs {
         if ino.0 == ROOT_INO {
             return reply.attr(&self.inner.ttl, &self.root_attr());
         }
-        self.attr_request(req, ino, fh, reply, |path, fh| Request::GetAttr {
+        // The kernel asks again after it invalidated the atime itself (after every read and listing
+        // it got from here), though nothing changed: answered from memory while that is known.
+        if let Ok((session, _)) = self.node(ino) {
+            if let Some(attr) = self.inner.cached_attr(ino.0, &session) {
+                return reply.attr(&self.inner.watched_ttl, &file_attr(ino.0, &attr));
+            }
+        }
+        self.attr_request(req, ino, fh, reply, None, |path, fh| Request::GetAttr {
             path,
             fh,
         });
@@ -1226,6 +1494,7 @@ impl fuser::Filesystem for BridgeFs {
         if ino.0 == ROOT_INO {
             return reply.error(Errno::EPERM);
         }
+        let mutation = self.inner.mutation();
         let attrs = SetAttrs {
             mode,
             uid,
@@ -1234,10 +1503,8 @@ impl fuser::Filesystem for BridgeFs {
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
         };
-        self.attr_request(req, ino, fh, reply, |path, fh| Request::SetAttr {
-            path,
-            fh,
-            attrs,
+        self.attr_request(req, ino, fh, reply, Some(mutation), |path, fh| {
+            Request::SetAttr { path, fh, attrs }
         });
     }
 
@@ -1307,23 +1574,27 @@ impl fuser::Filesystem for BridgeFs {
     }
 
     fn unlink(&self, req: &FuseRequest, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let mutation = self.inner.mutation();
         self.inner.forget_listing(parent.0);
         let target = self
             .child(parent, name)
             .map(|(s, path)| (s, Request::Unlink { path }));
         let name = name.as_bytes().to_vec();
         self.empty_request(req, target, reply, move |inodes| {
+            let _mutation = mutation;
             inodes.unlink(parent.0, &name)
         });
     }
 
     fn rmdir(&self, req: &FuseRequest, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let mutation = self.inner.mutation();
         self.inner.forget_listing(parent.0);
         let target = self
             .child(parent, name)
             .map(|(s, path)| (s, Request::Rmdir { path }));
         let name = name.as_bytes().to_vec();
         self.empty_request(req, target, reply, move |inodes| {
+            let _mutation = mutation;
             inodes.unlink(parent.0, &name)
         });
     }
@@ -1356,6 +1627,7 @@ impl fuser::Filesystem for BridgeFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let mutation = self.inner.mutation();
         self.inner.forget_listing(parent.0);
         self.inner.forget_listing(newparent.0);
         let target = self.child(parent, name).and_then(|(session, from)| {
@@ -1377,6 +1649,7 @@ impl fuser::Filesystem for BridgeFs {
         let binding = self.inner.binding(newparent.0, newname.as_bytes());
         let name = name.as_bytes().to_vec();
         self.empty_request(req, target, reply, move |inodes| {
+            let _mutation = mutation;
             inodes.rename(parent.0, &name, newparent.0, &binding.name, exchange);
             binding.bound();
         });
@@ -1425,6 +1698,9 @@ impl fuser::Filesystem for BridgeFs {
                 }
             }
         }
+        // O_TRUNC changes the file.
+        let mutation = (flags.0 & libc::O_TRUNC != 0).then(|| self.inner.mutation());
+        let epoch = lock(&self.inner.attrs).epoch();
         let target = target.map(|(s, path)| {
             (
                 s,
@@ -1440,9 +1716,13 @@ impl fuser::Filesystem for BridgeFs {
             caller(req),
             target,
             reply,
-            move |inner, answered, r, reply| match r {
-                Reply::Opened { fh, attr, head } => {
+            move |inner, answered, r, reply| match (r, mutation) {
+                (Reply::Opened { fh, attr, head }, mutation) => {
                     let fresh = answered.ttl == inner.watched_ttl;
+                    if fresh && mutation.is_none() {
+                        let now = answered.session.generation();
+                        inner.keep_attrs(&answered.session, now, epoch, &[(ino.0, attr)]);
+                    }
                     let keep = inner.keep_cache(ino.0, &answered.session, &attr, fresh);
                     let whole = fh.is_none();
                     let remote = fh.map(|fh| RemoteHandle {
@@ -1464,7 +1744,7 @@ impl fuser::Filesystem for BridgeFs {
                     };
                     reply.opened(FileHandle(fh), flags);
                 }
-                other => reply.fail(unexpected(&other)),
+                (other, _mutation) => reply.fail(unexpected(&other)),
             },
         );
     }
@@ -1479,6 +1759,7 @@ impl fuser::Filesystem for BridgeFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let mutation = self.inner.mutation();
         self.inner.forget_listing(parent.0);
         let target = self
             .child(parent, name)
@@ -1488,8 +1769,8 @@ impl fuser::Filesystem for BridgeFs {
             caller(req),
             target,
             reply,
-            move |inner, answered, r, reply| match r {
-                Reply::Created { fh, attr } => {
+            move |inner, answered, r, reply| match (r, mutation) {
+                (Reply::Created { fh, attr }, _mutation) => {
                     let learned = lock(&inner.inodes).learn(parent.0, &binding.name, &attr);
                     let Some(ino) = learned else {
                         return reply.error(Errno::ESTALE);
@@ -1509,7 +1790,7 @@ impl fuser::Filesystem for BridgeFs {
                         FopenFlags::empty(),
                     );
                 }
-                other => reply.fail(unexpected(&other)),
+                (other, _mutation) => reply.fail(unexpected(&other)),
             },
         );
     }
@@ -1557,6 +1838,7 @@ impl fuser::Filesystem for BridgeFs {
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let mutation = self.inner.mutation();
         let data = data.to_vec();
         self.on_file(
             req,
@@ -1567,9 +1849,12 @@ impl fuser::Filesystem for BridgeFs {
                 offset,
                 data,
             },
-            |r, _, reply| match r {
-                Reply::Written(n) => reply.written(n),
-                other => reply.fail(unexpected(&other)),
+            move |r, _, reply| {
+                let _mutation = mutation;
+                match r {
+                    Reply::Written(n) => reply.written(n),
+                    other => reply.fail(unexpected(&other)),
+                }
             },
         );
     }
@@ -1811,11 +2096,13 @@ impl fuser::Filesystem for BridgeFs {
                 inner.sessions.invalidate(Invalidation::Inode(ino.0));
             }
             let mut inodes = lock(&inner.inodes);
+            let mut known = Vec::new();
             for e in &page.entries[skip..] {
                 let Some(child) = inodes.learn(ino.0, &e.name, &e.attr) else {
                     drop(inodes);
                     return reply.error(Errno::ESTALE);
                 };
+                known.push((child, e.attr));
                 let attr = file_attr(child, &e.attr);
                 let name = OsStr::from_bytes(&e.name);
                 if reply.add(
@@ -1828,11 +2115,13 @@ impl fuser::Filesystem for BridgeFs {
                 ) {
                     // Did not fit: the kernel never saw it, so it holds no lookup count.
                     inodes.forget(child, 1);
+                    known.pop();
                     break;
                 }
             }
             drop(inodes);
             reply.ok();
+            inner.keep_attrs(&dir.session, page.generation, page.attr_epoch, &known);
         });
     }
 
@@ -1909,6 +2198,8 @@ impl fuser::Filesystem for BridgeFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        lock(&self.inner.no_capability).remove(&ino.0);
+        let mutation = self.inner.mutation();
         let (name, value) = (name.as_bytes().to_vec(), value.to_vec());
         let target = self.node(ino).map(|(s, path)| {
             (
@@ -1921,7 +2212,7 @@ impl fuser::Filesystem for BridgeFs {
                 },
             )
         });
-        self.empty_request(req, target, reply, |_| {});
+        self.empty_request(req, target, reply, move |_| drop(mutation));
     }
 
     fn getxattr(
@@ -1934,6 +2225,9 @@ impl fuser::Filesystem for BridgeFs {
     ) {
         if ino.0 == ROOT_INO {
             return reply.error(Errno::ENODATA);
+        }
+        if name.as_bytes() == CAPABILITY_XATTR {
+            return self.capability_xattr(req, ino, size, reply);
         }
         let name = name.as_bytes().to_vec();
         self.on_node(
@@ -1963,11 +2257,13 @@ impl fuser::Filesystem for BridgeFs {
     }
 
     fn removexattr(&self, req: &FuseRequest, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        lock(&self.inner.no_capability).remove(&ino.0);
+        let mutation = self.inner.mutation();
         let name = name.as_bytes().to_vec();
         let target = self
             .node(ino)
             .map(|(s, path)| (s, Request::RemoveXattr { path, name }));
-        self.empty_request(req, target, reply, |_| {});
+        self.empty_request(req, target, reply, move |_| drop(mutation));
     }
 
     fn access(
@@ -2034,6 +2330,48 @@ impl BridgeFs {
         }
         drop(inodes);
         reply.ok();
+    }
+}
+
+impl BridgeFs {
+    /// Reads [`CAPABILITY_XATTR`] of `ino`: answered `ENODATA` from memory when the file is known to
+    /// have none and its session is watched; an `ENODATA` from the daemon is remembered only if no
+    /// invalidation of the session crossed the call (recorded first, then checked, as negative
+    /// entries are: an invalidation after the check finds the record and drops it).
+    fn capability_xattr(&self, req: &FuseRequest, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let (session, path) = match self.node(ino) {
+            Ok(v) => v,
+            Err(e) => return reply.error(e),
+        };
+        if session.is_watched() && lock(&self.inner.no_capability).contains(&ino.0) {
+            return reply.error(Errno::ENODATA);
+        }
+        let (inner, caller) = (self.inner.clone(), caller(req));
+        self.spawn(async move {
+            let since = session.generation();
+            let request = Request::GetXattr {
+                path,
+                name: CAPABILITY_XATTR.to_vec(),
+                size,
+            };
+            match inner.sessions.call(&session, caller, request).await {
+                Ok((r, _)) => xattr_answer(&inner, r, reply),
+                Err(e) if e.errno == errno::ENODATA => {
+                    {
+                        let mut known = lock(&inner.no_capability);
+                        if known.len() >= NO_CAPABILITY_MAX {
+                            known.clear();
+                        }
+                        known.insert(ino.0);
+                    }
+                    if !session.is_watched() || session.generation() != since {
+                        lock(&inner.no_capability).remove(&ino.0);
+                    }
+                    reply.error(Errno::ENODATA)
+                }
+                Err(e) => reply.fail(errno_of(&e)),
+            }
+        });
     }
 }
 

@@ -6,6 +6,8 @@
 //! - [`inodes`] owns the inode table: stable FUSE inode numbers, lookup counts, and the
 //!   `(parent, name)` links from which request paths are rebuilt.
 //! - [`negative`] records the names the kernel was told are missing, so they can be invalidated.
+//! - [`read_ahead`] decides which directory listings to fetch before the kernel reads them (tree
+//!   walks) and keeps them until read.
 //! - [`fs`] implements `fuser::Filesystem`: the mount root lists the sessions, and every operation below
 //!   `/<id>/` becomes one request to that session's daemon, answered from a tokio task.
 //! - [`mount`] mounts, waits for a signal or an external unmount, and unmounts cleanly;
@@ -17,6 +19,7 @@ pub mod inodes;
 pub mod mount;
 pub mod mountinfo;
 pub mod negative;
+pub mod read_ahead;
 pub mod session;
 
 pub use config::BridgeConfig;

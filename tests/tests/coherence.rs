@@ -287,3 +287,55 @@ fn read_only_handles_opened_from_the_cache_read_current_data_or_fail_estale() ->
     })?;
     h.unmount()
 }
+
+/// Listings fetched ahead during a tree walk never hide a change. Each round walks the tree (the root,
+/// then a subdirectory: read-ahead then fetches the other subdirectories' listings), then changes a
+/// directory that was fetched ahead but not yet listed: behind the mount (shown within the bound,
+/// like any change) and through it (shown at once: the kernel's own change voids what was fetched).
+#[test]
+fn listings_fetched_ahead_never_hide_a_change() -> Result<()> {
+    let mut h = Harness::new()?;
+    let ws = h.create_session("walk")?;
+    for d in 0..4 {
+        for e in 0..4 {
+            fs::create_dir_all(ws.join(format!("d{d}/e{e}")))?;
+            fs::write(ws.join(format!("d{d}/e{e}/f")), b"x")?;
+        }
+    }
+    h.mount()?;
+    let mount = h.path("walk", "");
+    arrives("the tree", || Ok(mount.join("d3/e3/f").exists()))?;
+    // Four listings after the step into d0: the read-ahead that step started has mostly landed.
+    let walk = || -> Result<()> {
+        for dir in ["", "d0", "d0/e0", "d0/e1", "d0/e2", "d0/e3"] {
+            fs::read_dir(mount.join(dir))?.for_each(drop);
+        }
+        Ok(())
+    };
+    for round in 0..20 {
+        walk()?;
+        let behind = format!("behind{round}");
+        fs::write(ws.join("d2").join(&behind), b"b")?;
+        arrives("a file made behind the mount", || {
+            listed(&mount.join("d2"), &behind)
+        })?;
+        fs::remove_file(ws.join("d1/e1/f"))?;
+        arrives("a file removed behind the mount", || {
+            Ok(!listed(&mount.join("d1/e1"), "f")?)
+        })?;
+        fs::write(ws.join("d1/e1/f"), b"x")?;
+        arrives("… and made again", || listed(&mount.join("d1/e1"), "f"))?;
+
+        walk()?;
+        let through = format!("through{round}");
+        fs::write(mount.join("d3").join(&through), b"t")?;
+        assert!(
+            listed(&mount.join("d3"), &through)?,
+            "a file made through the mount is missing from its directory's listing"
+        );
+        fs::rename(mount.join("d3/e2/f"), mount.join("d3/e2/g"))?;
+        assert!(listed(&mount.join("d3/e2"), "g")? && !listed(&mount.join("d3/e2"), "f")?);
+        fs::rename(mount.join("d3/e2/g"), mount.join("d3/e2/f"))?;
+    }
+    h.unmount()
+}
