@@ -62,6 +62,9 @@ struct Head {
     whole: bool,
     /// The version the bytes are of.
     stamp: ContentStamp,
+    /// The attribute epoch when the open began: a change through the mount since (a write through
+    /// another handle, a truncate) voids the bytes.
+    epoch: u64,
 }
 
 /// How many bytes a read-only open asks to have read with it: most source files fit.
@@ -77,11 +80,13 @@ struct RemoteHandle {
 /// While the session's generation is unchanged, a name not among them does not exist.
 struct Listing {
     generation: u64,
+    /// The attribute epoch when the listing was requested: a change through the mount since voids it.
+    epoch: u64,
     names: std::collections::HashSet<Vec<u8>>,
 }
 
 /// At most this many names are kept in [`Listing`]s; beyond it they are all dropped.
-const LISTED_MAX: usize = 262_144;
+const LISTED_NAMES_MAX: usize = 262_144;
 
 /// A directory being listed: its inode, session and current path.
 struct DirRef {
@@ -511,7 +516,13 @@ impl BridgeFs {
             match inner.sessions.call(&session, caller, request).await {
                 Ok((r, conn)) => {
                     let ttl = inner.ttl_for(&session, since);
-                    done(&inner, Answered { session, conn, ttl }, r, reply)
+                    let answered = Answered {
+                        session,
+                        conn,
+                        ttl,
+                        since,
+                    };
+                    done(&inner, answered, r, reply)
                 }
                 Err(e) => reply.fail(errno_of(&e)),
             }
@@ -556,7 +567,8 @@ impl BridgeFs {
                 match r {
                     Reply::Attr(attr) => {
                         let name = binding.name.clone();
-                        let entry = inner.reply_entry(parent.0, &name, &attr, answered.ttl, reply);
+                        let entry =
+                            inner.reply_entry(parent.0, &name, &attr, answered.ttl, reply, None);
                         if entry.is_some() {
                             binding.bound();
                         }
@@ -600,9 +612,8 @@ impl BridgeFs {
             {
                 Ok((Reply::Attr(attr), _)) => {
                     let ttl = inner.ttl_for(&session, since);
-                    if let Some(ino) = inner.reply_entry(parent.0, &name, &attr, ttl, reply) {
-                        inner.keep_attrs(&session, since, epoch, &[(ino, attr)]);
-                    }
+                    let remember = Some((&*session, since, epoch));
+                    inner.reply_entry(parent.0, &name, &attr, ttl, reply, remember);
                 }
                 Ok((other, _)) => reply.fail(unexpected(&other)),
                 Err(e) if e.errno == errno::ENOENT => {
@@ -613,17 +624,20 @@ impl BridgeFs {
         });
     }
 
-    /// Sends a request whose success carries no data, then runs `then` on the inode table.
+    /// Sends a request that changes something and whose success carries no data, then runs `then` on
+    /// the inode table; `mutation` is held until the reply has been sent.
     fn empty_request(
         &self,
         req: &FuseRequest,
         target: Result<(Arc<Session>, Request), Errno>,
         reply: ReplyEmpty,
+        mutation: Mutation,
         then: impl FnOnce(&mut InodeTable) + Send + 'static,
     ) {
-        self.remote(caller(req), target, reply, |inner, _, _, reply| {
+        self.remote(caller(req), target, reply, move |inner, _, _, reply| {
             then(&mut lock(&inner.inodes));
             reply.ok();
+            drop(mutation);
         });
     }
 
@@ -705,6 +719,7 @@ impl BridgeFs {
                 // round trip instead of two. Its file gone means the handle is stale, as its reads.
                 let (session, path) = match self.node(ino) {
                     Ok(v) => v,
+                    Err(Errno::ENOENT) if fh.is_some() => return reply.error(Errno::ESTALE),
                     Err(e) => return reply.error(e),
                 };
                 let (inner, caller, request) = (self.inner.clone(), caller(req), make(path, None));
@@ -787,6 +802,8 @@ struct Answered {
     conn: quinn::Connection,
     /// How long the kernel may cache what the reply says (see [`Inner::ttl_for`]).
     ttl: Duration,
+    /// The session's invalidation generation when the request started.
+    since: u64,
 }
 
 impl Inner {
@@ -807,18 +824,19 @@ impl Inner {
     /// content is the version that was cached; otherwise the pages are dropped and this version
     /// becomes the cached one.
     ///
-    /// `fresh`: no invalidation of the session crossed the open, so an invalidation of `ino` still to
-    /// come will find the stamp recorded now (one that came already may have missed it: then none is).
-    fn keep_cache(&self, ino: u64, session: &Session, attr: &Attr, fresh: bool) -> bool {
+    /// The stamp is recorded first and kept only if no invalidation of the session crossed the open
+    /// (started at generation `since`): an invalidation after the check finds it.
+    fn keep_cache(&self, ino: u64, session: &Session, attr: &Attr, since: u64) -> bool {
         let stamp = ContentStamp::of(attr);
-        let mut stamps = lock(&self.page_stamps);
-        if session.is_watched() && stamps.get(&ino) == Some(&stamp) {
-            return true;
-        }
-        if fresh {
+        {
+            let mut stamps = lock(&self.page_stamps);
+            if session.is_watched() && stamps.get(&ino) == Some(&stamp) {
+                return true;
+            }
             stamps.insert(ino, stamp);
-        } else {
-            stamps.remove(&ino);
+        }
+        if !session.is_watched() || session.generation() != since {
+            lock(&self.page_stamps).remove(&ino);
         }
         false
     }
@@ -1030,6 +1048,8 @@ impl Inner {
     }
 
     /// Answers with the entry of `parent/name`; its inode, `None` if it could not be bound (ESTALE).
+    /// `remember`: the session, generation and attribute epoch the lookup started at, to remember
+    /// the attributes (before the kernel can forget the inode again, see [`Self::keep_attrs`]).
     fn reply_entry(
         &self,
         parent: u64,
@@ -1037,8 +1057,12 @@ impl Inner {
         attr: &Attr,
         ttl: Duration,
         reply: ReplyEntry,
+        remember: Option<(&Session, u64, u64)>,
     ) -> Option<u64> {
         let ino = lock(&self.inodes).learn(parent, name, attr);
+        if let (Some(ino), Some((session, since, epoch))) = (ino, remember) {
+            self.keep_attrs(session, since, epoch, &[(ino, *attr)]);
+        }
         match ino {
             Some(ino) => reply.entry(&ttl, &file_attr(ino, attr), Generation(0)),
             None => reply.error(Errno::ESTALE),
@@ -1073,13 +1097,14 @@ impl Inner {
             page.entries.iter().map(|e| e.name.clone()).collect();
         let mut guard = lock(&self.listings);
         let (listings, count) = &mut *guard;
-        if *count + names.len() > LISTED_MAX {
+        if *count + names.len() > LISTED_NAMES_MAX {
             listings.clear();
             *count = 0;
         }
         *count += names.len();
         let listing = Listing {
             generation: page.generation,
+            epoch: page.attr_epoch,
             names,
         };
         if let Some(old) = listings.insert(dir, listing) {
@@ -1139,9 +1164,12 @@ impl Inner {
     /// If `dir`'s last complete listing is still current and lacks `name`: the generation it was
     /// fetched at (for [`Self::reply_missing`]).
     fn listed_missing(&self, dir: u64, session: &Session, name: &[u8]) -> Option<u64> {
+        let epoch = lock(&self.attrs).epoch();
         let guard = lock(&self.listings);
         let listing = guard.0.get(&dir)?;
-        let current = session.is_watched() && listing.generation == session.generation();
+        let current = session.is_watched()
+            && listing.generation == session.generation()
+            && listing.epoch == epoch;
         (current && !listing.names.contains(name)).then_some(listing.generation)
     }
 
@@ -1152,7 +1180,8 @@ impl Inner {
         let file = lock(&self.files).get(&fh.0).cloned()?;
         let mut slot = lock(&file.head);
         let head = slot.as_ref()?;
-        if lock(&self.page_stamps).get(&file.ino) != Some(&head.stamp) {
+        let stamped = lock(&self.page_stamps).get(&file.ino) == Some(&head.stamp);
+        if !stamped || lock(&self.attrs).epoch() != head.epoch {
             // The file changed since (or its pages were dropped): the head may be stale.
             *slot = None;
             return None;
@@ -1580,8 +1609,7 @@ impl fuser::Filesystem for BridgeFs {
             .child(parent, name)
             .map(|(s, path)| (s, Request::Unlink { path }));
         let name = name.as_bytes().to_vec();
-        self.empty_request(req, target, reply, move |inodes| {
-            let _mutation = mutation;
+        self.empty_request(req, target, reply, mutation, move |inodes| {
             inodes.unlink(parent.0, &name)
         });
     }
@@ -1593,8 +1621,7 @@ impl fuser::Filesystem for BridgeFs {
             .child(parent, name)
             .map(|(s, path)| (s, Request::Rmdir { path }));
         let name = name.as_bytes().to_vec();
-        self.empty_request(req, target, reply, move |inodes| {
-            let _mutation = mutation;
+        self.empty_request(req, target, reply, mutation, move |inodes| {
             inodes.unlink(parent.0, &name)
         });
     }
@@ -1648,8 +1675,7 @@ impl fuser::Filesystem for BridgeFs {
         let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
         let binding = self.inner.binding(newparent.0, newname.as_bytes());
         let name = name.as_bytes().to_vec();
-        self.empty_request(req, target, reply, move |inodes| {
-            let _mutation = mutation;
+        self.empty_request(req, target, reply, mutation, move |inodes| {
             inodes.rename(parent.0, &name, newparent.0, &binding.name, exchange);
             binding.bound();
         });
@@ -1718,23 +1744,24 @@ impl fuser::Filesystem for BridgeFs {
             reply,
             move |inner, answered, r, reply| match (r, mutation) {
                 (Reply::Opened { fh, attr, head }, mutation) => {
-                    let fresh = answered.ttl == inner.watched_ttl;
-                    if fresh && mutation.is_none() {
-                        let now = answered.session.generation();
-                        inner.keep_attrs(&answered.session, now, epoch, &[(ino.0, attr)]);
+                    let since = answered.since;
+                    if mutation.is_none() {
+                        inner.keep_attrs(&answered.session, since, epoch, &[(ino.0, attr)]);
                     }
-                    let keep = inner.keep_cache(ino.0, &answered.session, &attr, fresh);
+                    let keep = inner.keep_cache(ino.0, &answered.session, &attr, since);
                     let whole = fh.is_none();
                     let remote = fh.map(|fh| RemoteHandle {
                         conn: answered.conn,
                         fh,
                     });
-                    // Kept pages: the kernel reads nothing, the head is of no use. An invalidation
-                    // that crossed the open may have been about a change the head predates.
-                    let head = (!keep && fresh && (whole || !head.is_empty())).then(|| Head {
+                    // Kept pages: the kernel reads nothing, the head is of no use. The head is served
+                    // only while its stamp stands and nothing changed through the mount since the
+                    // open began (see `read_head`).
+                    let head = (!keep && (whole || !head.is_empty())).then(|| Head {
                         data: head,
                         whole,
                         stamp: ContentStamp::of(&attr),
+                        epoch,
                     });
                     let fh = inner.add_file(ino.0, answered.session, flags.0, remote, head);
                     let flags = if keep {
@@ -2120,8 +2147,8 @@ impl fuser::Filesystem for BridgeFs {
                 }
             }
             drop(inodes);
-            reply.ok();
             inner.keep_attrs(&dir.session, page.generation, page.attr_epoch, &known);
+            reply.ok();
         });
     }
 
@@ -2167,7 +2194,7 @@ impl fuser::Filesystem for BridgeFs {
         let target = self
             .node(ino)
             .map(|(s, path)| (s, Request::FsyncDir { path, datasync }));
-        self.empty_request(req, target, reply, |_| {});
+        self.remote(caller(req), target, reply, |_, _, _, reply| reply.ok());
     }
 
     fn statfs(&self, req: &FuseRequest, ino: INodeNo, reply: ReplyStatfs) {
@@ -2212,7 +2239,7 @@ impl fuser::Filesystem for BridgeFs {
                 },
             )
         });
-        self.empty_request(req, target, reply, move |_| drop(mutation));
+        self.empty_request(req, target, reply, mutation, |_| {});
     }
 
     fn getxattr(
@@ -2263,7 +2290,7 @@ impl fuser::Filesystem for BridgeFs {
         let target = self
             .node(ino)
             .map(|(s, path)| (s, Request::RemoveXattr { path, name }));
-        self.empty_request(req, target, reply, move |_| drop(mutation));
+        self.empty_request(req, target, reply, mutation, |_| {});
     }
 
     fn access(
@@ -2335,9 +2362,10 @@ impl BridgeFs {
 
 impl BridgeFs {
     /// Reads [`CAPABILITY_XATTR`] of `ino`: answered `ENODATA` from memory when the file is known to
-    /// have none and its session is watched; an `ENODATA` from the daemon is remembered only if no
-    /// invalidation of the session crossed the call (recorded first, then checked, as negative
-    /// entries are: an invalidation after the check finds the record and drops it).
+    /// have none and its session is watched; an `ENODATA` from the daemon is remembered only if
+    /// neither an invalidation of the session nor a change through the mount (a `setxattr`, which
+    /// holds a [`Mutation`]) crossed the call (recorded first, then checked, as negative entries are:
+    /// an invalidation after the check finds the record and drops it).
     fn capability_xattr(&self, req: &FuseRequest, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let (session, path) = match self.node(ino) {
             Ok(v) => v,
@@ -2347,6 +2375,7 @@ impl BridgeFs {
             return reply.error(Errno::ENODATA);
         }
         let (inner, caller) = (self.inner.clone(), caller(req));
+        let epoch = lock(&self.inner.attrs).epoch();
         self.spawn(async move {
             let since = session.generation();
             let request = Request::GetXattr {
@@ -2364,7 +2393,9 @@ impl BridgeFs {
                         }
                         known.insert(ino.0);
                     }
-                    if !session.is_watched() || session.generation() != since {
+                    let crossed =
+                        session.generation() != since || lock(&inner.attrs).epoch() != epoch;
+                    if !session.is_watched() || crossed {
                         lock(&inner.no_capability).remove(&ino.0);
                     }
                     reply.error(Errno::ENODATA)

@@ -12,7 +12,7 @@
 //!   fetched at** (checked by `fs.rs`): any change reported in the session voids it.
 //! - **A change made through the mount voids everything** ([`ReadAhead::changed`]): waiting pages are
 //!   dropped and fetches under way are discarded when they return (their epoch is old).
-//! - **Memory is bounded**: at most [`ENTRIES_MAX`] entries wait, [`LISTED_MAX`] listed directories
+//! - **Memory is bounded**: at most [`ENTRIES_MAX`] entries wait, [`LISTED_DIRS_MAX`] listed directories
 //!   are remembered, and one listing starts at most [`BATCH_MAX`] fetches.
 
 use std::collections::{HashMap, HashSet};
@@ -29,7 +29,7 @@ pub const WALK_WINDOW: Duration = Duration::from_secs(2);
 /// At most this many directory entries wait in fetched pages.
 pub const ENTRIES_MAX: usize = 65_536;
 /// At most this many listed directories are remembered for walk detection.
-pub const LISTED_MAX: usize = 4_096;
+pub const LISTED_DIRS_MAX: usize = 4_096;
 /// At most this many directories are fetched ahead for one listing.
 pub const BATCH_MAX: usize = 256;
 
@@ -75,10 +75,10 @@ impl<P> ReadAhead<P> {
         ahead: bool,
         now: Instant,
     ) -> (Vec<WirePath>, u64) {
-        if self.listed.len() >= LISTED_MAX {
+        if self.listed.len() >= LISTED_DIRS_MAX {
             self.listed
                 .retain(|_, l| now.duration_since(l.at) < WALK_WINDOW);
-            if self.listed.len() >= LISTED_MAX {
+            if self.listed.len() >= LISTED_DIRS_MAX {
                 self.listed.clear();
             }
         }

@@ -458,6 +458,9 @@ async fn watch(
             {
                 WatchFrame::Ready => {
                     session.watching.store(true, Ordering::Release);
+                    // A reply read before the daemon subscribed may predate a change it will never
+                    // report: requests under way now must not count as fresh.
+                    session.generation.fetch_add(1, Ordering::AcqRel);
                     debug!(session = %id, "watching the session's changes");
                 }
                 WatchFrame::Changes(changes) => {

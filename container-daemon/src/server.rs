@@ -318,7 +318,8 @@ fn runs_inline(request: &Request) -> bool {
         | Request::Release { .. }
         | Request::Unlink { .. }
         | Request::Rename { .. } => false,
-        Request::Open { head, .. } => *head == 0,
+        Request::Open { head, flags, .. } => *head == 0 && flags & libc::O_TRUNC == 0,
+        Request::Create { flags, .. } => flags & libc::O_TRUNC == 0,
         Request::SetAttr { attrs, .. } => attrs.size.is_none(),
         _ => true,
     }

@@ -204,3 +204,44 @@ fn reads_around_the_open_head_size_are_exact() -> Result<()> {
     }
     h.unmount()
 }
+
+/// Bytes a read-only open brought along are not served once the file was changed through the mount:
+/// a handle opened before a write (in place, or an append) through another handle reads the new
+/// content, as on a local file system.
+#[test]
+fn a_handle_opened_before_a_write_through_the_mount_reads_the_write() -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    let mut h = Harness::new()?;
+    let ws = h.create_session("rw")?;
+    h.mount()?;
+    let original: Vec<u8> = (0..1000).map(|i| b'a' + (i % 26) as u8).collect();
+    for round in 0..10 {
+        let name = format!("f{round}");
+        // Written behind the bridge: the first open through the mount asks the daemon and brings
+        // the whole file along.
+        fs::write(ws.join(&name), &original)?;
+        let path = h.path("rw", &name);
+        sessionfs_tests::wait_until("file visible", std::time::Duration::from_secs(5), || {
+            path.exists()
+        })?;
+        let reader = fs::File::open(&path)?;
+        let mut expected = original.clone();
+        let writer = fs::OpenOptions::new().write(true).open(&path)?;
+        writer.write_all_at(b"0123456789", 0)?;
+        expected[..10].copy_from_slice(b"0123456789");
+        drop(writer);
+        let mut buf = vec![0u8; 4096];
+        let n = reader.read_at(&mut buf, 0)?;
+        assert_eq!(&buf[..n], &expected[..], "after a write in place ({round})");
+
+        let reader = fs::File::open(&path)?;
+        let mut appender = fs::OpenOptions::new().append(true).open(&path)?;
+        appender.write_all(b"tail")?;
+        expected.extend_from_slice(b"tail");
+        drop(appender);
+        let n = reader.read_at(&mut buf, 0)?;
+        assert_eq!(&buf[..n], &expected[..], "after an append ({round})");
+    }
+    h.unmount()
+}
