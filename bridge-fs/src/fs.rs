@@ -700,17 +700,15 @@ impl BridgeFs {
                     fh,
                     reply,
                     |remote| make(path, Some(remote)),
-                    move |r, ttl, reply| match (r, mutation) {
-                        (Reply::Attr(a), None) => {
-                            if let Some((session, since)) = since {
-                                inner.keep_attrs(&session, since, epoch, &[(ino.0, a)]);
+                    // `mutation` is moved in and dropped once the reply is sent.
+                    move |r, ttl, reply| match r {
+                        Reply::Attr(a) => {
+                            if let (None, Some((session, since))) = (&mutation, &since) {
+                                inner.keep_attrs(session, *since, epoch, &[(ino.0, a)]);
                             }
                             reply.attr(&ttl, &file_attr(ino.0, &a))
                         }
-                        (Reply::Attr(a), Some(_mutation)) => {
-                            reply.attr(&ttl, &file_attr(ino.0, &a))
-                        }
-                        (other, _) => reply.fail(unexpected(&other)),
+                        other => reply.fail(unexpected(&other)),
                     },
                 );
             }
@@ -727,15 +725,10 @@ impl BridgeFs {
                 self.spawn(async move {
                     let since = session.generation();
                     let result = inner.sessions.call(&session, caller, request).await;
-                    let _mutation = match mutation {
-                        Some(m) => Some(m),
-                        None => {
-                            if let Ok((Reply::Attr(a), _)) = &result {
-                                inner.keep_attrs(&session, since, epoch, &[(ino.0, *a)]);
-                            }
-                            None
-                        }
-                    };
+                    if let (None, Ok((Reply::Attr(a), _))) = (&mutation, &result) {
+                        inner.keep_attrs(&session, since, epoch, &[(ino.0, *a)]);
+                    }
+                    // `mutation` lives in this task until the reply below is sent.
                     match result {
                         Ok((Reply::Attr(a), _)) => {
                             let ttl = inner.ttl_for(&session, since);
