@@ -476,6 +476,16 @@ impl BridgeFs {
             .map(|(&fh, _)| FileHandle(fh))
     }
 
+    /// Directory `ino` with its session and current path, for listing it.
+    fn dir_ref(&self, ino: INodeNo) -> Result<DirRef, Errno> {
+        let (session, path) = self.node(ino)?;
+        Ok(DirRef {
+            ino: ino.0,
+            session,
+            path,
+        })
+    }
+
     fn root_attr(&self) -> FileAttr {
         let t = self.inner.mounted_at;
         FileAttr {
@@ -2010,12 +2020,8 @@ impl fuser::Filesystem for BridgeFs {
             }
             return reply.ok();
         }
-        let dir = match self.node(ino) {
-            Ok((session, path)) => DirRef {
-                ino: ino.0,
-                session,
-                path,
-            },
+        let dir = match self.dir_ref(ino) {
+            Ok(dir) => dir,
             Err(e) => return reply.error(e),
         };
         // Plain readdir (when the kernel does not use readdirplus): the daemon's inode numbers stand in
@@ -2062,12 +2068,8 @@ impl fuser::Filesystem for BridgeFs {
         if ino.0 == ROOT_INO {
             return self.root_readdirplus(offset, reply);
         }
-        let dir = match self.node(ino) {
-            Ok((session, path)) => DirRef {
-                ino: ino.0,
-                session,
-                path,
-            },
+        let dir = match self.dir_ref(ino) {
+            Ok(dir) => dir,
             Err(e) => return reply.error(e),
         };
         // "." and ".." carry no lookup count in readdirplus; the kernel ignores their attributes.
