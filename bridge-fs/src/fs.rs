@@ -565,7 +565,6 @@ impl BridgeFs {
         reply: ReplyEntry,
     ) {
         let mutation = self.inner.mutation();
-        self.inner.forget_listing(parent.0);
         let target = self.child(parent, name).map(|(s, path)| (s, make(path)));
         let binding = self.inner.binding(parent.0, name.as_bytes());
         self.remote(
@@ -576,9 +575,8 @@ impl BridgeFs {
                 let _mutation = mutation;
                 match r {
                     Reply::Attr(attr) => {
-                        let name = binding.name.clone();
-                        let entry =
-                            inner.reply_entry(parent.0, &name, &attr, answered.ttl, reply, None);
+                        let (name, ttl) = (&binding.name, answered.ttl);
+                        let entry = inner.reply_entry(parent.0, name, &attr, ttl, reply, None);
                         if entry.is_some() {
                             binding.bound();
                         }
@@ -1121,11 +1119,15 @@ impl Inner {
         Mutation(self.clone())
     }
 
-    /// Voids what the bridge answers from memory on the daemon's behalf: listings fetched ahead and
-    /// remembered attributes.
+    /// Voids what the bridge answers from memory on the daemon's behalf: listings fetched ahead,
+    /// remembered attributes, and complete listings (which also carry the attribute epoch, so one
+    /// remembered after this from an older fetch is not used either).
     fn void_answers(&self) {
         lock(&self.read_ahead).changed();
         lock(&self.attrs).changed();
+        let mut listings = lock(&self.listings);
+        listings.0.clear();
+        listings.1 = 0;
     }
 
     /// The attributes last answered for `ino`, if its session is watched and nothing voided them.
@@ -1607,7 +1609,6 @@ impl fuser::Filesystem for BridgeFs {
 
     fn unlink(&self, req: &FuseRequest, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let mutation = self.inner.mutation();
-        self.inner.forget_listing(parent.0);
         let target = self
             .child(parent, name)
             .map(|(s, path)| (s, Request::Unlink { path }));
@@ -1619,7 +1620,6 @@ impl fuser::Filesystem for BridgeFs {
 
     fn rmdir(&self, req: &FuseRequest, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let mutation = self.inner.mutation();
-        self.inner.forget_listing(parent.0);
         let target = self
             .child(parent, name)
             .map(|(s, path)| (s, Request::Rmdir { path }));
@@ -1658,8 +1658,6 @@ impl fuser::Filesystem for BridgeFs {
         reply: ReplyEmpty,
     ) {
         let mutation = self.inner.mutation();
-        self.inner.forget_listing(parent.0);
-        self.inner.forget_listing(newparent.0);
         let target = self.child(parent, name).and_then(|(session, from)| {
             let (to_session, to) = self.child(newparent, newname)?;
             // Different sessions are different file systems.
@@ -1790,7 +1788,6 @@ impl fuser::Filesystem for BridgeFs {
         reply: ReplyCreate,
     ) {
         let mutation = self.inner.mutation();
-        self.inner.forget_listing(parent.0);
         let target = self
             .child(parent, name)
             .map(|(s, path)| (s, Request::Create { path, mode, flags }));
@@ -2353,9 +2350,7 @@ impl BridgeFs {
         drop(inodes);
         reply.ok();
     }
-}
 
-impl BridgeFs {
     /// Reads [`CAPABILITY_XATTR`] of `ino`: answered `ENODATA` from memory when the file is known to
     /// have none and its session is watched; an `ENODATA` from the daemon is remembered only if
     /// neither an invalidation of the session nor a change through the mount (a `setxattr`, which
