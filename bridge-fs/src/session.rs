@@ -85,8 +85,10 @@ fn not_connected(msg: impl Into<String>) -> ErrorReply {
 impl Sessions {
     /// Sets up the client endpoint; sessions arrive through [`Sessions::update`].
     pub fn new(config: &BridgeConfig, client: quinn::ClientConfig) -> Result<Self, std::io::Error> {
-        let mut endpoint = quinn::Endpoint::client((std::net::Ipv6Addr::UNSPECIFIED, 0).into())
-            .or_else(|_| quinn::Endpoint::client((std::net::Ipv4Addr::UNSPECIFIED, 0).into()))?;
+        let mut endpoint =
+            sessionfs_pki::endpoint((std::net::Ipv6Addr::UNSPECIFIED, 0).into(), None).or_else(
+                |_| sessionfs_pki::endpoint((std::net::Ipv4Addr::UNSPECIFIED, 0).into(), None),
+            )?;
         endpoint.set_default_client_config(client);
         let registry =
             Arc::new(Registry::open(&config.registry_path).map_err(std::io::Error::other)?);

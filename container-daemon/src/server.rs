@@ -99,12 +99,13 @@ impl Daemon {
         let server_config =
             sessionfs_pki::server_config(identity, roots, &TransportTuning::default())
                 .map_err(certs)?;
-        let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|source| {
-            DaemonError::Bind {
-                addr: config.listen,
-                source,
-            }
-        })?;
+        let endpoint =
+            sessionfs_pki::endpoint(config.listen, Some(server_config)).map_err(|source| {
+                DaemonError::Bind {
+                    addr: config.listen,
+                    source,
+                }
+            })?;
         let watcher = WorkspaceWatcher::start(&config.root);
         Ok(Daemon {
             endpoint,

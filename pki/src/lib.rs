@@ -17,7 +17,7 @@ pub use authz::{authorize_peer, authorize_peer_chain, PeerRole};
 pub use ca::{CertificateAuthority, IssuedCert};
 pub use error::PkiError;
 pub use identity::{ca_roots_from_pem, load_ca_roots, Identity};
-pub use transport::{client_config, server_config, TransportTuning};
+pub use transport::{client_config, endpoint, server_config, TransportTuning};
 
 /// DNS SAN carried by the bridge's (and MCP server's) client certificate.
 pub const BRIDGE_IDENTITY: &str = "bridge.client.sessionfs";

@@ -70,7 +70,7 @@ fn start_daemon(
 ) -> (Endpoint, SocketAddr, Outcomes) {
     let id = identity(&ca.issue_session(session).unwrap());
     let cfg = server_config(id, roots(ca), &TransportTuning::default()).unwrap();
-    let ep = Endpoint::server(cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let ep = endpoint("127.0.0.1:0".parse().unwrap(), Some(cfg)).unwrap();
     let addr = ep.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
     let server = ep.clone();
@@ -89,7 +89,7 @@ fn start_daemon(
                     return conn.close(1u32.into(), b"unauthorized");
                 }
                 if let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                    let data = recv.read_to_end(1 << 16).await.unwrap();
+                    let data = recv.read_to_end(8 << 20).await.unwrap();
                     send.write_all(&data).await.unwrap();
                     send.finish().unwrap();
                 }
@@ -101,7 +101,7 @@ fn start_daemon(
 }
 
 fn client_endpoint(cfg: quinn::ClientConfig) -> Endpoint {
-    let mut ep = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut ep = endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
     ep.set_default_client_config(cfg);
     ep
 }
@@ -235,4 +235,39 @@ async fn client_without_certificate_is_refused() {
         .unwrap_err();
     assert_ne!(err, "timed out");
     assert_refused_by_daemon(&mut rx).await;
+}
+
+/// Loopback carries large datagrams: path MTU discovery raises the packet size
+/// above QUIC's conservative default, and a 4 MiB exchange each way (UDP GSO
+/// batches of the discovered size) keeps it there. A bound the kernel refuses
+/// in a GSO batch would read as loss and fall back to 1,200 bytes.
+#[tokio::test]
+async fn loopback_paths_discover_and_keep_large_datagrams() {
+    let Ca { ca, .. } = new_ca();
+    let (_server, addr, _rx) = start_daemon(&ca, "alpha");
+    let bridge = identity(&ca.issue_client(BRIDGE_IDENTITY).unwrap());
+    let ep =
+        client_endpoint(client_config(bridge, roots(&ca), &TransportTuning::default()).unwrap());
+    let work = async {
+        let conn = ep
+            .connect(addr, &session_dns_name("alpha"))
+            .unwrap()
+            .await
+            .unwrap();
+        let payload: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&payload).await.unwrap();
+        send.finish().unwrap();
+        let echoed = recv.read_to_end(8 << 20).await.unwrap();
+        assert!(echoed == payload, "the echo differs from what was sent");
+        conn
+    };
+    let conn = timeout(Duration::from_secs(20), work)
+        .await
+        .expect("exchange timed out");
+    let path = conn.stats().path;
+    assert!(
+        path.current_mtu > 1452 && path.black_holes_detected == 0,
+        "loopback path stayed at small datagrams: {path:?}"
+    );
 }
