@@ -17,6 +17,11 @@ use crate::{Identity, PkiError, ALPN};
 /// corresponding mechanism.
 #[derive(Clone, Debug)]
 pub struct TransportTuning {
+    /// Request streams a daemon lets the bridge have open at once; more wait
+    /// for one to finish. quinn keeps a receive state (with the capacity its
+    /// largest request grew) for every stream it allows, so this bounds the
+    /// daemon's memory after a burst of 1 MiB writes. Clients allow none: a
+    /// daemon never opens streams.
     pub max_concurrent_bidi_streams: u32,
     pub keep_alive: Duration,
     pub idle_timeout: Duration,
@@ -25,7 +30,7 @@ pub struct TransportTuning {
 impl Default for TransportTuning {
     fn default() -> Self {
         Self {
-            max_concurrent_bidi_streams: 1024,
+            max_concurrent_bidi_streams: 128,
             keep_alive: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(10),
         }
@@ -36,9 +41,18 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(ring::default_provider())
 }
 
-fn transport(tuning: &TransportTuning) -> Result<Arc<TransportConfig>, PkiError> {
+fn transport(
+    tuning: &TransportTuning,
+    accepts_streams: bool,
+) -> Result<Arc<TransportConfig>, PkiError> {
     let mut t = TransportConfig::default();
-    t.max_concurrent_bidi_streams(VarInt::from_u32(tuning.max_concurrent_bidi_streams));
+    let bidi = if accepts_streams {
+        tuning.max_concurrent_bidi_streams
+    } else {
+        0
+    };
+    t.max_concurrent_bidi_streams(VarInt::from_u32(bidi));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t.keep_alive_interval((!tuning.keep_alive.is_zero()).then_some(tuning.keep_alive));
     let idle = match tuning.idle_timeout {
         d if d.is_zero() => None,
@@ -73,7 +87,7 @@ pub fn server_config(
     tls.max_early_data_size = 0;
     let quic = QuicServerConfig::try_from(tls).map_err(|e| PkiError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(transport(tuning)?);
+    config.transport_config(transport(tuning, true)?);
     Ok(config)
 }
 
@@ -97,7 +111,7 @@ pub fn client_config(
     tls.enable_early_data = false;
     let quic = QuicClientConfig::try_from(tls).map_err(|e| PkiError::Quic(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(transport(tuning)?);
+    config.transport_config(transport(tuning, false)?);
     Ok(config)
 }
 
