@@ -1428,6 +1428,8 @@ impl fuser::Filesystem for BridgeFs {
                 .set_max_write(nearest)
                 .map_err(|_| std::io::Error::other("cannot set max_write"))?;
         }
+        // The kernel offers at most its default window (128 KiB) here; `mount::raise_readahead`
+        // widens it once INIT is done.
         if let Err(nearest) = config.set_max_readahead(MAX_IO_CHUNK) {
             config
                 .set_max_readahead(nearest)

@@ -136,6 +136,8 @@ pub fn mount(config: BridgeConfig, mountpoint: &Path) -> Result<(), MountError> 
             result
         })
         .map_err(MountError::Runtime)?;
+    let tuned = mountpoint.to_path_buf();
+    rt.spawn_blocking(move || raise_readahead(&tuned));
 
     let unmounted_outside = rt.block_on(async {
         tokio::select! {
@@ -190,6 +192,42 @@ pub fn mount(config: BridgeConfig, mountpoint: &Path) -> Result<(), MountError> 
         mountpoint: mountpoint.to_path_buf(),
         source,
     })
+}
+
+/// The read-ahead window the bridge gives its mount: sequential reads then keep several 1 MiB
+/// `READ`s in flight (a cold 1 GiB read: ~360 MiB/s at the kernel's 128 KiB, ~550 MiB/s at 4 MiB).
+pub const READ_AHEAD_KIB: u64 = 4096;
+
+/// Raises the mount's read-ahead to [`READ_AHEAD_KIB`]. The kernel caps `max_readahead` in `INIT`
+/// at its default (128 KiB) and applies the smaller of the two after `INIT`, so the window is set
+/// afterwards through the mount's backing device in sysfs. Needs root; otherwise the kernel's
+/// default stays, which is correct, only slower.
+fn raise_readahead(mountpoint: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    // A stat of the root waits until the kernel has processed INIT; the bridge answers it itself.
+    let dev = match std::fs::metadata(mountpoint) {
+        Ok(meta) => meta.dev(),
+        Err(e) => return warn!(mountpoint = %mountpoint.display(), "read-ahead not raised: {e}"),
+    };
+    let knob = PathBuf::from(format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        rustix::fs::major(dev),
+        rustix::fs::minor(dev)
+    ));
+    let current = std::fs::read_to_string(&knob)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if current.is_some_and(|kib| kib >= READ_AHEAD_KIB) {
+        return;
+    }
+    match std::fs::write(&knob, READ_AHEAD_KIB.to_string()) {
+        Ok(()) => {
+            tracing::debug!(knob = %knob.display(), "read-ahead raised to {READ_AHEAD_KIB} KiB")
+        }
+        Err(e) => {
+            tracing::debug!(knob = %knob.display(), "read-ahead stays at {current:?} KiB: {e}")
+        }
+    }
 }
 
 /// Lazily unmounts `mountpoint` (`MNT_DETACH`): directly as root, through `fusermount3 -uz` otherwise.

@@ -245,3 +245,45 @@ fn a_handle_opened_before_a_write_through_the_mount_reads_the_write() -> Result<
     }
     h.unmount()
 }
+
+/// The kernel caps read-ahead at 128 KiB in `INIT`; the bridge widens its mount's window afterwards so
+/// sequential reads keep several 1 MiB `READ`s in flight, and a large file still reads back exactly.
+#[test]
+fn the_mount_reads_ahead_four_mib_and_sequential_reads_stay_exact() -> Result<()> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    /// `READ_AHEAD_KIB` in `bridge-fs/src/mount.rs`.
+    const READ_AHEAD_KIB: u64 = 4096;
+    let mut h = Harness::new()?;
+    let ws = h.create_session("ra")?;
+    h.mount()?;
+    let dev = fs::metadata(h.path("ra", ""))?.dev();
+    let knob = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    let window = || {
+        fs::read_to_string(&knob)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    sessionfs_tests::wait_until(
+        "read-ahead raised",
+        std::time::Duration::from_secs(5),
+        || window() == Some(READ_AHEAD_KIB),
+    )
+    .with_context(|| format!("{knob} stayed at {:?} KiB", window()))?;
+    let content: Vec<u8> = (0..9u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    fs::write(ws.join("big"), &content)?;
+    let path = h.path("ra", "big");
+    sessionfs_tests::wait_until("file visible", std::time::Duration::from_secs(5), || {
+        fs::metadata(&path).is_ok_and(|m| m.len() == content.len() as u64)
+    })?;
+    let mut got = Vec::new();
+    fs::File::open(&path)?.read_to_end(&mut got)?;
+    assert!(got == content, "sequential read of 9 MiB differs");
+    h.unmount()
+}
