@@ -24,7 +24,8 @@ pub async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream) -> Re
     let mut header = [0u8; FRAME_HEADER_LEN];
     recv.read_exact(&mut header).await?;
     let len = codec::frame_body_len(header)?;
-    let mut body = vec![0u8; len];
+    let mut body = FrameBuffer::take();
+    body.resize(len, 0);
     recv.read_exact(&mut body).await?;
     Ok(codec::decode(&body)?)
 }
@@ -35,11 +36,59 @@ pub async fn write_frame<T: Serialize>(
     msg: &T,
     finish: bool,
 ) -> Result<(), WireError> {
-    let mut buf = Vec::new();
+    let mut buf = FrameBuffer::take();
     codec::encode_frame(msg, &mut buf)?;
     send.write_all(&buf).await?;
     if finish {
         send.finish()?;
     }
     Ok(())
+}
+
+/// Buffers kept for reuse at most; each holds up to one maximal frame.
+const POOLED_BUFFERS: usize = 2;
+
+/// Buffers smaller than this are not worth keeping (a metadata frame allocates a few hundred bytes).
+const POOLED_MIN_CAPACITY: usize = 64 * 1024;
+
+static POOL: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+/// A frame buffer from a small process-wide pool, returned to it on drop. A 1 MiB frame then costs
+/// neither a fresh allocation (zeroed, page-faulted in, or grown by doubling while encoding) nor the
+/// copies that growth makes; the pool's bound keeps what an idle process holds small.
+struct FrameBuffer(Vec<u8>);
+
+impl FrameBuffer {
+    fn take() -> Self {
+        let reused = POOL.lock().ok().and_then(|mut pool| pool.pop());
+        FrameBuffer(reused.unwrap_or_default())
+    }
+}
+
+impl std::ops::Deref for FrameBuffer {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for FrameBuffer {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
+}
+
+impl Drop for FrameBuffer {
+    fn drop(&mut self) {
+        let mut buf = std::mem::take(&mut self.0);
+        if buf.capacity() < POOLED_MIN_CAPACITY || buf.capacity() > 2 * codec::MAX_FRAME_LEN {
+            return;
+        }
+        buf.clear();
+        if let Ok(mut pool) = POOL.lock() {
+            if pool.len() < POOLED_BUFFERS {
+                pool.push(buf);
+            }
+        }
+    }
 }
