@@ -271,3 +271,53 @@ async fn loopback_paths_discover_and_keep_large_datagrams() {
         "loopback path stayed at small datagrams: {path:?}"
     );
 }
+
+/// Frame buffers are reused: frames of alternating sizes, large and small, on streams one after
+/// another each decode exactly as sent (nothing of an earlier, larger frame leaks into a later one).
+#[tokio::test]
+async fn frames_of_alternating_sizes_round_trip_exactly() {
+    let Ca { ca, .. } = new_ca();
+    let id = identity(&ca.issue_session("alpha").unwrap());
+    let server = endpoint(
+        "127.0.0.1:0".parse().unwrap(),
+        Some(server_config(id, roots(&ca), &TransportTuning::default()).unwrap()),
+    )
+    .unwrap();
+    let addr = server.local_addr().unwrap();
+    let sizes = [1 << 20, 3, 700_000, 0, 1 << 20, 17];
+    let frame = |n: usize| -> Vec<u8> { (0..n).map(|i| (i * 31 % 253) as u8).collect() };
+    let echo = tokio::spawn(async move {
+        let conn = server.accept().await.unwrap().await.unwrap();
+        for _ in sizes {
+            let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+            let got: Vec<u8> = wire::read_frame(&mut recv).await.unwrap();
+            wire::write_frame(&mut send, &got, true).await.unwrap();
+        }
+        conn.closed().await;
+    });
+    let bridge = identity(&ca.issue_client(BRIDGE_IDENTITY).unwrap());
+    let ep =
+        client_endpoint(client_config(bridge, roots(&ca), &TransportTuning::default()).unwrap());
+    let work = async {
+        let conn = ep
+            .connect(addr, &session_dns_name("alpha"))
+            .unwrap()
+            .await
+            .unwrap();
+        for n in sizes {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            wire::write_frame(&mut send, &frame(n), true).await.unwrap();
+            let back: Vec<u8> = wire::read_frame(&mut recv).await.unwrap();
+            assert!(
+                back == frame(n),
+                "a frame of {n} bytes came back as {} bytes",
+                back.len()
+            );
+        }
+        conn.close(0u32.into(), b"done");
+    };
+    timeout(Duration::from_secs(20), work)
+        .await
+        .expect("exchange timed out");
+    echo.await.unwrap();
+}
