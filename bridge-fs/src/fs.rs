@@ -231,7 +231,8 @@ struct Inner {
     read_ahead: Mutex<ReadAhead<Arc<DirPage>>>,
     read_ahead_slots: Arc<tokio::sync::Semaphore>,
     /// File inodes of watched sessions known to have no [`CAPABILITY_XATTR`]: the kernel's read of it
-    /// before each write is answered without a round trip. A change of the inode drops it.
+    /// before each write is answered without a round trip. A change of the inode drops it, except a
+    /// change of its content alone ([`Change::Data`]: a write cannot add a capability).
     no_capability: Mutex<std::collections::HashSet<u64>>,
     /// See [`AttrCache`].
     attrs: Mutex<AttrCache>,
@@ -808,6 +809,22 @@ struct Answered {
 }
 
 impl Inner {
+    /// Remembers that `ino` has no [`CAPABILITY_XATTR`], learned by a request that started at
+    /// invalidation generation `since`: recorded first, then dropped again if the session is not
+    /// watched or an invalidation crossed the request (one after the check finds the record).
+    fn no_capability_known(&self, ino: u64, session: &Session, since: u64) {
+        {
+            let mut known = lock(&self.no_capability);
+            if known.len() >= NO_CAPABILITY_MAX {
+                known.clear();
+            }
+            known.insert(ino);
+        }
+        if !session.is_watched() || session.generation() != since {
+            lock(&self.no_capability).remove(&ino);
+        }
+    }
+
     /// How long the kernel may cache entries and attributes of `session` fetched by a request that
     /// started at invalidation generation `since`: long while the session's changes are pushed and no
     /// invalidation crossed the request (else a stale reply could outlive the invalidation), the short
@@ -853,6 +870,9 @@ impl Inner {
     fn invalidate(&self, notifier: &Notifier, work: Invalidation) {
         // Collect under the lock, notify without it: the kernel may need FUSE answers meanwhile.
         // `missing`: negative entries the kernel may hold for names that now may exist.
+        // Inodes whose content alone changed: what is known of their capability stays true.
+        let mut content_only = std::collections::HashSet::new();
+        let mut other_change = std::collections::HashSet::new();
         let (inodes, entries, missing) = {
             let table = lock(&self.inodes);
             let mut negatives = lock(&self.negatives);
@@ -862,7 +882,18 @@ impl Inner {
                     let (mut inodes, mut entries) = (Vec::new(), Vec::new());
                     for change in changes {
                         match change {
-                            Change::Node { path } => inodes.extend(table.find(id.as_str(), path)),
+                            Change::Node { path } => {
+                                if let Some(ino) = table.find(id.as_str(), path) {
+                                    inodes.push(ino);
+                                    other_change.insert(ino);
+                                }
+                            }
+                            Change::Data { path } => {
+                                if let Some(ino) = table.find(id.as_str(), path) {
+                                    inodes.push(ino);
+                                    content_only.insert(ino);
+                                }
+                            }
                             Change::Entry { dir, name } => {
                                 let Some(dir) = table.find(id.as_str(), dir) else {
                                     continue;
@@ -876,6 +907,7 @@ impl Inner {
                             }
                         }
                     }
+                    content_only.retain(|ino| !other_change.contains(ino));
                     (inodes, entries, missing)
                 }
                 Invalidation::Inode(ino) => (vec![*ino], Vec::new(), missing),
@@ -919,7 +951,9 @@ impl Inner {
             let mut attrs = lock(&self.attrs);
             for ino in &inodes {
                 stamps.remove(ino);
-                no_capability.remove(ino);
+                if !content_only.contains(ino) {
+                    no_capability.remove(ino);
+                }
                 attrs.remove(*ino);
             }
         }
@@ -1805,6 +1839,10 @@ impl fuser::Filesystem for BridgeFs {
                         return reply.error(Errno::ESTALE);
                     };
                     binding.bound();
+                    if flags & libc::O_EXCL != 0 {
+                        // This call made the file: it has no extended attributes, so no capability.
+                        inner.no_capability_known(ino, &answered.session, answered.since);
+                    }
                     let remote = RemoteHandle {
                         conn: answered.conn,
                         fh,
@@ -2378,16 +2416,8 @@ impl BridgeFs {
             match inner.sessions.call(&session, caller, request).await {
                 Ok((r, _)) => xattr_answer(&inner, r, reply),
                 Err(e) if e.errno == errno::ENODATA => {
-                    {
-                        let mut known = lock(&inner.no_capability);
-                        if known.len() >= NO_CAPABILITY_MAX {
-                            known.clear();
-                        }
-                        known.insert(ino.0);
-                    }
-                    let crossed =
-                        session.generation() != since || lock(&inner.attrs).epoch() != epoch;
-                    if !session.is_watched() || crossed {
+                    inner.no_capability_known(ino.0, &session, since);
+                    if lock(&inner.attrs).epoch() != epoch {
                         lock(&inner.no_capability).remove(&ino.0);
                     }
                     reply.error(Errno::ENODATA)

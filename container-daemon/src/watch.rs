@@ -184,14 +184,17 @@ fn trim_heap() {
 
 /// The changes one inotify event stands for.
 fn add_changes(root: &Path, event: &Event, out: &mut Vec<Change>, seen: &mut HashSet<Change>) {
-    let entry = match event.kind {
+    // (a name changed, only the content changed)
+    let (entry, data) = match event.kind {
+        // Writes (IN_MODIFY) and the close after them; attribute and xattr changes are IN_ATTRIB.
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+        | EventKind::Modify(ModifyKind::Data(_)) => (false, true),
         // Opening and reading change nothing cached.
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => false,
         EventKind::Access(_) => return,
         EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)) => {
-            true
+            (true, false)
         }
-        EventKind::Modify(_) | EventKind::Any | EventKind::Other => false,
+        EventKind::Modify(_) | EventKind::Any | EventKind::Other => (false, false),
     };
     for path in &event.paths {
         let Ok(rel) = path.strip_prefix(root) else {
@@ -216,7 +219,11 @@ fn add_changes(root: &Path, event: &Event, out: &mut Vec<Change>, seen: &mut Has
                 push(Change::Node { path: dir });
             }
         }
-        push(Change::Node { path: wire });
+        if data {
+            push(Change::Data { path: wire });
+        } else {
+            push(Change::Node { path: wire });
+        }
     }
 }
 
@@ -241,6 +248,12 @@ mod tests {
         }
     }
 
+    fn data(p: &str) -> Change {
+        Change::Data {
+            path: WirePath::new(p.as_bytes().to_vec()).unwrap(),
+        }
+    }
+
     fn entry(dir: &str, name: &str) -> Change {
         Change::Entry {
             dir: WirePath::new(dir.as_bytes().to_vec()).unwrap(),
@@ -253,6 +266,20 @@ mod tests {
         assert_eq!(
             changes(
                 EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+                &["/ws/a/f"]
+            ),
+            vec![data("a/f")]
+        );
+        assert_eq!(
+            changes(
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                &["/ws/a/f"]
+            ),
+            vec![data("a/f")]
+        );
+        assert_eq!(
+            changes(
+                EventKind::Modify(ModifyKind::Metadata(notify::event::MetadataKind::Any)),
                 &["/ws/a/f"]
             ),
             vec![node("a/f")]

@@ -249,8 +249,14 @@ pub const MAX_WATCH_BATCH: usize = 1024;
 /// A change in the workspace that may invalidate what the bridge (and the host kernel) cached.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Change {
-    /// The content or attributes of the node at `path` changed.
+    /// The attributes (and maybe the content) of the node at `path` changed: anything cached about it
+    /// may be stale, its extended attributes included.
     Node { path: WirePath },
+    /// The content of the file at `path` changed (written, truncated, or closed after writing), and
+    /// with it its size and times, but nothing else: not its mode, owner or extended attributes
+    /// (those changes come as [`Change::Node`]). A write cannot give a file a capability, so the
+    /// bridge keeps knowing that it has none.
+    Data { path: WirePath },
     /// The name `name` in directory `dir` appeared, disappeared or now names another node (create,
     /// unlink, rename, link); the directory's own listing and attributes changed too.
     Entry {

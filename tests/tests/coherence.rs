@@ -339,3 +339,78 @@ fn listings_fetched_ahead_never_hide_a_change() -> Result<()> {
     }
     h.unmount()
 }
+
+/// What `getxattr` of `security.capability` on `path` returns (`None`: the file has none).
+fn capability(path: &Path) -> Result<Option<Vec<u8>>> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let mut buf = [0u8; 64];
+    // SAFETY: both strings are NUL-terminated and `buf` is writable for its length.
+    let n = unsafe {
+        libc::getxattr(
+            c_path.as_ptr(),
+            c"security.capability".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENODATA) => Ok(None),
+            _ => Err(e).context("getxattr security.capability"),
+        };
+    }
+    Ok(Some(buf[..n as usize].to_vec()))
+}
+
+/// The bridge answers the kernel's capability check before each write from memory once it knows a
+/// file has none, and keeps knowing it across changes of the content alone (writes, here from the
+/// session side as well). A capability set inside the session is an attribute change: it reaches the
+/// mount within the bound all the same.
+#[test]
+fn a_capability_set_in_the_session_after_writes_reaches_the_mount() -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut h = Harness::new()?;
+    let ws = h.create_session("cap")?;
+    h.mount()?;
+    let path = h.path("cap", "tool");
+    {
+        let mut f = fs::File::create_new(&path)?;
+        for _ in 0..4 {
+            f.write_all(&[7u8; 4096])?;
+        }
+    }
+    assert_eq!(capability(&path)?, None, "a new file has no capability");
+    // Content changes on the session side: the bridge keeps its record through their echoes.
+    fs::OpenOptions::new()
+        .append(true)
+        .open(ws.join("tool"))?
+        .write_all(b"more")?;
+    arrives(
+        "appended size",
+        expect_stat(&h.path("cap", ""), "tool", Some(4 * 4096 + 4)),
+    )?;
+    assert_eq!(capability(&path)?, None);
+    // VFS_CAP_REVISION_2, permitted = CAP_NET_BIND_SERVICE, nothing inheritable.
+    let blob: [u8; 20] = [0, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let c_path = std::ffi::CString::new(ws.join("tool").as_os_str().as_bytes())?;
+    // SAFETY: NUL-terminated strings and a readable buffer of the given length.
+    let set = unsafe {
+        libc::setxattr(
+            c_path.as_ptr(),
+            c"security.capability".as_ptr(),
+            blob.as_ptr().cast(),
+            blob.len(),
+            0,
+        )
+    };
+    if set != 0 {
+        return Err(std::io::Error::last_os_error())
+            .context("setxattr security.capability in the session");
+    }
+    arrives("capability set in the session", || {
+        Ok(capability(&path)?.as_deref() == Some(&blob[..]))
+    })?;
+    h.unmount()
+}
