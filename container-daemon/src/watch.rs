@@ -125,6 +125,7 @@ async fn batch(
                 Ok(first) => first,
                 Err(_) => {
                     // A burst (a build, an extraction) grew the heap; idle daemons should be small.
+                    sessionfs_pki::wire::release_pooled_buffers();
                     trim_heap();
                     dirty = false;
                     continue;

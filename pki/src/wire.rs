@@ -53,6 +53,14 @@ const POOLED_MIN_CAPACITY: usize = 64 * 1024;
 
 static POOL: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
 
+/// Frees the pooled frame buffers (an idle process need not hold them; the next frame allocates).
+pub fn release_pooled_buffers() {
+    if let Ok(mut pool) = POOL.lock() {
+        pool.clear();
+        pool.shrink_to_fit();
+    }
+}
+
 /// A frame buffer from a small process-wide pool, returned to it on drop. A 1 MiB frame then costs
 /// neither a fresh allocation (zeroed, page-faulted in, or grown by doubling while encoding) nor the
 /// copies that growth makes; the pool's bound keeps what an idle process holds small.
