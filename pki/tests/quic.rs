@@ -237,6 +237,20 @@ async fn client_without_certificate_is_refused() {
     assert_refused_by_daemon(&mut rx).await;
 }
 
+/// A client endpoint presenting the bridge's certificate.
+fn bridge_endpoint(ca: &CertificateAuthority) -> Endpoint {
+    let bridge = identity(&ca.issue_client(BRIDGE_IDENTITY).unwrap());
+    client_endpoint(client_config(bridge, roots(ca), &TransportTuning::default()).unwrap())
+}
+
+/// Connects `ep` to the daemon of session `alpha` at `addr`.
+async fn connect_alpha(ep: &Endpoint, addr: SocketAddr) -> quinn::Connection {
+    ep.connect(addr, &session_dns_name("alpha"))
+        .unwrap()
+        .await
+        .unwrap()
+}
+
 /// Loopback carries large datagrams: path MTU discovery raises the packet size
 /// above QUIC's conservative default, and a 4 MiB exchange each way (UDP GSO
 /// batches of the discovered size) keeps it there. A bound the kernel refuses
@@ -245,15 +259,9 @@ async fn client_without_certificate_is_refused() {
 async fn loopback_paths_discover_and_keep_large_datagrams() {
     let Ca { ca, .. } = new_ca();
     let (_server, addr, _rx) = start_daemon(&ca, "alpha");
-    let bridge = identity(&ca.issue_client(BRIDGE_IDENTITY).unwrap());
-    let ep =
-        client_endpoint(client_config(bridge, roots(&ca), &TransportTuning::default()).unwrap());
+    let ep = bridge_endpoint(&ca);
     let work = async {
-        let conn = ep
-            .connect(addr, &session_dns_name("alpha"))
-            .unwrap()
-            .await
-            .unwrap();
+        let conn = connect_alpha(&ep, addr).await;
         let payload: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
         send.write_all(&payload).await.unwrap();
@@ -295,15 +303,9 @@ async fn frames_of_alternating_sizes_round_trip_exactly() {
         }
         conn.closed().await;
     });
-    let bridge = identity(&ca.issue_client(BRIDGE_IDENTITY).unwrap());
-    let ep =
-        client_endpoint(client_config(bridge, roots(&ca), &TransportTuning::default()).unwrap());
+    let ep = bridge_endpoint(&ca);
     let work = async {
-        let conn = ep
-            .connect(addr, &session_dns_name("alpha"))
-            .unwrap()
-            .await
-            .unwrap();
+        let conn = connect_alpha(&ep, addr).await;
         for n in sizes {
             let (mut send, mut recv) = conn.open_bi().await.unwrap();
             wire::write_frame(&mut send, &frame(n), true).await.unwrap();
