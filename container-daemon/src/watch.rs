@@ -185,7 +185,7 @@ fn trim_heap() {
 
 /// The changes one inotify event stands for.
 fn add_changes(root: &Path, event: &Event, out: &mut Vec<Change>, seen: &mut HashSet<Change>) {
-    // (a name changed, only the content changed)
+    // (entry: a name in its directory changed; data: only the file's content changed)
     let (entry, data) = match event.kind {
         // Writes (IN_MODIFY) and the close after them; attribute and xattr changes are IN_ATTRIB.
         EventKind::Access(AccessKind::Close(AccessMode::Write))
