@@ -45,7 +45,7 @@ pub async fn probe(
     } else {
         (Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(HealthError::Socket)?;
+    let mut endpoint = sessionfs_pki::endpoint(bind, None).map_err(HealthError::Socket)?;
     endpoint.set_default_client_config(config);
     let attempt = async {
         let conn = sessionfs_pki::client::connect(&endpoint, addr, session_id).await?;
