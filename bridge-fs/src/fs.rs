@@ -820,7 +820,7 @@ impl Inner {
             }
             known.insert(ino);
         }
-        if !session.is_watched() || session.generation() != since {
+        if !session.current_since(since) {
             lock(&self.no_capability).remove(&ino);
         }
     }
@@ -830,7 +830,7 @@ impl Inner {
     /// invalidation crossed the request (else a stale reply could outlive the invalidation), the short
     /// TTL otherwise.
     fn ttl_for(&self, session: &Session, since: u64) -> Duration {
-        if session.is_watched() && session.generation() == since {
+        if session.current_since(since) {
             self.watched_ttl
         } else {
             self.ttl
@@ -853,7 +853,7 @@ impl Inner {
             }
             stamps.insert(ino, stamp);
         }
-        if !session.is_watched() || session.generation() != since {
+        if !session.current_since(since) {
             lock(&self.page_stamps).remove(&ino);
         }
         false
@@ -1206,9 +1206,7 @@ impl Inner {
         let epoch = lock(&self.attrs).epoch();
         let guard = lock(&self.listings);
         let listing = guard.0.get(&dir)?;
-        let current = session.is_watched()
-            && listing.generation == session.generation()
-            && listing.epoch == epoch;
+        let current = session.current_since(listing.generation) && listing.epoch == epoch;
         (current && !listing.names.contains(name)).then_some(listing.generation)
     }
 
@@ -1365,8 +1363,7 @@ impl Inner {
     fn take_read_ahead(&self, dir: &DirRef) -> Option<Arc<DirPage>> {
         let key = (dir.session.id.clone(), dir.path.clone());
         let page = lock(&self.read_ahead).take(&key)?;
-        let current = dir.session.is_watched()
-            && page.generation == dir.session.generation()
+        let current = dir.session.current_since(page.generation)
             && page.fetched.elapsed() <= self.watched_ttl;
         current.then_some(page)
     }

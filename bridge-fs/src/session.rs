@@ -523,6 +523,12 @@ impl Session {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// Whether what a request that started at invalidation generation `since` learned is still known
+    /// current: the session's changes are pushed and no invalidation arrived since.
+    pub fn current_since(&self, since: u64) -> bool {
+        self.is_watched() && self.generation() == since
+    }
+
     /// The latest registry record seen for this session.
     pub fn record(&self) -> SessionRecord {
         lock(&self.record).clone()
