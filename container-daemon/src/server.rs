@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sessionfs_pki::wire::{read_frame, write_frame, WireError};
+use sessionfs_pki::wire::{read_last_frame, write_frame, WireError};
 use sessionfs_pki::{PeerRole, TransportTuning};
 use sessionfs_proto::{
     errno, ErrorReply, Hello, HelloReply, Reply, Request, RequestFrame, ResponseFrame,
@@ -215,7 +215,7 @@ async fn handshake(conn: &quinn::Connection, session_id: &str) -> Result<(), Wir
             quinn::ReadError::ConnectionLost(e),
         ))
     })?;
-    let hello: Hello = read_frame(&mut recv).await?;
+    let hello: Hello = read_last_frame(&mut recv).await?;
     let reply = if hello.version == PROTOCOL_VERSION {
         HelloReply::Welcome {
             version: PROTOCOL_VERSION,
@@ -246,33 +246,35 @@ async fn serve_stream(
     watcher: Arc<WorkspaceWatcher>,
     role: PeerRole,
 ) {
-    let frame =
-        match tokio::time::timeout(REQUEST_READ_TIMEOUT, read_frame::<RequestFrame>(&mut recv))
-            .await
-        {
-            Ok(Ok(frame)) => frame,
-            Ok(Err(WireError::Codec(e))) => {
-                warn!("refused request: {e}");
-                let _ = recv.stop(1u32.into());
-                let reply = ResponseFrame(Err(ErrorReply::new(errno::EPROTO, e.to_string())));
-                let _ = write_frame(&mut send, &reply, true).await;
-                return;
-            }
-            Ok(Err(e)) => {
-                debug!("request stream failed: {e}");
-                return;
-            }
-            Err(_) => {
-                warn!("request not received within {REQUEST_READ_TIMEOUT:?}");
-                let _ = recv.stop(2u32.into());
-                let reply = ResponseFrame(Err(ErrorReply::new(
-                    errno::ETIMEDOUT,
-                    "request frame timed out",
-                )));
-                let _ = write_frame(&mut send, &reply, true).await;
-                return;
-            }
-        };
+    let frame = match tokio::time::timeout(
+        REQUEST_READ_TIMEOUT,
+        read_last_frame::<RequestFrame>(&mut recv),
+    )
+    .await
+    {
+        Ok(Ok(frame)) => frame,
+        Ok(Err(e @ (WireError::Codec(_) | WireError::TrailingData))) => {
+            warn!("refused request: {e}");
+            let _ = recv.stop(1u32.into());
+            let reply = ResponseFrame(Err(ErrorReply::new(errno::EPROTO, e.to_string())));
+            let _ = write_frame(&mut send, &reply, true).await;
+            return;
+        }
+        Ok(Err(e)) => {
+            debug!("request stream failed: {e}");
+            return;
+        }
+        Err(_) => {
+            warn!("request not received within {REQUEST_READ_TIMEOUT:?}");
+            let _ = recv.stop(2u32.into());
+            let reply = ResponseFrame(Err(ErrorReply::new(
+                errno::ETIMEDOUT,
+                "request frame timed out",
+            )));
+            let _ = write_frame(&mut send, &reply, true).await;
+            return;
+        }
+    };
     let result = match (role, frame.request) {
         (_, Request::Ping) => Ok(Reply::Pong),
         (PeerRole::Bridge, Request::Watch) => {

@@ -9,7 +9,7 @@ use sessionfs_proto::{
     ErrorReply, Hello, HelloReply, Reply, RequestFrame, ResponseFrame, PROTOCOL_VERSION,
 };
 
-use crate::wire::{read_frame, write_frame, WireError};
+use crate::wire::{read_last_frame, write_frame, WireError};
 
 /// Why a connection to a session daemon could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +67,7 @@ pub async fn connect(
     write_frame(&mut send, &Hello::current(), true)
         .await
         .map_err(handshake)?;
-    match read_frame::<HelloReply>(&mut recv)
+    match read_last_frame::<HelloReply>(&mut recv)
         .await
         .map_err(handshake)?
     {
@@ -96,6 +96,6 @@ pub async fn call(
 ) -> Result<Result<Reply, ErrorReply>, CallError> {
     let (mut send, mut recv) = conn.open_bi().await?;
     write_frame(&mut send, frame, true).await?;
-    let ResponseFrame(result) = read_frame(&mut recv).await?;
+    let ResponseFrame(result) = read_last_frame(&mut recv).await?;
     Ok(result)
 }

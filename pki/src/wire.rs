@@ -17,6 +17,10 @@ pub enum WireError {
     Write(#[from] quinn::WriteError),
     #[error("stream already closed: {0}")]
     Closed(#[from] quinn::ClosedStream),
+    #[error("stream read failed after the frame: {0}")]
+    ReadEnd(#[from] quinn::ReadError),
+    #[error("the peer sent data after the stream's last frame")]
+    TrailingData,
 }
 
 /// Reads one frame and decodes it.
@@ -28,6 +32,21 @@ pub async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream) -> Re
     body.resize(len, 0);
     recv.read_exact(&mut body).await?;
     Ok(codec::decode(&body)?)
+}
+
+/// Reads the one frame a stream carries and then its end. Observing the end lets the stream close
+/// quietly: a receive stream dropped before its end is seen makes QUIC send STOP_SENDING, one more
+/// frame (and often one more datagram) per request each way. Bytes after the frame are a protocol
+/// error. The end normally arrives with the frame; callers bound the wait like any read.
+pub async fn read_last_frame<T: DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+) -> Result<T, WireError> {
+    let msg = read_frame(recv).await?;
+    let mut probe = [0u8; 1];
+    match recv.read(&mut probe).await? {
+        None => Ok(msg),
+        Some(_) => Err(WireError::TrailingData),
+    }
 }
 
 /// Encodes `msg` as one frame and writes it; `finish` also ends the stream.

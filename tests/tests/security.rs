@@ -1,5 +1,6 @@
 //! Security against a real daemon: the escape corpus, wrong and missing certificates, a daemon of
-//! another session, the health-probe identity's limits, and malformed or oversized frames.
+//! another session, the health-probe identity's limits, malformed or oversized frames, and how
+//! request streams end.
 //!
 //! These tests speak the wire protocol directly with their own QUIC client (built from the same CA as
 //! the installation), because the bridge would never send most of these requests.
@@ -347,6 +348,18 @@ async fn malformed_frames_end_only_their_stream() -> Result<()> {
         let ResponseFrame(r) = raw(&conn, &bytes).await?;
         assert_eq!(expect_err("garbage frame", r), errno::EPROTO);
     }
+    // A valid request with bytes after it: refused, not half-served.
+    let mut bytes = Vec::new();
+    let ping = RequestFrame {
+        caller: Caller::default(),
+        request: Request::Ping,
+    };
+    sessionfs_proto::codec::encode_frame(&ping, &mut bytes)?;
+    let ResponseFrame(r) = raw(&conn, &bytes).await?;
+    assert_eq!(r, Ok(Reply::Pong), "the well-formed frame alone is served");
+    bytes.extend_from_slice(b"trailing");
+    let ResponseFrame(r) = raw(&conn, &bytes).await?;
+    assert_eq!(expect_err("trailing bytes", r), errno::EPROTO);
     // A truncated frame: the stream ends early; the daemon just drops it.
     let (mut send, mut recv) = conn.open_bi().await?;
     send.write_all(&100u32.to_le_bytes()).await?;
@@ -366,6 +379,32 @@ async fn malformed_frames_end_only_their_stream() -> Result<()> {
     ));
     let pid = s.h.daemon_pid("frames")?;
     assert!(Path::new(&format!("/proc/{pid}")).exists(), "daemon died");
+    Ok(())
+}
+
+/// Each side reads a request stream to its end, so streams close without STOP_SENDING: that frame
+/// would cost a datagram per request each way (it did, 146,009 each way in a 10,000-file tar).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_streams_close_without_stop_sending() -> Result<()> {
+    let s = setup("quiet")?;
+    let ep = endpoint_with(Some(bridge_identity(&s.ca)?), &s.ca.cert_pem())?;
+    let conn = tokio::time::timeout(BOUND, client::connect(&ep, s.addr, "quiet")).await??;
+    for _ in 0..50 {
+        assert_eq!(call(&conn, Request::Ping).await?, Ok(Reply::Pong));
+        assert!(matches!(
+            call(&conn, Request::StatFs).await?,
+            Ok(Reply::StatFs(_))
+        ));
+    }
+    // The daemon's STOP_SENDING frames for the last requests may still be in flight: a further
+    // round trip on the same connection orders them before its reply.
+    assert_eq!(call(&conn, Request::Ping).await?, Ok(Reply::Pong));
+    let stats = conn.stats();
+    assert_eq!(
+        (stats.frame_tx.stop_sending, stats.frame_rx.stop_sending),
+        (0, 0),
+        "STOP_SENDING frames (sent, received) over 101 requests"
+    );
     Ok(())
 }
 
