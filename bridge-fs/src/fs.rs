@@ -8,7 +8,8 @@
 //! Directory listings are fetched a page at a time (the page a listing continues in is kept until
 //! read to its end), or taken from read-ahead during tree walks ([`crate::read_ahead`]);
 //! `readdirplus` is negotiated so entries arrive with their attributes and inode numbers agree with
-//! `stat`.
+//! `stat`. A walk that reads the files it lists gets each directory's small files in one round trip
+//! ([`crate::heads_ahead`]).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -33,6 +34,7 @@ use tracing::{debug, warn};
 
 use crate::session::Invalidation;
 
+use crate::heads_ahead::{Fetched, Found, HeadsAhead};
 use crate::inodes::{InodeTable, NodeRef, Stale, ROOT_INO};
 use crate::negative::NegativeEntries;
 use crate::read_ahead::ReadAhead;
@@ -69,6 +71,35 @@ struct Head {
 
 /// How many bytes a read-only open asks to have read with it: most source files fit.
 const OPEN_HEAD: u32 = 128 * 1024;
+
+/// An open on its way to the daemon, or answered from a file fetched ahead.
+struct RemoteOpen {
+    caller: Caller,
+    ino: u64,
+    flags: i32,
+    read_only: bool,
+    /// Held until the reply is handled when the open changes the file (`O_TRUNC`).
+    mutation: Option<Mutation>,
+    /// The attribute epoch when the open began.
+    epoch: u64,
+}
+
+impl RemoteOpen {
+    /// The flags of the open's reply; `keep`: the kernel keeps its pages of the file.
+    fn fopen_flags(&self, keep: bool) -> FopenFlags {
+        // A read-only handle needs no FLUSH at close (nothing to push, locks are the host's).
+        let base = if self.read_only {
+            FopenFlags::FOPEN_NOFLUSH
+        } else {
+            FopenFlags::empty()
+        };
+        if keep {
+            base | FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            base
+        }
+    }
+}
 
 /// A daemon file handle on one connection.
 struct RemoteHandle {
@@ -230,6 +261,9 @@ struct Inner {
     /// Listings fetched ahead during tree walks, and the walk bookkeeping.
     read_ahead: Mutex<ReadAhead<Arc<DirPage>>>,
     read_ahead_slots: Arc<tokio::sync::Semaphore>,
+    /// Small files fetched ahead for walks that read them; an open waits on the receiver for a
+    /// fetch under way.
+    heads_ahead: Mutex<HeadsAhead<tokio::sync::watch::Receiver<bool>>>,
     /// File inodes of watched sessions known to have no [`CAPABILITY_XATTR`]: the kernel's read of it
     /// before each write is answered without a round trip. A change of the inode drops it, except a
     /// change of its content alone ([`Change::Data`]: a write cannot add a capability).
@@ -391,6 +425,7 @@ impl BridgeFs {
                 listings: Mutex::new((HashMap::new(), 0)),
                 read_ahead: Mutex::new(ReadAhead::default()),
                 read_ahead_slots: Arc::new(tokio::sync::Semaphore::new(READ_AHEAD_CONCURRENCY)),
+                heads_ahead: Mutex::new(HeadsAhead::default()),
                 no_capability: Mutex::new(std::collections::HashSet::new()),
                 attrs: Mutex::new(AttrCache::default()),
                 next_fh: AtomicU64::new(1),
@@ -522,22 +557,7 @@ impl BridgeFs {
             Err(e) => return reply.fail(e),
         };
         let inner = self.inner.clone();
-        self.spawn(async move {
-            let since = session.generation();
-            match inner.sessions.call(&session, caller, request).await {
-                Ok((r, conn)) => {
-                    let ttl = inner.ttl_for(&session, since);
-                    let answered = Answered {
-                        session,
-                        conn,
-                        ttl,
-                        since,
-                    };
-                    done(&inner, answered, r, reply)
-                }
-                Err(e) => reply.fail(errno_of(&e)),
-            }
-        });
+        self.spawn(inner.call_then(caller, session, request, reply, done));
     }
 
     /// Sends the request `make` builds for the path of `ino`.
@@ -809,6 +829,31 @@ struct Answered {
 }
 
 impl Inner {
+    /// Sends `request` to `session` and hands its reply to `done`; a failure goes to the kernel.
+    async fn call_then<R: Fail>(
+        self: Arc<Self>,
+        caller: Caller,
+        session: Arc<Session>,
+        request: Request,
+        reply: R,
+        done: impl FnOnce(&Inner, Answered, Reply, R),
+    ) {
+        let since = session.generation();
+        match self.sessions.call(&session, caller, request).await {
+            Ok((r, conn)) => {
+                let ttl = self.ttl_for(&session, since);
+                let answered = Answered {
+                    session,
+                    conn,
+                    ttl,
+                    since,
+                };
+                done(&self, answered, r, reply)
+            }
+            Err(e) => reply.fail(errno_of(&e)),
+        }
+    }
+
     /// Remembers that `ino` has no [`CAPABILITY_XATTR`], learned by a request that started at
     /// invalidation generation `since`: recorded first, then dropped again if the session is not
     /// watched or an invalidation crossed the request (one after the check finds the record).
@@ -1154,10 +1199,11 @@ impl Inner {
     }
 
     /// Voids what the bridge answers from memory on the daemon's behalf: listings fetched ahead,
-    /// remembered attributes, and complete listings (which also carry the attribute epoch, so one
+    /// small files fetched ahead, remembered attributes, and complete listings (which also carry the attribute epoch, so one
     /// remembered after this from an older fetch is not used either).
     fn void_answers(&self) {
         lock(&self.read_ahead).changed();
+        lock(&self.heads_ahead).changed();
         lock(&self.attrs).changed();
         let mut listings = lock(&self.listings);
         listings.0.clear();
@@ -1357,6 +1403,141 @@ impl Inner {
                 format!("unexpected readdir reply {other:?}"),
             )),
         }
+    }
+
+    /// Opens a file through the daemon (a read-only open asks for its head with it).
+    async fn open_remote(
+        self: Arc<Self>,
+        session: Arc<Session>,
+        path: WirePath,
+        open: RemoteOpen,
+        reply: ReplyOpen,
+    ) {
+        let request = Request::Open {
+            path,
+            flags: open.flags,
+            // The kernel drops its pages at this open and reads the file anew.
+            head: if open.read_only { OPEN_HEAD } else { 0 },
+        };
+        let caller = open.caller;
+        self.call_then(
+            caller,
+            session,
+            request,
+            reply,
+            move |inner, answered, r, reply| {
+                let Reply::Opened { fh, attr, head } = r else {
+                    return reply.fail(unexpected(&r));
+                };
+                let (ino, since, epoch) = (open.ino, answered.since, open.epoch);
+                if open.mutation.is_none() {
+                    inner.keep_attrs(&answered.session, since, epoch, &[(ino, attr)]);
+                }
+                let keep = inner.keep_cache(ino, &answered.session, &attr, since);
+                let whole = fh.is_none();
+                let remote = fh.map(|fh| RemoteHandle {
+                    conn: answered.conn,
+                    fh,
+                });
+                // Kept pages: the kernel reads nothing, the head is of no use. The head is served only
+                // while its stamp stands and nothing changed through the mount since the open began (see
+                // `read_head`).
+                let head = (!keep && (whole || !head.is_empty())).then(|| Head {
+                    data: head,
+                    whole,
+                    stamp: ContentStamp::of(&attr),
+                    epoch,
+                });
+                let fh = inner.add_file(ino, answered.session, open.flags, remote, head);
+                reply.opened(FileHandle(fh), open.fopen_flags(keep));
+            },
+        )
+        .await
+    }
+
+    /// Answers a read-only open from a file fetched whole ahead of it, if nothing changed in its
+    /// session nor through the mount since its fetch began, and the bridge answered no other version
+    /// of the file's attributes meanwhile. Returns the handle (which needs no daemon
+    /// handle) and whether the kernel keeps its pages.
+    fn open_fetched(
+        &self,
+        session: &Arc<Session>,
+        open: &RemoteOpen,
+        fetched: Fetched,
+    ) -> Option<(u64, bool)> {
+        if !session.current_since(fetched.since) || lock(&self.attrs).epoch() != fetched.epoch {
+            return None;
+        }
+        let (ino, attr) = (open.ino, fetched.attr);
+        // The bridge answered another version of the file since (a lookup that raced the change's
+        // event): the fetched bytes may be older than what `stat` shows.
+        let known = self.cached_attr(ino, session);
+        if known.is_some_and(|known| ContentStamp::of(&known) != ContentStamp::of(&attr)) {
+            return None;
+        }
+        self.keep_attrs(session, fetched.since, fetched.epoch, &[(ino, attr)]);
+        let keep = self.keep_cache(ino, session, &attr, fetched.since);
+        let head = (!keep).then(|| Head {
+            data: fetched.data,
+            whole: true,
+            stamp: ContentStamp::of(&attr),
+            epoch: fetched.epoch,
+        });
+        Some((
+            self.add_file(ino, session.clone(), open.flags, None, head),
+            keep,
+        ))
+    }
+
+    /// A read-only open in `dir` goes to the daemon: fetches the directory's small files if a walk
+    /// reads it (see [`crate::heads_ahead`]); returns what waits for the fetch if one started.
+    fn heads_opened(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        dir: &crate::read_ahead::DirKey,
+    ) -> Option<tokio::sync::watch::Receiver<bool>> {
+        let mut done = None;
+        let started = lock(&self.heads_ahead).opened(
+            dir,
+            || {
+                let (tx, rx) = tokio::sync::watch::channel(false);
+                done = Some(tx);
+                rx
+            },
+            Instant::now(),
+        );
+        let (Some(epoch), Some(done)) = (started, done) else {
+            return None;
+        };
+        let waiter = done.subscribe();
+        let (inner, session, dir) = (self.clone(), session.clone(), dir.clone());
+        self.rt.spawn(async move {
+            let since = session.generation();
+            let attr_epoch = lock(&inner.attrs).epoch();
+            let request = Request::ReadHeads {
+                path: dir.1.clone(),
+                max_each: OPEN_HEAD,
+            };
+            // As root: the kernel checks the reader's permissions before each open.
+            let reply = inner
+                .sessions
+                .call(&session, Caller::default(), request)
+                .await;
+            let now = Instant::now();
+            let files = match reply {
+                Ok((Reply::Heads(files), _)) => files
+                    .into_iter()
+                    .filter_map(|f| {
+                        let path = dir.1.join(&f.name).ok()?;
+                        Some((path, Fetched::new(f.attr, f.data, since, attr_epoch, now)))
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            lock(&inner.heads_ahead).fetched(&dir, epoch, files, now);
+            let _ = done.send(true);
+        });
+        Some(waiter)
     }
 
     /// The first page of `dir` if read-ahead fetched it and nothing changed in the session since.
@@ -1738,76 +1919,74 @@ impl fuser::Filesystem for BridgeFs {
     }
 
     fn open(&self, req: &FuseRequest, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        // A read-only handle needs no FLUSH at close (nothing to push, locks are the host's).
         let read_only = flags.0 & libc::O_ACCMODE == libc::O_RDONLY && flags.0 & libc::O_TRUNC == 0;
-        let base = if read_only {
-            FopenFlags::FOPEN_NOFLUSH
-        } else {
-            FopenFlags::empty()
+        let (session, path) = match self.node(ino) {
+            Ok(v) => v,
+            Err(e) => return reply.error(e),
         };
-        let target = self.node(ino);
-        if read_only {
-            // Reading a file whose pages the kernel has and that did not change since: no round
-            // trip; the daemon's handle is opened only if a read misses the cache.
-            if let Ok((session, _)) = &target {
-                if self.inner.cache_is_current(ino.0, session) {
-                    let fh = self
-                        .inner
-                        .add_file(ino.0, session.clone(), flags.0, None, None);
-                    return reply.opened(FileHandle(fh), base | FopenFlags::FOPEN_KEEP_CACHE);
+        let open = RemoteOpen {
+            caller: caller(req),
+            ino: ino.0,
+            flags: flags.0,
+            read_only,
+            // O_TRUNC changes the file.
+            mutation: (flags.0 & libc::O_TRUNC != 0).then(|| self.inner.mutation()),
+            epoch: lock(&self.inner.attrs).epoch(),
+        };
+        if !read_only || !session.is_watched() {
+            return self.spawn(self.inner.clone().open_remote(session, path, open, reply));
+        }
+        // Reading a file whose pages the kernel has and that did not change since: no round trip;
+        // the daemon's handle is opened only if a read misses the cache.
+        if self.inner.cache_is_current(ino.0, &session) {
+            let fh = self
+                .inner
+                .add_file(ino.0, session.clone(), flags.0, None, None);
+            return reply.opened(FileHandle(fh), open.fopen_flags(true));
+        }
+        // Fetched ahead with its directory's small files (see `crate::heads_ahead`), or being fetched.
+        let dir = path
+            .split_last()
+            .and_then(|(dir, _)| WirePath::new(dir.to_vec()).ok());
+        let Some(dir) = dir else {
+            return self.spawn(self.inner.clone().open_remote(session, path, open, reply));
+        };
+        let file_key = (session.id.clone(), path.clone());
+        let dir_key = (session.id.clone(), dir);
+        let found = lock(&self.inner.heads_ahead).find(&file_key, &dir_key, Instant::now());
+        let mut waiter = match found {
+            Found::File(fetched) => {
+                if let Some(answer) = self.inner.open_fetched(&session, &open, fetched) {
+                    return reply.opened(FileHandle(answer.0), open.fopen_flags(answer.1));
+                }
+                None
+            }
+            Found::Wait(waiter) => Some(waiter),
+            Found::Nothing => None,
+        };
+        if waiter.is_none() {
+            let started = self.inner.heads_opened(&session, &dir_key);
+            // A small file comes with the fetch just started: wait for that rather than open it.
+            let small = self
+                .inner
+                .cached_attr(ino.0, &session)
+                .is_some_and(|a| a.size < u64::from(OPEN_HEAD));
+            waiter = started.filter(|_| small);
+        }
+        let inner = self.inner.clone();
+        self.spawn(async move {
+            if let Some(waiter) = waiter.as_mut() {
+                // Bounded: the fetch is one request, bounded like every request.
+                let _ = waiter.wait_for(|done| *done).await;
+                let found = lock(&inner.heads_ahead).find(&file_key, &dir_key, Instant::now());
+                if let Found::File(fetched) = found {
+                    if let Some((fh, keep)) = inner.open_fetched(&session, &open, fetched) {
+                        return reply.opened(FileHandle(fh), open.fopen_flags(keep));
+                    }
                 }
             }
-        }
-        // O_TRUNC changes the file.
-        let mutation = (flags.0 & libc::O_TRUNC != 0).then(|| self.inner.mutation());
-        let epoch = lock(&self.inner.attrs).epoch();
-        let target = target.map(|(s, path)| {
-            (
-                s,
-                Request::Open {
-                    path,
-                    flags: flags.0,
-                    // The kernel drops its pages at this open and reads the file anew.
-                    head: if read_only { OPEN_HEAD } else { 0 },
-                },
-            )
+            inner.open_remote(session, path, open, reply).await
         });
-        self.remote(
-            caller(req),
-            target,
-            reply,
-            move |inner, answered, r, reply| match (r, mutation) {
-                (Reply::Opened { fh, attr, head }, mutation) => {
-                    let since = answered.since;
-                    if mutation.is_none() {
-                        inner.keep_attrs(&answered.session, since, epoch, &[(ino.0, attr)]);
-                    }
-                    let keep = inner.keep_cache(ino.0, &answered.session, &attr, since);
-                    let whole = fh.is_none();
-                    let remote = fh.map(|fh| RemoteHandle {
-                        conn: answered.conn,
-                        fh,
-                    });
-                    // Kept pages: the kernel reads nothing, the head is of no use. The head is served
-                    // only while its stamp stands and nothing changed through the mount since the
-                    // open began (see `read_head`).
-                    let head = (!keep && (whole || !head.is_empty())).then(|| Head {
-                        data: head,
-                        whole,
-                        stamp: ContentStamp::of(&attr),
-                        epoch,
-                    });
-                    let fh = inner.add_file(ino.0, answered.session, flags.0, remote, head);
-                    let flags = if keep {
-                        base | FopenFlags::FOPEN_KEEP_CACHE
-                    } else {
-                        base
-                    };
-                    reply.opened(FileHandle(fh), flags);
-                }
-                (other, _mutation) => reply.fail(unexpected(&other)),
-            },
-        );
     }
 
     fn create(

@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod fs;
+pub mod heads_ahead;
 pub mod inodes;
 pub mod mount;
 pub mod mountinfo;

@@ -315,6 +315,7 @@ fn runs_inline(request: &Request) -> bool {
         Request::Read { .. }
         | Request::Write { .. }
         | Request::ReadDir { .. }
+        | Request::ReadHeads { .. }
         | Request::Flush { .. }
         | Request::Fsync { .. }
         | Request::FsyncDir { .. }
@@ -429,6 +430,7 @@ pub fn dispatch(
         }
         Request::Symlink { path, target } => Reply::Attr(ws.symlink(&path, &target, caller)?),
         Request::Readlink { path } => Reply::Data(ws.readlink(&path)?),
+        Request::ReadHeads { path, max_each } => Reply::Heads(ws.read_heads(&path, max_each)?),
         Request::Link { from, to } => Reply::Attr(ws.link(&from, &to)?),
         Request::StatFs => Reply::StatFs(ws.statfs()?),
         Request::GetXattr { path, name, size } => xattr(ws.getxattr(&path, &name, size)?),

@@ -25,8 +25,8 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 use sessionfs_proto::{
-    errno, Attr, Caller, DirEntry, ErrorReply, NodeKind, SetAttrs, SetTime, StatFs, Timestamp,
-    WirePath, MAX_DIR_PAGE, MAX_IO_CHUNK, MAX_OPEN_HEAD,
+    errno, Attr, Caller, DirEntry, ErrorReply, FileHead, NodeKind, SetAttrs, SetTime, StatFs,
+    Timestamp, WirePath, MAX_DIR_PAGE, MAX_HEADS_FILES, MAX_IO_CHUNK, MAX_OPEN_HEAD,
 };
 
 use crate::handles::Handles;
@@ -463,9 +463,8 @@ impl Workspace {
         Ok((entries, next))
     }
 
-    /// Opens a regular file; returns its handle and its attributes as of the open (the bridge keeps
-    /// the kernel's cached pages only if they are unchanged since they were cached).
-    /// Opens `path`; with `head` > 0 and a read-only open, also reads its first `head` bytes (capped
+    /// Opens the regular file `path`; returns its handle and its attributes as of the open (the
+    /// bridge keeps the kernel's cached pages only if they are unchanged since they were cached). With `head` > 0 and a read-only open, also reads its first `head` bytes (capped
     /// at [`MAX_OPEN_HEAD`]), and closes it again if it ends within them (handle `None`).
     pub fn open_file(
         &self,
@@ -495,6 +494,65 @@ impl Workspace {
             return Ok((None, attr, data));
         }
         Ok((Some(handles.insert(fd)?), attr, data))
+    }
+
+    /// The small regular files of directory `path`, whole: every file that ends within `max_each`
+    /// bytes (capped at [`MAX_OPEN_HEAD`]), among the first [`MAX_DIR_PAGE`] entries, until
+    /// [`MAX_HEADS_FILES`] files or [`MAX_IO_CHUNK`] bytes. Each file is opened like `open_file` opens
+    /// one (beneath the root, never through a symlink, never a device or FIFO), and its attributes are
+    /// taken after its content was read. A file that vanishes or cannot be read is left out.
+    pub fn read_heads(&self, path: &WirePath, max_each: u32) -> Result<Vec<FileHead>> {
+        let f = |e| fail("readheads", path, e);
+        let dir = self.open_dir(path).map_err(f)?;
+        let max_each = max_each.min(MAX_OPEN_HEAD);
+        let mut heads = Vec::new();
+        let mut total = 0usize;
+        let mut rel = path.as_bytes().to_vec();
+        if !rel.is_empty() {
+            rel.push(b'/');
+        }
+        let prefix = rel.len();
+        for entry in rfs::Dir::read_from(&dir)
+            .map_err(f)?
+            .take(MAX_DIR_PAGE as usize + 2)
+        {
+            let entry = entry.map_err(f)?;
+            if !matches!(
+                entry.file_type(),
+                rfs::FileType::RegularFile | rfs::FileType::Unknown
+            ) {
+                continue;
+            }
+            let name = entry.file_name().to_bytes();
+            rel.truncate(prefix);
+            rel.extend_from_slice(name);
+            let Ok(fd) = self.open_regular(&rel, OFlags::RDONLY | OFlags::NONBLOCK) else {
+                continue;
+            };
+            let small = statx_fd(fd.as_fd()).is_ok_and(|a| a.size < u64::from(max_each));
+            let Some(data) = small
+                .then(|| read_at(fd.as_fd(), 0, max_each).ok())
+                .flatten()
+            else {
+                continue;
+            };
+            if data.len() >= max_each as usize || total + data.len() > MAX_IO_CHUNK as usize {
+                continue;
+            }
+            let Ok(attr) = statx_fd(fd.as_fd()) else {
+                continue;
+            };
+            total += data.len();
+            heads.push(FileHead {
+                name: name.to_vec(),
+                attr,
+                data,
+            });
+            if heads.len() == MAX_HEADS_FILES as usize {
+                break;
+            }
+        }
+        Ok(heads)
     }
 
     pub fn create(

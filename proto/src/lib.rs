@@ -21,7 +21,7 @@ pub use message::*;
 pub use path::{PathError, WirePath};
 
 /// The protocol version spoken by this build. A peer with another version is refused at the handshake.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The largest payload of one `Read` reply or one `Write` request. Larger transfers are split by the
 /// client into several concurrent requests.
@@ -29,6 +29,9 @@ pub const MAX_IO_CHUNK: u32 = 1024 * 1024;
 
 /// The most bytes an `Open` may ask to have read with it ([`Request::Open`]'s `head`).
 pub const MAX_OPEN_HEAD: u32 = 256 * 1024;
+
+/// The most files one `ReadHeads` reply carries.
+pub const MAX_HEADS_FILES: u32 = 256;
 
 /// The most directory entries one `ReadDir` reply carries; larger directories are paged.
 pub const MAX_DIR_PAGE: u32 = 2048;

@@ -241,6 +241,15 @@ pub enum Request {
     /// Subscribes to changes in the workspace: the daemon answers on this stream with
     /// [`WatchFrame`]s, as long as the connection lives (one subscription per connection).
     Watch,
+    /// The whole content of the small regular files in directory `path`: every file that ends
+    /// within `max_each` bytes (at most [`crate::MAX_OPEN_HEAD`]), with its attributes, up to
+    /// [`crate::MAX_HEADS_FILES`] files and [`crate::MAX_IO_CHUNK`] bytes in all. Larger files,
+    /// other node types and files that cannot be opened are left out. One round trip for what a
+    /// walk that reads every file (`rg`, `grep -r`) would otherwise open one by one.
+    ReadHeads {
+        path: WirePath,
+        max_each: u32,
+    },
 }
 
 /// Most changes in one [`WatchFrame::Changes`] batch.
@@ -369,6 +378,19 @@ pub enum Reply {
     StatFs(StatFs),
     /// The size of an xattr value or list, when the request gave size 0.
     XattrSize(u32),
+    /// Small files of a directory, whole ([`Request::ReadHeads`]).
+    Heads(Vec<FileHead>),
+}
+
+/// One small file of a [`Reply::Heads`]: its name in the directory, its attributes (taken after its
+/// content was read), and its whole content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileHead {
+    #[serde(with = "serde_bytes")]
+    pub name: Vec<u8>,
+    pub attr: Attr,
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
 }
 
 /// An error reply: the errno to hand to the kernel, and a message for logs.

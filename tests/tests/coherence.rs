@@ -340,6 +340,93 @@ fn listings_fetched_ahead_never_hide_a_change() -> Result<()> {
     h.unmount()
 }
 
+/// `truncate(2)`: changes the size by path, without opening the file.
+fn truncate(path: &Path, len: i64) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    if unsafe { libc::truncate(c.as_ptr(), len) } != 0 {
+        return Err(std::io::Error::last_os_error()).context(format!("truncate {path:?}"));
+    }
+    Ok(())
+}
+
+/// Small files fetched ahead for a walk that reads a directory's files never hide a change. Each round
+/// reads the first files of a directory (the second open fetches the rest whole, the third waits for
+/// that fetch), then changes a file that was fetched but not yet opened: behind the mount (once `stat`
+/// shows the change, the very next read must show it too) and through it (at once).
+#[test]
+fn small_files_fetched_ahead_never_hide_a_change() -> Result<()> {
+    let mut h = Harness::new()?;
+    let ws = h.create_session("heads")?;
+    let rounds = 10;
+    for round in 0..rounds {
+        for dir in ["behind", "through"] {
+            let dir = ws.join(format!("{dir}{round}"));
+            fs::create_dir_all(&dir)?;
+            for i in 0..6 {
+                fs::write(dir.join(format!("f{i}")), format!("old {i}"))?;
+            }
+        }
+    }
+    h.mount()?;
+    let mount = h.path("heads", "");
+    let last = format!("through{}/f5", rounds - 1);
+    arrives("the tree", || Ok(mount.join(&last).exists()))?;
+    let read_first_three = |dir: &Path| -> Result<()> {
+        for i in 0..3 {
+            assert_eq!(
+                fs::read(dir.join(format!("f{i}")))?,
+                format!("old {i}").as_bytes()
+            );
+        }
+        Ok(())
+    };
+    for round in 0..rounds {
+        let dir = format!("behind{round}");
+        read_first_three(&mount.join(&dir))?;
+        let changed = b"changed behind the mount";
+        fs::write(ws.join(&dir).join("f4"), changed)?;
+        arrives(
+            "the change's size",
+            expect_stat(&mount.join(&dir), "f4", Some(changed.len() as u64)),
+        )?;
+        assert_eq!(
+            fs::read(mount.join(&dir).join("f4"))?,
+            changed,
+            "a file fetched ahead before a change behind the mount was read stale"
+        );
+        assert_eq!(fs::read(mount.join(&dir).join("f5"))?, b"old 5");
+
+        // Through the mount: a file made behind it before the fetch is renamed over a fetched one,
+        // and a fetched file is cut to one byte and extended again by path (no open of the file).
+        let dir = format!("through{round}");
+        // Once the directory's cached mtime moved, the creation's event was handled: the fetch below
+        // starts after it, so only what happens through the mount can make it stale.
+        let before = fs::metadata(mount.join(&dir))?.modified()?;
+        fs::write(ws.join(&dir).join("new"), b"renamed over f5")?;
+        arrives("the new file's event", || {
+            Ok(fs::metadata(mount.join(&dir))?.modified()? != before)
+        })?;
+        read_first_three(&mount.join(&dir))?;
+        assert_eq!(fs::read(mount.join(&dir).join("f3"))?, b"old 3");
+        fs::rename(mount.join(&dir).join("new"), mount.join(&dir).join("f5"))?;
+        assert_eq!(
+            fs::read(mount.join(&dir).join("f5"))?,
+            b"renamed over f5",
+            "a file fetched ahead before a rename over it through the mount was read stale"
+        );
+        truncate(&mount.join(&dir).join("f4"), 1)?;
+        truncate(&mount.join(&dir).join("f4"), 5)?;
+        assert_eq!(
+            fs::read(mount.join(&dir).join("f4"))?,
+            b"o\0\0\0\0",
+            "a file fetched ahead before a truncate through the mount was read stale"
+        );
+    }
+    h.unmount()
+}
+
 /// What `getxattr` of `security.capability` on `path` returns (`None`: the file has none).
 fn capability(path: &Path) -> Result<Option<Vec<u8>>> {
     use std::os::unix::ffi::OsStrExt;

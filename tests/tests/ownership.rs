@@ -92,6 +92,13 @@ fn owner_and_map_owner() -> Result<()> {
         );
     }
     ensure!(fs::read(h.path("owned", "from-host.txt"))? == b"host\ninside\n");
+    // Attributes learned at an open (the bridge answers later `stat`s from them) are mapped too.
+    let m = fs::metadata(h.path("owned", "from-host.txt"))?;
+    ensure!(
+        (m.uid(), m.gid()) == me,
+        "after an open and a read: {:?} is not shown as the mounting user {me:?}",
+        (m.uid(), m.gid())
+    );
     fs::write(
         h.path("owned", "dir/from-inside.txt"),
         b"rewritten by the host\n",
