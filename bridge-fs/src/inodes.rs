@@ -8,6 +8,16 @@
 //! unlinking one name of a hard-linked file leaves it reachable under the others. Nodes live while the kernel holds a lookup count
 //! on them ([`InodeTable::forget`]); session roots live as long as the mount.
 //!
+//! A node's inode number (what `stat` shows as `st_ino`, and FUSE's node id) comes from its daemon
+//! identity, so it is the same whenever the node is learned again, in this mount or the next: the
+//! session's tag for the node's device (24 bits from a hash of the session id and the device,
+//! probed on past a tag another session or device holds) above the daemon's inode number (40 bits).
+//! Git records `st_ino` in its index: numbers that changed after the kernel forgot a node (cold
+//! caches) or after a remount made `git status` re-read every file. A node whose daemon inode number
+//! does not fit, or whose number a live node of another identity still holds (a deleted file still
+//! open, its inode number reused), gets one from a counter in the upper half instead, kept for it
+//! while [`RETIRED_MAX`] other forgotten nodes are not newer. Session roots count up from 2.
+//!
 //! Architecture invariant: **the table lock is never held across an await or a network call**; handlers
 //! take what they need and release it before talking to a daemon.
 
@@ -79,10 +89,21 @@ pub struct InodeTable {
     retired: HashMap<RemoteKey, u64>,
     retired_order: std::collections::VecDeque<(RemoteKey, u64)>,
     next_ino: u64,
+    /// Device tags by (session root, daemon device), and who holds each tag.
+    tags: HashMap<(u64, u64), u64>,
+    tag_owners: HashMap<u64, (u64, u64)>,
+    next_spare: u64,
 }
 
-/// How many forgotten nodes keep their inode numbers.
+/// How many forgotten nodes with spare inode numbers keep them.
 const RETIRED_MAX: usize = 65_536;
+
+/// Bits of the daemon's inode number in a node's inode number; the device tag sits above them.
+const DAEMON_INO_BITS: u32 = 40;
+/// Device tags are 1..2^23: inode numbers from them lie between 2^40 and 2^63.
+const TAG_BITS: u32 = 23;
+/// Spare inode numbers (see the module docs) count up from here.
+const SPARE_BASE: u64 = 1 << 63;
 
 impl Default for InodeTable {
     fn default() -> Self {
@@ -95,6 +116,9 @@ impl Default for InodeTable {
             retired: HashMap::new(),
             retired_order: std::collections::VecDeque::new(),
             next_ino: ROOT_INO + 1,
+            tags: HashMap::new(),
+            tag_owners: HashMap::new(),
+            next_spare: SPARE_BASE,
         }
     }
 }
@@ -179,9 +203,12 @@ impl InodeTable {
         let ino = match self.by_remote.get(&key) {
             Some(&ino) => ino,
             None => {
-                let ino = match self.retired.remove(&key) {
+                let ino = match self.stable_ino(&key) {
                     Some(ino) => ino,
-                    None => self.alloc(),
+                    None => match self.retired.remove(&key) {
+                        Some(ino) => ino,
+                        None => self.alloc_spare(),
+                    },
                 };
                 self.nodes.insert(
                     ino,
@@ -270,7 +297,7 @@ impl InodeTable {
         if let Some(node) = self.nodes.remove(&ino) {
             if let Some(key) = node.remote {
                 self.by_remote.remove(&key);
-                if !node.names.is_empty() {
+                if !node.names.is_empty() && ino >= SPARE_BASE {
                     self.retire(key, ino);
                 }
             }
@@ -401,6 +428,40 @@ impl InodeTable {
         ino
     }
 
+    fn alloc_spare(&mut self) -> u64 {
+        let ino = self.next_spare;
+        self.next_spare += 1;
+        ino
+    }
+
+    /// The inode number `key`'s identity gives (see the module docs), unless the daemon's inode
+    /// number does not fit or a live node holds that number.
+    fn stable_ino(&mut self, key: &RemoteKey) -> Option<u64> {
+        if key.ino == 0 || key.ino >= 1 << DAEMON_INO_BITS {
+            return None;
+        }
+        let tag = self.device_tag(key.session_ino, key.dev)?;
+        let ino = (tag << DAEMON_INO_BITS) | key.ino;
+        (!self.nodes.contains_key(&ino)).then_some(ino)
+    }
+
+    /// The tag of daemon device `dev` in the session rooted at `session_ino`: from a hash of the
+    /// session id and the device, the next free one if another (session, device) holds it.
+    fn device_tag(&mut self, session_ino: u64, dev: u64) -> Option<u64> {
+        if let Some(&tag) = self.tags.get(&(session_ino, dev)) {
+            return Some(tag);
+        }
+        let id = self.sessions.get(&session_ino)?.id.as_str().to_owned();
+        let span = (1u64 << TAG_BITS) - 1;
+        let start = fnv1a(id.as_bytes(), dev) % span;
+        let tag = (0..span)
+            .map(|i| 1 + (start + i) % span)
+            .find(|tag| !self.tag_owners.contains_key(tag))?;
+        self.tags.insert((session_ino, dev), tag);
+        self.tag_owners.insert(tag, (session_ino, dev));
+        Some(tag)
+    }
+
     /// Number of nodes (for tests and diagnostics).
     pub fn len(&self) -> usize {
         self.nodes.len()
@@ -415,6 +476,16 @@ impl InodeTable {
 /// Whether `attr` describes a directory.
 pub fn is_dir(attr: &Attr) -> bool {
     attr.file_type() == S_IFDIR
+}
+
+/// FNV-1a over `bytes` and then `dev`: fixed across builds and platforms, unlike std's hasher.
+fn fnv1a(bytes: &[u8], dev: u64) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes.iter().chain(dev.to_le_bytes().iter()) {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
 }
 
 #[cfg(test)]
@@ -441,8 +512,12 @@ mod tests {
     }
 
     fn table() -> (InodeTable, u64) {
+        table_of("s")
+    }
+
+    fn table_of(name: &str) -> (InodeTable, u64) {
         let mut t = InodeTable::default();
-        let id = SessionId::new("s").unwrap();
+        let id = SessionId::new(name).unwrap();
         let session = Arc::new(Session::new(SessionRecord::new(
             id,
             Backend::Local,
@@ -461,6 +536,76 @@ mod tests {
         assert_eq!(t.learn(root, b"f", &attr(11, 0o100644)), Some(f));
         let g = t.learn(root, b"g", &attr(12, 0o100644)).unwrap();
         assert_ne!(g, f);
+    }
+
+    fn add_session(t: &mut InodeTable, name: &str) -> u64 {
+        let id = SessionId::new(name).unwrap();
+        let session = Session::new(SessionRecord::new(id, Backend::Local, name.into()));
+        t.session_root(&Arc::new(session))
+    }
+
+    #[test]
+    fn inode_numbers_come_from_the_daemon_identity_in_every_mount() {
+        let (mut one, root1) = table();
+        let (mut two, root2) = table();
+        add_session(&mut two, "first");
+        let a1 = one.learn(root1, b"a", &attr(11, 0o100644)).unwrap();
+        let b2 = two.learn(root2, b"b", &attr(12, 0o100644)).unwrap();
+        let a2 = two.learn(root2, b"a", &attr(11, 0o100644)).unwrap();
+        assert_eq!(a1, a2, "another mount, another order: the same number");
+        assert_eq!(a1 & ((1 << DAEMON_INO_BITS) - 1), 11);
+        assert_ne!(a2, b2);
+        // Forgotten, then more forgotten nodes than are remembered: still the same number.
+        one.forget(a1, 1);
+        for i in 0..RETIRED_MAX as u64 + 10 {
+            let n = one.learn(root1, b"x", &attr(1000 + i, 0o100644)).unwrap();
+            one.unlink(root1, b"x");
+            one.forget(n, 1);
+        }
+        assert_eq!(one.learn(root1, b"a", &attr(11, 0o100644)), Some(a1));
+    }
+
+    #[test]
+    fn sessions_and_devices_never_share_inode_numbers() {
+        let (mut t, s) = table();
+        let other = add_session(&mut t, "other");
+        let in_s = t.learn(s, b"f", &attr(11, 0o100644)).unwrap();
+        let in_other = t.learn(other, b"f", &attr(11, 0o100644)).unwrap();
+        let other_dev = Attr {
+            dev: 2,
+            ..attr(11, 0o100644)
+        };
+        let on_dev2 = t.learn(s, b"g", &other_dev).unwrap();
+        assert_ne!(in_s, in_other);
+        assert_ne!(in_s, on_dev2);
+        assert_ne!(in_other, on_dev2);
+        // A tag a session would hash to but another holds: the next one is taken.
+        let third = add_session(&mut t, "third");
+        let span = (1u64 << TAG_BITS) - 1;
+        let hashed = 1 + fnv1a(b"third", 1) % span;
+        t.tag_owners.insert(hashed, (0, 0));
+        let f = t.learn(third, b"f", &attr(11, 0o100644)).unwrap();
+        assert_ne!(f >> DAEMON_INO_BITS, hashed);
+        assert!(![in_s, in_other, on_dev2].contains(&f));
+    }
+
+    #[test]
+    fn an_identity_whose_number_is_held_or_too_large_gets_a_spare_one() {
+        let (mut t, root) = table();
+        let huge = t.learn(root, b"h", &attr(1 << 45, 0o100644)).unwrap();
+        assert!(huge >= SPARE_BASE);
+        t.forget(huge, 1);
+        assert_eq!(t.learn(root, b"h", &attr(1 << 45, 0o100644)), Some(huge));
+        // Inode 7 reused by a new file while the deleted one is still known (open).
+        let old = t.learn(root, b"f", &attr(7, 0o100644)).unwrap();
+        t.unlink(root, b"f");
+        let new_file = Attr {
+            btime: Some(sessionfs_proto::Timestamp { secs: 5, nanos: 0 }),
+            ..attr(7, 0o100644)
+        };
+        let new = t.learn(root, b"f", &new_file).unwrap();
+        assert_ne!(old, new);
+        assert!(new >= SPARE_BASE);
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! Regressions found in review: directory listings read lazily across renames, directory cycles
-//! reported by stale listings, xattr calls on the mount root, `isatty` on mounted files, and working
-//! directories detached by change notifications.
+//! reported by stale listings, xattr calls on the mount root, `isatty` on mounted files, working
+//! directories detached by change notifications, and inode numbers that changed across remounts.
 
 use std::ffi::CString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use anyhow::{Context, Result};
 use sessionfs_tests::Harness;
@@ -285,5 +285,40 @@ fn the_mount_reads_ahead_four_mib_and_sequential_reads_stay_exact() -> Result<()
     let mut got = Vec::new();
     fs::File::open(&path)?.read_to_end(&mut got)?;
     assert!(got == content, "sequential read of 9 MiB differs");
+    h.unmount()
+}
+
+/// Inode numbers come from the daemon's identity of each file: after a remount, looked up in another
+/// order, every file shows the same `st_ino` (git keeps them in its index; new numbers made the first
+/// `git status` after a remount, or after the kernel forgot the nodes, re-read every file).
+#[test]
+fn inode_numbers_survive_a_remount() -> Result<()> {
+    let mut h = Harness::new()?;
+    let ws = h.create_session("inos")?;
+    fs::create_dir(ws.join("d"))?;
+    fs::write(ws.join("d/f"), b"f")?;
+    fs::write(ws.join("g"), b"g")?;
+    let names = ["d", "d/f", "g"];
+    let ino = |h: &Harness, name: &str| -> Result<u64> {
+        Ok(fs::symlink_metadata(h.path("inos", name))?.ino())
+    };
+    h.mount()?;
+    let before: Vec<u64> = names.iter().map(|n| ino(&h, n)).collect::<Result<_>>()?;
+    h.unmount()?;
+    h.mount()?;
+    let mut after: Vec<u64> = names
+        .iter()
+        .rev()
+        .map(|n| ino(&h, n))
+        .collect::<Result<_>>()?;
+    after.reverse();
+    assert_eq!(
+        before, after,
+        "st_ino of {names:?} before and after a remount"
+    );
+    let mut distinct = after.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), names.len(), "{after:?}");
     h.unmount()
 }
