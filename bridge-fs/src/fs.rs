@@ -39,6 +39,7 @@ use crate::inodes::{InodeTable, NodeRef, Stale, ROOT_INO};
 use crate::negative::NegativeEntries;
 use crate::read_ahead::ReadAhead;
 use crate::session::{Session, Sessions};
+use crate::walk::Walk;
 
 /// An open file: its inode and session, and the daemon's handle for it.
 struct OpenFile {
@@ -107,17 +108,24 @@ struct RemoteHandle {
     fh: u64,
 }
 
-/// The names of a directory, from a listing fetched whole at invalidation generation `generation`.
-/// While the session's generation is unchanged, a name not among them does not exist.
+/// The names of a directory and their attributes, from a listing fetched whole at invalidation
+/// generation `generation`. While the session's generation is unchanged and nothing changed through
+/// the mount, a name not among them does not exist and a name among them has those attributes.
 struct Listing {
     generation: u64,
     /// The attribute epoch when the listing was requested: a change through the mount since voids it.
     epoch: u64,
-    names: std::collections::HashSet<Vec<u8>>,
+    entries: HashMap<Vec<u8>, Attr>,
 }
 
 /// At most this many names are kept in [`Listing`]s; beyond it they are all dropped.
-const LISTED_NAMES_MAX: usize = 262_144;
+const LISTED_NAMES_MAX: usize = 65_536;
+
+/// What a current complete listing says of a name (see [`Inner::listed`]).
+enum Listed {
+    Missing { since: u64 },
+    Present { since: u64, epoch: u64, attr: Attr },
+}
 
 /// A directory being listed: its inode, session and current path.
 struct DirRef {
@@ -264,6 +272,9 @@ struct Inner {
     /// Small files fetched ahead for walks that read them; an open waits on the receiver for a
     /// fetch under way.
     heads_ahead: Mutex<HeadsAhead<tokio::sync::watch::Receiver<bool>>>,
+    /// Directories whose listings are fetched for a walk that looks their names up (`git status`
+    /// checking every file of its index); the listings land in `listings`.
+    lookups_ahead: Mutex<Walk<tokio::sync::watch::Receiver<bool>>>,
     /// File inodes of watched sessions known to have no [`CAPABILITY_XATTR`]: the kernel's read of it
     /// before each write is answered without a round trip. A change of the inode drops it, except a
     /// change of its content alone ([`Change::Data`]: a write cannot add a capability).
@@ -426,6 +437,7 @@ impl BridgeFs {
                 read_ahead: Mutex::new(ReadAhead::default()),
                 read_ahead_slots: Arc::new(tokio::sync::Semaphore::new(READ_AHEAD_CONCURRENCY)),
                 heads_ahead: Mutex::new(HeadsAhead::default()),
+                lookups_ahead: Mutex::new(Walk::default()),
                 no_capability: Mutex::new(std::collections::HashSet::new()),
                 attrs: Mutex::new(AttrCache::default()),
                 next_fh: AtomicU64::new(1),
@@ -621,18 +633,31 @@ impl BridgeFs {
             Ok(v) => v,
             Err(e) => return reply.error(e),
         };
-        if let Some(since) = self
-            .inner
-            .listed_missing(parent.0, &session, name.as_bytes())
-        {
+        let name = name.as_bytes().to_vec();
+        if let Some(listed) = self.inner.listed(parent.0, &session, &name) {
             return self
                 .inner
-                .reply_missing(&session, since, parent.0, name.as_bytes(), reply);
+                .reply_listed(&session, parent.0, &name, listed, reply);
         }
-        let name = name.as_bytes().to_vec();
+        // A walk looking names up in this directory: its listing answers them (see `crate::walk`).
+        let dir = path
+            .split_last()
+            .and_then(|(dir, _)| WirePath::new(dir.to_vec()).ok())
+            .map(|dir| (session.id.clone(), dir));
+        let waiter = dir.and_then(|dir| {
+            let waiter = lock(&self.inner.lookups_ahead).waiter(&dir);
+            waiter.or_else(|| self.inner.lookups_touched(&session, parent.0, &dir))
+        });
         let (inner, caller) = (self.inner.clone(), caller(req));
-        let epoch = lock(&self.inner.attrs).epoch();
         self.spawn(async move {
+            if let Some(mut waiter) = waiter {
+                // Bounded: the fetch is one request, bounded like every request.
+                let _ = waiter.wait_for(|done| *done).await;
+                if let Some(listed) = inner.listed(parent.0, &session, &name) {
+                    return inner.reply_listed(&session, parent.0, &name, listed, reply);
+                }
+            }
+            let epoch = lock(&inner.attrs).epoch();
             let since = session.generation();
             match inner
                 .sessions
@@ -1173,22 +1198,25 @@ impl Inner {
 
     /// Keeps the names of `dir` from `page`, a complete listing.
     fn remember_listing(&self, dir: u64, page: &DirPage) {
-        let names: std::collections::HashSet<Vec<u8>> =
-            page.entries.iter().map(|e| e.name.clone()).collect();
+        let entries: HashMap<Vec<u8>, Attr> = page
+            .entries
+            .iter()
+            .map(|e| (e.name.clone(), e.attr))
+            .collect();
         let mut guard = lock(&self.listings);
         let (listings, count) = &mut *guard;
-        if *count + names.len() > LISTED_NAMES_MAX {
+        if *count + entries.len() > LISTED_NAMES_MAX {
             listings.clear();
             *count = 0;
         }
-        *count += names.len();
+        *count += entries.len();
         let listing = Listing {
             generation: page.generation,
             epoch: page.attr_epoch,
-            names,
+            entries,
         };
         if let Some(old) = listings.insert(dir, listing) {
-            *count -= old.names.len();
+            *count -= old.entries.len();
         }
     }
 
@@ -1199,8 +1227,8 @@ impl Inner {
     }
 
     /// Voids what the bridge answers from memory on the daemon's behalf: listings fetched ahead,
-    /// small files fetched ahead, remembered attributes, and complete listings (which also carry the attribute epoch, so one
-    /// remembered after this from an older fetch is not used either).
+    /// small files fetched ahead, remembered attributes, and complete listings (which also carry the
+    /// attribute epoch, so one remembered after this from an older fetch is not used either).
     fn void_answers(&self) {
         lock(&self.read_ahead).changed();
         lock(&self.heads_ahead).changed();
@@ -1242,18 +1270,112 @@ impl Inner {
         let mut guard = lock(&self.listings);
         let (listings, count) = &mut *guard;
         if let Some(old) = listings.remove(&dir) {
-            *count -= old.names.len();
+            *count -= old.entries.len();
         }
     }
 
-    /// If `dir`'s last complete listing is still current and lacks `name`: the generation it was
-    /// fetched at (for [`Self::reply_missing`]).
-    fn listed_missing(&self, dir: u64, session: &Session, name: &[u8]) -> Option<u64> {
+    /// What `dir`'s last complete listing says of `name`, if it is still current: nothing changed
+    /// in the session since it was fetched, nor through the mount since it was requested.
+    fn listed(&self, dir: u64, session: &Session, name: &[u8]) -> Option<Listed> {
         let epoch = lock(&self.attrs).epoch();
         let guard = lock(&self.listings);
         let listing = guard.0.get(&dir)?;
-        let current = session.current_since(listing.generation) && listing.epoch == epoch;
-        (current && !listing.names.contains(name)).then_some(listing.generation)
+        if !session.current_since(listing.generation) || listing.epoch != epoch {
+            return None;
+        }
+        let since = listing.generation;
+        Some(match listing.entries.get(name) {
+            None => Listed::Missing { since },
+            Some(attr) => Listed::Present {
+                since,
+                epoch,
+                attr: *attr,
+            },
+        })
+    }
+
+    /// Answers a lookup of `dir/name` from what its directory's listing says.
+    fn reply_listed(
+        &self,
+        session: &Session,
+        dir: u64,
+        name: &[u8],
+        listed: Listed,
+        reply: ReplyEntry,
+    ) {
+        match listed {
+            Listed::Missing { since } => self.reply_missing(session, since, dir, name, reply),
+            Listed::Present { since, epoch, attr } => {
+                let ttl = self.ttl_for(session, since);
+                let remember = Some((session, since, epoch));
+                self.reply_entry(dir, name, &attr, ttl, reply, remember);
+            }
+        }
+    }
+
+    /// A lookup in `dir` (inode `dir_ino`) goes to the daemon: fetches the directory's listing if
+    /// a walk looks names up in it (see [`crate::walk`]). Returns what waits for the fetch if one
+    /// started.
+    fn lookups_touched(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        dir_ino: u64,
+        dir: &crate::read_ahead::DirKey,
+    ) -> Option<tokio::sync::watch::Receiver<bool>> {
+        if !session.is_watched() {
+            return None;
+        }
+        let mut done = None;
+        let attr_epoch = lock(&self.attrs).epoch();
+        let started = lock(&self.lookups_ahead).touched(
+            dir,
+            attr_epoch,
+            || {
+                let (tx, rx) = tokio::sync::watch::channel(false);
+                done = Some(tx);
+                rx
+            },
+            Instant::now(),
+        );
+        let done = done.filter(|_| started)?;
+        let waiter = done.subscribe();
+        let (inner, session, dir) = (self.clone(), session.clone(), dir.clone());
+        self.rt.spawn(async move {
+            let generation = session.generation();
+            let attr_epoch = lock(&inner.attrs).epoch();
+            let request = Request::ReadDir {
+                path: dir.1.clone(),
+                offset: 0,
+                limit: MAX_DIR_PAGE,
+            };
+            // As root: the kernel checks the caller's search permission on the directory.
+            let reply = inner
+                .sessions
+                .call(&session, Caller::default(), request)
+                .await;
+            if let Ok((
+                Reply::Entries {
+                    entries,
+                    next: None,
+                },
+                _,
+            )) = reply
+            {
+                let page = DirPage {
+                    start: 0,
+                    entries,
+                    more: false,
+                    fetched: Instant::now(),
+                    generation,
+                    ahead: true,
+                    attr_epoch,
+                };
+                inner.remember_listing(dir_ino, &page);
+            }
+            lock(&inner.lookups_ahead).fetched(&dir, Instant::now());
+            let _ = done.send(true);
+        });
+        Some(waiter)
     }
 
     /// The bytes `offset..offset + size` of open file `fh` if the head read with its open holds
@@ -1497,8 +1619,10 @@ impl Inner {
         dir: &crate::read_ahead::DirKey,
     ) -> Option<tokio::sync::watch::Receiver<bool>> {
         let mut done = None;
+        let attr_epoch = lock(&self.attrs).epoch();
         let started = lock(&self.heads_ahead).opened(
             dir,
+            attr_epoch,
             || {
                 let (tx, rx) = tokio::sync::watch::channel(false);
                 done = Some(tx);
@@ -1605,7 +1729,7 @@ impl Inner {
                 });
                 let key = (session.id.clone(), path);
                 let kept = lock(&inner.read_ahead).fetched(key.clone(), epoch, counted);
-                // A complete listing also answers lookups of names it lacks (see `listed_missing`).
+                // A complete listing also answers lookups of its names (see `listed`).
                 if let Some(page) = page.filter(|p| kept && !p.more) {
                     let ino = lock(&inner.inodes).find(key.0.as_str(), &key.1);
                     if let Some(ino) = ino {

@@ -16,27 +16,24 @@
 //!   by `fs.rs`): a change reported in the session or made through the mount voids it.
 //! - **A change made through the mount drops every waiting file** ([`HeadsAhead::changed`]).
 //! - **A directory is fetched at most once per walk**: it is remembered for [`WALK_WINDOW`] after.
-//! - **Memory is bounded**: at most [`BYTES_MAX`] bytes wait, files wait at most [`WALK_WINDOW`],
-//!   and at most [`DIRS_MAX`] directories are remembered.
+//! - **Memory is bounded**: at most [`BYTES_MAX`] bytes wait, and files wait at most
+//!   [`WALK_WINDOW`]. Which directories to fetch is [`crate::walk`]'s business.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sessionfs_proto::{Attr, WirePath};
 use sessionfs_registry::SessionId;
 
 use crate::read_ahead::DirKey;
+use crate::walk::Walk;
+pub use crate::walk::WALK_WINDOW;
 
 /// A file of a session.
 pub type FileKey = (SessionId, WirePath);
 
-/// Opens of files of one directory this close together are a walk reading it; fetched files wait
-/// this long for their open.
-pub const WALK_WINDOW: Duration = Duration::from_secs(2);
 /// At most this many bytes of fetched files wait for their opens.
 pub const BYTES_MAX: usize = 16 * 1024 * 1024;
-/// At most this many directories are remembered (opens counted, fetches done).
-pub const DIRS_MAX: usize = 4_096;
 
 /// A file fetched whole, waiting for its open.
 pub struct Fetched {
@@ -47,16 +44,6 @@ pub struct Fetched {
     /// The attribute epoch (changes through the mount) when the fetch was sent.
     pub epoch: u64,
     at: Instant,
-}
-
-/// What is known of a directory's files in this walk.
-enum DirState<W> {
-    /// A read-only open went to the daemon at this instant.
-    Opened(Instant),
-    /// Its files are being fetched; `W` lets an open wait for the fetch.
-    Fetching(W),
-    /// Its files were fetched at this instant.
-    Fetched(Instant),
 }
 
 /// What a read-only open finds (see [`HeadsAhead::find`]).
@@ -70,11 +57,9 @@ pub enum Found<W> {
 
 /// The small-file read-ahead state of the mount; `W` is how an open waits for a fetch under way.
 pub struct HeadsAhead<W> {
-    dirs: HashMap<DirKey, DirState<W>>,
+    walk: Walk<W>,
     files: HashMap<FileKey, Fetched>,
     bytes: usize,
-    /// When the last fetch started: while fetches follow each other, the walk reads its files.
-    last_fetch: Option<Instant>,
     /// Bumped by every change made through the mount.
     epoch: u64,
 }
@@ -82,10 +67,9 @@ pub struct HeadsAhead<W> {
 impl<W> Default for HeadsAhead<W> {
     fn default() -> Self {
         HeadsAhead {
-            dirs: HashMap::new(),
+            walk: Walk::default(),
             files: HashMap::new(),
             bytes: 0,
-            last_fetch: None,
             epoch: 0,
         }
     }
@@ -101,49 +85,25 @@ impl<W: Clone> HeadsAhead<W> {
                 return Found::File(fetched);
             }
         }
-        match self.dirs.get(dir) {
-            Some(DirState::Fetching(waiter)) => Found::Wait(waiter.clone()),
-            _ => Found::Nothing,
+        match self.walk.waiter(dir) {
+            Some(waiter) => Found::Wait(waiter),
+            None => Found::Nothing,
         }
     }
 
-    /// A read-only open in `dir` went to the daemon. Returns whether to fetch the directory's small
-    /// files now; if so, `waiter` lets later opens wait for the fetch, and the epoch to hand back to
-    /// [`Self::fetched`] is returned with it.
+    /// A read-only open in `dir` went to the daemon at attribute epoch `attr_epoch`. Returns whether
+    /// to fetch the directory's small files now; if so, `waiter` lets later opens wait for the fetch,
+    /// and the epoch to hand back to [`Self::fetched`] is returned with it.
     pub fn opened(
         &mut self,
         dir: &DirKey,
+        attr_epoch: u64,
         waiter: impl FnOnce() -> W,
         now: Instant,
     ) -> Option<u64> {
-        let reading_walk = self
-            .last_fetch
-            .is_some_and(|at| now.duration_since(at) < WALK_WINDOW);
-        let recent = |at: &Instant| now.duration_since(*at) < WALK_WINDOW;
-        let fetch = match self.dirs.get(dir) {
-            Some(DirState::Fetching(..)) => return None,
-            Some(DirState::Fetched(at)) if recent(at) => return None,
-            // The second file of the directory: a walk reading it.
-            Some(DirState::Opened(at)) if recent(at) => true,
-            _ => reading_walk,
-        };
-        if self.dirs.len() >= DIRS_MAX {
-            self.dirs.retain(|_, state| match state {
-                DirState::Fetching(..) => true,
-                DirState::Opened(at) | DirState::Fetched(at) => {
-                    now.duration_since(*at) < WALK_WINDOW
-                }
-            });
-            if self.dirs.len() >= DIRS_MAX {
-                return None;
-            }
-        }
-        if !fetch || self.bytes >= BYTES_MAX {
-            self.dirs.insert(dir.clone(), DirState::Opened(now));
+        if self.bytes >= BYTES_MAX || !self.walk.touched(dir, attr_epoch, waiter, now) {
             return None;
         }
-        self.dirs.insert(dir.clone(), DirState::Fetching(waiter()));
-        self.last_fetch = Some(now);
         Some(self.epoch)
     }
 
@@ -157,7 +117,7 @@ impl<W: Clone> HeadsAhead<W> {
         files: Vec<(WirePath, Fetched)>,
         now: Instant,
     ) {
-        self.dirs.insert(dir.clone(), DirState::Fetched(now));
+        self.walk.fetched(dir, now);
         if epoch != self.epoch {
             return;
         }
@@ -224,8 +184,8 @@ mod tests {
     fn a_second_open_in_a_directory_fetches_it_and_later_opens_take_its_files_once() {
         let mut h: HeadsAhead<u8> = HeadsAhead::default();
         let (dir, t) = ((sid(), wp("src")), Instant::now());
-        assert_eq!(h.opened(&dir, || 7, t), None, "one open is no walk");
-        let epoch = h.opened(&dir, || 7, t).expect("the second open fetches");
+        assert_eq!(h.opened(&dir, 0, || 7, t), None, "one open is no walk");
+        let epoch = h.opened(&dir, 0, || 7, t).expect("the second open fetches");
         assert!(matches!(
             h.find(&(sid(), wp("src/c")), &dir, t),
             Found::Wait(7)
@@ -240,7 +200,7 @@ mod tests {
             Found::Nothing
         ));
         assert_eq!(
-            h.opened(&dir, || 7, t),
+            h.opened(&dir, 0, || 7, t),
             None,
             "a directory is fetched once per walk"
         );
@@ -252,12 +212,12 @@ mod tests {
         let mut h: HeadsAhead<u8> = HeadsAhead::default();
         let t = Instant::now();
         let a = (sid(), wp("a"));
-        h.opened(&a, || 0, t);
-        assert!(h.opened(&a, || 0, t).is_some());
-        assert!(h.opened(&(sid(), wp("b")), || 0, t).is_some());
+        h.opened(&a, 0, || 0, t);
+        assert!(h.opened(&a, 0, || 0, t).is_some());
+        assert!(h.opened(&(sid(), wp("b")), 0, || 0, t).is_some());
         let later = t + WALK_WINDOW;
         assert!(
-            h.opened(&(sid(), wp("c")), || 0, later).is_none(),
+            h.opened(&(sid(), wp("c")), 0, || 0, later).is_none(),
             "a walk ends when no fetch started for a while"
         );
     }
@@ -266,8 +226,8 @@ mod tests {
     fn a_change_through_the_mount_voids_waiting_files_and_fetches_under_way() {
         let mut h: HeadsAhead<u8> = HeadsAhead::default();
         let (dir, t) = ((sid(), wp("d")), Instant::now());
-        h.opened(&dir, || 0, t);
-        let epoch = h.opened(&dir, || 0, t).expect("fetch");
+        h.opened(&dir, 0, || 0, t);
+        let epoch = h.opened(&dir, 0, || 0, t).expect("fetch");
         h.changed();
         h.fetched(&dir, epoch, vec![(wp("d/x"), file(b"x", t))], t);
         assert!(matches!(
@@ -276,7 +236,7 @@ mod tests {
         ));
         let other = (sid(), wp("e"));
         let epoch = h
-            .opened(&other, || 0, t)
+            .opened(&other, 0, || 0, t)
             .expect("the walk reads: fetched at the first open");
         h.fetched(&other, epoch, vec![(wp("e/y"), file(b"y", t))], t);
         h.changed();
@@ -290,8 +250,8 @@ mod tests {
     fn waiting_files_expire_and_their_bytes_are_bounded() {
         let mut h: HeadsAhead<u8> = HeadsAhead::default();
         let (dir, t) = ((sid(), wp("big")), Instant::now());
-        h.opened(&dir, || 0, t);
-        let epoch = h.opened(&dir, || 0, t).expect("fetch");
+        h.opened(&dir, 0, || 0, t);
+        let epoch = h.opened(&dir, 0, || 0, t).expect("fetch");
         let chunk = vec![0u8; BYTES_MAX / 2 + 1];
         let files = (0..3)
             .map(|i| (wp(&format!("big/{i}")), file(&chunk, t)))
@@ -308,7 +268,7 @@ mod tests {
         );
         let next = (sid(), wp("next"));
         let epoch = h
-            .opened(&next, || 0, t)
+            .opened(&next, 0, || 0, t)
             .expect("the walk reads: fetched at the first open");
         h.fetched(&next, epoch, vec![(wp("next/a"), file(b"a", t))], t);
         let late = t + WALK_WINDOW;

@@ -22,6 +22,7 @@ pub mod mountinfo;
 pub mod negative;
 pub mod read_ahead;
 pub mod session;
+pub mod walk;
 
 pub use config::BridgeConfig;
 pub use mount::{mount, MountError};

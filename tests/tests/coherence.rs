@@ -340,6 +340,68 @@ fn listings_fetched_ahead_never_hide_a_change() -> Result<()> {
     h.unmount()
 }
 
+/// Listings fetched to answer a walk's lookups (`git status` checking every file of its index) never
+/// hide a change. Each round looks up the first names of a directory (the second lookup fetches its
+/// listing, the third waits for it), then changes names the listing holds: behind the mount (once
+/// the change's event was handled, the next `stat` shows it) and through it (at once).
+#[test]
+fn listings_that_answer_lookups_never_hide_a_change() -> Result<()> {
+    let mut h = Harness::new()?;
+    let ws = h.create_session("looks")?;
+    let rounds = 10;
+    for round in 0..rounds {
+        for dir in ["behind", "through"] {
+            let dir = ws.join(format!("{dir}{round}"));
+            fs::create_dir_all(&dir)?;
+            for i in 0..6 {
+                fs::write(dir.join(format!("f{i}")), format!("old {i}"))?;
+            }
+        }
+    }
+    h.mount()?;
+    let mount = h.path("looks", "");
+    let last = format!("through{}/f5", rounds - 1);
+    arrives("the tree", || Ok(mount.join(&last).exists()))?;
+    let stat_first_three = |dir: &Path| -> Result<()> {
+        for i in 0..3 {
+            assert_eq!(stat_size(&dir.join(format!("f{i}")))?, Some(5));
+        }
+        Ok(())
+    };
+    for round in 0..rounds {
+        let dir = format!("behind{round}");
+        stat_first_three(&mount.join(&dir))?;
+        // Events arrive in order: once the marker's shows (the directory's mtime moved), the
+        // earlier changes were handled too.
+        let before = fs::metadata(mount.join(&dir))?.modified()?;
+        fs::write(ws.join(&dir).join("f4"), b"changed behind the mount")?;
+        fs::remove_file(ws.join(&dir).join("f5"))?;
+        fs::write(ws.join(&dir).join("marker"), b"")?;
+        arrives("the marker's event", || {
+            Ok(fs::metadata(mount.join(&dir))?.modified()? != before)
+        })?;
+        assert_eq!(
+            stat_size(&mount.join(&dir).join("f4"))?,
+            Some(24),
+            "a listing fetched before a change behind the mount answered a lookup stale"
+        );
+        assert_eq!(stat_size(&mount.join(&dir).join("f5"))?, None);
+
+        let dir = format!("through{round}");
+        stat_first_three(&mount.join(&dir))?;
+        fs::rename(mount.join(&dir).join("f3"), mount.join(&dir).join("moved"))?;
+        assert_eq!(
+            stat_size(&mount.join(&dir).join("f3"))?,
+            None,
+            "a listing fetched before a rename through the mount answered a lookup stale"
+        );
+        fs::remove_file(mount.join(&dir).join("f4"))?;
+        assert_eq!(stat_size(&mount.join(&dir).join("f4"))?, None);
+        assert_eq!(stat_size(&mount.join(&dir).join("moved"))?, Some(5));
+    }
+    h.unmount()
+}
+
 /// `truncate(2)`: changes the size by path, without opening the file.
 fn truncate(path: &Path, len: i64) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
