@@ -1611,25 +1611,27 @@ impl Inner {
         ))
     }
 
-    /// A read-only open in `dir` goes to the daemon: fetches the directory's small files if a walk
-    /// reads it (see [`crate::heads_ahead`]); returns what waits for the fetch if one started.
-    fn heads_opened(
+    /// A read-only open in `dir` goes to the daemon (`ahead` false), or read-ahead fetched the
+    /// listing of `dir` (`ahead` true): fetches the directory's small files if a walk reads them
+    /// (see [`crate::heads_ahead`]); returns what waits for the fetch if one started.
+    fn fetch_heads(
         self: &Arc<Self>,
         session: &Arc<Session>,
         dir: &crate::read_ahead::DirKey,
+        ahead: bool,
     ) -> Option<tokio::sync::watch::Receiver<bool>> {
         let mut done = None;
-        let attr_epoch = lock(&self.attrs).epoch();
-        let started = lock(&self.heads_ahead).opened(
-            dir,
-            attr_epoch,
-            || {
-                let (tx, rx) = tokio::sync::watch::channel(false);
-                done = Some(tx);
-                rx
-            },
-            Instant::now(),
-        );
+        let waiter = || {
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            done = Some(tx);
+            rx
+        };
+        let (attr_epoch, now) = (lock(&self.attrs).epoch(), Instant::now());
+        let started = if ahead {
+            lock(&self.heads_ahead).ahead(dir, waiter, now)
+        } else {
+            lock(&self.heads_ahead).opened(dir, attr_epoch, waiter, now)
+        };
         let (Some(epoch), Some(done)) = (started, done) else {
             return None;
         };
@@ -1728,6 +1730,10 @@ impl Inner {
                     (p, n)
                 });
                 let key = (session.id.clone(), path);
+                if page.is_some() {
+                    // A walk that reads what it lists gets the files with the listing.
+                    inner.fetch_heads(&session, &key, true);
+                }
                 let kept = lock(&inner.read_ahead).fetched(key.clone(), epoch, counted);
                 // A complete listing also answers lookups of its names (see `listed`).
                 if let Some(page) = page.filter(|p| kept && !p.more) {
@@ -2089,7 +2095,7 @@ impl fuser::Filesystem for BridgeFs {
             Found::Nothing => None,
         };
         if waiter.is_none() {
-            let started = self.inner.heads_opened(&session, &dir_key);
+            let started = self.inner.fetch_heads(&session, &dir_key, false);
             // A small file comes with the fetch just started: wait for that rather than open it.
             let small = self
                 .inner

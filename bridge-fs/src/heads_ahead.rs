@@ -6,8 +6,9 @@
 //! reads), the bridge asks the daemon for the directory's small files (`Request::ReadHeads`). Later
 //! read-only opens of those files are answered from them without a round trip, exactly as if the
 //! open had brought the file back with its head; an open that finds its directory's fetch under way
-//! waits for it. A walk that opens one file per directory (`git status` reading `.gitignore`s)
-//! fetches nothing ahead.
+//! waits for it. While such fetches follow each other, a directory whose listing read-ahead fetched
+//! (`read_ahead.rs`) gets its small files fetched right after, before the walk gets there. A walk
+//! that opens one file per directory (`git status` reading `.gitignore`s) fetches nothing ahead.
 //!
 //! This module is the bookkeeping only (which directories to fetch, where fetched files wait);
 //! `fs.rs` fetches and checks freshness. Invariants:
@@ -107,7 +108,16 @@ impl<W: Clone> HeadsAhead<W> {
         Some(self.epoch)
     }
 
-    /// The fetch of `dir` that [`Self::opened`] started at `epoch` returned `files` (empty if it
+    /// The listing of `dir` was fetched ahead of a walk: whether to fetch its small files too (the
+    /// walk reads what it lists), with the epoch to hand back to [`Self::fetched`].
+    pub fn ahead(&mut self, dir: &DirKey, waiter: impl FnOnce() -> W, now: Instant) -> Option<u64> {
+        if self.bytes >= BYTES_MAX || !self.walk.ahead(dir, waiter, now) {
+            return None;
+        }
+        Some(self.epoch)
+    }
+
+    /// The fetch of `dir` that [`Self::opened`] or [`Self::ahead`] started at `epoch` returned `files` (empty if it
     /// failed). They are kept unless a change through the mount came in between, or they would
     /// exceed [`BYTES_MAX`].
     pub fn fetched(
