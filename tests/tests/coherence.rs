@@ -347,21 +347,8 @@ fn listings_fetched_ahead_never_hide_a_change() -> Result<()> {
 #[test]
 fn listings_that_answer_lookups_never_hide_a_change() -> Result<()> {
     let mut h = Harness::new()?;
-    let ws = h.create_session("looks")?;
     let rounds = 10;
-    for round in 0..rounds {
-        for dir in ["behind", "through"] {
-            let dir = ws.join(format!("{dir}{round}"));
-            fs::create_dir_all(&dir)?;
-            for i in 0..6 {
-                fs::write(dir.join(format!("f{i}")), format!("old {i}"))?;
-            }
-        }
-    }
-    h.mount()?;
-    let mount = h.path("looks", "");
-    let last = format!("through{}/f5", rounds - 1);
-    arrives("the tree", || Ok(mount.join(&last).exists()))?;
+    let (ws, mount) = rounds_of_directories(&mut h, "looks", rounds)?;
     let stat_first_three = |dir: &Path| -> Result<()> {
         for i in 0..3 {
             assert_eq!(stat_size(&dir.join(format!("f{i}")))?, Some(5));
@@ -413,15 +400,15 @@ fn truncate(path: &Path, len: i64) -> Result<()> {
     Ok(())
 }
 
-/// Small files fetched ahead for a walk that reads a directory's files never hide a change. Each round
-/// reads the first files of a directory (the second open fetches the rest whole, the third waits for
-/// that fetch), then changes a file that was fetched but not yet opened: behind the mount (once `stat`
-/// shows the change, the very next read must show it too) and through it (at once).
-#[test]
-fn small_files_fetched_ahead_never_hide_a_change() -> Result<()> {
-    let mut h = Harness::new()?;
-    let ws = h.create_session("heads")?;
-    let rounds = 10;
+/// Session `id` with directories `behind<r>` and `through<r>` for each of `rounds` rounds, each
+/// holding `f0` … `f5` (`old <i>`), mounted and visible; returns the workspace and the session's
+/// directory in the mount.
+fn rounds_of_directories(
+    h: &mut Harness,
+    id: &str,
+    rounds: usize,
+) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let ws = h.create_session(id)?;
     for round in 0..rounds {
         for dir in ["behind", "through"] {
             let dir = ws.join(format!("{dir}{round}"));
@@ -432,9 +419,21 @@ fn small_files_fetched_ahead_never_hide_a_change() -> Result<()> {
         }
     }
     h.mount()?;
-    let mount = h.path("heads", "");
+    let mount = h.path(id, "");
     let last = format!("through{}/f5", rounds - 1);
     arrives("the tree", || Ok(mount.join(&last).exists()))?;
+    Ok((ws, mount))
+}
+
+/// Small files fetched ahead for a walk that reads a directory's files never hide a change. Each round
+/// reads the first files of a directory (the second open fetches the rest whole, the third waits for
+/// that fetch), then changes a file that was fetched but not yet opened: behind the mount (once `stat`
+/// shows the change, the very next read must show it too) and through it (at once).
+#[test]
+fn small_files_fetched_ahead_never_hide_a_change() -> Result<()> {
+    let mut h = Harness::new()?;
+    let rounds = 10;
+    let (ws, mount) = rounds_of_directories(&mut h, "heads", rounds)?;
     let read_first_three = |dir: &Path| -> Result<()> {
         for i in 0..3 {
             assert_eq!(
