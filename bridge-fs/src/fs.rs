@@ -1325,20 +1325,13 @@ impl Inner {
         if !session.is_watched() {
             return None;
         }
-        let mut done = None;
+        let (done, waiter) = tokio::sync::watch::channel(false);
         let attr_epoch = lock(&self.attrs).epoch();
-        let started = lock(&self.lookups_ahead).touched(
-            dir,
-            attr_epoch,
-            || {
-                let (tx, rx) = tokio::sync::watch::channel(false);
-                done = Some(tx);
-                rx
-            },
-            Instant::now(),
-        );
-        let done = done.filter(|_| started)?;
-        let waiter = done.subscribe();
+        let started =
+            lock(&self.lookups_ahead).touched(dir, attr_epoch, waiter.clone(), Instant::now());
+        if !started {
+            return None;
+        }
         let (inner, session, dir) = (self.clone(), session.clone(), dir.clone());
         self.rt.spawn(async move {
             let generation = session.generation();
@@ -1620,22 +1613,14 @@ impl Inner {
         dir: &crate::read_ahead::DirKey,
         ahead: bool,
     ) -> Option<tokio::sync::watch::Receiver<bool>> {
-        let mut done = None;
-        let waiter = || {
-            let (tx, rx) = tokio::sync::watch::channel(false);
-            done = Some(tx);
-            rx
-        };
+        let (done, waiter) = tokio::sync::watch::channel(false);
         let (attr_epoch, now) = (lock(&self.attrs).epoch(), Instant::now());
         let started = if ahead {
-            lock(&self.heads_ahead).ahead(dir, waiter, now)
+            lock(&self.heads_ahead).ahead(dir, waiter.clone(), now)
         } else {
-            lock(&self.heads_ahead).opened(dir, attr_epoch, waiter, now)
+            lock(&self.heads_ahead).opened(dir, attr_epoch, waiter.clone(), now)
         };
-        let (Some(epoch), Some(done)) = (started, done) else {
-            return None;
-        };
-        let waiter = done.subscribe();
+        let epoch = started?;
         let (inner, session, dir) = (self.clone(), session.clone(), dir.clone());
         self.rt.spawn(async move {
             let since = session.generation();

@@ -99,7 +99,7 @@ impl<W: Clone> HeadsAhead<W> {
         &mut self,
         dir: &DirKey,
         attr_epoch: u64,
-        waiter: impl FnOnce() -> W,
+        waiter: W,
         now: Instant,
     ) -> Option<u64> {
         if self.bytes >= BYTES_MAX || !self.walk.touched(dir, attr_epoch, waiter, now) {
@@ -110,7 +110,7 @@ impl<W: Clone> HeadsAhead<W> {
 
     /// The listing of `dir` was fetched ahead of a walk: whether to fetch its small files too (the
     /// walk reads what it lists), with the epoch to hand back to [`Self::fetched`].
-    pub fn ahead(&mut self, dir: &DirKey, waiter: impl FnOnce() -> W, now: Instant) -> Option<u64> {
+    pub fn ahead(&mut self, dir: &DirKey, waiter: W, now: Instant) -> Option<u64> {
         if self.bytes >= BYTES_MAX || !self.walk.ahead(dir, waiter, now) {
             return None;
         }
@@ -194,8 +194,8 @@ mod tests {
     fn a_second_open_in_a_directory_fetches_it_and_later_opens_take_its_files_once() {
         let mut h: HeadsAhead<u8> = HeadsAhead::default();
         let (dir, t) = ((sid(), wp("src")), Instant::now());
-        assert_eq!(h.opened(&dir, 0, || 7, t), None, "one open is no walk");
-        let epoch = h.opened(&dir, 0, || 7, t).expect("the second open fetches");
+        assert_eq!(h.opened(&dir, 0, 7, t), None, "one open is no walk");
+        let epoch = h.opened(&dir, 0, 7, t).expect("the second open fetches");
         assert!(matches!(
             h.find(&(sid(), wp("src/c")), &dir, t),
             Found::Wait(7)
@@ -210,7 +210,7 @@ mod tests {
             Found::Nothing
         ));
         assert_eq!(
-            h.opened(&dir, 0, || 7, t),
+            h.opened(&dir, 0, 7, t),
             None,
             "a directory is fetched once per walk"
         );
@@ -222,12 +222,12 @@ mod tests {
         let mut h: HeadsAhead<u8> = HeadsAhead::default();
         let t = Instant::now();
         let a = (sid(), wp("a"));
-        h.opened(&a, 0, || 0, t);
-        assert!(h.opened(&a, 0, || 0, t).is_some());
-        assert!(h.opened(&(sid(), wp("b")), 0, || 0, t).is_some());
+        h.opened(&a, 0, 0, t);
+        assert!(h.opened(&a, 0, 0, t).is_some());
+        assert!(h.opened(&(sid(), wp("b")), 0, 0, t).is_some());
         let later = t + WALK_WINDOW;
         assert!(
-            h.opened(&(sid(), wp("c")), 0, || 0, later).is_none(),
+            h.opened(&(sid(), wp("c")), 0, 0, later).is_none(),
             "a walk ends when no fetch started for a while"
         );
     }
@@ -236,8 +236,8 @@ mod tests {
     fn a_change_through_the_mount_voids_waiting_files_and_fetches_under_way() {
         let mut h: HeadsAhead<u8> = HeadsAhead::default();
         let (dir, t) = ((sid(), wp("d")), Instant::now());
-        h.opened(&dir, 0, || 0, t);
-        let epoch = h.opened(&dir, 0, || 0, t).expect("fetch");
+        h.opened(&dir, 0, 0, t);
+        let epoch = h.opened(&dir, 0, 0, t).expect("fetch");
         h.changed();
         h.fetched(&dir, epoch, vec![(wp("d/x"), file(b"x", t))], t);
         assert!(matches!(
@@ -246,7 +246,7 @@ mod tests {
         ));
         let other = (sid(), wp("e"));
         let epoch = h
-            .opened(&other, 0, || 0, t)
+            .opened(&other, 0, 0, t)
             .expect("the walk reads: fetched at the first open");
         h.fetched(&other, epoch, vec![(wp("e/y"), file(b"y", t))], t);
         h.changed();
@@ -260,8 +260,8 @@ mod tests {
     fn waiting_files_expire_and_their_bytes_are_bounded() {
         let mut h: HeadsAhead<u8> = HeadsAhead::default();
         let (dir, t) = ((sid(), wp("big")), Instant::now());
-        h.opened(&dir, 0, || 0, t);
-        let epoch = h.opened(&dir, 0, || 0, t).expect("fetch");
+        h.opened(&dir, 0, 0, t);
+        let epoch = h.opened(&dir, 0, 0, t).expect("fetch");
         let chunk = vec![0u8; BYTES_MAX / 2 + 1];
         let files = (0..3)
             .map(|i| (wp(&format!("big/{i}")), file(&chunk, t)))
@@ -278,7 +278,7 @@ mod tests {
         );
         let next = (sid(), wp("next"));
         let epoch = h
-            .opened(&next, 0, || 0, t)
+            .opened(&next, 0, 0, t)
             .expect("the walk reads: fetched at the first open");
         h.fetched(&next, epoch, vec![(wp("next/a"), file(b"a", t))], t);
         let late = t + WALK_WINDOW;

@@ -64,13 +64,7 @@ impl<W: Clone> Walk<W> {
     /// A request about `dir` goes to the daemon at attribute epoch `epoch` (moved by every change
     /// through the mount). Returns whether to fetch the directory now; if so, `waiter` lets later
     /// requests wait for the fetch, which must end with [`Self::fetched`].
-    pub fn touched(
-        &mut self,
-        dir: &DirKey,
-        epoch: u64,
-        waiter: impl FnOnce() -> W,
-        now: Instant,
-    ) -> bool {
+    pub fn touched(&mut self, dir: &DirKey, epoch: u64, waiter: W, now: Instant) -> bool {
         let recent = |at: &Instant| now.duration_since(*at) < WALK_WINDOW;
         let fetch = match self.dirs.get(dir) {
             Some(DirState::Fetching(..)) => return false,
@@ -86,7 +80,7 @@ impl<W: Clone> Walk<W> {
             self.dirs.insert(dir.clone(), DirState::Touched(now, epoch));
             return false;
         }
-        self.dirs.insert(dir.clone(), DirState::Fetching(waiter()));
+        self.dirs.insert(dir.clone(), DirState::Fetching(waiter));
         self.last_fetch = Some(now);
         true
     }
@@ -94,7 +88,7 @@ impl<W: Clone> Walk<W> {
     /// The walk is about to enter `dir` (its listing was fetched ahead of it): fetch it now if the
     /// walk's own last fetch started within [`AHEAD_WINDOW`] and `dir` was not fetched in this window. Such a fetch does not
     /// keep the walk going: only requests the walk itself makes do.
-    pub fn ahead(&mut self, dir: &DirKey, waiter: impl FnOnce() -> W, now: Instant) -> bool {
+    pub fn ahead(&mut self, dir: &DirKey, waiter: W, now: Instant) -> bool {
         let recent = |at: &Instant| now.duration_since(*at) < WALK_WINDOW;
         let going_on = |at: &Instant| now.duration_since(*at) < AHEAD_WINDOW;
         if !self.last_fetch.as_ref().is_some_and(going_on) {
@@ -108,7 +102,7 @@ impl<W: Clone> Walk<W> {
         if !self.room(now) {
             return false;
         }
-        self.dirs.insert(dir.clone(), DirState::Fetching(waiter()));
+        self.dirs.insert(dir.clone(), DirState::Fetching(waiter));
         true
     }
 
@@ -148,21 +142,21 @@ mod tests {
     fn the_second_request_fetches_and_fetches_in_a_row_keep_the_walk_going() {
         let mut w: Walk<u8> = Walk::default();
         let t = Instant::now();
-        assert!(!w.touched(&dir("a"), 0, || 1, t), "one request is no walk");
-        assert!(w.touched(&dir("a"), 0, || 1, t), "the second one fetches");
+        assert!(!w.touched(&dir("a"), 0, 1, t), "one request is no walk");
+        assert!(w.touched(&dir("a"), 0, 1, t), "the second one fetches");
         assert_eq!(w.waiter(&dir("a")), Some(1));
-        assert!(!w.touched(&dir("a"), 0, || 1, t), "never twice at once");
+        assert!(!w.touched(&dir("a"), 0, 1, t), "never twice at once");
         w.fetched(&dir("a"), t);
         assert_eq!(w.waiter(&dir("a")), None);
-        assert!(!w.touched(&dir("a"), 0, || 1, t), "once per window");
+        assert!(!w.touched(&dir("a"), 0, 1, t), "once per window");
         assert!(
-            w.touched(&dir("b"), 0, || 2, t),
+            w.touched(&dir("b"), 0, 2, t),
             "the walk goes on: first request fetches"
         );
         let later = t + WALK_WINDOW;
-        assert!(!w.touched(&dir("c"), 0, || 3, later), "a walk ends");
+        assert!(!w.touched(&dir("c"), 0, 3, later), "a walk ends");
         assert!(
-            w.touched(&dir("c"), 0, || 3, later + WALK_WINDOW / 2),
+            w.touched(&dir("c"), 0, 3, later + WALK_WINDOW / 2),
             "a new walk starts with a second request"
         );
     }
@@ -171,16 +165,16 @@ mod tests {
     fn a_walk_fetches_ahead_only_while_it_goes_on_and_that_does_not_prolong_it() {
         let mut w: Walk<u8> = Walk::default();
         let t = Instant::now();
-        assert!(!w.ahead(&dir("x"), || 1, t), "no walk yet");
-        w.touched(&dir("a"), 0, || 1, t);
-        assert!(w.touched(&dir("a"), 0, || 1, t));
-        assert!(w.ahead(&dir("x"), || 1, t));
-        assert!(!w.ahead(&dir("x"), || 1, t), "under way");
+        assert!(!w.ahead(&dir("x"), 1, t), "no walk yet");
+        w.touched(&dir("a"), 0, 1, t);
+        assert!(w.touched(&dir("a"), 0, 1, t));
+        assert!(w.ahead(&dir("x"), 1, t));
+        assert!(!w.ahead(&dir("x"), 1, t), "under way");
         w.fetched(&dir("x"), t);
-        assert!(!w.ahead(&dir("x"), || 1, t), "fetched in this window");
+        assert!(!w.ahead(&dir("x"), 1, t), "fetched in this window");
         let later = t + AHEAD_WINDOW;
         assert!(
-            !w.ahead(&dir("y"), || 1, later),
+            !w.ahead(&dir("y"), 1, later),
             "fetches ahead kept nothing going"
         );
     }
@@ -189,8 +183,8 @@ mod tests {
     fn a_change_through_the_mount_between_two_requests_is_no_walk() {
         let mut w: Walk<u8> = Walk::default();
         let t = Instant::now();
-        assert!(!w.touched(&dir("d"), 0, || 1, t));
-        assert!(!w.touched(&dir("d"), 1, || 1, t), "a writer, not a walk");
-        assert!(w.touched(&dir("d"), 1, || 1, t));
+        assert!(!w.touched(&dir("d"), 0, 1, t));
+        assert!(!w.touched(&dir("d"), 1, 1, t), "a writer, not a walk");
+        assert!(w.touched(&dir("d"), 1, 1, t));
     }
 }
