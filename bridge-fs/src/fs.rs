@@ -73,6 +73,37 @@ struct Head {
 /// How many bytes a read-only open asks to have read with it: most source files fit.
 const OPEN_HEAD: u32 = 128 * 1024;
 
+/// How a fetch made for a walk ended, as the requests waiting for it see it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum FetchEnd {
+    Pending,
+    Done,
+    /// The daemon did not answer within the operation timeout: the requests that waited fail the
+    /// same way instead of waiting as long again.
+    TimedOut,
+}
+
+impl FetchEnd {
+    fn of<T>(reply: &Result<T, ErrorReply>) -> Self {
+        match reply {
+            Err(e) if e.errno == errno::ETIMEDOUT => FetchEnd::TimedOut,
+            _ => FetchEnd::Done,
+        }
+    }
+}
+
+/// What a request waits on for a fetch under way (see [`crate::walk`]).
+type FetchWaiter = tokio::sync::watch::Receiver<FetchEnd>;
+
+/// Waits for a fetch to end (bounded: the fetch is one request, bounded like every request);
+/// `ETIMEDOUT` if the daemon did not answer it in time.
+async fn fetch_ended(mut waiter: FetchWaiter) -> Result<(), Errno> {
+    match waiter.wait_for(|end| *end != FetchEnd::Pending).await {
+        Ok(end) if *end == FetchEnd::TimedOut => Err(Errno::ETIMEDOUT),
+        _ => Ok(()),
+    }
+}
+
 /// An open on its way to the daemon, or answered from a file fetched ahead.
 struct RemoteOpen {
     caller: Caller,
@@ -271,10 +302,12 @@ struct Inner {
     read_ahead_slots: Arc<tokio::sync::Semaphore>,
     /// Small files fetched ahead for walks that read them; an open waits on the receiver for a
     /// fetch under way.
-    heads_ahead: Mutex<HeadsAhead<tokio::sync::watch::Receiver<bool>>>,
+    heads_ahead: Mutex<HeadsAhead<FetchWaiter>>,
     /// Directories whose listings are fetched for a walk that looks their names up (`git status`
     /// checking every file of its index); the listings land in `listings`.
-    lookups_ahead: Mutex<Walk<tokio::sync::watch::Receiver<bool>>>,
+    lookups_ahead: Mutex<Walk<FetchWaiter>>,
+    /// Changes through the mount under way (see [`Mutation`]).
+    mutating: std::sync::atomic::AtomicUsize,
     /// File inodes of watched sessions known to have no [`CAPABILITY_XATTR`]: the kernel's read of it
     /// before each write is answered without a round trip. A change of the inode drops it, except a
     /// change of its content alone ([`Change::Data`]: a write cannot add a capability).
@@ -438,6 +471,7 @@ impl BridgeFs {
                 read_ahead_slots: Arc::new(tokio::sync::Semaphore::new(READ_AHEAD_CONCURRENCY)),
                 heads_ahead: Mutex::new(HeadsAhead::default()),
                 lookups_ahead: Mutex::new(Walk::default()),
+                mutating: std::sync::atomic::AtomicUsize::new(0),
                 no_capability: Mutex::new(std::collections::HashSet::new()),
                 attrs: Mutex::new(AttrCache::default()),
                 next_fh: AtomicU64::new(1),
@@ -650,9 +684,10 @@ impl BridgeFs {
         });
         let (inner, caller) = (self.inner.clone(), caller(req));
         self.spawn(async move {
-            if let Some(mut waiter) = waiter {
-                // Bounded: the fetch is one request, bounded like every request.
-                let _ = waiter.wait_for(|done| *done).await;
+            if let Some(waiter) = waiter {
+                if let Err(e) = fetch_ended(waiter).await {
+                    return reply.error(e);
+                }
                 if let Some(listed) = inner.listed(parent.0, &session, &name) {
                     return inner.reply_listed(&session, parent.0, &name, listed, reply);
                 }
@@ -803,12 +838,14 @@ impl BridgeFs {
 /// A change made through the mount, from its start until its reply (or failure) has been handled:
 /// what the bridge answers from memory on the daemon's behalf (listings fetched ahead, remembered
 /// attributes) is voided when it starts and again when it ends, so nothing read while it ran, which
-/// may predate it, is kept.
+/// may predate it, is kept. While any runs, listings and fetched files answer nothing (the kernel
+/// may already have the change's reply before it ends).
 struct Mutation(Arc<Inner>);
 
 impl Drop for Mutation {
     fn drop(&mut self) {
         self.0.void_answers();
+        self.0.mutating.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -1222,6 +1259,7 @@ impl Inner {
 
     /// Starts a change through the mount (see [`Mutation`]).
     fn mutation(self: &Arc<Self>) -> Mutation {
+        self.mutating.fetch_add(1, Ordering::AcqRel);
         self.void_answers();
         Mutation(self.clone())
     }
@@ -1277,6 +1315,9 @@ impl Inner {
     /// What `dir`'s last complete listing says of `name`, if it is still current: nothing changed
     /// in the session since it was fetched, nor through the mount since it was requested.
     fn listed(&self, dir: u64, session: &Session, name: &[u8]) -> Option<Listed> {
+        if self.mutating.load(Ordering::Acquire) > 0 {
+            return None;
+        }
         let epoch = lock(&self.attrs).epoch();
         let guard = lock(&self.listings);
         let listing = guard.0.get(&dir)?;
@@ -1321,11 +1362,11 @@ impl Inner {
         session: &Arc<Session>,
         dir_ino: u64,
         dir: &crate::read_ahead::DirKey,
-    ) -> Option<tokio::sync::watch::Receiver<bool>> {
+    ) -> Option<FetchWaiter> {
         if !session.is_watched() {
             return None;
         }
-        let (done, waiter) = tokio::sync::watch::channel(false);
+        let (done, waiter) = tokio::sync::watch::channel(FetchEnd::Pending);
         let attr_epoch = lock(&self.attrs).epoch();
         let started =
             lock(&self.lookups_ahead).touched(dir, attr_epoch, waiter.clone(), Instant::now());
@@ -1346,6 +1387,7 @@ impl Inner {
                 .sessions
                 .call(&session, Caller::default(), request)
                 .await;
+            let end = FetchEnd::of(&reply);
             if let Ok((
                 Reply::Entries {
                     entries,
@@ -1366,7 +1408,7 @@ impl Inner {
                 inner.remember_listing(dir_ino, &page);
             }
             lock(&inner.lookups_ahead).fetched(&dir, Instant::now());
-            let _ = done.send(true);
+            let _ = done.send(end);
         });
         Some(waiter)
     }
@@ -1580,7 +1622,11 @@ impl Inner {
         open: &RemoteOpen,
         fetched: Fetched,
     ) -> Option<(u64, bool)> {
-        if !session.current_since(fetched.since) || lock(&self.attrs).epoch() != fetched.epoch {
+        let changing = self.mutating.load(Ordering::Acquire) > 0;
+        if changing
+            || !session.current_since(fetched.since)
+            || lock(&self.attrs).epoch() != fetched.epoch
+        {
             return None;
         }
         let (ino, attr) = (open.ino, fetched.attr);
@@ -1612,8 +1658,8 @@ impl Inner {
         session: &Arc<Session>,
         dir: &crate::read_ahead::DirKey,
         ahead: bool,
-    ) -> Option<tokio::sync::watch::Receiver<bool>> {
-        let (done, waiter) = tokio::sync::watch::channel(false);
+    ) -> Option<FetchWaiter> {
+        let (done, waiter) = tokio::sync::watch::channel(FetchEnd::Pending);
         let (attr_epoch, now) = (lock(&self.attrs).epoch(), Instant::now());
         let started = if ahead {
             lock(&self.heads_ahead).ahead(dir, waiter.clone(), now)
@@ -1635,6 +1681,7 @@ impl Inner {
                 .call(&session, Caller::default(), request)
                 .await;
             let now = Instant::now();
+            let end = FetchEnd::of(&reply);
             let files = match reply {
                 Ok((Reply::Heads(files), _)) => files
                     .into_iter()
@@ -1646,7 +1693,7 @@ impl Inner {
                 _ => Vec::new(),
             };
             lock(&inner.heads_ahead).fetched(&dir, epoch, files, now);
-            let _ = done.send(true);
+            let _ = done.send(end);
         });
         Some(waiter)
     }
@@ -2090,9 +2137,10 @@ impl fuser::Filesystem for BridgeFs {
         }
         let inner = self.inner.clone();
         self.spawn(async move {
-            if let Some(waiter) = waiter.as_mut() {
-                // Bounded: the fetch is one request, bounded like every request.
-                let _ = waiter.wait_for(|done| *done).await;
+            if let Some(waiter) = waiter {
+                if let Err(e) = fetch_ended(waiter).await {
+                    return reply.error(e);
+                }
                 let found = lock(&inner.heads_ahead).find(&file_key, &dir_key, Instant::now());
                 if let Found::File(fetched) = found {
                     if let Some((fh, keep)) = inner.open_fetched(&session, &open, fetched) {

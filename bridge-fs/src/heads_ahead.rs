@@ -102,6 +102,7 @@ impl<W: Clone> HeadsAhead<W> {
         waiter: W,
         now: Instant,
     ) -> Option<u64> {
+        self.expire(now);
         if self.bytes >= BYTES_MAX || !self.walk.touched(dir, attr_epoch, waiter, now) {
             return None;
         }
@@ -111,6 +112,7 @@ impl<W: Clone> HeadsAhead<W> {
     /// The listing of `dir` was fetched ahead of a walk: whether to fetch its small files too (the
     /// walk reads what it lists), with the epoch to hand back to [`Self::fetched`].
     pub fn ahead(&mut self, dir: &DirKey, waiter: W, now: Instant) -> Option<u64> {
+        self.expire(now);
         if self.bytes >= BYTES_MAX || !self.walk.ahead(dir, waiter, now) {
             return None;
         }
@@ -131,9 +133,7 @@ impl<W: Clone> HeadsAhead<W> {
         if epoch != self.epoch {
             return;
         }
-        self.files
-            .retain(|_, f| now.duration_since(f.at) < WALK_WINDOW);
-        self.bytes = self.files.values().map(|f| f.data.len()).sum();
+        self.expire(now);
         for (path, mut fetched) in files {
             if self.bytes + fetched.data.len() > BYTES_MAX {
                 break;
@@ -144,6 +144,16 @@ impl<W: Clone> HeadsAhead<W> {
                 self.bytes -= old.data.len();
             }
         }
+    }
+
+    /// Drops the files that waited too long for their opens.
+    fn expire(&mut self, now: Instant) {
+        if self.files.is_empty() {
+            return;
+        }
+        self.files
+            .retain(|_, f| now.duration_since(f.at) < WALK_WINDOW);
+        self.bytes = self.files.values().map(|f| f.data.len()).sum();
     }
 
     /// A change made through the mount: every waiting file is dropped, and fetches under way are
@@ -282,6 +292,11 @@ mod tests {
             .expect("the walk reads: fetched at the first open");
         h.fetched(&next, epoch, vec![(wp("next/a"), file(b"a", t))], t);
         let late = t + WALK_WINDOW;
+        assert!(
+            h.opened(&(sid(), wp("other")), 0, 0, late).is_none(),
+            "a new walk starts with a second open"
+        );
+        assert_eq!(h.waiting_bytes(), 0, "the next open drops what expired");
         assert!(matches!(
             h.find(&(sid(), wp("next/a")), &next, late),
             Found::Nothing

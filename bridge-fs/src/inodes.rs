@@ -296,7 +296,11 @@ impl InodeTable {
         }
         if let Some(node) = self.nodes.remove(&ino) {
             if let Some(key) = node.remote {
-                self.by_remote.remove(&key);
+                // Only if it still maps here: a node of the same identity may have been learned since
+                // (without birth times, a new file can have the identity of a forgotten one).
+                if self.by_remote.get(&key) == Some(&ino) {
+                    self.by_remote.remove(&key);
+                }
                 if !node.names.is_empty() && ino >= SPARE_BASE {
                     self.retire(key, ino);
                 }

@@ -496,15 +496,21 @@ async fn call_once(
     }
 }
 
+/// Where each new [`Session`]'s invalidation generations start: 2^40 apart, so a session removed and
+/// made again under the same id (its root keeps its inode, and what was cached for the old one is
+/// keyed by inode or path) never counts up to a generation something was cached at before.
+static GENERATION_BASES: AtomicU64 = AtomicU64::new(0);
+
 impl Session {
     pub(crate) fn new(record: SessionRecord) -> Self {
+        let base = GENERATION_BASES.fetch_add(1, Ordering::Relaxed) << 40;
         Session {
             id: record.id.clone(),
             record: Mutex::new(record),
             conn: Mutex::new(None),
             dial_lock: tokio::sync::Mutex::new(None),
             watching: AtomicBool::new(false),
-            generation: AtomicU64::new(0),
+            generation: AtomicU64::new(base),
         }
     }
 
@@ -568,6 +574,23 @@ impl Session {
 mod tests {
     use super::*;
     use sessionfs_proto::{Attr, SetAttrs, WirePath};
+    use sessionfs_registry::Backend;
+
+    #[test]
+    fn a_session_made_again_never_reaches_a_generation_of_the_one_before() {
+        let record =
+            || SessionRecord::new(SessionId::new("s").unwrap(), Backend::Local, "s".into());
+        let old = Session::new(record());
+        let cached_at = old.generation.fetch_add(1000, Ordering::AcqRel) + 1000;
+        let new = Session::new(record());
+        for _ in 0..2000 {
+            let now = new.generation.fetch_add(1, Ordering::AcqRel) + 1;
+            assert_ne!(
+                now, cached_at,
+                "the new session reached the old one's generation"
+            );
+        }
+    }
 
     #[test]
     fn owner_mapping_is_symmetric_and_leaves_others_alone() {

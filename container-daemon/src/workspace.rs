@@ -496,16 +496,20 @@ impl Workspace {
         Ok((Some(handles.insert(fd)?), attr, data))
     }
 
-    /// The small regular files of directory `path`, whole: every file that ends within `max_each`
-    /// bytes (capped at [`MAX_OPEN_HEAD`]), among the first [`MAX_DIR_PAGE`] entries, until
-    /// [`MAX_HEADS_FILES`] files or [`MAX_IO_CHUNK`] bytes. Each file is opened like `open_file` opens
-    /// one (beneath the root, never through a symlink, never a device or FIFO), and its attributes are
-    /// taken after its content was read. A file that vanishes or cannot be read is left out.
+    /// The small regular files of directory `path`, whole: every file smaller than `max_each` bytes
+    /// (capped at [`MAX_OPEN_HEAD`]) that still fits, among the first [`MAX_DIR_PAGE`] entries, until
+    /// [`MAX_HEADS_FILES`] files or [`MAX_IO_CHUNK`] bytes, each read into a buffer of its size. Each
+    /// file is opened like `open_file` opens one (beneath the root, never through a symlink, never a
+    /// device or FIFO), and its attributes are taken after its content was read. A file that vanishes
+    /// or cannot be read is left out.
     pub fn read_heads(&self, path: &WirePath, max_each: u32) -> Result<Vec<FileHead>> {
         let f = |e| fail("readheads", path, e);
         let dir = self.open_dir(path).map_err(f)?;
         let max_each = max_each.min(MAX_OPEN_HEAD);
         let mut heads = Vec::new();
+        if max_each == 0 {
+            return Ok(heads);
+        }
         let mut total = 0usize;
         let mut rel = path.as_bytes().to_vec();
         if !rel.is_empty() {
@@ -529,14 +533,16 @@ impl Workspace {
             let Ok(fd) = self.open_regular(&rel, OFlags::RDONLY | OFlags::NONBLOCK) else {
                 continue;
             };
-            let small = statx_fd(fd.as_fd()).is_ok_and(|a| a.size < u64::from(max_each));
-            let Some(data) = small
-                .then(|| read_at(fd.as_fd(), 0, max_each).ok())
-                .flatten()
-            else {
+            let room = (MAX_IO_CHUNK as usize - total).min(max_each as usize - 1);
+            let size = match statx_fd(fd.as_fd()) {
+                Ok(a) if a.size <= room as u64 => a.size as u32,
+                _ => continue,
+            };
+            // One byte more than the size: the file ends within what was read, or it grew.
+            let Ok(data) = read_at(fd.as_fd(), 0, size + 1) else {
                 continue;
             };
-            if data.len() >= max_each as usize || total + data.len() > MAX_IO_CHUNK as usize {
+            if data.len() > size as usize {
                 continue;
             }
             let Ok(attr) = statx_fd(fd.as_fd()) else {
@@ -548,7 +554,7 @@ impl Workspace {
                 attr,
                 data,
             });
-            if heads.len() == MAX_HEADS_FILES as usize {
+            if heads.len() == MAX_HEADS_FILES as usize || total == MAX_IO_CHUNK as usize {
                 break;
             }
         }
@@ -812,4 +818,69 @@ impl Workspace {
 pub enum XattrValue {
     Data(Vec<u8>),
     Size(u32),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wp(s: &str) -> WirePath {
+        WirePath::new(s.as_bytes().to_vec()).expect("valid path")
+    }
+
+    #[test]
+    fn read_heads_returns_small_regular_files_whole_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d = dir.path().join("d");
+        std::fs::create_dir(&d).expect("mkdir");
+        std::fs::write(d.join("a"), b"alpha").expect("write");
+        std::fs::write(d.join("empty"), b"").expect("write");
+        std::fs::write(d.join("big"), vec![7u8; 100]).expect("write");
+        std::fs::write(dir.path().join("outside"), b"secret").expect("write");
+        std::os::unix::fs::symlink("../outside", d.join("link")).expect("symlink");
+        std::os::unix::fs::symlink("a", d.join("link_in")).expect("symlink");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            d.join("fifo"),
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .expect("mkfifo");
+        std::fs::create_dir(d.join("sub")).expect("mkdir");
+        let ws = Workspace::open(dir.path(), None).expect("workspace");
+        let mut heads = ws.read_heads(&wp("d"), 100).expect("read_heads");
+        heads.sort_by(|x, y| x.name.cmp(&y.name));
+        let got: Vec<(&[u8], &[u8], u64)> = heads
+            .iter()
+            .map(|h| (&h.name[..], &h.data[..], h.attr.size))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(&b"a"[..], &b"alpha"[..], 5), (&b"empty"[..], &b""[..], 0)],
+            "a file of max_each bytes, symlinks, a FIFO and a directory are left out"
+        );
+        assert!(ws.read_heads(&wp("d"), 0).expect("read_heads").is_empty());
+    }
+
+    #[test]
+    fn read_heads_stops_at_its_byte_budget() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let each = 100 * 1024;
+        for i in 0..20 {
+            std::fs::write(dir.path().join(format!("f{i:02}")), vec![i as u8; each])
+                .expect("write");
+        }
+        let ws = Workspace::open(dir.path(), None).expect("workspace");
+        let heads = ws
+            .read_heads(&WirePath::root(), MAX_OPEN_HEAD)
+            .expect("read_heads");
+        let total: usize = heads.iter().map(|h| h.data.len()).sum();
+        assert!(total <= MAX_IO_CHUNK as usize, "{total} bytes");
+        assert_eq!(heads.len(), MAX_IO_CHUNK as usize / each);
+        for h in &heads {
+            assert_eq!(h.data.len(), each);
+            assert!(h.data.capacity() <= each + 1, "a buffer sized to its file");
+        }
+    }
 }
