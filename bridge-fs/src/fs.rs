@@ -674,10 +674,7 @@ impl BridgeFs {
                 .reply_listed(&session, parent.0, &name, listed, reply);
         }
         // A walk looking names up in this directory: its listing answers them (see `crate::walk`).
-        let dir = path
-            .split_last()
-            .and_then(|(dir, _)| WirePath::new(dir.to_vec()).ok())
-            .map(|dir| (session.id.clone(), dir));
+        let dir = path.parent().map(|dir| (session.id.clone(), dir));
         let waiter = dir.and_then(|dir| {
             let waiter = lock(&self.inner.lookups_ahead).waiter(&dir);
             waiter.or_else(|| self.inner.lookups_touched(&session, parent.0, &dir))
@@ -1233,13 +1230,16 @@ impl Inner {
         fh
     }
 
-    /// Keeps the names of `dir` from `page`, a complete listing.
+    /// Keeps the names of `dir` and their attributes from `page`, a complete listing.
     fn remember_listing(&self, dir: u64, page: &DirPage) {
-        let entries: HashMap<Vec<u8>, Attr> = page
-            .entries
-            .iter()
-            .map(|e| (e.name.clone(), e.attr))
-            .collect();
+        self.remember_entries(dir, &page.entries, page.generation, page.attr_epoch);
+    }
+
+    /// Keeps `entries`, the complete listing of `dir` fetched at invalidation generation
+    /// `generation` by a request that started at attribute epoch `epoch`.
+    fn remember_entries(&self, dir: u64, entries: &[DirEntry], generation: u64, epoch: u64) {
+        let entries: HashMap<Vec<u8>, Attr> =
+            entries.iter().map(|e| (e.name.clone(), e.attr)).collect();
         let mut guard = lock(&self.listings);
         let (listings, count) = &mut *guard;
         if *count + entries.len() > LISTED_NAMES_MAX {
@@ -1248,8 +1248,8 @@ impl Inner {
         }
         *count += entries.len();
         let listing = Listing {
-            generation: page.generation,
-            epoch: page.attr_epoch,
+            generation,
+            epoch,
             entries,
         };
         if let Some(old) = listings.insert(dir, listing) {
@@ -1396,16 +1396,7 @@ impl Inner {
                 _,
             )) = reply
             {
-                let page = DirPage {
-                    start: 0,
-                    entries,
-                    more: false,
-                    fetched: Instant::now(),
-                    generation,
-                    ahead: true,
-                    attr_epoch,
-                };
-                inner.remember_listing(dir_ino, &page);
+                inner.remember_entries(dir_ino, &entries, generation, attr_epoch);
             }
             lock(&inner.lookups_ahead).fetched(&dir, Instant::now());
             let _ = done.send(end);
@@ -2107,10 +2098,7 @@ impl fuser::Filesystem for BridgeFs {
             return reply.opened(FileHandle(fh), open.fopen_flags(true));
         }
         // Fetched ahead with its directory's small files (see `crate::heads_ahead`), or being fetched.
-        let dir = path
-            .split_last()
-            .and_then(|(dir, _)| WirePath::new(dir.to_vec()).ok());
-        let Some(dir) = dir else {
+        let Some(dir) = path.parent() else {
             return self.spawn(self.inner.clone().open_remote(session, path, open, reply));
         };
         let file_key = (session.id.clone(), path.clone());

@@ -82,10 +82,7 @@ impl<P> ReadAhead<P> {
                 self.listed.clear();
             }
         }
-        let parent = dir
-            .split_last()
-            .and_then(|(parent, _)| WirePath::new(parent.to_vec()).ok())
-            .map(|p| (session.clone(), p));
+        let parent = dir.parent().map(|p| (session.clone(), p));
         let recent = |l: &Listed| now.duration_since(l.at) < WALK_WINDOW;
         let walking = ahead
             || parent

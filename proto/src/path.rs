@@ -91,6 +91,11 @@ impl WirePath {
         &self.0
     }
 
+    /// The directory this path is in; `None` for the root. (A prefix of a valid path is valid.)
+    pub fn parent(&self) -> Option<WirePath> {
+        self.split_last().map(|(dir, _)| WirePath(dir.to_vec()))
+    }
+
     /// Splits into the parent directory and the last component; `None` for the root.
     pub fn split_last(&self) -> Option<(&[u8], &[u8])> {
         if self.0.is_empty() {
@@ -180,6 +185,9 @@ mod tests {
         assert_eq!(p.as_bytes(), b"a/b");
         assert_eq!(p.split_last(), Some((&b"a"[..], &b"b"[..])));
         assert_eq!(WirePath::root().split_last(), None);
+        assert_eq!(p.parent(), Some(WirePath::root().join(b"a").unwrap()));
+        assert_eq!(p.parent().and_then(|a| a.parent()), Some(WirePath::root()));
+        assert_eq!(WirePath::root().parent(), None);
         assert!(p.join(b"..").is_err());
         assert!(p.join(b"x/y").is_err());
     }
