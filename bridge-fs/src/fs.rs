@@ -26,9 +26,9 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request as FuseRequest, TimeOrNow, WriteFlags,
 };
 use sessionfs_proto::{
-    errno, Attr, Caller, Change, DirEntry, ErrorReply, NodeKind, Reply, Request, SetAttrs, SetTime,
-    Timestamp, WirePath, MAX_DIR_PAGE, MAX_IO_CHUNK, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK,
-    S_IFMT, S_IFREG, S_IFSOCK,
+    errno, Attr, BatchedWrite, Caller, Change, DirEntry, ErrorReply, NodeKind, Reply, Request,
+    SetAttrs, SetTime, Timestamp, WirePath, MAX_DIR_PAGE, MAX_IO_CHUNK, S_IFBLK, S_IFCHR, S_IFDIR,
+    S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK,
 };
 use tracing::{debug, warn};
 
@@ -40,6 +40,7 @@ use crate::negative::NegativeEntries;
 use crate::read_ahead::ReadAhead;
 use crate::session::{Session, Sessions};
 use crate::walk::Walk;
+use crate::write_behind::{Deferred, Then};
 
 /// An open file: its inode and session, and the daemon's handle for it.
 struct OpenFile {
@@ -72,6 +73,19 @@ struct Head {
 
 /// How many bytes a read-only open asks to have read with it: most source files fit.
 const OPEN_HEAD: u32 = 128 * 1024;
+
+/// How long a write acknowledged before it was written may wait for a request to carry it before it
+/// is pushed on its own (see [`crate::write_behind`]): a host write shows in the session within this
+/// and a round trip, closed or not.
+const WRITE_BEHIND_DELAY: Duration = Duration::from_millis(5);
+
+/// Whether writes through a handle opened with `flags` may be acknowledged before they are written:
+/// not for appends (the daemon places them), nor for synchronous or direct I/O (the caller asked to
+/// wait).
+fn deferrable(flags: i32) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY
+        && flags & (libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC | libc::O_DIRECT) == 0
+}
 
 /// How a fetch made for a walk ended, as the requests waiting for it see it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -758,6 +772,37 @@ impl BridgeFs {
                 Err(e) => reply.fail(errno_of(&e)),
             }
         });
+    }
+
+    /// Writes through the daemon before answering: a handle that may not defer its writes, or no
+    /// room to defer one (the write then carries the pending ones ahead of it). `guard` is the
+    /// write's [`Mutation`], held until the reply is handled.
+    fn write_through(
+        &self,
+        req: &FuseRequest,
+        fh: FileHandle,
+        offset: u64,
+        data: Vec<u8>,
+        guard: Box<dyn Send>,
+        reply: ReplyWrite,
+    ) {
+        self.on_file(
+            req,
+            fh,
+            reply,
+            move |remote| Request::Write {
+                fh: remote,
+                offset,
+                data,
+            },
+            move |r, _, reply| {
+                let _guard = guard;
+                match r {
+                    Reply::Written(n) => reply.written(n),
+                    other => reply.fail(unexpected(&other)),
+                }
+            },
+        );
     }
 
     /// Sends an attribute request (`make` gets the path and the daemon's handle, if any) and answers
@@ -1603,6 +1648,22 @@ impl Inner {
         .await
     }
 
+    /// Pushes `session`'s pending writes as [`Then`] says, from a task of its own.
+    fn push_after(self: &Arc<Self>, session: &Arc<Session>, then: Then) {
+        let delay = match then {
+            Then::Nothing => return,
+            Then::PushLater => WRITE_BEHIND_DELAY,
+            Then::PushNow => Duration::ZERO,
+        };
+        let (sessions, session) = (self.sessions.clone(), session.clone());
+        self.rt.spawn(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            sessions.push(&session).await;
+        });
+    }
+
     /// Answers a read-only open from a file fetched whole ahead of it, if nothing changed in its
     /// session nor through the mount since its fetch began, and the bridge answered no other version
     /// of the file's attributes meanwhile. Returns the handle (which needs no daemon
@@ -1804,6 +1865,17 @@ impl fuser::Filesystem for BridgeFs {
     }
 
     fn destroy(&mut self) {
+        // Writes acknowledged to files still open at unmount: sent before the connections close.
+        if tokio::runtime::Handle::try_current().is_err() {
+            let sessions = self.inner.sessions.clone();
+            self.inner.rt.block_on(async {
+                for id in sessions.ids() {
+                    if let Some(session) = sessions.get(id.as_str()) {
+                        sessions.push(&session).await;
+                    }
+                }
+            });
+        }
         self.inner.sessions.close_all();
     }
 
@@ -2233,29 +2305,49 @@ impl fuser::Filesystem for BridgeFs {
         reply: ReplyWrite,
     ) {
         let mutation = self.inner.mutation();
-        let data = data.to_vec();
-        self.on_file(
-            req,
-            fh,
-            reply,
-            move |remote| Request::Write {
-                fh: remote,
-                offset,
-                data,
-            },
-            move |r, _, reply| {
-                let _mutation = mutation;
-                match r {
-                    Reply::Written(n) => reply.written(n),
-                    other => reply.fail(unexpected(&other)),
+        let file = match self.open_file(fh) {
+            Ok(file) => file,
+            Err(e) => return reply.error(e),
+        };
+        // An earlier write acknowledged before it was written failed: this handle reports it.
+        if let Some(e) = file.session.write_behind.take_failure(fh.0) {
+            return reply.error(errno_of(&e));
+        }
+        let remote = file
+            .remote
+            .get()
+            .filter(|r| r.conn.close_reason().is_none());
+        if let Some(remote) = remote.filter(|_| deferrable(file.flags)) {
+            let deferred = Deferred {
+                handle: fh.0,
+                conn: remote.conn.stable_id(),
+                write: BatchedWrite {
+                    fh: remote.fh,
+                    offset,
+                    data: data.to_vec(),
+                },
+                guard: Box::new(mutation),
+            };
+            match file.session.write_behind.defer(deferred) {
+                Ok(then) => {
+                    reply.written(data.len() as u32);
+                    self.inner.push_after(&file.session, then);
+                    return;
                 }
-            },
-        );
+                // No room: written now, behind (and carrying) the pending writes.
+                Err(deferred) => {
+                    let Deferred { write, guard, .. } = deferred;
+                    return self.write_through(req, fh, write.offset, write.data, guard, reply);
+                }
+            }
+        }
+        self.write_through(req, fh, offset, data.to_vec(), Box::new(mutation), reply);
     }
 
-    /// Answered here, without a round trip (the kernel sends one at every `close`): writes reach the
-    /// daemon before they return, so nothing is buffered to push, and locks are the host kernel's. A
-    /// handle whose connection is known to be gone fails as before.
+    /// Sent at every `close`: pushes the handle's writes that were acknowledged before they were
+    /// written and reports the first that failed (see [`crate::write_behind`]). Without such writes,
+    /// answered here without a round trip (locks are the host kernel's). A handle whose connection is
+    /// known to be gone fails with `EIO`.
     fn flush(
         &self,
         _req: &FuseRequest,
@@ -2264,13 +2356,33 @@ impl fuser::Filesystem for BridgeFs {
         _lock: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.open_file(fh) {
-            Ok(file) => match file.remote.get() {
-                Some(remote) if remote.conn.close_reason().is_some() => reply.error(Errno::EIO),
-                _ => reply.ok(),
-            },
-            Err(e) => reply.error(e),
+        let file = match self.open_file(fh) {
+            Ok(file) => file,
+            Err(e) => return reply.error(e),
+        };
+        if !file.session.write_behind.holds(fh.0) {
+            return match (
+                file.session.write_behind.take_failure(fh.0),
+                file.remote.get(),
+            ) {
+                (Some(e), _) => reply.error(errno_of(&e)),
+                (None, Some(remote)) if remote.conn.close_reason().is_some() => {
+                    reply.error(Errno::EIO)
+                }
+                (None, _) => reply.ok(),
+            };
         }
+        let inner = self.inner.clone();
+        self.spawn(async move {
+            let writes = &file.session.write_behind;
+            inner.sessions.push(&file.session).await;
+            // Another request may be carrying them (each batch is bounded in time).
+            writes.landed(fh.0).await;
+            match writes.take_failure(fh.0) {
+                Some(e) => reply.error(errno_of(&e)),
+                None => reply.ok(),
+            }
+        });
     }
 
     fn release(
@@ -2298,12 +2410,19 @@ impl fuser::Filesystem for BridgeFs {
         }
         let (conn, request) = (remote.conn.clone(), Request::Release { fh: remote.fh });
         self.spawn(async move {
+            // Carries the handle's pending writes, if any, ahead of the release.
             if let Err(e) = inner
                 .sessions
                 .call_on(&file.session, &conn, caller, request)
                 .await
             {
                 debug!("release: {e}");
+            }
+            if let Some(e) = file.session.write_behind.take_failure(fh.0) {
+                warn!(
+                    session = %file.session.id,
+                    "a write acknowledged earlier failed after its file was closed: {}", e.message
+                );
             }
         });
     }
@@ -2316,6 +2435,7 @@ impl fuser::Filesystem for BridgeFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let session = self.open_file(fh).map(|f| f.session.clone());
         self.on_file(
             req,
             fh,
@@ -2324,7 +2444,11 @@ impl fuser::Filesystem for BridgeFs {
                 fh: remote,
                 datasync,
             },
-            |_, _, reply| reply.ok(),
+            // The sync carried the handle's pending writes; one of them may have failed.
+            move |_, _, reply| match session.ok().and_then(|s| s.write_behind.take_failure(fh.0)) {
+                Some(e) => reply.error(errno_of(&e)),
+                None => reply.ok(),
+            },
         );
     }
 

@@ -8,6 +8,8 @@
 //! - [`negative`] records the names the kernel was told are missing, so they can be invalidated.
 //! - [`read_ahead`] decides which directory listings to fetch before the kernel reads them (tree
 //!   walks) and keeps them until read.
+//! - [`write_behind`] keeps writes acknowledged before the daemon has them, and makes every other
+//!   request of their session wait for (or carry) them.
 //! - [`fs`] implements `fuser::Filesystem`: the mount root lists the sessions, and every operation below
 //!   `/<id>/` becomes one request to that session's daemon, answered from a tokio task.
 //! - [`mount`] mounts, waits for a signal or an external unmount, and unmounts cleanly;
@@ -23,6 +25,7 @@ pub mod negative;
 pub mod read_ahead;
 pub mod session;
 pub mod walk;
+pub mod write_behind;
 
 pub use config::BridgeConfig;
 pub use mount::{mount, MountError};

@@ -26,6 +26,7 @@ use sessionfs_registry::{Registry, SessionId, SessionRecord, SessionState, OWNER
 use tracing::{debug, info, warn};
 
 use crate::config::BridgeConfig;
+use crate::write_behind::{Turn, WriteBehind};
 
 /// After a failed dial, further requests fail fast with the same error for this long.
 const DIAL_BACKOFF: Duration = Duration::from_millis(500);
@@ -41,6 +42,9 @@ pub struct Session {
     /// Bumped by every invalidation of this session: a reply built from data fetched before an
     /// invalidation must not be cached for long (see `fs.rs`).
     generation: AtomicU64,
+    /// Writes acknowledged to the kernel and not yet written (see [`crate::write_behind`]): every
+    /// request to the session carries them or waits for them.
+    pub write_behind: WriteBehind,
 }
 
 /// What the invalidator thread is asked to do (see `fs.rs`).
@@ -235,8 +239,55 @@ impl Sessions {
         frame: &RequestFrame,
     ) -> Result<(Reply, quinn::Connection), ErrorReply> {
         let conn = self.connection(session).await?;
-        let reply = call_once(&session.id, &conn, frame).await?;
+        let reply = exchange(session, &conn, frame).await?;
         Ok((reply, conn))
+    }
+
+    /// Sends the writes pending in `session` now (with nothing after them) and waits until they have
+    /// landed or failed; bounded by the operation timeout. Writes whose connection is gone are
+    /// recorded as failed.
+    pub async fn push(&self, session: &Session) {
+        if !session.write_behind.has_pending() {
+            return;
+        }
+        let conn = session.live_connection();
+        let id = conn.as_ref().map_or(usize::MAX, |c| c.stable_id());
+        let work = async {
+            let Turn::Carry(carried) = session.write_behind.turn(id).await else {
+                return Ok(());
+            };
+            let Some(conn) = conn.filter(|_| !carried.writes.is_empty()) else {
+                carried.landed(Vec::new());
+                return Ok(());
+            };
+            let mut carried = carried;
+            let frame = RequestFrame {
+                caller: Caller::default(),
+                request: Request::Batch {
+                    writes: std::mem::take(&mut carried.writes),
+                    then: None,
+                },
+            };
+            match call_once(&session.id, &conn, &frame).await {
+                Ok(Reply::Batch { failed, then: None }) => {
+                    carried.landed(failed);
+                    Ok(())
+                }
+                Ok(other) => {
+                    let e =
+                        ErrorReply::new(errno::EIO, format!("unexpected batch reply {other:?}"));
+                    carried.failed(&e);
+                    Err(e)
+                }
+                Err(e) => {
+                    carried.failed(&e);
+                    Err(e)
+                }
+            }
+        };
+        if let Err(e) = self.bounded(session, work).await {
+            warn!(session = %session.id, "writes acknowledged earlier failed: {}", e.message);
+        }
     }
 
     /// Sends `request` on a given connection (one that holds an open file handle), bounded in time.
@@ -255,9 +306,7 @@ impl Sessions {
         }
         let map = self.owner_map(session);
         let frame = outbound(map, caller, request);
-        let reply = self
-            .bounded(session, call_once(&session.id, conn, &frame))
-            .await;
+        let reply = self.bounded(session, exchange(session, conn, &frame)).await;
         reply.map(|r| inbound(map, r))
     }
 
@@ -485,6 +534,49 @@ async fn watch(
     reset("change stream ended");
 }
 
+/// Sends `frame` on `conn` once no batch of the session's writes is on its way, carrying the writes
+/// pending (see [`crate::write_behind`]); the reply is the frame's own.
+async fn exchange(
+    session: &Session,
+    conn: &quinn::Connection,
+    frame: &RequestFrame,
+) -> Result<Reply, ErrorReply> {
+    let carried = match session.write_behind.turn(conn.stable_id()).await {
+        Turn::Clear => return call_once(&session.id, conn, frame).await,
+        Turn::Carry(carried) if carried.writes.is_empty() => {
+            carried.landed(Vec::new());
+            return call_once(&session.id, conn, frame).await;
+        }
+        Turn::Carry(carried) => carried,
+    };
+    let mut carried = carried;
+    let batch = RequestFrame {
+        caller: frame.caller,
+        request: Request::Batch {
+            writes: std::mem::take(&mut carried.writes),
+            then: Some(Box::new(frame.request.clone())),
+        },
+    };
+    match call_once(&session.id, conn, &batch).await {
+        Ok(Reply::Batch {
+            failed,
+            then: Some(then),
+        }) => {
+            carried.landed(failed);
+            then.0
+        }
+        Ok(other) => {
+            let e = ErrorReply::new(errno::EIO, format!("unexpected batch reply {other:?}"));
+            carried.failed(&e);
+            Err(e)
+        }
+        Err(e) => {
+            carried.failed(&e);
+            Err(e)
+        }
+    }
+}
+
 async fn call_once(
     id: &SessionId,
     conn: &quinn::Connection,
@@ -511,6 +603,7 @@ impl Session {
             dial_lock: tokio::sync::Mutex::new(None),
             watching: AtomicBool::new(false),
             generation: AtomicU64::new(base),
+            write_behind: WriteBehind::default(),
         }
     }
 

@@ -632,6 +632,32 @@ impl Workspace {
         Ok(u32::try_from(done).unwrap_or(u32::MAX))
     }
 
+    /// Writes all of `data` at `offset`, or fails with the error that stopped it (a write the bridge
+    /// acknowledged early: a short write would lose data without a word).
+    pub fn write_all(&self, fh: u64, offset: u64, data: &[u8], handles: &Handles) -> Result<()> {
+        let fd = handles.get(fh)?;
+        let mut done = 0;
+        while done < data.len() {
+            match rustix::io::pwrite(fd.as_fd(), &data[done..], offset + done as u64) {
+                Ok(0) => {
+                    return Err(ErrorReply::new(
+                        errno::EIO,
+                        format!("write handle {fh}: no progress after {done} bytes"),
+                    ))
+                }
+                Ok(n) => done += n,
+                Err(Errno::INTR) => continue,
+                Err(e) => {
+                    return Err(ErrorReply::new(
+                        e.raw_os_error(),
+                        format!("write handle {fh} after {done} bytes: {e}"),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn fsync(&self, fh: u64, datasync: bool, handles: &Handles) -> Result<()> {
         let fd = handles.get(fh)?;
         if datasync {

@@ -8,9 +8,10 @@ use serde::{de::DeserializeOwned, Serialize};
 /// Bytes in a frame header.
 pub const FRAME_HEADER_LEN: usize = 4;
 
-/// The largest frame body accepted: one maximal I/O chunk plus room for the envelope, or one directory
-/// page of long names with attributes.
-pub const MAX_FRAME_LEN: usize = crate::MAX_IO_CHUNK as usize + 1024 * 1024;
+/// The largest frame body accepted: one maximal I/O chunk and a batch of writes acknowledged early
+/// ahead of it, plus room for the envelope, or one directory page of long names with attributes.
+pub const MAX_FRAME_LEN: usize =
+    crate::MAX_IO_CHUNK as usize + crate::MAX_BATCH_BYTES as usize + 1024 * 1024;
 
 /// Why a frame could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]

@@ -21,11 +21,17 @@ pub use message::*;
 pub use path::{PathError, WirePath};
 
 /// The protocol version spoken by this build. A peer with another version is refused at the handshake.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The largest payload of one `Read` reply or one `Write` request. Larger transfers are split by the
 /// client into several concurrent requests.
 pub const MAX_IO_CHUNK: u32 = 1024 * 1024;
+
+/// The most write data one [`Request::Batch`] carries (its `then` request may carry as much again).
+pub const MAX_BATCH_BYTES: u32 = MAX_IO_CHUNK;
+
+/// The most writes one [`Request::Batch`] carries (contiguous writes of a handle are merged first).
+pub const MAX_BATCH_WRITES: usize = 1024;
 
 /// The most bytes an `Open` may ask to have read with it ([`Request::Open`]'s `head`).
 pub const MAX_OPEN_HEAD: u32 = 256 * 1024;

@@ -250,6 +250,33 @@ pub enum Request {
         path: WirePath,
         max_each: u32,
     },
+    /// Writes the bridge acknowledged before sending them (write-behind), applied in order, then
+    /// `then`, the request whose sending carried them, if any. A write that fails is reported in
+    /// [`Reply::Batch`], and the later writes of the same handle in the batch are not applied (no
+    /// data lands past a failed write); `then` runs whatever the writes did. `then` may not be a
+    /// batch or a watch. At most [`crate::MAX_BATCH_BYTES`] of data in at most
+    /// [`crate::MAX_BATCH_WRITES`] writes.
+    Batch {
+        writes: Vec<BatchedWrite>,
+        then: Option<Box<Request>>,
+    },
+}
+
+/// One write of a [`Request::Batch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchedWrite {
+    pub fh: u64,
+    pub offset: u64,
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// A write of a [`Request::Batch`] that failed, or was not applied because an earlier write of its
+/// handle failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedWrite {
+    pub fh: u64,
+    pub error: ErrorReply,
 }
 
 /// Most changes in one [`WatchFrame::Changes`] batch.
@@ -380,6 +407,12 @@ pub enum Reply {
     XattrSize(u32),
     /// Small files of a directory, whole ([`Request::ReadHeads`]).
     Heads(Vec<FileHead>),
+    /// The outcome of a [`Request::Batch`]: the handles whose writes failed (each at most once,
+    /// with the first error), and the reply to its `then` request, if it had one.
+    Batch {
+        failed: Vec<FailedWrite>,
+        then: Option<Box<ResponseFrame>>,
+    },
 }
 
 /// One small file of a [`Reply::Heads`]: its name in the directory, its attributes (taken after its

@@ -1,0 +1,396 @@
+//! Write-behind: writes the bridge acknowledges to the kernel before the daemon has them, and the
+//! ordering that keeps that invisible to every other request.
+//!
+//! A `write` on a handle that allows it (written, not `O_APPEND`, `O_SYNC`, `O_DSYNC` or `O_DIRECT`)
+//! is answered at once and kept *pending* in its session; contiguous writes of a handle merge. The
+//! pending writes leave as one [`Request::Batch`](sessionfs_proto::Request::Batch): carried ahead of
+//! the session's next request of any kind (the daemon applies them, then that request: no extra round
+//! trip), or pushed on their own when they fill a batch, a few milliseconds after the first of them,
+//! or when the handle is closed or synced.
+//!
+//! Invariants (enforced here; `session.rs` sends, `fs.rs` decides what is deferred):
+//! - **One batch on its way per session, and every request waits for it**: a request of the session
+//!   is sent only when no batch is on its way, and carries whatever is pending. So every request sent
+//!   after a write was acknowledged reaches the daemon after that write, as if the write had been
+//!   synchronous: a `stat`, a read through another handle, a rename, a release of the handle.
+//! - **Pending writes fit one batch** ([`MAX_BATCH_BYTES`], [`MAX_BATCH_WRITES`]): a write that does
+//!   not fit waits until the pending ones have left. At most two batches' worth of data is
+//!   acknowledged and not yet written.
+//! - **No error is lost**: a write that failed (or whose batch got no answer) is recorded for its
+//!   handle and returned by the handle's next `write`, `fsync` or `close` (`flush`), as an NFS client
+//!   does; a batch abandoned by a timeout counts as failed, never as landed.
+//! - **Nothing lands past a failed write**: the daemon skips a batch's later writes of a handle whose
+//!   write failed, and writes still pending for a handle with a recorded failure are dropped.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use sessionfs_proto::{
+    errno, BatchedWrite, ErrorReply, FailedWrite, MAX_BATCH_BYTES, MAX_BATCH_WRITES,
+};
+
+/// A write acknowledged to the kernel and not yet sent.
+pub struct Deferred {
+    /// The bridge's handle the write came through.
+    pub handle: u64,
+    /// The connection holding the daemon's handle (`quinn::Connection::stable_id`).
+    pub conn: usize,
+    pub write: BatchedWrite,
+    /// Held until the write has landed or failed (the bridge's record of a change under way).
+    pub guard: Box<dyn Send>,
+}
+
+/// What the caller of [`WriteBehind::defer`] should do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Then {
+    /// Nothing: a push is already due.
+    Nothing,
+    /// Push within the write-behind delay: this write is the first one pending.
+    PushLater,
+    /// Push now: the pending writes fill a batch.
+    PushNow,
+}
+
+/// Writes pending or on their way for one session.
+#[derive(Default)]
+pub struct WriteBehind {
+    state: Mutex<State>,
+    /// Woken when a batch lands or the pending writes are taken.
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct State {
+    pending: Vec<Deferred>,
+    pending_bytes: usize,
+    /// The handles whose writes are in the batch on its way; `None` while none is.
+    sending: Option<Vec<u64>>,
+    /// Failed writes per handle, until the handle reports them.
+    failed: HashMap<u64, ErrorReply>,
+}
+
+/// The writes a request carries: they are on their way until [`Carried::landed`] (or the value is
+/// dropped, which counts them as failed).
+pub struct Carried<'a> {
+    owner: &'a WriteBehind,
+    pub writes: Vec<BatchedWrite>,
+    /// Per daemon handle, the bridge handle whose writes it carries.
+    handles: HashMap<u64, u64>,
+    guards: Vec<Box<dyn Send>>,
+    done: bool,
+}
+
+/// What a request may do once it is its turn.
+pub enum Turn<'a> {
+    /// Nothing pending and nothing on its way: send as is.
+    Clear,
+    /// Send with these writes ahead of it.
+    Carry(Carried<'a>),
+}
+
+fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    // The state is a queue and a few records; a panicking holder leaves nothing half-updated that
+    // matters more than the data it was handling.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl WriteBehind {
+    /// Takes `d` as pending, or hands it back when the pending writes have no room for it (push, then
+    /// try again). Writes of one handle that continue each other are merged.
+    pub fn defer(&self, d: Deferred) -> Result<Then, Deferred> {
+        let mut st = lock(&self.state);
+        let len = d.write.data.len();
+        if st.pending_bytes + len > MAX_BATCH_BYTES as usize {
+            return Err(d);
+        }
+        let first = st.pending.is_empty();
+        let merges = st.pending.last().is_some_and(|last| {
+            last.handle == d.handle
+                && last.conn == d.conn
+                && last.write.offset + last.write.data.len() as u64 == d.write.offset
+        });
+        let merged = if merges {
+            if let Some(last) = st.pending.last_mut() {
+                last.write.data.extend_from_slice(&d.write.data);
+            }
+            // The first write's guard is held for both; this one's is dropped below, outside the
+            // lock (dropping a guard updates the bridge's caches).
+            Some(d)
+        } else {
+            if st.pending.len() >= MAX_BATCH_WRITES {
+                return Err(d);
+            }
+            st.pending.push(d);
+            None
+        };
+        st.pending_bytes += len;
+        let then = if st.pending_bytes >= MAX_BATCH_BYTES as usize
+            || st.pending.len() >= MAX_BATCH_WRITES
+        {
+            Then::PushNow
+        } else if first {
+            Then::PushLater
+        } else {
+            Then::Nothing
+        };
+        drop(st);
+        drop(merged);
+        Ok(then)
+    }
+
+    /// Waits until no batch is on its way, then takes the pending writes for a request about to be
+    /// sent on connection `conn`. Writes held for another connection (one that has since gone) cannot
+    /// be sent: they are recorded as failed.
+    pub async fn turn(&self, conn: usize) -> Turn<'_> {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let mut st = lock(&self.state);
+                if st.sending.is_none() {
+                    if st.pending.is_empty() {
+                        return Turn::Clear;
+                    }
+                    let pending = std::mem::take(&mut st.pending);
+                    st.pending_bytes = 0;
+                    let mut carried = Carried {
+                        owner: self,
+                        writes: Vec::with_capacity(pending.len()),
+                        handles: HashMap::new(),
+                        guards: Vec::with_capacity(pending.len()),
+                        done: false,
+                    };
+                    let mut sending = Vec::new();
+                    for d in pending {
+                        if st.failed.contains_key(&d.handle) {
+                            // Behind a write of its handle that failed: not applied, like the
+                            // later writes of a failed handle within a batch.
+                        } else if d.conn == conn {
+                            carried.handles.insert(d.write.fh, d.handle);
+                            carried.writes.push(d.write);
+                            if !sending.contains(&d.handle) {
+                                sending.push(d.handle);
+                            }
+                        } else {
+                            st.failed.entry(d.handle).or_insert_with(|| {
+                                ErrorReply::new(
+                                    errno::EIO,
+                                    "the connection holding this open file is gone; its last \
+                                     writes were not written",
+                                )
+                            });
+                        }
+                        carried.guards.push(d.guard);
+                    }
+                    st.sending = Some(sending);
+                    drop(st);
+                    self.changed.notify_waiters();
+                    return Turn::Carry(carried);
+                }
+            }
+            changed.await;
+        }
+    }
+
+    /// Whether `handle` has writes pending or on their way.
+    pub fn holds(&self, handle: u64) -> bool {
+        let st = lock(&self.state);
+        st.pending.iter().any(|d| d.handle == handle)
+            || st.sending.as_ref().is_some_and(|h| h.contains(&handle))
+    }
+
+    /// Whether any write is pending.
+    pub fn has_pending(&self) -> bool {
+        !lock(&self.state).pending.is_empty()
+    }
+
+    /// Waits until `handle`'s writes on their way (not the pending ones) have landed.
+    pub async fn landed(&self, handle: u64) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let sending = lock(&self.state)
+                .sending
+                .as_ref()
+                .is_some_and(|h| h.contains(&handle));
+            if !sending {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// The failure recorded for `handle`, once: the handle reports it.
+    pub fn take_failure(&self, handle: u64) -> Option<ErrorReply> {
+        lock(&self.state).failed.remove(&handle)
+    }
+
+    fn finish(&self, failed: impl IntoIterator<Item = (u64, ErrorReply)>) {
+        let mut st = lock(&self.state);
+        for (handle, error) in failed {
+            st.failed.entry(handle).or_insert(error);
+        }
+        st.sending = None;
+        drop(st);
+        self.changed.notify_waiters();
+    }
+}
+
+impl Carried<'_> {
+    /// The batch's reply came: records the writes that failed (daemon handles as the reply names
+    /// them) and lets the session's next request go.
+    pub fn landed(mut self, failed: Vec<FailedWrite>) {
+        self.done = true;
+        let handles = std::mem::take(&mut self.handles);
+        let failed = failed.into_iter().filter_map(|f| {
+            let handle = handles.get(&f.fh).copied();
+            handle.map(|h| (h, f.error))
+        });
+        self.owner.finish(failed);
+    }
+
+    /// The batch got no usable answer: every write in it counts as failed with `error`.
+    pub fn failed(mut self, error: &ErrorReply) {
+        self.done = true;
+        let handles: Vec<u64> = self.handles.values().copied().collect();
+        self.owner
+            .finish(handles.into_iter().map(|h| (h, error.clone())));
+    }
+}
+
+impl Drop for Carried<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            // Abandoned (the request timed out or its task ended): whether the writes landed is
+            // unknown, so they count as failed.
+            let error = ErrorReply::new(
+                errno::EIO,
+                "writes acknowledged earlier got no answer from the daemon",
+            );
+            let handles: Vec<u64> = self.handles.values().copied().collect();
+            self.owner
+                .finish(handles.into_iter().map(|h| (h, error.clone())));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(handle: u64, conn: usize, offset: u64, data: &[u8]) -> Deferred {
+        Deferred {
+            handle,
+            conn,
+            write: BatchedWrite {
+                fh: handle + 100,
+                offset,
+                data: data.to_vec(),
+            },
+            guard: Box::new(()),
+        }
+    }
+
+    fn carried(turn: Turn<'_>) -> Carried<'_> {
+        match turn {
+            Turn::Carry(c) => c,
+            Turn::Clear => panic!("nothing carried"),
+        }
+    }
+
+    #[tokio::test]
+    async fn contiguous_writes_merge_and_a_request_carries_them_in_order() {
+        let wb = WriteBehind::default();
+        assert_eq!(wb.defer(d(1, 7, 0, b"ab")).ok(), Some(Then::PushLater));
+        assert_eq!(wb.defer(d(1, 7, 2, b"cd")).ok(), Some(Then::Nothing));
+        assert_eq!(wb.defer(d(2, 7, 0, b"x")).ok(), Some(Then::Nothing));
+        // Not contiguous: a write of its own, after the others.
+        assert_eq!(wb.defer(d(1, 7, 0, b"Z")).ok(), Some(Then::Nothing));
+        assert!(wb.holds(1) && wb.holds(2) && !wb.holds(3));
+        let c = carried(wb.turn(7).await);
+        let got: Vec<(u64, u64, &[u8])> = c
+            .writes
+            .iter()
+            .map(|w| (w.fh, w.offset, &w.data[..]))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(101, 0, &b"abcd"[..]), (102, 0, b"x"), (101, 0, b"Z")]
+        );
+        assert!(wb.holds(1), "on its way");
+        c.landed(vec![]);
+        assert!(!wb.holds(1));
+        assert!(matches!(wb.turn(7).await, Turn::Clear));
+    }
+
+    #[tokio::test]
+    async fn a_request_waits_for_the_batch_on_its_way() {
+        let wb = std::sync::Arc::new(WriteBehind::default());
+        wb.defer(d(1, 7, 0, b"ab")).ok();
+        let c = carried(wb.turn(7).await);
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let waiter = {
+            let wb = wb.clone();
+            tokio::spawn(async move {
+                let clear = matches!(wb.turn(7).await, Turn::Clear);
+                let _ = tx.send(clear);
+            })
+        };
+        tokio::task::yield_now().await;
+        assert!(rx.try_recv().is_err(), "sent while a batch was on its way");
+        c.landed(vec![]);
+        waiter.await.expect("waiter");
+        assert_eq!(rx.await.ok(), Some(true));
+    }
+
+    #[tokio::test]
+    async fn failures_are_reported_once_per_handle_and_abandoned_batches_fail() {
+        let wb = WriteBehind::default();
+        wb.defer(d(1, 7, 0, b"ab")).ok();
+        wb.defer(d(2, 7, 0, b"cd")).ok();
+        let c = carried(wb.turn(7).await);
+        c.landed(vec![FailedWrite {
+            fh: 102,
+            error: ErrorReply::new(28, "no space"),
+        }]);
+        assert_eq!(wb.take_failure(1), None);
+        // A write of the failed handle still pending is dropped, not sent past the failure.
+        wb.defer(d(2, 7, 2, b"late")).ok();
+        let c = carried(wb.turn(7).await);
+        assert!(c.writes.is_empty());
+        c.landed(vec![]);
+        assert_eq!(wb.take_failure(2).map(|e| e.errno), Some(28));
+        assert_eq!(wb.take_failure(2), None, "reported once");
+        // A batch dropped without an answer fails its writes, and the session goes on.
+        wb.defer(d(3, 7, 0, b"ef")).ok();
+        drop(carried(wb.turn(7).await));
+        assert_eq!(wb.take_failure(3).map(|e| e.errno), Some(errno::EIO));
+        assert!(matches!(wb.turn(7).await, Turn::Clear));
+        // Writes held for a connection that is gone fail instead of going out on another one.
+        wb.defer(d(4, 6, 0, b"gh")).ok();
+        let c = carried(wb.turn(7).await);
+        assert!(c.writes.is_empty());
+        c.landed(vec![]);
+        assert_eq!(wb.take_failure(4).map(|e| e.errno), Some(errno::EIO));
+    }
+
+    #[test]
+    fn pending_writes_never_exceed_one_batch() {
+        let wb = WriteBehind::default();
+        let chunk = vec![0u8; MAX_BATCH_BYTES as usize / 2];
+        assert_eq!(wb.defer(d(1, 7, 0, &chunk)).ok(), Some(Then::PushLater));
+        let len = chunk.len() as u64;
+        assert_eq!(wb.defer(d(1, 7, len, &chunk)).ok(), Some(Then::PushNow));
+        assert!(wb.defer(d(1, 7, 2 * len, b"x")).is_err());
+        let many = WriteBehind::default();
+        for i in 0..MAX_BATCH_WRITES as u64 {
+            // Every other byte: nothing merges.
+            let then = many.defer(d(1, 7, 2 * i, b"x"));
+            assert!(then.is_ok(), "write {i}");
+        }
+        assert!(many.defer(d(1, 7, 1, b"x")).is_err());
+        assert!(many.has_pending());
+    }
+}

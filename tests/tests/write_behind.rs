@@ -1,0 +1,167 @@
+//! Write-behind: writes through the mount are acknowledged before the daemon has them (see
+//! `bridge-fs/src/write_behind.rs`). These tests check what makes that invisible: every later
+//! request of the session reaches the daemon after them, they reach the session within a bound even
+//! if nothing follows, and a write that fails after it was acknowledged is reported at `close` or
+//! `fsync` (and by the handle's next write), never lost. The session directory here is a local
+//! session's, read directly: what a process inside the session sees.
+
+use std::fs;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::fd::IntoRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use sessionfs_tests::{wait_until, Harness};
+
+/// Deterministic bytes that differ at every offset of interest.
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn writes_acknowledged_early_land_before_any_later_request_and_within_a_bound() -> Result<()> {
+    let mut h = Harness::new()?;
+    let ws = h.create_session("wb")?;
+    h.mount()?;
+    let mount = h.path("wb", "");
+    let mut expected = pattern(30 * 1024, 1);
+    let mut file = fs::File::create(mount.join("f"))?;
+    // Small writes as tar and cp make them, then one that rewrites the start.
+    for chunk in expected.chunks(10 * 1024) {
+        file.write_all(chunk)?;
+    }
+    file.write_all_at(b"REWRITTEN", 0)?;
+    expected[..9].copy_from_slice(b"REWRITTEN");
+    // Any later request of the session reaches the daemon after the writes: here a lookup of a
+    // name never seen (a round trip), then the session's own view, read at once (the writes would
+    // otherwise be pushed only a few milliseconds later).
+    assert!(!mount.join("never-seen").exists());
+    assert_eq!(
+        fs::read(ws.join("f"))?,
+        expected,
+        "the session's file after a later request"
+    );
+    // With nothing after it and the file still open, a write still reaches the session.
+    let tail = pattern(5000, 2);
+    file.seek(SeekFrom::End(0))?;
+    file.write_all(&tail)?;
+    expected.extend_from_slice(&tail);
+    wait_until(
+        "a write with nothing after it to reach the session",
+        Duration::from_secs(2),
+        || fs::read(ws.join("f")).is_ok_and(|got| got == expected),
+    )?;
+    // Writes of two handles keep their order; close pushes what is left.
+    let mut other = fs::OpenOptions::new().write(true).open(mount.join("f"))?;
+    file.write_all_at(b"first", 100)?;
+    other.write_all_at(b"second", 100)?;
+    expected[100..106].copy_from_slice(b"second");
+    file.write_all_at(b"x", 2000)?;
+    expected[2000] = b'x';
+    drop(file);
+    other.flush()?;
+    drop(other);
+    assert_eq!(fs::read(ws.join("f"))?, expected, "after close");
+    assert_eq!(fs::read(mount.join("f"))?, expected, "through the mount");
+    h.unmount()
+}
+
+/// Closes `fd` and returns what `close` said (dropping a `File` ignores it).
+fn close(file: fs::File) -> std::io::Result<()> {
+    let fd = file.into_raw_fd();
+    // SAFETY: `fd` was just taken out of an owning `File`, and is closed once.
+    if unsafe { libc::close(fd) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// A small tmpfs mounted for the test's lifetime.
+struct SmallFs<'a>(&'a Path);
+
+impl<'a> SmallFs<'a> {
+    fn mount(dir: &'a Path, size: &str) -> Result<Self> {
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .context("mount(8)")?;
+        ensure!(
+            out.status.success(),
+            "mounting a tmpfs at {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(SmallFs(dir))
+    }
+}
+
+impl Drop for SmallFs<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0).status();
+    }
+}
+
+#[test]
+fn a_write_that_fails_after_it_was_acknowledged_is_reported_not_lost() -> Result<()> {
+    let mut h = Harness::new()?;
+    let ws = h.dir.path().join("small");
+    fs::create_dir(&ws)?;
+    let _small = SmallFs::mount(&ws, "1m")?;
+    h.ok(&[
+        "session",
+        "create",
+        "full",
+        "--dir",
+        ws.to_str().context("utf-8")?,
+    ])?;
+    h.mount()?;
+    let mount = h.path("full", "");
+
+    // 2 MiB into a 1 MiB file system, in 64 KiB writes: the space runs out behind the writes'
+    // backs; the error must come out of a later write or the close.
+    let data = pattern(2 << 20, 3);
+    let mut file = fs::File::create(mount.join("big"))?;
+    let mut write_error = None;
+    for chunk in data.chunks(64 * 1024) {
+        if let Err(e) = file.write_all(chunk) {
+            write_error = Some(e);
+            break;
+        }
+    }
+    let close_result = close(file);
+    let reported = match (&write_error, &close_result) {
+        (Some(e), _) | (None, Err(e)) => e.raw_os_error(),
+        (None, Ok(())) => bail!("2 MiB went into a 1 MiB file system and nothing failed"),
+    };
+    assert_eq!(
+        reported,
+        Some(libc::ENOSPC),
+        "write: {write_error:?}, close: {close_result:?}"
+    );
+    // What landed is the data's start, nothing else.
+    let landed = fs::read(ws.join("big"))?;
+    assert!(!landed.is_empty() && landed.len() < data.len());
+    assert!(
+        landed[..] == data[..landed.len()],
+        "the session's file is not a prefix of what was written"
+    );
+
+    // fsync reports it too.
+    let mut more = fs::File::create(mount.join("more"))?;
+    more.write_all(&pattern(64 * 1024, 4))?;
+    let synced = more.sync_all();
+    assert_eq!(
+        synced.as_ref().err().and_then(|e| e.raw_os_error()),
+        Some(libc::ENOSPC),
+        "fsync: {synced:?}"
+    );
+    close(more)?;
+    h.unmount()
+}
