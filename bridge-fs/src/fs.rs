@@ -38,6 +38,7 @@ use crate::heads_ahead::{Fetched, Found, HeadsAhead};
 use crate::inodes::{InodeTable, NodeRef, Stale, ROOT_INO};
 use crate::negative::NegativeEntries;
 use crate::read_ahead::ReadAhead;
+use crate::replied::Replied;
 use crate::session::{Session, Sessions};
 use crate::walk::Walk;
 use crate::write_behind::{Deferred, Then};
@@ -320,6 +321,8 @@ struct Inner {
     /// Directories whose listings are fetched for a walk that looks their names up (`git status`
     /// checking every file of its index); the listings land in `listings`.
     lookups_ahead: Mutex<Walk<FetchWaiter>>,
+    /// What lookups answered a moment ago (see [`crate::replied`]).
+    replied: Mutex<Replied>,
     /// Changes through the mount under way (see [`Mutation`]).
     mutating: std::sync::atomic::AtomicUsize,
     /// File inodes of watched sessions known to have no [`CAPABILITY_XATTR`]: the kernel's read of it
@@ -485,6 +488,7 @@ impl BridgeFs {
                 read_ahead_slots: Arc::new(tokio::sync::Semaphore::new(READ_AHEAD_CONCURRENCY)),
                 heads_ahead: Mutex::new(HeadsAhead::default()),
                 lookups_ahead: Mutex::new(Walk::default()),
+                replied: Mutex::new(Replied::default()),
                 mutating: std::sync::atomic::AtomicUsize::new(0),
                 no_capability: Mutex::new(std::collections::HashSet::new()),
                 attrs: Mutex::new(AttrCache::default()),
@@ -1022,38 +1026,52 @@ impl Inner {
         // Inodes whose content alone changed: what is known of their capability stays true.
         let mut content_only = std::collections::HashSet::new();
         let mut other_change = std::collections::HashSet::new();
+        // Changes that touched what a lookup answered a moment ago: sent again (see `crate::replied`).
+        let mut late = Vec::new();
         let (inodes, entries, missing) = {
             let table = lock(&self.inodes);
             let mut negatives = lock(&self.negatives);
+            let replied = lock(&self.replied);
+            let now = Instant::now();
             let mut missing = Vec::new();
             match &work {
-                Invalidation::Changes(id, changes) => {
+                Invalidation::Changes(id, changes) | Invalidation::Late(id, changes) => {
+                    let again = matches!(work, Invalidation::Late(..));
                     let (mut inodes, mut entries) = (Vec::new(), Vec::new());
                     for change in changes {
+                        let mut recent = false;
                         match change {
                             Change::Node { path } => {
                                 if let Some(ino) = table.find(id.as_str(), path) {
                                     inodes.push(ino);
                                     other_change.insert(ino);
+                                    recent = replied.inode_is_recent(ino, now);
                                 }
                             }
                             Change::Data { path } => {
                                 if let Some(ino) = table.find(id.as_str(), path) {
                                     inodes.push(ino);
                                     content_only.insert(ino);
+                                    recent = replied.inode_is_recent(ino, now);
                                 }
                             }
                             Change::Entry { dir, name } => {
                                 let Some(dir) = table.find(id.as_str(), dir) else {
                                     continue;
                                 };
-                                let negative = negatives.take(dir, name);
-                                if table.child(dir, name).is_some() {
+                                // The second time, the record was taken the first time.
+                                let negative = negatives.take(dir, name) || again;
+                                recent = replied.missing_is_recent(dir, name, now);
+                                if let Some(child) = table.child(dir, name) {
                                     entries.push((dir, name.clone()));
+                                    recent |= replied.inode_is_recent(child, now);
                                 } else if negative {
                                     missing.push((dir, name.clone()));
                                 }
                             }
+                        }
+                        if recent && !again {
+                            late.push(change.clone());
                         }
                     }
                     content_only.retain(|ino| !other_change.contains(ino));
@@ -1107,7 +1125,7 @@ impl Inner {
             }
         }
         let verify = match &work {
-            Invalidation::Changes(..) | Invalidation::Inode(_) => true,
+            Invalidation::Changes(..) | Invalidation::Late(..) | Invalidation::Inode(_) => true,
             // Sessions no longer listed: their names are gone, nothing to check.
             Invalidation::Root { .. } | Invalidation::Missing { .. } => false,
             // At the end of a connection the daemon may be gone: nothing can be checked.
@@ -1129,6 +1147,13 @@ impl Inner {
         for (parent, name) in entries.into_iter().chain(missing) {
             // ENOENT: the kernel has no such entry cached; nothing to do.
             let _ = notifier.inval_entry(INodeNo(parent), OsStr::from_bytes(&name));
+        }
+        if let (false, Invalidation::Changes(id, _)) = (late.is_empty(), &work) {
+            let (sessions, id) = (self.sessions.clone(), id.clone());
+            self.rt.spawn(async move {
+                tokio::time::sleep(crate::replied::LATE_DELAY).await;
+                sessions.invalidate(Invalidation::Late(id, late));
+            });
         }
     }
 
@@ -1219,6 +1244,7 @@ impl Inner {
         // Record first, then check: an invalidation after the check finds the record.
         let cacheable = session.is_watched() && lock(&self.negatives).insert(dir, name);
         if cacheable && self.ttl_for(session, since) == self.watched_ttl {
+            lock(&self.replied).missing(dir, name, Instant::now());
             // Node id 0: "no such entry", kept for the entry TTL.
             reply.entry_with_ttls(
                 &Duration::ZERO,
@@ -1243,12 +1269,31 @@ impl Inner {
         reply: ReplyEntry,
         remember: Option<(&Session, u64, u64)>,
     ) -> Option<u64> {
-        let ino = lock(&self.inodes).learn(parent, name, attr);
+        let ino = {
+            // Recorded while the table is locked: an invalidation that finds the node learned
+            // also finds it recent.
+            let mut table = lock(&self.inodes);
+            let ino = table.learn(parent, name, attr);
+            if let Some(ino) = ino {
+                lock(&self.replied).inode(ino, Instant::now());
+            }
+            ino
+        };
         if let (Some(ino), Some((session, since, epoch))) = (ino, remember) {
             self.keep_attrs(session, since, epoch, &[(ino, *attr)]);
         }
         match ino {
-            Some(ino) => reply.entry(&ttl, &file_attr(ino, attr), Generation(0)),
+            Some(ino) => {
+                reply.entry(&ttl, &file_attr(ino, attr), Generation(0));
+                // An invalidation that came after the TTL was chosen may have looked for the node
+                // before it was learned here, and found nothing to invalidate: invalidate it again
+                // now that the kernel has the reply, as for a listing page an invalidation overtook.
+                if let Some((session, since, _)) = remember {
+                    if session.generation() != since {
+                        self.sessions.invalidate(Invalidation::Inode(ino));
+                    }
+                }
+            }
             None => reply.error(Errno::ESTALE),
         }
         ino

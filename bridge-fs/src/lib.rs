@@ -10,6 +10,8 @@
 //!   walks) and keeps them until read.
 //! - [`write_behind`] keeps writes acknowledged before the daemon has them, and makes every other
 //!   request of their session wait for (or carry) them.
+//! - [`replied`] remembers what lookups answered a moment ago, so that an invalidation that reached
+//!   the kernel before their reply is sent again.
 //! - [`fs`] implements `fuser::Filesystem`: the mount root lists the sessions, and every operation below
 //!   `/<id>/` becomes one request to that session's daemon, answered from a tokio task.
 //! - [`mount`] mounts, waits for a signal or an external unmount, and unmounts cleanly;
@@ -23,6 +25,7 @@ pub mod mount;
 pub mod mountinfo;
 pub mod negative;
 pub mod read_ahead;
+pub mod replied;
 pub mod session;
 pub mod walk;
 pub mod write_behind;

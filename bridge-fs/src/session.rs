@@ -52,6 +52,9 @@ pub struct Session {
 pub enum Invalidation {
     /// Forget what the kernel cached for these changes in the session.
     Changes(SessionId, Vec<Change>),
+    /// The changes again, a moment later: they touched entries a lookup had just answered, which
+    /// the kernel may not have had yet the first time (see [`crate::replied`]).
+    Late(SessionId, Vec<Change>),
     /// Forget everything the kernel cached for the session (overflow, reconnect, restart).
     Reset(SessionId),
     /// Forget the attributes, pages and cached listing of one inode (a directory listing the kernel
