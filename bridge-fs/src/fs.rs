@@ -268,10 +268,11 @@ impl AttrCache {
         self.attrs.remove(&ino);
     }
 
-    /// A change through the mount starts or ends.
-    fn changed(&mut self) {
+    /// A change through the mount starts or ends; returns the new epoch.
+    fn changed(&mut self) -> u64 {
         self.epoch += 1;
         self.attrs.clear();
+        self.epoch
     }
 }
 
@@ -323,6 +324,10 @@ struct Inner {
     lookups_ahead: Mutex<Walk<FetchWaiter>>,
     /// What lookups answered a moment ago (see [`crate::replied`]).
     replied: Mutex<Replied>,
+    /// Changes through the mount started so far, and those under way that are writes acknowledged
+    /// early (see [`Mutation`]).
+    started: AtomicU64,
+    deferred: std::sync::atomic::AtomicUsize,
     /// Changes through the mount under way (see [`Mutation`]).
     mutating: std::sync::atomic::AtomicUsize,
     /// File inodes of watched sessions known to have no [`CAPABILITY_XATTR`]: the kernel's read of it
@@ -489,6 +494,8 @@ impl BridgeFs {
                 heads_ahead: Mutex::new(HeadsAhead::default()),
                 lookups_ahead: Mutex::new(Walk::default()),
                 replied: Mutex::new(Replied::default()),
+                started: AtomicU64::new(0),
+                deferred: std::sync::atomic::AtomicUsize::new(0),
                 mutating: std::sync::atomic::AtomicUsize::new(0),
                 no_capability: Mutex::new(std::collections::HashSet::new()),
                 attrs: Mutex::new(AttrCache::default()),
@@ -835,15 +842,16 @@ impl BridgeFs {
                     fh,
                     reply,
                     |remote| make(path, Some(remote)),
-                    // `mutation` is moved in and dropped once the reply is sent.
-                    move |r, ttl, reply| match r {
-                        Reply::Attr(a) => {
+                    // `mutation` is moved in and ended once the reply is sent.
+                    move |r, ttl, reply| match (r, mutation) {
+                        (Reply::Attr(a), mutation) => {
                             if let (None, Some((session, since))) = (&mutation, &since) {
                                 inner.keep_attrs(session, *since, epoch, &[(ino.0, a)]);
                             }
-                            reply.attr(&ttl, &file_attr(ino.0, &a))
+                            reply.attr(&ttl, &file_attr(ino.0, &a));
+                            inner.keep_own_reply(mutation, since.as_ref(), ino.0, a);
                         }
-                        other => reply.fail(unexpected(&other)),
+                        (other, _mutation) => reply.fail(unexpected(&other)),
                     },
                 );
             }
@@ -867,7 +875,8 @@ impl BridgeFs {
                     match result {
                         Ok((Reply::Attr(a), _)) => {
                             let ttl = inner.ttl_for(&session, since);
-                            reply.attr(&ttl, &file_attr(ino.0, &a))
+                            reply.attr(&ttl, &file_attr(ino.0, &a));
+                            inner.keep_own_reply(mutation, Some(&(session, since)), ino.0, a);
                         }
                         Ok((other, _)) => reply.fail(unexpected(&other)),
                         Err(e) if via_handle && e.errno == errno::ENOENT => {
@@ -886,12 +895,55 @@ impl BridgeFs {
 /// attributes) is voided when it starts and again when it ends, so nothing read while it ran, which
 /// may predate it, is kept. While any runs, listings and fetched files answer nothing (the kernel
 /// may already have the change's reply before it ends).
-struct Mutation(Arc<Inner>);
+///
+/// A change's own reply may be remembered (see [`Mutation::end`]) when no other change through the
+/// mount can have come between it and the daemon's answer.
+struct Mutation {
+    inner: Arc<Inner>,
+    /// Its number among all changes started (see `Inner::started`).
+    number: u64,
+    /// Every change under way when it started was a write acknowledged early: those are applied
+    /// before any request sent after them (see [`crate::write_behind`]), this one's included.
+    only_writes_before: bool,
+    ended: bool,
+}
+
+impl Mutation {
+    /// Ends the change. Returns the attribute epoch after it if what its reply said is still what
+    /// the daemon holds as far as the mount knows: no other change started since it did, and every
+    /// change under way when it started reached the daemon before it. Changes made elsewhere are the
+    /// session generation's business (see [`Inner::keep_attrs`]).
+    fn end(&mut self) -> Option<u64> {
+        if std::mem::replace(&mut self.ended, true) {
+            return None;
+        }
+        let epoch = self.inner.void_answers();
+        self.inner.mutating.fetch_sub(1, Ordering::AcqRel);
+        let alone =
+            self.only_writes_before && self.inner.started.load(Ordering::Acquire) == self.number;
+        alone.then_some(epoch)
+    }
+}
 
 impl Drop for Mutation {
     fn drop(&mut self) {
-        self.0.void_answers();
-        self.0.mutating.fetch_sub(1, Ordering::AcqRel);
+        self.end();
+    }
+}
+
+/// The [`Mutation`] of a write acknowledged before it was written, held until it lands.
+struct DeferredWrite(Mutation);
+
+impl DeferredWrite {
+    fn new(mutation: Mutation) -> Self {
+        mutation.inner.deferred.fetch_add(1, Ordering::AcqRel);
+        DeferredWrite(mutation)
+    }
+}
+
+impl Drop for DeferredWrite {
+    fn drop(&mut self) {
+        self.0.inner.deferred.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -1061,12 +1113,17 @@ impl Inner {
                                 };
                                 // The second time, the record was taken the first time.
                                 let negative = negatives.take(dir, name) || again;
-                                recent = replied.missing_is_recent(dir, name, now);
+                                // Again only what the kernel may have applied after this: a node a
+                                // lookup answered for the name, or the name's absence (once the
+                                // name is bound, the kernel's entry for it is no longer negative).
                                 if let Some(child) = table.child(dir, name) {
                                     entries.push((dir, name.clone()));
-                                    recent |= replied.inode_is_recent(child, now);
-                                } else if negative {
-                                    missing.push((dir, name.clone()));
+                                    recent = replied.inode_is_recent(child, now);
+                                } else {
+                                    if negative {
+                                        missing.push((dir, name.clone()));
+                                    }
+                                    recent = replied.missing_is_recent(dir, name, now);
                                 }
                             }
                         }
@@ -1349,21 +1406,50 @@ impl Inner {
 
     /// Starts a change through the mount (see [`Mutation`]).
     fn mutation(self: &Arc<Self>) -> Mutation {
-        self.mutating.fetch_add(1, Ordering::AcqRel);
+        let before = self.mutating.fetch_add(1, Ordering::AcqRel);
+        // Read after the count: a write deferred in between is counted in both (and is pending
+        // when this change's request is sent, so it is carried ahead of it).
+        let deferred = self.deferred.load(Ordering::Acquire);
+        let number = self.started.fetch_add(1, Ordering::AcqRel) + 1;
         self.void_answers();
-        Mutation(self.clone())
+        Mutation {
+            inner: self.clone(),
+            number,
+            only_writes_before: before <= deferred,
+            ended: false,
+        }
     }
 
     /// Voids what the bridge answers from memory on the daemon's behalf: listings fetched ahead,
     /// small files fetched ahead, remembered attributes, and complete listings (which also carry the
     /// attribute epoch, so one remembered after this from an older fetch is not used either).
-    fn void_answers(&self) {
+    /// Ends `mutation`, a change of `ino` whose reply said `attr`, and remembers that reply when
+    /// nothing can have come between it and the daemon's answer (see [`Mutation::end`]): the kernel
+    /// asks for the attributes again before a `chown` although it has just been told them.
+    fn keep_own_reply(
+        &self,
+        mutation: Option<Mutation>,
+        since: Option<&(Arc<Session>, u64)>,
+        ino: u64,
+        attr: Attr,
+    ) {
+        let (Some(mut mutation), Some((session, since))) = (mutation, since) else {
+            return;
+        };
+        if let Some(epoch) = mutation.end() {
+            self.keep_attrs(session, *since, epoch, &[(ino, attr)]);
+        }
+    }
+
+    /// Voids what the bridge answers from memory; returns the new attribute epoch.
+    fn void_answers(&self) -> u64 {
         lock(&self.read_ahead).changed();
         lock(&self.heads_ahead).changed();
-        lock(&self.attrs).changed();
+        let epoch = lock(&self.attrs).changed();
         let mut listings = lock(&self.listings);
         listings.0.clear();
         listings.1 = 0;
+        epoch
     }
 
     /// The attributes last answered for `ino`, if its session is watched and nothing voided them.
@@ -2277,7 +2363,14 @@ impl fuser::Filesystem for BridgeFs {
             target,
             reply,
             move |inner, answered, r, reply| match (r, mutation) {
-                (Reply::Created { fh, attr }, _mutation) => {
+                (
+                    Reply::Created {
+                        fh,
+                        attr,
+                        parent: dir_attr,
+                    },
+                    mut mutation,
+                ) => {
                     let learned = lock(&inner.inodes).learn(parent.0, &binding.name, &attr);
                     let Some(ino) = learned else {
                         return reply.error(Errno::ESTALE);
@@ -2291,6 +2384,7 @@ impl fuser::Filesystem for BridgeFs {
                         conn: answered.conn,
                         fh,
                     };
+                    let (session, since) = (answered.session.clone(), answered.since);
                     let fh = inner.add_file(ino, answered.session, flags, Some(remote), None);
                     let attr = file_attr(ino, &attr);
                     reply.created(
@@ -2300,6 +2394,10 @@ impl fuser::Filesystem for BridgeFs {
                         FileHandle(fh),
                         FopenFlags::empty(),
                     );
+                    // The kernel asks for the directory's attributes next (it dropped them).
+                    if let Some(epoch) = mutation.end() {
+                        inner.keep_attrs(&session, since, epoch, &[(parent.0, dir_attr)]);
+                    }
                 }
                 (other, _mutation) => reply.fail(unexpected(&other)),
             },
@@ -2371,7 +2469,7 @@ impl fuser::Filesystem for BridgeFs {
                     offset,
                     data: data.to_vec(),
                 },
-                guard: Box::new(mutation),
+                guard: Box::new(DeferredWrite::new(mutation)),
             };
             match file.session.write_behind.defer(deferred) {
                 Ok(then) => {

@@ -451,7 +451,11 @@ fn inbound(map: Option<OwnerMap>, mut reply: Reply) -> Reply {
         a.gid = swap(a.gid, m.remote.1, m.local.1);
     };
     match &mut reply {
-        Reply::Attr(a) | Reply::Created { attr: a, .. } | Reply::Opened { attr: a, .. } => fix(a),
+        Reply::Attr(a) | Reply::Opened { attr: a, .. } => fix(a),
+        Reply::Created { attr, parent, .. } => {
+            fix(attr);
+            fix(parent);
+        }
         Reply::Entries { entries, .. } => entries.iter_mut().for_each(|e| fix(&mut e.attr)),
         Reply::Heads(files) => files.iter_mut().for_each(|f| fix(&mut f.attr)),
         _ => {}

@@ -399,8 +399,8 @@ pub fn dispatch(
             Reply::Opened { fh, attr, head }
         }
         Request::Create { path, mode, flags } => {
-            let (fh, attr) = ws.create(&path, mode, flags, caller, handles)?;
-            Reply::Created { fh, attr }
+            let (fh, attr, parent) = ws.create(&path, mode, flags, caller, handles)?;
+            Reply::Created { fh, attr, parent }
         }
         Request::Read { fh, offset, size } => Reply::Data(ws.read(fh, offset, size, handles)?),
         Request::Write { fh, offset, data } => {
@@ -521,10 +521,10 @@ mod tests {
         let ws = Workspace::open(dir.path(), None).expect("workspace");
         let handles = Handles::default();
         let rw = libc::O_RDWR;
-        let (a, _) = ws
+        let (a, _, _) = ws
             .create(&wp("a"), 0o644, rw, Caller::default(), &handles)
             .expect("create a");
-        let (b, _) = ws
+        let (b, _, _) = ws
             .create(&wp("b"), 0o644, rw, Caller::default(), &handles)
             .expect("create b");
         let missing = 999;

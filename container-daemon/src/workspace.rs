@@ -568,7 +568,7 @@ impl Workspace {
         flags: i32,
         caller: Caller,
         handles: &Handles,
-    ) -> Result<(u64, Attr)> {
+    ) -> Result<(u64, Attr, Attr)> {
         let f = |e| fail("create", path, e);
         let (dir, name) = self.parent("create", path)?;
         let flags = OFlags::from_bits_retain(flags as u32) & PASSTHROUGH_OPEN_FLAGS;
@@ -599,7 +599,8 @@ impl Workspace {
             Err(e) => return Err(f(e)),
         };
         let attr = statx_fd(fd.as_fd()).map_err(f)?;
-        Ok((handles.insert(fd)?, attr))
+        let parent = statx_fd(dir.as_fd()).map_err(f)?;
+        Ok((handles.insert(fd)?, attr, parent))
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32, handles: &Handles) -> Result<Vec<u8>> {

@@ -396,9 +396,12 @@ pub enum Reply {
         #[serde(with = "serde_bytes")]
         head: Vec<u8>,
     },
+    /// A created (or, without `O_EXCL`, opened) file: its handle and attributes, and its directory's
+    /// attributes after the create (the kernel asks for them next).
     Created {
         fh: u64,
         attr: Attr,
+        parent: Attr,
     },
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
     Written(u32),

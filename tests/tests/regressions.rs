@@ -322,3 +322,66 @@ fn inode_numbers_survive_a_remount() -> Result<()> {
     assert_eq!(distinct.len(), names.len(), "{after:?}");
     h.unmount()
 }
+
+/// What the mount shows right after a change through it (a create, a `chmod`, a `chown`, a
+/// truncate, `utimes`) is what the session holds: the bridge answers the kernel's next `stat` of the
+/// file, and of the directory a create changed, from the change's own reply, never from before it.
+#[test]
+fn stat_right_after_a_change_through_the_mount_shows_the_session_state() -> Result<()> {
+    let mut h = Harness::new()?;
+    let ws = h.create_session("own")?;
+    h.mount()?;
+    let same = |rel: &str| -> Result<()> {
+        let (m, b) = (
+            fs::symlink_metadata(h.path("own", rel))?,
+            fs::symlink_metadata(ws.join(rel))?,
+        );
+        let key = |x: &fs::Metadata| {
+            (
+                x.mode(),
+                x.uid(),
+                x.gid(),
+                x.size(),
+                x.nlink(),
+                x.mtime(),
+                x.mtime_nsec(),
+                x.ctime(),
+                x.ctime_nsec(),
+            )
+        };
+        assert_eq!(key(&m), key(&b), "{rel}: the mount and the session differ");
+        Ok(())
+    };
+    fs::create_dir(h.path("own", "d"))?;
+    same("d")?;
+    for i in 0..20 {
+        let name = format!("d/f{i}");
+        let mut f = fs::File::create(h.path("own", &name))?;
+        same("d")?;
+        std::io::Write::write_all(&mut f, &vec![b'x'; 1000 + i])?;
+        fs::set_permissions(
+            h.path("own", &name),
+            fs::Permissions::from_mode(0o600 + i as u32 % 8),
+        )?;
+        same(&name)?;
+        let path = CString::new(h.path("own", &name).as_os_str().as_bytes())?;
+        // SAFETY: a valid C string; chown to the current owner and group 1 (root may).
+        assert_eq!(unsafe { libc::chown(path.as_ptr(), u32::MAX, 1) }, 0);
+        same(&name)?;
+        f.set_len(i as u64)?;
+        same(&name)?;
+        drop(f);
+        let times = [libc::timespec {
+            tv_sec: 1_000_000 + i as i64,
+            tv_nsec: 5,
+        }; 2];
+        // SAFETY: a valid C string and two timespecs.
+        assert_eq!(
+            unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) },
+            0
+        );
+        same(&name)?;
+        same("d")?;
+    }
+    h.unmount()
+}
