@@ -785,8 +785,8 @@ impl BridgeFs {
         });
     }
 
-    /// Writes through the daemon before answering: a handle that may not defer its writes, or no
-    /// room to defer one (the write then carries the pending ones ahead of it). `guard` is the
+    /// Writes through the daemon before answering: a handle that may not defer its writes (the
+    /// write then carries the pending ones ahead of it). `guard` is the
     /// write's [`Mutation`], held until the reply is handled.
     fn write_through(
         &self,
@@ -2477,10 +2477,31 @@ impl fuser::Filesystem for BridgeFs {
                     self.inner.push_after(&file.session, then);
                     return;
                 }
-                // No room: written now, behind (and carrying) the pending writes.
+                // No room: answered once the pending writes have left (a push is due: they fill
+                // a batch), so the next batch fills while one is on its way.
                 Err(deferred) => {
-                    let Deferred { write, guard, .. } = deferred;
-                    return self.write_through(req, fh, write.offset, write.data, guard, reply);
+                    let (inner, session) = (self.inner.clone(), file.session.clone());
+                    let len = data.len();
+                    self.spawn(async move {
+                        // Bounded: each batch on its way is, and a push follows each.
+                        let deadline = tokio::time::Instant::now() + inner.sessions.op_timeout();
+                        let mut deferred = deferred;
+                        loop {
+                            inner.push_after(&session, Then::PushNow);
+                            let room = session.write_behind.room(len);
+                            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                                return reply.error(Errno::ETIMEDOUT);
+                            }
+                            match session.write_behind.defer(deferred) {
+                                Ok(then) => {
+                                    reply.written(len as u32);
+                                    return inner.push_after(&session, then);
+                                }
+                                Err(back) => deferred = back,
+                            }
+                        }
+                    });
+                    return;
                 }
             }
         }

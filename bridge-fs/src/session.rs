@@ -189,6 +189,11 @@ impl Sessions {
             .collect()
     }
 
+    /// How long one request may take.
+    pub fn op_timeout(&self) -> Duration {
+        self.op_timeout
+    }
+
     /// Sends `request` to `session`, dialing if needed; bounded by the operation timeout.
     ///
     /// An `Open` or `Create` that times out may still succeed on the daemon; it is left to finish in

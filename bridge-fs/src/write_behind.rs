@@ -14,8 +14,8 @@
 //!   after a write was acknowledged reaches the daemon after that write, as if the write had been
 //!   synchronous: a `stat`, a read through another handle, a rename, a release of the handle.
 //! - **Pending writes fit one batch** ([`MAX_BATCH_BYTES`], [`MAX_BATCH_WRITES`]): a write that does
-//!   not fit waits until the pending ones have left. At most two batches' worth of data is
-//!   acknowledged and not yet written.
+//!   not fit waits until the pending ones have left (so the next batch is filled while one is on its
+//!   way). At most two batches' worth of data is acknowledged and not yet written.
 //! - **No error is lost**: a write that failed (or whose batch got no answer) is recorded for its
 //!   handle and returned by the handle's next `write`, `fsync` or `close` (`flush`), as an NFS client
 //!   does; a batch abandoned by a timeout counts as failed, never as landed.
@@ -187,6 +187,25 @@ impl WriteBehind {
                     drop(st);
                     self.changed.notify_waiters();
                     return Turn::Carry(carried);
+                }
+            }
+            changed.await;
+        }
+    }
+
+    /// Waits until a write of `len` bytes fits among the pending ones (a push takes them when the
+    /// batch on its way has landed). Callers bound it: it waits for other requests.
+    pub async fn room(&self, len: usize) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let st = lock(&self.state);
+                if st.pending_bytes + len <= MAX_BATCH_BYTES as usize
+                    && st.pending.len() < MAX_BATCH_WRITES
+                {
+                    return;
                 }
             }
             changed.await;
@@ -374,6 +393,25 @@ mod tests {
         assert!(c.writes.is_empty());
         c.landed(vec![]);
         assert_eq!(wb.take_failure(4).map(|e| e.errno), Some(errno::EIO));
+    }
+
+    #[tokio::test]
+    async fn a_write_without_room_waits_until_the_pending_writes_are_taken() {
+        let wb = std::sync::Arc::new(WriteBehind::default());
+        let chunk = vec![0u8; MAX_BATCH_BYTES as usize];
+        assert_eq!(wb.defer(d(1, 7, 0, &chunk)).ok(), Some(Then::PushNow));
+        let waiter = {
+            let wb = wb.clone();
+            tokio::spawn(async move { wb.room(10).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(
+            !waiter.is_finished(),
+            "room while the pending writes fill a batch"
+        );
+        let c = carried(wb.turn(7).await);
+        waiter.await.expect("room once they were taken");
+        c.landed(vec![]);
     }
 
     #[test]

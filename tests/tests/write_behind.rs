@@ -68,6 +68,18 @@ fn writes_acknowledged_early_land_before_any_later_request_and_within_a_bound() 
     drop(other);
     assert_eq!(fs::read(ws.join("f"))?, expected, "after close");
     assert_eq!(fs::read(mount.join("f"))?, expected, "through the mount");
+    // Writes that fill batch after batch (each waits until the pending one has left): in order.
+    let big = pattern(8 << 20, 5);
+    let mut file = fs::File::create(mount.join("big"))?;
+    for chunk in big.chunks(1 << 20) {
+        file.write_all(chunk)?;
+    }
+    assert_eq!(fs::metadata(mount.join("big"))?.len(), big.len() as u64);
+    assert!(
+        fs::read(ws.join("big"))? == big,
+        "the session's copy of 8 MiB"
+    );
+    drop(file);
     h.unmount()
 }
 
