@@ -26,9 +26,9 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request as FuseRequest, TimeOrNow, WriteFlags,
 };
 use sessionfs_proto::{
-    errno, Attr, BatchedWrite, Caller, Change, DirEntry, ErrorReply, NodeKind, Reply, Request,
-    SetAttrs, SetTime, Timestamp, WirePath, MAX_DIR_PAGE, MAX_IO_CHUNK, S_IFBLK, S_IFCHR, S_IFDIR,
-    S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK,
+    errno, Attr, BatchedWrite, Caller, Change, DirEntry, EntryNow, ErrorReply, NodeKind, Reply,
+    Request, SetAttrs, SetTime, Timestamp, WirePath, MAX_DIR_PAGE, MAX_IO_CHUNK, S_IFBLK, S_IFCHR,
+    S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK,
 };
 use tracing::{debug, warn};
 
@@ -1080,11 +1080,13 @@ impl Inner {
         let mut other_change = std::collections::HashSet::new();
         // Changes that touched what a lookup answered a moment ago: sent again (see `crate::replied`).
         let mut late = Vec::new();
+        // Entries the change's own account shows changed: invalidated without a check.
+        let mut changed = Vec::new();
         let (inodes, entries, missing) = {
             let table = lock(&self.inodes);
             let mut negatives = lock(&self.negatives);
             let replied = lock(&self.replied);
-            let now = Instant::now();
+            let at = Instant::now();
             let mut missing = Vec::new();
             match &work {
                 Invalidation::Changes(id, changes) | Invalidation::Late(id, changes) => {
@@ -1097,17 +1099,17 @@ impl Inner {
                                 if let Some(ino) = table.find(id.as_str(), path) {
                                     inodes.push(ino);
                                     other_change.insert(ino);
-                                    recent = replied.inode_is_recent(ino, now);
+                                    recent = replied.inode_is_recent(ino, at);
                                 }
                             }
                             Change::Data { path } => {
                                 if let Some(ino) = table.find(id.as_str(), path) {
                                     inodes.push(ino);
                                     content_only.insert(ino);
-                                    recent = replied.inode_is_recent(ino, now);
+                                    recent = replied.inode_is_recent(ino, at);
                                 }
                             }
-                            Change::Entry { dir, name } => {
+                            Change::Entry { dir, name, now } => {
                                 let Some(dir) = table.find(id.as_str(), dir) else {
                                     continue;
                                 };
@@ -1117,13 +1119,23 @@ impl Inner {
                                 // lookup answered for the name, or the name's absence (once the
                                 // name is bound, the kernel's entry for it is no longer negative).
                                 if let Some(child) = table.child(dir, name) {
-                                    entries.push((dir, name.clone()));
-                                    recent = replied.inode_is_recent(child, now);
+                                    // The daemon says what the name named when it sent the change:
+                                    // the same node needs nothing (what a check by lookup would
+                                    // find), another node or none is changed for certain.
+                                    match now {
+                                        EntryNow::Node(node)
+                                            if table.still_names(dir, name, node) => {}
+                                        EntryNow::Node(_) | EntryNow::Missing => {
+                                            changed.push((dir, name.clone()))
+                                        }
+                                        EntryNow::Unchecked => entries.push((dir, name.clone())),
+                                    }
+                                    recent = replied.inode_is_recent(child, at);
                                 } else {
                                     if negative {
                                         missing.push((dir, name.clone()));
                                     }
-                                    recent = replied.missing_is_recent(dir, name, now);
+                                    recent = replied.missing_is_recent(dir, name, at);
                                 }
                             }
                         }
@@ -1191,11 +1203,12 @@ impl Inner {
                 .get(id.as_str())
                 .is_some_and(|s| s.is_connected()),
         };
-        let entries = if verify {
+        let mut entries = if verify {
             self.changed_entries(entries)
         } else {
             entries
         };
+        entries.append(&mut changed);
         // Content before names: once a name shows the change, what was read through it is gone too.
         for ino in inodes {
             // Attributes, and the whole page cache (offset 0, length 0 = to the end).

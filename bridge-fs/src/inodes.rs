@@ -24,7 +24,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sessionfs_proto::{Attr, WirePath, S_IFDIR};
+use sessionfs_proto::{Attr, NodeId, WirePath, S_IFDIR};
 
 use crate::session::Session;
 
@@ -240,6 +240,25 @@ impl InodeTable {
             return false;
         };
         self.nodes.get(&bound).and_then(|n| n.remote) != Some(RemoteKey::of(session_ino, attr))
+    }
+
+    /// Whether `parent/name` is bound to the node `id` identifies (as [`Self::conflicts`] would find
+    /// with that node's attributes, without them).
+    pub fn still_names(&self, parent: u64, name: &[u8], id: &NodeId) -> bool {
+        let Some(&bound) = self.by_name.get(&(parent, name.to_vec())) else {
+            return false;
+        };
+        let Some(session_ino) = self.nodes.get(&parent).map(|n| n.session_ino) else {
+            return false;
+        };
+        let key = RemoteKey {
+            session_ino,
+            dev: id.dev,
+            ino: id.ino,
+            btime: id.btime.map(|t| (t.secs, t.nanos)),
+            file_type: id.file_type,
+        };
+        self.nodes.get(&bound).and_then(|n| n.remote) == Some(key)
     }
 
     /// The inode the kernel knows for `path` in session `id`, following known names from the session

@@ -106,10 +106,11 @@ impl Daemon {
                     source,
                 }
             })?;
-        let watcher = WorkspaceWatcher::start(&config.root);
+        let workspace = Arc::new(workspace);
+        let watcher = WorkspaceWatcher::start(&config.root, Some(workspace.clone()));
         Ok(Daemon {
             endpoint,
-            workspace: Arc::new(workspace),
+            workspace,
             watcher,
             session_id: config.session_id.as_str().into(),
         })

@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{Config, Event, RecommendedWatcher, RecursiveMode, Watcher as _};
-use sessionfs_proto::{Change, WatchFrame, WirePath, MAX_WATCH_BATCH};
+use sessionfs_proto::{errno, Change, EntryNow, NodeId, WatchFrame, WirePath, MAX_WATCH_BATCH};
+
+use crate::workspace::Workspace;
 use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, warn};
 
@@ -50,8 +52,10 @@ pub enum Subscription {
 
 impl WorkspaceWatcher {
     /// Starts watching `root` (recursively). Never fails: a watch that cannot be set up is reported to
-    /// subscribers as unavailable. Must run inside a tokio runtime.
-    pub fn start(root: &Path) -> Arc<WorkspaceWatcher> {
+    /// subscribers as unavailable. Must run inside a tokio runtime. `workspace` (the same root), if
+    /// given, is where each entry change's name is looked up when its batch is sent (see
+    /// [`EntryNow`]): the bridge then needs no round trip to know whether its entry still holds.
+    pub fn start(root: &Path, workspace: Option<Arc<Workspace>>) -> Arc<WorkspaceWatcher> {
         let (frames, _) = broadcast::channel(FRAME_CAPACITY);
         let (raw_tx, raw_rx) = mpsc::channel::<Raw>(RAW_CAPACITY);
         let overflowed = Arc::new(AtomicBool::new(false));
@@ -86,7 +90,13 @@ impl WorkspaceWatcher {
             unavailable: Mutex::new(unavailable),
             _watcher: watcher,
         });
-        tokio::spawn(batch(root.to_path_buf(), raw_rx, overflowed, frames));
+        tokio::spawn(batch(
+            root.to_path_buf(),
+            workspace,
+            raw_rx,
+            overflowed,
+            frames,
+        ));
         this
     }
 
@@ -112,6 +122,7 @@ enum Raw {
 /// Collects raw events into batches of [`Change`]s and broadcasts them.
 async fn batch(
     root: PathBuf,
+    workspace: Option<Arc<Workspace>>,
     mut raw: mpsc::Receiver<Raw>,
     overflowed: Arc<AtomicBool>,
     frames: broadcast::Sender<Arc<WatchFrame>>,
@@ -167,9 +178,26 @@ async fn batch(
         }
         if !pending.is_empty() {
             seen.clear();
-            let batch = std::mem::take(&mut pending);
+            let mut batch = std::mem::take(&mut pending);
+            if let Some(ws) = &workspace {
+                look_at_entries(ws, &mut batch);
+            }
             // No subscriber is fine: nobody caches anything then.
             let _ = frames.send(Arc::new(WatchFrame::Changes(batch)));
+        }
+    }
+}
+
+/// Fills in what each entry change's name names now (a lookup beneath the root, as `Lookup` does).
+fn look_at_entries(ws: &Workspace, batch: &mut [Change]) {
+    for change in batch {
+        if let Change::Entry { dir, name, now } = change {
+            let Ok(path) = dir.join(name) else { continue };
+            *now = match ws.lookup(&path) {
+                Ok(attr) => EntryNow::Node(NodeId::of(&attr)),
+                Err(e) if e.errno == errno::ENOENT => EntryNow::Missing,
+                Err(_) => EntryNow::Unchecked,
+            };
         }
     }
 }
@@ -215,6 +243,7 @@ fn add_changes(root: &Path, event: &Event, out: &mut Vec<Change>, seen: &mut Has
                 push(Change::Entry {
                     dir: dir.clone(),
                     name: name.to_vec(),
+                    now: EntryNow::Unchecked,
                 });
                 // The directory's size, times and listing changed with it.
                 push(Change::Node { path: dir });
@@ -259,7 +288,38 @@ mod tests {
         Change::Entry {
             dir: WirePath::new(dir.as_bytes().to_vec()).unwrap(),
             name: name.as_bytes().to_vec(),
+            now: EntryNow::Unchecked,
         }
+    }
+
+    #[test]
+    fn entry_changes_say_what_their_name_names_when_sent() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("d")).expect("mkdir");
+        std::fs::write(dir.path().join("d/f"), b"x").expect("write");
+        let ws = Workspace::open(dir.path(), None).expect("workspace");
+        let mut batch = vec![entry("d", "f"), entry("d", "gone"), node("d")];
+        look_at_entries(&ws, &mut batch);
+        let meta = std::fs::symlink_metadata(dir.path().join("d/f")).expect("stat");
+        match &batch[0] {
+            Change::Entry {
+                now: EntryNow::Node(id),
+                ..
+            } => {
+                use std::os::unix::fs::MetadataExt;
+                assert_eq!((id.dev, id.ino), (meta.dev(), meta.ino()));
+                assert_eq!(id.file_type, sessionfs_proto::S_IFREG);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            &batch[1],
+            Change::Entry {
+                now: EntryNow::Missing,
+                ..
+            }
+        ));
+        assert_eq!(batch[2], node("d"));
     }
 
     #[test]

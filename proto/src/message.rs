@@ -299,7 +299,39 @@ pub enum Change {
         dir: WirePath,
         #[serde(with = "serde_bytes")]
         name: Vec<u8>,
+        /// What the name named when the daemon sent the change (it looks when it sends a batch; a
+        /// later change of the name comes as another change).
+        now: EntryNow,
     },
+}
+
+/// What a name of a [`Change::Entry`] names when the change is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EntryNow {
+    /// Not looked at (the receiver must look itself).
+    Unchecked,
+    Missing,
+    Node(NodeId),
+}
+
+/// What identifies a node on the daemon's side: a reused inode number has another birth time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NodeId {
+    pub dev: u64,
+    pub ino: u64,
+    pub btime: Option<Timestamp>,
+    pub file_type: u32,
+}
+
+impl NodeId {
+    pub fn of(attr: &Attr) -> Self {
+        NodeId {
+            dev: attr.dev,
+            ino: attr.ino,
+            btime: attr.btime,
+            file_type: attr.file_type(),
+        }
+    }
 }
 
 /// What the daemon sends on a [`Request::Watch`] stream.
