@@ -142,52 +142,64 @@ impl WriteBehind {
     /// sent on connection `conn`. Writes held for another connection (one that has since gone) cannot
     /// be sent: they are recorded as failed.
     pub async fn turn(&self, conn: usize) -> Turn<'_> {
+        let turn = self
+            .wait_for(|st| st.sending.is_none().then(|| self.take_pending(st, conn)))
+            .await;
+        if matches!(turn, Turn::Carry(_)) {
+            self.changed.notify_waiters();
+        }
+        turn
+    }
+
+    /// Takes the pending writes (none on their way) for a request on connection `conn`.
+    fn take_pending(&self, st: &mut State, conn: usize) -> Turn<'_> {
+        if st.pending.is_empty() {
+            return Turn::Clear;
+        }
+        let pending = std::mem::take(&mut st.pending);
+        st.pending_bytes = 0;
+        let mut carried = Carried {
+            owner: self,
+            writes: Vec::with_capacity(pending.len()),
+            handles: HashMap::new(),
+            guards: Vec::with_capacity(pending.len()),
+            done: false,
+        };
+        let mut sending = Vec::new();
+        for d in pending {
+            if st.failed.contains_key(&d.handle) {
+                // Behind a write of its handle that failed: not applied, like the
+                // later writes of a failed handle within a batch.
+            } else if d.conn == conn {
+                carried.handles.insert(d.write.fh, d.handle);
+                carried.writes.push(d.write);
+                if !sending.contains(&d.handle) {
+                    sending.push(d.handle);
+                }
+            } else {
+                st.failed.entry(d.handle).or_insert_with(|| {
+                    ErrorReply::new(
+                        errno::EIO,
+                        "the connection holding this open file is gone; its last \
+                         writes were not written",
+                    )
+                });
+            }
+            carried.guards.push(d.guard);
+        }
+        st.sending = Some(sending);
+        Turn::Carry(carried)
+    }
+
+    /// Waits until `check`, run on the state under its lock, returns something (it is run again
+    /// after every change of the state).
+    async fn wait_for<T>(&self, mut check: impl FnMut(&mut State) -> Option<T>) -> T {
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            {
-                let mut st = lock(&self.state);
-                if st.sending.is_none() {
-                    if st.pending.is_empty() {
-                        return Turn::Clear;
-                    }
-                    let pending = std::mem::take(&mut st.pending);
-                    st.pending_bytes = 0;
-                    let mut carried = Carried {
-                        owner: self,
-                        writes: Vec::with_capacity(pending.len()),
-                        handles: HashMap::new(),
-                        guards: Vec::with_capacity(pending.len()),
-                        done: false,
-                    };
-                    let mut sending = Vec::new();
-                    for d in pending {
-                        if st.failed.contains_key(&d.handle) {
-                            // Behind a write of its handle that failed: not applied, like the
-                            // later writes of a failed handle within a batch.
-                        } else if d.conn == conn {
-                            carried.handles.insert(d.write.fh, d.handle);
-                            carried.writes.push(d.write);
-                            if !sending.contains(&d.handle) {
-                                sending.push(d.handle);
-                            }
-                        } else {
-                            st.failed.entry(d.handle).or_insert_with(|| {
-                                ErrorReply::new(
-                                    errno::EIO,
-                                    "the connection holding this open file is gone; its last \
-                                     writes were not written",
-                                )
-                            });
-                        }
-                        carried.guards.push(d.guard);
-                    }
-                    st.sending = Some(sending);
-                    drop(st);
-                    self.changed.notify_waiters();
-                    return Turn::Carry(carried);
-                }
+            if let Some(done) = check(&mut lock(&self.state)) {
+                return done;
             }
             changed.await;
         }
@@ -196,20 +208,12 @@ impl WriteBehind {
     /// Waits until a write of `len` bytes fits among the pending ones (a push takes them when the
     /// batch on its way has landed). Callers bound it: it waits for other requests.
     pub async fn room(&self, len: usize) {
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            {
-                let st = lock(&self.state);
-                if st.pending_bytes + len <= MAX_BATCH_BYTES as usize
-                    && st.pending.len() < MAX_BATCH_WRITES
-                {
-                    return;
-                }
-            }
-            changed.await;
-        }
+        self.wait_for(|st| {
+            (st.pending_bytes + len <= MAX_BATCH_BYTES as usize
+                && st.pending.len() < MAX_BATCH_WRITES)
+                .then_some(())
+        })
+        .await
     }
 
     /// Whether `handle` has writes pending or on their way.
@@ -226,19 +230,11 @@ impl WriteBehind {
 
     /// Waits until `handle`'s writes on their way (not the pending ones) have landed.
     pub async fn landed(&self, handle: u64) {
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            let sending = lock(&self.state)
-                .sending
-                .as_ref()
-                .is_some_and(|h| h.contains(&handle));
-            if !sending {
-                return;
-            }
-            changed.await;
-        }
+        self.wait_for(|st| {
+            let sending = st.sending.as_ref().is_some_and(|h| h.contains(&handle));
+            (!sending).then_some(())
+        })
+        .await
     }
 
     /// The failure recorded for `handle`, once: the handle reports it.
