@@ -21,10 +21,10 @@ use std::time::Duration;
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{Config, Event, RecommendedWatcher, RecursiveMode, Watcher as _};
 use sessionfs_proto::{errno, Change, EntryNow, NodeId, WatchFrame, WirePath, MAX_WATCH_BATCH};
-
-use crate::workspace::Workspace;
 use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, warn};
+
+use crate::workspace::Workspace;
 
 /// How long a batch collects changes after its first one.
 pub const BATCH_WINDOW: Duration = Duration::from_millis(2);

@@ -148,6 +148,21 @@ fn statx_at(dir: BorrowedFd<'_>, name: &OsStr) -> std::result::Result<Attr, Errn
     Ok(attr_from_statx(&st))
 }
 
+/// Writes `data` at `offset` until all of it is written, a call writes nothing, or a call fails
+/// (retried on `EINTR`). Returns how many bytes were written and the error that stopped it, if any.
+fn pwrite_all(fd: BorrowedFd<'_>, offset: u64, data: &[u8]) -> (usize, Option<Errno>) {
+    let mut done = 0;
+    while done < data.len() {
+        match rustix::io::pwrite(fd, &data[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(Errno::INTR) => continue,
+            Err(e) => return (done, Some(e)),
+        }
+    }
+    (done, None)
+}
+
 /// Up to `size` bytes of `fd` from `offset`; fewer only at the end of the file.
 fn read_at(fd: BorrowedFd<'_>, offset: u64, size: u32) -> std::result::Result<Vec<u8>, Errno> {
     let mut buf = vec![0u8; size as usize];
@@ -610,53 +625,36 @@ impl Workspace {
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8], handles: &Handles) -> Result<u32> {
-        let fd = handles.get(fh)?;
-        let mut done = 0;
-        while done < data.len() {
-            match rustix::io::pwrite(fd.as_fd(), &data[done..], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(Errno::INTR) => continue,
-                Err(e) if done > 0 => {
+        let (done, stopped) = pwrite_all(handles.get(fh)?.as_fd(), offset, data);
+        match stopped {
+            Some(e) if done == 0 => Err(ErrorReply::new(
+                e.raw_os_error(),
+                format!("write handle {fh}: {e}"),
+            )),
+            stopped => {
+                if let Some(e) = stopped {
                     tracing::debug!("short write on handle {fh} after {done} bytes: {e}");
-                    break;
                 }
-                Err(e) => {
-                    return Err(ErrorReply::new(
-                        e.raw_os_error(),
-                        format!("write handle {fh}: {e}"),
-                    ))
-                }
+                // `done` is at most MAX_IO_CHUNK, enforced by the frame limit.
+                Ok(u32::try_from(done).unwrap_or(u32::MAX))
             }
         }
-        // `done` is at most MAX_IO_CHUNK, enforced by the frame limit.
-        Ok(u32::try_from(done).unwrap_or(u32::MAX))
     }
 
     /// Writes all of `data` at `offset`, or fails with the error that stopped it (a write the bridge
     /// acknowledged early: a short write would lose data without a word).
     pub fn write_all(&self, fh: u64, offset: u64, data: &[u8], handles: &Handles) -> Result<()> {
-        let fd = handles.get(fh)?;
-        let mut done = 0;
-        while done < data.len() {
-            match rustix::io::pwrite(fd.as_fd(), &data[done..], offset + done as u64) {
-                Ok(0) => {
-                    return Err(ErrorReply::new(
-                        errno::EIO,
-                        format!("write handle {fh}: no progress after {done} bytes"),
-                    ))
-                }
-                Ok(n) => done += n,
-                Err(Errno::INTR) => continue,
-                Err(e) => {
-                    return Err(ErrorReply::new(
-                        e.raw_os_error(),
-                        format!("write handle {fh} after {done} bytes: {e}"),
-                    ))
-                }
-            }
+        match pwrite_all(handles.get(fh)?.as_fd(), offset, data) {
+            (done, None) if done == data.len() => Ok(()),
+            (done, None) => Err(ErrorReply::new(
+                errno::EIO,
+                format!("write handle {fh}: no progress after {done} bytes"),
+            )),
+            (done, Some(e)) => Err(ErrorReply::new(
+                e.raw_os_error(),
+                format!("write handle {fh} after {done} bytes: {e}"),
+            )),
         }
-        Ok(())
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool, handles: &Handles) -> Result<()> {
