@@ -20,13 +20,13 @@ use std::time::{Duration, Instant};
 
 use sessionfs_pki::wire::{read_frame, write_frame};
 use sessionfs_proto::{
-    errno, Caller, Change, ErrorReply, Reply, Request, RequestFrame, WatchFrame,
+    errno, Caller, Change, ErrorReply, Reply, Request, RequestFrame, ResponseFrame, WatchFrame,
 };
 use sessionfs_registry::{Registry, SessionId, SessionRecord, SessionState, OWNER_LABEL};
 use tracing::{debug, info, warn};
 
 use crate::config::BridgeConfig;
-use crate::write_behind::{Turn, WriteBehind};
+use crate::write_behind::{Carried, Turn, WriteBehind};
 
 /// After a failed dial, further requests fail fast with the same error for this long.
 const DIAL_BACKOFF: Duration = Duration::from_millis(500);
@@ -268,30 +268,9 @@ impl Sessions {
                 carried.landed(Vec::new());
                 return Ok(());
             };
-            let mut carried = carried;
-            let frame = RequestFrame {
-                caller: Caller::default(),
-                request: Request::Batch {
-                    writes: std::mem::take(&mut carried.writes),
-                    then: None,
-                },
-            };
-            match call_once(&session.id, &conn, &frame).await {
-                Ok(Reply::Batch { failed, then: None }) => {
-                    carried.landed(failed);
-                    Ok(())
-                }
-                Ok(other) => {
-                    let e =
-                        ErrorReply::new(errno::EIO, format!("unexpected batch reply {other:?}"));
-                    carried.failed(&e);
-                    Err(e)
-                }
-                Err(e) => {
-                    carried.failed(&e);
-                    Err(e)
-                }
-            }
+            send_batch(session, &conn, carried, Caller::default(), None)
+                .await
+                .map(|_| ())
         };
         if let Err(e) = self.bounded(session, work).await {
             warn!(session = %session.id, "writes acknowledged earlier failed: {}", e.message);
@@ -561,21 +540,39 @@ async fn exchange(
         }
         Turn::Carry(carried) => carried,
     };
-    let mut carried = carried;
-    let batch = RequestFrame {
-        caller: frame.caller,
+    let then = Some(frame.request.clone());
+    match send_batch(session, conn, carried, frame.caller, then).await? {
+        Some(then) => then.0,
+        // Not reached: `send_batch` refuses a reply without it.
+        None => Err(ErrorReply::new(
+            errno::EIO,
+            "a batch reply without its request's",
+        )),
+    }
+}
+
+/// Sends `carried` as one `Batch` ahead of `then` (if any), and settles the writes: the ones the
+/// daemon reports are recorded as failed, and all of them if no usable reply came. Returns the reply
+/// to `then` (present exactly when `then` was: any other reply is unexpected).
+async fn send_batch(
+    session: &Session,
+    conn: &quinn::Connection,
+    mut carried: Carried<'_>,
+    caller: Caller,
+    then: Option<Request>,
+) -> Result<Option<Box<ResponseFrame>>, ErrorReply> {
+    let asked = then.is_some();
+    let frame = RequestFrame {
+        caller,
         request: Request::Batch {
             writes: std::mem::take(&mut carried.writes),
-            then: Some(Box::new(frame.request.clone())),
+            then: then.map(Box::new),
         },
     };
-    match call_once(&session.id, conn, &batch).await {
-        Ok(Reply::Batch {
-            failed,
-            then: Some(then),
-        }) => {
+    match call_once(&session.id, conn, &frame).await {
+        Ok(Reply::Batch { failed, then }) if then.is_some() == asked => {
             carried.landed(failed);
-            then.0
+            Ok(then)
         }
         Ok(other) => {
             let e = ErrorReply::new(errno::EIO, format!("unexpected batch reply {other:?}"));

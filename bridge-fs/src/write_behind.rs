@@ -268,6 +268,10 @@ impl Carried<'_> {
 
     /// The batch got no usable answer: every write in it counts as failed with `error`.
     pub fn failed(mut self, error: &ErrorReply) {
+        self.fail_all(error);
+    }
+
+    fn fail_all(&mut self, error: &ErrorReply) {
         self.done = true;
         let handles: Vec<u64> = self.handles.values().copied().collect();
         self.owner
@@ -280,13 +284,10 @@ impl Drop for Carried<'_> {
         if !self.done {
             // Abandoned (the request timed out or its task ended): whether the writes landed is
             // unknown, so they count as failed.
-            let error = ErrorReply::new(
+            self.fail_all(&ErrorReply::new(
                 errno::EIO,
                 "writes acknowledged earlier got no answer from the daemon",
-            );
-            let handles: Vec<u64> = self.handles.values().copied().collect();
-            self.owner
-                .finish(handles.into_iter().map(|h| (h, error.clone())));
+            ));
         }
     }
 }
