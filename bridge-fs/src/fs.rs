@@ -785,37 +785,6 @@ impl BridgeFs {
         });
     }
 
-    /// Writes through the daemon before answering: a handle that may not defer its writes (the
-    /// write then carries the pending ones ahead of it). `guard` is the
-    /// write's [`Mutation`], held until the reply is handled.
-    fn write_through(
-        &self,
-        req: &FuseRequest,
-        fh: FileHandle,
-        offset: u64,
-        data: Vec<u8>,
-        guard: Box<dyn Send>,
-        reply: ReplyWrite,
-    ) {
-        self.on_file(
-            req,
-            fh,
-            reply,
-            move |remote| Request::Write {
-                fh: remote,
-                offset,
-                data,
-            },
-            move |r, _, reply| {
-                let _guard = guard;
-                match r {
-                    Reply::Written(n) => reply.written(n),
-                    other => reply.fail(unexpected(&other)),
-                }
-            },
-        );
-    }
-
     /// Sends an attribute request (`make` gets the path and the daemon's handle, if any) and answers
     /// with the attributes; uses an open handle when there is one (see [`Self::handle_for`]).
     /// `mutation`: the request changes the node (setattr), held until the reply is handled;
@@ -849,7 +818,9 @@ impl BridgeFs {
                                 inner.keep_attrs(session, *since, epoch, &[(ino.0, a)]);
                             }
                             reply.attr(&ttl, &file_attr(ino.0, &a));
-                            inner.keep_own_reply(mutation, since.as_ref(), ino.0, a);
+                            if let (Some(mutation), Some((session, since))) = (mutation, &since) {
+                                inner.keep_own_reply(mutation, session, *since, ino.0, a);
+                            }
                         }
                         (other, _mutation) => reply.fail(unexpected(&other)),
                     },
@@ -876,7 +847,9 @@ impl BridgeFs {
                         Ok((Reply::Attr(a), _)) => {
                             let ttl = inner.ttl_for(&session, since);
                             reply.attr(&ttl, &file_attr(ino.0, &a));
-                            inner.keep_own_reply(mutation, Some(&(session, since)), ino.0, a);
+                            if let Some(mutation) = mutation {
+                                inner.keep_own_reply(mutation, &session, since, ino.0, a);
+                            }
                         }
                         Ok((other, _)) => reply.fail(unexpected(&other)),
                         Err(e) if via_handle && e.errno == errno::ENOENT => {
@@ -1430,28 +1403,27 @@ impl Inner {
         }
     }
 
-    /// Voids what the bridge answers from memory on the daemon's behalf: listings fetched ahead,
-    /// small files fetched ahead, remembered attributes, and complete listings (which also carry the
-    /// attribute epoch, so one remembered after this from an older fetch is not used either).
-    /// Ends `mutation`, a change of `ino` whose reply said `attr`, and remembers that reply when
-    /// nothing can have come between it and the daemon's answer (see [`Mutation::end`]): the kernel
-    /// asks for the attributes again before a `chown` although it has just been told them.
+    /// Ends `mutation`, whose reply said `attr` of `ino` (read in `session` from generation `since`),
+    /// and remembers that reply when nothing can have come between it and the daemon's answer (see
+    /// [`Mutation::end`]): the kernel asks for the attributes again before a `chown`, and for a
+    /// directory's after a create in it, although it has just been told them.
     fn keep_own_reply(
         &self,
-        mutation: Option<Mutation>,
-        since: Option<&(Arc<Session>, u64)>,
+        mut mutation: Mutation,
+        session: &Session,
+        since: u64,
         ino: u64,
         attr: Attr,
     ) {
-        let (Some(mut mutation), Some((session, since))) = (mutation, since) else {
-            return;
-        };
         if let Some(epoch) = mutation.end() {
-            self.keep_attrs(session, *since, epoch, &[(ino, attr)]);
+            self.keep_attrs(session, since, epoch, &[(ino, attr)]);
         }
     }
 
-    /// Voids what the bridge answers from memory; returns the new attribute epoch.
+    /// Voids what the bridge answers from memory on the daemon's behalf: listings fetched ahead,
+    /// small files fetched ahead, remembered attributes, and complete listings (which also carry the
+    /// attribute epoch, so one remembered after this from an older fetch is not used either).
+    /// Returns the new attribute epoch.
     fn void_answers(&self) -> u64 {
         lock(&self.read_ahead).changed();
         lock(&self.heads_ahead).changed();
@@ -2379,7 +2351,7 @@ impl fuser::Filesystem for BridgeFs {
                         attr,
                         parent: dir_attr,
                     },
-                    mut mutation,
+                    mutation,
                 ) => {
                     let learned = lock(&inner.inodes).learn(parent.0, &binding.name, &attr);
                     let Some(ino) = learned else {
@@ -2405,9 +2377,7 @@ impl fuser::Filesystem for BridgeFs {
                         FopenFlags::empty(),
                     );
                     // The kernel asks for the directory's attributes next (it dropped them).
-                    if let Some(epoch) = mutation.end() {
-                        inner.keep_attrs(&session, since, epoch, &[(parent.0, dir_attr)]);
-                    }
+                    inner.keep_own_reply(mutation, &session, since, parent.0, dir_attr);
                 }
                 (other, _mutation) => reply.fail(unexpected(&other)),
             },
@@ -2515,7 +2485,25 @@ impl fuser::Filesystem for BridgeFs {
                 }
             }
         }
-        self.write_through(req, fh, offset, data.to_vec(), Box::new(mutation), reply);
+        // Written before it is answered, carrying the pending writes ahead of it.
+        let data = data.to_vec();
+        self.on_file(
+            req,
+            fh,
+            reply,
+            move |remote| Request::Write {
+                fh: remote,
+                offset,
+                data,
+            },
+            move |r, _, reply| {
+                let _mutation = mutation;
+                match r {
+                    Reply::Written(n) => reply.written(n),
+                    other => reply.fail(unexpected(&other)),
+                }
+            },
+        );
     }
 
     /// Sent at every `close`: pushes the handle's writes that were acknowledged before they were

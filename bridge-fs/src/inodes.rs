@@ -43,24 +43,18 @@ pub enum NodeRef {
     },
 }
 
-/// A node's identity on the daemon side.
+/// A node's identity on the daemon side: its session (root inode) and its identity there.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 struct RemoteKey {
     session_ino: u64,
-    dev: u64,
-    ino: u64,
-    btime: Option<(i64, u32)>,
-    file_type: u32,
+    node: NodeId,
 }
 
 impl RemoteKey {
     fn of(session_ino: u64, attr: &Attr) -> Self {
         RemoteKey {
             session_ino,
-            dev: attr.dev,
-            ino: attr.ino,
-            btime: attr.btime.map(|t| (t.secs, t.nanos)),
-            file_type: attr.file_type(),
+            node: NodeId::of(attr),
         }
     }
 }
@@ -233,32 +227,25 @@ impl InodeTable {
     /// True when the table binds `parent/name` to a different node than the one `attr` describes:
     /// one of the two reports is out of date.
     pub fn conflicts(&self, parent: u64, name: &[u8], attr: &Attr) -> bool {
-        let Some(&bound) = self.by_name.get(&(parent, name.to_vec())) else {
-            return false;
-        };
-        let Some(session_ino) = self.nodes.get(&parent).map(|n| n.session_ino) else {
-            return false;
-        };
-        self.nodes.get(&bound).and_then(|n| n.remote) != Some(RemoteKey::of(session_ino, attr))
+        self.bound_is(parent, name, &NodeId::of(attr)) == Some(false)
     }
 
     /// Whether `parent/name` is bound to the node `id` identifies (as [`Self::conflicts`] would find
     /// with that node's attributes, without them).
     pub fn still_names(&self, parent: u64, name: &[u8], id: &NodeId) -> bool {
-        let Some(&bound) = self.by_name.get(&(parent, name.to_vec())) else {
-            return false;
-        };
-        let Some(session_ino) = self.nodes.get(&parent).map(|n| n.session_ino) else {
-            return false;
-        };
+        self.bound_is(parent, name, id) == Some(true)
+    }
+
+    /// Whether the node `parent/name` is bound to is `id`; `None` if the name is not bound (or its
+    /// directory unknown).
+    fn bound_is(&self, parent: u64, name: &[u8], id: &NodeId) -> Option<bool> {
+        let bound = *self.by_name.get(&(parent, name.to_vec()))?;
+        let session_ino = self.nodes.get(&parent)?.session_ino;
         let key = RemoteKey {
             session_ino,
-            dev: id.dev,
-            ino: id.ino,
-            btime: id.btime.map(|t| (t.secs, t.nanos)),
-            file_type: id.file_type,
+            node: *id,
         };
-        self.nodes.get(&bound).and_then(|n| n.remote) == Some(key)
+        Some(self.nodes.get(&bound).and_then(|n| n.remote) == Some(key))
     }
 
     /// The inode the kernel knows for `path` in session `id`, following known names from the session
@@ -375,7 +362,7 @@ impl InodeTable {
         // Without a birth time, a daemon inode number is reused as soon as the file is gone; a node
         // with no name left must not be found again under that number.
         if node.names.is_empty() {
-            if let Some(key) = node.remote.filter(|k| k.btime.is_none()) {
+            if let Some(key) = node.remote.filter(|k| k.node.btime.is_none()) {
                 if self.by_remote.get(&key) == Some(&ino) {
                     self.by_remote.remove(&key);
                 }
@@ -405,7 +392,7 @@ impl InodeTable {
             .nodes
             .get(&ino)
             .and_then(|n| n.remote)
-            .is_some_and(|k| k.file_type == S_IFDIR);
+            .is_some_and(|k| k.node.file_type == S_IFDIR);
         if is_dir && self.is_ancestor(ino, parent) {
             return;
         }
@@ -460,11 +447,11 @@ impl InodeTable {
     /// The inode number `key`'s identity gives (see the module docs), unless the daemon's inode
     /// number does not fit or a live node holds that number.
     fn stable_ino(&mut self, key: &RemoteKey) -> Option<u64> {
-        if key.ino == 0 || key.ino >= 1 << DAEMON_INO_BITS {
+        if key.node.ino == 0 || key.node.ino >= 1 << DAEMON_INO_BITS {
             return None;
         }
-        let tag = self.device_tag(key.session_ino, key.dev)?;
-        let ino = (tag << DAEMON_INO_BITS) | key.ino;
+        let tag = self.device_tag(key.session_ino, key.node.dev)?;
+        let ino = (tag << DAEMON_INO_BITS) | key.node.ino;
         (!self.nodes.contains_key(&ino)).then_some(ino)
     }
 
