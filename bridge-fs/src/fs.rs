@@ -26,9 +26,9 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request as FuseRequest, TimeOrNow, WriteFlags,
 };
 use sessionfs_proto::{
-    errno, Attr, BatchedWrite, Caller, Change, DirEntry, EntryNow, ErrorReply, NodeKind, Reply,
-    Request, SetAttrs, SetTime, Timestamp, WirePath, MAX_DIR_PAGE, MAX_IO_CHUNK, S_IFBLK, S_IFCHR,
-    S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK,
+    errno, Attr, BatchedChange, BatchedWrite, Caller, Change, DirEntry, EntryNow, ErrorReply,
+    NodeKind, Reply, Request, SetAttrs, SetTime, Timestamp, WirePath, MAX_DIR_PAGE, MAX_IO_CHUNK,
+    S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK,
 };
 use tracing::{debug, warn};
 
@@ -36,6 +36,7 @@ use crate::session::Invalidation;
 
 use crate::heads_ahead::{Fetched, Found, HeadsAhead};
 use crate::inodes::{InodeTable, NodeRef, Stale, ROOT_INO};
+use crate::known::Known;
 use crate::negative::NegativeEntries;
 use crate::read_ahead::ReadAhead;
 use crate::replied::Replied;
@@ -56,6 +57,27 @@ struct OpenFile {
     flags: i32,
     /// The file's first bytes, read with the open, until the kernel has read past them.
     head: Mutex<Option<Head>>,
+    /// For a file this handle created: its attributes as the mount's changes left them, while
+    /// nothing else changed it (see [`crate::known`]).
+    known: Mutex<Option<Known>>,
+}
+
+impl OpenFile {
+    /// Accounts change `number` (through this handle) with `change` in what the handle knows of its
+    /// file, and returns the attributes after it; if anything else came between, the record ends.
+    fn account(&self, number: u64, change: impl FnOnce(&mut Known)) -> Option<Attr> {
+        let mut known = lock(&self.known);
+        match known.as_mut() {
+            Some(k) if k.followed_by(number, self.session.generation()) => {
+                change(k);
+                Some(*k.attr())
+            }
+            _ => {
+                *known = None;
+                None
+            }
+        }
+    }
 }
 
 /// The first bytes of a file, read with its open (see [`Request::Open`]). They are served only while
@@ -149,6 +171,7 @@ impl RemoteOpen {
 }
 
 /// A daemon file handle on one connection.
+#[derive(Clone)]
 struct RemoteHandle {
     conn: quinn::Connection,
     fh: u64,
@@ -231,13 +254,19 @@ impl ContentStamp {
 /// Attributes last answered per inode of a watched session, so that a `getattr` the kernel sends only
 /// because it invalidated the atime itself (after every read and listing it got from the bridge) is
 /// answered without a round trip. An invalidation of the inode drops its entry; the epoch moves at
-/// every change made through the mount (when it starts and when it ends, see [`Mutation`]), which
-/// also empties the cache, and attributes read by a request that started at an older epoch are not
-/// kept.
+/// every change made through the mount (when it starts and when it ends, see [`Mutation`]). A change
+/// that may touch any node (a create, a rename …) empties the cache, and attributes read by a request
+/// that started before it are not kept; a change of one inode's content or attributes (a write, a
+/// setattr) does that for that inode alone: the directory a `tar` is filling keeps its attributes
+/// while the files in it are written.
 #[derive(Default)]
 struct AttrCache {
     attrs: HashMap<u64, Attr>,
     epoch: u64,
+    /// The epoch of the last change that may have touched any node.
+    all_changed_at: u64,
+    /// Per inode, the epoch of the last change of it alone, since `all_changed_at`.
+    changed_at: HashMap<u64, u64>,
 }
 
 /// At most this many inodes' attributes are remembered.
@@ -248,15 +277,20 @@ impl AttrCache {
         self.epoch
     }
 
-    /// Keeps `attrs` if they were read at the current epoch; `false` if not.
+    /// Keeps those of `attrs` that no change crossed since epoch `epoch` (when they were read);
+    /// `false` if a change of any node did.
     fn insert(&mut self, epoch: u64, attrs: &[(u64, Attr)]) -> bool {
-        if epoch != self.epoch {
+        if epoch < self.all_changed_at {
             return false;
         }
         if self.attrs.len() + attrs.len() > ATTR_CACHE_MAX {
             self.attrs.clear();
         }
-        self.attrs.extend(attrs.iter().copied());
+        let changed_at = &self.changed_at;
+        let unchanged = attrs
+            .iter()
+            .filter(|(ino, _)| changed_at.get(ino).is_none_or(|&at| at <= epoch));
+        self.attrs.extend(unchanged.copied());
         true
     }
 
@@ -271,7 +305,21 @@ impl AttrCache {
     /// A change through the mount starts or ends; returns the new epoch.
     fn changed(&mut self) -> u64 {
         self.epoch += 1;
+        self.all_changed_at = self.epoch;
         self.attrs.clear();
+        self.changed_at.clear();
+        self.epoch
+    }
+
+    /// A change through the mount of `ino`'s content or attributes alone starts or ends; returns
+    /// the new epoch.
+    fn changed_one(&mut self, ino: u64) -> u64 {
+        if self.changed_at.len() >= ATTR_CACHE_MAX {
+            return self.changed();
+        }
+        self.epoch += 1;
+        self.attrs.remove(&ino);
+        self.changed_at.insert(ino, self.epoch);
         self.epoch
     }
 }
@@ -583,6 +631,75 @@ impl BridgeFs {
             .map(|(&fh, _)| FileHandle(fh))
     }
 
+    /// Acknowledges `deferred` through `answer` once it is pending in `session` (see
+    /// [`crate::write_behind`]). Without room it is answered once the pending changes have left (a
+    /// push is due: they fill a batch), so the next batch fills while one is on its way; bounded by
+    /// the operation timeout.
+    fn defer(
+        &self,
+        session: &Arc<Session>,
+        deferred: Deferred,
+        answer: impl FnOnce(Result<(), Errno>) + Send + 'static,
+    ) {
+        let deferred = match session.write_behind.defer(deferred) {
+            Ok(then) => {
+                answer(Ok(()));
+                return self.inner.push_after(session, then);
+            }
+            Err(deferred) => *deferred,
+        };
+        let (inner, session) = (self.inner.clone(), session.clone());
+        self.spawn(async move {
+            // Bounded: each batch on its way is, and a push follows each.
+            let deadline = tokio::time::Instant::now() + inner.sessions.op_timeout();
+            let len = deferred.change.data_len();
+            let mut deferred = deferred;
+            loop {
+                inner.push_after(&session, Then::PushNow);
+                let room = session.write_behind.room(len);
+                if tokio::time::timeout_at(deadline, room).await.is_err() {
+                    return answer(Err(Errno::ETIMEDOUT));
+                }
+                match session.write_behind.defer(deferred) {
+                    Ok(then) => {
+                        answer(Ok(()));
+                        return inner.push_after(&session, then);
+                    }
+                    Err(back) => deferred = *back,
+                }
+            }
+        });
+    }
+
+    /// An open handle of `ino` that knows the file's attributes (see [`crate::known`]), with its
+    /// daemon handle on a live connection.
+    fn knowing_handle(&self, ino: INodeNo) -> Option<(u64, Arc<OpenFile>, RemoteHandle)> {
+        let files = lock(&self.inner.files);
+        files.iter().find_map(|(&fh, f)| {
+            let remote = f.remote.get().filter(|r| r.conn.close_reason().is_none())?;
+            let knows = f.ino == ino.0 && lock(&f.known).is_some();
+            knows.then(|| (fh, f.clone(), remote.clone()))
+        })
+    }
+
+    /// The attributes of `ino` as the changes through an open handle that created it will leave
+    /// them, while some of those changes have not landed yet and nothing else changed the file
+    /// (see [`crate::known`]). Once they have landed, the daemon's answer is exact (the change time
+    /// is the daemon's).
+    fn known_attr(&self, ino: INodeNo) -> Option<Attr> {
+        let (fh, file, _) = self.knowing_handle(ino)?;
+        let writes = &file.session.write_behind;
+        if !writes.holds(fh) || writes.has_failed(fh) {
+            return None;
+        }
+        let started = self.inner.started.load(Ordering::Acquire);
+        let known = lock(&file.known);
+        known
+            .as_ref()
+            .filter(|k| k.holds(started, file.session.generation()))
+            .map(|k| *k.attr())
+    }
+
     /// Directory `ino` with its session and current path, for listing it.
     fn dir_ref(&self, ino: INodeNo) -> Result<DirRef, Errno> {
         let (session, path) = self.node(ino)?;
@@ -878,6 +995,8 @@ struct Mutation {
     /// Every change under way when it started was a write acknowledged early: those are applied
     /// before any request sent after them (see [`crate::write_behind`]), this one's included.
     only_writes_before: bool,
+    /// The inode whose content or attributes alone it changes (a write, a setattr), if so.
+    only_of: Option<u64>,
     ended: bool,
 }
 
@@ -890,7 +1009,7 @@ impl Mutation {
         if std::mem::replace(&mut self.ended, true) {
             return None;
         }
-        let epoch = self.inner.void_answers();
+        let epoch = self.inner.void_answers(self.only_of);
         self.inner.mutating.fetch_sub(1, Ordering::AcqRel);
         let alone =
             self.only_writes_before && self.inner.started.load(Ordering::Acquire) == self.number;
@@ -1347,6 +1466,7 @@ impl Inner {
         flags: i32,
         remote: Option<RemoteHandle>,
         head: Option<Head>,
+        known: Option<Known>,
     ) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let file = OpenFile {
@@ -1355,6 +1475,7 @@ impl Inner {
             remote: tokio::sync::OnceCell::new_with(remote),
             flags,
             head: Mutex::new(head),
+            known: Mutex::new(known),
         };
         lock(&self.files).insert(fh, Arc::new(file));
         fh
@@ -1389,16 +1510,26 @@ impl Inner {
 
     /// Starts a change through the mount (see [`Mutation`]).
     fn mutation(self: &Arc<Self>) -> Mutation {
+        self.start_mutation(None)
+    }
+
+    /// Starts a change through the mount of `ino`'s content or attributes alone (see [`Mutation`]).
+    fn mutation_of(self: &Arc<Self>, ino: u64) -> Mutation {
+        self.start_mutation(Some(ino))
+    }
+
+    fn start_mutation(self: &Arc<Self>, only_of: Option<u64>) -> Mutation {
         let before = self.mutating.fetch_add(1, Ordering::AcqRel);
         // Read after the count: a write deferred in between is counted in both (and is pending
         // when this change's request is sent, so it is carried ahead of it).
         let deferred = self.deferred.load(Ordering::Acquire);
         let number = self.started.fetch_add(1, Ordering::AcqRel) + 1;
-        self.void_answers();
+        self.void_answers(only_of);
         Mutation {
             inner: self.clone(),
             number,
             only_writes_before: before <= deferred,
+            only_of,
             ended: false,
         }
     }
@@ -1421,13 +1552,17 @@ impl Inner {
     }
 
     /// Voids what the bridge answers from memory on the daemon's behalf: listings fetched ahead,
-    /// small files fetched ahead, remembered attributes, and complete listings (which also carry the
-    /// attribute epoch, so one remembered after this from an older fetch is not used either).
-    /// Returns the new attribute epoch.
-    fn void_answers(&self) -> u64 {
+    /// small files fetched ahead, remembered attributes (only those of `only_of`, for a change of
+    /// that inode alone), and complete listings (which also carry the attribute epoch, so one
+    /// remembered after this from an older fetch is not used either). Returns the new attribute
+    /// epoch.
+    fn void_answers(&self, only_of: Option<u64>) -> u64 {
         lock(&self.read_ahead).changed();
         lock(&self.heads_ahead).changed();
-        let epoch = lock(&self.attrs).changed();
+        let epoch = match only_of {
+            Some(ino) => lock(&self.attrs).changed_one(ino),
+            None => lock(&self.attrs).changed(),
+        };
         let mut listings = lock(&self.listings);
         listings.0.clear();
         listings.1 = 0;
@@ -1754,7 +1889,7 @@ impl Inner {
                     stamp: ContentStamp::of(&attr),
                     epoch,
                 });
-                let fh = inner.add_file(ino, answered.session, open.flags, remote, head);
+                let fh = inner.add_file(ino, answered.session, open.flags, remote, head, None);
                 reply.opened(FileHandle(fh), open.fopen_flags(keep));
             },
         )
@@ -1810,7 +1945,7 @@ impl Inner {
             epoch: fetched.epoch,
         });
         Some((
-            self.add_file(ino, session.clone(), open.flags, None, head),
+            self.add_file(ino, session.clone(), open.flags, None, head, None),
             keep,
         ))
     }
@@ -2046,6 +2181,11 @@ impl fuser::Filesystem for BridgeFs {
         if ino.0 == ROOT_INO {
             return reply.attr(&self.inner.ttl, &self.root_attr());
         }
+        // A file created through the mount, with changes pending: as they will leave it (the
+        // kernel asks before every `chown`). Not cached: the change time is the bridge's guess.
+        if let Some(attr) = self.known_attr(ino) {
+            return reply.attr(&Duration::ZERO, &file_attr(ino.0, &attr));
+        }
         // The kernel asks again after it invalidated the atime itself (after every read and listing
         // it got from here), though nothing changed: answered from memory while that is known.
         if let Ok((session, _)) = self.node(ino) {
@@ -2080,7 +2220,7 @@ impl fuser::Filesystem for BridgeFs {
         if ino.0 == ROOT_INO {
             return reply.error(Errno::EPERM);
         }
-        let mutation = self.inner.mutation();
+        let mutation = self.inner.mutation_of(ino.0);
         let attrs = SetAttrs {
             mode,
             uid,
@@ -2089,6 +2229,33 @@ impl fuser::Filesystem for BridgeFs {
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
         };
+        // A file this mount created and holds open, changed by nothing else since: answered from
+        // what it knows and sent behind the file's writes (a truncate never is).
+        if let Some((handle, file, remote)) = self.knowing_handle(ino).filter(|_| size.is_none()) {
+            let number = mutation.number;
+            let predicted = if file.session.write_behind.has_failed(handle) {
+                None
+            } else {
+                file.account(number, |k| k.set(number, &attrs, SystemTime::now()))
+            };
+            if let Some(attr) = predicted {
+                let deferred = Deferred {
+                    handle,
+                    conn: remote.conn.stable_id(),
+                    change: BatchedChange::SetAttr {
+                        fh: remote.fh,
+                        attrs,
+                    },
+                    guard: Box::new(DeferredWrite::new(mutation)),
+                };
+                // Not cached by the kernel: the change time is the bridge's guess until the
+                // change's event.
+                return self.defer(&file.session, deferred, move |r| match r {
+                    Ok(()) => reply.attr(&Duration::ZERO, &file_attr(ino.0, &attr)),
+                    Err(e) => reply.error(e),
+                });
+            }
+        }
         self.attr_request(req, ino, fh, reply, Some(mutation), |path, fh| {
             Request::SetAttr { path, fh, attrs }
         });
@@ -2279,7 +2446,7 @@ impl fuser::Filesystem for BridgeFs {
         if self.inner.cache_is_current(ino.0, &session) {
             let fh = self
                 .inner
-                .add_file(ino.0, session.clone(), flags.0, None, None);
+                .add_file(ino.0, session.clone(), flags.0, None, None, None);
             return reply.opened(FileHandle(fh), open.fopen_flags(true));
         }
         // Fetched ahead with its directory's small files (see `crate::heads_ahead`), or being fetched.
@@ -2367,7 +2534,14 @@ impl fuser::Filesystem for BridgeFs {
                         fh,
                     };
                     let (session, since) = (answered.session.clone(), answered.since);
-                    let fh = inner.add_file(ino, answered.session, flags, Some(remote), None);
+                    // Its later attribute changes may be sent behind its writes while nothing
+                    // else changes it; from here only if nothing could come between (as for
+                    // keeping a change's own reply, see `Mutation::end`).
+                    let known =
+                        (deferrable(flags) && mutation.only_writes_before && session.is_watched())
+                            .then(|| Known::new(attr, mutation.number, since));
+                    let fh =
+                        inner.add_file(ino, answered.session, flags, Some(remote), None, known);
                     let attr = file_attr(ino, &attr);
                     reply.created(
                         &answered.ttl,
@@ -2418,7 +2592,7 @@ impl fuser::Filesystem for BridgeFs {
     fn write(
         &self,
         req: &FuseRequest,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -2427,7 +2601,7 @@ impl fuser::Filesystem for BridgeFs {
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let mutation = self.inner.mutation();
+        let mutation = self.inner.mutation_of(ino.0);
         let file = match self.open_file(fh) {
             Ok(file) => file,
             Err(e) => return reply.error(e),
@@ -2441,49 +2615,24 @@ impl fuser::Filesystem for BridgeFs {
             .get()
             .filter(|r| r.conn.close_reason().is_none());
         if let Some(remote) = remote.filter(|_| deferrable(file.flags)) {
+            let (number, len) = (mutation.number, data.len());
+            file.account(number, |k| {
+                k.write(number, offset, len as u64, SystemTime::now())
+            });
             let deferred = Deferred {
                 handle: fh.0,
                 conn: remote.conn.stable_id(),
-                write: BatchedWrite {
+                change: BatchedChange::Write(BatchedWrite {
                     fh: remote.fh,
                     offset,
                     data: data.to_vec(),
-                },
+                }),
                 guard: Box::new(DeferredWrite::new(mutation)),
             };
-            match file.session.write_behind.defer(deferred) {
-                Ok(then) => {
-                    reply.written(data.len() as u32);
-                    self.inner.push_after(&file.session, then);
-                    return;
-                }
-                // No room: answered once the pending writes have left (a push is due: they fill
-                // a batch), so the next batch fills while one is on its way.
-                Err(deferred) => {
-                    let (inner, session) = (self.inner.clone(), file.session.clone());
-                    let len = data.len();
-                    self.spawn(async move {
-                        // Bounded: each batch on its way is, and a push follows each.
-                        let deadline = tokio::time::Instant::now() + inner.sessions.op_timeout();
-                        let mut deferred = deferred;
-                        loop {
-                            inner.push_after(&session, Then::PushNow);
-                            let room = session.write_behind.room(len);
-                            if tokio::time::timeout_at(deadline, room).await.is_err() {
-                                return reply.error(Errno::ETIMEDOUT);
-                            }
-                            match session.write_behind.defer(deferred) {
-                                Ok(then) => {
-                                    reply.written(len as u32);
-                                    return inner.push_after(&session, then);
-                                }
-                                Err(back) => deferred = back,
-                            }
-                        }
-                    });
-                    return;
-                }
-            }
+            return self.defer(&file.session, deferred, move |r| match r {
+                Ok(()) => reply.written(len as u32),
+                Err(e) => reply.error(e),
+            });
         }
         // Written before it is answered, carrying the pending writes ahead of it.
         let data = data.to_vec();
@@ -2522,6 +2671,8 @@ impl fuser::Filesystem for BridgeFs {
             Ok(file) => file,
             Err(e) => return reply.error(e),
         };
+        // Closed: what it knew of its file is the daemon's to say from now on.
+        *lock(&file.known) = None;
         if !file.session.write_behind.holds(fh.0) {
             return match (
                 file.session.write_behind.take_failure(fh.0),

@@ -9,7 +9,8 @@
 //! - [`read_ahead`] decides which directory listings to fetch before the kernel reads them (tree
 //!   walks) and keeps them until read.
 //! - [`write_behind`] keeps writes acknowledged before the daemon has them, and makes every other
-//!   request of their session wait for (or carry) them.
+//!   request of their session wait for (or carry) them; [`known`] predicts the attributes of a file
+//!   the mount created and holds open, so its attribute changes can be sent behind too.
 //! - [`replied`] remembers what lookups answered a moment ago, so that an invalidation that reached
 //!   the kernel before their reply is sent again.
 //! - [`fs`] implements `fuser::Filesystem`: the mount root lists the sessions, and every operation below
@@ -21,6 +22,7 @@ pub mod config;
 pub mod fs;
 pub mod heads_ahead;
 pub mod inodes;
+pub mod known;
 pub mod mount;
 pub mod mountinfo;
 pub mod negative;

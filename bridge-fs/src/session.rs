@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use sessionfs_pki::wire::{read_frame, write_frame};
 use sessionfs_proto::{
-    errno, Caller, Change, ErrorReply, Reply, Request, RequestFrame, ResponseFrame, WatchFrame,
+    errno, BatchedChange, Caller, Change, ErrorReply, Reply, Request, RequestFrame, ResponseFrame,
+    SetAttrs, WatchFrame,
 };
 use sessionfs_registry::{Registry, SessionId, SessionRecord, SessionState, OWNER_LABEL};
 use tracing::{debug, info, warn};
@@ -247,7 +248,7 @@ impl Sessions {
         frame: &RequestFrame,
     ) -> Result<(Reply, quinn::Connection), ErrorReply> {
         let conn = self.connection(session).await?;
-        let reply = exchange(session, &conn, frame).await?;
+        let reply = exchange(session, &conn, frame, self.owner_map(session)).await?;
         Ok((reply, conn))
     }
 
@@ -264,11 +265,12 @@ impl Sessions {
             let Turn::Carry(carried) = session.write_behind.turn(id).await else {
                 return Ok(());
             };
-            let Some(conn) = conn.filter(|_| !carried.writes.is_empty()) else {
+            let Some(conn) = conn.filter(|_| !carried.changes.is_empty()) else {
                 carried.landed(Vec::new());
                 return Ok(());
             };
-            send_batch(session, &conn, carried, Caller::default(), None)
+            let map = self.owner_map(session);
+            send_batch(session, &conn, carried, map, Caller::default(), None)
                 .await
                 .map(|_| ())
         };
@@ -293,7 +295,9 @@ impl Sessions {
         }
         let map = self.owner_map(session);
         let frame = outbound(map, caller, request);
-        let reply = self.bounded(session, exchange(session, conn, &frame)).await;
+        let reply = self
+            .bounded(session, exchange(session, conn, &frame, map))
+            .await;
         reply.map(|r| inbound(map, r))
     }
 
@@ -406,6 +410,14 @@ struct OwnerMap {
     local: (u32, u32),
 }
 
+impl OwnerMap {
+    /// An attribute change as the session sees it: the mounting user becomes the workspace owner.
+    fn attrs_out(&self, attrs: &mut SetAttrs) {
+        attrs.uid = attrs.uid.map(|u| swap(u, self.local.0, self.remote.0));
+        attrs.gid = attrs.gid.map(|g| swap(g, self.local.1, self.remote.1));
+    }
+}
+
 fn swap(id: u32, from: u32, to: u32) -> u32 {
     if id == from {
         to
@@ -420,8 +432,7 @@ fn outbound(map: Option<OwnerMap>, mut caller: Caller, mut request: Request) -> 
         caller.uid = swap(caller.uid, m.local.0, m.remote.0);
         caller.gid = swap(caller.gid, m.local.1, m.remote.1);
         if let Request::SetAttr { attrs, .. } = &mut request {
-            attrs.uid = attrs.uid.map(|u| swap(u, m.local.0, m.remote.0));
-            attrs.gid = attrs.gid.map(|g| swap(g, m.local.1, m.remote.1));
+            m.attrs_out(attrs);
         }
     }
     RequestFrame { caller, request }
@@ -531,17 +542,18 @@ async fn exchange(
     session: &Session,
     conn: &quinn::Connection,
     frame: &RequestFrame,
+    map: Option<OwnerMap>,
 ) -> Result<Reply, ErrorReply> {
     let carried = match session.write_behind.turn(conn.stable_id()).await {
         Turn::Clear => return call_once(&session.id, conn, frame).await,
-        Turn::Carry(carried) if carried.writes.is_empty() => {
+        Turn::Carry(carried) if carried.changes.is_empty() => {
             carried.landed(Vec::new());
             return call_once(&session.id, conn, frame).await;
         }
         Turn::Carry(carried) => carried,
     };
     let then = Some(frame.request.clone());
-    match send_batch(session, conn, carried, frame.caller, then).await? {
+    match send_batch(session, conn, carried, map, frame.caller, then).await? {
         Some(then) => then.0,
         // Not reached: `send_batch` refuses a reply without it.
         None => Err(ErrorReply::new(
@@ -551,21 +563,31 @@ async fn exchange(
     }
 }
 
-/// Sends `carried` as one `Batch` ahead of `then` (if any), and settles the writes: the ones the
-/// daemon reports are recorded as failed, and all of them if no usable reply came. Returns the reply
-/// to `then` (present exactly when `then` was: any other reply is unexpected).
+/// Sends `carried` as one `Batch` ahead of `then` (if any, already mapped with `map` like `caller`),
+/// and settles the changes: the ones the daemon reports are recorded as failed, and all of them if
+/// no usable reply came. Returns the reply to `then` (present exactly when `then` was: any other
+/// reply is unexpected).
 async fn send_batch(
     session: &Session,
     conn: &quinn::Connection,
     mut carried: Carried<'_>,
+    map: Option<OwnerMap>,
     caller: Caller,
     then: Option<Request>,
 ) -> Result<Option<Box<ResponseFrame>>, ErrorReply> {
     let asked = then.is_some();
+    let mut changes = std::mem::take(&mut carried.changes);
+    if let Some(m) = map {
+        for change in &mut changes {
+            if let BatchedChange::SetAttr { attrs, .. } = change {
+                m.attrs_out(attrs);
+            }
+        }
+    }
     let frame = RequestFrame {
         caller,
         request: Request::Batch {
-            writes: std::mem::take(&mut carried.writes),
+            changes,
             then: then.map(Box::new),
         },
     };

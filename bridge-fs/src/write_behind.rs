@@ -26,16 +26,17 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use sessionfs_proto::{
-    errno, BatchedWrite, ErrorReply, FailedWrite, MAX_BATCH_BYTES, MAX_BATCH_WRITES,
+    errno, BatchedChange, ErrorReply, FailedWrite, MAX_BATCH_BYTES, MAX_BATCH_WRITES,
 };
 
-/// A write acknowledged to the kernel and not yet sent.
+/// A change (a write, or an attribute change of a file the mount created and holds open)
+/// acknowledged to the kernel and not yet sent.
 pub struct Deferred {
-    /// The bridge's handle the write came through.
+    /// The bridge's handle the change came through.
     pub handle: u64,
     /// The connection holding the daemon's handle (`quinn::Connection::stable_id`).
     pub conn: usize,
-    pub write: BatchedWrite,
+    pub change: BatchedChange,
     /// Held until the write has landed or failed (the bridge's record of a change under way).
     pub guard: Box<dyn Send>,
 }
@@ -73,7 +74,7 @@ struct State {
 /// dropped, which counts them as failed).
 pub struct Carried<'a> {
     owner: &'a WriteBehind,
-    pub writes: Vec<BatchedWrite>,
+    pub changes: Vec<BatchedChange>,
     /// Per daemon handle, the bridge handle whose writes it carries.
     handles: HashMap<u64, u64>,
     guards: Vec<Box<dyn Send>>,
@@ -97,28 +98,36 @@ fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 impl WriteBehind {
     /// Takes `d` as pending, or hands it back when the pending writes have no room for it (push, then
     /// try again). Writes of one handle that continue each other are merged.
-    pub fn defer(&self, d: Deferred) -> Result<Then, Deferred> {
+    pub fn defer(&self, d: Deferred) -> Result<Then, Box<Deferred>> {
         let mut st = lock(&self.state);
-        let len = d.write.data.len();
+        let len = d.change.data_len();
         if st.pending_bytes + len > MAX_BATCH_BYTES as usize {
-            return Err(d);
+            return Err(Box::new(d));
         }
         let first = st.pending.is_empty();
-        let merges = st.pending.last().is_some_and(|last| {
-            last.handle == d.handle
-                && last.conn == d.conn
-                && last.write.offset + last.write.data.len() as u64 == d.write.offset
-        });
-        let merged = if merges {
-            if let Some(last) = st.pending.last_mut() {
-                last.write.data.extend_from_slice(&d.write.data);
+        let merge_into =
+            st.pending
+                .last_mut()
+                .and_then(|last| match (&mut last.change, &d.change) {
+                    (BatchedChange::Write(last_write), BatchedChange::Write(write))
+                        if last.handle == d.handle
+                            && last.conn == d.conn
+                            && last_write.offset + last_write.data.len() as u64 == write.offset =>
+                    {
+                        Some(last_write)
+                    }
+                    _ => None,
+                });
+        let merged = if let Some(last_write) = merge_into {
+            if let BatchedChange::Write(write) = &d.change {
+                last_write.data.extend_from_slice(&write.data);
             }
             // The first write's guard is held for both; this one's is dropped below, outside the
             // lock (dropping a guard updates the bridge's caches).
             Some(d)
         } else {
             if st.pending.len() >= MAX_BATCH_WRITES {
-                return Err(d);
+                return Err(Box::new(d));
             }
             st.pending.push(d);
             None
@@ -160,7 +169,7 @@ impl WriteBehind {
         st.pending_bytes = 0;
         let mut carried = Carried {
             owner: self,
-            writes: Vec::with_capacity(pending.len()),
+            changes: Vec::with_capacity(pending.len()),
             handles: HashMap::new(),
             guards: Vec::with_capacity(pending.len()),
             done: false,
@@ -171,8 +180,8 @@ impl WriteBehind {
                 // Behind a write of its handle that failed: not applied, like the
                 // later writes of a failed handle within a batch.
             } else if d.conn == conn {
-                carried.handles.insert(d.write.fh, d.handle);
-                carried.writes.push(d.write);
+                carried.handles.insert(d.change.fh(), d.handle);
+                carried.changes.push(d.change);
                 if !sending.contains(&d.handle) {
                     sending.push(d.handle);
                 }
@@ -237,6 +246,11 @@ impl WriteBehind {
         .await
     }
 
+    /// Whether a failure is recorded for `handle` (and not reported yet).
+    pub fn has_failed(&self, handle: u64) -> bool {
+        lock(&self.state).failed.contains_key(&handle)
+    }
+
     /// The failure recorded for `handle`, once: the handle reports it.
     pub fn take_failure(&self, handle: u64) -> Option<ErrorReply> {
         lock(&self.state).failed.remove(&handle)
@@ -295,16 +309,17 @@ impl Drop for Carried<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sessionfs_proto::{BatchedWrite, SetAttrs};
 
     fn d(handle: u64, conn: usize, offset: u64, data: &[u8]) -> Deferred {
         Deferred {
             handle,
             conn,
-            write: BatchedWrite {
+            change: BatchedChange::Write(BatchedWrite {
                 fh: handle + 100,
                 offset,
                 data: data.to_vec(),
-            },
+            }),
             guard: Box::new(()),
         }
     }
@@ -327,9 +342,12 @@ mod tests {
         assert!(wb.holds(1) && wb.holds(2) && !wb.holds(3));
         let c = carried(wb.turn(7).await);
         let got: Vec<(u64, u64, &[u8])> = c
-            .writes
+            .changes
             .iter()
-            .map(|w| (w.fh, w.offset, &w.data[..]))
+            .filter_map(|c| match c {
+                BatchedChange::Write(w) => Some((w.fh, w.offset, &w.data[..])),
+                BatchedChange::SetAttr { .. } => None,
+            })
             .collect();
         assert_eq!(
             got,
@@ -339,6 +357,38 @@ mod tests {
         c.landed(vec![]);
         assert!(!wb.holds(1));
         assert!(matches!(wb.turn(7).await, Turn::Clear));
+    }
+
+    #[tokio::test]
+    async fn an_attribute_change_keeps_its_place_between_writes() {
+        let wb = WriteBehind::default();
+        wb.defer(d(1, 7, 0, b"ab")).ok();
+        let chmod = Deferred {
+            handle: 1,
+            conn: 7,
+            change: BatchedChange::SetAttr {
+                fh: 101,
+                attrs: SetAttrs {
+                    mode: Some(0o600),
+                    ..SetAttrs::default()
+                },
+            },
+            guard: Box::new(()),
+        };
+        assert_eq!(wb.defer(chmod).ok(), Some(Then::Nothing));
+        // Contiguous with the first write, but after the change: not merged across it.
+        wb.defer(d(1, 7, 2, b"cd")).ok();
+        let c = carried(wb.turn(7).await);
+        let kinds: Vec<&str> = c
+            .changes
+            .iter()
+            .map(|c| match c {
+                BatchedChange::Write(_) => "write",
+                BatchedChange::SetAttr { .. } => "setattr",
+            })
+            .collect();
+        assert_eq!(kinds, ["write", "setattr", "write"]);
+        c.landed(vec![]);
     }
 
     #[tokio::test]
@@ -375,7 +425,7 @@ mod tests {
         // A write of the failed handle still pending is dropped, not sent past the failure.
         wb.defer(d(2, 7, 2, b"late")).ok();
         let c = carried(wb.turn(7).await);
-        assert!(c.writes.is_empty());
+        assert!(c.changes.is_empty());
         c.landed(vec![]);
         assert_eq!(wb.take_failure(2).map(|e| e.errno), Some(28));
         assert_eq!(wb.take_failure(2), None, "reported once");
@@ -387,7 +437,7 @@ mod tests {
         // Writes held for a connection that is gone fail instead of going out on another one.
         wb.defer(d(4, 6, 0, b"gh")).ok();
         let c = carried(wb.turn(7).await);
-        assert!(c.writes.is_empty());
+        assert!(c.changes.is_empty());
         c.landed(vec![]);
         assert_eq!(wb.take_failure(4).map(|e| e.errno), Some(errno::EIO));
     }

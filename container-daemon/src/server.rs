@@ -20,8 +20,8 @@ use std::time::Duration;
 use sessionfs_pki::wire::{read_last_frame, write_frame, WireError};
 use sessionfs_pki::{PeerRole, TransportTuning};
 use sessionfs_proto::{
-    errno, BatchedWrite, ErrorReply, FailedWrite, Hello, HelloReply, Reply, Request, RequestFrame,
-    ResponseFrame, PROTOCOL_VERSION,
+    errno, BatchedChange, ErrorReply, FailedWrite, Hello, HelloReply, Reply, Request, RequestFrame,
+    ResponseFrame, WirePath, PROTOCOL_VERSION,
 };
 use tracing::{debug, info, warn};
 
@@ -327,8 +327,8 @@ fn runs_inline(request: &Request) -> bool {
         Request::Create { flags, .. } => flags & libc::O_TRUNC == 0,
         Request::SetAttr { attrs, .. } => attrs.size.is_none(),
         // A few small writes into the page cache ahead of a metadata call: a tar's file.
-        Request::Batch { writes, then } => {
-            writes.iter().map(|w| w.data.len()).sum::<usize>() <= INLINE_BATCH_BYTES
+        Request::Batch { changes, then } => {
+            changes.iter().map(BatchedChange::data_len).sum::<usize>() <= INLINE_BATCH_BYTES
                 && then.as_deref().is_none_or(runs_inline)
         }
         _ => true,
@@ -457,7 +457,7 @@ pub fn dispatch(
             ws.removexattr(&path, &name)?;
             Reply::Empty
         }
-        Request::Batch { writes, then } => dispatch_batch(ws, handles, caller, writes, then),
+        Request::Batch { changes, then } => dispatch_batch(ws, handles, caller, changes, then),
         // Served on its own stream by `serve_watch`, never dispatched.
         Request::Watch => {
             return Err(ErrorReply::new(
@@ -474,17 +474,28 @@ fn dispatch_batch(
     ws: &Workspace,
     handles: &Handles,
     caller: sessionfs_proto::Caller,
-    writes: Vec<BatchedWrite>,
+    changes: Vec<BatchedChange>,
     then: Option<Box<Request>>,
 ) -> Reply {
     let mut failed: Vec<FailedWrite> = Vec::new();
-    for w in writes {
-        if failed.iter().any(|f| f.fh == w.fh) {
+    for change in changes {
+        let fh = change.fh();
+        if failed.iter().any(|f| f.fh == fh) {
             continue;
         }
-        if let Err(error) = ws.write_all(w.fh, w.offset, &w.data, handles) {
-            debug!("batched write failed: {error}");
-            failed.push(FailedWrite { fh: w.fh, error });
+        let applied = match change {
+            BatchedChange::Write(w) => ws.write_all(w.fh, w.offset, &w.data, handles),
+            BatchedChange::SetAttr { attrs, .. } if attrs.size.is_some() => Err(ErrorReply::new(
+                errno::EPROTO,
+                "a batch may not change a file's size",
+            )),
+            BatchedChange::SetAttr { fh, attrs } => ws
+                .setattr(&WirePath::default(), Some(fh), &attrs, handles)
+                .map(|_| ()),
+        };
+        if let Err(error) = applied {
+            debug!("batched change failed: {error}");
+            failed.push(FailedWrite { fh, error });
         }
     }
     let then = then.map(|request| {
@@ -502,22 +513,22 @@ fn dispatch_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sessionfs_proto::{Caller, WirePath};
+    use sessionfs_proto::{BatchedWrite, Caller, SetAttrs};
 
     fn wp(s: &str) -> WirePath {
         WirePath::new(s.as_bytes().to_vec()).expect("valid path")
     }
 
-    fn write(fh: u64, offset: u64, data: &[u8]) -> BatchedWrite {
-        BatchedWrite {
+    fn write(fh: u64, offset: u64, data: &[u8]) -> BatchedChange {
+        BatchedChange::Write(BatchedWrite {
             fh,
             offset,
             data: data.to_vec(),
-        }
+        })
     }
 
     #[test]
-    fn a_batch_applies_its_writes_in_order_stops_a_failed_handle_and_runs_its_request() {
+    fn a_batch_applies_its_changes_in_order_stops_a_failed_handle_and_runs_its_request() {
         let dir = tempfile::tempdir().expect("temp dir");
         let ws = Workspace::open(dir.path(), None).expect("workspace");
         let handles = Handles::default();
@@ -529,13 +540,33 @@ mod tests {
             .create(&wp("b"), 0o644, rw, Caller::default(), &handles)
             .expect("create b");
         let missing = 999;
-        let writes = vec![
+        let mode = |mode| SetAttrs {
+            mode: Some(mode),
+            ..SetAttrs::default()
+        };
+        let changes = vec![
             write(a, 0, b"first"),
             write(missing, 0, b"lost"),
             write(b, 0, b"bee"),
+            BatchedChange::SetAttr {
+                fh: b,
+                attrs: mode(0o600),
+            },
             write(a, 0, b"FI"),
             write(missing, 9, b"skipped"),
             write(a, 5, b"+tail"),
+            // A size is never deferred: refused, and b's later change is not applied.
+            BatchedChange::SetAttr {
+                fh: b,
+                attrs: SetAttrs {
+                    size: Some(0),
+                    ..SetAttrs::default()
+                },
+            },
+            BatchedChange::SetAttr {
+                fh: b,
+                attrs: mode(0o640),
+            },
         ];
         let then = Some(Box::new(Request::GetAttr {
             path: wp("a"),
@@ -545,16 +576,22 @@ mod tests {
             &ws,
             &handles,
             Caller::default(),
-            Request::Batch { writes, then },
+            Request::Batch { changes, then },
         )
         .expect("batch");
         let Reply::Batch { failed, then } = reply else {
             panic!("not a batch reply: {reply:?}");
         };
         // The unknown handle fails once; its later write is not applied, the others are, in order.
-        assert_eq!(failed.len(), 1, "{failed:?}");
-        assert_eq!(failed[0].fh, missing);
-        assert_eq!(failed[0].error.errno, errno::EBADF);
+        assert_eq!(failed.len(), 2, "{failed:?}");
+        assert_eq!(
+            (failed[0].fh, failed[0].error.errno),
+            (missing, errno::EBADF)
+        );
+        assert_eq!((failed[1].fh, failed[1].error.errno), (b, errno::EPROTO));
+        use std::os::unix::fs::PermissionsExt;
+        let b_meta = std::fs::metadata(dir.path().join("b")).expect("b");
+        assert_eq!(b_meta.permissions().mode() & 0o7777, 0o600);
         assert_eq!(
             std::fs::read(dir.path().join("a")).expect("a"),
             b"FIrst+tail"
@@ -567,9 +604,9 @@ mod tests {
         }
         // A batch may not carry a batch.
         let nested = Request::Batch {
-            writes: vec![],
+            changes: vec![],
             then: Some(Box::new(Request::Batch {
-                writes: vec![],
+                changes: vec![],
                 then: None,
             })),
         };

@@ -21,7 +21,7 @@ pub use message::*;
 pub use path::{PathError, WirePath};
 
 /// The protocol version spoken by this build. A peer with another version is refused at the handshake.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The largest payload of one `Read` reply or one `Write` request. Larger transfers are split by the
 /// client into several concurrent requests.

@@ -250,16 +250,46 @@ pub enum Request {
         path: WirePath,
         max_each: u32,
     },
-    /// Writes the bridge acknowledged before sending them (write-behind), applied in order, then
-    /// `then`, the request whose sending carried them, if any. A write that fails is reported in
-    /// [`Reply::Batch`], and the later writes of the same handle in the batch are not applied (no
-    /// data lands past a failed write); `then` runs whatever the writes did. `then` may not be a
-    /// batch or a watch. At most [`crate::MAX_BATCH_BYTES`] of data in at most
-    /// [`crate::MAX_BATCH_WRITES`] writes.
+    /// Changes of open files the bridge acknowledged before sending them (write-behind): writes,
+    /// and attribute changes of files the mount created and holds open. Applied in order, then
+    /// `then`, the request whose sending carried them, if any. A change that fails is reported in
+    /// [`Reply::Batch`], and the later changes of the same handle in the batch are not applied
+    /// (nothing lands past a failed change); `then` runs whatever the changes did. `then` may not
+    /// be a batch or a watch. At most [`crate::MAX_BATCH_BYTES`] of data in at most
+    /// [`crate::MAX_BATCH_WRITES`] changes.
     Batch {
-        writes: Vec<BatchedWrite>,
+        changes: Vec<BatchedChange>,
         then: Option<Box<Request>>,
     },
+}
+
+/// One change of a [`Request::Batch`], made through the daemon's open handle `fh`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BatchedChange {
+    Write(BatchedWrite),
+    /// As a [`Request::SetAttr`] through the handle; never a size (truncates are not deferred).
+    SetAttr {
+        fh: u64,
+        attrs: SetAttrs,
+    },
+}
+
+impl BatchedChange {
+    /// The daemon handle the change goes through.
+    pub fn fh(&self) -> u64 {
+        match self {
+            BatchedChange::Write(w) => w.fh,
+            BatchedChange::SetAttr { fh, .. } => *fh,
+        }
+    }
+
+    /// The bytes of data it carries.
+    pub fn data_len(&self) -> usize {
+        match self {
+            BatchedChange::Write(w) => w.data.len(),
+            BatchedChange::SetAttr { .. } => 0,
+        }
+    }
 }
 
 /// One write of a [`Request::Batch`].
@@ -271,8 +301,8 @@ pub struct BatchedWrite {
     pub data: Vec<u8>,
 }
 
-/// A write of a [`Request::Batch`] that failed, or was not applied because an earlier write of its
-/// handle failed.
+/// A change of a [`Request::Batch`] that failed, or was not applied because an earlier change of
+/// its handle failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailedWrite {
     pub fh: u64,

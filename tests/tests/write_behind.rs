@@ -83,6 +83,104 @@ fn writes_acknowledged_early_land_before_any_later_request_and_within_a_bound() 
     h.unmount()
 }
 
+/// A file the mount created and holds open: its attribute changes as `tar` and `cp -p` make them
+/// after writing it (times, then owner, then mode, through the descriptor) are answered from what the
+/// bridge knows and sent behind its writes (see `bridge-fs/src/known.rs`). The mount shows each
+/// change at once; after `fsync` or `close` the session has them all, and the mount then shows
+/// exactly the session's attributes, change time included.
+#[test]
+fn attribute_changes_of_a_file_created_and_held_open_land_with_its_writes() -> Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let mut h = Harness::new()?;
+    let ws = h.create_session("attrs")?;
+    h.mount()?;
+    let mount = h.path("attrs", "");
+    let key = |m: &fs::Metadata| {
+        (
+            m.mode(),
+            m.uid(),
+            m.gid(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec(),
+        )
+    };
+    for round in 0..12u32 {
+        let name = format!("f{round}");
+        let data = pattern(10_000 + round as usize, round as u8);
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(mount.join(&name))?;
+        (&file).write_all(&data)?;
+        let fd = file.as_raw_fd();
+        let times = [libc::timespec {
+            tv_sec: 1_000_000 + i64::from(round),
+            tv_nsec: 7,
+        }; 2];
+        // SAFETY: an open descriptor and two timespecs.
+        ensure!(
+            unsafe { libc::futimens(fd, times.as_ptr()) } == 0,
+            "futimens"
+        );
+        // Every other round the mode comes first: the owner change then clears set-user-ID.
+        let (mode, expected_mode) = if round % 2 == 0 {
+            (0o4710, 0o4710)
+        } else {
+            (0o4755, 0o0755)
+        };
+        if round % 2 == 1 {
+            // SAFETY: an open descriptor.
+            ensure!(unsafe { libc::fchmod(fd, mode) } == 0, "fchmod");
+        }
+        // SAFETY: an open descriptor; root may give the file any group.
+        ensure!(
+            unsafe { libc::fchown(fd, u32::MAX, 100 + round) } == 0,
+            "fchown"
+        );
+        if round % 2 == 0 {
+            // SAFETY: an open descriptor.
+            ensure!(unsafe { libc::fchmod(fd, mode) } == 0, "fchmod");
+        }
+        let expected = (
+            libc::S_IFREG | expected_mode,
+            0,
+            100 + round,
+            data.len() as u64,
+            1_000_000 + i64::from(round),
+            7,
+        );
+        assert_eq!(
+            key(&file.metadata()?),
+            expected,
+            "{name}: the mount at once"
+        );
+        if round % 3 == 0 {
+            file.sync_all()?;
+            assert_eq!(
+                key(&fs::metadata(ws.join(&name))?),
+                expected,
+                "{name}: session after fsync"
+            );
+        }
+        close(file)?;
+        let (m, s) = (
+            fs::metadata(mount.join(&name))?,
+            fs::metadata(ws.join(&name))?,
+        );
+        assert_eq!(key(&s), expected, "{name}: the session after close");
+        assert_eq!(
+            (key(&m), m.ctime(), m.ctime_nsec()),
+            (key(&s), s.ctime(), s.ctime_nsec()),
+            "{name}: the mount and the session differ after close"
+        );
+        assert_eq!(fs::read(ws.join(&name))?, data, "{name}: content");
+    }
+    h.unmount()
+}
+
 /// Closes `fd` and returns what `close` said (dropping a `File` ignores it).
 fn close(file: fs::File) -> std::io::Result<()> {
     let fd = file.into_raw_fd();
