@@ -37,6 +37,7 @@ use crate::session::Invalidation;
 use crate::heads_ahead::{Fetched, Found, HeadsAhead};
 use crate::inodes::{InodeTable, NodeRef, Stale, ROOT_INO};
 use crate::known::Known;
+use crate::made_dirs::MadeDirs;
 use crate::negative::NegativeEntries;
 use crate::read_ahead::ReadAhead;
 use crate::replied::Replied;
@@ -68,7 +69,7 @@ impl OpenFile {
     fn account(&self, number: u64, change: impl FnOnce(&mut Known)) -> Option<Attr> {
         let mut known = lock(&self.known);
         match known.as_mut() {
-            Some(k) if k.followed_by(number, self.session.generation()) => {
+            Some(k) if k.followed_by(number) => {
                 change(k);
                 Some(*k.attr())
             }
@@ -372,6 +373,8 @@ struct Inner {
     lookups_ahead: Mutex<Walk<FetchWaiter>>,
     /// What lookups answered a moment ago (see [`crate::replied`]).
     replied: Mutex<Replied>,
+    /// Directories the mount made and the names that may exist in them (see [`crate::made_dirs`]).
+    made_dirs: Mutex<MadeDirs>,
     /// Changes through the mount started so far, and those under way that are writes acknowledged
     /// early (see [`Mutation`]).
     started: AtomicU64,
@@ -542,6 +545,7 @@ impl BridgeFs {
                 heads_ahead: Mutex::new(HeadsAhead::default()),
                 lookups_ahead: Mutex::new(Walk::default()),
                 replied: Mutex::new(Replied::default()),
+                made_dirs: Mutex::new(MadeDirs::default()),
                 started: AtomicU64::new(0),
                 deferred: std::sync::atomic::AtomicUsize::new(0),
                 mutating: std::sync::atomic::AtomicUsize::new(0),
@@ -696,7 +700,7 @@ impl BridgeFs {
         let known = lock(&file.known);
         known
             .as_ref()
-            .filter(|k| k.holds(started, file.session.generation()))
+            .filter(|k| k.holds(started))
             .map(|k| *k.attr())
     }
 
@@ -785,7 +789,8 @@ impl BridgeFs {
                 match r {
                     Reply::Attr(attr) => {
                         let (name, ttl) = (&binding.name, answered.ttl);
-                        let entry = inner.reply_entry(parent.0, name, &attr, ttl, reply, None);
+                        let from = EntryFrom::Made(&answered.session, answered.since);
+                        let entry = inner.reply_entry(parent.0, name, &attr, ttl, reply, from);
                         if entry.is_some() {
                             binding.bound();
                         }
@@ -810,6 +815,13 @@ impl BridgeFs {
             Err(e) => return reply.error(e),
         };
         let name = name.as_bytes().to_vec();
+        // In a directory the mount made, a name it never bound nor heard of is missing.
+        let since = session.generation();
+        if session.is_watched() && lock(&self.inner.made_dirs).is_missing(parent.0, &name) {
+            return self
+                .inner
+                .reply_missing(&session, since, parent.0, &name, reply);
+        }
         if let Some(listed) = self.inner.listed(parent.0, &session, &name) {
             return self
                 .inner
@@ -840,8 +852,8 @@ impl BridgeFs {
             {
                 Ok((Reply::Attr(attr), _)) => {
                     let ttl = inner.ttl_for(&session, since);
-                    let remember = Some((&*session, since, epoch));
-                    inner.reply_entry(parent.0, &name, &attr, ttl, reply, remember);
+                    let from = EntryFrom::Lookup(&session, since, epoch);
+                    inner.reply_entry(parent.0, &name, &attr, ttl, reply, from);
                 }
                 Ok((other, _)) => reply.fail(unexpected(&other)),
                 Err(e) if e.errno == errno::ENOENT => {
@@ -1070,6 +1082,16 @@ impl Drop for Binding {
     }
 }
 
+/// Where an entry [`Inner::reply_entry`] answers came from.
+enum EntryFrom<'a> {
+    /// A lookup that started at this generation and attribute epoch of the session: the attributes
+    /// are remembered (before the kernel can forget the inode again, see [`Inner::keep_attrs`]).
+    Lookup(&'a Session, u64, u64),
+    /// A call that made the node, started at this generation of the session: a directory's names
+    /// are then followed (see [`crate::made_dirs`]).
+    Made(&'a Session, u64),
+}
+
 /// What a successful remote call hands to its continuation.
 struct Answered {
     session: Arc<Session>,
@@ -1172,10 +1194,14 @@ impl Inner {
         let mut other_change = std::collections::HashSet::new();
         // Changes that touched what a lookup answered a moment ago: sent again (see `crate::replied`).
         let mut late = Vec::new();
+        // Nodes a change event named (besides `inodes`): what is known of them from the mount's
+        // own changes ends (see `crate::known`).
+        let mut touched = Vec::new();
         let (inodes, entries, missing) = {
             let table = lock(&self.inodes);
             let mut negatives = lock(&self.negatives);
             let replied = lock(&self.replied);
+            let mut made_dirs = lock(&self.made_dirs);
             let at = Instant::now();
             let mut missing = Vec::new();
             match &work {
@@ -1203,6 +1229,11 @@ impl Inner {
                                 let Some(dir) = table.find(id.as_str(), dir) else {
                                     continue;
                                 };
+                                // Before the kernel's negative entry is dropped (below, after
+                                // the locks): a lookup then is not answered from the record.
+                                if !matches!(now, EntryNow::Missing) {
+                                    made_dirs.may_exist(dir, name);
+                                }
                                 // The second time, the record was taken the first time.
                                 let negative = negatives.take(dir, name) || again;
                                 // Again only what the kernel may have applied after this: a node a
@@ -1218,6 +1249,9 @@ impl Inner {
                                     let same = matches!(now, EntryNow::Node(node)
                                         if table.still_names(dir, name, node));
                                     if !same {
+                                        // The name was moved or replaced: the node it named
+                                        // changed too (its change time, its links).
+                                        touched.push(child);
                                         entries.push((dir, name.clone()));
                                     }
                                     recent = replied.inode_is_recent(child, at);
@@ -1259,6 +1293,8 @@ impl Inner {
                         .filter(|(parent, _)| *parent != ROOT_INO)
                         .collect();
                     let dirs = nodes.iter().map(|(ino, _)| *ino).collect();
+                    // Changes may have been missed: nothing is known of any name.
+                    made_dirs.forget_all(nodes.iter().map(|(ino, _)| *ino));
                     // Names bound since they were missing are among `entries` already.
                     missing = negatives
                         .take_in(&dirs)
@@ -1270,6 +1306,14 @@ impl Inner {
                 }
             }
         };
+        {
+            let files = lock(&self.files);
+            let touched: std::collections::HashSet<u64> =
+                inodes.iter().chain(&touched).copied().collect();
+            for file in files.values().filter(|f| touched.contains(&f.ino)) {
+                *lock(&file.known) = None;
+            }
+        }
         {
             // A reset lists every inode of the session, so this covers it too.
             let mut stamps = lock(&self.page_stamps);
@@ -1381,6 +1425,8 @@ impl Inner {
 
     /// Starts binding `dir/name` (see [`Binding`]).
     fn binding(&self, dir: u64, name: &[u8]) -> Binding {
+        // Before the request: from now on the name may exist (see `crate::made_dirs`).
+        lock(&self.made_dirs).may_exist(dir, name);
         Binding {
             sessions: self.sessions.clone(),
             dir,
@@ -1416,9 +1462,8 @@ impl Inner {
         }
     }
 
-    /// Answers with the entry of `parent/name`; its inode, `None` if it could not be bound (ESTALE).
-    /// `remember`: the session, generation and attribute epoch the lookup started at, to remember
-    /// the attributes (before the kernel can forget the inode again, see [`Self::keep_attrs`]).
+    /// Answers with the entry of `parent/name` that `from` gave; its inode, `None` if it could not
+    /// be bound (ESTALE).
     fn reply_entry(
         &self,
         parent: u64,
@@ -1426,8 +1471,12 @@ impl Inner {
         attr: &Attr,
         ttl: Duration,
         reply: ReplyEntry,
-        remember: Option<(&Session, u64, u64)>,
+        from: EntryFrom<'_>,
     ) -> Option<u64> {
+        let (remember, made) = match from {
+            EntryFrom::Lookup(session, since, epoch) => (Some((session, since, epoch)), None),
+            EntryFrom::Made(session, since) => (None, Some((session, since))),
+        };
         let ino = {
             // Recorded while the table is locked: an invalidation that finds the node learned
             // also finds it recent.
@@ -1435,6 +1484,12 @@ impl Inner {
             let ino = table.learn(parent, name, attr);
             if let Some(ino) = ino {
                 lock(&self.replied).inode(ino, Instant::now());
+                // A directory this call made, with no change event while it ran: empty (see
+                // `crate::made_dirs`). Before the reply, so every name bound in it is recorded.
+                let made = made.filter(|(session, since)| session.generation() == *since);
+                if made.is_some() && attr.file_type() == S_IFDIR {
+                    lock(&self.made_dirs).made(ino);
+                }
             }
             ino
         };
@@ -1641,8 +1696,8 @@ impl Inner {
             Listed::Missing { since } => self.reply_missing(session, since, dir, name, reply),
             Listed::Present { since, epoch, attr } => {
                 let ttl = self.ttl_for(session, since);
-                let remember = Some((session, since, epoch));
-                self.reply_entry(dir, name, &attr, ttl, reply, remember);
+                let from = EntryFrom::Lookup(session, since, epoch);
+                self.reply_entry(dir, name, &attr, ttl, reply, from);
             }
         }
     }
@@ -2172,6 +2227,7 @@ impl fuser::Filesystem for BridgeFs {
             self.inner.forget_listing(ino.0);
             // Changes reported while the kernel does not know the inode cannot find it.
             lock(&self.inner.attrs).remove(ino.0);
+            lock(&self.inner.made_dirs).forget(ino.0);
             lock(&self.inner.no_capability).remove(&ino.0);
             lock(&self.inner.page_stamps).remove(&ino.0);
         }
@@ -2536,10 +2592,13 @@ impl fuser::Filesystem for BridgeFs {
                     let (session, since) = (answered.session.clone(), answered.since);
                     // Its later attribute changes may be sent behind its writes while nothing
                     // else changes it; from here only if nothing could come between (as for
-                    // keeping a change's own reply, see `Mutation::end`).
-                    let known =
-                        (deferrable(flags) && mutation.only_writes_before && session.is_watched())
-                            .then(|| Known::new(attr, mutation.number, since));
+                    // keeping a change's own reply, see `Mutation::end`), no change event
+                    // included (one about the file could not be matched to it yet).
+                    let known = (deferrable(flags)
+                        && mutation.only_writes_before
+                        && session.is_watched()
+                        && session.generation() == since)
+                        .then(|| Known::new(attr, mutation.number));
                     let fh =
                         inner.add_file(ino, answered.session, flags, Some(remote), None, known);
                     let attr = file_attr(ino, &attr);
@@ -2700,7 +2759,7 @@ impl fuser::Filesystem for BridgeFs {
 
     fn release(
         &self,
-        req: &FuseRequest,
+        _req: &FuseRequest,
         _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -2711,33 +2770,24 @@ impl fuser::Filesystem for BridgeFs {
         let Some(file) = lock(&self.inner.files).remove(&fh.0) else {
             return reply.error(Errno::EBADF);
         };
-        let inner = self.inner.clone();
-        let caller = caller(req);
-        // The kernel does not wait on release; answer at once and close the remote handle behind it.
+        // The kernel does not wait on release: answered at once, and the daemon's handle is closed
+        // with the session's next request or within the write-behind delay (after the handle's
+        // pending changes).
         reply.ok();
-        let Some(remote) = file.remote.get() else {
-            return;
+        let Some(remote) = file
+            .remote
+            .get()
+            .filter(|r| r.conn.close_reason().is_none())
+        else {
+            return file.session.write_behind.closed(fh.0);
         };
-        if remote.conn.close_reason().is_some() {
-            return;
-        }
-        let (conn, request) = (remote.conn.clone(), Request::Release { fh: remote.fh });
-        self.spawn(async move {
-            // Carries the handle's pending writes, if any, ahead of the release.
-            if let Err(e) = inner
-                .sessions
-                .call_on(&file.session, &conn, caller, request)
-                .await
-            {
-                debug!("release: {e}");
-            }
-            if let Some(e) = file.session.write_behind.take_failure(fh.0) {
-                warn!(
-                    session = %file.session.id,
-                    "a write acknowledged earlier failed after its file was closed: {}", e.message
-                );
-            }
-        });
+        let deferred = Deferred {
+            handle: fh.0,
+            conn: remote.conn.stable_id(),
+            change: BatchedChange::Release { fh: remote.fh },
+            guard: Box::new(()),
+        };
+        self.defer(&file.session, deferred, |_| {});
     }
 
     fn fsync(

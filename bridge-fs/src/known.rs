@@ -3,11 +3,11 @@
 //! changes a `tar` or `cp -p` makes right after writing a file (times, owner, mode) are answered at
 //! once and sent behind with its writes (see [`crate::write_behind`]), instead of a round trip each.
 //!
-//! The record is of one open handle (the one `create` returned). It holds while every change
-//! through the mount since the create is one deferred through that handle (changes are numbered as
-//! they start, see `fs.rs`'s `Mutation`) and no change event of the session arrived (its
-//! invalidation generation is unchanged). Anything else ends it, and later changes go to the daemon
-//! as usual. What it predicts is exact except the change time (the bridge's clock when the change was
+//! The record is of one open handle (the one `create` returned), made when no change event of the
+//! session arrived while the create ran. It holds while every change through the mount since the
+//! create is one deferred through that handle (changes are numbered as they start, see `fs.rs`'s
+//! `Mutation`); a change event that touches the file (its node, or a name bound to it) ends it, as
+//! does any other change through the mount, and later changes go to the daemon as usual. What it predicts is exact except the change time (the bridge's clock when the change was
 //! acknowledged; the daemon's when it lands) and the block count (estimated from the size); the
 //! kernel is told to cache none of it, and the change event of each landed change replaces it.
 
@@ -25,30 +25,22 @@ pub struct Known {
     attr: Attr,
     /// The number of the last change through the mount this accounts for.
     last: u64,
-    /// The session's invalidation generation it was learned at.
-    generation: u64,
 }
 
 impl Known {
-    /// What the reply of change `number` (a create, read from generation `generation`) said.
-    pub fn new(attr: Attr, number: u64, generation: u64) -> Self {
-        Known {
-            attr,
-            last: number,
-            generation,
-        }
+    /// What the reply of change `number` (a create) said.
+    pub fn new(attr: Attr, number: u64) -> Self {
+        Known { attr, last: number }
     }
 
-    /// Whether change `number` directly follows the ones this accounts for, with no change event
-    /// since (the session is at `generation`).
-    pub fn followed_by(&self, number: u64, generation: u64) -> bool {
-        self.last + 1 == number && self.generation == generation
+    /// Whether change `number` directly follows the ones this accounts for.
+    pub fn followed_by(&self, number: u64) -> bool {
+        self.last + 1 == number
     }
 
-    /// Whether this still holds now that `started` changes have started and the session is at
-    /// `generation`.
-    pub fn holds(&self, started: u64, generation: u64) -> bool {
-        self.last == started && self.generation == generation
+    /// Whether this still holds now that `started` changes have started.
+    pub fn holds(&self, started: u64) -> bool {
+        self.last == started
     }
 
     pub fn attr(&self) -> &Attr {
@@ -132,7 +124,7 @@ mod tests {
     #[test]
     fn a_chown_clears_set_id_bits_as_the_kernel_does_and_a_mode_given_with_it_wins() {
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(7);
-        let mut k = Known::new(file(0o6755), 1, 9);
+        let mut k = Known::new(file(0o6755), 1);
         k.set(
             2,
             &SetAttrs {
@@ -147,7 +139,7 @@ mod tests {
             0o0755,
             "group-executable: both bits go"
         );
-        let mut k = Known::new(file(0o6745), 1, 9);
+        let mut k = Known::new(file(0o6745), 1);
         k.set(
             2,
             &SetAttrs {
@@ -159,7 +151,7 @@ mod tests {
         );
         assert_eq!(k.attr().mode, S_IFREG | 0o4751, "the mode given wins");
         assert_eq!(k.attr().ctime.secs, 7);
-        let mut k = Known::new(file(0o2644), 1, 9);
+        let mut k = Known::new(file(0o2644), 1);
         k.set(
             2,
             &SetAttrs {
@@ -174,8 +166,8 @@ mod tests {
     #[test]
     fn writes_grow_the_file_and_times_follow_the_changes() {
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(50);
-        let mut k = Known::new(file(0o644), 4, 2);
-        assert!(k.followed_by(5, 2) && !k.followed_by(6, 2) && !k.followed_by(5, 3));
+        let mut k = Known::new(file(0o644), 4);
+        assert!(k.followed_by(5) && !k.followed_by(6));
         k.write(5, 0, 10_000, at);
         k.write(6, 100, 10, at);
         assert_eq!((k.attr().size, k.attr().blocks), (10_000, 24));
@@ -192,6 +184,6 @@ mod tests {
         );
         assert_eq!(k.attr().atime, set);
         assert_eq!((k.attr().mtime.secs, k.attr().ctime.secs), (51, 51));
-        assert!(k.holds(7, 2) && !k.holds(8, 2) && !k.holds(7, 5));
+        assert!(k.holds(7) && !k.holds(8));
     }
 }

@@ -5,7 +5,8 @@
 //!   with mutual TLS, reusing one QUIC connection, and bounding every request in time.
 //! - [`inodes`] owns the inode table: stable FUSE inode numbers, lookup counts, and the
 //!   `(parent, name)` links from which request paths are rebuilt.
-//! - [`negative`] records the names the kernel was told are missing, so they can be invalidated.
+//! - [`negative`] records the names the kernel was told are missing, so they can be invalidated;
+//!   [`made_dirs`] knows which names are missing from directories the mount made.
 //! - [`read_ahead`] decides which directory listings to fetch before the kernel reads them (tree
 //!   walks) and keeps them until read.
 //! - [`write_behind`] keeps writes acknowledged before the daemon has them, and makes every other
@@ -23,6 +24,7 @@ pub mod fs;
 pub mod heads_ahead;
 pub mod inodes;
 pub mod known;
+pub mod made_dirs;
 pub mod mount;
 pub mod mountinfo;
 pub mod negative;

@@ -28,6 +28,7 @@ use std::sync::Mutex;
 use sessionfs_proto::{
     errno, BatchedChange, ErrorReply, FailedWrite, MAX_BATCH_BYTES, MAX_BATCH_WRITES,
 };
+use tracing::warn;
 
 /// A change (a write, or an attribute change of a file the mount created and holds open)
 /// acknowledged to the kernel and not yet sent.
@@ -78,6 +79,8 @@ pub struct Carried<'a> {
     /// Per daemon handle, the bridge handle whose writes it carries.
     handles: HashMap<u64, u64>,
     guards: Vec<Box<dyn Send>>,
+    /// The bridge handles whose release it carries.
+    released: Vec<u64>,
     done: bool,
 }
 
@@ -87,6 +90,17 @@ pub enum Turn<'a> {
     Clear,
     /// Send with these writes ahead of it.
     Carry(Carried<'a>),
+}
+
+/// Logs the failure of a closed handle's write that its `close` could not report any more (it came
+/// after, or the handle was closed without a flush).
+fn report_unreported(handle: u64, failure: Option<ErrorReply>) {
+    if let Some(e) = failure {
+        warn!(
+            handle,
+            "a write acknowledged earlier failed after its file was closed: {}", e.message
+        );
+    }
 }
 
 fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -172,16 +186,24 @@ impl WriteBehind {
             changes: Vec::with_capacity(pending.len()),
             handles: HashMap::new(),
             guards: Vec::with_capacity(pending.len()),
+            released: Vec::new(),
             done: false,
         };
         let mut sending = Vec::new();
         for d in pending {
-            if st.failed.contains_key(&d.handle) {
+            let release = matches!(d.change, BatchedChange::Release { .. });
+            if release && d.conn != conn {
+                // The daemon's handle went with its connection; the bridge's is closed.
+                report_unreported(d.handle, st.failed.remove(&d.handle));
+            } else if st.failed.contains_key(&d.handle) && !release {
                 // Behind a write of its handle that failed: not applied, like the
                 // later writes of a failed handle within a batch.
             } else if d.conn == conn {
                 carried.handles.insert(d.change.fh(), d.handle);
                 carried.changes.push(d.change);
+                if release {
+                    carried.released.push(d.handle);
+                }
                 if !sending.contains(&d.handle) {
                     sending.push(d.handle);
                 }
@@ -251,15 +273,24 @@ impl WriteBehind {
         lock(&self.state).failed.contains_key(&handle)
     }
 
+    /// `handle` was closed with nothing of it pending: a failure it did not report is logged.
+    pub fn closed(&self, handle: u64) {
+        report_unreported(handle, self.take_failure(handle));
+    }
+
     /// The failure recorded for `handle`, once: the handle reports it.
     pub fn take_failure(&self, handle: u64) -> Option<ErrorReply> {
         lock(&self.state).failed.remove(&handle)
     }
 
-    fn finish(&self, failed: impl IntoIterator<Item = (u64, ErrorReply)>) {
+    fn finish(&self, failed: impl IntoIterator<Item = (u64, ErrorReply)>, released: &[u64]) {
         let mut st = lock(&self.state);
         for (handle, error) in failed {
             st.failed.entry(handle).or_insert(error);
+        }
+        // Closed handles report nothing any more.
+        for handle in released {
+            report_unreported(*handle, st.failed.remove(handle));
         }
         st.sending = None;
         drop(st);
@@ -277,7 +308,7 @@ impl Carried<'_> {
             let handle = handles.get(&f.fh).copied();
             handle.map(|h| (h, f.error))
         });
-        self.owner.finish(failed);
+        self.owner.finish(failed, &self.released);
     }
 
     /// The batch got no usable answer: every write in it counts as failed with `error`.
@@ -288,8 +319,10 @@ impl Carried<'_> {
     fn fail_all(&mut self, error: &ErrorReply) {
         self.done = true;
         let handles: Vec<u64> = self.handles.values().copied().collect();
-        self.owner
-            .finish(handles.into_iter().map(|h| (h, error.clone())));
+        self.owner.finish(
+            handles.into_iter().map(|h| (h, error.clone())),
+            &self.released,
+        );
     }
 }
 
@@ -346,7 +379,7 @@ mod tests {
             .iter()
             .filter_map(|c| match c {
                 BatchedChange::Write(w) => Some((w.fh, w.offset, &w.data[..])),
-                BatchedChange::SetAttr { .. } => None,
+                _ => None,
             })
             .collect();
         assert_eq!(
@@ -385,10 +418,39 @@ mod tests {
             .map(|c| match c {
                 BatchedChange::Write(_) => "write",
                 BatchedChange::SetAttr { .. } => "setattr",
+                BatchedChange::Release { .. } => "release",
             })
             .collect();
         assert_eq!(kinds, ["write", "setattr", "write"]);
         c.landed(vec![]);
+    }
+
+    #[tokio::test]
+    async fn a_release_goes_out_after_a_failure_and_closes_its_record() {
+        let wb = WriteBehind::default();
+        let release = |handle: u64, conn| Deferred {
+            handle,
+            conn,
+            change: BatchedChange::Release { fh: handle + 100 },
+            guard: Box::new(()),
+        };
+        wb.defer(d(1, 7, 0, b"ab")).ok();
+        let c = carried(wb.turn(7).await);
+        c.landed(vec![FailedWrite {
+            fh: 101,
+            error: ErrorReply::new(28, "no space"),
+        }]);
+        // Handle 1 failed and was closed without reporting it: its release still goes out, behind
+        // its dropped write, and the failure goes with it (logged).
+        wb.defer(d(1, 7, 2, b"cd")).ok();
+        wb.defer(release(1, 7)).ok();
+        // A release for a connection that is gone has nothing to close.
+        wb.defer(release(2, 6)).ok();
+        let c = carried(wb.turn(7).await);
+        assert_eq!(c.changes, vec![BatchedChange::Release { fh: 101 }]);
+        c.landed(vec![]);
+        assert!(!wb.has_failed(1) && !wb.has_failed(2));
+        assert!(matches!(wb.turn(7).await, Turn::Clear));
     }
 
     #[tokio::test]

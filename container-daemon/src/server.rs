@@ -480,7 +480,8 @@ fn dispatch_batch(
     let mut failed: Vec<FailedWrite> = Vec::new();
     for change in changes {
         let fh = change.fh();
-        if failed.iter().any(|f| f.fh == fh) {
+        let release = matches!(change, BatchedChange::Release { .. });
+        if !release && failed.iter().any(|f| f.fh == fh) {
             continue;
         }
         let applied = match change {
@@ -492,6 +493,7 @@ fn dispatch_batch(
             BatchedChange::SetAttr { fh, attrs } => ws
                 .setattr(&WirePath::default(), Some(fh), &attrs, handles)
                 .map(|_| ()),
+            BatchedChange::Release { fh } => handles.remove(fh),
         };
         if let Err(error) = applied {
             debug!("batched change failed: {error}");
@@ -567,6 +569,8 @@ mod tests {
                 fh: b,
                 attrs: mode(0o640),
             },
+            // A release is applied after a failed change of its handle all the same.
+            BatchedChange::Release { fh: b },
         ];
         let then = Some(Box::new(Request::GetAttr {
             path: wp("a"),
@@ -592,6 +596,8 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let b_meta = std::fs::metadata(dir.path().join("b")).expect("b");
         assert_eq!(b_meta.permissions().mode() & 0o7777, 0o600);
+        assert!(handles.get(b).is_err(), "b was released");
+        assert!(handles.get(a).is_ok(), "a is still open");
         assert_eq!(
             std::fs::read(dir.path().join("a")).expect("a"),
             b"FIrst+tail"

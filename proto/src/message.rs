@@ -251,10 +251,11 @@ pub enum Request {
         max_each: u32,
     },
     /// Changes of open files the bridge acknowledged before sending them (write-behind): writes,
-    /// and attribute changes of files the mount created and holds open. Applied in order, then
-    /// `then`, the request whose sending carried them, if any. A change that fails is reported in
-    /// [`Reply::Batch`], and the later changes of the same handle in the batch are not applied
-    /// (nothing lands past a failed change); `then` runs whatever the changes did. `then` may not
+    /// attribute changes of files the mount created and holds open, and releases of handles.
+    /// Applied in order, then `then`, the request whose sending carried them, if any. A change that
+    /// fails is reported in [`Reply::Batch`], and the later changes of the same handle in the batch
+    /// are not applied (nothing lands past a failed change) except its release; `then` runs
+    /// whatever the changes did. `then` may not
     /// be a batch or a watch. At most [`crate::MAX_BATCH_BYTES`] of data in at most
     /// [`crate::MAX_BATCH_WRITES`] changes.
     Batch {
@@ -272,6 +273,10 @@ pub enum BatchedChange {
         fh: u64,
         attrs: SetAttrs,
     },
+    /// As a [`Request::Release`]: the handle was closed.
+    Release {
+        fh: u64,
+    },
 }
 
 impl BatchedChange {
@@ -279,7 +284,7 @@ impl BatchedChange {
     pub fn fh(&self) -> u64 {
         match self {
             BatchedChange::Write(w) => w.fh,
-            BatchedChange::SetAttr { fh, .. } => *fh,
+            BatchedChange::SetAttr { fh, .. } | BatchedChange::Release { fh } => *fh,
         }
     }
 
@@ -287,7 +292,7 @@ impl BatchedChange {
     pub fn data_len(&self) -> usize {
         match self {
             BatchedChange::Write(w) => w.data.len(),
-            BatchedChange::SetAttr { .. } => 0,
+            BatchedChange::SetAttr { .. } | BatchedChange::Release { .. } => 0,
         }
     }
 }

@@ -404,6 +404,51 @@ fn listings_that_answer_lookups_never_hide_a_change() -> Result<()> {
     h.unmount()
 }
 
+/// A directory made through the mount answers lookups of names never bound in it as missing without
+/// asking the daemon (`bridge-fs/src/made_dirs.rs`): a name made behind the mount must still show
+/// within the bound, whether the kernel had it cached as missing or never asked, and a name removed
+/// behind the mount must go.
+#[test]
+fn a_directory_made_through_the_mount_never_hides_a_name_made_behind_it() -> Result<()> {
+    let mut h = Harness::new()?;
+    let ws = h.create_session("made")?;
+    h.mount()?;
+    let mount = h.path("made", "");
+    for round in 0..10 {
+        let dir = mount.join(format!("d{round}"));
+        let behind = ws.join(format!("d{round}"));
+        fs::create_dir(&dir)?;
+        fs::write(dir.join("mine"), b"through")?;
+        fs::create_dir(dir.join("sub"))?;
+        // Missing, and cached as missing by the kernel from here on.
+        assert_eq!(stat_size(&dir.join("theirs"))?, None);
+        assert_eq!(stat_size(&dir.join("sub").join("deep"))?, None);
+        fs::write(behind.join("theirs"), b"behind")?;
+        fs::write(behind.join("sub").join("deep"), b"deeper")?;
+        // Never looked up through the mount before it was made.
+        fs::write(behind.join("unseen"), b"x")?;
+        arrives(
+            "a name made behind the mount, cached as missing",
+            expect_stat(&dir, "theirs", Some(6)),
+        )?;
+        arrives(
+            "a name made behind the mount in a subdirectory made through it",
+            expect_stat(&dir.join("sub"), "deep", Some(6)),
+        )?;
+        arrives(
+            "a name made behind the mount, never looked up",
+            expect_stat(&dir, "unseen", Some(1)),
+        )?;
+        assert_eq!(stat_size(&dir.join("mine"))?, Some(7));
+        fs::remove_file(behind.join("mine"))?;
+        arrives(
+            "a name removed behind the mount",
+            expect_stat(&dir, "mine", None),
+        )?;
+    }
+    h.unmount()
+}
+
 /// `truncate(2)`: changes the size by path, without opening the file.
 fn truncate(path: &Path, len: i64) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;

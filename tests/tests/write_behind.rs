@@ -181,6 +181,44 @@ fn attribute_changes_of_a_file_created_and_held_open_land_with_its_writes() -> R
     h.unmount()
 }
 
+/// A close is answered at once and the daemon's handle closed behind it (with the session's next
+/// request, or within the write-behind delay when none follows): the daemon ends up with no more
+/// open files than before, without any later request through the mount.
+#[test]
+fn files_closed_through_the_mount_are_closed_in_the_daemon_without_a_later_request() -> Result<()> {
+    let mut h = Harness::new()?;
+    h.create_session("rel")?;
+    h.mount()?;
+    let mount = h.path("rel", "");
+    // Connected (the session's root is looked up), nothing open.
+    fs::metadata(&mount)?;
+    let pid = h.daemon_pid("rel")?;
+    let open_fds = || {
+        fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(usize::MAX)
+    };
+    let baseline = open_fds();
+    let files: Vec<fs::File> = (0..40)
+        .map(|i| fs::File::create(mount.join(format!("f{i}"))))
+        .collect::<std::io::Result<_>>()?;
+    for mut file in &files {
+        file.write_all(b"data")?;
+    }
+    ensure!(
+        open_fds() >= baseline + files.len(),
+        "the daemon does not hold the files open: {} fds, {baseline} before",
+        open_fds()
+    );
+    drop(files);
+    wait_until(
+        "the daemon to close the handles closed through the mount",
+        Duration::from_secs(2),
+        || open_fds() <= baseline,
+    )?;
+    h.unmount()
+}
+
 /// Closes `fd` and returns what `close` said (dropping a `File` ignores it).
 fn close(file: fs::File) -> std::io::Result<()> {
     let fd = file.into_raw_fd();
