@@ -778,7 +778,9 @@ impl BridgeFs {
         reply: ReplyEntry,
     ) {
         let mutation = self.inner.mutation();
-        let target = self.child(parent, name).map(|(s, path)| (s, make(path)));
+        let target = self.child(parent, name);
+        let path = target.as_ref().map(|(_, p)| p.clone()).unwrap_or_default();
+        let target = target.map(|(s, path)| (s, make(path)));
         let binding = self.inner.binding(parent.0, name.as_bytes());
         self.remote(
             caller(req),
@@ -789,7 +791,7 @@ impl BridgeFs {
                 match r {
                     Reply::Attr(attr) => {
                         let (name, ttl) = (&binding.name, answered.ttl);
-                        let from = EntryFrom::Made(&answered.session, answered.since);
+                        let from = EntryFrom::Made(&answered.session, answered.since, &path);
                         let entry = inner.reply_entry(parent.0, name, &attr, ttl, reply, from);
                         if entry.is_some() {
                             binding.bound();
@@ -1087,9 +1089,9 @@ enum EntryFrom<'a> {
     /// A lookup that started at this generation and attribute epoch of the session: the attributes
     /// are remembered (before the kernel can forget the inode again, see [`Inner::keep_attrs`]).
     Lookup(&'a Session, u64, u64),
-    /// A call that made the node, started at this generation of the session: a directory's names
-    /// are then followed (see [`crate::made_dirs`]).
-    Made(&'a Session, u64),
+    /// A call that made the node at this path, started at this generation of the session: a
+    /// directory's names are then followed (see [`crate::made_dirs`]).
+    Made(&'a Session, u64, &'a WirePath),
 }
 
 /// What a successful remote call hands to its continuation.
@@ -1128,10 +1130,11 @@ impl Inner {
         }
     }
 
-    /// Remembers that `ino` has no [`CAPABILITY_XATTR`], learned by a request that started at
-    /// invalidation generation `since`: recorded first, then dropped again if the session is not
-    /// watched or an invalidation crossed the request (one after the check finds the record).
-    fn no_capability_known(&self, ino: u64, session: &Session, since: u64) {
+    /// Remembers that `ino` (at `path`) has no [`CAPABILITY_XATTR`], learned by a request that
+    /// started at invalidation generation `since`: recorded first, then dropped again if the session
+    /// is not watched or a change that may concern the file crossed the request (one after the check
+    /// finds the record).
+    fn no_capability_known(&self, ino: u64, session: &Session, since: u64, path: &WirePath) {
         {
             let mut known = lock(&self.no_capability);
             if known.len() >= NO_CAPABILITY_MAX {
@@ -1139,7 +1142,7 @@ impl Inner {
             }
             known.insert(ino);
         }
-        if !session.current_since(since) {
+        if !session.is_watched() || session.changed_since(since, path) {
             lock(&self.no_capability).remove(&ino);
         }
     }
@@ -1208,7 +1211,7 @@ impl Inner {
                 Invalidation::Changes(id, changes) | Invalidation::Late(id, changes) => {
                     let again = matches!(work, Invalidation::Late(..));
                     let (mut inodes, mut entries) = (Vec::new(), Vec::new());
-                    for change in changes {
+                    for change in changes.iter() {
                         let mut recent = false;
                         match change {
                             Change::Node { path } => {
@@ -1355,7 +1358,7 @@ impl Inner {
             let (sessions, id) = (self.sessions.clone(), id.clone());
             self.rt.spawn(async move {
                 tokio::time::sleep(crate::replied::LATE_DELAY).await;
-                sessions.invalidate(Invalidation::Late(id, late));
+                sessions.invalidate(Invalidation::Late(id, late.into()));
             });
         }
     }
@@ -1475,7 +1478,7 @@ impl Inner {
     ) -> Option<u64> {
         let (remember, made) = match from {
             EntryFrom::Lookup(session, since, epoch) => (Some((session, since, epoch)), None),
-            EntryFrom::Made(session, since) => (None, Some((session, since))),
+            EntryFrom::Made(session, since, path) => (None, Some((session, since, path))),
         };
         let ino = {
             // Recorded while the table is locked: an invalidation that finds the node learned
@@ -1484,9 +1487,12 @@ impl Inner {
             let ino = table.learn(parent, name, attr);
             if let Some(ino) = ino {
                 lock(&self.replied).inode(ino, Instant::now());
-                // A directory this call made, with no change event while it ran: empty (see
-                // `crate::made_dirs`). Before the reply, so every name bound in it is recorded.
-                let made = made.filter(|(session, since)| session.generation() == *since);
+                // A directory this call made, with no change event about it while it ran: empty
+                // (see `crate::made_dirs`). Before the reply, so every name bound in it is
+                // recorded.
+                let made = made.filter(|(session, since, path)| {
+                    session.is_watched() && !session.changed_since(*since, path)
+                });
                 if made.is_some() && attr.file_type() == S_IFDIR {
                     lock(&self.made_dirs).made(ino);
                 }
@@ -2559,9 +2565,9 @@ impl fuser::Filesystem for BridgeFs {
         reply: ReplyCreate,
     ) {
         let mutation = self.inner.mutation();
-        let target = self
-            .child(parent, name)
-            .map(|(s, path)| (s, Request::Create { path, mode, flags }));
+        let target = self.child(parent, name);
+        let path = target.as_ref().map(|(_, p)| p.clone()).unwrap_or_default();
+        let target = target.map(|(s, path)| (s, Request::Create { path, mode, flags }));
         let binding = self.inner.binding(parent.0, name.as_bytes());
         self.remote(
             caller(req),
@@ -2583,7 +2589,7 @@ impl fuser::Filesystem for BridgeFs {
                     binding.bound();
                     if flags & libc::O_EXCL != 0 {
                         // This call made the file: it has no extended attributes, so no capability.
-                        inner.no_capability_known(ino, &answered.session, answered.since);
+                        inner.no_capability_known(ino, &answered.session, answered.since, &path);
                     }
                     let remote = RemoteHandle {
                         conn: answered.conn,
@@ -2592,13 +2598,13 @@ impl fuser::Filesystem for BridgeFs {
                     let (session, since) = (answered.session.clone(), answered.since);
                     // Its later attribute changes may be sent behind its writes while nothing
                     // else changes it; from here only if nothing could come between (as for
-                    // keeping a change's own reply, see `Mutation::end`), no change event
-                    // included (one about the file could not be matched to it yet).
+                    // keeping a change's own reply, see `Mutation::end`), no change event about
+                    // the file included (one could not be matched to it yet).
                     let known = (deferrable(flags)
                         && mutation.only_writes_before
                         && session.is_watched()
-                        && session.generation() == since)
-                        .then(|| Known::new(attr, mutation.number));
+                        && !session.changed_since(since, &path))
+                    .then(|| Known::new(attr, mutation.number));
                     let fh =
                         inner.add_file(ino, answered.session, flags, Some(remote), None, known);
                     let attr = file_attr(ino, &attr);
@@ -3223,14 +3229,14 @@ impl BridgeFs {
         self.spawn(async move {
             let since = session.generation();
             let request = Request::GetXattr {
-                path,
+                path: path.clone(),
                 name: CAPABILITY_XATTR.to_vec(),
                 size,
             };
             match inner.sessions.call(&session, caller, request).await {
                 Ok((r, _)) => xattr_answer(&inner, r, reply),
                 Err(e) if e.errno == errno::ENODATA => {
-                    inner.no_capability_known(ino.0, &session, since);
+                    inner.no_capability_known(ino.0, &session, since, &path);
                     if lock(&inner.attrs).epoch() != epoch {
                         lock(&inner.no_capability).remove(&ino.0);
                     }

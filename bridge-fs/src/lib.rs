@@ -1,6 +1,8 @@
 //! The host-side bridge: one FUSE file system that shows every session under its root.
 //!
 //! - [`config`] owns the tunables (timeouts, kernel cache TTLs, threads) and the certificate files.
+//! - [`crossed`] keeps a session's recent change batches, so a request that crossed some can tell
+//!   whether they concern its path.
 //! - [`session`] owns the per-session connection: resolving the endpoint through the registry, dialing
 //!   with mutual TLS, reusing one QUIC connection, and bounding every request in time.
 //! - [`inodes`] owns the inode table: stable FUSE inode numbers, lookup counts, and the
@@ -20,6 +22,7 @@
 //!   [`mountinfo`] reads the mount table (where the bridge is mounted).
 
 pub mod config;
+pub mod crossed;
 pub mod fs;
 pub mod heads_ahead;
 pub mod inodes;

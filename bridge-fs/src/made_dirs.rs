@@ -3,9 +3,9 @@
 //! every name before it creates it; in a directory made a moment ago through the mount the answer is
 //! known.
 //!
-//! A record starts empty when a `mkdir` through the mount succeeds with no change event of its
-//! session arriving while it ran (a change inside the new directory before the bridge knew its inode
-//! could not be matched to it). From then on every name the mount may bind in it (create, mkdir,
+//! A record starts empty when a `mkdir` through the mount succeeds with no change event about the
+//! new directory (or anything below it, see [`crate::crossed`]) arriving while it ran: such a change
+//! could not be matched to the directory before the bridge knew its inode. From then on every name the mount may bind in it (create, mkdir,
 //! symlink, mknod, link, the target of a rename) is added before the request is sent, success or
 //! not, and every name a change event reports in it is added unless the event says the name is
 //! missing: the set only ever grows, so it never hides a name that exists (names removed stay in it

@@ -21,12 +21,13 @@ use std::time::{Duration, Instant};
 use sessionfs_pki::wire::{read_frame, write_frame};
 use sessionfs_proto::{
     errno, BatchedChange, Caller, Change, ErrorReply, Reply, Request, RequestFrame, ResponseFrame,
-    SetAttrs, WatchFrame,
+    SetAttrs, WatchFrame, WirePath,
 };
 use sessionfs_registry::{Registry, SessionId, SessionRecord, SessionState, OWNER_LABEL};
 use tracing::{debug, info, warn};
 
 use crate::config::BridgeConfig;
+use crate::crossed::RecentChanges;
 use crate::write_behind::{Carried, Turn, WriteBehind};
 
 /// After a failed dial, further requests fail fast with the same error for this long.
@@ -43,6 +44,8 @@ pub struct Session {
     /// Bumped by every invalidation of this session: a reply built from data fetched before an
     /// invalidation must not be cached for long (see `fs.rs`).
     generation: AtomicU64,
+    /// What moved the generation lately (see [`crate::crossed`]).
+    recent: Mutex<RecentChanges>,
     /// Writes acknowledged to the kernel and not yet written (see [`crate::write_behind`]): every
     /// request to the session carries them or waits for them.
     pub write_behind: WriteBehind,
@@ -52,10 +55,10 @@ pub struct Session {
 #[derive(Debug)]
 pub enum Invalidation {
     /// Forget what the kernel cached for these changes in the session.
-    Changes(SessionId, Vec<Change>),
+    Changes(SessionId, Arc<[Change]>),
     /// The changes again, a moment later: they touched entries a lookup had just answered, which
     /// the kernel may not have had yet the first time (see [`crate::replied`]).
-    Late(SessionId, Vec<Change>),
+    Late(SessionId, Arc<[Change]>),
     /// Forget everything the kernel cached for the session (overflow, reconnect, restart).
     Reset(SessionId),
     /// Forget the attributes, pages and cached listing of one inode (a directory listing the kernel
@@ -492,7 +495,7 @@ async fn watch(
     let id = session.id.clone();
     let reset = |why: &str| {
         debug!(session = %id, "invalidating the session's cached data: {why}");
-        session.generation.fetch_add(1, Ordering::AcqRel);
+        session.moved(None);
         let _ = tx.send(Invalidation::Reset(id.clone()));
     };
     reset("new connection");
@@ -514,11 +517,12 @@ async fn watch(
                     session.watching.store(true, Ordering::Release);
                     // A reply read before the daemon subscribed may predate a change it will never
                     // report: requests under way now must not count as fresh.
-                    session.generation.fetch_add(1, Ordering::AcqRel);
+                    session.moved(None);
                     debug!(session = %id, "watching the session's changes");
                 }
                 WatchFrame::Changes(changes) => {
-                    session.generation.fetch_add(1, Ordering::AcqRel);
+                    let changes: Arc<[Change]> = changes.into();
+                    session.moved(Some(changes.clone()));
                     let _ = tx.send(Invalidation::Changes(id.clone(), changes));
                 }
                 WatchFrame::Overflow => reset("the daemon's change queue overflowed"),
@@ -634,6 +638,7 @@ impl Session {
             dial_lock: tokio::sync::Mutex::new(None),
             watching: AtomicBool::new(false),
             generation: AtomicU64::new(base),
+            recent: Mutex::new(RecentChanges::default()),
             write_behind: WriteBehind::default(),
         }
     }
@@ -652,6 +657,20 @@ impl Session {
     /// invalidation may have crossed it.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// Moves the invalidation generation because of `changes` (`None`: anything may have changed).
+    fn moved(&self, changes: Option<Arc<[Change]>>) {
+        let mut recent = lock(&self.recent);
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        recent.record(generation, changes);
+    }
+
+    /// Whether a change that arrived since invalidation generation `since` may concern the node at
+    /// `path` (see [`crate::crossed`]).
+    pub fn changed_since(&self, since: u64, path: &WirePath) -> bool {
+        let recent = lock(&self.recent);
+        recent.concern(since, self.generation(), path)
     }
 
     /// Whether what a request that started at invalidation generation `since` learned is still known

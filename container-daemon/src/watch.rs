@@ -213,17 +213,22 @@ fn trim_heap() {
 
 /// The changes one inotify event stands for.
 fn add_changes(root: &Path, event: &Event, out: &mut Vec<Change>, seen: &mut HashSet<Change>) {
-    // (entry: a name in its directory changed; data: only the file's content changed)
-    let (entry, data) = match event.kind {
+    // (entry: a name in its directory changed; data: only the file's content changed; node: the
+    // node itself changed)
+    let (entry, data, node) = match event.kind {
         // Writes (IN_MODIFY) and the close after them; attribute and xattr changes are IN_ATTRIB.
         EventKind::Access(AccessKind::Close(AccessMode::Write))
-        | EventKind::Modify(ModifyKind::Data(_)) => (false, true),
+        | EventKind::Modify(ModifyKind::Data(_)) => (false, true, false),
         // Opening and reading change nothing cached.
         EventKind::Access(_) => return,
-        EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)) => {
-            (true, false)
-        }
-        EventKind::Modify(_) | EventKind::Any | EventKind::Other => (false, false),
+        // A node just made has nothing cached of its own: its name's entry covers it (a hard link,
+        // which changes an existing node's link count, comes with an IN_ATTRIB of that node). Not
+        // reporting it keeps what the bridge learned from its own create (see
+        // `bridge-fs/src/known.rs`).
+        EventKind::Create(_) => (true, false, false),
+        // A removed or moved node's link count or change time moved.
+        EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)) => (true, false, true),
+        EventKind::Modify(_) | EventKind::Any | EventKind::Other => (false, false, true),
     };
     for path in &event.paths {
         let Ok(rel) = path.strip_prefix(root) else {
@@ -251,7 +256,7 @@ fn add_changes(root: &Path, event: &Event, out: &mut Vec<Change>, seen: &mut Has
         }
         if data {
             push(Change::Data { path: wire });
-        } else {
+        } else if node {
             push(Change::Node { path: wire });
         }
     }
@@ -347,7 +352,7 @@ mod tests {
         );
         assert_eq!(
             changes(EventKind::Create(CreateKind::File), &["/ws/a/f"]),
-            vec![entry("a", "f"), node("a"), node("a/f")]
+            vec![entry("a", "f"), node("a")]
         );
         assert_eq!(
             changes(

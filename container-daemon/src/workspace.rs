@@ -597,12 +597,17 @@ impl Workspace {
         );
         let fd = match created {
             Ok(fd) => {
-                // Only a file this call created gets the caller's ownership, through its descriptor.
+                // Only a file this call created gets the caller's ownership, through its descriptor;
+                // not again when it has it already (a chown is a change event of its own, which
+                // would end what the bridge knows of the new file).
                 if let Some((uid, gid)) = self.owner_for(dir.as_fd(), caller).map_err(f)? {
-                    rfs::fchown(&fd, Some(uid), Some(gid)).map_err(f)?;
-                    // chown clears set-user-ID and set-group-ID bits; the caller asked for them.
-                    if mode & 0o6000 != 0 {
-                        rfs::fchmod(&fd, Mode::from_raw_mode(mode & 0o7777)).map_err(f)?;
+                    let made = statx_fd(fd.as_fd()).map_err(f)?;
+                    if (made.uid, made.gid) != (uid.as_raw(), gid.as_raw()) {
+                        rfs::fchown(&fd, Some(uid), Some(gid)).map_err(f)?;
+                        // chown clears set-user-ID and set-group-ID bits; the caller asked for them.
+                        if mode & 0o6000 != 0 {
+                            rfs::fchmod(&fd, Mode::from_raw_mode(mode & 0o7777)).map_err(f)?;
+                        }
                     }
                 }
                 fd
