@@ -786,19 +786,26 @@ impl BridgeFs {
             caller(req),
             target,
             reply,
-            move |inner, answered, r, reply| {
-                let _mutation = mutation;
-                match r {
-                    Reply::Attr(attr) => {
-                        let (name, ttl) = (&binding.name, answered.ttl);
-                        let from = EntryFrom::Made(&answered.session, answered.since, &path);
-                        let entry = inner.reply_entry(parent.0, name, &attr, ttl, reply, from);
-                        if entry.is_some() {
-                            binding.bound();
-                        }
+            move |inner, answered, r, reply| match (r, mutation) {
+                (
+                    Reply::Made {
+                        attr,
+                        parent: dir_attr,
+                    },
+                    mutation,
+                ) => {
+                    // The kernel asks for the directory's attributes next (it dropped them); kept
+                    // before it has the reply, so that no change it makes next can come between.
+                    let session = &answered.session;
+                    inner.keep_own_reply(mutation, session, answered.since, parent.0, dir_attr);
+                    let (name, ttl) = (&binding.name, answered.ttl);
+                    let from = EntryFrom::Made(session, answered.since, &path);
+                    let entry = inner.reply_entry(parent.0, name, &attr, ttl, reply, from);
+                    if entry.is_some() {
+                        binding.bound();
                     }
-                    other => reply.fail(unexpected(&other)),
                 }
+                (other, _mutation) => reply.fail(unexpected(&other)),
             },
         );
     }
@@ -2607,6 +2614,10 @@ impl fuser::Filesystem for BridgeFs {
                     .then(|| Known::new(attr, mutation.number));
                     let fh =
                         inner.add_file(ino, answered.session, flags, Some(remote), None, known);
+                    // The kernel asks for the directory's attributes next (it dropped them); kept
+                    // before it has the reply, so that no change it makes next (a write to the
+                    // file) can come between.
+                    inner.keep_own_reply(mutation, &session, since, parent.0, dir_attr);
                     let attr = file_attr(ino, &attr);
                     reply.created(
                         &answered.ttl,
@@ -2615,8 +2626,6 @@ impl fuser::Filesystem for BridgeFs {
                         FileHandle(fh),
                         FopenFlags::empty(),
                     );
-                    // The kernel asks for the directory's attributes next (it dropped them).
-                    inner.keep_own_reply(mutation, &session, since, parent.0, dir_attr);
                 }
                 (other, _mutation) => reply.fail(unexpected(&other)),
             },

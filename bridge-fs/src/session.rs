@@ -450,7 +450,7 @@ fn inbound(map: Option<OwnerMap>, mut reply: Reply) -> Reply {
     };
     match &mut reply {
         Reply::Attr(a) | Reply::Opened { attr: a, .. } => fix(a),
-        Reply::Created { attr, parent, .. } => {
+        Reply::Created { attr, parent, .. } | Reply::Made { attr, parent } => {
             fix(attr);
             fix(parent);
         }

@@ -20,8 +20,8 @@ use std::time::Duration;
 use sessionfs_pki::wire::{read_last_frame, write_frame, WireError};
 use sessionfs_pki::{PeerRole, TransportTuning};
 use sessionfs_proto::{
-    errno, BatchedChange, ErrorReply, FailedWrite, Hello, HelloReply, Reply, Request, RequestFrame,
-    ResponseFrame, WirePath, PROTOCOL_VERSION,
+    errno, Attr, BatchedChange, ErrorReply, FailedWrite, Hello, HelloReply, Reply, Request,
+    RequestFrame, ResponseFrame, WirePath, PROTOCOL_VERSION,
 };
 use tracing::{debug, info, warn};
 
@@ -423,8 +423,8 @@ pub fn dispatch(
             handles.remove(fh)?;
             Reply::Empty
         }
-        Request::Mkdir { path, mode } => Reply::Attr(ws.mkdir(&path, mode, caller)?),
-        Request::Mknod { path, kind, mode } => Reply::Attr(ws.mknod(&path, kind, mode, caller)?),
+        Request::Mkdir { path, mode } => made(ws.mkdir(&path, mode, caller)?),
+        Request::Mknod { path, kind, mode } => made(ws.mknod(&path, kind, mode, caller)?),
         Request::Unlink { path } => {
             ws.unlink(&path)?;
             Reply::Empty
@@ -437,10 +437,10 @@ pub fn dispatch(
             ws.rename(&from, &to, flags)?;
             Reply::Empty
         }
-        Request::Symlink { path, target } => Reply::Attr(ws.symlink(&path, &target, caller)?),
+        Request::Symlink { path, target } => made(ws.symlink(&path, &target, caller)?),
         Request::Readlink { path } => Reply::Data(ws.readlink(&path)?),
         Request::ReadHeads { path, max_each } => Reply::Heads(ws.read_heads(&path, max_each)?),
-        Request::Link { from, to } => Reply::Attr(ws.link(&from, &to)?),
+        Request::Link { from, to } => made(ws.link(&from, &to)?),
         Request::StatFs => Reply::StatFs(ws.statfs()?),
         Request::GetXattr { path, name, size } => xattr(ws.getxattr(&path, &name, size)?),
         Request::ListXattr { path, size } => xattr(ws.listxattr(&path, size)?),
@@ -470,6 +470,11 @@ pub fn dispatch(
 
 /// Applies a batch's writes in order, skipping the later writes of a handle whose write failed, then
 /// runs its `then` request whatever they did.
+/// The reply to a call that made a node: its attributes and its directory's.
+fn made((attr, parent): (Attr, Attr)) -> Reply {
+    Reply::Made { attr, parent }
+}
+
 fn dispatch_batch(
     ws: &Workspace,
     handles: &Handles,

@@ -179,6 +179,11 @@ fn read_at(fd: BorrowedFd<'_>, offset: u64, size: u32) -> std::result::Result<Ve
     Ok(buf)
 }
 
+/// The attributes of `dir/name`, just made, and of `dir` after it.
+fn made(dir: BorrowedFd<'_>, name: &OsStr) -> std::result::Result<(Attr, Attr), Errno> {
+    Ok((statx_at(dir, name)?, statx_fd(dir)?))
+}
+
 fn statx_fd(fd: BorrowedFd<'_>) -> std::result::Result<Attr, Errno> {
     let st = rfs::statx(
         fd,
@@ -299,10 +304,11 @@ impl Workspace {
         caller: Caller,
     ) -> std::result::Result<(), Errno> {
         match self.owner_for(dir, caller)? {
-            Some((uid, gid)) => {
+            // Not again when it has that owner already: a chown is a change event of its own.
+            Some((uid, gid)) if statx_at(dir, name)?.uid_gid() != (uid.as_raw(), gid.as_raw()) => {
                 rfs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
             }
-            None => Ok(()),
+            _ => Ok(()),
         }
     }
 
@@ -601,8 +607,7 @@ impl Workspace {
                 // not again when it has it already (a chown is a change event of its own, which
                 // would end what the bridge knows of the new file).
                 if let Some((uid, gid)) = self.owner_for(dir.as_fd(), caller).map_err(f)? {
-                    let made = statx_fd(fd.as_fd()).map_err(f)?;
-                    if (made.uid, made.gid) != (uid.as_raw(), gid.as_raw()) {
+                    if statx_fd(fd.as_fd()).map_err(f)?.uid_gid() != (uid.as_raw(), gid.as_raw()) {
                         rfs::fchown(&fd, Some(uid), Some(gid)).map_err(f)?;
                         // chown clears set-user-ID and set-group-ID bits; the caller asked for them.
                         if mode & 0o6000 != 0 {
@@ -684,12 +689,13 @@ impl Workspace {
         .map_err(f)
     }
 
-    pub fn mkdir(&self, path: &WirePath, mode: u32, caller: Caller) -> Result<Attr> {
+    /// Makes a directory; returns its attributes and its parent's after it.
+    pub fn mkdir(&self, path: &WirePath, mode: u32, caller: Caller) -> Result<(Attr, Attr)> {
         let f = |e| fail("mkdir", path, e);
         let (dir, name) = self.parent("mkdir", path)?;
         rfs::mkdirat(&dir, name, Mode::from_raw_mode(mode & 0o7777)).map_err(f)?;
         self.own(dir.as_fd(), name, caller).map_err(f)?;
-        statx_at(dir.as_fd(), name).map_err(f)
+        made(dir.as_fd(), name).map_err(f)
     }
 
     pub fn mknod(
@@ -698,7 +704,7 @@ impl Workspace {
         kind: NodeKind,
         mode: u32,
         caller: Caller,
-    ) -> Result<Attr> {
+    ) -> Result<(Attr, Attr)> {
         let f = |e| fail("mknod", path, e);
         let (dir, name) = self.parent("mknod", path)?;
         let (file_type, rdev) = match kind {
@@ -717,7 +723,7 @@ impl Workspace {
         )
         .map_err(f)?;
         self.own(dir.as_fd(), name, caller).map_err(f)?;
-        statx_at(dir.as_fd(), name).map_err(f)
+        made(dir.as_fd(), name).map_err(f)
     }
 
     pub fn unlink(&self, path: &WirePath) -> Result<()> {
@@ -745,7 +751,7 @@ impl Workspace {
             .map_err(|e| fail("rename", from, e))
     }
 
-    pub fn symlink(&self, path: &WirePath, target: &[u8], caller: Caller) -> Result<Attr> {
+    pub fn symlink(&self, path: &WirePath, target: &[u8], caller: Caller) -> Result<(Attr, Attr)> {
         let f = |e| fail("symlink", path, e);
         if target.is_empty() || target.len() > MAX_SYMLINK_LEN || target.contains(&0) {
             return Err(ErrorReply::new(
@@ -757,7 +763,7 @@ impl Workspace {
         // The target is stored as given; the daemon never follows it.
         rfs::symlinkat(os(target), &dir, name).map_err(f)?;
         self.own(dir.as_fd(), name, caller).map_err(f)?;
-        statx_at(dir.as_fd(), name).map_err(f)
+        made(dir.as_fd(), name).map_err(f)
     }
 
     pub fn readlink(&self, path: &WirePath) -> Result<Vec<u8>> {
@@ -767,13 +773,13 @@ impl Workspace {
             .map_err(|e| fail("readlink", path, e))
     }
 
-    pub fn link(&self, from: &WirePath, to: &WirePath) -> Result<Attr> {
+    pub fn link(&self, from: &WirePath, to: &WirePath) -> Result<(Attr, Attr)> {
         let f = |e| fail("link", from, e);
         let (from_dir, from_name) = self.parent("link", from)?;
         let (to_dir, to_name) = self.parent("link", to)?;
         // No AT_SYMLINK_FOLLOW: a symlink is linked as itself, never its target.
         rfs::linkat(&from_dir, from_name, &to_dir, to_name, AtFlags::empty()).map_err(f)?;
-        statx_at(to_dir.as_fd(), to_name).map_err(f)
+        made(to_dir.as_fd(), to_name).map_err(f)
     }
 
     pub fn statfs(&self) -> Result<StatFs> {

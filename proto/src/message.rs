@@ -419,6 +419,11 @@ impl Attr {
     pub fn file_type(&self) -> u32 {
         self.mode & S_IFMT
     }
+
+    /// Owner and group.
+    pub fn uid_gid(&self) -> (u32, u32) {
+        (self.uid, self.gid)
+    }
 }
 
 /// One directory entry with its attributes.
@@ -462,6 +467,12 @@ pub enum Reply {
         attr: Attr,
         #[serde(with = "serde_bytes")]
         head: Vec<u8>,
+    },
+    /// The node a `Mkdir`, `Mknod`, `Symlink` or `Link` made, and its directory's attributes after it
+    /// (the kernel asks for them next).
+    Made {
+        attr: Attr,
+        parent: Attr,
     },
     /// A created (or, without `O_EXCL`, opened) file: its handle and attributes, and its directory's
     /// attributes after the create (the kernel asks for them next).

@@ -324,8 +324,9 @@ fn inode_numbers_survive_a_remount() -> Result<()> {
 }
 
 /// What the mount shows right after a change through it (a create, a `chmod`, a `chown`, a
-/// truncate, `utimes`) is what the session holds: the bridge answers the kernel's next `stat` of the
-/// file, and of the directory a create changed, from the change's own reply, never from before it.
+/// truncate, `utimes`, a `mkdir`, `symlink` or `link`) is what the session holds: the bridge answers
+/// the kernel's next `stat` of the file, and of the directory a create, mkdir, symlink or link
+/// changed, from the change's own reply, never from before it.
 #[test]
 fn stat_right_after_a_change_through_the_mount_shows_the_session_state() -> Result<()> {
     let mut h = Harness::new()?;
@@ -387,6 +388,16 @@ fn stat_right_after_a_change_through_the_mount_shows_the_session_state() -> Resu
         );
         same(&name)?;
         same("d")?;
+        // A directory, a symlink and a hard link made in it: their replies carry the directory's
+        // attributes, which the kernel asks for next.
+        fs::create_dir(h.path("own", &format!("d/sub{i}")))?;
+        same("d")?;
+        same(&format!("d/sub{i}"))?;
+        std::os::unix::fs::symlink("target", h.path("own", &format!("d/link{i}")))?;
+        same("d")?;
+        fs::hard_link(h.path("own", &name), h.path("own", &format!("d/hard{i}")))?;
+        same("d")?;
+        same(&name)?;
     }
     h.unmount()
 }
