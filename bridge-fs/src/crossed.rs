@@ -56,7 +56,7 @@ impl RecentChanges {
 /// Whether `change` may concern the node at `path`.
 fn touches(change: &Change, path: &[u8]) -> bool {
     match change {
-        Change::Node { path: p } | Change::Data { path: p } => within(p.as_bytes(), path),
+        Change::Node { path: p, .. } | Change::Data { path: p } => within(p.as_bytes(), path),
         Change::Entry { dir, name, now } => match dir.join(name) {
             Ok(full) if within(full.as_bytes(), path) => true,
             Ok(full) => within(path, full.as_bytes()) && !matches!(now, EntryNow::Node(_)),
@@ -99,7 +99,13 @@ mod tests {
             Some(Arc::from(vec![Change::Data { path: wp("a/b/c2") }])),
         );
         // A node's attributes (a/b's) do not concern what is inside it.
-        r.record(13, Some(Arc::from(vec![Change::Node { path: wp("a/b") }])));
+        r.record(
+            13,
+            Some(Arc::from(vec![Change::Node {
+                path: wp("a/b"),
+                now: None,
+            }])),
+        );
         let path = wp("a/b/c");
         assert!(!r.concern(10, 13, &path));
         assert!(!r.concern(13, 13, &path));
@@ -125,6 +131,7 @@ mod tests {
             17,
             Some(Arc::from(vec![Change::Node {
                 path: wp("a/b/c/d"),
+                now: None,
             }])),
         );
         assert!(r.concern(16, 17, &path), "below it");

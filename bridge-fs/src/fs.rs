@@ -375,6 +375,9 @@ struct Inner {
     replied: Mutex<Replied>,
     /// Directories the mount made and the names that may exist in them (see [`crate::made_dirs`]).
     made_dirs: Mutex<MadeDirs>,
+    /// Per file inode, the open handle that created it and may know its attributes (see
+    /// [`crate::known`]); until that handle is released.
+    knowing: Mutex<HashMap<u64, u64>>,
     /// Changes through the mount started so far, and those under way that are writes acknowledged
     /// early (see [`Mutation`]).
     started: AtomicU64,
@@ -546,6 +549,7 @@ impl BridgeFs {
                 lookups_ahead: Mutex::new(Walk::default()),
                 replied: Mutex::new(Replied::default()),
                 made_dirs: Mutex::new(MadeDirs::default()),
+                knowing: Mutex::new(HashMap::new()),
                 started: AtomicU64::new(0),
                 deferred: std::sync::atomic::AtomicUsize::new(0),
                 mutating: std::sync::atomic::AtomicUsize::new(0),
@@ -678,12 +682,15 @@ impl BridgeFs {
     /// An open handle of `ino` that knows the file's attributes (see [`crate::known`]), with its
     /// daemon handle on a live connection.
     fn knowing_handle(&self, ino: INodeNo) -> Option<(u64, Arc<OpenFile>, RemoteHandle)> {
-        let files = lock(&self.inner.files);
-        files.iter().find_map(|(&fh, f)| {
-            let remote = f.remote.get().filter(|r| r.conn.close_reason().is_none())?;
-            let knows = f.ino == ino.0 && lock(&f.known).is_some();
-            knows.then(|| (fh, f.clone(), remote.clone()))
-        })
+        let fh = *lock(&self.inner.knowing).get(&ino.0)?;
+        let file = lock(&self.inner.files).get(&fh).cloned()?;
+        let remote = file
+            .remote
+            .get()
+            .filter(|r| r.conn.close_reason().is_none())?
+            .clone();
+        let knows = file.ino == ino.0 && lock(&file.known).is_some();
+        knows.then_some((fh, file, remote))
     }
 
     /// The attributes of `ino` as the changes through an open handle that created it will leave
@@ -1221,8 +1228,21 @@ impl Inner {
                     for change in changes.iter() {
                         let mut recent = false;
                         match change {
-                            Change::Node { path } => {
+                            Change::Node { path, now } => {
                                 if let Some(ino) = table.find(id.as_str(), path) {
+                                    // A directory with the attributes the bridge last answered
+                                    // for it: the echo of a change through the mount, whose reply
+                                    // said them. (Its listing's changes come as entry changes.)
+                                    if now.is_some_and(|now| {
+                                        lock(&self.attrs).get(ino).is_some_and(|told| {
+                                            Attr {
+                                                atime: now.atime,
+                                                ..told
+                                            } == now
+                                        })
+                                    }) {
+                                        continue;
+                                    }
                                     inodes.push(ino);
                                     other_change.insert(ino);
                                     recent = replied.inode_is_recent(ino, at);
@@ -1260,15 +1280,22 @@ impl Inner {
                                         if table.still_names(dir, name, node));
                                     if !same {
                                         // The name was moved or replaced: the node it named
-                                        // changed too (its change time, its links).
+                                        // changed too (its change time, its links), and the
+                                        // directory's listing.
                                         touched.push(child);
                                         entries.push((dir, name.clone()));
+                                        inodes.push(dir);
+                                        other_change.insert(dir);
                                     }
                                     recent = replied.inode_is_recent(child, at);
                                 } else {
                                     if negative {
                                         missing.push((dir, name.clone()));
                                     }
+                                    // A name the kernel was not told of: the directory's listing
+                                    // (which the kernel may cache) changed.
+                                    inodes.push(dir);
+                                    other_change.insert(dir);
                                     recent = replied.missing_is_recent(dir, name, at);
                                 }
                             }
@@ -1537,6 +1564,9 @@ impl Inner {
         known: Option<Known>,
     ) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        if known.is_some() {
+            lock(&self.knowing).insert(ino, fh);
+        }
         let file = OpenFile {
             ino,
             session,
@@ -2785,6 +2815,12 @@ impl fuser::Filesystem for BridgeFs {
         let Some(file) = lock(&self.inner.files).remove(&fh.0) else {
             return reply.error(Errno::EBADF);
         };
+        {
+            let mut knowing = lock(&self.inner.knowing);
+            if knowing.get(&file.ino) == Some(&fh.0) {
+                knowing.remove(&file.ino);
+            }
+        }
         // The kernel does not wait on release: answered at once, and the daemon's handle is closed
         // with the session's next request or within the write-behind delay (after the handle's
         // pending changes).

@@ -357,7 +357,8 @@ impl Sessions {
                 *lock(&session.conn) = Some(conn.clone());
                 *last_failure = None;
                 if let Some(tx) = self.invalidations.get() {
-                    tokio::spawn(watch(session.clone(), conn.clone(), tx.clone()));
+                    let map = self.owner_map(session);
+                    tokio::spawn(watch(session.clone(), conn.clone(), tx.clone(), map));
                 }
             }
             Err(e) => {
@@ -414,6 +415,12 @@ struct OwnerMap {
 }
 
 impl OwnerMap {
+    /// Attributes as the host sees them: the workspace owner becomes the mounting user.
+    fn attr_in(&self, a: &mut sessionfs_proto::Attr) {
+        a.uid = swap(a.uid, self.remote.0, self.local.0);
+        a.gid = swap(a.gid, self.remote.1, self.local.1);
+    }
+
     /// An attribute change as the session sees it: the mounting user becomes the workspace owner.
     fn attrs_out(&self, attrs: &mut SetAttrs) {
         attrs.uid = attrs.uid.map(|u| swap(u, self.local.0, self.remote.0));
@@ -444,10 +451,7 @@ fn outbound(map: Option<OwnerMap>, mut caller: Caller, mut request: Request) -> 
 /// The reply as the host sees it: the workspace owner becomes the mounting user.
 fn inbound(map: Option<OwnerMap>, mut reply: Reply) -> Reply {
     let Some(m) = map else { return reply };
-    let fix = |a: &mut sessionfs_proto::Attr| {
-        a.uid = swap(a.uid, m.remote.0, m.local.0);
-        a.gid = swap(a.gid, m.remote.1, m.local.1);
-    };
+    let fix = |a: &mut sessionfs_proto::Attr| m.attr_in(a);
     match &mut reply {
         Reply::Attr(a) | Reply::Opened { attr: a, .. } => fix(a),
         Reply::Created { attr, parent, .. } | Reply::Made { attr, parent } => {
@@ -491,6 +495,7 @@ async fn watch(
     session: Arc<Session>,
     conn: quinn::Connection,
     tx: std::sync::mpsc::Sender<Invalidation>,
+    map: Option<OwnerMap>,
 ) {
     let id = session.id.clone();
     let reset = |why: &str| {
@@ -520,7 +525,14 @@ async fn watch(
                     session.moved(None);
                     debug!(session = %id, "watching the session's changes");
                 }
-                WatchFrame::Changes(changes) => {
+                WatchFrame::Changes(mut changes) => {
+                    if let Some(m) = map {
+                        for change in &mut changes {
+                            if let Change::Node { now: Some(a), .. } = change {
+                                m.attr_in(a);
+                            }
+                        }
+                    }
                     let changes: Arc<[Change]> = changes.into();
                     session.moved(Some(changes.clone()));
                     let _ = tx.send(Invalidation::Changes(id.clone(), changes));

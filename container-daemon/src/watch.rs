@@ -188,16 +188,26 @@ async fn batch(
     }
 }
 
-/// Fills in what each entry change's name names now (a lookup beneath the root, as `Lookup` does).
+/// Fills in what each entry change's name names now, and a changed directory's attributes now (a
+/// lookup beneath the root, as `Lookup` does).
 fn look_at_entries(ws: &Workspace, batch: &mut [Change]) {
     for change in batch {
-        if let Change::Entry { dir, name, now } = change {
-            let Ok(path) = dir.join(name) else { continue };
-            *now = match ws.lookup(&path) {
-                Ok(attr) => EntryNow::Node(NodeId::of(&attr)),
-                Err(e) if e.errno == errno::ENOENT => EntryNow::Missing,
-                Err(_) => EntryNow::Unchecked,
-            };
+        match change {
+            Change::Entry { dir, name, now } => {
+                let Ok(path) = dir.join(name) else { continue };
+                *now = match ws.lookup(&path) {
+                    Ok(attr) => EntryNow::Node(NodeId::of(&attr)),
+                    Err(e) if e.errno == errno::ENOENT => EntryNow::Missing,
+                    Err(_) => EntryNow::Unchecked,
+                };
+            }
+            Change::Node { path, now } => {
+                *now = ws
+                    .lookup(path)
+                    .ok()
+                    .filter(|a| a.file_type() == sessionfs_proto::S_IFDIR);
+            }
+            Change::Data { .. } => {}
         }
     }
 }
@@ -251,13 +261,19 @@ fn add_changes(root: &Path, event: &Event, out: &mut Vec<Change>, seen: &mut Has
                     now: EntryNow::Unchecked,
                 });
                 // The directory's size, times and listing changed with it.
-                push(Change::Node { path: dir });
+                push(Change::Node {
+                    path: dir,
+                    now: None,
+                });
             }
         }
         if data {
             push(Change::Data { path: wire });
         } else if node {
-            push(Change::Node { path: wire });
+            push(Change::Node {
+                path: wire,
+                now: None,
+            });
         }
     }
 }
@@ -280,6 +296,7 @@ mod tests {
     fn node(p: &str) -> Change {
         Change::Node {
             path: WirePath::new(p.as_bytes().to_vec()).unwrap(),
+            now: None,
         }
     }
 
@@ -324,7 +341,17 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(batch[2], node("d"));
+        // A directory's attributes come along.
+        match &batch[2] {
+            Change::Node {
+                now: Some(attr), ..
+            } => {
+                use std::os::unix::fs::MetadataExt;
+                let meta = std::fs::symlink_metadata(dir.path().join("d")).expect("stat d");
+                assert_eq!((attr.ino, attr.mtime.secs), (meta.ino(), meta.mtime()));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

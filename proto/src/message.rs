@@ -321,8 +321,11 @@ pub const MAX_WATCH_BATCH: usize = 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Change {
     /// The attributes (and maybe the content) of the node at `path` changed: anything cached about it
-    /// may be stale, its extended attributes included.
-    Node { path: WirePath },
+    /// may be stale, its extended attributes included. For a directory, `now` holds its attributes
+    /// when the batch was sent (looked at beneath the root like `Lookup`), so that the echo of a
+    /// change made through the mount, whose reply already told the bridge those attributes, costs
+    /// nothing; `None` otherwise.
+    Node { path: WirePath, now: Option<Attr> },
     /// The content of the file at `path` changed (written, truncated, or closed after writing), and
     /// with it its size and times, but nothing else: not its mode, owner or extended attributes
     /// (those changes come as [`Change::Node`]). A write cannot give a file a capability, so the
@@ -393,7 +396,7 @@ pub const S_IFCHR: u32 = 0o020000;
 pub const S_IFBLK: u32 = 0o060000;
 
 /// Attributes of a node as the daemon sees them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Attr {
     /// Device and inode number on the daemon's side: together they identify the node.
     pub dev: u64,

@@ -449,6 +449,53 @@ fn a_directory_made_through_the_mount_never_hides_a_name_made_behind_it() -> Res
     h.unmount()
 }
 
+/// The echo of a change made through the mount to a directory costs nothing when the directory's
+/// attributes are still those the bridge answered (`Change::Node.now`); a change made behind the
+/// mount must still show within the bound: a directory's mode and times, and a name in its listing
+/// (the kernel caches listings).
+#[test]
+fn directory_changes_behind_the_mount_show_although_echoes_cost_nothing() -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    let mut h = Harness::new()?;
+    let ws = h.create_session("dirs")?;
+    h.mount()?;
+    let mount = h.path("dirs", "");
+    for round in 0..10u32 {
+        let (dir, behind) = (
+            mount.join(format!("d{round}")),
+            ws.join(format!("d{round}")),
+        );
+        fs::create_dir(&dir)?;
+        fs::write(dir.join("mine"), b"through")?;
+        // The directory's attributes and listing, as the kernel caches them.
+        fs::metadata(&dir)?;
+        assert!(listed(&dir, "mine")?);
+        let mode = 0o700 | (round % 8);
+        fs::set_permissions(&behind, fs::Permissions::from_mode(mode))?;
+        arrives("a directory's mode changed behind the mount", || {
+            Ok(fs::metadata(&dir)?.mode() & 0o7777 == mode)
+        })?;
+        let when = 1_000_000 + i64::from(round);
+        let times = [libc::timespec {
+            tv_sec: when,
+            tv_nsec: 0,
+        }; 2];
+        let path = std::ffi::CString::new(behind.as_os_str().as_bytes())?;
+        // SAFETY: a valid C string and two timespecs.
+        let set = unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) };
+        assert_eq!(set, 0, "utimensat");
+        arrives("a directory's times changed behind the mount", || {
+            Ok(fs::metadata(&dir)?.mtime() == when)
+        })?;
+        fs::write(behind.join("theirs"), b"behind")?;
+        arrives("a name made behind the mount, in the listing", || {
+            listed(&dir, "theirs")
+        })?;
+    }
+    h.unmount()
+}
+
 /// `truncate(2)`: changes the size by path, without opening the file.
 fn truncate(path: &Path, len: i64) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
