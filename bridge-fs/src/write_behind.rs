@@ -1,26 +1,30 @@
-//! Write-behind: writes the bridge acknowledges to the kernel before the daemon has them, and the
-//! ordering that keeps that invisible to every other request.
+//! Write-behind: changes of open files the bridge acknowledges to the kernel before the daemon has
+//! them, and the ordering that keeps that invisible to every other request.
 //!
 //! A `write` on a handle that allows it (written, not `O_APPEND`, `O_SYNC`, `O_DSYNC` or `O_DIRECT`)
-//! is answered at once and kept *pending* in its session; contiguous writes of a handle merge. The
-//! pending writes leave as one [`Request::Batch`](sessionfs_proto::Request::Batch): carried ahead of
-//! the session's next request of any kind (the daemon applies them, then that request: no extra round
-//! trip), or pushed on their own when they fill a batch, a few milliseconds after the first of them,
-//! or when the handle is closed or synced.
+//! is answered at once and kept *pending* in its session; contiguous writes of a handle merge. So are
+//! the attribute changes of a file the mount created and holds open (`fs.rs` decides, from
+//! [`crate::known`]) and the release of a closed handle. The pending changes leave as one
+//! [`Request::Batch`](sessionfs_proto::Request::Batch): carried ahead of the session's next request
+//! of any kind (the daemon applies them, then that request: no extra round trip), or pushed on their
+//! own when they fill a batch, a few milliseconds after the first of them, or when the handle is
+//! closed or synced.
 //!
 //! Invariants (enforced here; `session.rs` sends, `fs.rs` decides what is deferred):
 //! - **One batch on its way per session, and every request waits for it**: a request of the session
 //!   is sent only when no batch is on its way, and carries whatever is pending. So every request sent
-//!   after a write was acknowledged reaches the daemon after that write, as if the write had been
+//!   after a change was acknowledged reaches the daemon after that change, as if it had been
 //!   synchronous: a `stat`, a read through another handle, a rename, a release of the handle.
-//! - **Pending writes fit one batch** ([`MAX_BATCH_BYTES`], [`MAX_BATCH_WRITES`]): a write that does
-//!   not fit waits until the pending ones have left (so the next batch is filled while one is on its
-//!   way). At most two batches' worth of data is acknowledged and not yet written.
-//! - **No error is lost**: a write that failed (or whose batch got no answer) is recorded for its
+//! - **Pending changes fit one batch** ([`MAX_BATCH_BYTES`], [`MAX_BATCH_WRITES`]): a change that
+//!   does not fit waits until the pending ones have left (so the next batch is filled while one is on
+//!   its way). At most two batches' worth of data is acknowledged and not yet written.
+//! - **No error is lost**: a change that failed (or whose batch got no answer) is recorded for its
 //!   handle and returned by the handle's next `write`, `fsync` or `close` (`flush`), as an NFS client
-//!   does; a batch abandoned by a timeout counts as failed, never as landed.
-//! - **Nothing lands past a failed write**: the daemon skips a batch's later writes of a handle whose
-//!   write failed, and writes still pending for a handle with a recorded failure are dropped.
+//!   does; a batch abandoned by a timeout counts as failed, never as landed. A failure its handle can
+//!   no longer report (it was released) is logged.
+//! - **Nothing lands past a failed change**: the daemon skips a batch's later changes of a handle
+//!   whose change failed (except its release, which always closes the daemon's handle), and changes
+//!   still pending for a handle with a recorded failure are dropped.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
