@@ -831,9 +831,14 @@ impl BridgeFs {
             Err(e) => return reply.error(e),
         };
         let name = name.as_bytes().to_vec();
-        // In a directory the mount made, a name it never bound nor heard of is missing.
+        // In a directory the mount made, a name it never bound nor heard of is missing: once every
+        // change batch received has been handled (one not yet handled may name it), and unless one
+        // arrives before the reply is recorded (`reply_missing` checks the generation read first).
         let since = session.generation();
-        if session.is_watched() && lock(&self.inner.made_dirs).is_missing(parent.0, &name) {
+        if session.is_watched()
+            && session.caught_up()
+            && lock(&self.inner.made_dirs).is_missing(parent.0, &name)
+        {
             return self
                 .inner
                 .reply_missing(&session, since, parent.0, &name, reply);
@@ -1387,6 +1392,11 @@ impl Inner {
         for (parent, name) in entries.into_iter().chain(missing) {
             // ENOENT: the kernel has no such entry cached; nothing to do.
             let _ = notifier.inval_entry(INodeNo(parent), OsStr::from_bytes(&name));
+        }
+        if let Invalidation::Changes(id, _) | Invalidation::Reset(id) = &work {
+            if let Some(session) = self.sessions.get(id.as_str()) {
+                session.handled_one();
+            }
         }
         if let (false, Invalidation::Changes(id, _)) = (late.is_empty(), &work) {
             let (sessions, id) = (self.sessions.clone(), id.clone());

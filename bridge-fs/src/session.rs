@@ -46,6 +46,11 @@ pub struct Session {
     generation: AtomicU64,
     /// What moved the generation lately (see [`crate::crossed`]).
     recent: Mutex<RecentChanges>,
+    /// Change batches and resets handed to the invalidator, and those it has handled: what the
+    /// bridge answers from its own records (not from a daemon reply) is current only when they are
+    /// equal, since a batch received but not yet handled has not updated those records.
+    queued: AtomicU64,
+    handled: AtomicU64,
     /// Writes acknowledged to the kernel and not yet written (see [`crate::write_behind`]): every
     /// request to the session carries them or waits for them.
     pub write_behind: WriteBehind,
@@ -500,6 +505,7 @@ async fn watch(
     let id = session.id.clone();
     let reset = |why: &str| {
         debug!(session = %id, "invalidating the session's cached data: {why}");
+        session.queued.fetch_add(1, Ordering::AcqRel);
         session.moved(None);
         let _ = tx.send(Invalidation::Reset(id.clone()));
     };
@@ -534,6 +540,7 @@ async fn watch(
                         }
                     }
                     let changes: Arc<[Change]> = changes.into();
+                    session.queued.fetch_add(1, Ordering::AcqRel);
                     session.moved(Some(changes.clone()));
                     let _ = tx.send(Invalidation::Changes(id.clone(), changes));
                 }
@@ -651,6 +658,8 @@ impl Session {
             watching: AtomicBool::new(false),
             generation: AtomicU64::new(base),
             recent: Mutex::new(RecentChanges::default()),
+            queued: AtomicU64::new(0),
+            handled: AtomicU64::new(0),
             write_behind: WriteBehind::default(),
         }
     }
@@ -669,6 +678,16 @@ impl Session {
     /// invalidation may have crossed it.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// Whether every change batch and reset received has been handled by the invalidator.
+    pub fn caught_up(&self) -> bool {
+        self.handled.load(Ordering::Acquire) == self.queued.load(Ordering::Acquire)
+    }
+
+    /// The invalidator has handled one more change batch or reset of this session.
+    pub(crate) fn handled_one(&self) {
+        self.handled.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Moves the invalidation generation because of `changes` (`None`: anything may have changed).

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
 use notify::{Config, Event, RecommendedWatcher, RecursiveMode, Watcher as _};
 use sessionfs_proto::{errno, Change, EntryNow, NodeId, WatchFrame, WirePath, MAX_WATCH_BATCH};
 use tokio::sync::{broadcast, mpsc};
@@ -221,6 +221,34 @@ fn trim_heap() {
     }
 }
 
+/// At most this many names are reported from the directories a new directory holds when its
+/// creation is seen (see [`add_changes`]).
+const NEW_DIR_SCAN_MAX: usize = 4096;
+
+/// Reports every name below directory `dir` (at `wire`) as an entry change, depth first, at most
+/// `budget` names.
+fn names_below(dir: &Path, wire: &WirePath, budget: &mut usize, push: &mut impl FnMut(Change)) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if *budget == 0 {
+            return;
+        }
+        *budget -= 1;
+        let name = entry.file_name();
+        push(Change::Entry {
+            dir: wire.clone(),
+            name: name.as_bytes().to_vec(),
+            now: EntryNow::Unchecked,
+        });
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if let (true, Ok(below)) = (is_dir, wire.join(name.as_bytes())) {
+            names_below(&entry.path(), &below, budget, push);
+        }
+    }
+}
+
 /// The changes one inotify event stands for.
 fn add_changes(root: &Path, event: &Event, out: &mut Vec<Change>, seen: &mut HashSet<Change>) {
     // (entry: a name in its directory changed; data: only the file's content changed; node: the
@@ -267,6 +295,13 @@ fn add_changes(root: &Path, event: &Event, out: &mut Vec<Change>, seen: &mut Has
                 });
             }
         }
+        // A new directory is watched only once its creation has been seen: names made in it before
+        // that (a tree extracted or copied in at once) have no event of their own. They are
+        // reported now, from what it holds (the watch exists by the time the event is delivered).
+        if matches!(event.kind, EventKind::Create(CreateKind::Folder)) {
+            let mut budget = NEW_DIR_SCAN_MAX;
+            names_below(path, &wire, &mut budget, &mut push);
+        }
         if data {
             push(Change::Data { path: wire });
         } else if node {
@@ -281,7 +316,25 @@ fn add_changes(root: &Path, event: &Event, out: &mut Vec<Change>, seen: &mut Has
 #[cfg(test)]
 mod tests {
     use super::*;
-    use notify::event::{CreateKind, DataChange, RenameMode};
+    use notify::event::{DataChange, RenameMode};
+
+    #[test]
+    fn a_new_directory_reports_the_names_it_already_holds() {
+        let root = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(root.path().join("new/sub")).expect("dirs");
+        std::fs::write(root.path().join("new/f"), b"x").expect("f");
+        std::fs::write(root.path().join("new/sub/g"), b"y").expect("g");
+        let event =
+            Event::new(EventKind::Create(CreateKind::Folder)).add_path(root.path().join("new"));
+        let (mut out, mut seen) = (Vec::new(), HashSet::new());
+        add_changes(root.path(), &event, &mut out, &mut seen);
+        for (dir, name) in [("", "new"), ("new", "f"), ("new", "sub"), ("new/sub", "g")] {
+            assert!(
+                out.contains(&entry(dir, name)),
+                "{dir}/{name} missing from {out:?}"
+            );
+        }
+    }
 
     fn changes(kind: EventKind, paths: &[&str]) -> Vec<Change> {
         let mut event = Event::new(kind);
