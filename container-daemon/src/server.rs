@@ -468,13 +468,13 @@ pub fn dispatch(
     })
 }
 
-/// Applies a batch's writes in order, skipping the later writes of a handle whose write failed, then
-/// runs its `then` request whatever they did.
 /// The reply to a call that made a node: its attributes and its directory's.
 fn made((attr, parent): (Attr, Attr)) -> Reply {
     Reply::Made { attr, parent }
 }
 
+/// Applies a batch's changes in order, skipping the later changes of a handle whose change failed
+/// (but never its release), then runs its `then` request whatever they did.
 fn dispatch_batch(
     ws: &Workspace,
     handles: &Handles,

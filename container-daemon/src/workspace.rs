@@ -296,20 +296,24 @@ impl Workspace {
         Ok((fd, os(name)))
     }
 
-    /// Gives a node just created at `dir/name` the caller's ownership, when the daemon may.
-    fn own(
+    /// Gives a node just created at `dir/name` the caller's ownership, when the daemon may; returns
+    /// its attributes and its directory's after it.
+    fn made_owned(
         &self,
         dir: BorrowedFd<'_>,
         name: &OsStr,
         caller: Caller,
-    ) -> std::result::Result<(), Errno> {
-        match self.owner_for(dir, caller)? {
+    ) -> std::result::Result<(Attr, Attr), Errno> {
+        let attr = statx_at(dir, name)?;
+        let attr = match self.owner_for(dir, caller)? {
             // Not again when it has that owner already: a chown is a change event of its own.
-            Some((uid, gid)) if statx_at(dir, name)?.uid_gid() != (uid.as_raw(), gid.as_raw()) => {
-                rfs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
+            Some((uid, gid)) if attr.uid_gid() != (uid.as_raw(), gid.as_raw()) => {
+                rfs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)?;
+                statx_at(dir, name)?
             }
-            _ => Ok(()),
-        }
+            _ => attr,
+        };
+        Ok((attr, statx_fd(dir)?))
     }
 
     /// The owner a node created by `caller` in `dir` gets, when the daemon may give it one.
@@ -601,29 +605,33 @@ impl Workspace {
             Mode::from_raw_mode(mode & 0o7777),
             RESOLVE,
         );
-        let fd = match created {
+        let (fd, attr) = match created {
             Ok(fd) => {
+                let attr = statx_fd(fd.as_fd()).map_err(f)?;
                 // Only a file this call created gets the caller's ownership, through its descriptor;
                 // not again when it has it already (a chown is a change event of its own, which
                 // would end what the bridge knows of the new file).
-                if let Some((uid, gid)) = self.owner_for(dir.as_fd(), caller).map_err(f)? {
-                    if statx_fd(fd.as_fd()).map_err(f)?.uid_gid() != (uid.as_raw(), gid.as_raw()) {
+                let attr = match self.owner_for(dir.as_fd(), caller).map_err(f)? {
+                    Some((uid, gid)) if attr.uid_gid() != (uid.as_raw(), gid.as_raw()) => {
                         rfs::fchown(&fd, Some(uid), Some(gid)).map_err(f)?;
                         // chown clears set-user-ID and set-group-ID bits; the caller asked for them.
                         if mode & 0o6000 != 0 {
                             rfs::fchmod(&fd, Mode::from_raw_mode(mode & 0o7777)).map_err(f)?;
                         }
+                        statx_fd(fd.as_fd()).map_err(f)?
                     }
-                }
-                fd
+                    _ => attr,
+                };
+                (fd, attr)
             }
             // Someone created it since the kernel looked: a plain open, as O_CREAT without O_EXCL means.
             Err(Errno::EXIST) if !exclusive => {
-                self.open_regular(path.as_bytes(), flags).map_err(f)?
+                let fd = self.open_regular(path.as_bytes(), flags).map_err(f)?;
+                let attr = statx_fd(fd.as_fd()).map_err(f)?;
+                (fd, attr)
             }
             Err(e) => return Err(f(e)),
         };
-        let attr = statx_fd(fd.as_fd()).map_err(f)?;
         let parent = statx_fd(dir.as_fd()).map_err(f)?;
         Ok((handles.insert(fd)?, attr, parent))
     }
@@ -694,8 +702,7 @@ impl Workspace {
         let f = |e| fail("mkdir", path, e);
         let (dir, name) = self.parent("mkdir", path)?;
         rfs::mkdirat(&dir, name, Mode::from_raw_mode(mode & 0o7777)).map_err(f)?;
-        self.own(dir.as_fd(), name, caller).map_err(f)?;
-        made(dir.as_fd(), name).map_err(f)
+        self.made_owned(dir.as_fd(), name, caller).map_err(f)
     }
 
     pub fn mknod(
@@ -722,8 +729,7 @@ impl Workspace {
             rdev,
         )
         .map_err(f)?;
-        self.own(dir.as_fd(), name, caller).map_err(f)?;
-        made(dir.as_fd(), name).map_err(f)
+        self.made_owned(dir.as_fd(), name, caller).map_err(f)
     }
 
     pub fn unlink(&self, path: &WirePath) -> Result<()> {
@@ -762,8 +768,7 @@ impl Workspace {
         let (dir, name) = self.parent("symlink", path)?;
         // The target is stored as given; the daemon never follows it.
         rfs::symlinkat(os(target), &dir, name).map_err(f)?;
-        self.own(dir.as_fd(), name, caller).map_err(f)?;
-        made(dir.as_fd(), name).map_err(f)
+        self.made_owned(dir.as_fd(), name, caller).map_err(f)
     }
 
     pub fn readlink(&self, path: &WirePath) -> Result<Vec<u8>> {
