@@ -1349,10 +1349,16 @@ impl Inner {
             }
         };
         {
+            // Only handles that created their file know anything: found through their index.
+            let knowing: Vec<u64> = {
+                let knowing = lock(&self.knowing);
+                let touched = inodes.iter().chain(&touched);
+                touched
+                    .filter_map(|ino| knowing.get(ino).copied())
+                    .collect()
+            };
             let files = lock(&self.files);
-            let touched: std::collections::HashSet<u64> =
-                inodes.iter().chain(&touched).copied().collect();
-            for file in files.values().filter(|f| touched.contains(&f.ino)) {
+            for file in knowing.iter().filter_map(|fh| files.get(fh)) {
                 *lock(&file.known) = None;
             }
         }

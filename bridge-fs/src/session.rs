@@ -505,8 +505,7 @@ async fn watch(
     let id = session.id.clone();
     let reset = |why: &str| {
         debug!(session = %id, "invalidating the session's cached data: {why}");
-        session.queued.fetch_add(1, Ordering::AcqRel);
-        session.moved(None);
+        session.handed_over(None);
         let _ = tx.send(Invalidation::Reset(id.clone()));
     };
     reset("new connection");
@@ -540,8 +539,7 @@ async fn watch(
                         }
                     }
                     let changes: Arc<[Change]> = changes.into();
-                    session.queued.fetch_add(1, Ordering::AcqRel);
-                    session.moved(Some(changes.clone()));
+                    session.handed_over(Some(changes.clone()));
                     let _ = tx.send(Invalidation::Changes(id.clone(), changes));
                 }
                 WatchFrame::Overflow => reset("the daemon's change queue overflowed"),
@@ -688,6 +686,13 @@ impl Session {
     /// The invalidator has handled one more change batch or reset of this session.
     pub(crate) fn handled_one(&self) {
         self.handled.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// `changes` (`None`: a reset) are about to be handed to the invalidator: counted as queued
+    /// before the generation moves, so a check of [`Self::caught_up`] after the move sees them.
+    fn handed_over(&self, changes: Option<Arc<[Change]>>) {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        self.moved(changes);
     }
 
     /// Moves the invalidation generation because of `changes` (`None`: anything may have changed).
