@@ -27,8 +27,8 @@ use fuser::{
 };
 use sessionfs_proto::{
     errno, Attr, BatchedChange, BatchedWrite, Caller, Change, DirEntry, EntryNow, ErrorReply,
-    NodeKind, Reply, Request, SetAttrs, SetTime, Timestamp, WirePath, MAX_DIR_PAGE, MAX_IO_CHUNK,
-    S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK,
+    NodeId, NodeKind, Reply, Request, SetAttrs, SetTime, Timestamp, WirePath, MAX_DIR_PAGE,
+    MAX_IO_CHUNK, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK,
 };
 use tracing::{debug, warn};
 
@@ -78,6 +78,43 @@ impl OpenFile {
                 None
             }
         }
+    }
+}
+
+/// An unlink or rename through the mount taking a name of inode `ino`, from before its request is
+/// sent until the inode table has its result (see [`Inner::unopened_handles_of`]).
+struct LosingName {
+    inner: Arc<Inner>,
+    ino: u64,
+}
+
+impl Drop for LosingName {
+    fn drop(&mut self) {
+        let mut losing = lock(&self.inner.losing_names);
+        if let Some(n) = losing.get_mut(&self.ino) {
+            *n -= 1;
+            if *n == 0 {
+                losing.remove(&self.ino);
+            }
+        }
+    }
+}
+
+/// The reply to an open through the daemon: an `ESTALE` failure (the kernel then walks the path
+/// again) first drops what the bridge remembers that could answer that walk with the same file (see
+/// [`Inner::open_went_stale`]).
+struct OpenReply {
+    reply: ReplyOpen,
+    ino: u64,
+    inner: Arc<Inner>,
+}
+
+impl Fail for OpenReply {
+    fn fail(self, e: Errno) {
+        if e == Errno::ESTALE {
+            self.inner.open_went_stale(self.ino);
+        }
+        self.reply.error(e)
     }
 }
 
@@ -152,6 +189,8 @@ struct RemoteOpen {
     mutation: Option<Mutation>,
     /// The attribute epoch when the open began.
     epoch: u64,
+    /// The node the kernel opens, as the daemon knows it (see [`Request::Open`]).
+    expect: Option<NodeId>,
 }
 
 impl RemoteOpen {
@@ -400,6 +439,10 @@ struct Inner {
     /// Per file inode: its content version when the kernel last started caching its pages (at an open
     /// that dropped the cache). An open of an unchanged file keeps the cache (close-to-open).
     page_stamps: Mutex<HashMap<u64, ContentStamp>>,
+    /// Files an unlink or rename through the mount is taking the name of, with how many such calls
+    /// are in flight: they are not opened without a daemon handle meanwhile (see
+    /// [`Inner::unopened_handles_of`]).
+    losing_names: Mutex<HashMap<u64, usize>>,
     /// Owner and time shown for the mount root.
     root_uid: u32,
     root_gid: u32,
@@ -425,7 +468,7 @@ fn errno_of(e: &ErrorReply) -> Errno {
 fn stale_errno(s: Stale) -> Errno {
     match s {
         Stale::UnknownInode => Errno::ESTALE,
-        Stale::Detached => Errno::ENOENT,
+        Stale::Detached => Errno::ESTALE,
         Stale::TooLong => Errno::ENAMETOOLONG,
     }
 }
@@ -560,6 +603,7 @@ impl BridgeFs {
                 ttl,
                 watched_ttl,
                 page_stamps: Mutex::new(HashMap::new()),
+                losing_names: Mutex::new(HashMap::new()),
                 root_uid: rustix::process::geteuid().as_raw(),
                 root_gid: rustix::process::getegid().as_raw(),
                 mounted_at: SystemTime::now(),
@@ -637,6 +681,9 @@ impl BridgeFs {
             .iter()
             .find(|(_, f)| f.ino == ino.0 && f.remote.initialized())
             .map(|(&fh, _)| FileHandle(fh))
+            // The kernel's handle, opened from its cache or a head: it gets its daemon handle by the
+            // file's identity (see `Inner::remote_handle`).
+            .or(fh.filter(|fh| files.contains_key(&fh.0)))
     }
 
     /// Acknowledges `deferred` through `answer` once it is pending in `session` (see
@@ -887,18 +934,39 @@ impl BridgeFs {
 
     /// Sends a request that changes something and whose success carries no data, then runs `then` on
     /// the inode table; `mutation` is held until the reply has been sent.
+    /// `victims`: handles of a file the request unlinks or replaces that have no daemon handle yet;
+    /// each gets one first (see [`Inner::unopened_handles_of`]).
     fn empty_request(
         &self,
         req: &FuseRequest,
         target: Result<(Arc<Session>, Request), Errno>,
+        (victims, losing): (Vec<Arc<OpenFile>>, Option<LosingName>),
         reply: ReplyEmpty,
         mutation: Mutation,
         then: impl FnOnce(&mut InodeTable) + Send + 'static,
     ) {
-        self.remote(caller(req), target, reply, move |inner, _, _, reply| {
+        let done = move |inner: &Inner, _: Answered, _: Reply, reply: ReplyEmpty| {
             then(&mut lock(&inner.inodes));
+            drop(losing);
             reply.ok();
             drop(mutation);
+        };
+        if victims.is_empty() {
+            return self.remote(caller(req), target, reply, done);
+        }
+        let (session, request) = match target {
+            Ok(v) => v,
+            Err(e) => return reply.error(e),
+        };
+        let (inner, caller) = (self.inner.clone(), caller(req));
+        self.spawn(async move {
+            for file in &victims {
+                // Best effort: one that cannot be opened reads as before (`ESTALE` on a miss).
+                if let Err(e) = inner.remote_handle(file, caller).await {
+                    debug!("opening a handle before its file goes: {e}");
+                }
+            }
+            inner.call_then(caller, session, request, reply, done).await
         });
     }
 
@@ -981,7 +1049,6 @@ impl BridgeFs {
                 // round trip instead of two. Its file gone means the handle is stale, as its reads.
                 let (session, path) = match self.node(ino) {
                     Ok(v) => v,
-                    Err(Errno::ENOENT) if fh.is_some() => return reply.error(Errno::ESTALE),
                     Err(e) => return reply.error(e),
                 };
                 let (inner, caller, request) = (self.inner.clone(), caller(req), make(path, None));
@@ -1848,9 +1915,9 @@ impl Inner {
     ) -> Result<&'f RemoteHandle, ErrorReply> {
         file.remote
             .get_or_try_init(|| async {
-                let path = match lock(&self.inodes).resolve(file.ino) {
-                    Ok(NodeRef::InSession { path, .. }) => path,
-                    _ => {
+                let (path, expect) = match lock(&self.inodes).to_open(file.ino) {
+                    Ok((_, path, expect)) => (path, expect),
+                    Err(_) => {
                         return Err(ErrorReply::new(
                             errno::ESTALE,
                             "the file was removed before its data was read",
@@ -1861,6 +1928,7 @@ impl Inner {
                     path,
                     flags: file.flags,
                     head: 0,
+                    expect,
                 };
                 match self.sessions.call(&file.session, caller, open).await {
                     Ok((Reply::Opened { fh: Some(fh), .. }, conn)) => Ok(RemoteHandle { conn, fh }),
@@ -1960,6 +2028,57 @@ impl Inner {
         }
     }
 
+    /// The node `dir/name` names is about to lose that name through the mount (an unlink, or a rename
+    /// over it): returns its open handles that have no daemon handle (opened from the kernel's
+    /// cache, or from a head that held the whole file). Once the name is gone the file can no longer
+    /// be opened by its path, and a read that missed the kernel's pages would fail; given a daemon
+    /// handle first, they read on as on a local file system. Until [`LosingName`] is dropped (after
+    /// the inode table has the change), no handle of it is opened without one.
+    fn unopened_handles_of(
+        self: &Arc<Self>,
+        dir: u64,
+        name: &[u8],
+    ) -> (Vec<Arc<OpenFile>>, Option<LosingName>) {
+        let Some(ino) = lock(&self.inodes).child(dir, name) else {
+            return (Vec::new(), None);
+        };
+        let mut losing = lock(&self.losing_names);
+        *losing.entry(ino).or_default() += 1;
+        let unopened = lock(&self.files)
+            .values()
+            .filter(|f| f.ino == ino && !f.remote.initialized())
+            .cloned()
+            .collect();
+        let guard = LosingName {
+            inner: self.clone(),
+            ino,
+        };
+        (unopened, Some(guard))
+    }
+
+    /// A read-only open of `ino`, whose pages the kernel has, without a daemon handle; `None` while
+    /// the file is losing a name through the mount or has none left: it is then opened through the
+    /// daemon.
+    fn open_unopened(&self, ino: u64, session: &Arc<Session>, flags: i32) -> Option<u64> {
+        let losing = lock(&self.losing_names);
+        if losing.contains_key(&ino) || lock(&self.inodes).resolve(ino).is_err() {
+            return None;
+        }
+        let fh = self.add_file(ino, session.clone(), flags, None, None, None);
+        drop(losing);
+        Some(fh)
+    }
+
+    /// An open of `ino` failed with `ESTALE`: its name names another file now (changed behind the
+    /// mount, the event not here yet), and the file is gone. What the bridge remembers of listings
+    /// and of the file's pages is dropped, so that the kernel's lookup when it walks the path again
+    /// asks the daemon what the name names now.
+    fn open_went_stale(&self, ino: u64) {
+        debug!(ino, "the file opened is no longer there: stale");
+        lock(&self.attrs).changed();
+        lock(&self.page_stamps).remove(&ino);
+    }
+
     /// Opens a file through the daemon (a read-only open asks for its head with it).
     async fn open_remote(
         self: Arc<Self>,
@@ -1973,18 +2092,24 @@ impl Inner {
             flags: open.flags,
             // The kernel drops its pages at this open and reads the file anew.
             head: if open.read_only { OPEN_HEAD } else { 0 },
+            expect: open.expect,
         };
-        let caller = open.caller;
+        let (caller, ino) = (open.caller, open.ino);
+        let reply = OpenReply {
+            reply,
+            ino,
+            inner: self.clone(),
+        };
         self.call_then(
             caller,
             session,
             request,
             reply,
-            move |inner, answered, r, reply| {
+            move |inner, answered, r, OpenReply { reply, .. }| {
                 let Reply::Opened { fh, attr, head } = r else {
                     return reply.fail(unexpected(&r));
                 };
-                let (ino, since, epoch) = (open.ino, answered.since, open.epoch);
+                let (since, epoch) = (answered.since, open.epoch);
                 if open.mutation.is_none() {
                     inner.keep_attrs(&answered.session, since, epoch, &[(ino, attr)]);
                 }
@@ -1995,8 +2120,8 @@ impl Inner {
                     fh,
                 });
                 // Kept pages: the kernel reads nothing, the head is of no use. The head is served only
-                // while its stamp stands and nothing changed through the mount since the open began (see
-                // `read_head`).
+                // while its stamp stands and nothing changed through the mount since the open began
+                // (see `read_head`).
                 let head = (!keep && (whole || !head.is_empty())).then(|| Head {
                     data: head,
                     whole,
@@ -2446,8 +2571,9 @@ impl fuser::Filesystem for BridgeFs {
         let target = self
             .child(parent, name)
             .map(|(s, path)| (s, Request::Unlink { path }));
+        let victims = self.inner.unopened_handles_of(parent.0, name.as_bytes());
         let name = name.as_bytes().to_vec();
-        self.empty_request(req, target, reply, mutation, move |inodes| {
+        self.empty_request(req, target, victims, reply, mutation, move |inodes| {
             inodes.unlink(parent.0, &name)
         });
     }
@@ -2458,9 +2584,14 @@ impl fuser::Filesystem for BridgeFs {
             .child(parent, name)
             .map(|(s, path)| (s, Request::Rmdir { path }));
         let name = name.as_bytes().to_vec();
-        self.empty_request(req, target, reply, mutation, move |inodes| {
-            inodes.unlink(parent.0, &name)
-        });
+        self.empty_request(
+            req,
+            target,
+            (Vec::new(), None),
+            reply,
+            mutation,
+            move |inodes| inodes.unlink(parent.0, &name),
+        );
     }
 
     fn symlink(
@@ -2508,9 +2639,16 @@ impl fuser::Filesystem for BridgeFs {
             ))
         });
         let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
+        // The file a rename replaces (an exchange keeps both).
+        let victims = if exchange {
+            (Vec::new(), None)
+        } else {
+            self.inner
+                .unopened_handles_of(newparent.0, newname.as_bytes())
+        };
         let binding = self.inner.binding(newparent.0, newname.as_bytes());
         let name = name.as_bytes().to_vec();
-        self.empty_request(req, target, reply, mutation, move |inodes| {
+        self.empty_request(req, target, victims, reply, mutation, move |inodes| {
             inodes.rename(parent.0, &name, newparent.0, &binding.name, exchange);
             binding.bound();
         });
@@ -2540,9 +2678,11 @@ impl fuser::Filesystem for BridgeFs {
 
     fn open(&self, req: &FuseRequest, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let read_only = flags.0 & libc::O_ACCMODE == libc::O_RDONLY && flags.0 & libc::O_TRUNC == 0;
-        let (session, path) = match self.node(ino) {
+        // A node with no name left is opened by its identity alone (a rename through the mount
+        // replaced it a moment ago, after the kernel resolved the name: see `Request::Open`).
+        let (session, path, expect) = match lock(&self.inner.inodes).to_open(ino.0) {
             Ok(v) => v,
-            Err(e) => return reply.error(e),
+            Err(e) => return reply.error(stale_errno(e)),
         };
         let open = RemoteOpen {
             caller: caller(req),
@@ -2552,6 +2692,7 @@ impl fuser::Filesystem for BridgeFs {
             // O_TRUNC changes the file.
             mutation: (flags.0 & libc::O_TRUNC != 0).then(|| self.inner.mutation()),
             epoch: lock(&self.inner.attrs).epoch(),
+            expect,
         };
         if !read_only || !session.is_watched() {
             return self.spawn(self.inner.clone().open_remote(session, path, open, reply));
@@ -2559,10 +2700,10 @@ impl fuser::Filesystem for BridgeFs {
         // Reading a file whose pages the kernel has and that did not change since: no round trip;
         // the daemon's handle is opened only if a read misses the cache.
         if self.inner.cache_is_current(ino.0, &session) {
-            let fh = self
-                .inner
-                .add_file(ino.0, session.clone(), flags.0, None, None, None);
-            return reply.opened(FileHandle(fh), open.fopen_flags(true));
+            return match self.inner.open_unopened(ino.0, &session, flags.0) {
+                Some(fh) => reply.opened(FileHandle(fh), open.fopen_flags(true)),
+                None => self.spawn(self.inner.clone().open_remote(session, path, open, reply)),
+            };
         }
         // Fetched ahead with its directory's small files (see `crate::heads_ahead`), or being fetched.
         let Some(dir) = path.parent() else {
@@ -3152,7 +3293,7 @@ impl fuser::Filesystem for BridgeFs {
                 },
             )
         });
-        self.empty_request(req, target, reply, mutation, |_| {});
+        self.empty_request(req, target, (Vec::new(), None), reply, mutation, |_| {});
     }
 
     fn getxattr(
@@ -3203,7 +3344,7 @@ impl fuser::Filesystem for BridgeFs {
         let target = self
             .node(ino)
             .map(|(s, path)| (s, Request::RemoveXattr { path, name }));
-        self.empty_request(req, target, reply, mutation, |_| {});
+        self.empty_request(req, target, (Vec::new(), None), reply, mutation, |_| {});
     }
 
     fn access(

@@ -123,6 +123,8 @@ pub enum Stale {
     /// The kernel named an inode this table does not know (or no longer knows).
     UnknownInode,
     /// The node was unlinked or replaced; it can still be used through an open file handle only.
+    /// Answered `ESTALE`: the kernel then walks a path call's path again (`LOOKUP_REVAL`), so an
+    /// `open` or `stat` that raced a rename over its file reaches the file that has the name now.
     Detached,
     /// The rebuilt path would exceed the protocol's path limit.
     TooLong,
@@ -222,6 +224,25 @@ impl InodeTable {
             node.nlookup += 1;
         }
         Some(ino)
+    }
+
+    /// What to open for `ino`: its session, its path (the workspace root for a node with no name
+    /// left) and its daemon identity, which the daemon checks (see `Request::Open`'s `expect`).
+    pub fn to_open(&self, ino: u64) -> Result<(Arc<Session>, WirePath, Option<NodeId>), Stale> {
+        let node = self.nodes.get(&ino).ok_or(Stale::UnknownInode)?;
+        let expect = node.remote.map(|key| key.node);
+        match self.resolve(ino) {
+            Ok(NodeRef::InSession { session, path }) => Ok((session, path, expect)),
+            Ok(NodeRef::Root) => Err(Stale::UnknownInode),
+            Err(Stale::Detached) if expect.is_some() => {
+                let session = self
+                    .sessions
+                    .get(&node.session_ino)
+                    .ok_or(Stale::UnknownInode)?;
+                Ok((session.clone(), WirePath::root(), expect))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// True when the table binds `parent/name` to a different node than the one `attr` describes:

@@ -9,10 +9,12 @@
 //!   per request stream, bounded reads of frames, and clean shutdown.
 //! - [`watch`] owns the workspace watcher: inotify changes batched and streamed to the bridge so it can
 //!   invalidate what the host kernel cached.
+//! - [`replaced`] keeps the regular files a rename replaced openable by their identity for a moment.
 //! - [`health`] is the client side of `sessionfsd --health`.
 
 pub mod handles;
 pub mod health;
+pub mod replaced;
 pub mod server;
 pub mod watch;
 pub mod workspace;

@@ -395,8 +395,13 @@ pub fn dispatch(
             let (entries, next) = ws.readdir(&path, offset, limit)?;
             Reply::Entries { entries, next }
         }
-        Request::Open { path, flags, head } => {
-            let (fh, attr, head) = ws.open_file(&path, flags, head, handles)?;
+        Request::Open {
+            path,
+            flags,
+            head,
+            expect,
+        } => {
+            let (fh, attr, head) = ws.open_file(&path, flags, head, expect.as_ref(), handles)?;
             Reply::Opened { fh, attr, head }
         }
         Request::Create { path, mode, flags } => {

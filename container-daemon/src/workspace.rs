@@ -18,6 +18,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use rustix::fs::{
     self as rfs, AtFlags, Mode, OFlags, RenameFlags, ResolveFlags, Statx, StatxFlags, Timespec,
@@ -25,11 +26,12 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 use sessionfs_proto::{
-    errno, Attr, Caller, DirEntry, ErrorReply, FileHead, NodeKind, SetAttrs, SetTime, StatFs,
-    Timestamp, WirePath, MAX_DIR_PAGE, MAX_HEADS_FILES, MAX_IO_CHUNK, MAX_OPEN_HEAD,
+    errno, Attr, Caller, DirEntry, ErrorReply, FileHead, NodeId, NodeKind, SetAttrs, SetTime,
+    StatFs, Timestamp, WirePath, MAX_DIR_PAGE, MAX_HEADS_FILES, MAX_IO_CHUNK, MAX_OPEN_HEAD,
 };
 
 use crate::handles::Handles;
+use crate::replaced::Replaced;
 
 type Result<T> = std::result::Result<T, ErrorReply>;
 
@@ -90,6 +92,8 @@ pub struct Workspace {
     can_chown: bool,
     /// The fixed owner of new nodes, if any; otherwise they belong to the caller.
     owner: Option<Owner>,
+    /// Regular files renames replaced, openable by identity for a moment.
+    replaced: Replaced,
 }
 
 /// The error reply for a failed system call on `path`.
@@ -211,6 +215,24 @@ fn to_timespec(t: Option<SetTime>) -> Timespec {
     }
 }
 
+/// An `O_PATH` descriptor of `dir/name` and its identity, if that is a regular file.
+fn regular_at(dir: BorrowedFd<'_>, name: &OsStr) -> Option<(NodeId, OwnedFd)> {
+    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rfs::openat(dir, name, flags, Mode::empty()).ok()?;
+    let attr = statx_fd(fd.as_fd()).ok()?;
+    (attr.file_type() == sessionfs_proto::S_IFREG).then(|| (NodeId::of(&attr), fd))
+}
+
+/// Opens the node `fd` (an `O_PATH` descriptor) names with `flags`: through its own `/proc` link,
+/// which names exactly that node.
+fn reopen(fd: BorrowedFd<'_>, flags: OFlags) -> std::result::Result<OwnedFd, Errno> {
+    rfs::open(
+        proc_fd_path(fd, None),
+        flags | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    )
+}
+
 fn proc_fd_path(fd: BorrowedFd<'_>, name: Option<&OsStr>) -> PathBuf {
     let mut p = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
     if let Some(name) = name {
@@ -253,6 +275,7 @@ impl Workspace {
             root_path: root.to_path_buf(),
             can_chown,
             owner,
+            replaced: Replaced::default(),
         })
     }
 
@@ -341,7 +364,14 @@ impl Workspace {
     /// Opens the regular file `rel` beneath the root with `flags`. The node is first opened `O_PATH`
     /// and checked, so a FIFO or device node swapped in by someone else is never opened for real
     /// (that could block a worker or reach a device).
-    fn open_regular(&self, rel: &[u8], flags: OFlags) -> std::result::Result<OwnedFd, Errno> {
+    /// Opens the regular file `rel` with `flags`; with `expect`, only if it is that node (else
+    /// `ESTALE`, before the flags, `O_TRUNC` included, touch it).
+    fn open_regular(
+        &self,
+        rel: &[u8],
+        flags: OFlags,
+        expect: Option<&NodeId>,
+    ) -> std::result::Result<OwnedFd, Errno> {
         let target = self.open_beneath(rel, OFlags::PATH, Mode::empty())?;
         let attr = statx_fd(target.as_fd())?;
         match attr.file_type() {
@@ -349,12 +379,40 @@ impl Workspace {
             sessionfs_proto::S_IFDIR => return Err(Errno::ISDIR),
             _ => return Err(Errno::NXIO),
         }
-        // Reopening through our own descriptor's /proc link names exactly the node checked above.
-        rfs::open(
-            proc_fd_path(target.as_fd(), None),
-            flags | OFlags::CLOEXEC | OFlags::NOCTTY,
-            Mode::empty(),
-        )
+        if expect.is_some_and(|id| *id != NodeId::of(&attr)) {
+            return Err(Errno::STALE);
+        }
+        reopen(target.as_fd(), flags)
+    }
+
+    /// Opens what `Request::Open` asks for: the regular file `path`, or with `expect`, that node,
+    /// found at `path` or among the files renames replaced a moment ago (see [`Replaced`]).
+    fn open_expected(
+        &self,
+        path: &WirePath,
+        flags: OFlags,
+        expect: Option<&NodeId>,
+    ) -> Result<OwnedFd> {
+        let f = |e| fail("open", path, e);
+        let Some(id) = expect else {
+            return self.open_regular(path.as_bytes(), flags, None).map_err(f);
+        };
+        match self.open_regular(path.as_bytes(), flags, Some(id)) {
+            Ok(fd) => return Ok(fd),
+            // The name names another node, or none.
+            Err(Errno::STALE | Errno::NOENT | Errno::NOTDIR | Errno::ISDIR | Errno::NXIO) => {}
+            Err(e) => return Err(f(e)),
+        }
+        match self
+            .replaced
+            .reopen(id, Instant::now(), |fd| reopen(fd, flags))
+        {
+            Some(opened) => opened.map_err(f),
+            None => Err(ErrorReply::new(
+                errno::ESTALE,
+                format!("open {path:?}: the file the name named is gone"),
+            )),
+        }
     }
 
     pub fn lookup(&self, path: &WirePath) -> Result<Attr> {
@@ -421,7 +479,7 @@ impl Workspace {
             match &file {
                 Some(fd) => rfs::ftruncate(fd.as_fd(), size),
                 None => self
-                    .open_regular(path.as_bytes(), OFlags::WRONLY)
+                    .open_regular(path.as_bytes(), OFlags::WRONLY, None)
                     .and_then(|fd| rfs::ftruncate(&fd, size)),
             }
             .map_err(f)?;
@@ -496,12 +554,11 @@ impl Workspace {
         path: &WirePath,
         flags: i32,
         head: u32,
+        expect: Option<&NodeId>,
         handles: &Handles,
     ) -> Result<(Option<u64>, Attr, Vec<u8>)> {
         let flags = OFlags::from_bits_retain(flags as u32) & PASSTHROUGH_OPEN_FLAGS;
-        let fd = self
-            .open_regular(path.as_bytes(), flags - OFlags::EXCL)
-            .map_err(|e| fail("open", path, e))?;
+        let fd = self.open_expected(path, flags - OFlags::EXCL, expect)?;
         let read_only = flags & OFlags::ACCMODE == OFlags::RDONLY;
         let want = if read_only {
             head.min(MAX_OPEN_HEAD)
@@ -555,7 +612,7 @@ impl Workspace {
             let name = entry.file_name().to_bytes();
             rel.truncate(prefix);
             rel.extend_from_slice(name);
-            let Ok(fd) = self.open_regular(&rel, OFlags::RDONLY | OFlags::NONBLOCK) else {
+            let Ok(fd) = self.open_regular(&rel, OFlags::RDONLY | OFlags::NONBLOCK, None) else {
                 continue;
             };
             let room = (MAX_IO_CHUNK as usize - total).min(max_each as usize - 1);
@@ -626,7 +683,7 @@ impl Workspace {
             }
             // Someone created it since the kernel looked: a plain open, as O_CREAT without O_EXCL means.
             Err(Errno::EXIST) if !exclusive => {
-                let fd = self.open_regular(path.as_bytes(), flags).map_err(f)?;
+                let fd = self.open_regular(path.as_bytes(), flags, None).map_err(f)?;
                 let attr = statx_fd(fd.as_fd()).map_err(f)?;
                 (fd, attr)
             }
@@ -753,8 +810,18 @@ impl Workspace {
             })?;
         let (from_dir, from_name) = self.parent("rename", from)?;
         let (to_dir, to_name) = self.parent("rename", to)?;
+        // The regular file this rename may replace, kept openable (see `Replaced`).
+        let replacing = if flags.intersects(RenameFlags::EXCHANGE | RenameFlags::NOREPLACE) {
+            None
+        } else {
+            regular_at(to_dir.as_fd(), to_name)
+        };
         rfs::renameat_with(&from_dir, from_name, &to_dir, to_name, flags)
-            .map_err(|e| fail("rename", from, e))
+            .map_err(|e| fail("rename", from, e))?;
+        if let Some((id, fd)) = replacing {
+            self.replaced.keep(id, fd, Instant::now());
+        }
+        Ok(())
     }
 
     pub fn symlink(&self, path: &WirePath, target: &[u8], caller: Caller) -> Result<(Attr, Attr)> {

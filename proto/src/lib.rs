@@ -21,7 +21,7 @@ pub use message::*;
 pub use path::{PathError, WirePath};
 
 /// The protocol version spoken by this build. A peer with another version is refused at the handshake.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// The largest payload of one `Read` reply or one `Write` request. Larger transfers are split by the
 /// client into several concurrent requests.
@@ -35,6 +35,14 @@ pub const MAX_BATCH_WRITES: usize = 1024;
 
 /// The most bytes an `Open` may ask to have read with it ([`Request::Open`]'s `head`).
 pub const MAX_OPEN_HEAD: u32 = 256 * 1024;
+
+/// How long a daemon keeps a regular file that a rename replaced openable by its identity (see
+/// [`Request::Open`]'s `expect`): a kernel that resolved the name just before the rename opens the
+/// file it resolved, as on a local file system.
+pub const REPLACED_KEEP_MS: u64 = 2_000;
+
+/// The most replaced files a daemon keeps openable at once (the oldest goes first).
+pub const REPLACED_KEEP_MAX: usize = 64;
 
 /// The most files one `ReadHeads` reply carries.
 pub const MAX_HEADS_FILES: u32 = 256;

@@ -143,10 +143,16 @@ pub enum Request {
     /// Opens a regular file. With `head` > 0 (read-only opens; at most [`crate::MAX_OPEN_HEAD`]),
     /// the reply carries the first `head` bytes too, and a file that ends within them is closed
     /// again at once (no handle to release): most files are read whole right after they are opened.
+    ///
+    /// With `expect`, the file must be that node: if `path` names another file or none, the node is
+    /// opened if a rename replaced it moments ago (the daemon keeps such files openable for
+    /// [`crate::REPLACED_KEEP_MS`]), else the open fails with `ESTALE`. A node with no name left is
+    /// opened with the root path and `expect`.
     Open {
         path: WirePath,
         flags: i32,
         head: u32,
+        expect: Option<NodeId>,
     },
     Create {
         path: WirePath,

@@ -139,18 +139,32 @@ async def test_write_keeps_the_mode_of_an_existing_file(client, session, base):
     assert os.listdir(on_mount(session, base)) == ["run.sh"]
 
 
-async def test_write_is_atomic_for_readers(client, session, base):
-    """A reader through the mount sees the old or the new content, never a mix or a short file."""
-    size = 512 * 1024
+@pytest.mark.parametrize("size", [512 * 1024, 8 * 1024])
+async def test_write_is_atomic_for_readers(client, session, base, size):
+    """A reader through the mount sees the old or the new content, never a mix, a short file or an
+    error (as on a local file system: the file is replaced by a rename). A large file is read through
+    the daemon's handle; a small one whole with its open."""
     contents = ["a" * size, "b" * size]
     await client.call("session_write_file", sessionId=session["id"], path=f"{base}/big", content=contents[0])
     stop = threading.Event()
     bad = []
+    errors = []
     reads = [0]
 
     def reader():
         while not stop.is_set():
-            data = read_mount(session, base, "big")
+            try:
+                f = open(on_mount(session, base, "big"), "rb")
+            except OSError as e:
+                errors.append("open " + repr(e))
+                continue
+            try:
+                data = f.read()
+            except OSError as e:
+                errors.append("read " + repr(e))
+                continue
+            finally:
+                f.close()
             reads[0] += 1
             if data not in (contents[0].encode(), contents[1].encode()):
                 bad.append((len(data), data[:1], data[-1:]))
@@ -165,7 +179,9 @@ async def test_write_is_atomic_for_readers(client, session, base):
     finally:
         stop.set()
         t.join()
+    print(f"{session['backend']} {size}: {reads[0]} reads, {len(errors)} errors")
     assert reads[0] > 0
+    assert errors == [], f"{len(errors)} failed reads: {errors[:3]}"
     assert bad == [], f"torn reads: {bad[:3]}"
 
 

@@ -401,3 +401,42 @@ fn stat_right_after_a_change_through_the_mount_shows_the_session_state() -> Resu
     }
     h.unmount()
 }
+
+/// A file replaced by a rename through the mount reads on as the old file through a handle open
+/// before, for as long as the handle lives, as on a local file system: here a handle the kernel
+/// opened from its cache (no daemon handle yet), read past its cached pages well after the daemon
+/// stopped keeping the replaced file (`REPLACED_KEEP_MS`).
+#[test]
+fn a_handle_open_when_its_file_is_replaced_through_the_mount_reads_the_old_file() -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut h = Harness::new()?;
+    let ws = h.create_session("repl")?;
+    // Written behind the mount, so the kernel caches only what it reads.
+    let old: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
+    fs::write(ws.join("f"), &old)?;
+    h.mount()?;
+    let f = h.path("repl", "f");
+    let mut first = [0u8; 4096];
+    fs::File::open(&f)?.read_exact(&mut first)?;
+    assert_eq!(first[..], old[..4096]);
+    // Opened again unchanged: from the kernel's pages (its first 4 MiB at most).
+    let mut held = fs::File::open(&f)?;
+    fs::write(h.path("repl", "tmp"), b"new")?;
+    fs::rename(h.path("repl", "tmp"), &f)?;
+    assert_eq!(fs::read(&f)?, b"new");
+    std::thread::sleep(std::time::Duration::from_millis(
+        sessionfs_proto::REPLACED_KEEP_MS + 500,
+    ));
+    let at = 12usize << 20;
+    held.seek(SeekFrom::Start(at as u64))?;
+    let mut rest = vec![0u8; 1 << 20];
+    held.read_exact(&mut rest)
+        .context("reading the replaced file past the pages the kernel had")?;
+    assert!(
+        rest == old[at..at + (1 << 20)],
+        "the handle read another file's bytes"
+    );
+    drop(held);
+    h.unmount()?;
+    Ok(())
+}

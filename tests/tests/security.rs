@@ -1,6 +1,6 @@
 //! Security against a real daemon: the escape corpus, wrong and missing certificates, a daemon of
-//! another session, the health-probe identity's limits, malformed or oversized frames, and how
-//! request streams end.
+//! another session, the health-probe identity's limits, malformed or oversized frames, how request
+//! streams end, and opens by identity that must never reach another file.
 //!
 //! These tests speak the wire protocol directly with their own QUIC client (built from the same CA as
 //! the installation), because the bridge would never send most of these requests.
@@ -13,7 +13,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use sessionfs_pki::{client, CertificateAuthority, Identity, TransportTuning, BRIDGE_IDENTITY};
 use sessionfs_proto::{
-    errno, Caller, ErrorReply, Reply, Request, RequestFrame, ResponseFrame, SetAttrs, WirePath,
+    errno, Caller, ErrorReply, NodeId, Reply, Request, RequestFrame, ResponseFrame, SetAttrs,
+    WirePath, REPLACED_KEEP_MS,
 };
 use sessionfs_tests::Harness;
 
@@ -137,6 +138,7 @@ async fn escape_corpus_is_refused() -> Result<()> {
                 path: wp("abs/passwd"),
                 flags: libc::O_RDONLY,
                 head: 0,
+                expect: None,
             },
         ),
         (
@@ -145,6 +147,7 @@ async fn escape_corpus_is_refused() -> Result<()> {
                 path: wp("abs_out"),
                 flags: libc::O_RDONLY,
                 head: 0,
+                expect: None,
             },
         ),
         (
@@ -159,6 +162,7 @@ async fn escape_corpus_is_refused() -> Result<()> {
                 path: wp("rel_out/secret.txt"),
                 flags: libc::O_RDWR,
                 head: 0,
+                expect: None,
             },
         ),
         (
@@ -167,6 +171,7 @@ async fn escape_corpus_is_refused() -> Result<()> {
                 path: wp("proc_root/etc/passwd"),
                 flags: libc::O_RDONLY,
                 head: 0,
+                expect: None,
             },
         ),
         (
@@ -512,5 +517,88 @@ async fn wrong_and_missing_certificates_are_refused() -> Result<()> {
         "health probe failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    Ok(())
+}
+
+/// Opens `path` read-only for node `expect`, asking for its first bytes; the head read, or the errno.
+async fn open_head(
+    conn: &quinn::Connection,
+    path: WirePath,
+    flags: i32,
+    expect: NodeId,
+) -> Result<Result<Vec<u8>, i32>> {
+    let open = Request::Open {
+        path,
+        flags,
+        head: if flags == libc::O_RDONLY { 64 } else { 0 },
+        expect: Some(expect),
+    };
+    Ok(match call(conn, open).await? {
+        Ok(Reply::Opened { fh, head, .. }) => {
+            if let Some(fh) = fh {
+                call(conn, Request::Release { fh }).await??;
+            }
+            Ok(head)
+        }
+        Ok(other) => anyhow::bail!("unexpected open reply {other:?}"),
+        Err(e) => Err(e.errno),
+    })
+}
+
+/// `Request::Open` with `expect` opens that node or nothing: the file a rename through the daemon
+/// replaced stays openable (by its old name or with no name) for `REPLACED_KEEP_MS`, never the file
+/// that has the name now, and an `O_TRUNC` open of a replaced node never truncates its successor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opens_by_identity_reach_that_file_or_fail_stale() -> Result<()> {
+    let s = setup("ident")?;
+    let ep = endpoint_with(Some(bridge_identity(&s.ca)?), &s.ca.cert_pem())?;
+    let conn = tokio::time::timeout(BOUND, client::connect(&ep, s.addr, "ident")).await??;
+    let id_of = |r: Result<Reply, ErrorReply>| match r {
+        Ok(Reply::Attr(a)) => Ok(NodeId::of(&a)),
+        other => Err(anyhow::anyhow!("lookup: {other:?}")),
+    };
+    std::fs::write(s.ws.join("f"), b"old")?;
+    std::fs::write(s.ws.join("tmp"), b"new")?;
+    let old = id_of(call(&conn, Request::Lookup { path: wp("f") }).await?)?;
+    let new = id_of(call(&conn, Request::Lookup { path: wp("tmp") }).await?)?;
+    let rename = |from: &str, to: &str| Request::Rename {
+        from: wp(from),
+        to: wp(to),
+        flags: 0,
+    };
+    assert_eq!(call(&conn, rename("tmp", "f")).await?, Ok(Reply::Empty));
+
+    // The name names the new file; the old one is opened by its identity, by name or with none.
+    let ro = libc::O_RDONLY;
+    assert_eq!(
+        open_head(&conn, wp("f"), ro, new).await?,
+        Ok(b"new".to_vec())
+    );
+    assert_eq!(
+        open_head(&conn, wp("f"), ro, old).await?,
+        Ok(b"old".to_vec())
+    );
+    let root = WirePath::root();
+    assert_eq!(
+        open_head(&conn, root.clone(), ro, old).await?,
+        Ok(b"old".to_vec())
+    );
+    // Truncating the replaced file leaves the file with its name alone.
+    let trunc = libc::O_WRONLY | libc::O_TRUNC;
+    assert_eq!(open_head(&conn, wp("f"), trunc, old).await?, Ok(Vec::new()));
+    assert_eq!(std::fs::read(s.ws.join("f"))?, b"new");
+
+    // Replaced behind the daemon: not kept, so `ESTALE`, and the file with the name is untouched.
+    std::fs::write(s.ws.join("other"), b"other")?;
+    std::fs::rename(s.ws.join("other"), s.ws.join("f"))?;
+    assert_eq!(
+        open_head(&conn, wp("f"), trunc, new).await?,
+        Err(errno::ESTALE)
+    );
+    assert_eq!(std::fs::read(s.ws.join("f"))?, b"other");
+
+    // Kept for a bounded time only.
+    tokio::time::sleep(Duration::from_millis(REPLACED_KEEP_MS + 200)).await;
+    assert_eq!(open_head(&conn, root, ro, old).await?, Err(errno::ESTALE));
     Ok(())
 }
