@@ -57,12 +57,21 @@ pub async fn write_frame<T: Serialize>(
 ) -> Result<(), WireError> {
     let mut buf = FrameBuffer::take();
     codec::encode_frame(msg, &mut buf)?;
-    send.write_all(&buf).await?;
+    if buf.len() >= HANDED_OVER_MIN {
+        // Handed to quinn as it is rather than copied into its send buffer.
+        let frame = bytes::Bytes::from(std::mem::take(&mut buf.0));
+        send.write_chunk(frame).await?;
+    } else {
+        send.write_all(&buf).await?;
+    }
     if finish {
         send.finish()?;
     }
     Ok(())
 }
+
+/// Frames at least this long are handed to quinn whole instead of copied (see [`write_frame`]).
+const HANDED_OVER_MIN: usize = 64 * 1024;
 
 /// Buffers kept for reuse at most; each holds up to one maximal frame.
 const POOLED_BUFFERS: usize = 2;
