@@ -30,12 +30,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummary,
     EventMessage, HealthConfig, HealthStatusEnum, HostConfig, ImageInspect, Mount, MountType,
-    PortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
+    NetworkCreateRequest, PortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, EventsOptionsBuilder,
-    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder,
+    UploadToContainerOptionsBuilder,
 };
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures_util::{Stream, StreamExt};
@@ -125,6 +126,11 @@ pub enum DockerError {
     /// The private runtime could not be created.
     #[error("cannot start the Docker client's runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    /// The session network was created but cannot be found.
+    #[error(
+        "docker: the network {SESSION_NETWORK} was created but is not listed (removed meanwhile?)"
+    )]
+    NoNetwork,
     /// An API call failed.
     #[error("docker: cannot {action}: {source}")]
     Api {
@@ -213,6 +219,17 @@ impl DockerError {
     }
 }
 
+/// Whether `e` is the engine's "already exists" answer.
+fn is_conflict(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 409,
+            ..
+        }
+    )
+}
+
 /// Whether `e` is the engine's "no such object" answer.
 fn is_not_found(e: &bollard::errors::Error) -> bool {
     matches!(
@@ -223,6 +240,16 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
         }
     )
 }
+
+/// The Docker network session containers join: a bridge network like Docker's default one, with
+/// 9,000-byte frames. The transport sends datagrams of up to 6,500 bytes (`pki/src/transport.rs`);
+/// on the default bridge's 1,500-byte frames they could not pass whole, path MTU discovery stopped
+/// at 1,452 bytes, and a MiB took over four times the packets: a 1 GiB read through a docker session
+/// cost twice the CPU of a local session's (docs/benchmarks.md).
+pub const SESSION_NETWORK: &str = "sessionfs";
+
+/// The frame size of [`SESSION_NETWORK`].
+pub const SESSION_NETWORK_MTU: u32 = 9000;
 
 /// The container name of session `id`: `sessionfs-<id>`.
 pub fn container_name(id: &SessionId) -> String {
@@ -712,6 +739,57 @@ impl Engine {
     }
 
     /// Whether the named volume exists.
+    /// The id of [`SESSION_NETWORK`], created if missing. Engines before API 1.44 let two concurrent
+    /// creates make two networks of one name; every caller then takes the same one (the least id),
+    /// and a container on the other would do as well.
+    pub fn session_network(&self) -> Result<String, DockerError> {
+        let find = || -> Result<Option<String>, DockerError> {
+            let options = ListNetworksOptionsBuilder::default()
+                .filters(&HashMap::from([("name", vec![SESSION_NETWORK])]))
+                .build();
+            let networks = self
+                .runtime
+                .block_on(self.docker.list_networks(Some(options)))
+                .map_err(DockerError::api(format!(
+                    "list networks named {SESSION_NETWORK}"
+                )))?;
+            // The engine's name filter matches substrings.
+            Ok(networks
+                .into_iter()
+                .filter(|n| n.name.as_deref() == Some(SESSION_NETWORK))
+                .filter_map(|n| n.id)
+                .min())
+        };
+        if let Some(id) = find()? {
+            return Ok(id);
+        }
+        let request = NetworkCreateRequest {
+            name: SESSION_NETWORK.to_owned(),
+            driver: Some("bridge".to_owned()),
+            options: Some(HashMap::from([(
+                "com.docker.network.driver.mtu".to_owned(),
+                SESSION_NETWORK_MTU.to_string(),
+            )])),
+            labels: Some(HashMap::from([(LABEL_MANAGED.to_owned(), "1".to_owned())])),
+            ..Default::default()
+        };
+        match self.runtime.block_on(self.docker.create_network(request)) {
+            Ok(_) => info!(
+                network = SESSION_NETWORK,
+                mtu = SESSION_NETWORK_MTU,
+                "created network"
+            ),
+            // Created meanwhile by another sessionfs (engines from API 1.44 refuse a second one).
+            Err(e) if is_conflict(&e) => {}
+            Err(e) => {
+                return Err(DockerError::api(format!(
+                    "create network {SESSION_NETWORK}"
+                ))(e))
+            }
+        }
+        find()?.ok_or(DockerError::NoNetwork)
+    }
+
     pub fn volume_exists(&self, volume: &str) -> Result<bool, DockerError> {
         match self.runtime.block_on(self.docker.inspect_volume(volume)) {
             Ok(_) => Ok(true),
@@ -868,7 +946,8 @@ impl Engine {
             e
         };
 
-        let body = container_body(id, spec, &daemon, labels);
+        let network = self.session_network().map_err(undo_volume)?;
+        let body = container_body(id, spec, &daemon, labels, &network);
         let options = CreateContainerOptionsBuilder::default()
             .name(&container)
             .build();
@@ -1337,6 +1416,7 @@ fn container_body(
     spec: &ContainerSpec,
     daemon: &str,
     labels: HashMap<String, String>,
+    network: &str,
 ) -> ContainerCreateBody {
     let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
     let mut env = vec!["NO_COLOR=1".to_owned()];
@@ -1379,6 +1459,7 @@ fn container_body(
         host_config: Some(HostConfig {
             mounts: Some(vec![mount]),
             port_bindings: Some(port_bindings),
+            network_mode: Some(network.to_owned()),
             nano_cpus: spec.nano_cpus,
             memory: spec.memory,
             restart_policy: Some(RestartPolicy {
@@ -1519,8 +1600,9 @@ mod tests {
             workspace: WorkspaceSource::Volume("sessionfs-web".into()),
             env: vec![("A".into(), "b=c".into())],
         };
-        let body = container_body(&id, &spec, "/sessionfsd", object_labels(&home, &id));
+        let body = container_body(&id, &spec, "/sessionfsd", object_labels(&home, &id), "net1");
         let json = serde_json::to_value(&body).unwrap();
+        assert_eq!(json["HostConfig"]["NetworkMode"], "net1");
         assert_eq!(
             json["Cmd"],
             serde_json::json!([

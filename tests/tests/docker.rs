@@ -69,6 +69,28 @@ fn three_docker_sessions_and_a_local_one_agree_with_a_local_directory() -> Resul
     ensure!(inspect(&c0, "{{.HostConfig.NanoCpus}}")? == "1000000000");
     ensure!(inspect(&c0, "{{.HostConfig.Memory}}")? == (512u64 << 20).to_string());
     ensure!(inspect(&c0, "{{json .Config.Env}}")?.contains("\"TEAM=a=b\""));
+    // On the sessions' network, whose frames carry the transport's datagrams whole, and so does
+    // the container's own interface.
+    let networks = inspect(
+        &c0,
+        "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}",
+    )?;
+    ensure!(networks == "sessionfs", "networks: {networks}");
+    let mtu = docker(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{index .Options \"com.docker.network.driver.mtu\"}}",
+        "sessionfs",
+    ])?;
+    ensure!(mtu.trim() == "9000", "network MTU: {mtu}");
+    let pid = inspect(&c0, "{{.State.Pid}}")?;
+    let link = std::process::Command::new("nsenter")
+        .args(["-t", &pid, "-n", "ip", "-o", "link", "show", "eth0"])
+        .output()
+        .context("nsenter ip link")?;
+    let link = String::from_utf8_lossy(&link.stdout);
+    ensure!(link.contains(" mtu 9000 "), "the container's eth0: {link}");
     let health = inspect(&c0, "{{json .Config.Healthcheck}}")?;
     ensure!(
         health.contains(&format!(
