@@ -10,10 +10,12 @@
 //! - [`watch`] owns the workspace watcher: inotify changes batched and streamed to the bridge so it can
 //!   invalidate what the host kernel cached.
 //! - [`replaced`] keeps the regular files a rename replaced openable by their identity for a moment.
+//! - [`idle`] hands freed memory back to the system once the daemon goes quiet after a burst.
 //! - [`health`] is the client side of `sessionfsd --health`.
 
 pub mod handles;
 pub mod health;
+pub mod idle;
 pub mod replaced;
 pub mod server;
 pub mod watch;

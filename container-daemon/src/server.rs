@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::cert_files;
 use crate::handles::Handles;
+use crate::idle::Activity;
 use crate::watch::{Subscription, WorkspaceWatcher};
 use crate::workspace::{Workspace, XattrValue};
 use sessionfs_proto::WatchFrame;
@@ -76,6 +77,8 @@ pub struct Daemon {
     endpoint: quinn::Endpoint,
     workspace: Arc<Workspace>,
     watcher: Arc<WorkspaceWatcher>,
+    /// Requests and watched changes, for trimming memory once quiet (see [`crate::idle`]).
+    activity: Arc<Activity>,
     session_id: Arc<str>,
 }
 
@@ -107,11 +110,14 @@ impl Daemon {
                 }
             })?;
         let workspace = Arc::new(workspace);
-        let watcher = WorkspaceWatcher::start(&config.root, Some(workspace.clone()));
+        let activity = Arc::new(Activity::default());
+        let watcher =
+            WorkspaceWatcher::start(&config.root, Some(workspace.clone()), activity.clone());
         Ok(Daemon {
             endpoint,
             workspace,
             watcher,
+            activity,
             session_id: config.session_id.as_str().into(),
         })
     }
@@ -131,6 +137,7 @@ impl Daemon {
             "serving"
         );
         tokio::pin!(shutdown);
+        let trimmer = tokio::spawn(crate::idle::trim_when_quiet(self.activity.clone()));
         loop {
             tokio::select! {
                 incoming = self.endpoint.accept() => {
@@ -138,12 +145,14 @@ impl Daemon {
                     let ws = self.workspace.clone();
                     let watcher = self.watcher.clone();
                     let id = self.session_id.clone();
-                    tokio::spawn(serve_connection(incoming, ws, watcher, id));
+                    let activity = self.activity.clone();
+                    tokio::spawn(serve_connection(incoming, ws, watcher, activity, id));
                 }
                 () = &mut shutdown => break,
             }
         }
         info!("shutting down");
+        trimmer.abort();
         self.endpoint.close(0u32.into(), b"daemon shutting down");
         if tokio::time::timeout(SHUTDOWN_GRACE, self.endpoint.wait_idle())
             .await
@@ -158,6 +167,7 @@ async fn serve_connection(
     incoming: quinn::Incoming,
     ws: Arc<Workspace>,
     watcher: Arc<WorkspaceWatcher>,
+    activity: Arc<Activity>,
     session_id: Arc<str>,
 ) {
     let remote = incoming.remote_address();
@@ -198,6 +208,7 @@ async fn serve_connection(
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
+                activity.note();
                 let (ws, handles, watcher) = (ws.clone(), handles.clone(), watcher.clone());
                 tokio::spawn(serve_stream(send, recv, ws, handles, watcher, role));
             }

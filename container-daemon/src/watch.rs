@@ -24,6 +24,7 @@ use sessionfs_proto::{errno, Change, EntryNow, NodeId, WatchFrame, WirePath, MAX
 use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, warn};
 
+use crate::idle::Activity;
 use crate::workspace::Workspace;
 
 /// How long a batch collects changes after its first one.
@@ -33,8 +34,6 @@ const RAW_CAPACITY: usize = 16 * 1024;
 /// Frames buffered per subscriber; a subscriber further behind gets an overflow. The buffer keeps the
 /// last frames until they are overwritten, so it is small: it is memory held while idle.
 const FRAME_CAPACITY: usize = 64;
-/// After this long without changes, the batcher hands freed heap back to the system.
-const IDLE_TRIM: Duration = Duration::from_secs(1);
 
 /// The watcher of one workspace, shared by every connection.
 pub struct WorkspaceWatcher {
@@ -55,7 +54,12 @@ impl WorkspaceWatcher {
     /// subscribers as unavailable. Must run inside a tokio runtime. `workspace` (the same root), if
     /// given, is where each entry change's name is looked up when its batch is sent (see
     /// [`EntryNow`]): the bridge then needs no round trip to know whether its entry still holds.
-    pub fn start(root: &Path, workspace: Option<Arc<Workspace>>) -> Arc<WorkspaceWatcher> {
+    /// Each batch of events counts as `activity` (see [`crate::idle`]).
+    pub fn start(
+        root: &Path,
+        workspace: Option<Arc<Workspace>>,
+        activity: Arc<Activity>,
+    ) -> Arc<WorkspaceWatcher> {
         let (frames, _) = broadcast::channel(FRAME_CAPACITY);
         let (raw_tx, raw_rx) = mpsc::channel::<Raw>(RAW_CAPACITY);
         let overflowed = Arc::new(AtomicBool::new(false));
@@ -96,6 +100,7 @@ impl WorkspaceWatcher {
             raw_rx,
             overflowed,
             frames,
+            activity,
         ));
         this
     }
@@ -126,27 +131,13 @@ async fn batch(
     mut raw: mpsc::Receiver<Raw>,
     overflowed: Arc<AtomicBool>,
     frames: broadcast::Sender<Arc<WatchFrame>>,
+    activity: Arc<Activity>,
 ) {
     let mut pending: Vec<Change> = Vec::new();
     let mut seen: HashSet<Change> = HashSet::new();
-    let mut dirty = false;
     loop {
-        let first = if dirty {
-            match tokio::time::timeout(IDLE_TRIM, raw.recv()).await {
-                Ok(first) => first,
-                Err(_) => {
-                    // A burst (a build, an extraction) grew the heap; idle daemons should be small.
-                    sessionfs_pki::wire::release_pooled_buffers();
-                    trim_heap();
-                    dirty = false;
-                    continue;
-                }
-            }
-        } else {
-            raw.recv().await
-        };
-        let Some(first) = first else { break };
-        dirty = true;
+        let Some(first) = raw.recv().await else { break };
+        activity.note();
         let mut overflow = matches!(first, Raw::Overflow);
         if let Raw::Event(event) = first {
             add_changes(&root, &event, &mut pending, &mut seen);
@@ -209,15 +200,6 @@ fn look_at_entries(ws: &Workspace, batch: &mut [Change]) {
             }
             Change::Data { .. } => {}
         }
-    }
-}
-
-/// Returns freed heap memory to the system (glibc keeps it otherwise).
-fn trim_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free memory of the allocator; it takes no pointers.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 
