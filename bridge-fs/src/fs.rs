@@ -34,6 +34,7 @@ use tracing::{debug, warn};
 
 use crate::session::Invalidation;
 
+use crate::direct::{Direct, DIRECT_MIN};
 use crate::heads_ahead::{Fetched, Found, HeadsAhead};
 use crate::inodes::{InodeTable, NodeRef, Stale, ROOT_INO};
 use crate::known::Known;
@@ -61,6 +62,8 @@ struct OpenFile {
     /// For a file this handle created: its attributes as the mount's changes left them, while
     /// nothing else changed it (see [`crate::known`]).
     known: Mutex<Option<Known>>,
+    /// The kernel reads and writes through the daemon's descriptor itself (see [`crate::direct`]).
+    direct: bool,
 }
 
 impl OpenFile {
@@ -443,6 +446,11 @@ struct Inner {
     /// are in flight: they are not opened without a daemon handle meanwhile (see
     /// [`Inner::unopened_handles_of`]).
     losing_names: Mutex<HashMap<u64, usize>>,
+    /// Inodes whose handles have direct data (see [`crate::direct`]); taken before the file table
+    /// by every open that adds a handle, so that a handle of the other kind cannot come between.
+    direct: Mutex<Direct>,
+    /// The kernel accepted passthrough at `INIT`.
+    passthrough: AtomicBool,
     /// Owner and time shown for the mount root.
     root_uid: u32,
     root_gid: u32,
@@ -604,6 +612,8 @@ impl BridgeFs {
                 watched_ttl,
                 page_stamps: Mutex::new(HashMap::new()),
                 losing_names: Mutex::new(HashMap::new()),
+                direct: Mutex::new(Direct::default()),
+                passthrough: AtomicBool::new(false),
                 root_uid: rustix::process::geteuid().as_raw(),
                 root_gid: rustix::process::getegid().as_raw(),
                 mounted_at: SystemTime::now(),
@@ -1646,6 +1656,21 @@ impl Inner {
         head: Option<Head>,
         known: Option<Known>,
     ) -> u64 {
+        self.add_file_of(ino, session, flags, remote, head, known, false)
+    }
+
+    /// [`Self::add_file`]; `direct`: the handle has direct data.
+    #[allow(clippy::too_many_arguments)]
+    fn add_file_of(
+        &self,
+        ino: u64,
+        session: Arc<Session>,
+        flags: i32,
+        remote: Option<RemoteHandle>,
+        head: Option<Head>,
+        known: Option<Known>,
+        direct: bool,
+    ) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         if known.is_some() {
             lock(&self.knowing).insert(ino, fh);
@@ -1657,6 +1682,7 @@ impl Inner {
             flags,
             head: Mutex::new(head),
             known: Mutex::new(known),
+            direct,
         };
         lock(&self.files).insert(fh, Arc::new(file));
         fh
@@ -2060,13 +2086,63 @@ impl Inner {
     /// the file is losing a name through the mount or has none left: it is then opened through the
     /// daemon.
     fn open_unopened(&self, ino: u64, session: &Arc<Session>, flags: i32) -> Option<u64> {
+        let direct = lock(&self.direct);
         let losing = lock(&self.losing_names);
-        if losing.contains_key(&ino) || lock(&self.inodes).resolve(ino).is_err() {
+        if direct.is_live(ino)
+            || losing.contains_key(&ino)
+            || lock(&self.inodes).resolve(ino).is_err()
+        {
             return None;
         }
         let fh = self.add_file(ino, session.clone(), flags, None, None, None);
-        drop(losing);
+        drop((losing, direct));
         Some(fh)
+    }
+
+    /// The backing file for an open of `ino` (`attr`, the daemon's descriptor `fd`) with direct data:
+    /// the inode's, if it has handles with direct data (every open of it must have them then); else a
+    /// new one, for a file of at least [`DIRECT_MIN`] bytes of a local session with no other open
+    /// handle here. `direct` is the locked [`Inner::direct`].
+    fn direct_backing(
+        &self,
+        direct: &mut Direct,
+        ino: u64,
+        session: &Session,
+        attr: &Attr,
+        fd: Option<u32>,
+        reply: &ReplyOpen,
+    ) -> Option<Arc<fuser::BackingId>> {
+        if let Some(backing) = direct.join(ino) {
+            return Some(backing);
+        }
+        if !self.passthrough.load(Ordering::Relaxed) || attr.size < DIRECT_MIN {
+            return None;
+        }
+        let record = session.record();
+        let pid = record
+            .pid
+            .filter(|_| record.backend == sessionfs_registry::Backend::Local)?;
+        if lock(&self.files).values().any(|f| f.ino == ino) {
+            return None;
+        }
+        let file = match crate::direct::open_daemon_fd(pid, fd?, attr) {
+            Ok(file) => file,
+            Err(e) => {
+                debug!(ino, "no direct data: {e}");
+                return None;
+            }
+        };
+        match reply.open_backing(&file) {
+            Ok(backing) => Some(direct.start(ino, backing)),
+            Err(e) => {
+                // Not permitted (no CAP_SYS_ADMIN) or not supported: not tried again.
+                warn!(
+                    "the kernel refused a backing file, so file data goes through the bridge: {e}"
+                );
+                self.passthrough.store(false, Ordering::Relaxed);
+                None
+            }
+        }
     }
 
     /// An open of `ino` failed with `ESTALE`: its name names another file now (changed behind the
@@ -2106,19 +2182,44 @@ impl Inner {
             request,
             reply,
             move |inner, answered, r, OpenReply { reply, .. }| {
-                let Reply::Opened { fh, attr, head } = r else {
+                let Reply::Opened { fh, attr, head, fd } = r else {
                     return reply.fail(unexpected(&r));
                 };
                 let (since, epoch) = (answered.since, open.epoch);
-                if open.mutation.is_none() {
-                    inner.keep_attrs(&answered.session, since, epoch, &[(ino, attr)]);
-                }
-                let keep = inner.keep_cache(ino, &answered.session, &attr, since);
                 let whole = fh.is_none();
                 let remote = fh.map(|fh| RemoteHandle {
                     conn: answered.conn,
                     fh,
                 });
+                // Held until the handle is added (see `Inner::direct`).
+                let mut direct = lock(&inner.direct);
+                let session = &answered.session;
+                if let Some(backing) =
+                    inner.direct_backing(&mut direct, ino, session, &attr, fd, &reply)
+                {
+                    let fh = inner.add_file_of(
+                        ino,
+                        session.clone(),
+                        open.flags,
+                        remote,
+                        None,
+                        None,
+                        true,
+                    );
+                    drop(direct);
+                    // What the kernel cached of the file through the bridge is stale once it
+                    // writes directly.
+                    lock(&inner.page_stamps).remove(&ino);
+                    return reply.opened_passthrough(
+                        FileHandle(fh),
+                        open.fopen_flags(false),
+                        &backing,
+                    );
+                }
+                if open.mutation.is_none() {
+                    inner.keep_attrs(&answered.session, since, epoch, &[(ino, attr)]);
+                }
+                let keep = inner.keep_cache(ino, &answered.session, &attr, since);
                 // Kept pages: the kernel reads nothing, the head is of no use. The head is served only
                 // while its stamp stands and nothing changed through the mount since the open began
                 // (see `read_head`).
@@ -2129,6 +2230,7 @@ impl Inner {
                     epoch,
                 });
                 let fh = inner.add_file(ino, answered.session, open.flags, remote, head, None);
+                drop(direct);
                 reply.opened(FileHandle(fh), open.fopen_flags(keep));
             },
         )
@@ -2175,6 +2277,10 @@ impl Inner {
         if known.is_some_and(|known| ContentStamp::of(&known) != ContentStamp::of(&attr)) {
             return None;
         }
+        let direct = lock(&self.direct);
+        if direct.is_live(ino) {
+            return None;
+        }
         self.keep_attrs(session, fetched.since, fetched.epoch, &[(ino, attr)]);
         let keep = self.keep_cache(ino, session, &attr, fetched.since);
         let head = (!keep).then(|| Head {
@@ -2183,10 +2289,9 @@ impl Inner {
             stamp: ContentStamp::of(&attr),
             epoch: fetched.epoch,
         });
-        Some((
-            self.add_file(ino, session.clone(), open.flags, None, head, None),
-            keep,
-        ))
+        let fh = self.add_file(ino, session.clone(), open.flags, None, head, None);
+        drop(direct);
+        Some((fh, keep))
     }
 
     /// A read-only open in `dir` goes to the daemon (`ahead` false), or read-ahead fetched the
@@ -2331,6 +2436,13 @@ impl fuser::Filesystem for BridgeFs {
             debug!("kernel lacks capabilities {missing:?}");
             let _ = config.add_capabilities(wanted - missing);
         }
+        // Direct data for large files of local sessions (see `crate::direct`); backing files may sit
+        // on a stacked file system (overlayfs) themselves.
+        if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(2).is_ok()
+        {
+            self.inner.passthrough.store(true, Ordering::Relaxed);
+        }
         let no_opendir = config
             .capabilities()
             .contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
@@ -2420,6 +2532,13 @@ impl fuser::Filesystem for BridgeFs {
     fn getattr(&self, req: &FuseRequest, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         if ino.0 == ROOT_INO {
             return reply.attr(&self.inner.ttl, &self.root_attr());
+        }
+        // A file the kernel writes directly: only the daemon knows its size and times.
+        if lock(&self.inner.direct).is_live(ino.0) {
+            return self.attr_request(req, ino, fh, reply, None, |path, fh| Request::GetAttr {
+                path,
+                fh,
+            });
         }
         // A file created through the mount, with changes pending: as they will leave it (the
         // kernel asks before every `chown`). Not cached: the change time is the bridge's guess.
@@ -2972,6 +3091,11 @@ impl fuser::Filesystem for BridgeFs {
         let Some(file) = lock(&self.inner.files).remove(&fh.0) else {
             return reply.error(Errno::EBADF);
         };
+        if file.direct && lock(&self.inner.direct).leave(file.ino) {
+            // Written directly: what the bridge remembers of the file is not to be trusted.
+            lock(&self.inner.page_stamps).remove(&file.ino);
+            lock(&self.inner.attrs).remove(file.ino);
+        }
         {
             let mut knowing = lock(&self.inner.knowing);
             if knowing.get(&file.ino) == Some(&fh.0) {

@@ -412,8 +412,13 @@ pub fn dispatch(
             head,
             expect,
         } => {
-            let (fh, attr, head) = ws.open_file(&path, flags, head, expect.as_ref(), handles)?;
-            Reply::Opened { fh, attr, head }
+            let opened = ws.open_file(&path, flags, head, expect.as_ref(), handles)?;
+            Reply::Opened {
+                fh: opened.fh,
+                attr: opened.attr,
+                head: opened.head,
+                fd: opened.fd,
+            }
         }
         Request::Create { path, mode, flags } => {
             let (fh, attr, parent) = ws.create(&path, mode, flags, caller, handles)?;

@@ -84,6 +84,16 @@ impl std::fmt::Display for Owner {
     }
 }
 
+/// What [`Workspace::open_file`] opened: as `Reply::Opened` says.
+pub struct OpenedFile {
+    /// The handle, unless the file ended within the head read with it (then closed again).
+    pub fh: Option<u64>,
+    pub attr: Attr,
+    pub head: Vec<u8>,
+    /// The descriptor number behind `fh`.
+    pub fd: Option<u32>,
+}
+
 /// One workspace root and the operations confined to it.
 pub struct Workspace {
     root: OwnedFd,
@@ -556,7 +566,7 @@ impl Workspace {
         head: u32,
         expect: Option<&NodeId>,
         handles: &Handles,
-    ) -> Result<(Option<u64>, Attr, Vec<u8>)> {
+    ) -> Result<OpenedFile> {
         let flags = OFlags::from_bits_retain(flags as u32) & PASSTHROUGH_OPEN_FLAGS;
         let fd = self.open_expected(path, flags - OFlags::EXCL, expect)?;
         let read_only = flags & OFlags::ACCMODE == OFlags::RDONLY;
@@ -573,9 +583,20 @@ impl Workspace {
         let attr = statx_fd(fd.as_fd()).map_err(|e| fail("open", path, e))?;
         // Asked-for bytes missing: the file ended within them, and its handle is of no further use.
         if want > 0 && data.len() < want as usize {
-            return Ok((None, attr, data));
+            return Ok(OpenedFile {
+                fh: None,
+                attr,
+                head: data,
+                fd: None,
+            });
         }
-        Ok((Some(handles.insert(fd)?), attr, data))
+        let raw = u32::try_from(fd.as_raw_fd()).ok();
+        Ok(OpenedFile {
+            fh: Some(handles.insert(fd)?),
+            attr,
+            head: data,
+            fd: raw,
+        })
     }
 
     /// The small regular files of directory `path`, whole: every file smaller than `max_each` bytes

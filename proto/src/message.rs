@@ -476,6 +476,9 @@ pub enum Reply {
         attr: Attr,
         #[serde(with = "serde_bytes")]
         head: Vec<u8>,
+        /// The daemon's descriptor number behind `fh`: a bridge on the same host may open the same
+        /// file through `/proc/<daemon pid>/fd/<fd>` and hand its data to the kernel directly.
+        fd: Option<u32>,
     },
     /// The node a `Mkdir`, `Mknod`, `Symlink` or `Link` made, and its directory's attributes after it
     /// (the kernel asks for them next).

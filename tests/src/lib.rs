@@ -373,6 +373,11 @@ impl Harness {
     }
 
     /// The bridge's log so far.
+    /// The process id of the mounted bridge, if mounted.
+    pub fn bridge_pid(&self) -> Option<u32> {
+        self.mount.as_ref().map(Child::id)
+    }
+
     pub fn bridge_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("bridge.log")).unwrap_or_default()
     }
