@@ -62,8 +62,6 @@ struct OpenFile {
     /// For a file this handle created: its attributes as the mount's changes left them, while
     /// nothing else changed it (see [`crate::known`]).
     known: Mutex<Option<Known>>,
-    /// The kernel reads and writes through the daemon's descriptor itself (see [`crate::direct`]).
-    direct: bool,
 }
 
 impl OpenFile {
@@ -1656,21 +1654,6 @@ impl Inner {
         head: Option<Head>,
         known: Option<Known>,
     ) -> u64 {
-        self.add_file_of(ino, session, flags, remote, head, known, false)
-    }
-
-    /// [`Self::add_file`]; `direct`: the handle has direct data.
-    #[allow(clippy::too_many_arguments)]
-    fn add_file_of(
-        &self,
-        ino: u64,
-        session: Arc<Session>,
-        flags: i32,
-        remote: Option<RemoteHandle>,
-        head: Option<Head>,
-        known: Option<Known>,
-        direct: bool,
-    ) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         if known.is_some() {
             lock(&self.knowing).insert(ino, fh);
@@ -1682,7 +1665,6 @@ impl Inner {
             flags,
             head: Mutex::new(head),
             known: Mutex::new(known),
-            direct,
         };
         lock(&self.files).insert(fh, Arc::new(file));
         fh
@@ -2197,15 +2179,7 @@ impl Inner {
                 if let Some(backing) =
                     inner.direct_backing(&mut direct, ino, session, &attr, fd, &reply)
                 {
-                    let fh = inner.add_file_of(
-                        ino,
-                        session.clone(),
-                        open.flags,
-                        remote,
-                        None,
-                        None,
-                        true,
-                    );
+                    let fh = inner.add_file(ino, session.clone(), open.flags, remote, None, None);
                     drop(direct);
                     // What the kernel cached of the file through the bridge is stale once it
                     // writes directly.
@@ -3091,7 +3065,8 @@ impl fuser::Filesystem for BridgeFs {
         let Some(file) = lock(&self.inner.files).remove(&fh.0) else {
             return reply.error(Errno::EBADF);
         };
-        if file.direct && lock(&self.inner.direct).leave(file.ino) {
+        // While an inode has direct handles, all its handles are (see `Inner::direct`).
+        if lock(&self.inner.direct).leave(file.ino) {
             // Written directly: what the bridge remembers of the file is not to be trusted.
             lock(&self.inner.page_stamps).remove(&file.ino);
             lock(&self.inner.attrs).remove(file.ino);
