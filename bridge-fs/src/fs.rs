@@ -2181,9 +2181,8 @@ impl Inner {
                 {
                     let fh = inner.add_file(ino, session.clone(), open.flags, remote, None, None);
                     drop(direct);
-                    // What the kernel cached of the file through the bridge is stale once it
-                    // writes directly.
-                    lock(&inner.page_stamps).remove(&ino);
+                    // The page stamp goes with the last direct handle (see `release`): no open
+                    // keeps the kernel's pages while this one is live.
                     return reply.opened_passthrough(
                         FileHandle(fh),
                         open.fopen_flags(false),
@@ -2508,22 +2507,19 @@ impl fuser::Filesystem for BridgeFs {
             return reply.attr(&self.inner.ttl, &self.root_attr());
         }
         // A file the kernel writes directly: only the daemon knows its size and times.
-        if lock(&self.inner.direct).is_live(ino.0) {
-            return self.attr_request(req, ino, fh, reply, None, |path, fh| Request::GetAttr {
-                path,
-                fh,
-            });
-        }
-        // A file created through the mount, with changes pending: as they will leave it (the
-        // kernel asks before every `chown`). Not cached: the change time is the bridge's guess.
-        if let Some(attr) = self.known_attr(ino) {
-            return reply.attr(&Duration::ZERO, &file_attr(ino.0, &attr));
-        }
-        // The kernel asks again after it invalidated the atime itself (after every read and listing
-        // it got from here), though nothing changed: answered from memory while that is known.
-        if let Ok((session, _)) = self.node(ino) {
-            if let Some(attr) = self.inner.cached_attr(ino.0, &session) {
-                return reply.attr(&self.inner.watched_ttl, &file_attr(ino.0, &attr));
+        if !lock(&self.inner.direct).is_live(ino.0) {
+            // A file created through the mount, with changes pending: as they will leave it (the
+            // kernel asks before every `chown`). Not cached: the change time is the bridge's guess.
+            if let Some(attr) = self.known_attr(ino) {
+                return reply.attr(&Duration::ZERO, &file_attr(ino.0, &attr));
+            }
+            // The kernel asks again after it invalidated the atime itself (after every read and
+            // listing it got from here), though nothing changed: answered from memory while that
+            // is known.
+            if let Ok((session, _)) = self.node(ino) {
+                if let Some(attr) = self.inner.cached_attr(ino.0, &session) {
+                    return reply.attr(&self.inner.watched_ttl, &file_attr(ino.0, &attr));
+                }
             }
         }
         self.attr_request(req, ino, fh, reply, None, |path, fh| Request::GetAttr {

@@ -404,15 +404,18 @@ impl Workspace {
         expect: Option<&NodeId>,
     ) -> Result<OwnedFd> {
         let f = |e| fail("open", path, e);
-        let Some(id) = expect else {
-            return self.open_regular(path.as_bytes(), flags, None).map_err(f);
-        };
-        match self.open_regular(path.as_bytes(), flags, Some(id)) {
+        let err = match self.open_regular(path.as_bytes(), flags, expect) {
             Ok(fd) => return Ok(fd),
-            // The name names another node, or none.
-            Err(Errno::STALE | Errno::NOENT | Errno::NOTDIR | Errno::ISDIR | Errno::NXIO) => {}
-            Err(e) => return Err(f(e)),
-        }
+            Err(e) => e,
+        };
+        // With `expect`: the name names another node, or none.
+        let named_another = matches!(
+            err,
+            Errno::STALE | Errno::NOENT | Errno::NOTDIR | Errno::ISDIR | Errno::NXIO
+        );
+        let Some(id) = expect.filter(|_| named_another) else {
+            return Err(f(err));
+        };
         match self
             .replaced
             .reopen(id, Instant::now(), |fd| reopen(fd, flags))

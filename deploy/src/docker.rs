@@ -219,26 +219,18 @@ impl DockerError {
     }
 }
 
-/// Whether `e` is the engine's "already exists" answer.
-fn is_conflict(e: &bollard::errors::Error) -> bool {
+/// Whether `e` is the engine's answer with HTTP status `code` (404: no such object; 409: already
+/// exists).
+fn has_status(e: &bollard::errors::Error, code: u16) -> bool {
     matches!(
         e,
-        bollard::errors::Error::DockerResponseServerError {
-            status_code: 409,
-            ..
-        }
+        bollard::errors::Error::DockerResponseServerError { status_code, .. } if *status_code == code
     )
 }
 
 /// Whether `e` is the engine's "no such object" answer.
 fn is_not_found(e: &bollard::errors::Error) -> bool {
-    matches!(
-        e,
-        bollard::errors::Error::DockerResponseServerError {
-            status_code: 404,
-            ..
-        }
-    )
+    has_status(e, 404)
 }
 
 /// The Docker network session containers join: a bridge network like Docker's default one, with
@@ -780,7 +772,7 @@ impl Engine {
                 "created network"
             ),
             // Created meanwhile by another sessionfs (engines from API 1.44 refuse a second one).
-            Err(e) if is_conflict(&e) => {}
+            Err(e) if has_status(&e, 409) => {}
             Err(e) => {
                 return Err(DockerError::api(format!(
                     "create network {SESSION_NETWORK}"
