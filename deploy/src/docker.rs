@@ -99,6 +99,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(200);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Lines of container log quoted in errors.
 const LOG_TAIL_LINES: usize = 20;
+/// Attempts of a forced container removal (see [`Engine::remove_container`]).
+const REMOVE_ATTEMPTS: u32 = 5;
 /// How long one quick Docker API call (inspect, list) may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -824,18 +826,32 @@ impl Engine {
     }
 
     /// Force-removes a container (not its volumes); false if it did not exist.
+    ///
+    /// A container whose process exits while its restart policy restarts it can fail a forced
+    /// removal: the engine sees it running, then cannot kill it because it no longer runs
+    /// ("Could not kill running container …, cannot remove - Container … is not running",
+    /// seen in CI on Docker 20.10). Such a failure is retried, at most [`REMOVE_ATTEMPTS`] times
+    /// [`POLL_INTERVAL`] apart, while the container still exists.
     pub fn remove_container(&self, container: &str) -> Result<bool, DockerError> {
-        let options = RemoveContainerOptionsBuilder::default()
-            .force(true)
-            .v(false)
-            .build();
-        match self
-            .runtime
-            .block_on(self.docker.remove_container(container, Some(options)))
-        {
-            Ok(()) => Ok(true),
-            Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(DockerError::api(format!("remove container {container}"))(e)),
+        let mut attempt = 1;
+        loop {
+            let options = RemoveContainerOptionsBuilder::default()
+                .force(true)
+                .v(false)
+                .build();
+            match self
+                .runtime
+                .block_on(self.docker.remove_container(container, Some(options)))
+            {
+                Ok(()) => return Ok(true),
+                Err(e) if is_not_found(&e) => return Ok(attempt > 1),
+                Err(e) if attempt < REMOVE_ATTEMPTS => {
+                    debug!(%container, attempt, error = %e, "removal failed; retrying");
+                    attempt += 1;
+                    std::thread::sleep(POLL_INTERVAL);
+                }
+                Err(e) => return Err(DockerError::api(format!("remove container {container}"))(e)),
+            }
         }
     }
 

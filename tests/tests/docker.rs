@@ -565,8 +565,20 @@ fn a_daemon_that_dies_at_start_is_reported_and_rolled_back() -> Result<()> {
     );
     ensure!(h.session_json(&id).is_err());
     ensure!(!h.home.join("sessions").join(&id).exists());
-    ensure!(h.docker_objects(false)?.is_empty(), "containers left");
-    ensure!(h.docker_objects(true)?.is_empty(), "volumes left");
+    let containers = h.docker_objects(false)?;
+    ensure!(
+        containers.is_empty(),
+        "containers left: {containers:?} (states: {:?}); the create printed:\n{err}",
+        containers
+            .iter()
+            .map(|c| inspect(c, "{{.State.Status}} restarting={{.State.Restarting}}"))
+            .collect::<Vec<_>>()
+    );
+    let volumes = h.docker_objects(true)?;
+    ensure!(
+        volumes.is_empty(),
+        "volumes left: {volumes:?}; the create printed:\n{err}"
+    );
     Ok(())
 }
 
