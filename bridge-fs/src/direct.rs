@@ -4,9 +4,13 @@
 //! The daemon opens the file as for any open (beneath its root, checked against the node the kernel
 //! resolved) and names the descriptor in its reply. The bridge opens the same file through
 //! `/proc/<daemon pid>/fd/<n>`, checks that it is the node the daemon described, and registers it with
-//! the kernel as the inode's backing file. Only local sessions qualify (the registry holds their
-//! daemon's host pid), only files of at least [`DIRECT_MIN`] bytes when opened (small files are read
-//! whole with their open), and only while the inode has no other kind of open handle: the kernel
+//! the kernel as the inode's backing file.
+//!
+//! Only sessions whose daemon runs on this host qualify: local ones, and docker ones on this host's
+//! engine (the registry holds the daemon's host pid; a container's main process is its daemon, and
+//! root here opens its descriptors as any other process's). A stale or foreign pid opens nothing or
+//! another file, which the device and inode check refuses. Only files of at least [`DIRECT_MIN`]
+//! bytes when opened (small files are read whole with their open) qualify, and only while the inode has no other kind of open handle: the kernel
 //! allows one backing file per inode and refuses a cached open while a passthrough one is live (and
 //! the reverse; see [`Direct`]). Registering a backing file needs `CAP_SYS_ADMIN`; without it, or on a
 //! kernel without passthrough, every open goes through the bridge as before.

@@ -2083,8 +2083,8 @@ impl Inner {
 
     /// The backing file for an open of `ino` (`attr`, the daemon's descriptor `fd`) with direct data:
     /// the inode's, if it has handles with direct data (every open of it must have them then); else a
-    /// new one, for a file of at least [`DIRECT_MIN`] bytes of a local session with no other open
-    /// handle here. `direct` is the locked [`Inner::direct`].
+    /// new one, for a file of at least [`DIRECT_MIN`] bytes of a session whose daemon runs on this
+    /// host (the registry has its pid) with no other open handle here. `direct` is the locked [`Inner::direct`].
     fn direct_backing(
         &self,
         direct: &mut Direct,
@@ -2100,10 +2100,7 @@ impl Inner {
         if !self.passthrough.load(Ordering::Relaxed) || attr.size < DIRECT_MIN {
             return None;
         }
-        let record = session.record();
-        let pid = record
-            .pid
-            .filter(|_| record.backend == sessionfs_registry::Backend::Local)?;
+        let pid = session.record().pid?;
         if lock(&self.files).values().any(|f| f.ino == ino) {
             return None;
         }

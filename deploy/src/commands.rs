@@ -486,6 +486,7 @@ fn create_docker(
     registry
         .modify(&id, |r| {
             r.endpoint = Some(provisioned.endpoint);
+            r.pid = provisioned.pid;
             r.labels.extend(provisioned.record_labels());
             r.labels.extend(spec.record_labels());
         })
@@ -891,13 +892,13 @@ pub fn start(home: &Home, id: &str) -> Result<Started, CommandError> {
     match record.backend {
         Backend::Local => {}
         Backend::Docker => {
-            let (endpoint, was_running) = Engine::connect()?.start(home, &record)?;
-            let unchanged =
-                record.state == SessionState::Running && record.endpoint == Some(endpoint);
+            let (published, was_running) = Engine::connect()?.start(home, &record)?;
+            let unchanged = record.state == SessionState::Running
+                && record.endpoint == Some(published.endpoint);
             let record = registry.modify(&id, |r| {
                 r.state = SessionState::Running;
-                r.endpoint = Some(endpoint);
-                r.pid = None;
+                r.endpoint = Some(published.endpoint);
+                r.pid = published.pid;
             })?;
             return Ok(if was_running && unchanged {
                 Started::AlreadyRunning(record)
@@ -1127,7 +1128,7 @@ pub fn recreate(home: &Home, id: &str, image: Option<&str>) -> Result<Recreated,
     registry.modify(&id, |r| {
         r.state = SessionState::Starting;
         r.endpoint = Some(provisioned.endpoint);
-        r.pid = None;
+        r.pid = provisioned.pid;
         r.labels.extend(provisioned.record_labels());
         r.labels.extend(spec.record_labels());
     })?;

@@ -443,6 +443,8 @@ pub struct Provisioned {
     pub volume_created: bool,
     /// `127.0.0.1:<published port>`.
     pub endpoint: SocketAddr,
+    /// The host pid of the container's main process (its daemon), as the engine reports it.
+    pub pid: Option<u32>,
 }
 
 impl Provisioned {
@@ -988,8 +990,8 @@ impl Engine {
             .map_err(undo)?;
         self.start_container(&container_id, &container)
             .map_err(undo)?;
-        let endpoint = self
-            .published_endpoint(id, &container_id, &container)
+        let Published { endpoint, pid } = self
+            .published(id, &container_id, &container)
             .map_err(undo)?;
         info!(session = %id, container = %container, %endpoint, "started container");
         Ok(Provisioned {
@@ -999,6 +1001,7 @@ impl Engine {
             workspace: spec.workspace.clone(),
             volume_created,
             endpoint,
+            pid,
         })
     }
 
@@ -1022,14 +1025,14 @@ impl Engine {
             .map_err(DockerError::api(format!("start container {container}")))
     }
 
-    /// `127.0.0.1:<host port>` of the container's published daemon port (only a running
-    /// container has one: a stopped one is reported with its exit code and logs).
-    fn published_endpoint(
+    /// `127.0.0.1:<host port>` of the container's published daemon port, and its main process
+    /// (only a running container has them: a stopped one is reported with its exit code and logs).
+    fn published(
         &self,
         id: &SessionId,
         container_id: &str,
         container: &str,
-    ) -> Result<SocketAddr, DockerError> {
+    ) -> Result<Published, DockerError> {
         let inspected =
             self.inspect_container(container_id)?
                 .ok_or_else(|| DockerError::ContainerGone {
@@ -1044,9 +1047,13 @@ impl Engine {
                 logs: self.logs_tail(container),
             });
         }
-        host_port(&inspected)
+        let endpoint = host_port(&inspected)
             .map(|port| SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
-            .ok_or_else(|| DockerError::NoPort(container.to_owned()))
+            .ok_or_else(|| DockerError::NoPort(container.to_owned()))?;
+        Ok(Published {
+            endpoint,
+            pid: main_pid(&inspected),
+        })
     }
 
     /// Waits up to `timeout` until the container of session `id` is healthy or its daemon
@@ -1114,14 +1121,14 @@ impl Engine {
         }
     }
 
-    /// Starts a docker session's stopped container and returns its (possibly new) endpoint
-    /// once ready, and whether it was running already (then it is left alone). A container
-    /// that this call started but that does not become ready is stopped again.
+    /// Starts a docker session's stopped container and returns its (possibly new) endpoint and
+    /// main process once ready, and whether it was running already (then it is left alone). A
+    /// container that this call started but that does not become ready is stopped again.
     pub fn start(
         &self,
         home: &Home,
         record: &SessionRecord,
-    ) -> Result<(SocketAddr, bool), DockerError> {
+    ) -> Result<(Published, bool), DockerError> {
         let container = record_container(record);
         let inspected =
             self.inspect_container(&container)?
@@ -1138,13 +1145,19 @@ impl Engine {
             self.start_container(&container, &container)?;
         }
         let ready = self
-            .published_endpoint(&record.id, &container, &container)
-            .and_then(|endpoint| {
-                self.wait_ready(home, &record.id, &container, endpoint, READY_TIMEOUT)
-                    .map(|_| endpoint)
+            .published(&record.id, &container, &container)
+            .and_then(|published| {
+                self.wait_ready(
+                    home,
+                    &record.id,
+                    &container,
+                    published.endpoint,
+                    READY_TIMEOUT,
+                )
+                .map(|_| published)
             });
         match ready {
-            Ok(endpoint) => Ok((endpoint, was_running)),
+            Ok(published) => Ok((published, was_running)),
             Err(e) => {
                 // Leave a container this call started as it found it: stopped.
                 if !was_running {
@@ -1273,12 +1286,45 @@ fn home_filters(home: &Home) -> Vec<String> {
     ]
 }
 
-/// The registry state and endpoint a docker session should have given its container:
-/// `running` while running and healthy or not yet checked (or without a health check),
-/// `unhealthy` when the health check fails or the container is paused, `starting` while
-/// Docker restarts it, `stopped` when it is created, exited or dead. The endpoint is the
-/// published port of a running container, else `None`.
-pub fn observed_state(inspected: &ContainerInspectResponse) -> (SessionState, Option<SocketAddr>) {
+/// Where a running container's daemon is: its published endpoint and its host pid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// `127.0.0.1:<published port>`.
+    pub endpoint: SocketAddr,
+    /// The host pid of the container's main process, the daemon (a `FROM scratch` image runs
+    /// nothing else). The bridge opens the daemon's descriptors through `/proc/<pid>/fd` for
+    /// direct data, and checks each is the file the daemon named, so a stale pid costs nothing
+    /// but the direct data.
+    pub pid: Option<u32>,
+}
+
+/// The host pid of a running container's main process.
+fn main_pid(inspected: &ContainerInspectResponse) -> Option<u32> {
+    let state = inspected.state.as_ref()?;
+    if state.running != Some(true) || state.restarting == Some(true) {
+        return None;
+    }
+    state
+        .pid
+        .and_then(|p| u32::try_from(p).ok())
+        .filter(|&p| p > 0)
+}
+
+/// What the registry should hold of a docker session given its container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Observed {
+    /// `running` while running and healthy or not yet checked (or without a health check),
+    /// `unhealthy` when the health check fails or the container is paused, `starting` while
+    /// Docker restarts it, `stopped` when it is created, exited or dead.
+    pub state: SessionState,
+    /// The published port of a running container, else `None`.
+    pub endpoint: Option<SocketAddr>,
+    /// The host pid of a running container's main process (see [`Published::pid`]).
+    pub pid: Option<u32>,
+}
+
+/// The registry state, endpoint and daemon pid a docker session should have given its container.
+pub fn observed_state(inspected: &ContainerInspectResponse) -> Observed {
     let state = inspected.state.clone().unwrap_or_default();
     let session_state = if state.restarting == Some(true) {
         SessionState::Starting
@@ -1301,7 +1347,11 @@ pub fn observed_state(inspected: &ContainerInspectResponse) -> (SessionState, Op
         }
         _ => None,
     };
-    (session_state, endpoint)
+    Observed {
+        state: session_state,
+        endpoint,
+        pid: endpoint.and_then(|_| main_pid(inspected)),
+    }
 }
 
 /// The status shown when the engine cannot be asked.
@@ -1676,6 +1726,7 @@ mod tests {
             workspace: spec.workspace.clone(),
             volume_created: true,
             endpoint: "127.0.0.1:4000".parse().unwrap(),
+            pid: Some(4321),
         };
         let mut record = SessionRecord::new(
             "web".parse().unwrap(),
@@ -1730,6 +1781,7 @@ mod tests {
                     running: Some(running),
                     restarting: Some(status == S::RESTARTING),
                     paused: Some(status == S::PAUSED),
+                    pid: Some(if running { 4321 } else { 0 }),
                     health: health.map(|h| Health {
                         status: Some(h),
                         ..Default::default()
@@ -1786,9 +1838,15 @@ mod tests {
             (S::DEAD, false, None, SessionState::Stopped, None),
         ];
         for (status, running, health, state, endpoint) in cases {
+            // The daemon's pid goes with the endpoint: a container that does not run has none.
+            let pid = endpoint.map(|_| 4321);
             assert_eq!(
                 observed_state(&inspected(status, running, health)),
-                (state, endpoint),
+                Observed {
+                    state,
+                    endpoint,
+                    pid
+                },
                 "{status:?} {health:?}"
             );
         }

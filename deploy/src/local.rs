@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags, Signal};
-use sessionfs_registry::{SessionId, SessionRecord, SessionState, OWNER_LABEL};
+use sessionfs_registry::{Backend, SessionId, SessionRecord, SessionState, OWNER_LABEL};
 use tracing::{debug, info, warn};
 
 use crate::state::{private_dir, Home, StateError};
@@ -508,6 +508,10 @@ fn open_daemon(pid: u32, id: &SessionId) -> Result<Option<OwnedFd>, LocalError> 
 /// Whether the record's daemon process is alive (its pid runs `sessionfsd` for this
 /// session). Never writes anything.
 pub fn is_running(record: &SessionRecord) -> bool {
+    // A docker session's pid is its container's: never this module's to judge or signal.
+    if record.backend != Backend::Local {
+        return false;
+    }
     match record.pid {
         Some(pid) => match open_daemon(pid, &record.id) {
             Ok(found) => found.is_some(),
@@ -525,7 +529,7 @@ pub fn is_running(record: &SessionRecord) -> bool {
 /// [`StopOutcome::NotRunning`].
 pub fn stop(record: &SessionRecord) -> Result<StopOutcome, LocalError> {
     let id = &record.id;
-    let Some(pid) = record.pid else {
+    let Some(pid) = record.pid.filter(|_| record.backend == Backend::Local) else {
         return Ok(StopOutcome::NotRunning);
     };
     let Some(pidfd) = open_daemon(pid, id)? else {
@@ -645,7 +649,7 @@ mod tests {
     fn own_process_is_not_a_daemon() {
         let mut rec = SessionRecord::new(
             "s1".parse().unwrap(),
-            sessionfs_registry::Backend::Local,
+            Backend::Local,
             "s1.session.sessionfs".into(),
         );
         rec.pid = Some(std::process::id());
@@ -770,11 +774,7 @@ mod tests {
         let script =
             format!("{trap}exec -a sessionfsd tail -f /dev/null -- --session-id {id} 2>/dev/null");
         let child = Command::new("bash").arg("-c").arg(script).spawn().unwrap();
-        let mut rec = SessionRecord::new(
-            id.parse().unwrap(),
-            sessionfs_registry::Backend::Local,
-            "x".into(),
-        );
+        let mut rec = SessionRecord::new(id.parse().unwrap(), Backend::Local, "x".into());
         rec.pid = Some(child.id());
         // Wait until the exec has happened.
         let deadline = Instant::now() + Duration::from_secs(5);

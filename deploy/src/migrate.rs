@@ -458,7 +458,7 @@ fn to_docker(ctx: &Ctx<'_>, opts: &MigrateOptions) -> Result<Migrated, MigrateEr
             r.backend = Backend::Docker;
             r.state = SessionState::Running;
             r.endpoint = Some(provisioned.endpoint);
-            r.pid = None;
+            r.pid = provisioned.pid;
             r.workspace = None;
             r.labels.retain(|k, _| !k.starts_with("docker."));
             r.labels.extend(provisioned.record_labels());
@@ -781,15 +781,17 @@ fn rollback_local(ctx: &Ctx<'_>, engine: &Engine, made: LocalTarget) {
     let mut restarted = false;
     if made.source.was_running {
         match engine.start(ctx.home, ctx.record) {
-            Ok((endpoint, _)) => {
+            Ok((published, _)) => {
                 record.state = SessionState::Running;
-                record.endpoint = Some(endpoint);
+                record.endpoint = Some(published.endpoint);
+                record.pid = published.pid;
                 restarted = true;
             }
             Err(e) => {
                 warn!(session = %id, error = %e, "rollback: cannot restart the source container (`session start` it)");
                 record.state = SessionState::Stopped;
                 record.endpoint = None;
+                record.pid = None;
             }
         }
     }

@@ -222,7 +222,8 @@ fn adopt(
         );
         return Ok(None);
     }
-    let (state, endpoint) = docker::observed_state(&inspected);
+    let observed = docker::observed_state(&inspected);
+    let (state, endpoint) = (observed.state, observed.endpoint);
     if endpoint.is_none() {
         warn_once(
             &container_id,
@@ -245,6 +246,7 @@ fn adopt(
     );
     record.state = state;
     record.endpoint = endpoint;
+    record.pid = observed.pid;
     record
         .labels
         .insert(docker::RECORD_CONTAINER.to_owned(), name.clone());
@@ -283,23 +285,28 @@ fn apply(
     record: &SessionRecord,
     inspected: Option<&ContainerInspectResponse>,
 ) -> Result<Option<Change>, ReconcileError> {
-    let (state, endpoint, container_id) = match inspected {
-        None => (SessionState::Gone, None, None),
+    let (state, endpoint, pid, container_id) = match inspected {
+        None => (SessionState::Gone, None, None, None),
         Some(i) => {
-            let (state, endpoint) = docker::observed_state(i);
-            (state, endpoint, i.id.clone())
+            let observed = docker::observed_state(i);
+            (
+                observed.state,
+                observed.endpoint,
+                observed.pid,
+                i.id.clone(),
+            )
         }
     };
     let id_changed = container_id
         .as_ref()
         .is_some_and(|c| record.labels.get(docker::RECORD_CONTAINER_ID) != Some(c));
-    if record.state == state && record.endpoint == endpoint && !id_changed {
+    if record.state == state && record.endpoint == endpoint && record.pid == pid && !id_changed {
         return Ok(None);
     }
     registry.modify(&record.id, |r| {
         r.state = state;
         r.endpoint = endpoint;
-        r.pid = None;
+        r.pid = pid;
         if let Some(c) = container_id {
             r.labels.insert(docker::RECORD_CONTAINER_ID.to_owned(), c);
         }

@@ -117,7 +117,10 @@ pub struct SessionRecord {
     pub cert_identity: String,
     /// Local backend: the directory served.
     pub workspace: Option<PathBuf>,
-    /// Local backend: the daemon's process id.
+    /// The daemon's host process id, where it runs on this host: the process a local session
+    /// started (which `session stop` signals), or a docker session's container's main process as
+    /// the engine reports it (which only serves direct data: the bridge checks every descriptor it
+    /// opens through it).
     pub pid: Option<u32>,
 }
 

@@ -1,5 +1,5 @@
-//! Direct data (FUSE passthrough, `bridge-fs/src/direct.rs`): a large file of a local session is read
-//! and written by the kernel in the daemon's own descriptor, and every view of it stays exact.
+//! Direct data (FUSE passthrough, `bridge-fs/src/direct.rs`): a large file of a local or docker session
+//! is read and written by the kernel in the daemon's own descriptor, and every view of it stays exact.
 //!
 //! Needs a kernel with FUSE passthrough (6.9+) and the bridge running as root, as on the project's
 //! machines; the test fails, not skips, where the data still passes through the bridge.
@@ -8,8 +8,10 @@ use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 
+use std::time::Duration;
+
 use anyhow::{ensure, Context, Result};
-use sessionfs_tests::{wait_until, Harness};
+use sessionfs_tests::{docker, wait_until, Harness};
 
 /// CPU time (user + system, clock ticks) process `pid` has used.
 fn cpu_ticks(pid: u32) -> Result<u64> {
@@ -38,11 +40,7 @@ fn large_files_are_read_and_written_directly_and_every_view_stays_exact() -> Res
     let big = h.path("direct", "big");
 
     // 256 MiB through the bridge costs it ~0.2 s of CPU or more; read directly, next to nothing.
-    let before = cpu_ticks(bridge)?;
-    let mut read = Vec::with_capacity(size);
-    fs::File::open(&big)?.read_to_end(&mut read)?;
-    let used = cpu_ticks(bridge)? - before;
-    ensure!(read == data, "the file read through the mount differs");
+    let used = ticks_to_read(bridge, &big, &data)?;
     ensure!(
         used < 10,
         "the bridge used {used} ticks of CPU to read 256 MiB: its data did not go directly"
@@ -82,9 +80,82 @@ fn large_files_are_read_and_written_directly_and_every_view_stays_exact() -> Res
     fs::write(ws.join("big"), b"small now")?;
     wait_until(
         "the mount to show the file rewritten behind it",
-        std::time::Duration::from_secs(5),
+        Duration::from_secs(5),
         || fs::read(&big).is_ok_and(|now| now == b"small now"),
     )?;
+    h.unmount()?;
+    Ok(())
+}
+
+/// The bridge's CPU ticks for reading `path` whole, which must hold `data`.
+fn ticks_to_read(bridge: u32, path: &std::path::Path, data: &[u8]) -> Result<u64> {
+    let before = cpu_ticks(bridge)?;
+    let mut read = Vec::with_capacity(data.len());
+    fs::File::open(path)?.read_to_end(&mut read)?;
+    let used = cpu_ticks(bridge)? - before;
+    ensure!(read == data, "the file read through the mount differs");
+    Ok(used)
+}
+
+/// The daemon's pid in the session's registry record, and its container's main process.
+fn recorded_and_actual_pid(h: &Harness, id: &str) -> Result<(Option<u64>, u64)> {
+    let recorded = h.session_json(id)?["pid"].as_u64();
+    let actual = docker(&[
+        "inspect",
+        "-f",
+        "{{.State.Pid}}",
+        &format!("sessionfs-{id}"),
+    ])?
+    .trim()
+    .parse()?;
+    Ok((recorded, actual))
+}
+
+#[test]
+fn large_files_of_a_docker_session_are_read_directly_across_a_container_restart() -> Result<()> {
+    let mut h = Harness::new()?;
+    let id = h.unique_id("ddirect");
+    h.create_docker_session(&id, &[])?;
+    let (recorded, actual) = recorded_and_actual_pid(&h, &id)?;
+    ensure!(
+        recorded == Some(actual),
+        "the registry holds pid {recorded:?}, the container's daemon is {actual}"
+    );
+    h.mount()?;
+    let bridge = h.bridge_pid().context("bridge pid")?;
+    let big = h.path(&id, "big");
+    let data = pattern(128 << 20, 7);
+    // Written through the bridge (a create has no direct data); read back directly.
+    fs::write(&big, &data)?;
+    let used = ticks_to_read(bridge, &big, &data)?;
+    ensure!(
+        used < 10,
+        "the bridge used {used} ticks of CPU to read 128 MiB of a docker session: its data did \
+         not go directly"
+    );
+
+    // A restarted container has a new daemon with a new pid: the reconciler records it from the
+    // events, and reads go directly again (through the old pid they could not).
+    docker(&["restart", "-t", "1", &format!("sessionfs-{id}")])?;
+    wait_until(
+        "the registry to record the restarted daemon's pid",
+        Duration::from_secs(10),
+        || {
+            recorded_and_actual_pid(&h, &id).is_ok_and(|(r, a)| r == Some(a))
+                && h.session_json(&id).is_ok_and(|v| v["state"] == "running")
+        },
+    )
+    .with_context(|| h.bridge_log())?;
+    wait_until(
+        "the file to be readable after the restart",
+        Duration::from_secs(10),
+        || fs::metadata(&big).is_ok_and(|m| m.len() == data.len() as u64),
+    )?;
+    let used = ticks_to_read(bridge, &big, &data)?;
+    ensure!(
+        used < 10,
+        "after a container restart the bridge used {used} ticks of CPU to read 128 MiB"
+    );
     h.unmount()?;
     Ok(())
 }
