@@ -9,11 +9,15 @@
 //! Only sessions whose daemon runs on this host qualify: local ones, and docker ones on this host's
 //! engine (the registry holds the daemon's host pid; a container's main process is its daemon, and
 //! root here opens its descriptors as any other process's). A stale or foreign pid opens nothing or
-//! another file, which the device and inode check refuses. Only files of at least [`DIRECT_MIN`]
-//! bytes when opened (small files are read whole with their open) qualify, and only while the inode has no other kind of open handle: the kernel
-//! allows one backing file per inode and refuses a cached open while a passthrough one is live (and
-//! the reverse; see [`Direct`]). Registering a backing file needs `CAP_SYS_ADMIN`; without it, or on a
-//! kernel without passthrough, every open goes through the bridge as before.
+//! another file, which the device and inode check refuses.
+//!
+//! Opens to write qualify whatever the file's size; read-only opens from [`DIRECT_MIN`] bytes (a
+//! smaller file comes whole with its open's head). Creates do not: a created file's attributes are
+//! predicted from its writes through the bridge (`known.rs`). And only while the inode has no other
+//! kind of open handle: the kernel allows one backing file per inode and refuses a cached open while a
+//! passthrough one is live (and the reverse; see [`Direct`]). Registering a backing file needs
+//! `CAP_SYS_ADMIN`; without it, or on a kernel without passthrough, every open goes through the bridge
+//! as before.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -23,7 +27,7 @@ use std::sync::Arc;
 use fuser::BackingId;
 use sessionfs_proto::Attr;
 
-/// The smallest file opened with direct data.
+/// The smallest file opened read-only with direct data.
 pub const DIRECT_MIN: u64 = 1 << 20;
 
 /// The inodes whose open handles use direct data, with their backing file and how many handles.

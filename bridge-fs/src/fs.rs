@@ -2081,23 +2081,27 @@ impl Inner {
         Some(fh)
     }
 
-    /// The backing file for an open of `ino` (`attr`, the daemon's descriptor `fd`) with direct data:
+    /// The backing file for `open` (the file's `attr`, the daemon's descriptor `fd`) with direct data:
     /// the inode's, if it has handles with direct data (every open of it must have them then); else a
-    /// new one, for a file of at least [`DIRECT_MIN`] bytes of a session whose daemon runs on this
-    /// host (the registry has its pid) with no other open handle here. `direct` is the locked [`Inner::direct`].
+    /// new one, for a file of a session whose daemon runs on this host (the registry has its pid) with
+    /// no other open handle here, opened to write or holding at least [`DIRECT_MIN`] bytes. A smaller
+    /// file opened read-only is better served by the head its open brings; a writer gains nothing from
+    /// a head, and its writes skip the bridge, the transport and the daemon. `direct` is the locked
+    /// [`Inner::direct`].
     fn direct_backing(
         &self,
         direct: &mut Direct,
-        ino: u64,
+        open: &RemoteOpen,
         session: &Session,
         attr: &Attr,
         fd: Option<u32>,
         reply: &ReplyOpen,
     ) -> Option<Arc<fuser::BackingId>> {
+        let ino = open.ino;
         if let Some(backing) = direct.join(ino) {
             return Some(backing);
         }
-        if !self.passthrough.load(Ordering::Relaxed) || attr.size < DIRECT_MIN {
+        if !self.passthrough.load(Ordering::Relaxed) || (open.read_only && attr.size < DIRECT_MIN) {
             return None;
         }
         let pid = session.record().pid?;
@@ -2174,7 +2178,7 @@ impl Inner {
                 let mut direct = lock(&inner.direct);
                 let session = &answered.session;
                 if let Some(backing) =
-                    inner.direct_backing(&mut direct, ino, session, &attr, fd, &reply)
+                    inner.direct_backing(&mut direct, &open, session, &attr, fd, &reply)
                 {
                     let fh = inner.add_file(ino, session.clone(), open.flags, remote, None, None);
                     drop(direct);
