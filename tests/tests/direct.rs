@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 
 use std::time::Duration;
 
@@ -124,6 +124,43 @@ fn a_file_opened_to_write_is_written_directly_whatever_its_size() -> Result<()> 
         fs::read(&file)? == data,
         "the file read back through the mount"
     );
+
+    // An unprivileged writer's append through a direct handle clears the set-user-ID bit, as on a
+    // local file system (the kernel asks the bridge to, before the write).
+    let setuid = h.path("dwrite", "setuid");
+    fs::write(&setuid, b"seed")?;
+    fs::set_permissions(&setuid, fs::Permissions::from_mode(0o4777))?;
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+        ])
+        .arg("printf more >> \"$1\"")
+        .arg("sh")
+        .arg(&setuid)
+        .output()
+        .context("setpriv (util-linux)")?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        fs::read(ws.join("setuid"))? == b"seedmore",
+        "the append reached the session"
+    );
+    for (view, mode) in [
+        ("the mount", fs::metadata(&setuid)?.mode()),
+        ("the session", fs::metadata(ws.join("setuid"))?.mode()),
+    ] {
+        ensure!(
+            mode & 0o7777 == 0o777,
+            "{view} shows mode {mode:o} after an unprivileged append"
+        );
+    }
     h.unmount()?;
     Ok(())
 }
