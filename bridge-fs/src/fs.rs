@@ -3062,12 +3062,19 @@ impl fuser::Filesystem for BridgeFs {
         let Some(file) = lock(&self.inner.files).remove(&fh.0) else {
             return reply.error(Errno::EBADF);
         };
-        // While an inode has direct handles, all its handles are (see `Inner::direct`).
-        if lock(&self.inner.direct).leave(file.ino) {
-            // Written directly: what the bridge remembers of the file is not to be trusted.
+        // While an inode has direct handles, all its handles are (see `Inner::direct`). The lock is
+        // held until what follows is done, so that no open finds the inode without direct handles
+        // before it.
+        let mut direct = lock(&self.inner.direct);
+        if direct.leave(file.ino) {
+            // Written directly, as far as the bridge knows: nothing it holds of the file from before
+            // is answered from after, as after any change through the mount (its remembered
+            // attributes, the kernel's pages, small files fetched ahead and fetches under way:
+            // until here they were refused because the inode had direct handles).
             lock(&self.inner.page_stamps).remove(&file.ino);
-            lock(&self.inner.attrs).remove(file.ino);
+            self.inner.void_answers(Some(file.ino));
         }
+        drop(direct);
         {
             let mut knowing = lock(&self.inner.knowing);
             if knowing.get(&file.ino) == Some(&fh.0) {

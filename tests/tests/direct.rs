@@ -96,7 +96,7 @@ fn a_file_opened_to_write_is_written_directly_whatever_its_size() -> Result<()> 
     let file = h.path("dwrite", "grows");
     // Created through the mount and closed (a create has no direct data), as fio lays out its file.
     fs::write(&file, b"seed")?;
-    let data = pattern(256 << 20, 3);
+    let data = pattern(512 << 20, 3);
     let before = cpu_ticks(bridge)?;
     let mut writer = fs::OpenOptions::new().write(true).open(&file)?;
     for chunk in data.chunks(1 << 20) {
@@ -114,10 +114,11 @@ fn a_file_opened_to_write_is_written_directly_whatever_its_size() -> Result<()> 
     writer.sync_all()?;
     drop(writer);
     let used = cpu_ticks(bridge)? - before;
-    // 256 MiB through the bridge costs it ~0.3 s of CPU; written directly, next to nothing.
+    // 512 MiB through the bridge costs it ~0.6 s of CPU; written directly, next to nothing (a CI run
+    // under load saw 11 ticks: the change events of the writes, and the `fsync`).
     ensure!(
-        used < 10,
-        "the bridge used {used} ticks of CPU to write 256 MiB: the data did not go directly"
+        used < 20,
+        "the bridge used {used} ticks of CPU to write 512 MiB: the data did not go directly"
     );
     ensure!(fs::read(ws.join("grows"))? == data, "the session's file");
     ensure!(
@@ -165,6 +166,44 @@ fn a_file_opened_to_write_is_written_directly_whatever_its_size() -> Result<()> 
     Ok(())
 }
 
+#[test]
+fn nothing_fetched_before_a_direct_write_is_answered_after_it() -> Result<()> {
+    let mut h = Harness::new()?;
+    let ws = h.create_session("dfetch")?;
+    h.mount()?;
+    let mut stale = Vec::new();
+    for round in 0..20 {
+        let dir = format!("w{round}");
+        fs::create_dir(ws.join(&dir))?;
+        for name in ["a", "b", "c", "d"] {
+            fs::write(ws.join(&dir).join(name), format!("old {name}"))?;
+        }
+        let a = h.path("dfetch", &format!("{dir}/a"));
+        wait_until("the files to show", Duration::from_secs(5), || {
+            h.path("dfetch", &format!("{dir}/d")).exists()
+        })?;
+        // Opened to write: direct data, whose writes the bridge never sees.
+        let writer = fs::OpenOptions::new().write(true).open(&a)?;
+        // A walk reads the directory's other files: the bridge fetches its small files ahead,
+        // `a` with them, as it is now.
+        for name in ["b", "c", "d"] {
+            fs::read(h.path("dfetch", &format!("{dir}/{name}")))?;
+        }
+        writer.write_all_at(b"new", 0)?;
+        drop(writer);
+        let got = fs::read(&a)?;
+        if got != b"new a" {
+            stale.push((round, String::from_utf8_lossy(&got).into_owned()));
+        }
+    }
+    ensure!(
+        stale.is_empty(),
+        "reads after a direct write returned older content: {stale:?}"
+    );
+    h.unmount()?;
+    Ok(())
+}
+
 /// The bridge's CPU ticks for reading `path` whole, which must hold `data`.
 fn ticks_to_read(bridge: u32, path: &std::path::Path, data: &[u8]) -> Result<u64> {
     let before = cpu_ticks(bridge)?;
@@ -202,13 +241,13 @@ fn large_files_of_a_docker_session_are_read_directly_across_a_container_restart(
     h.mount()?;
     let bridge = h.bridge_pid().context("bridge pid")?;
     let big = h.path(&id, "big");
-    let data = pattern(128 << 20, 7);
+    let data = pattern(256 << 20, 7);
     // Written through the bridge (a create has no direct data); read back directly.
     fs::write(&big, &data)?;
     let used = ticks_to_read(bridge, &big, &data)?;
     ensure!(
         used < 10,
-        "the bridge used {used} ticks of CPU to read 128 MiB of a docker session: its data did \
+        "the bridge used {used} ticks of CPU to read 256 MiB of a docker session: its data did \
          not go directly"
     );
 
@@ -232,7 +271,7 @@ fn large_files_of_a_docker_session_are_read_directly_across_a_container_restart(
     let used = ticks_to_read(bridge, &big, &data)?;
     ensure!(
         used < 10,
-        "after a container restart the bridge used {used} ticks of CPU to read 128 MiB"
+        "after a container restart the bridge used {used} ticks of CPU to read 256 MiB"
     );
     h.unmount()?;
     Ok(())
