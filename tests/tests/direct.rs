@@ -204,6 +204,45 @@ fn nothing_fetched_before_a_direct_write_is_answered_after_it() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn sizes_listed_while_a_file_is_written_directly_are_current() -> Result<()> {
+    let mut h = Harness::new()?;
+    let ws = h.create_session("dlist")?;
+    h.mount()?;
+    let mut wrong = Vec::new();
+    for round in 0..10 {
+        let dir = format!("l{round}");
+        fs::create_dir(ws.join(&dir))?;
+        for name in ["a", "b", "c"] {
+            fs::write(ws.join(&dir).join(name), b"x")?;
+        }
+        let path = |name: &str| h.path("dlist", &format!("{dir}/{name}"));
+        wait_until("the files to show", Duration::from_secs(5), || {
+            path("c").exists()
+        })?;
+        // Listed (the bridge may remember the listing with its sizes), then grown directly.
+        let _ = fs::read_dir(path(""))?.count();
+        let mut writer = fs::OpenOptions::new().append(true).open(path("a"))?;
+        writer.write_all(&vec![7u8; 100_000])?;
+        // Listed again and looked up by a new name: the size is the file's now.
+        let listed: Vec<_> = fs::read_dir(path(""))?
+            .map(|e| e.and_then(|e| e.metadata()).map(|m| m.len()))
+            .collect::<std::io::Result<_>>()?;
+        fs::hard_link(path("a"), path("a2"))?;
+        let sizes = (
+            fs::metadata(path("a"))?.len(),
+            fs::metadata(path("a2"))?.len(),
+        );
+        if sizes != (100_001, 100_001) || !listed.contains(&100_001) {
+            wrong.push((round, sizes, listed));
+        }
+        drop(writer);
+    }
+    ensure!(wrong.is_empty(), "sizes while written directly: {wrong:?}");
+    h.unmount()?;
+    Ok(())
+}
+
 /// The bridge's CPU ticks for reading `path` whole, which must hold `data`.
 fn ticks_to_read(bridge: u32, path: &std::path::Path, data: &[u8]) -> Result<u64> {
     let before = cpu_ticks(bridge)?;
