@@ -174,14 +174,8 @@ fn nothing_fetched_before_a_direct_write_is_answered_after_it() -> Result<()> {
     let mut stale = Vec::new();
     for round in 0..20 {
         let dir = format!("w{round}");
-        fs::create_dir(ws.join(&dir))?;
-        for name in ["a", "b", "c", "d"] {
-            fs::write(ws.join(&dir).join(name), format!("old {name}"))?;
-        }
+        small_files_behind(&h, &ws, "dfetch", &dir, &["a", "b", "c", "d"])?;
         let a = h.path("dfetch", &format!("{dir}/a"));
-        wait_until("the files to show", Duration::from_secs(5), || {
-            h.path("dfetch", &format!("{dir}/d")).exists()
-        })?;
         // Opened to write: direct data, whose writes the bridge never sees.
         let writer = fs::OpenOptions::new().write(true).open(&a)?;
         // A walk reads the directory's other files: the bridge fetches its small files ahead,
@@ -212,14 +206,8 @@ fn sizes_listed_while_a_file_is_written_directly_are_current() -> Result<()> {
     let mut wrong = Vec::new();
     for round in 0..10 {
         let dir = format!("l{round}");
-        fs::create_dir(ws.join(&dir))?;
-        for name in ["a", "b", "c"] {
-            fs::write(ws.join(&dir).join(name), b"x")?;
-        }
+        small_files_behind(&h, &ws, "dlist", &dir, &["a", "b", "c"])?;
         let path = |name: &str| h.path("dlist", &format!("{dir}/{name}"));
-        wait_until("the files to show", Duration::from_secs(5), || {
-            path("c").exists()
-        })?;
         // Listed (the bridge may remember the listing with its sizes), then grown directly.
         let _ = fs::read_dir(path(""))?.count();
         let mut writer = fs::OpenOptions::new().append(true).open(path("a"))?;
@@ -233,13 +221,34 @@ fn sizes_listed_while_a_file_is_written_directly_are_current() -> Result<()> {
             fs::metadata(path("a"))?.len(),
             fs::metadata(path("a2"))?.len(),
         );
-        if sizes != (100_001, 100_001) || !listed.contains(&100_001) {
+        let now = ("old a".len() + 100_000) as u64;
+        if sizes != (now, now) || !listed.contains(&now) {
             wrong.push((round, sizes, listed));
         }
         drop(writer);
     }
     ensure!(wrong.is_empty(), "sizes while written directly: {wrong:?}");
     h.unmount()?;
+    Ok(())
+}
+
+/// Makes directory `dir` in session `id`'s workspace `ws`, behind the mount, with a small file per
+/// name (holding "old <name>"), and waits until the mount shows them.
+fn small_files_behind(
+    h: &Harness,
+    ws: &std::path::Path,
+    id: &str,
+    dir: &str,
+    names: &[&str],
+) -> Result<()> {
+    fs::create_dir(ws.join(dir))?;
+    for name in names {
+        fs::write(ws.join(dir).join(name), format!("old {name}"))?;
+    }
+    let last = names.last().context("no names")?;
+    wait_until("the files to show", Duration::from_secs(5), || {
+        h.path(id, &format!("{dir}/{last}")).exists()
+    })?;
     Ok(())
 }
 
