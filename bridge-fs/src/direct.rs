@@ -11,8 +11,9 @@
 //! root here opens its descriptors as any other process's). A stale or foreign pid opens nothing or
 //! another file, which the device and inode check refuses.
 //!
-//! Opens to write qualify whatever the file's size; read-only opens from [`DIRECT_MIN`] bytes (a
-//! smaller file comes whole with its open's head). Creates do not: a created file's attributes are
+//! Opens of files of at least [`DIRECT_MIN`] bytes qualify (a smaller file opened read-only comes
+//! whole with its open's head; smaller files opened to write go through the bridge too, see
+//! `Inner::direct_backing`). Creates do not: a created file's attributes are
 //! predicted from its writes through the bridge (`known.rs`). And only while the inode has no other
 //! kind of open handle: the kernel allows one backing file per inode and refuses a cached open while a
 //! passthrough one is live (and the reverse; see [`Direct`]). Registering a backing file needs
@@ -27,7 +28,7 @@ use std::sync::Arc;
 use fuser::BackingId;
 use sessionfs_proto::Attr;
 
-/// The smallest file opened read-only with direct data.
+/// The smallest file opened with direct data.
 pub const DIRECT_MIN: u64 = 1 << 20;
 
 /// The inodes whose open handles use direct data, with their backing file and how many handles.
@@ -39,6 +40,8 @@ pub struct Direct {
 struct DirectInode {
     backing: Arc<BackingId>,
     handles: usize,
+    /// Whether any of its handles could write (the bridge never sees those writes).
+    written: bool,
 }
 
 impl Direct {
@@ -47,35 +50,35 @@ impl Direct {
         self.inodes.contains_key(&ino)
     }
 
-    /// The backing file of `ino` for one more handle, if it has one.
-    pub fn join(&mut self, ino: u64) -> Option<Arc<BackingId>> {
+    /// The backing file of `ino` for one more handle (`writable`: it may write), if it has one.
+    pub fn join(&mut self, ino: u64, writable: bool) -> Option<Arc<BackingId>> {
         let inode = self.inodes.get_mut(&ino)?;
         inode.handles += 1;
+        inode.written |= writable;
         Some(inode.backing.clone())
     }
 
-    /// Records `backing` as `ino`'s, for one handle.
-    pub fn start(&mut self, ino: u64, backing: BackingId) -> Arc<BackingId> {
+    /// Records `backing` as `ino`'s, for one handle (`writable`: it may write).
+    pub fn start(&mut self, ino: u64, backing: BackingId, writable: bool) -> Arc<BackingId> {
         let backing = Arc::new(backing);
         let inode = DirectInode {
             backing: backing.clone(),
             handles: 1,
+            written: writable,
         };
         self.inodes.insert(ino, inode);
         backing
     }
 
-    /// One handle of `ino` was released; true when it was the last (the backing file is closed).
-    pub fn leave(&mut self, ino: u64) -> bool {
-        let Some(inode) = self.inodes.get_mut(&ino) else {
-            return false;
-        };
+    /// One handle of `ino` was released. When it was the last (the backing file is closed), whether
+    /// any of the inode's direct handles could write; `None` otherwise.
+    pub fn leave(&mut self, ino: u64) -> Option<bool> {
+        let inode = self.inodes.get_mut(&ino)?;
         inode.handles = inode.handles.saturating_sub(1);
         if inode.handles > 0 {
-            return false;
+            return None;
         }
-        self.inodes.remove(&ino);
-        true
+        self.inodes.remove(&ino).map(|inode| inode.written)
     }
 }
 

@@ -1147,6 +1147,7 @@ pub fn recreate(home: &Home, id: &str, image: Option<&str>) -> Result<Recreated,
         registry.modify(&id, |r| {
             r.state = SessionState::Stopped;
             r.endpoint = None;
+            r.pid = None;
         })?;
         return Err(e.into());
     }

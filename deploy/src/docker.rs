@@ -832,8 +832,9 @@ impl Engine {
     /// A container whose process exits while its restart policy restarts it can fail a forced
     /// removal: the engine sees it running, then cannot kill it because it no longer runs
     /// ("Could not kill running container …, cannot remove - Container … is not running",
-    /// seen in CI on Docker 20.10). Such a failure is retried, at most [`REMOVE_ATTEMPTS`] times
-    /// [`POLL_INTERVAL`] apart, while the container still exists.
+    /// seen in CI on Docker 20.10). Such a failure (a conflict or an engine error) is retried, at
+    /// most [`REMOVE_ATTEMPTS`] times [`POLL_INTERVAL`] apart, while the container still exists; any
+    /// other failure is reported at once.
     pub fn remove_container(&self, container: &str) -> Result<bool, DockerError> {
         let mut attempt = 1;
         loop {
@@ -847,7 +848,13 @@ impl Engine {
             {
                 Ok(()) => return Ok(true),
                 Err(e) if is_not_found(&e) => return Ok(attempt > 1),
-                Err(e) if attempt < REMOVE_ATTEMPTS => {
+                Err(e)
+                    if attempt < REMOVE_ATTEMPTS
+                        && (has_status(&e, 409) || has_status(&e, 500)) =>
+                {
+                    if self.inspect_container(container)?.is_none() {
+                        return Ok(true);
+                    }
                     debug!(%container, attempt, error = %e, "removal failed; retrying");
                     attempt += 1;
                     std::thread::sleep(POLL_INTERVAL);

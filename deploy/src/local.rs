@@ -792,6 +792,12 @@ mod tests {
         other.id = "someone-else".parse().unwrap();
         assert!(!is_running(&other));
         assert_eq!(stop(&other).unwrap(), StopOutcome::NotRunning);
+        // A docker session's pid is its container's: never judged or signalled here.
+        let mut docker = rec.clone();
+        docker.backend = Backend::Docker;
+        assert!(!is_running(&docker));
+        assert_eq!(stop(&docker).unwrap(), StopOutcome::NotRunning);
+        assert!(is_running(&rec));
         assert_eq!(stop(&rec).unwrap(), StopOutcome::Terminated);
         assert!(!child.wait().unwrap().success());
         assert!(!is_running(&rec));
