@@ -2105,7 +2105,7 @@ impl Inner {
         if !self.passthrough.load(Ordering::Relaxed) || attr.size < DIRECT_MIN {
             return None;
         }
-        let pid = session.record().pid?;
+        let pid = session.pid()?;
         if lock(&self.files).values().any(|f| f.ino == ino) {
             return None;
         }
@@ -2411,8 +2411,8 @@ impl fuser::Filesystem for BridgeFs {
             debug!("kernel lacks capabilities {missing:?}");
             let _ = config.add_capabilities(wanted - missing);
         }
-        // Direct data for large files of local sessions (see `crate::direct`); backing files may sit
-        // on a stacked file system (overlayfs) themselves.
+        // Direct data for large files of sessions on this host (see `crate::direct`); backing files may
+        // sit on a stacked file system (overlayfs) themselves.
         if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(2).is_ok()
         {

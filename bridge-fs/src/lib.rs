@@ -14,8 +14,8 @@
 //! - [`write_behind`] keeps writes acknowledged before the daemon has them, and makes every other
 //!   request of their session wait for (or carry) them; [`known`] predicts the attributes of a file
 //!   the mount created and holds open, so its attribute changes can be sent behind too.
-//! - [`direct`] lets the kernel read and write large files of a local session in the daemon's own
-//!   descriptor (FUSE passthrough).
+//! - [`direct`] lets the kernel read and write large files of a session whose daemon runs on this
+//!   host in the daemon's own descriptor (FUSE passthrough).
 //! - [`replied`] remembers what lookups answered a moment ago, so that an invalidation that reached
 //!   the kernel before their reply is sent again.
 //! - [`fs`] implements `fuser::Filesystem`: the mount root lists the sessions, and every operation below

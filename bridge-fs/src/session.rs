@@ -720,6 +720,11 @@ impl Session {
         lock(&self.record).clone()
     }
 
+    /// The daemon's host pid in the latest record, where it runs on this host.
+    pub fn pid(&self) -> Option<u32> {
+        lock(&self.record).pid
+    }
+
     fn set_record(&self, record: SessionRecord) {
         let stale = {
             let conn = lock(&self.conn);

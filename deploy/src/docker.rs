@@ -734,7 +734,6 @@ impl Engine {
         }
     }
 
-    /// Whether the named volume exists.
     /// The id of [`SESSION_NETWORK`], created if missing. Engines before API 1.44 let two concurrent
     /// creates make two networks of one name; every caller then takes the same one (the least id),
     /// and a container on the other would do as well.
@@ -786,6 +785,7 @@ impl Engine {
         find()?.ok_or(DockerError::NoNetwork)
     }
 
+    /// Whether the named volume exists.
     pub fn volume_exists(&self, volume: &str) -> Result<bool, DockerError> {
         match self.runtime.block_on(self.docker.inspect_volume(volume)) {
             Ok(_) => Ok(true),
