@@ -11,14 +11,20 @@
 //! root here opens its descriptors as any other process's). A stale or foreign pid opens nothing or
 //! another file, which the device and inode check refuses.
 //!
-//! Opens of files of at least [`DIRECT_MIN`] bytes qualify (a smaller file opened read-only comes
-//! whole with its open's head; smaller files opened to write go through the bridge too, see
-//! `Inner::direct_backing`). Creates do not: a created file's attributes are
-//! predicted from its writes through the bridge (`known.rs`). And only while the inode has no other
-//! kind of open handle: the kernel allows one backing file per inode and refuses a cached open while a
+//! Every open to write qualifies, and read-only opens of files of at least [`DIRECT_MIN`] bytes (a
+//! smaller file opened read-only comes whole with its open's head). A create does not start direct
+//! data (a created file's attributes are predicted from its writes through the bridge, `known.rs`),
+//! but joins the inode's when it has some. And only while the inode has no other kind of open
+//! handle: the kernel allows one backing file per inode and refuses a cached open while a
 //! passthrough one is live (and the reverse; see [`Direct`]). Registering a backing file needs
 //! `CAP_SYS_ADMIN`; without it, or on a kernel without passthrough, every open goes through the bridge
 //! as before.
+//!
+//! The bridge never sees direct writes, so a handle that may write holds a change of its inode in
+//! progress, as a write through the bridge does, from its open until the inode's last direct handle
+//! is released: meanwhile nothing about the file is answered from memory and no change's own reply
+//! is remembered (a truncation answered just before the kernel writes directly would otherwise
+//! outlive those writes), and its end voids what was remembered before.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -32,53 +38,72 @@ use sessionfs_proto::Attr;
 pub const DIRECT_MIN: u64 = 1 << 20;
 
 /// The inodes whose open handles use direct data, with their backing file and how many handles.
-#[derive(Default)]
-pub struct Direct {
-    inodes: HashMap<u64, DirectInode>,
+///
+/// `C` is a change in progress of the inode (the bridge's `Mutation`): one is held from the first
+/// handle that may write until the inode's last handle is released, because the bridge never sees
+/// those writes. While it is held the bridge answers nothing about the file from memory and keeps
+/// no change's own reply; dropping it voids what was remembered meanwhile.
+pub struct Direct<C> {
+    inodes: HashMap<u64, DirectInode<C>>,
 }
 
-struct DirectInode {
+impl<C> Default for Direct<C> {
+    fn default() -> Self {
+        Direct {
+            inodes: HashMap::new(),
+        }
+    }
+}
+
+struct DirectInode<C> {
     backing: Arc<BackingId>,
     handles: usize,
-    /// Whether any of its handles could write (the bridge never sees those writes).
-    written: bool,
+    /// Held since a handle that may write joined.
+    change: Option<C>,
 }
 
-impl Direct {
+impl<C> Direct<C> {
     /// Whether `ino` has handles with direct data: every open of it must then have it too.
     pub fn is_live(&self, ino: u64) -> bool {
         self.inodes.contains_key(&ino)
     }
 
-    /// The backing file of `ino` for one more handle (`writable`: it may write), if it has one.
-    pub fn join(&mut self, ino: u64, writable: bool) -> Option<Arc<BackingId>> {
+    /// The backing file of `ino` for one more handle, if it has one. `writing` starts the change a
+    /// handle that may write holds, called only if the inode holds none yet.
+    pub fn join(
+        &mut self,
+        ino: u64,
+        writing: Option<impl FnOnce() -> C>,
+    ) -> Option<Arc<BackingId>> {
         let inode = self.inodes.get_mut(&ino)?;
         inode.handles += 1;
-        inode.written |= writable;
+        if let (None, Some(start)) = (&inode.change, writing) {
+            inode.change = Some(start());
+        }
         Some(inode.backing.clone())
     }
 
-    /// Records `backing` as `ino`'s, for one handle (`writable`: it may write).
-    pub fn start(&mut self, ino: u64, backing: BackingId, writable: bool) -> Arc<BackingId> {
+    /// Records `backing` as `ino`'s, for one handle (`change`: held if it may write).
+    pub fn start(&mut self, ino: u64, backing: BackingId, change: Option<C>) -> Arc<BackingId> {
         let backing = Arc::new(backing);
         let inode = DirectInode {
             backing: backing.clone(),
             handles: 1,
-            written: writable,
+            change,
         };
         self.inodes.insert(ino, inode);
         backing
     }
 
-    /// One handle of `ino` was released. When it was the last (the backing file is closed), whether
-    /// any of the inode's direct handles could write; `None` otherwise.
-    pub fn leave(&mut self, ino: u64) -> Option<bool> {
+    /// One of `ino`'s direct handles was released. When it was the last (the backing file is
+    /// closed): `Some`, with the change its handles held if one could write, for the caller to end.
+    pub fn leave(&mut self, ino: u64) -> Option<Option<C>> {
         let inode = self.inodes.get_mut(&ino)?;
         inode.handles = inode.handles.saturating_sub(1);
         if inode.handles > 0 {
             return None;
         }
-        self.inodes.remove(&ino).map(|inode| inode.written)
+        self.inodes.remove(&ino).map(|inode| inode.change)
     }
 }
 

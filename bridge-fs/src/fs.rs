@@ -62,6 +62,23 @@ struct OpenFile {
     /// For a file this handle created: its attributes as the mount's changes left them, while
     /// nothing else changed it (see [`crate::known`]).
     known: Mutex<Option<Known>>,
+    /// The kernel reads and writes it directly (see [`crate::direct`]): one of its inode's handles in
+    /// the direct table.
+    direct: bool,
+}
+
+/// Where a new handle's data goes.
+// Built for one call and moved into the handle: its size costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum Data {
+    /// Through the bridge, with the file's first bytes if its open brought them, and what is known
+    /// of a file the handle created.
+    Bridge {
+        head: Option<Head>,
+        known: Option<Known>,
+    },
+    /// Directly (see [`crate::direct`]): the handle was counted in the direct table.
+    Direct,
 }
 
 impl OpenFile {
@@ -446,7 +463,7 @@ struct Inner {
     losing_names: Mutex<HashMap<u64, usize>>,
     /// Inodes whose handles have direct data (see [`crate::direct`]); taken before the file table
     /// by every open that adds a handle, so that a handle of the other kind cannot come between.
-    direct: Mutex<Direct>,
+    direct: Mutex<Direct<Mutation>>,
     /// The kernel accepted passthrough at `INIT`.
     passthrough: AtomicBool,
     /// Owner and time shown for the mount root.
@@ -1645,16 +1662,20 @@ impl Inner {
     }
 
     /// Registers an open file; `remote`: the daemon's handle, `None` to open it when first needed.
+    /// Called holding the direct table's lock (see [`Inner::direct`]).
     fn add_file(
         &self,
         ino: u64,
         session: Arc<Session>,
         flags: i32,
         remote: Option<RemoteHandle>,
-        head: Option<Head>,
-        known: Option<Known>,
+        data: Data,
     ) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let (head, known, direct) = match data {
+            Data::Bridge { head, known } => (head, known, false),
+            Data::Direct => (None, None, true),
+        };
         if known.is_some() {
             lock(&self.knowing).insert(ino, fh);
         }
@@ -1665,6 +1686,7 @@ impl Inner {
             flags,
             head: Mutex::new(head),
             known: Mutex::new(known),
+            direct,
         };
         lock(&self.files).insert(fh, Arc::new(file));
         fh
@@ -2065,33 +2087,38 @@ impl Inner {
     }
 
     /// A read-only open of `ino`, whose pages the kernel has, without a daemon handle; `None` while
-    /// the file is losing a name through the mount or has none left: it is then opened through the
-    /// daemon.
+    /// the file is losing a name through the mount or has none left, or has direct handles, or its
+    /// page stamp went since the caller looked (a last direct handle was released meanwhile): it is
+    /// then opened through the daemon.
     fn open_unopened(&self, ino: u64, session: &Arc<Session>, flags: i32) -> Option<u64> {
         let direct = lock(&self.direct);
         let losing = lock(&self.losing_names);
         if direct.is_live(ino)
+            || !self.cache_is_current(ino, session)
             || losing.contains_key(&ino)
             || lock(&self.inodes).resolve(ino).is_err()
         {
             return None;
         }
-        let fh = self.add_file(ino, session.clone(), flags, None, None, None);
+        let data = Data::Bridge {
+            head: None,
+            known: None,
+        };
+        let fh = self.add_file(ino, session.clone(), flags, None, data);
         drop((losing, direct));
         Some(fh)
     }
 
     /// The backing file for `open` (the file's `attr`, the daemon's descriptor `fd`) with direct data:
     /// the inode's, if it has handles with direct data (every open of it must have them then); else a
-    /// new one, for a file of at least [`DIRECT_MIN`] bytes of a session whose daemon runs on this host
-    /// (the registry has its pid) with no other open handle here. A smaller file opened read-only is
-    /// better served by the head its open brings. Smaller files opened to write were given direct
-    /// data for a while, and the docker differential scenario then read a file's old content through
-    /// its other name after a write (3 of 14 loaded runs, not understood yet): they go through the
-    /// bridge. `direct` is the locked [`Inner::direct`].
+    /// new one, for an open to write, or of a file of at least [`DIRECT_MIN`] bytes, of a session
+    /// whose daemon runs on this host (the registry has its pid), with no other open handle here. A
+    /// smaller file opened read-only is better served by the head its open brings. An open to write
+    /// starts the change its inode holds while it has direct handles (see [`crate::direct`]).
+    /// `direct` is the locked [`Inner::direct`].
     fn direct_backing(
-        &self,
-        direct: &mut Direct,
+        self: &Arc<Self>,
+        direct: &mut Direct<Mutation>,
         open: &RemoteOpen,
         session: &Session,
         attr: &Attr,
@@ -2099,10 +2126,11 @@ impl Inner {
         reply: &ReplyOpen,
     ) -> Option<Arc<fuser::BackingId>> {
         let ino = open.ino;
-        if let Some(backing) = direct.join(ino, !open.read_only) {
+        let writing = !open.read_only;
+        if let Some(backing) = direct.join(ino, writing.then_some(|| self.mutation_of(ino))) {
             return Some(backing);
         }
-        if !self.passthrough.load(Ordering::Relaxed) || attr.size < DIRECT_MIN {
+        if !self.passthrough.load(Ordering::Relaxed) || (open.read_only && attr.size < DIRECT_MIN) {
             return None;
         }
         let pid = session.pid()?;
@@ -2117,7 +2145,13 @@ impl Inner {
             }
         };
         match reply.open_backing(&file) {
-            Ok(backing) => Some(direct.start(ino, backing, !open.read_only)),
+            Ok(backing) => {
+                // The kernel's pages of the file are not read while it has direct handles, nor
+                // written: none is kept by a later open.
+                lock(&self.page_stamps).remove(&ino);
+                let change = writing.then(|| self.mutation_of(ino));
+                Some(direct.start(ino, backing, change))
+            }
             Err(e) => {
                 // Not permitted (no CAP_SYS_ADMIN) or not supported: not tried again.
                 warn!(
@@ -2160,6 +2194,7 @@ impl Inner {
             ino,
             inner: self.clone(),
         };
+        let this = self.clone();
         self.call_then(
             caller,
             session,
@@ -2179,9 +2214,9 @@ impl Inner {
                 let mut direct = lock(&inner.direct);
                 let session = &answered.session;
                 if let Some(backing) =
-                    inner.direct_backing(&mut direct, &open, session, &attr, fd, &reply)
+                    this.direct_backing(&mut direct, &open, session, &attr, fd, &reply)
                 {
-                    let fh = inner.add_file(ino, session.clone(), open.flags, remote, None, None);
+                    let fh = inner.add_file(ino, session.clone(), open.flags, remote, Data::Direct);
                     drop(direct);
                     // The page stamp goes with the last direct handle (see `release`): no open
                     // keeps the kernel's pages while this one is live.
@@ -2204,7 +2239,8 @@ impl Inner {
                     stamp: ContentStamp::of(&attr),
                     epoch,
                 });
-                let fh = inner.add_file(ino, answered.session, open.flags, remote, head, None);
+                let data = Data::Bridge { head, known: None };
+                let fh = inner.add_file(ino, answered.session, open.flags, remote, data);
                 drop(direct);
                 reply.opened(FileHandle(fh), open.fopen_flags(keep));
             },
@@ -2264,7 +2300,8 @@ impl Inner {
             stamp: ContentStamp::of(&attr),
             epoch: fetched.epoch,
         });
-        let fh = self.add_file(ino, session.clone(), open.flags, None, head, None);
+        let data = Data::Bridge { head, known: None };
+        let fh = self.add_file(ino, session.clone(), open.flags, None, data);
         drop(direct);
         Some((fh, keep))
     }
@@ -2854,6 +2891,7 @@ impl fuser::Filesystem for BridgeFs {
         let path = target.as_ref().map(|(_, p)| p.clone()).unwrap_or_default();
         let target = target.map(|(s, path)| (s, Request::Create { path, mode, flags }));
         let binding = self.inner.binding(parent.0, name.as_bytes());
+        let this = self.inner.clone();
         self.remote(
             caller(req),
             target,
@@ -2881,29 +2919,45 @@ impl fuser::Filesystem for BridgeFs {
                         fh,
                     };
                     let (session, since) = (answered.session.clone(), answered.since);
+                    // An existing file (no O_EXCL) whose other handles have direct data: this one
+                    // has it too (see `Inner::direct`).
+                    let mut direct = lock(&inner.direct);
+                    let writing =
+                        flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+                    let backing = direct.join(ino, writing.then_some(|| this.mutation_of(ino)));
                     // Its later attribute changes may be sent behind its writes while nothing
                     // else changes it; from here only if nothing could come between (as for
                     // keeping a change's own reply, see `Mutation::end`), no change event about
                     // the file included (one could not be matched to it yet).
-                    let known = (deferrable(flags)
+                    let known = (backing.is_none()
+                        && deferrable(flags)
                         && mutation.only_writes_before
                         && session.is_watched()
                         && !session.changed_since(since, &path))
                     .then(|| Known::new(attr, mutation.number));
-                    let fh =
-                        inner.add_file(ino, answered.session, flags, Some(remote), None, known);
+                    let data = match backing {
+                        Some(_) => Data::Direct,
+                        None => Data::Bridge { head: None, known },
+                    };
+                    let fh = inner.add_file(ino, answered.session, flags, Some(remote), data);
+                    drop(direct);
                     // The kernel asks for the directory's attributes next (it dropped them); kept
                     // before it has the reply, so that no change it makes next (a write to the
                     // file) can come between.
                     inner.keep_own_reply(mutation, &session, since, parent.0, dir_attr);
-                    let attr = file_attr(ino, &attr);
-                    reply.created(
-                        &answered.ttl,
-                        &attr,
-                        Generation(0),
-                        FileHandle(fh),
-                        FopenFlags::empty(),
-                    );
+                    let (attr, fh) = (file_attr(ino, &attr), FileHandle(fh));
+                    let flags = FopenFlags::empty();
+                    match backing {
+                        Some(backing) => reply.created_passthrough(
+                            &answered.ttl,
+                            &attr,
+                            Generation(0),
+                            fh,
+                            flags,
+                            &backing,
+                        ),
+                        None => reply.created(&answered.ttl, &attr, Generation(0), fh, flags),
+                    }
                 }
                 (other, _mutation) => reply.fail(unexpected(&other)),
             },
@@ -3060,25 +3114,31 @@ impl fuser::Filesystem for BridgeFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        // While an inode has direct handles, all its handles are (see `Inner::direct`). The lock is
+        // taken before the file table's, as by the opens, and held until what follows is done, so
+        // that no open finds the handle gone but its inode's direct data not (it would start its
+        // own, and the release would count it out).
+        let mut direct = lock(&self.inner.direct);
         let Some(file) = lock(&self.inner.files).remove(&fh.0) else {
             return reply.error(Errno::EBADF);
         };
-        // While an inode has direct handles, all its handles are (see `Inner::direct`). The lock is
-        // held until what follows is done, so that no open finds the inode without direct handles
-        // before it.
-        let mut direct = lock(&self.inner.direct);
-        if let Some(written) = direct.leave(file.ino) {
+        let last = if file.direct {
+            direct.leave(file.ino)
+        } else {
+            None
+        };
+        if let Some(change) = last {
             // The kernel's pages of the file (it read the backing file's) and its remembered
             // attributes (its atime moved) are not to be trusted.
             lock(&self.inner.page_stamps).remove(&file.ino);
-            if written {
-                // Written directly, where the bridge never saw it: nothing it holds of the file
-                // from before is answered from after, as after any change through the mount
-                // (small files fetched ahead and fetches under way, listings: until here refused
-                // because the inode had direct handles).
-                self.inner.void_answers(Some(file.ino));
-            } else {
-                lock(&self.inner.attrs).remove(file.ino);
+            match change {
+                // Written directly, where the bridge never saw it: the change its handles held
+                // ends, so nothing remembered of the file from before or meanwhile is answered
+                // from now on (small files fetched ahead and fetches under way, listings,
+                // attributes, a change's own reply kept late), as after any change through the
+                // mount.
+                Some(change) => drop(change),
+                None => lock(&self.inner.attrs).remove(file.ino),
             }
         }
         drop(direct);

@@ -440,6 +440,20 @@ impl Drop for Harness {
             rustix_kill(child.id() as i32, libc::SIGTERM);
             let _ = child.wait();
         }
+        // Kept for study where SESSIONFS_TEST_LOGS names a directory (the temporary one goes).
+        if let Some(keep) = std::env::var_os("SESSIONFS_TEST_LOGS") {
+            let name = self
+                .dir
+                .path()
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let _ = std::fs::create_dir_all(&keep);
+            let _ = std::fs::copy(
+                self.dir.path().join("bridge.log"),
+                Path::new(&keep).join(format!("bridge-{name}.log")),
+            );
+        }
         if is_mounted(&self.mountpoint) {
             let _ = Command::new("fusermount3")
                 .arg("-u")

@@ -190,8 +190,8 @@ fn nothing_fetched_before_a_write_is_answered_after_it() -> Result<()> {
         let dir = format!("w{round}");
         small_files_behind(&h, &ws, "dfetch", &dir, &["a", "b", "c", "d"])?;
         let a = h.path("dfetch", &format!("{dir}/a"));
-        // Opened to write (a small file: through the bridge; it had direct data for a while, and a
-        // fetched copy from before its write was served after it).
+        // Opened to write: direct data, so the bridge never sees the write (a fetched copy from
+        // before it was once served after it).
         let writer = fs::OpenOptions::new().write(true).open(&a)?;
         // A walk reads the directory's other files: the bridge fetches its small files ahead,
         // `a` with them, as it is now.
@@ -243,6 +243,57 @@ fn sizes_listed_while_a_file_is_appended_to_are_current() -> Result<()> {
         drop(writer);
     }
     ensure!(wrong.is_empty(), "sizes while appended to: {wrong:?}");
+    h.unmount()?;
+    Ok(())
+}
+
+#[test]
+fn a_truncation_answered_before_direct_writes_is_not_remembered_after_them() -> Result<()> {
+    const ROUNDS: usize = 1000;
+    let mut h = Harness::new()?;
+    let ws = h.create_session("dtrunc")?;
+    h.mount()?;
+    // Rewritten through one name and read through the other, by two writers at once: each rewrite
+    // is an open to write (direct data), a truncation answered by the bridge, and writes it never
+    // sees. The truncation's answer (size 0) must not outlive them: a `stat` answered from it makes
+    // the next read return nothing.
+    let wrong: Vec<String> = std::thread::scope(|scope| {
+        let writers: Vec<_> = (0..2)
+            .map(|w| {
+                let (ws, h) = (&ws, &h);
+                scope.spawn(move || -> Result<Vec<String>> {
+                    let (name, link) = (format!("t{w}"), format!("t{w}-link"));
+                    fs::write(ws.join(&name), b"first")?;
+                    fs::hard_link(ws.join(&name), ws.join(&link))?;
+                    let (name, link) = (h.path("dtrunc", &name), h.path("dtrunc", &link));
+                    wait_until("the link to show", Duration::from_secs(5), || link.exists())?;
+                    let mut wrong = Vec::new();
+                    for round in 0..ROUNDS {
+                        let content = format!("writer {w} round {round} ").repeat(round % 7 + 1);
+                        fs::write(&link, &content)?;
+                        let got = fs::read(&name)?;
+                        if got != content.as_bytes() {
+                            let got = String::from_utf8_lossy(&got).into_owned();
+                            wrong.push(format!("writer {w} round {round}: read {got:?}"));
+                        }
+                    }
+                    Ok(wrong)
+                })
+            })
+            .collect();
+        writers
+            .into_iter()
+            .map(|t| t.join().map_err(|_| anyhow::anyhow!("a writer panicked"))?)
+            .collect::<Result<Vec<_>>>()
+            .map(|all| all.concat())
+    })?;
+    ensure!(
+        wrong.is_empty(),
+        "{} of {} reads after a rewrite were wrong: {:?}",
+        wrong.len(),
+        2 * ROUNDS,
+        &wrong[..wrong.len().min(5)]
+    );
     h.unmount()?;
     Ok(())
 }
