@@ -316,11 +316,15 @@ fn apply(
         state: (record.state, state),
         endpoint: (record.endpoint, endpoint),
     };
+    // A restart keeps the state and may keep the endpoint: the daemon's pid (or the container's
+    // id) is then what changed, so both pids are shown.
     info!(
         session = %change.id,
         from = %change.state.0,
         to = %change.state.1,
         endpoint = ?change.endpoint.1,
+        from_pid = ?record.pid,
+        pid = ?pid,
         "reconciled docker session with its container"
     );
     Ok(Some(change))
