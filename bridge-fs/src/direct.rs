@@ -20,11 +20,12 @@
 //! `CAP_SYS_ADMIN`; without it, or on a kernel without passthrough, every open goes through the bridge
 //! as before.
 //!
-//! The bridge never sees direct writes, so a handle that may write holds a change of its inode in
-//! progress, as a write through the bridge does, from its open until the inode's last direct handle
-//! is released: meanwhile nothing about the file is answered from memory and no change's own reply
-//! is remembered (a truncation answered just before the kernel writes directly would otherwise
-//! outlive those writes), and its end voids what was remembered before.
+//! The bridge never sees direct writes, so it treats the start of an inode's writable direct data
+//! (its first handle that may write) and its end (the inode's last direct handle released) as changes
+//! through the mount of that inode (`Inner::direct_change`): what it remembered of the file is
+//! voided, and no change under way keeps its own reply (a truncation answered just before the kernel
+//! wrote directly would otherwise outlive those writes). In between, the file's attributes are
+//! answered by the daemon alone, also where a directory's remembered listing names it.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -38,72 +39,73 @@ use sessionfs_proto::Attr;
 pub const DIRECT_MIN: u64 = 1 << 20;
 
 /// The inodes whose open handles use direct data, with their backing file and how many handles.
-///
-/// `C` is a change in progress of the inode (the bridge's `Mutation`): one is held from the first
-/// handle that may write until the inode's last handle is released, because the bridge never sees
-/// those writes. While it is held the bridge answers nothing about the file from memory and keeps
-/// no change's own reply; dropping it voids what was remembered meanwhile.
-pub struct Direct<C> {
-    inodes: HashMap<u64, DirectInode<C>>,
+#[derive(Default)]
+pub struct Direct {
+    inodes: HashMap<u64, DirectInode>,
 }
 
-impl<C> Default for Direct<C> {
-    fn default() -> Self {
-        Direct {
-            inodes: HashMap::new(),
-        }
-    }
-}
-
-struct DirectInode<C> {
+struct DirectInode {
     backing: Arc<BackingId>,
     handles: usize,
-    /// Held since a handle that may write joined.
-    change: Option<C>,
+    /// Whether any of its handles could write (the bridge never sees those writes).
+    written: bool,
+    /// The daemon's identity of the file (device, inode number).
+    node: (u64, u64),
 }
 
-impl<C> Direct<C> {
+impl Direct {
     /// Whether `ino` has handles with direct data: every open of it must then have it too.
     pub fn is_live(&self, ino: u64) -> bool {
         self.inodes.contains_key(&ino)
     }
 
-    /// The backing file of `ino` for one more handle, if it has one. `writing` starts the change a
-    /// handle that may write holds, called only if the inode holds none yet.
-    pub fn join(
-        &mut self,
-        ino: u64,
-        writing: Option<impl FnOnce() -> C>,
-    ) -> Option<Arc<BackingId>> {
-        let inode = self.inodes.get_mut(&ino)?;
-        inode.handles += 1;
-        if let (None, Some(start)) = (&inode.change, writing) {
-            inode.change = Some(start());
-        }
-        Some(inode.backing.clone())
+    /// Whether the daemon's file `(dev, ino)` has direct handles of which one could write: what the
+    /// daemon said of it may be outdated by now.
+    pub fn is_written(&self, dev: u64, ino: u64) -> bool {
+        self.inodes
+            .values()
+            .any(|inode| inode.written && inode.node == (dev, ino))
     }
 
-    /// Records `backing` as `ino`'s, for one handle (`change`: held if it may write).
-    pub fn start(&mut self, ino: u64, backing: BackingId, change: Option<C>) -> Arc<BackingId> {
+    /// The backing file of `ino` for one more handle (`writable`: it may write), if it has one, and
+    /// whether the inode is written from now on (its first handle that may write).
+    pub fn join(&mut self, ino: u64, writable: bool) -> Option<(Arc<BackingId>, bool)> {
+        let inode = self.inodes.get_mut(&ino)?;
+        inode.handles += 1;
+        let now_written = writable && !inode.written;
+        inode.written |= writable;
+        Some((inode.backing.clone(), now_written))
+    }
+
+    /// Records `backing` as `ino`'s (the daemon's file `attr`), for one handle (`writable`: it may
+    /// write).
+    pub fn start(
+        &mut self,
+        ino: u64,
+        attr: &Attr,
+        backing: BackingId,
+        writable: bool,
+    ) -> Arc<BackingId> {
         let backing = Arc::new(backing);
         let inode = DirectInode {
             backing: backing.clone(),
             handles: 1,
-            change,
+            written: writable,
+            node: (attr.dev, attr.ino),
         };
         self.inodes.insert(ino, inode);
         backing
     }
 
     /// One of `ino`'s direct handles was released. When it was the last (the backing file is
-    /// closed): `Some`, with the change its handles held if one could write, for the caller to end.
-    pub fn leave(&mut self, ino: u64) -> Option<Option<C>> {
+    /// closed), whether any of the inode's handles could write; `None` otherwise.
+    pub fn leave(&mut self, ino: u64) -> Option<bool> {
         let inode = self.inodes.get_mut(&ino)?;
         inode.handles = inode.handles.saturating_sub(1);
         if inode.handles > 0 {
             return None;
         }
-        self.inodes.remove(&ino).map(|inode| inode.change)
+        self.inodes.remove(&ino).map(|inode| inode.written)
     }
 }
 

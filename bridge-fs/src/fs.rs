@@ -463,7 +463,7 @@ struct Inner {
     losing_names: Mutex<HashMap<u64, usize>>,
     /// Inodes whose handles have direct data (see [`crate::direct`]); taken before the file table
     /// by every open that adds a handle, so that a handle of the other kind cannot come between.
-    direct: Mutex<Direct<Mutation>>,
+    direct: Mutex<Direct>,
     /// The kernel accepted passthrough at `INIT`.
     passthrough: AtomicBool,
     /// Owner and time shown for the mount root.
@@ -1729,6 +1729,15 @@ impl Inner {
         self.start_mutation(Some(ino))
     }
 
+    /// A change of `ino` through the mount that the bridge does not see: its direct data started
+    /// with a handle that may write, or ended after one (see [`crate::direct`]). Voids what is
+    /// remembered of the file (and listings, and files fetched ahead), and counts as a change
+    /// started, so no change under way keeps its own reply (see [`Mutation::end`]).
+    fn direct_change(&self, ino: u64) {
+        self.started.fetch_add(1, Ordering::AcqRel);
+        self.void_answers(Some(ino));
+    }
+
     fn start_mutation(self: &Arc<Self>, only_of: Option<u64>) -> Mutation {
         let before = self.mutating.fetch_add(1, Ordering::AcqRel);
         // Read after the count: a write deferred in between is counted in both (and is pending
@@ -1829,14 +1838,22 @@ impl Inner {
             return None;
         }
         let since = listing.generation;
-        Some(match listing.entries.get(name) {
+        let listed = match listing.entries.get(name) {
             None => Listed::Missing { since },
             Some(attr) => Listed::Present {
                 since,
                 epoch,
                 attr: *attr,
             },
-        })
+        };
+        drop(guard);
+        // A file written directly right now: its size and times in the listing may be old.
+        if let Listed::Present { attr, .. } = &listed {
+            if lock(&self.direct).is_written(attr.dev, attr.ino) {
+                return None;
+            }
+        }
+        Some(listed)
     }
 
     /// Answers a lookup of `dir/name` from what its directory's listing says.
@@ -2113,12 +2130,12 @@ impl Inner {
     /// the inode's, if it has handles with direct data (every open of it must have them then); else a
     /// new one, for an open to write, or of a file of at least [`DIRECT_MIN`] bytes, of a session
     /// whose daemon runs on this host (the registry has its pid), with no other open handle here. A
-    /// smaller file opened read-only is better served by the head its open brings. An open to write
-    /// starts the change its inode holds while it has direct handles (see [`crate::direct`]).
-    /// `direct` is the locked [`Inner::direct`].
+    /// smaller file opened read-only is better served by the head its open brings. The inode's first
+    /// direct handle that may write is a change of it (see [`Inner::direct_change`]). `direct` is the
+    /// locked [`Inner::direct`].
     fn direct_backing(
-        self: &Arc<Self>,
-        direct: &mut Direct<Mutation>,
+        &self,
+        direct: &mut Direct,
         open: &RemoteOpen,
         session: &Session,
         attr: &Attr,
@@ -2127,7 +2144,10 @@ impl Inner {
     ) -> Option<Arc<fuser::BackingId>> {
         let ino = open.ino;
         let writing = !open.read_only;
-        if let Some(backing) = direct.join(ino, writing.then_some(|| self.mutation_of(ino))) {
+        if let Some((backing, now_written)) = direct.join(ino, writing) {
+            if now_written {
+                self.direct_change(ino);
+            }
             return Some(backing);
         }
         if !self.passthrough.load(Ordering::Relaxed) || (open.read_only && attr.size < DIRECT_MIN) {
@@ -2149,8 +2169,10 @@ impl Inner {
                 // The kernel's pages of the file are not read while it has direct handles, nor
                 // written: none is kept by a later open.
                 lock(&self.page_stamps).remove(&ino);
-                let change = writing.then(|| self.mutation_of(ino));
-                Some(direct.start(ino, backing, change))
+                if writing {
+                    self.direct_change(ino);
+                }
+                Some(direct.start(ino, attr, backing, writing))
             }
             Err(e) => {
                 // Not permitted (no CAP_SYS_ADMIN) or not supported: not tried again.
@@ -2194,7 +2216,6 @@ impl Inner {
             ino,
             inner: self.clone(),
         };
-        let this = self.clone();
         self.call_then(
             caller,
             session,
@@ -2214,7 +2235,7 @@ impl Inner {
                 let mut direct = lock(&inner.direct);
                 let session = &answered.session;
                 if let Some(backing) =
-                    this.direct_backing(&mut direct, &open, session, &attr, fd, &reply)
+                    inner.direct_backing(&mut direct, &open, session, &attr, fd, &reply)
                 {
                     let fh = inner.add_file(ino, session.clone(), open.flags, remote, Data::Direct);
                     drop(direct);
@@ -2891,7 +2912,6 @@ impl fuser::Filesystem for BridgeFs {
         let path = target.as_ref().map(|(_, p)| p.clone()).unwrap_or_default();
         let target = target.map(|(s, path)| (s, Request::Create { path, mode, flags }));
         let binding = self.inner.binding(parent.0, name.as_bytes());
-        let this = self.inner.clone();
         self.remote(
             caller(req),
             target,
@@ -2924,7 +2944,12 @@ impl fuser::Filesystem for BridgeFs {
                     let mut direct = lock(&inner.direct);
                     let writing =
                         flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
-                    let backing = direct.join(ino, writing.then_some(|| this.mutation_of(ino)));
+                    let backing = direct.join(ino, writing).map(|(backing, now_written)| {
+                        if now_written {
+                            inner.direct_change(ino);
+                        }
+                        backing
+                    });
                     // Its later attribute changes may be sent behind its writes while nothing
                     // else changes it; from here only if nothing could come between (as for
                     // keeping a change's own reply, see `Mutation::end`), no change event about
@@ -3127,18 +3152,17 @@ impl fuser::Filesystem for BridgeFs {
         } else {
             None
         };
-        if let Some(change) = last {
+        if let Some(written) = last {
             // The kernel's pages of the file (it read the backing file's) and its remembered
             // attributes (its atime moved) are not to be trusted.
             lock(&self.inner.page_stamps).remove(&file.ino);
-            match change {
-                // Written directly, where the bridge never saw it: the change its handles held
-                // ends, so nothing remembered of the file from before or meanwhile is answered
-                // from now on (small files fetched ahead and fetches under way, listings,
-                // attributes, a change's own reply kept late), as after any change through the
-                // mount.
-                Some(change) => drop(change),
-                None => lock(&self.inner.attrs).remove(file.ino),
+            if written {
+                // Written directly, where the bridge never saw it: nothing remembered of the file
+                // from before or meanwhile is answered from now on (small files fetched ahead and
+                // fetches under way, listings, attributes, a change's own reply kept late).
+                self.inner.direct_change(file.ino);
+            } else {
+                lock(&self.inner.attrs).remove(file.ino);
             }
         }
         drop(direct);
