@@ -59,6 +59,11 @@ impl Direct {
         self.inodes.contains_key(&ino)
     }
 
+    /// Whether any inode has direct handles of which one could write.
+    pub fn any_written(&self) -> bool {
+        self.inodes.values().any(|inode| inode.written)
+    }
+
     /// Whether the daemon's file `(dev, ino)` has direct handles of which one could write: what the
     /// daemon said of it may be outdated by now.
     pub fn is_written(&self, dev: u64, ino: u64) -> bool {

@@ -461,8 +461,12 @@ struct Inner {
     /// are in flight: they are not opened without a daemon handle meanwhile (see
     /// [`Inner::unopened_handles_of`]).
     losing_names: Mutex<HashMap<u64, usize>>,
-    /// Inodes whose handles have direct data (see [`crate::direct`]); taken before the file table
-    /// by every open that adds a handle, so that a handle of the other kind cannot come between.
+    /// Inodes whose handles have direct data (see [`crate::direct`]); taken by every open that adds
+    /// a handle and every release that removes one, before the file table, so that a handle of the
+    /// other kind cannot come between; and by what answers a file's attributes from memory (a
+    /// listing, a page of entries, a fetched file), so that a writable direct start or end
+    /// ([`Inner::direct_change`]) cannot come between its check and its answer. Taken before
+    /// `files`, `attrs`, `listings`, `read_ahead`, `heads_ahead`, `dir_pages` and `page_stamps`.
     direct: Mutex<Direct>,
     /// The kernel accepted passthrough at `INIT`.
     passthrough: AtomicBool,
@@ -1736,6 +1740,7 @@ impl Inner {
     fn direct_change(&self, ino: u64) {
         self.started.fetch_add(1, Ordering::AcqRel);
         self.void_answers(Some(ino));
+        lock(&self.dir_pages).clear();
     }
 
     fn start_mutation(self: &Arc<Self>, only_of: Option<u64>) -> Mutation {
@@ -1831,6 +1836,9 @@ impl Inner {
         if self.mutating.load(Ordering::Acquire) > 0 {
             return None;
         }
+        // Taken first (see `Inner::direct`): a file written directly right now may have another
+        // size and times than its listing says, and the end of that cannot come between.
+        let direct = lock(&self.direct);
         let epoch = lock(&self.attrs).epoch();
         let guard = lock(&self.listings);
         let listing = guard.0.get(&dir)?;
@@ -1847,9 +1855,8 @@ impl Inner {
             },
         };
         drop(guard);
-        // A file written directly right now: its size and times in the listing may be old.
         if let Listed::Present { attr, .. } = &listed {
-            if lock(&self.direct).is_written(attr.dev, attr.ino) {
+            if direct.is_written(attr.dev, attr.ino) {
                 return None;
             }
         }
@@ -2010,7 +2017,8 @@ impl Inner {
             .get(&dir.ino)
             .cloned()
             .filter(|_| use_cache && offset > 0);
-        if let Some(page) = cached.filter(|p| p.fetched.elapsed() <= self.ttl) {
+        let cached = cached.filter(|p| p.fetched.elapsed() <= self.ttl && !self.lists_written(p));
+        if let Some(page) = cached {
             if let Some(rest) = page.after(offset) {
                 let skip = page.entries.len() - rest.len();
                 if rest.is_empty() && !page.more {
@@ -2239,8 +2247,8 @@ impl Inner {
                 {
                     let fh = inner.add_file(ino, session.clone(), open.flags, remote, Data::Direct);
                     drop(direct);
-                    // The page stamp goes with the last direct handle (see `release`): no open
-                    // keeps the kernel's pages while this one is live.
+                    // The page stamp went when the inode's direct data started, and no open keeps
+                    // the kernel's pages while this one is live.
                     return reply.opened_passthrough(
                         FileHandle(fh),
                         open.fopen_flags(false),
@@ -2295,8 +2303,12 @@ impl Inner {
         open: &RemoteOpen,
         fetched: Fetched,
     ) -> Option<(u64, bool)> {
+        // Taken first: a writable direct start or end (which moves the epoch) cannot come between
+        // the checks and the handle.
+        let direct = lock(&self.direct);
         let changing = self.mutating.load(Ordering::Acquire) > 0;
         if changing
+            || direct.is_live(open.ino)
             || !session.current_since(fetched.since)
             || lock(&self.attrs).epoch() != fetched.epoch
         {
@@ -2307,10 +2319,6 @@ impl Inner {
         // event): the fetched bytes may be older than what `stat` shows.
         let known = self.cached_attr(ino, session);
         if known.is_some_and(|known| ContentStamp::of(&known) != ContentStamp::of(&attr)) {
-            return None;
-        }
-        let direct = lock(&self.direct);
-        if direct.is_live(ino) {
             return None;
         }
         self.keep_attrs(session, fetched.since, fetched.epoch, &[(ino, attr)]);
@@ -2381,7 +2389,19 @@ impl Inner {
         let page = lock(&self.read_ahead).take(&key)?;
         let current = dir.session.current_since(page.generation)
             && page.fetched.elapsed() <= self.watched_ttl;
-        current.then_some(page)
+        current.then_some(page).filter(|p| !self.lists_written(p))
+    }
+
+    /// Whether `page` lists a file written directly right now, whose size and times there may be
+    /// old (see [`crate::direct`]); such a page is fetched again instead. A writable direct end
+    /// drops every page kept ([`Inner::direct_change`]).
+    fn lists_written(&self, page: &DirPage) -> bool {
+        let direct = lock(&self.direct);
+        direct.any_written()
+            && page
+                .entries
+                .iter()
+                .any(|e| direct.is_written(e.attr.dev, e.attr.ino))
     }
 
     /// `dir` was listed from its start (`page`): fetches its subdirectories' listings ahead if this

@@ -316,8 +316,8 @@ fn apply(
         state: (record.state, state),
         endpoint: (record.endpoint, endpoint),
     };
-    // A restart keeps the state and may keep the endpoint: the daemon's pid (or the container's
-    // id) is then what changed, so both pids are shown.
+    // A restart keeps the state and may keep the endpoint: the daemon's pid is then what changed,
+    // so both pids are shown (a recreated container's new id is in the record's labels).
     info!(
         session = %change.id,
         from = %change.state.0,

@@ -298,6 +298,43 @@ fn a_truncation_answered_before_direct_writes_is_not_remembered_after_them() -> 
     Ok(())
 }
 
+#[test]
+fn a_name_looked_up_after_a_direct_writer_closed_shows_the_final_size() -> Result<()> {
+    let mut h = Harness::new()?;
+    let ws = h.create_session("dname")?;
+    h.mount()?;
+    let mut wrong = Vec::new();
+    for round in 0..100 {
+        let dir = format!("n{round}");
+        small_files_behind(&h, &ws, "dname", &dir, &["a", "b"])?;
+        // A second name of `a`, made behind the mount: the kernel has never looked it up.
+        fs::hard_link(ws.join(&dir).join("a"), ws.join(&dir).join("a-link"))?;
+        let path = |name: &str| h.path("dname", &format!("{dir}/{name}"));
+        wait_until("the link to be listed", Duration::from_secs(5), || {
+            fs::read_dir(path("")).is_ok_and(|d| d.count() == 3)
+        })?;
+        // Written directly, listed in the middle (the bridge may remember the listing, with the
+        // size of that moment), written again, closed.
+        let mut writer = fs::OpenOptions::new().append(true).open(path("a"))?;
+        writer.write_all(&[1u8; 1000])?;
+        let _ = fs::read_dir(path(""))?.count();
+        writer.write_all(&[2u8; 1000])?;
+        drop(writer);
+        // The new name's lookup right after the close, while its release may be under way.
+        let size = fs::metadata(path("a-link"))?.len();
+        let now = ("old a".len() + 2000) as u64;
+        if size != now {
+            wrong.push((round, size));
+        }
+    }
+    ensure!(
+        wrong.is_empty(),
+        "a name looked up after the writer closed showed an older size (round, size): {wrong:?}"
+    );
+    h.unmount()?;
+    Ok(())
+}
+
 /// Makes directory `dir` in session `id`'s workspace `ws`, behind the mount, with a small file per
 /// name (holding "old <name>"), and waits until the mount shows them.
 fn small_files_behind(
