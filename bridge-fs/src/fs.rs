@@ -158,6 +158,11 @@ const OPEN_HEAD: u32 = 128 * 1024;
 /// and a round trip, closed or not.
 const WRITE_BEHIND_DELAY: Duration = Duration::from_millis(5);
 
+/// Whether an open with `flags` may change the file: opened to write, or truncating.
+fn may_write(flags: i32) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
 /// Whether writes through a handle opened with `flags` may be acknowledged before they are written:
 /// not for appends (the daemon places them), nor for synchronous or direct I/O (the caller asked to
 /// wait).
@@ -2152,10 +2157,7 @@ impl Inner {
     ) -> Option<Arc<fuser::BackingId>> {
         let ino = open.ino;
         let writing = !open.read_only;
-        if let Some((backing, now_written)) = direct.join(ino, writing) {
-            if now_written {
-                self.direct_change(ino);
-            }
+        if let Some(backing) = self.join_direct(direct, ino, writing) {
             return Some(backing);
         }
         if !self.passthrough.load(Ordering::Relaxed) || (open.read_only && attr.size < DIRECT_MIN) {
@@ -2191,6 +2193,21 @@ impl Inner {
                 None
             }
         }
+    }
+
+    /// The backing file of `ino` for one more handle (`writing`: it may write), if the inode has
+    /// direct handles; the inode's first that may write is a change of it ([`Inner::direct_change`]).
+    fn join_direct(
+        &self,
+        direct: &mut Direct,
+        ino: u64,
+        writing: bool,
+    ) -> Option<Arc<fuser::BackingId>> {
+        let (backing, now_written) = direct.join(ino, writing)?;
+        if now_written {
+            self.direct_change(ino);
+        }
+        Some(backing)
     }
 
     /// An open of `ino` failed with `ESTALE`: its name names another file now (changed behind the
@@ -2846,7 +2863,7 @@ impl fuser::Filesystem for BridgeFs {
     }
 
     fn open(&self, req: &FuseRequest, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let read_only = flags.0 & libc::O_ACCMODE == libc::O_RDONLY && flags.0 & libc::O_TRUNC == 0;
+        let read_only = !may_write(flags.0);
         // A node with no name left is opened by its identity alone (a rename through the mount
         // replaced it a moment ago, after the kernel resolved the name: see `Request::Open`).
         let (session, path, expect) = match lock(&self.inner.inodes).to_open(ino.0) {
@@ -2962,14 +2979,7 @@ impl fuser::Filesystem for BridgeFs {
                     // An existing file (no O_EXCL) whose other handles have direct data: this one
                     // has it too (see `Inner::direct`).
                     let mut direct = lock(&inner.direct);
-                    let writing =
-                        flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
-                    let backing = direct.join(ino, writing).map(|(backing, now_written)| {
-                        if now_written {
-                            inner.direct_change(ino);
-                        }
-                        backing
-                    });
+                    let backing = inner.join_direct(&mut direct, ino, may_write(flags));
                     // Its later attribute changes may be sent behind its writes while nothing
                     // else changes it; from here only if nothing could come between (as for
                     // keeping a change's own reply, see `Mutation::end`), no change event about
