@@ -335,6 +335,44 @@ fn a_name_looked_up_after_a_direct_writer_closed_shows_the_final_size() -> Resul
     Ok(())
 }
 
+#[test]
+fn a_create_of_a_file_with_direct_handles_joins_them() -> Result<()> {
+    let mut h = Harness::new()?;
+    let ws = h.create_session("dcreate")?;
+    let data = pattern(2 << 20, 3);
+    fs::write(ws.join("big"), &data)?;
+    h.mount()?;
+    // Held open with direct data (2 MiB, read-only).
+    let held = fs::File::open(h.path("dcreate", "big"))?;
+    let mut failed = Vec::new();
+    for round in 0..50 {
+        let name = format!("other-{round}");
+        let other = h.path("dcreate", &name);
+        // The kernel learns the name is missing, then it becomes a second name of `big` behind the
+        // mount: an open with O_CREAT before the change event arrives is a create through the
+        // mount, of the file that has direct handles. The kernel refuses (`EIO`) a handle of the
+        // other kind on it; after the event, the open is an ordinary one. Either must work.
+        ensure!(!other.exists(), "{name} exists before it was made");
+        fs::hard_link(ws.join("big"), ws.join(&name))?;
+        match fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&other)
+        {
+            Ok(file) => file.write_all_at(b"joined", 0)?,
+            Err(e) => failed.push((round, e.to_string())),
+        }
+    }
+    ensure!(failed.is_empty(), "opens with O_CREAT failed: {failed:?}");
+    let mut head = [0u8; 6];
+    held.read_exact_at(&mut head, 0)?;
+    ensure!(&head == b"joined", "the held handle read {head:?}");
+    drop(held);
+    h.unmount()?;
+    Ok(())
+}
+
 /// Makes directory `dir` in session `id`'s workspace `ws`, behind the mount, with a small file per
 /// name (holding "old <name>"), and waits until the mount shows them.
 fn small_files_behind(
