@@ -35,7 +35,7 @@ use std::sync::Arc;
 use fuser::BackingId;
 use sessionfs_proto::Attr;
 
-/// The smallest file opened with direct data.
+/// The smallest file opened read-only with direct data (an open to write has no minimum).
 pub const DIRECT_MIN: u64 = 1 << 20;
 
 /// The inodes whose open handles use direct data, with their backing file and how many handles.

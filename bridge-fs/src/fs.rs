@@ -2506,8 +2506,8 @@ impl fuser::Filesystem for BridgeFs {
             debug!("kernel lacks capabilities {missing:?}");
             let _ = config.add_capabilities(wanted - missing);
         }
-        // Direct data for large files of sessions on this host (see `crate::direct`); backing files may
-        // sit on a stacked file system (overlayfs) themselves.
+        // Direct data for files opened to write, and large files read, of sessions on this host (see
+        // `crate::direct`); backing files may sit on a stacked file system (overlayfs) themselves.
         if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(2).is_ok()
         {
