@@ -40,7 +40,7 @@ use crate::inodes::{InodeTable, NodeRef, Stale, ROOT_INO};
 use crate::known::Known;
 use crate::made_dirs::MadeDirs;
 use crate::negative::NegativeEntries;
-use crate::read_ahead::ReadAhead;
+use crate::read_ahead::{Claim, ReadAhead};
 use crate::replied::Replied;
 use crate::session::{Session, Sessions};
 use crate::walk::Walk;
@@ -2018,23 +2018,13 @@ impl Inner {
         offset: u64,
         use_cache: bool,
     ) -> Result<(Arc<DirPage>, usize), ErrorReply> {
-        let cached = lock(&self.dir_pages)
-            .get(&dir.ino)
-            .cloned()
-            .filter(|_| use_cache && offset > 0);
-        let cached = cached.filter(|p| p.fetched.elapsed() <= self.ttl && !self.lists_written(p));
-        if let Some(page) = cached {
-            if let Some(rest) = page.after(offset) {
-                let skip = page.entries.len() - rest.len();
-                if rest.is_empty() && !page.more {
-                    // The end of the listing: the kernel will not read this page again.
-                    lock(&self.dir_pages).remove(&dir.ino);
-                }
-                return Ok((page, skip));
+        if use_cache {
+            if let Some(ready) = self.dir_page_ready(dir, offset) {
+                return Ok(ready);
             }
         }
         let ahead = if offset == 0 && use_cache {
-            self.take_read_ahead(dir)
+            self.read_ahead_page(dir).await
         } else {
             None
         };
@@ -2042,6 +2032,44 @@ impl Inner {
             Some(page) => page,
             None => self.fetch_dir_page(dir, caller, offset).await?,
         };
+        Ok((self.took_page(dir, offset, page), 0))
+    }
+
+    /// [`Self::dir_page`]'s answer when it is at hand without a round trip or a wait: the cached
+    /// page covers `offset`, or read-ahead has the first page waiting. The kernel's listing is then
+    /// answered on the FUSE thread that received it (most of a tree walk's listings, and the empty
+    /// read that ends each one), without a hand-over to the runtime and back.
+    fn dir_page_ready(
+        self: &Arc<Self>,
+        dir: &DirRef,
+        offset: u64,
+    ) -> Option<(Arc<DirPage>, usize)> {
+        if offset == 0 {
+            let page = self.take_read_ahead(dir)?;
+            return Some((self.took_page(dir, 0, page), 0));
+        }
+        let page = lock(&self.dir_pages).get(&dir.ino).cloned()?;
+        if page.fetched.elapsed() > self.ttl || self.lists_written(&page) {
+            return None;
+        }
+        let (skip, end) = {
+            let rest = page.after(offset)?;
+            (
+                page.entries.len() - rest.len(),
+                rest.is_empty() && !page.more,
+            )
+        };
+        if end {
+            // The end of the listing: the kernel will not read this page again.
+            lock(&self.dir_pages).remove(&dir.ino);
+        }
+        Some((page, skip))
+    }
+
+    /// `page` of `dir`, from `offset`, was just fetched or taken from read-ahead: a complete listing
+    /// answers lookups, a listing from the start continues a walk's read-ahead, and the page is kept
+    /// for the kernel's next reads of the listing.
+    fn took_page(self: &Arc<Self>, dir: &DirRef, offset: u64, page: Arc<DirPage>) -> Arc<DirPage> {
         if offset == 0 {
             if !page.more {
                 self.remember_listing(dir.ino, &page);
@@ -2054,7 +2082,61 @@ impl Inner {
         } else {
             pages.insert(dir.ino, page.clone());
         }
-        Ok((page, 0))
+        page
+    }
+
+    /// Whether `page`, after `skip` entries, disagrees with what lookups of directory `ino` learned
+    /// since: then it is out of date, and the kernel must not be told an old name for a node (it
+    /// would act on the wrong file).
+    fn page_conflicts(&self, ino: u64, page: &DirPage, skip: usize) -> bool {
+        let inodes = lock(&self.inodes);
+        page.entries[skip..]
+            .iter()
+            .any(|e| inodes.conflicts(ino, &e.name, &e.attr))
+    }
+
+    /// Answers a `READDIRPLUS` of directory `ino` with `page`'s entries after `skip`.
+    fn reply_entries(
+        &self,
+        ino: INodeNo,
+        dir: &DirRef,
+        page: &DirPage,
+        skip: usize,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let ttl = self.ttl_for(&dir.session, page.generation);
+        if dir.session.generation() != page.generation {
+            // An invalidation overtook this page: the kernel may cache it in its readdir cache;
+            // have it dropped once the reply is in.
+            self.sessions.invalidate(Invalidation::Inode(ino.0));
+        }
+        let mut inodes = lock(&self.inodes);
+        let mut known = Vec::new();
+        for e in &page.entries[skip..] {
+            let Some(child) = inodes.learn(ino.0, &e.name, &e.attr) else {
+                drop(inodes);
+                return reply.error(Errno::ESTALE);
+            };
+            known.push((child, e.attr));
+            let attr = file_attr(child, &e.attr);
+            let name = OsStr::from_bytes(&e.name);
+            if reply.add(
+                INodeNo(child),
+                DOT_ENTRIES + e.next_offset,
+                name,
+                &ttl,
+                &attr,
+                Generation(0),
+            ) {
+                // Did not fit: the kernel never saw it, so it holds no lookup count.
+                inodes.forget(child, 1);
+                known.pop();
+                break;
+            }
+        }
+        drop(inodes);
+        self.keep_attrs(&dir.session, page.generation, page.attr_epoch, &known);
+        reply.ok();
     }
 
     /// Fetches the page of `dir`'s entries that starts at daemon offset `offset`.
@@ -2400,6 +2482,24 @@ impl Inner {
         Some(waiter)
     }
 
+    /// The first page of `dir` from read-ahead: one waiting, or the one on its way (waited for,
+    /// within that request's timeout). `None`: the caller fetches it (see [`ReadAhead::claim`]).
+    async fn read_ahead_page(&self, dir: &DirRef) -> Option<Arc<DirPage>> {
+        if let Some(page) = self.take_read_ahead(dir) {
+            return Some(page);
+        }
+        let key = (dir.session.id.clone(), dir.path.clone());
+        let claim = lock(&self.read_ahead).claim(&key);
+        match claim {
+            Claim::Fetch => None,
+            Claim::Wait(mut done) => {
+                // Ends with an error once the fetch's task has dropped its sender.
+                let _ = done.changed().await;
+                self.take_read_ahead(dir)
+            }
+        }
+    }
+
     /// The first page of `dir` if read-ahead fetched it and nothing changed in the session since.
     fn take_read_ahead(&self, dir: &DirRef) -> Option<Arc<DirPage>> {
         let key = (dir.session.id.clone(), dir.path.clone());
@@ -2447,6 +2547,13 @@ impl Inner {
                 let Ok(_slot) = inner.read_ahead_slots.clone().acquire_owned().await else {
                     return;
                 };
+                let key = (session.id.clone(), path);
+                // Dropped when the fetch has ended: a kernel listing waiting for it looks again.
+                let (_done, waiter) = tokio::sync::watch::channel(());
+                if !lock(&inner.read_ahead).sending(&key, waiter) {
+                    return; // a kernel listing fetched it itself
+                }
+                let path = key.1.clone();
                 let generation = session.generation();
                 let attr_epoch = lock(&inner.attrs).epoch();
                 let request = Request::ReadDir {
@@ -2475,7 +2582,6 @@ impl Inner {
                     let n = p.entries.len();
                     (p, n)
                 });
-                let key = (session.id.clone(), path);
                 if page.is_some() {
                     // A walk that reads what it lists gets the files with the listing.
                     inner.fetch_heads(&session, &key, true);
@@ -3372,61 +3478,29 @@ impl fuser::Filesystem for BridgeFs {
                 return reply.ok();
             }
         }
+        let from = offset.saturating_sub(DOT_ENTRIES);
+        // At hand (a walk's read-ahead, the rest of a page): answered here, on the FUSE thread.
+        let mut use_cache = true;
+        if let Some((page, skip)) = self.inner.dir_page_ready(&dir, from) {
+            if !self.inner.page_conflicts(ino.0, &page, skip) {
+                return self.inner.reply_entries(ino, &dir, &page, skip, reply);
+            }
+            use_cache = false;
+        }
         let inner = self.inner.clone();
         let caller = caller(req);
-        let from = offset.saturating_sub(DOT_ENTRIES);
         self.spawn(async move {
-            let (mut page, mut skip) = match inner.dir_page(&dir, caller, from, true).await {
+            let (mut page, mut skip) = match inner.dir_page(&dir, caller, from, use_cache).await {
                 Ok(v) => v,
                 Err(e) => return reply.error(errno_of(&e)),
             };
-            // A cached page that disagrees with what lookups learned since is out of date: the
-            // kernel must not be told an old name for a node (it would act on the wrong file).
-            let stale = {
-                let inodes = lock(&inner.inodes);
-                page.entries[skip..]
-                    .iter()
-                    .any(|e| inodes.conflicts(ino.0, &e.name, &e.attr))
-            };
-            if stale {
+            if use_cache && inner.page_conflicts(ino.0, &page, skip) {
                 (page, skip) = match inner.dir_page(&dir, caller, from, false).await {
                     Ok(v) => v,
                     Err(e) => return reply.error(errno_of(&e)),
                 };
             }
-            let ttl = inner.ttl_for(&dir.session, page.generation);
-            if dir.session.generation() != page.generation {
-                // An invalidation overtook this page: the kernel may cache it in its readdir
-                // cache; have it dropped once the reply is in.
-                inner.sessions.invalidate(Invalidation::Inode(ino.0));
-            }
-            let mut inodes = lock(&inner.inodes);
-            let mut known = Vec::new();
-            for e in &page.entries[skip..] {
-                let Some(child) = inodes.learn(ino.0, &e.name, &e.attr) else {
-                    drop(inodes);
-                    return reply.error(Errno::ESTALE);
-                };
-                known.push((child, e.attr));
-                let attr = file_attr(child, &e.attr);
-                let name = OsStr::from_bytes(&e.name);
-                if reply.add(
-                    INodeNo(child),
-                    DOT_ENTRIES + e.next_offset,
-                    name,
-                    &ttl,
-                    &attr,
-                    Generation(0),
-                ) {
-                    // Did not fit: the kernel never saw it, so it holds no lookup count.
-                    inodes.forget(child, 1);
-                    known.pop();
-                    break;
-                }
-            }
-            drop(inodes);
-            inner.keep_attrs(&dir.session, page.generation, page.attr_epoch, &known);
-            reply.ok();
+            inner.reply_entries(ino, &dir, &page, skip, reply);
         });
     }
 

@@ -12,11 +12,16 @@
 //!   fetched at** (checked by `fs.rs`): any change reported in the session voids it.
 //! - **A change made through the mount voids everything** ([`ReadAhead::changed`]): waiting pages are
 //!   dropped and fetches under way are discarded when they return (their epoch is old).
+//! - **A listing is fetched once**: a kernel listing that finds its directory's fetch on its way
+//!   waits for it (bounded by that request's own timeout) and takes its page; one that finds the fetch
+//!   still queued for a slot takes it over ([`ReadAhead::claim`]) and the queued fetch is dropped.
 //! - **Memory is bounded**: at most [`ENTRIES_MAX`] entries wait, [`LISTED_DIRS_MAX`] listed directories
 //!   are remembered, and one listing starts at most [`BATCH_MAX`] fetches.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 use sessionfs_proto::WirePath;
 use sessionfs_registry::SessionId;
@@ -40,12 +45,28 @@ struct Listed {
     expanded: bool,
 }
 
+/// A fetch of a directory's first page that has not ended.
+enum InFlight {
+    /// Waiting for a fetch slot.
+    Queued,
+    /// Sent; the receiver sees its sender dropped once the fetch has ended (page kept or not).
+    Sent(watch::Receiver<()>),
+}
+
+/// What a kernel listing that found no waiting page is to do ([`ReadAhead::claim`]).
+pub enum Claim {
+    /// Fetch the page itself: none was on its way (a queued one is no longer).
+    Fetch,
+    /// Wait for the fetch on its way to end, then look for its page again.
+    Wait(watch::Receiver<()>),
+}
+
 /// The read-ahead state of the mount; `P` is the page type (`fs.rs`'s directory page).
 pub struct ReadAhead<P> {
     /// Fetched pages and their entry counts.
     pages: HashMap<DirKey, (P, usize)>,
     entries: usize,
-    in_flight: HashSet<DirKey>,
+    in_flight: HashMap<DirKey, InFlight>,
     listed: HashMap<DirKey, Listed>,
     /// Bumped by every change made through the mount.
     epoch: u64,
@@ -56,7 +77,7 @@ impl<P> Default for ReadAhead<P> {
         ReadAhead {
             pages: HashMap::new(),
             entries: 0,
-            in_flight: HashSet::new(),
+            in_flight: HashMap::new(),
             listed: HashMap::new(),
             epoch: 0,
         }
@@ -115,11 +136,37 @@ impl<P> ReadAhead<P> {
                 break;
             }
             let key = (session.clone(), path);
-            if !self.pages.contains_key(&key) && self.in_flight.insert(key.clone()) {
+            if !self.pages.contains_key(&key) && !self.in_flight.contains_key(&key) {
+                self.in_flight.insert(key.clone(), InFlight::Queued);
                 start.push(key.1);
             }
         }
         (start, self.epoch)
+    }
+
+    /// The queued fetch of `key` got a slot and is about to be sent; `done` sees the fetch's end.
+    /// False if a kernel listing took it over meanwhile: then it is not sent.
+    pub fn sending(&mut self, key: &DirKey, done: watch::Receiver<()>) -> bool {
+        match self.in_flight.get_mut(key) {
+            Some(state @ InFlight::Queued) => {
+                *state = InFlight::Sent(done);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A kernel listing of `key` from its start found no waiting page: it waits for a fetch on
+    /// its way, and takes over one still queued (which is then not sent).
+    pub fn claim(&mut self, key: &DirKey) -> Claim {
+        match self.in_flight.get(key) {
+            Some(InFlight::Sent(done)) => Claim::Wait(done.clone()),
+            Some(InFlight::Queued) => {
+                self.in_flight.remove(key);
+                Claim::Fetch
+            }
+            None => Claim::Fetch,
+        }
     }
 
     /// A fetch started at `epoch` ended with `page` (and its entry count), or failed (`None`).
@@ -219,6 +266,38 @@ mod tests {
         ra.changed();
         assert!(!ra.fetched((id(), p("a/x")), epoch, Some((8, 1))));
         assert_eq!(ra.take(&(id(), p("a/x"))), None);
+    }
+
+    #[test]
+    fn a_listing_waits_for_a_fetch_on_its_way_and_takes_over_a_queued_one() {
+        let mut ra = ReadAhead::<u32>::default();
+        let now = Instant::now();
+        ra.listed(&id(), &p(""), vec![p("a"), p("b")], false, now);
+        let (start, epoch) = ra.listed(&id(), &p("a"), vec![], false, now);
+        assert_eq!(start, vec![p("b")]);
+        let key = (id(), p("b"));
+        // Queued: the kernel's listing fetches it itself, and the queued fetch is not sent.
+        assert!(matches!(ra.claim(&key), Claim::Fetch));
+        let (done, rx) = watch::channel(());
+        assert!(!ra.sending(&key, rx));
+        drop(done);
+        // On its way: the listing waits for its end, then finds the page.
+        let (start, _) = ra.listed(&id(), &p("b"), vec![p("b/y")], true, now);
+        assert_eq!(start, vec![p("b/y")]);
+        let key = (id(), p("b/y"));
+        let (done, rx) = watch::channel(());
+        assert!(ra.sending(&key, rx));
+        let Claim::Wait(waiter) = ra.claim(&key) else {
+            panic!("a fetch on its way is waited for");
+        };
+        assert!(ra.fetched(key.clone(), epoch, Some((9, 1))));
+        drop(done);
+        assert!(
+            waiter.has_changed().is_err(),
+            "the waiter sees the fetch's end"
+        );
+        assert_eq!(ra.take(&key), Some(9));
+        assert!(matches!(ra.claim(&key), Claim::Fetch));
     }
 
     #[test]
