@@ -243,6 +243,78 @@ fn reopen(fd: BorrowedFd<'_>, flags: OFlags) -> std::result::Result<OwnedFd, Err
     )
 }
 
+/// Runs `make`, which creates a node with `mode`, so that the node belongs to `owner` from the start
+/// when it can: made with the thread's file-system ids switched to the owner's, instead of by root and
+/// given to the owner by a `chown` after (one call, and one change event the bridge would receive,
+/// fewer per file or directory). Made by the daemon as before (and given away by the caller) when
+/// there is no owner to switch to, when `mode` has set-ID bits (the kernel strips them for a
+/// non-member of the group; the `chown` path restores them), or when the owner may not create
+/// there (`EACCES`, `EPERM`: the daemon may).
+fn made_as<T>(
+    owner: Option<(rfs::Uid, rfs::Gid)>,
+    mode: u32,
+    make: impl Fn() -> std::result::Result<T, Errno>,
+) -> std::result::Result<T, Errno> {
+    let Some((uid, gid)) =
+        owner.filter(|(u, g)| mode & 0o6000 == 0 && !(u.is_root() && g.is_root()))
+    else {
+        return make();
+    };
+    let made = FsIds::switch(uid.as_raw(), gid.as_raw()).map(|ids| {
+        let made = make();
+        drop(ids);
+        made
+    });
+    match made {
+        Some(Err(Errno::ACCESS | Errno::PERM)) | None => make(),
+        Some(made) => made,
+    }
+}
+
+/// The calling thread's file-system user and group switched to other ids; switched back on drop.
+struct FsIds {
+    uid: u32,
+    gid: u32,
+}
+
+impl FsIds {
+    /// `None` if the thread's ids could not be switched (nothing is changed then).
+    fn switch(uid: u32, gid: u32) -> Option<FsIds> {
+        // SAFETY: setfsgid and setfsuid take and return plain integers and change only the calling
+        // thread's file-system ids (glibc does not pass them on to other threads); an invalid id
+        // (u32::MAX) changes nothing and returns the current one, which is how success is checked.
+        // The ids are switched back before anything else runs on this thread (`Drop`).
+        unsafe {
+            let old_gid = libc::setfsgid(gid) as u32;
+            if libc::setfsgid(u32::MAX) as u32 != gid {
+                libc::setfsgid(old_gid);
+                return None;
+            }
+            let old_uid = libc::setfsuid(uid) as u32;
+            if libc::setfsuid(u32::MAX) as u32 != uid {
+                libc::setfsuid(old_uid);
+                libc::setfsgid(old_gid);
+                return None;
+            }
+            Some(FsIds {
+                uid: old_uid,
+                gid: old_gid,
+            })
+        }
+    }
+}
+
+impl Drop for FsIds {
+    fn drop(&mut self) {
+        // SAFETY: as in `switch`; the daemon keeps CAP_SETUID and CAP_SETGID whatever its
+        // file-system ids, so switching back succeeds.
+        unsafe {
+            libc::setfsuid(self.uid);
+            libc::setfsgid(self.gid);
+        }
+    }
+}
+
 fn proc_fd_path(fd: BorrowedFd<'_>, name: Option<&OsStr>) -> PathBuf {
     let mut p = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
     if let Some(name) = name {
@@ -679,20 +751,24 @@ impl Workspace {
         let (dir, name) = self.parent("create", path)?;
         let flags = OFlags::from_bits_retain(flags as u32) & PASSTHROUGH_OPEN_FLAGS;
         let exclusive = flags.contains(OFlags::EXCL);
-        let created = rfs::openat2(
-            &dir,
-            name,
-            flags | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
-            Mode::from_raw_mode(mode & 0o7777),
-            RESOLVE,
-        );
+        let owner = self.owner_for(dir.as_fd(), caller).map_err(f)?;
+        let create = || {
+            rfs::openat2(
+                &dir,
+                name,
+                flags | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+                Mode::from_raw_mode(mode & 0o7777),
+                RESOLVE,
+            )
+        };
+        let created = made_as(owner, mode, create);
         let (fd, attr) = match created {
             Ok(fd) => {
                 let attr = statx_fd(fd.as_fd()).map_err(f)?;
                 // Only a file this call created gets the caller's ownership, through its descriptor;
                 // not again when it has it already (a chown is a change event of its own, which
                 // would end what the bridge knows of the new file).
-                let attr = match self.owner_for(dir.as_fd(), caller).map_err(f)? {
+                let attr = match owner {
                     Some((uid, gid)) if attr.uid_gid() != (uid.as_raw(), gid.as_raw()) => {
                         rfs::fchown(&fd, Some(uid), Some(gid)).map_err(f)?;
                         // chown clears set-user-ID and set-group-ID bits; the caller asked for them.
@@ -782,7 +858,11 @@ impl Workspace {
     pub fn mkdir(&self, path: &WirePath, mode: u32, caller: Caller) -> Result<(Attr, Attr)> {
         let f = |e| fail("mkdir", path, e);
         let (dir, name) = self.parent("mkdir", path)?;
-        rfs::mkdirat(&dir, name, Mode::from_raw_mode(mode & 0o7777)).map_err(f)?;
+        let owner = self.owner_for(dir.as_fd(), caller).map_err(f)?;
+        made_as(owner, mode, || {
+            rfs::mkdirat(&dir, name, Mode::from_raw_mode(mode & 0o7777))
+        })
+        .map_err(f)?;
         self.made_owned(dir.as_fd(), name, caller).map_err(f)
     }
 
@@ -802,13 +882,17 @@ impl Workspace {
             NodeKind::CharDevice { rdev } => (rfs::FileType::CharacterDevice, rdev),
             NodeKind::BlockDevice { rdev } => (rfs::FileType::BlockDevice, rdev),
         };
-        rfs::mknodat(
-            &dir,
-            name,
-            file_type,
-            Mode::from_raw_mode(mode & 0o7777),
-            rdev,
-        )
+        let owner = self.owner_for(dir.as_fd(), caller).map_err(f)?;
+        // A device node needs CAP_MKNOD, which switched ids do not have: made by root (`EPERM`).
+        made_as(owner, mode, || {
+            rfs::mknodat(
+                &dir,
+                name,
+                file_type,
+                Mode::from_raw_mode(mode & 0o7777),
+                rdev,
+            )
+        })
         .map_err(f)?;
         self.made_owned(dir.as_fd(), name, caller).map_err(f)
     }
@@ -858,7 +942,8 @@ impl Workspace {
         }
         let (dir, name) = self.parent("symlink", path)?;
         // The target is stored as given; the daemon never follows it.
-        rfs::symlinkat(os(target), &dir, name).map_err(f)?;
+        let owner = self.owner_for(dir.as_fd(), caller).map_err(f)?;
+        made_as(owner, 0, || rfs::symlinkat(os(target), &dir, name)).map_err(f)?;
         self.made_owned(dir.as_fd(), name, caller).map_err(f)
     }
 
@@ -993,6 +1078,83 @@ mod tests {
             "a file of max_each bytes, symlinks, a FIFO and a directory are left out"
         );
         assert!(ws.read_heads(&wp("d"), 0).expect("read_heads").is_empty());
+    }
+
+    #[test]
+    fn new_nodes_belong_to_the_owner_also_where_only_the_daemon_may_make_them() {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "this test needs root: the daemon gives new nodes to the workspace's owner"
+        );
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let owner = Owner {
+            uid: 4242,
+            gid: 4343,
+        };
+        let ws = Workspace::open(dir.path(), Some(owner)).expect("workspace");
+        let (handles, caller) = (Handles::default(), Caller { uid: 0, gid: 0 });
+        // Attribute changes in the root, to tell a node made as its owner from one given to it by a
+        // chown (each chown is a change event the bridge would receive).
+        let (tx, events) = std::sync::mpsc::channel();
+        let mut watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+            let _ = tx.send(e);
+        })
+        .expect("watcher");
+        notify::Watcher::watch(
+            &mut watcher,
+            dir.path(),
+            notify::RecursiveMode::NonRecursive,
+        )
+        .expect("watch");
+        let ids = |rel: &str| {
+            let m = std::fs::symlink_metadata(dir.path().join(rel)).expect("stat");
+            (m.uid(), m.gid(), m.mode() & 0o7777)
+        };
+        let wronly = libc::O_WRONLY;
+        // Made as the owner (no chown after).
+        ws.create(&wp("f"), 0o640, wronly, caller, &handles)
+            .expect("create");
+        ws.mkdir(&wp("d"), 0o750, caller).expect("mkdir");
+        assert_eq!(ids("f"), (4242, 4343, 0o640));
+        assert_eq!(ids("d"), (4242, 4343, 0o750));
+        // Every event before the marker's creation is in (inotify keeps one watch's order).
+        std::fs::write(dir.path().join("marker"), b"").expect("write");
+        let mut chowned = Vec::new();
+        loop {
+            let event = events
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("the marker's event within 10 s")
+                .expect("event");
+            if event.paths.iter().any(|p| p.ends_with("marker")) {
+                break;
+            }
+            if let notify::EventKind::Modify(notify::event::ModifyKind::Metadata(_)) = event.kind {
+                chowned.extend(event.paths);
+            }
+        }
+        assert!(
+            chowned.is_empty(),
+            "attributes changed after the create: {chowned:?}"
+        );
+        drop(watcher);
+        // A directory of root's that the owner may not write to: made by the daemon, then given.
+        std::fs::create_dir(dir.path().join("locked")).expect("mkdir");
+        std::fs::set_permissions(dir.path().join("locked"), PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        ws.create(&wp("locked/g"), 0o600, wronly, caller, &handles)
+            .expect("create");
+        ws.mkdir(&wp("locked/e"), 0o700, caller).expect("mkdir");
+        assert_eq!(ids("locked/g"), (4242, 4343, 0o600));
+        assert_eq!(ids("locked/e"), (4242, 4343, 0o700));
+        // Set-ID bits asked for are kept.
+        ws.create(&wp("s"), 0o4755, wronly, caller, &handles)
+            .expect("create");
+        assert_eq!(ids("s"), (4242, 4343, 0o4755));
+        // The thread's own file-system ids are back: what it makes itself is root's.
+        std::fs::write(dir.path().join("plain"), b"x").expect("write");
+        assert_eq!(ids("plain").0, 0);
+        assert_eq!(ids("plain").1, 0);
     }
 
     #[test]
