@@ -115,6 +115,16 @@ fn build_test_image() -> Result<()> {
     Ok(())
 }
 
+/// This crate's directory (`tests/`) in the checkout under test. Read at run time (cargo and
+/// nextest set `CARGO_MANIFEST_DIR` for every test process): a test binary that cargo found fresh
+/// in a shared target directory may have been compiled in another checkout, whose path the
+/// compile-time value would name.
+pub fn tests_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 /// The directory holding the workspace binaries (`sessionfs`, `sessionfsd`).
 pub fn bin_dir() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;

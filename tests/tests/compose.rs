@@ -85,7 +85,7 @@ struct Service {
 }
 
 fn compose_file() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/docker-compose.yml")
+    sessionfs_tests::tests_dir().join("../deploy/docker-compose.yml")
 }
 
 fn unquote(s: &str) -> String {

@@ -57,7 +57,7 @@ fn python_sdk_drives_the_session_tools() -> Result<()> {
         {"id": local, "backend": "local"},
         {"id": docker, "backend": "docker"},
     ]);
-    let suite = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("mcp");
+    let suite = sessionfs_tests::tests_dir().join("mcp");
     let bin = sessionfs_tests::bin_dir()?.join("sessionfs");
     let out = Command::new("timeout")
         .arg("900")
