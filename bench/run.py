@@ -68,6 +68,12 @@ ALL_TARGETS = ["local", "bindfs", "sshfs", "sessionfs-local", "sessionfs-docker"
 SESSIONFS_TARGETS = ["sessionfs-local", "sessionfs-docker"]
 MiB = 1 << 20
 TREE = "tree"  # the top-level directory inside tree.tar
+# Before the workloads: extracting the tree into the work directory must take at most this per entry
+# (see Bench.settle_disk), probed every SETTLE_POLL_S, for at most SETTLE_MAX_S (ext4's window for
+# freed inodes is 300 s). A settled disk here: 35-90 µs; after a mass delete: 200-600 µs.
+SETTLE_ENTRY_US = 150
+SETTLE_POLL_S = 20
+SETTLE_MAX_S = 330
 PROP_BOUND_S = 5.0
 COLD_QUIET_S = 1.1
 GIT_DATE = "2024-01-01T00:00:00+0000"
@@ -256,6 +262,7 @@ class Bench:
         self.rss: dict = {}
         self.tree_info: dict = {}
         self.manifest: list[tuple[str, int]] = []
+        self.aside: list[str] = []  # earlier tar runs' trees, removed before the RSS measurement
         self.env = self.workload_env()
 
     # ---------------------------------------------------------------- plumbing
@@ -438,6 +445,37 @@ class Bench:
         }
 
     # ---------------------------------------------------------------- the tree
+
+    def settle_disk(self) -> None:
+        """Waits (at most SETTLE_MAX_S) until extracting the tree into the work directory is quick.
+        On ext4 without a journal, inodes freed in the last 5 to 300 s are skipped one by one by
+        every create (see w_tar): a run started right after a mass delete (the previous run's
+        teardown, say) would time that instead of the targets. The probe is the tar extraction
+        itself, untimed, into a new directory each time: ext4 spreads a tree's directories over its
+        block groups, and smaller probes (200 files in one directory, 100 directories of 5 files)
+        passed while the tree's extraction was still slow. Probes stay until teardown (removing
+        them would free inodes again)."""
+        deadline = time.monotonic() + SETTLE_MAX_S
+        entries = max(1, self.tree_info.get("find_entries", 1))
+        probes = []
+        while True:
+            d = os.path.join(self.W, f"settle-{len(probes)}")
+            os.makedirs(d)
+            dt, _ = timed(["sh", "-c", 'tar -xf "$1" -C "$2" && sync', "sh", self.tar, d])
+            per_us = dt / entries * 1e6
+            probes.append(round(per_us, 1))
+            if per_us <= SETTLE_ENTRY_US:
+                break
+            if time.monotonic() > deadline:
+                loud(f"extracting the tree into {self.W} still takes {per_us:.0f} µs per entry after "
+                     f"{SETTLE_MAX_S} s: the tar extraction's times include the file system's own slowness")
+                break
+            if len(probes) == 1:
+                log(f"extracting the tree takes {per_us:.0f} µs per entry (a recent mass delete?): waiting "
+                    f"until it takes under {SETTLE_ENTRY_US} µs, at most {SETTLE_MAX_S} s")
+            time.sleep(SETTLE_POLL_S)
+        log(f"work directory settled: tree extraction {probes[-1]:.0f} µs per entry")
+        self.extra["disk_settle"] = {"extract_us_per_entry": probes, "threshold_us": SETTLE_ENTRY_US}
 
     def prepare_tree(self) -> None:
         a = self.args
@@ -731,14 +769,16 @@ Subsystem sftp {a.sftp_server}
 
     def w_tar(self, t: Target, runs: int) -> None:
         # Every run extracts into a name that never held a tree, and nothing is deleted before a run:
-        # the previous run's tree is renamed aside and goes with the work directory (or the session's
-        # volume) at teardown. On ext4 without a journal (this VM's disk), inode allocation skips every
+        # the previous run's tree is renamed aside and removed once every target's workloads have run
+        # (remove_aside). On ext4 without a journal (this VM's disk), inode allocation skips every
         # inode freed in the last 5 to 300 s (`recently_deleted`), one inode-table lookup each, so a
         # tar right after an `rm -rf` of 12,000 files paid ~0.7 ms per create on every target alike.
         samples = []
         for i in range(runs):
             if os.path.lexists(t.tree):
-                os.rename(t.tree, os.path.join(t.root, f".{TREE}.run{i}"))
+                aside = os.path.join(t.root, f".{TREE}.run{i}")
+                os.rename(t.tree, aside)
+                self.aside.append(aside)
             os.sync()
             dt, _ = timed(["sh", "-c", 'tar -xf "$1" -C "$2" && sync', "sh", self.tar, t.root])
             samples.append(dt)
@@ -1091,6 +1131,7 @@ Subsystem sftp {a.sftp_server}
         self.meta = self.machine_info()
         log(f"work directory {self.W} ({self.meta['work_dir_fs']}); targets: {', '.join(a.targets)}")
         self.prepare_tree()
+        self.settle_disk()
         # Targets, set up all at once; a target whose setup fails is reported and skipped.
         for name, fn in (("local", self.setup_local), ("bindfs", self.setup_bindfs), ("sshfs", self.setup_sshfs)):
             if name in a.targets:
@@ -1122,6 +1163,7 @@ Subsystem sftp {a.sftp_server}
                 t.ok, t.error = False, str(e)
                 self.record_error(f"target {name}", e)
         self.extrapolate_docker_exec()
+        self.remove_aside()
         try:
             self.measure_rss()
         except Exception as e:  # noqa: BLE001
@@ -1138,6 +1180,16 @@ Subsystem sftp {a.sftp_server}
         if self.teardown_errors:
             loud("TEARDOWN PROBLEMS:\n  - " + "\n  - ".join(self.teardown_errors))
         return 1 if (self.errors or self.teardown_errors) else 0
+
+    def remove_aside(self) -> None:
+        """Removes the earlier tar runs' trees once every workload has run (a daemon's memory grows
+        with the directories it watches, and the idle RSS is measured next)."""
+        for path in self.aside:
+            p = run(["rm", "-rf", path], timeout=3600, check=False)
+            if p.returncode != 0:
+                self.record_error("remove an earlier tar run's tree", RuntimeError(p.stderr.strip()))
+        self.aside.clear()
+        os.sync()
 
     def teardown_main_targets(self) -> None:
         """Unmounts the targets before the scale run, so that it runs on a quiet machine. Only the
