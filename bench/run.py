@@ -503,6 +503,7 @@ class Bench:
         # directory's disk just before the tar extractions (see w_tar).
         shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else self.W
         prep = tempfile.mkdtemp(prefix="sessionfs-bench-prep.", dir=shm)
+        # Also on errors: /dev/shm is not the work directory, which teardown removes.
         self.on_cleanup(f"remove {prep}", lambda: shutil.rmtree(prep, ignore_errors=True))
         tree = os.path.join(prep, TREE)
         os.makedirs(tree)
@@ -540,7 +541,7 @@ class Bench:
             "commit": run(g + ["rev-parse", "HEAD"], env=genv).stdout.strip(),
             "clean_status_lines": len(status.splitlines()),
         }
-        if shm == self.W:  # on the work directory's disk: removed with it, after the tar runs
+        if shm == self.W:  # on the work directory's disk: removed with it, after every workload
             return
         shutil.rmtree(prep)
 
