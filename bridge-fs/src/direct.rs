@@ -30,10 +30,10 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
-use std::sync::Arc;
 
-use fuser::BackingId;
 use sessionfs_proto::Attr;
+
+use crate::core::Backing;
 
 /// The smallest file opened read-only with direct data (an open to write has no minimum).
 pub const DIRECT_MIN: u64 = 1 << 20;
@@ -45,7 +45,7 @@ pub struct Direct {
 }
 
 struct DirectInode {
-    backing: Arc<BackingId>,
+    backing: Backing,
     handles: usize,
     /// Whether any of its handles could write (the bridge never sees those writes).
     written: bool,
@@ -74,7 +74,7 @@ impl Direct {
 
     /// The backing file of `ino` for one more handle (`writable`: it may write), if it has one, and
     /// whether the inode is written from now on (its first handle that may write).
-    pub fn join(&mut self, ino: u64, writable: bool) -> Option<(Arc<BackingId>, bool)> {
+    pub fn join(&mut self, ino: u64, writable: bool) -> Option<(Backing, bool)> {
         let inode = self.inodes.get_mut(&ino)?;
         inode.handles += 1;
         let now_written = writable && !inode.written;
@@ -84,14 +84,7 @@ impl Direct {
 
     /// Records `backing` as `ino`'s (the daemon's file `attr`), for one handle (`writable`: it may
     /// write).
-    pub fn start(
-        &mut self,
-        ino: u64,
-        attr: &Attr,
-        backing: BackingId,
-        writable: bool,
-    ) -> Arc<BackingId> {
-        let backing = Arc::new(backing);
+    pub fn start(&mut self, ino: u64, attr: &Attr, backing: Backing, writable: bool) -> Backing {
         let inode = DirectInode {
             backing: backing.clone(),
             handles: 1,

@@ -24,12 +24,14 @@
 //!   [`mountinfo`] reads the mount table (where the bridge is mounted).
 
 pub mod config;
+mod core;
 pub mod crossed;
 pub mod direct;
-pub mod fs;
+pub mod fuse;
 pub mod heads_ahead;
 pub mod inodes;
 pub mod known;
+pub mod link;
 pub mod made_dirs;
 pub mod mount;
 pub mod mountinfo;

@@ -8,7 +8,7 @@ use sessionfs_registry::Registry;
 use tracing::{info, warn};
 
 use crate::config::{cert_files, BridgeConfig};
-use crate::fs::BridgeFs;
+use crate::fuse::BridgeFs;
 use crate::session::Sessions;
 
 /// How long an unmount may take to end the FUSE session before the bridge exits without it.

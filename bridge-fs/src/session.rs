@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use sessionfs_pki::wire::{read_frame, write_frame};
 use sessionfs_proto::{
     errno, BatchedChange, Caller, Change, ErrorReply, Reply, Request, RequestFrame, ResponseFrame,
     SetAttrs, WatchFrame, WirePath,
@@ -28,6 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::BridgeConfig;
 use crate::crossed::RecentChanges;
+use crate::link::{Conn, Dialer, QuicDialer};
 use crate::write_behind::{Carried, Turn, WriteBehind};
 
 /// After a failed dial, further requests fail fast with the same error for this long.
@@ -37,7 +37,7 @@ const DIAL_BACKOFF: Duration = Duration::from_millis(500);
 pub struct Session {
     pub id: SessionId,
     record: Mutex<SessionRecord>,
-    conn: Mutex<Option<quinn::Connection>>,
+    conn: Mutex<Option<Conn>>,
     dial_lock: tokio::sync::Mutex<Option<(Instant, ErrorReply)>>,
     /// Whether the daemon's change stream is live (every change from now on will be reported).
     watching: AtomicBool,
@@ -78,7 +78,7 @@ pub enum Invalidation {
 
 /// All sessions known to the bridge, kept in step with the registry.
 pub struct Sessions {
-    endpoint: quinn::Endpoint,
+    dialer: Arc<dyn Dialer>,
     registry: Arc<Registry>,
     table: RwLock<BTreeMap<SessionId, Arc<Session>>>,
     op_timeout: Duration,
@@ -99,17 +99,20 @@ fn not_connected(msg: impl Into<String>) -> ErrorReply {
 }
 
 impl Sessions {
-    /// Sets up the client endpoint; sessions arrive through [`Sessions::update`].
+    /// Sets up the QUIC client endpoint; sessions arrive through [`Sessions::update`].
     pub fn new(config: &BridgeConfig, client: quinn::ClientConfig) -> Result<Self, std::io::Error> {
-        let mut endpoint =
-            sessionfs_pki::endpoint((std::net::Ipv6Addr::UNSPECIFIED, 0).into(), None).or_else(
-                |_| sessionfs_pki::endpoint((std::net::Ipv4Addr::UNSPECIFIED, 0).into(), None),
-            )?;
-        endpoint.set_default_client_config(client);
+        Self::with_dialer(config, Arc::new(QuicDialer::new(client)?))
+    }
+
+    /// Sessions whose daemons `dialer` connects to (the core's tests dial in-process daemons).
+    pub fn with_dialer(
+        config: &BridgeConfig,
+        dialer: Arc<dyn Dialer>,
+    ) -> Result<Self, std::io::Error> {
         let registry =
             Arc::new(Registry::open(&config.registry_path).map_err(std::io::Error::other)?);
         Ok(Sessions {
-            endpoint,
+            dialer,
             registry,
             table: RwLock::new(BTreeMap::new()),
             op_timeout: config.op_timeout,
@@ -212,7 +215,7 @@ impl Sessions {
         session: &Arc<Session>,
         caller: Caller,
         request: Request,
-    ) -> Result<(Reply, quinn::Connection), ErrorReply> {
+    ) -> Result<(Reply, Conn), ErrorReply> {
         let opens = matches!(request, Request::Open { .. } | Request::Create { .. });
         let map = self.owner_map(session);
         let frame = outbound(map, caller, request);
@@ -254,7 +257,7 @@ impl Sessions {
         &self,
         session: &Arc<Session>,
         frame: &RequestFrame,
-    ) -> Result<(Reply, quinn::Connection), ErrorReply> {
+    ) -> Result<(Reply, Conn), ErrorReply> {
         let conn = self.connection(session).await?;
         let reply = exchange(session, &conn, frame, self.owner_map(session)).await?;
         Ok((reply, conn))
@@ -268,7 +271,7 @@ impl Sessions {
             return;
         }
         let conn = session.live_connection();
-        let id = conn.as_ref().map_or(usize::MAX, |c| c.stable_id());
+        let id = conn.as_ref().map_or(usize::MAX, |c| c.id());
         let work = async {
             let Turn::Carry(carried) = session.write_behind.turn(id).await else {
                 return Ok(());
@@ -291,7 +294,7 @@ impl Sessions {
     pub async fn call_on(
         &self,
         session: &Session,
-        conn: &quinn::Connection,
+        conn: &Conn,
         caller: Caller,
         request: Request,
     ) -> Result<Reply, ErrorReply> {
@@ -342,7 +345,7 @@ impl Sessions {
     }
 
     /// The live connection of `session`, dialing through the registry when there is none.
-    async fn connection(&self, session: &Arc<Session>) -> Result<quinn::Connection, ErrorReply> {
+    async fn connection(&self, session: &Arc<Session>) -> Result<Conn, ErrorReply> {
         if let Some(conn) = session.live_connection() {
             return Ok(conn);
         }
@@ -358,7 +361,7 @@ impl Sessions {
         let result = self.dial(session).await;
         match &result {
             Ok(conn) => {
-                info!(session = %session.id, peer = %conn.remote_address(), "connected");
+                info!(session = %session.id, peer = %conn.peer(), "connected");
                 *lock(&session.conn) = Some(conn.clone());
                 *last_failure = None;
                 if let Some(tx) = self.invalidations.get() {
@@ -374,7 +377,7 @@ impl Sessions {
         result
     }
 
-    async fn dial(&self, session: &Session) -> Result<quinn::Connection, ErrorReply> {
+    async fn dial(&self, session: &Session) -> Result<Conn, ErrorReply> {
         // SQLite may wait on a writer's lock: keep that off the runtime's worker threads.
         let (registry, id) = (self.registry.clone(), session.id.clone());
         let lookup = tokio::task::spawn_blocking(move || registry.get(&id))
@@ -392,7 +395,7 @@ impl Sessions {
         };
         session.set_record(record.clone());
         let endpoint = usable_endpoint(&record)?;
-        let connect = sessionfs_pki::client::connect(&self.endpoint, endpoint, session.id.as_str());
+        let connect = self.dialer.dial(&session.id, endpoint);
         match tokio::time::timeout(self.connect_timeout, connect).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(not_connected(format!("session {}: {e}", session.id))),
@@ -408,7 +411,7 @@ impl Sessions {
 
     /// Closes every connection (at unmount).
     pub fn close_all(&self) {
-        self.endpoint.close(0u32.into(), b"bridge unmounting");
+        self.dialer.close_all();
     }
 }
 
@@ -498,7 +501,7 @@ fn same_endpoint(peer: SocketAddr, recorded: Option<SocketAddr>) -> bool {
 /// not seen) and when it ends (changes after it will not be).
 async fn watch(
     session: Arc<Session>,
-    conn: quinn::Connection,
+    conn: Conn,
     tx: std::sync::mpsc::Sender<Invalidation>,
     map: Option<OwnerMap>,
 ) {
@@ -510,19 +513,9 @@ async fn watch(
     };
     reset("new connection");
     let ended = async {
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        let frame = RequestFrame {
-            caller: Caller::default(),
-            request: Request::Watch,
-        };
-        write_frame(&mut send, &frame, true)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut changes = conn.watch().await?;
         loop {
-            match read_frame::<WatchFrame>(&mut recv)
-                .await
-                .map_err(|e| e.to_string())?
-            {
+            match changes.next().await? {
                 WatchFrame::Ready => {
                     session.watching.store(true, Ordering::Release);
                     // A reply read before the daemon subscribed may predate a change it will never
@@ -561,11 +554,11 @@ async fn watch(
 /// pending (see [`crate::write_behind`]); the reply is the frame's own.
 async fn exchange(
     session: &Session,
-    conn: &quinn::Connection,
+    conn: &Conn,
     frame: &RequestFrame,
     map: Option<OwnerMap>,
 ) -> Result<Reply, ErrorReply> {
-    let carried = match session.write_behind.turn(conn.stable_id()).await {
+    let carried = match session.write_behind.turn(conn.id()).await {
         Turn::Clear => return call_once(&session.id, conn, frame).await,
         Turn::Carry(carried) if carried.changes.is_empty() => {
             carried.landed(Vec::new());
@@ -590,7 +583,7 @@ async fn exchange(
 /// reply is unexpected).
 async fn send_batch(
     session: &Session,
-    conn: &quinn::Connection,
+    conn: &Conn,
     mut carried: Carried<'_>,
     map: Option<OwnerMap>,
     caller: Caller,
@@ -629,12 +622,8 @@ async fn send_batch(
     }
 }
 
-async fn call_once(
-    id: &SessionId,
-    conn: &quinn::Connection,
-    frame: &RequestFrame,
-) -> Result<Reply, ErrorReply> {
-    match sessionfs_pki::client::call(conn, frame).await {
+async fn call_once(id: &SessionId, conn: &Conn, frame: &RequestFrame) -> Result<Reply, ErrorReply> {
+    match conn.call(frame).await {
         Ok(result) => result,
         Err(e) => Err(ErrorReply::new(errno::EIO, format!("session {id}: {e}"))),
     }
@@ -729,7 +718,7 @@ impl Session {
         let stale = {
             let conn = lock(&self.conn);
             conn.as_ref()
-                .is_some_and(|c| !same_endpoint(c.remote_address(), record.endpoint))
+                .is_some_and(|c| !same_endpoint(c.peer(), record.endpoint))
                 || matches!(record.state, SessionState::Stopped | SessionState::Gone)
         };
         *lock(&self.record) = record;
@@ -738,7 +727,7 @@ impl Session {
         }
     }
 
-    fn live_connection(&self) -> Option<quinn::Connection> {
+    fn live_connection(&self) -> Option<Conn> {
         let mut conn = lock(&self.conn);
         if conn.as_ref().is_some_and(|c| c.close_reason().is_some()) {
             *conn = None;
@@ -749,7 +738,7 @@ impl Session {
     fn drop_connection(&self, why: &str) {
         if let Some(conn) = lock(&self.conn).take() {
             info!(session = %self.id, "closing connection: {why}");
-            conn.close(0u32.into(), why.as_bytes());
+            conn.close(why);
         }
     }
 }
