@@ -71,6 +71,7 @@ impl Core {
                 Ok(v) => v,
                 Err(e) => return reply.error(errno_of(&e)),
             };
+            lock(&inner.listed_dirs).insert(ino.0);
             if dir.session.generation() != page.generation {
                 inner.sessions.invalidate(Invalidation::Inode(ino.0));
             }
@@ -305,6 +306,7 @@ impl Inner {
         mut reply: impl DirPlusReply,
     ) {
         let ttl = self.ttl_for(&dir.session, page.generation);
+        lock(&self.listed_dirs).insert(ino.0);
         if dir.session.generation() != page.generation {
             // An invalidation overtook this page: the kernel may cache it in its readdir cache;
             // have it dropped once the reply is in.
@@ -335,6 +337,7 @@ impl Inner {
             }
         }
         drop(inodes);
+        self.content_seen(&known);
         self.keep_attrs(&dir.session, page.generation, page.attr_epoch, &known);
         reply.ok();
     }

@@ -13,11 +13,9 @@ impl Inner {
         let mut other_change = std::collections::HashSet::new();
         // Changes that touched what a lookup answered a moment ago: sent again (see `crate::replied`).
         let mut late = Vec::new();
-        // Nodes a change event named (besides `inodes`): what is known of them from the mount's
-        // own changes ends (see `crate::known`).
-        let mut touched = Vec::new();
         let (inodes, entries, missing) = {
             let table = lock(&self.inodes);
+            let listed_dirs = lock(&self.listed_dirs);
             let mut negatives = lock(&self.negatives);
             let replied = lock(&self.replied);
             let mut made_dirs = lock(&self.made_dirs);
@@ -80,11 +78,21 @@ impl Inner {
                                     // under a reader; not understood yet).
                                     let same = matches!(now, EntryNow::Node(node)
                                         if table.still_names(dir, name, node));
+                                    if same && listed_dirs.contains(&dir) {
+                                        // The name appeared behind the mount and a lookup bound
+                                        // it before this event: the kernel's entry is right, its
+                                        // listing of the directory is not.
+                                        inodes.push(dir);
+                                        other_change.insert(dir);
+                                    }
                                     if !same {
                                         // The name was moved or replaced: the node it named
-                                        // changed too (its change time, its links), and the
-                                        // directory's listing.
-                                        touched.push(child);
+                                        // changed too (its change time, its links; and a change
+                                        // of its content under its new name, in this batch,
+                                        // cannot find it by that name), and the directory's
+                                        // listing.
+                                        inodes.push(child);
+                                        other_change.insert(child);
                                         entries.push((dir, name.clone()));
                                         inodes.push(dir);
                                         other_change.insert(dir);
@@ -146,11 +154,13 @@ impl Inner {
             }
         };
         {
-            // Only handles that created their file know anything: found through their index.
+            // What is known of a node a change event named from the mount's own changes ends
+            // (see `crate::known`). Only handles that created their file know anything: found
+            // through their index.
             let knowing: Vec<u64> = {
                 let knowing = lock(&self.knowing);
-                let touched = inodes.iter().chain(&touched);
-                touched
+                inodes
+                    .iter()
                     .filter_map(|ino| knowing.get(ino).copied())
                     .collect()
             };
@@ -164,7 +174,9 @@ impl Inner {
             let mut stamps = lock(&self.page_stamps);
             let mut no_capability = lock(&self.no_capability);
             let mut attrs = lock(&self.attrs);
+            let mut listed_dirs = lock(&self.listed_dirs);
             for ino in &inodes {
+                listed_dirs.remove(ino);
                 stamps.remove(ino);
                 if !content_only.contains(ino) {
                     no_capability.remove(ino);

@@ -39,6 +39,33 @@ impl Inner {
         }
     }
 
+    /// `attrs` (inode, attributes), read from the daemon, reach the kernel: an inode whose content
+    /// they show in another version than its page stamp (the version whose pages the kernel keeps)
+    /// loses the stamp, and the kernel is told to drop the pages, which it keeps across new
+    /// attributes. A listing or lookup can be the first to show a change whose event found no inode
+    /// (the file was renamed behind the mount, then written).
+    pub(super) fn content_seen(&self, attrs: &[(u64, Attr)]) {
+        let stale: Vec<u64> = {
+            let mut stamps = lock(&self.page_stamps);
+            if stamps.is_empty() {
+                return;
+            }
+            attrs
+                .iter()
+                .filter(|(ino, attr)| {
+                    let stale = stamps
+                        .get(ino)
+                        .is_some_and(|stamp| *stamp != ContentStamp::of(attr));
+                    stale && stamps.remove(ino).is_some()
+                })
+                .map(|(ino, _)| *ino)
+                .collect()
+        };
+        for ino in stale {
+            self.sessions.invalidate(Invalidation::Inode(ino));
+        }
+    }
+
     /// Close-to-open: whether an open may keep the kernel's cached pages of `ino`. Only when the
     /// session's changes are watched (so pages of a changed file are dropped when it changes) and the
     /// content is the version that was cached; otherwise the pages are dropped and this version
@@ -141,6 +168,9 @@ impl Inner {
             }
             ino
         };
+        if let Some(ino) = ino {
+            self.content_seen(&[(ino, *attr)]);
+        }
         if let (Some(ino), Some((session, since, epoch))) = (ino, remember) {
             self.keep_attrs(session, since, epoch, &[(ino, *attr)]);
         }

@@ -24,6 +24,8 @@ mod memory;
 mod ops;
 pub mod reply;
 mod request;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -478,6 +480,10 @@ struct Inner {
     /// Per file inode: its content version when the kernel last started caching its pages (at an open
     /// that dropped the cache). An open of an unchanged file keeps the cache (close-to-open).
     page_stamps: Mutex<HashMap<u64, ContentStamp>>,
+    /// Directories whose listing the kernel may keep in its readdir cache: answered since their
+    /// last invalidation. A name that appears behind the mount and is bound by a lookup before its
+    /// change event needs no entry invalidation, but such a listing lacks it.
+    listed_dirs: Mutex<std::collections::HashSet<u64>>,
     /// Files an unlink or rename through the mount is taking the name of, with how many such calls
     /// are in flight: they are not opened without a daemon handle meanwhile (see
     /// [`Inner::unopened_handles_of`]).
@@ -733,6 +739,7 @@ impl Core {
                 ttl,
                 watched_ttl,
                 page_stamps: Mutex::new(HashMap::new()),
+                listed_dirs: Mutex::new(std::collections::HashSet::new()),
                 losing_names: Mutex::new(HashMap::new()),
                 direct: Mutex::new(Direct::default()),
                 passthrough: AtomicBool::new(false),
@@ -746,14 +753,16 @@ impl Core {
     /// Starts the invalidator thread, which turns the daemons' change notifications into kernel cache
     /// invalidations through `notifier`, and routes the sessions' notifications to it. Notifications
     /// are sent from this dedicated thread, never from a request handler (the kernel may wait for
-    /// FUSE answers while it processes them).
+    /// FUSE answers while it processes them). The thread ends with the file system (it holds it
+    /// weakly: the sessions it serves hold its queue).
     pub fn start_invalidator(&self, notifier: impl Notify) -> std::io::Result<()> {
         let (tx, rx) = std::sync::mpsc::channel::<Invalidation>();
-        let inner = self.inner.clone();
+        let inner = Arc::downgrade(&self.inner);
         std::thread::Builder::new()
             .name("sessionfs-inval".into())
             .spawn(move || {
                 for work in rx {
+                    let Some(inner) = inner.upgrade() else { return };
                     inner.invalidate(&notifier, work);
                 }
             })?;

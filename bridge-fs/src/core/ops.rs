@@ -46,6 +46,7 @@ impl Core {
             lock(&self.inner.made_dirs).forget(ino.0);
             lock(&self.inner.no_capability).remove(&ino.0);
             lock(&self.inner.page_stamps).remove(&ino.0);
+            lock(&self.inner.listed_dirs).remove(&ino.0);
         }
     }
 

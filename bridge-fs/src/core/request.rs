@@ -349,6 +349,7 @@ impl Core {
                     // `mutation` is moved in and ended once the reply is sent.
                     move |r, ttl, reply| match (r, mutation) {
                         (Reply::Attr(a), mutation) => {
+                            inner.content_seen(&[(ino.0, a)]);
                             if let (None, Some((session, since))) = (&mutation, &since) {
                                 inner.keep_attrs(session, *since, epoch, &[(ino.0, a)]);
                             }
@@ -379,6 +380,7 @@ impl Core {
                     // `mutation` lives in this task until the reply below is sent.
                     match result {
                         Ok((Reply::Attr(a), _)) => {
+                            inner.content_seen(&[(ino.0, a)]);
                             let ttl = inner.ttl_for(&session, since);
                             reply.attr(&ttl, &file_attr(ino.0, &a));
                             if let Some(mutation) = mutation {
