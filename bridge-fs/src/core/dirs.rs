@@ -39,7 +39,7 @@ impl Core {
                 (ROOT_INO, FileType::Directory, "..".into()),
             ];
             {
-                let mut inodes = lock(&self.inner.inodes);
+                let mut inodes = self.inner.inodes.lock();
                 for id in ids {
                     if let Some(s) = self.inner.sessions.get(id.as_str()) {
                         names.push((inodes.session_root(&s), FileType::Directory, id.to_string()));
@@ -71,7 +71,7 @@ impl Core {
                 Ok(v) => v,
                 Err(e) => return reply.error(errno_of(&e)),
             };
-            lock(&inner.listed_dirs).insert(ino.0);
+            inner.memory.lock().listed_dirs.insert(ino.0);
             if dir.session.generation() != page.generation {
                 inner.sessions.invalidate(Invalidation::Inode(ino.0));
             }
@@ -157,7 +157,7 @@ impl Core {
             .iter()
             .filter_map(|id| self.inner.sessions.get(id.as_str()))
             .collect();
-        let mut inodes = lock(&self.inner.inodes);
+        let mut inodes = self.inner.inodes.lock();
         let dots = [(".", root), ("..", root)];
         for (i, (name, attr)) in dots.iter().enumerate().skip(offset as usize) {
             if reply.add(
@@ -244,7 +244,7 @@ impl Inner {
             let page = self.take_read_ahead(dir)?;
             return Some((self.took_page(dir, 0, page), 0));
         }
-        let page = lock(&self.dir_pages).get(&dir.ino).cloned()?;
+        let page = self.memory.lock().dir_pages.get(&dir.ino).cloned()?;
         if page.fetched.elapsed() > self.ttl || self.lists_written(&page) {
             return None;
         }
@@ -257,7 +257,7 @@ impl Inner {
         };
         if end {
             // The end of the listing: the kernel will not read this page again.
-            lock(&self.dir_pages).remove(&dir.ino);
+            self.memory.lock().dir_pages.remove(&dir.ino);
         }
         Some((page, skip))
     }
@@ -277,7 +277,7 @@ impl Inner {
             }
             self.read_ahead_after(dir, &page);
         }
-        let mut pages = lock(&self.dir_pages);
+        let pages = &mut self.memory.lock().dir_pages;
         if page.entries.is_empty() && !page.more {
             pages.remove(&dir.ino);
         } else {
@@ -290,7 +290,7 @@ impl Inner {
     /// since: then it is out of date, and the kernel must not be told an old name for a node (it
     /// would act on the wrong file).
     pub(super) fn page_conflicts(&self, ino: u64, page: &DirPage, skip: usize) -> bool {
-        let inodes = lock(&self.inodes);
+        let inodes = self.inodes.lock();
         page.entries[skip..]
             .iter()
             .any(|e| inodes.conflicts(ino, &e.name, &e.attr))
@@ -306,13 +306,13 @@ impl Inner {
         mut reply: impl DirPlusReply,
     ) {
         let ttl = self.ttl_for(&dir.session, page.generation);
-        lock(&self.listed_dirs).insert(ino.0);
+        self.memory.lock().listed_dirs.insert(ino.0);
         if dir.session.generation() != page.generation {
             // An invalidation overtook this page: the kernel may cache it in its readdir cache;
             // have it dropped once the reply is in.
             self.sessions.invalidate(Invalidation::Inode(ino.0));
         }
-        let mut inodes = lock(&self.inodes);
+        let mut inodes = self.inodes.lock();
         let mut known = Vec::new();
         for e in &page.entries[skip..] {
             let Some(child) = inodes.learn(ino.0, &e.name, &e.attr) else {
@@ -355,7 +355,7 @@ impl Inner {
             limit: MAX_DIR_PAGE,
         };
         let generation = dir.session.generation();
-        let attr_epoch = lock(&self.attrs).epoch();
+        let attr_epoch = self.memory.lock().attrs.epoch();
         match self.sessions.call(&dir.session, caller, request).await? {
             (Reply::Entries { entries, next }, _) => Ok(Arc::new(DirPage {
                 start: offset,
@@ -380,7 +380,7 @@ impl Inner {
             return Some(page);
         }
         let key = (dir.session.id.clone(), dir.path.clone());
-        let claim = lock(&self.read_ahead).claim(&key);
+        let claim = self.memory.lock().read_ahead.claim(&key);
         match claim {
             Claim::Fetch => None,
             Claim::Wait(mut done) => {
@@ -394,7 +394,7 @@ impl Inner {
     /// The first page of `dir` if read-ahead fetched it and nothing changed in the session since.
     pub(super) fn take_read_ahead(&self, dir: &DirRef) -> Option<Arc<DirPage>> {
         let key = (dir.session.id.clone(), dir.path.clone());
-        let page = lock(&self.read_ahead).take(&key)?;
+        let page = self.memory.lock().read_ahead.take(&key)?;
         let current = dir.session.current_since(page.generation)
             && page.fetched.elapsed() <= self.watched_ttl;
         current.then_some(page).filter(|p| !self.lists_written(p))
@@ -404,7 +404,7 @@ impl Inner {
     /// old (see [`crate::direct`]); such a page is fetched again instead. A writable direct end
     /// drops every page kept ([`Inner::direct_change`]).
     pub(super) fn lists_written(&self, page: &DirPage) -> bool {
-        let direct = lock(&self.direct);
+        let direct = self.direct.lock();
         direct.any_written()
             && page
                 .entries
@@ -425,7 +425,7 @@ impl Inner {
             .filter(|e| crate::inodes::is_dir(&e.attr))
             .filter_map(|e| dir.path.join(&e.name).ok())
             .collect();
-        let (start, epoch) = lock(&self.read_ahead).listed(
+        let (start, epoch) = self.memory.lock().read_ahead.listed(
             &dir.session.id,
             &dir.path,
             subdirs,
@@ -441,12 +441,12 @@ impl Inner {
                 let key = (session.id.clone(), path);
                 // Dropped when the fetch has ended: a kernel listing waiting for it looks again.
                 let (_done, waiter) = tokio::sync::watch::channel(());
-                if !lock(&inner.read_ahead).sending(&key, waiter) {
+                if !inner.memory.lock().read_ahead.sending(&key, waiter) {
                     return; // a kernel listing fetched it itself
                 }
                 let path = key.1.clone();
                 let generation = session.generation();
-                let attr_epoch = lock(&inner.attrs).epoch();
+                let attr_epoch = inner.memory.lock().attrs.epoch();
                 let request = Request::ReadDir {
                     path: path.clone(),
                     offset: 0,
@@ -477,10 +477,14 @@ impl Inner {
                     // A walk that reads what it lists gets the files with the listing.
                     inner.fetch_heads(&session, &key, true);
                 }
-                let kept = lock(&inner.read_ahead).fetched(key.clone(), epoch, counted);
+                let kept = inner
+                    .memory
+                    .lock()
+                    .read_ahead
+                    .fetched(key.clone(), epoch, counted);
                 // A complete listing also answers lookups of its names (see `listed`).
                 if let Some(page) = page.filter(|p| kept && !p.more) {
-                    let ino = lock(&inner.inodes).find(key.0.as_str(), &key.1);
+                    let ino = inner.inodes.lock().find(key.0.as_str(), &key.1);
                     if let Some(ino) = ino {
                         inner.remember_listing(ino, &page);
                     }

@@ -8,11 +8,11 @@ impl Inner {
     /// them (all of them, or up to the end of a file that ends within the head). The head is dropped
     /// once a read reaches its end: the kernel has the pages then.
     pub(super) fn read_head(&self, fh: FileHandle, offset: u64, size: u32) -> Option<Vec<u8>> {
-        let file = lock(&self.files).get(&fh.0).cloned()?;
-        let mut slot = lock(&file.head);
+        let file = self.files.lock().open.get(&fh.0).cloned()?;
+        let mut slot = file.head.lock();
         let head = slot.as_ref()?;
-        let stamped = lock(&self.page_stamps).get(&file.ino) == Some(&head.stamp);
-        if !stamped || lock(&self.attrs).epoch() != head.epoch {
+        let stamped = self.memory.lock().page_stamps.get(&file.ino) == Some(&head.stamp);
+        if !stamped || self.memory.lock().attrs.epoch() != head.epoch {
             // The file changed since (or its pages were dropped): the head may be stale.
             *slot = None;
             return None;
@@ -41,7 +41,7 @@ impl Inner {
     ) -> Result<&'f RemoteHandle, ErrorReply> {
         file.remote
             .get_or_try_init(|| async {
-                let (path, expect) = match lock(&self.inodes).to_open(file.ino) {
+                let (path, expect) = match self.inodes.lock().to_open(file.ino) {
                     Ok((_, path, expect)) => (path, expect),
                     Err(_) => {
                         return Err(ErrorReply::new(
@@ -72,10 +72,11 @@ impl Inner {
             .await
     }
 
-    /// Registers an open file; `remote`: the daemon's handle, `None` to open it when first needed.
-    /// Called holding the direct table's lock (see [`Inner::direct`]).
+    /// Registers an open file in `files`; `remote`: the daemon's handle, `None` to open it when
+    /// first needed. Called holding the direct table's lock (see [`Inner::direct`]).
     pub(super) fn add_file(
         &self,
+        files: &mut Files,
         ino: u64,
         session: Arc<Session>,
         flags: i32,
@@ -88,18 +89,18 @@ impl Inner {
             Data::Direct => (None, None, true),
         };
         if known.is_some() {
-            lock(&self.knowing).insert(ino, fh);
+            files.knowing.insert(ino, fh);
         }
         let file = OpenFile {
             ino,
             session,
             remote: tokio::sync::OnceCell::new_with(remote),
             flags,
-            head: Mutex::new(head),
-            known: Mutex::new(known),
+            head: Ordered::new(Level::File, head),
+            known: Ordered::new(Level::File, known),
             direct,
         };
-        lock(&self.files).insert(fh, Arc::new(file));
+        files.open.insert(fh, Arc::new(file));
         fh
     }
 
@@ -114,12 +115,13 @@ impl Inner {
         dir: u64,
         name: &[u8],
     ) -> (Vec<Arc<OpenFile>>, Option<LosingName>) {
-        let Some(ino) = lock(&self.inodes).child(dir, name) else {
+        let Some(ino) = self.inodes.lock().child(dir, name) else {
             return (Vec::new(), None);
         };
-        let mut losing = lock(&self.losing_names);
-        *losing.entry(ino).or_default() += 1;
-        let unopened = lock(&self.files)
+        let mut files = self.files.lock();
+        *files.losing.entry(ino).or_default() += 1;
+        let unopened = files
+            .open
             .values()
             .filter(|f| f.ino == ino && !f.remote.initialized())
             .cloned()
@@ -141,12 +143,12 @@ impl Inner {
         session: &Arc<Session>,
         flags: i32,
     ) -> Option<u64> {
-        let direct = lock(&self.direct);
-        let losing = lock(&self.losing_names);
+        let direct = self.direct.lock();
+        let mut files = self.files.lock();
         if direct.is_live(ino)
+            || files.losing.contains_key(&ino)
+            || self.inodes.lock().resolve(ino).is_err()
             || !self.cache_is_current(ino, session)
-            || losing.contains_key(&ino)
-            || lock(&self.inodes).resolve(ino).is_err()
         {
             return None;
         }
@@ -154,8 +156,8 @@ impl Inner {
             head: None,
             known: None,
         };
-        let fh = self.add_file(ino, session.clone(), flags, None, data);
-        drop((losing, direct));
+        let fh = self.add_file(&mut files, ino, session.clone(), flags, None, data);
+        drop((files, direct));
         Some(fh)
     }
 
@@ -184,7 +186,7 @@ impl Inner {
             return None;
         }
         let pid = session.pid()?;
-        if lock(&self.files).values().any(|f| f.ino == ino) {
+        if self.files.lock().open.values().any(|f| f.ino == ino) {
             return None;
         }
         let file = match crate::direct::open_daemon_fd(pid, fd?, attr) {
@@ -198,7 +200,7 @@ impl Inner {
             Ok(backing) => {
                 // The kernel's pages of the file are not read while it has direct handles, nor
                 // written: none is kept by a later open.
-                lock(&self.page_stamps).remove(&ino);
+                self.memory.lock().page_stamps.remove(&ino);
                 if writing {
                     self.direct_change(ino);
                 }
@@ -236,8 +238,8 @@ impl Inner {
     /// asks the daemon what the name names now.
     pub(super) fn open_went_stale(&self, ino: u64) {
         debug!(ino, "the file opened is no longer there: stale");
-        lock(&self.attrs).changed();
-        lock(&self.page_stamps).remove(&ino);
+        self.memory.lock().attrs.changed();
+        self.memory.lock().page_stamps.remove(&ino);
     }
 
     /// Opens a file through the daemon (a read-only open asks for its head with it).
@@ -277,12 +279,19 @@ impl Inner {
                     fh,
                 });
                 // Held until the handle is added (see `Inner::direct`).
-                let mut direct = lock(&inner.direct);
+                let mut direct = inner.direct.lock();
                 let session = &answered.session;
                 if let Some(backing) =
                     inner.direct_backing(&mut direct, &open, session, &attr, fd, &reply)
                 {
-                    let fh = inner.add_file(ino, session.clone(), open.flags, remote, Data::Direct);
+                    let fh = inner.add_file(
+                        &mut inner.files.lock(),
+                        ino,
+                        session.clone(),
+                        open.flags,
+                        remote,
+                        Data::Direct,
+                    );
                     drop(direct);
                     // The page stamp went when the inode's direct data started, and no open keeps
                     // the kernel's pages while this one is live.
@@ -306,7 +315,14 @@ impl Inner {
                     epoch,
                 });
                 let data = Data::Bridge { head, known: None };
-                let fh = inner.add_file(ino, answered.session, open.flags, remote, data);
+                let fh = inner.add_file(
+                    &mut inner.files.lock(),
+                    ino,
+                    answered.session,
+                    open.flags,
+                    remote,
+                    data,
+                );
                 drop(direct);
                 reply.opened(FileHandle(fh), open.fopen_flags(keep));
             },
@@ -342,12 +358,12 @@ impl Inner {
     ) -> Option<(u64, bool)> {
         // Taken first: a writable direct start or end (which moves the epoch) cannot come between
         // the checks and the handle.
-        let direct = lock(&self.direct);
+        let direct = self.direct.lock();
         let changing = self.mutating.load(Ordering::Acquire) > 0;
         if changing
             || direct.is_live(open.ino)
             || !session.current_since(fetched.since)
-            || lock(&self.attrs).epoch() != fetched.epoch
+            || self.memory.lock().attrs.epoch() != fetched.epoch
         {
             return None;
         }
@@ -367,7 +383,14 @@ impl Inner {
             epoch: fetched.epoch,
         });
         let data = Data::Bridge { head, known: None };
-        let fh = self.add_file(ino, session.clone(), open.flags, None, data);
+        let fh = self.add_file(
+            &mut self.files.lock(),
+            ino,
+            session.clone(),
+            open.flags,
+            None,
+            data,
+        );
         drop(direct);
         Some((fh, keep))
     }
@@ -382,17 +405,23 @@ impl Inner {
         ahead: bool,
     ) -> Option<FetchWaiter> {
         let (done, waiter) = tokio::sync::watch::channel(FetchEnd::Pending);
-        let (attr_epoch, now) = (lock(&self.attrs).epoch(), Instant::now());
+        let (attr_epoch, now) = (self.memory.lock().attrs.epoch(), Instant::now());
         let started = if ahead {
-            lock(&self.heads_ahead).ahead(dir, waiter.clone(), now)
+            self.memory
+                .lock()
+                .heads_ahead
+                .ahead(dir, waiter.clone(), now)
         } else {
-            lock(&self.heads_ahead).opened(dir, attr_epoch, waiter.clone(), now)
+            self.memory
+                .lock()
+                .heads_ahead
+                .opened(dir, attr_epoch, waiter.clone(), now)
         };
         let epoch = started?;
         let (inner, session, dir) = (self.clone(), session.clone(), dir.clone());
         self.rt.spawn(async move {
             let since = session.generation();
-            let attr_epoch = lock(&inner.attrs).epoch();
+            let attr_epoch = inner.memory.lock().attrs.epoch();
             let request = Request::ReadHeads {
                 path: dir.1.clone(),
                 max_each: OPEN_HEAD,
@@ -414,7 +443,11 @@ impl Inner {
                     .collect(),
                 _ => Vec::new(),
             };
-            lock(&inner.heads_ahead).fetched(&dir, epoch, files, now);
+            inner
+                .memory
+                .lock()
+                .heads_ahead
+                .fetched(&dir, epoch, files, now);
             let _ = done.send(end);
         });
         Some(waiter)

@@ -14,11 +14,16 @@ impl Inner {
         // Changes that touched what a lookup answered a moment ago: sent again (see `crate::replied`).
         let mut late = Vec::new();
         let (inodes, entries, missing) = {
-            let table = lock(&self.inodes);
-            let listed_dirs = lock(&self.listed_dirs);
-            let mut negatives = lock(&self.negatives);
-            let replied = lock(&self.replied);
-            let mut made_dirs = lock(&self.made_dirs);
+            let table = self.inodes.lock();
+            let mut memory = self.memory.lock();
+            let Memory {
+                listed_dirs,
+                negatives,
+                replied,
+                made_dirs,
+                attrs,
+                ..
+            } = &mut *memory;
             let at = Instant::now();
             let mut missing = Vec::new();
             match &work {
@@ -34,7 +39,7 @@ impl Inner {
                                     // for it: the echo of a change through the mount, whose reply
                                     // said them. (Its listing's changes come as entry changes.)
                                     if now.is_some_and(|now| {
-                                        lock(&self.attrs).get(ino).is_some_and(|told| {
+                                        attrs.get(ino).is_some_and(|told| {
                                             Attr {
                                                 atime: now.atime,
                                                 ..told
@@ -158,30 +163,27 @@ impl Inner {
             // (see `crate::known`). Only handles that created their file know anything: found
             // through their index.
             let knowing: Vec<u64> = {
-                let knowing = lock(&self.knowing);
+                let files = self.files.lock();
                 inodes
                     .iter()
-                    .filter_map(|ino| knowing.get(ino).copied())
+                    .filter_map(|ino| files.knowing.get(ino).copied())
                     .collect()
             };
-            let files = lock(&self.files);
-            for file in knowing.iter().filter_map(|fh| files.get(fh)) {
-                *lock(&file.known) = None;
+            let files = self.files.lock();
+            for file in knowing.iter().filter_map(|fh| files.open.get(fh)) {
+                *file.known.lock() = None;
             }
         }
         {
             // A reset lists every inode of the session, so this covers it too.
-            let mut stamps = lock(&self.page_stamps);
-            let mut no_capability = lock(&self.no_capability);
-            let mut attrs = lock(&self.attrs);
-            let mut listed_dirs = lock(&self.listed_dirs);
+            let mut memory = self.memory.lock();
             for ino in &inodes {
-                listed_dirs.remove(ino);
-                stamps.remove(ino);
+                memory.listed_dirs.remove(ino);
+                memory.page_stamps.remove(ino);
                 if !content_only.contains(ino) {
-                    no_capability.remove(ino);
+                    memory.no_capability.remove(ino);
                 }
-                attrs.remove(*ino);
+                memory.attrs.remove(*ino);
             }
         }
         let verify = match &work {
@@ -229,7 +231,7 @@ impl Inner {
     /// Names the kernel was not told of have no positive dentry to drop.
     pub(super) fn changed_entries(&self, entries: Vec<(u64, Vec<u8>)>) -> Vec<(u64, Vec<u8>)> {
         let checks: Vec<EntryCheck> = {
-            let table = lock(&self.inodes);
+            let table = self.inodes.lock();
             entries
                 .into_iter()
                 .filter(|(dir, name)| table.child(*dir, name).is_some())
@@ -274,7 +276,7 @@ impl Inner {
             }
             out
         });
-        let table = lock(&self.inodes);
+        let table = self.inodes.lock();
         looked_up
             .into_iter()
             .filter(|(dir, name, attr)| match attr {

@@ -16,14 +16,14 @@ impl Inner {
         path: &WirePath,
     ) {
         {
-            let mut known = lock(&self.no_capability);
+            let known = &mut self.memory.lock().no_capability;
             if known.len() >= NO_CAPABILITY_MAX {
                 known.clear();
             }
             known.insert(ino);
         }
         if !session.is_watched() || session.changed_since(since, path) {
-            lock(&self.no_capability).remove(&ino);
+            self.memory.lock().no_capability.remove(&ino);
         }
     }
 
@@ -46,7 +46,7 @@ impl Inner {
     /// (the file was renamed behind the mount, then written).
     pub(super) fn content_seen(&self, attrs: &[(u64, Attr)]) {
         let stale: Vec<u64> = {
-            let mut stamps = lock(&self.page_stamps);
+            let stamps = &mut self.memory.lock().page_stamps;
             if stamps.is_empty() {
                 return;
             }
@@ -76,14 +76,14 @@ impl Inner {
     pub(super) fn keep_cache(&self, ino: u64, session: &Session, attr: &Attr, since: u64) -> bool {
         let stamp = ContentStamp::of(attr);
         {
-            let mut stamps = lock(&self.page_stamps);
+            let stamps = &mut self.memory.lock().page_stamps;
             if session.is_watched() && stamps.get(&ino) == Some(&stamp) {
                 return true;
             }
             stamps.insert(ino, stamp);
         }
         if !session.current_since(since) {
-            lock(&self.page_stamps).remove(&ino);
+            self.memory.lock().page_stamps.remove(&ino);
         }
         false
     }
@@ -92,18 +92,18 @@ impl Inner {
     /// changes are pushed, and none touched the file since its pages were cached (an invalidation of
     /// the inode drops its stamp).
     pub(super) fn cache_is_current(&self, ino: u64, session: &Session) -> bool {
-        session.is_watched() && lock(&self.page_stamps).contains_key(&ino)
+        session.is_watched() && self.memory.lock().page_stamps.contains_key(&ino)
     }
 
     /// Starts binding `dir/name` (see [`Binding`]).
     pub(super) fn binding(&self, dir: u64, name: &[u8]) -> Binding {
         // Before the request: from now on the name may exist (see `crate::made_dirs`).
-        lock(&self.made_dirs).may_exist(dir, name);
+        self.memory.lock().made_dirs.may_exist(dir, name);
         Binding {
             sessions: self.sessions.clone(),
             dir,
             name: name.to_vec(),
-            negative: lock(&self.negatives).take(dir, name),
+            negative: self.memory.lock().negatives.take(dir, name),
         }
     }
 
@@ -119,9 +119,12 @@ impl Inner {
         reply: impl EntryReply,
     ) {
         // Record first, then check: an invalidation after the check finds the record.
-        let cacheable = session.is_watched() && lock(&self.negatives).insert(dir, name);
+        let cacheable = session.is_watched() && self.memory.lock().negatives.insert(dir, name);
         if cacheable && self.ttl_for(session, since) == self.watched_ttl {
-            lock(&self.replied).missing(dir, name, Instant::now());
+            self.memory
+                .lock()
+                .replied
+                .missing(dir, name, Instant::now());
             // Node id 0: "no such entry", kept for the entry TTL.
             reply.entry_with_ttls(
                 &Duration::ZERO,
@@ -152,10 +155,10 @@ impl Inner {
         let ino = {
             // Recorded while the table is locked: an invalidation that finds the node learned
             // also finds it recent.
-            let mut table = lock(&self.inodes);
+            let mut table = self.inodes.lock();
             let ino = table.learn(parent, name, attr);
             if let Some(ino) = ino {
-                lock(&self.replied).inode(ino, Instant::now());
+                self.memory.lock().replied.inode(ino, Instant::now());
                 // A directory this call made, with no change event about it while it ran: empty
                 // (see `crate::made_dirs`). Before the reply, so every name bound in it is
                 // recorded.
@@ -163,7 +166,7 @@ impl Inner {
                     session.is_watched() && !session.changed_since(*since, path)
                 });
                 if made.is_some() && attr.file_type() == S_IFDIR {
-                    lock(&self.made_dirs).made(ino);
+                    self.memory.lock().made_dirs.made(ino);
                 }
             }
             ino
@@ -207,20 +210,24 @@ impl Inner {
     ) {
         let entries: HashMap<Vec<u8>, Attr> =
             entries.iter().map(|e| (e.name.clone(), e.attr)).collect();
-        let mut guard = lock(&self.listings);
-        let (listings, count) = &mut *guard;
-        if *count + entries.len() > LISTED_NAMES_MAX {
+        let mut memory = self.memory.lock();
+        let Memory {
+            listings,
+            listed_names,
+            ..
+        } = &mut *memory;
+        if *listed_names + entries.len() > LISTED_NAMES_MAX {
             listings.clear();
-            *count = 0;
+            *listed_names = 0;
         }
-        *count += entries.len();
+        *listed_names += entries.len();
         let listing = Listing {
             generation,
             epoch,
             entries,
         };
         if let Some(old) = listings.insert(dir, listing) {
-            *count -= old.entries.len();
+            *listed_names -= old.entries.len();
         }
     }
 
@@ -241,7 +248,7 @@ impl Inner {
     pub(super) fn direct_change(&self, ino: u64) {
         self.started.fetch_add(1, Ordering::AcqRel);
         self.void_answers(Some(ino));
-        lock(&self.dir_pages).clear();
+        self.memory.lock().dir_pages.clear();
     }
 
     pub(super) fn start_mutation(self: &Arc<Self>, only_of: Option<u64>) -> Mutation {
@@ -283,15 +290,15 @@ impl Inner {
     /// remembered after this from an older fetch is not used either). Returns the new attribute
     /// epoch.
     pub(super) fn void_answers(&self, only_of: Option<u64>) -> u64 {
-        lock(&self.read_ahead).changed();
-        lock(&self.heads_ahead).changed();
+        let mut memory = self.memory.lock();
+        memory.read_ahead.changed();
+        memory.heads_ahead.changed();
         let epoch = match only_of {
-            Some(ino) => lock(&self.attrs).changed_one(ino),
-            None => lock(&self.attrs).changed(),
+            Some(ino) => memory.attrs.changed_one(ino),
+            None => memory.attrs.changed(),
         };
-        let mut listings = lock(&self.listings);
-        listings.0.clear();
-        listings.1 = 0;
+        memory.listings.clear();
+        memory.listed_names = 0;
         epoch
     }
 
@@ -300,7 +307,7 @@ impl Inner {
         if !session.is_watched() {
             return None;
         }
-        lock(&self.attrs).get(ino)
+        self.memory.lock().attrs.get(ino)
     }
 
     /// Remembers `attrs` (inode, attributes) of `session`, read by requests that started at
@@ -317,11 +324,11 @@ impl Inner {
         if !session.is_watched() || attrs.is_empty() {
             return;
         }
-        if !lock(&self.attrs).insert(epoch, attrs) {
+        if !self.memory.lock().attrs.insert(epoch, attrs) {
             return;
         }
         if session.generation() != since {
-            let mut cache = lock(&self.attrs);
+            let cache = &mut self.memory.lock().attrs;
             for (ino, _) in attrs {
                 cache.remove(*ino);
             }
@@ -330,10 +337,9 @@ impl Inner {
 
     /// Drops what is known of `dir`'s names.
     pub(super) fn forget_listing(&self, dir: u64) {
-        let mut guard = lock(&self.listings);
-        let (listings, count) = &mut *guard;
-        if let Some(old) = listings.remove(&dir) {
-            *count -= old.entries.len();
+        let mut memory = self.memory.lock();
+        if let Some(old) = memory.listings.remove(&dir) {
+            memory.listed_names -= old.entries.len();
         }
     }
 
@@ -345,10 +351,10 @@ impl Inner {
         }
         // Taken first (see `Inner::direct`): a file written directly right now may have another
         // size and times than its listing says, and the end of that cannot come between.
-        let direct = lock(&self.direct);
-        let epoch = lock(&self.attrs).epoch();
-        let guard = lock(&self.listings);
-        let listing = guard.0.get(&dir)?;
+        let direct = self.direct.lock();
+        let memory = self.memory.lock();
+        let epoch = memory.attrs.epoch();
+        let listing = memory.listings.get(&dir)?;
         if !session.current_since(listing.generation) || listing.epoch != epoch {
             return None;
         }
@@ -361,7 +367,7 @@ impl Inner {
                 attr: *attr,
             },
         };
-        drop(guard);
+        drop(memory);
         if let Listed::Present { attr, .. } = &listed {
             if direct.is_written(attr.dev, attr.ino) {
                 return None;
@@ -402,16 +408,20 @@ impl Inner {
             return None;
         }
         let (done, waiter) = tokio::sync::watch::channel(FetchEnd::Pending);
-        let attr_epoch = lock(&self.attrs).epoch();
-        let started =
-            lock(&self.lookups_ahead).touched(dir, attr_epoch, waiter.clone(), Instant::now());
+        let attr_epoch = self.memory.lock().attrs.epoch();
+        let started = self.memory.lock().lookups_ahead.touched(
+            dir,
+            attr_epoch,
+            waiter.clone(),
+            Instant::now(),
+        );
         if !started {
             return None;
         }
         let (inner, session, dir) = (self.clone(), session.clone(), dir.clone());
         self.rt.spawn(async move {
             let generation = session.generation();
-            let attr_epoch = lock(&inner.attrs).epoch();
+            let attr_epoch = inner.memory.lock().attrs.epoch();
             let request = Request::ReadDir {
                 path: dir.1.clone(),
                 offset: 0,
@@ -433,7 +443,11 @@ impl Inner {
             {
                 inner.remember_entries(dir_ino, &entries, generation, attr_epoch);
             }
-            lock(&inner.lookups_ahead).fetched(&dir, Instant::now());
+            inner
+                .memory
+                .lock()
+                .lookups_ahead
+                .fetched(&dir, Instant::now());
             let _ = done.send(end);
         });
         Some(waiter)

@@ -20,6 +20,7 @@
 mod dirs;
 mod files;
 mod invalidate;
+mod locks;
 mod memory;
 mod ops;
 pub mod reply;
@@ -32,7 +33,7 @@ use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -46,6 +47,8 @@ use sessionfs_proto::{
 use tracing::{debug, warn};
 
 use crate::session::Invalidation;
+
+use self::locks::{Level, Ordered};
 
 pub use self::reply::{
     AttrReply, Backing, CreateReply, DataReply, DirPlusReply, DirReply, EmptyReply, EntryReply,
@@ -76,10 +79,10 @@ struct OpenFile {
     /// The open flags, for a deferred open.
     flags: i32,
     /// The file's first bytes, read with the open, until the kernel has read past them.
-    head: Mutex<Option<Head>>,
+    head: Ordered<Option<Head>>,
     /// For a file this handle created: its attributes as the mount's changes left them, while
     /// nothing else changed it (see [`crate::known`]).
-    known: Mutex<Option<Known>>,
+    known: Ordered<Option<Known>>,
     /// The kernel reads and writes it directly (see [`crate::direct`]): one of its inode's handles in
     /// the direct table.
     direct: bool,
@@ -103,7 +106,7 @@ impl OpenFile {
     /// Accounts change `number` (through this handle) with `change` in what the handle knows of its
     /// file, and returns the attributes after it; if anything else came between, the record ends.
     fn account(&self, number: u64, change: impl FnOnce(&mut Known)) -> Option<Attr> {
-        let mut known = lock(&self.known);
+        let mut known = self.known.lock();
         match known.as_mut() {
             Some(k) if k.followed_by(number) => {
                 change(k);
@@ -126,11 +129,11 @@ struct LosingName {
 
 impl Drop for LosingName {
     fn drop(&mut self) {
-        let mut losing = lock(&self.inner.losing_names);
-        if let Some(n) = losing.get_mut(&self.ino) {
+        let mut files = self.inner.files.lock();
+        if let Some(n) = files.losing.get_mut(&self.ino) {
             *n -= 1;
             if *n == 0 {
-                losing.remove(&self.ino);
+                files.losing.remove(&self.ino);
             }
         }
     }
@@ -429,47 +432,81 @@ pub struct Core {
     inner: Arc<Inner>,
 }
 
+/// What the bridge answers from memory on the daemons' behalf, and the bookkeeping that decides
+/// when it may: voided together by changes, so one owner with one lock ([`Level::Memory`], the last
+/// in the order).
+struct Memory {
+    /// See [`AttrCache`].
+    attrs: AttrCache,
+    /// Per directory inode: its names, from its last complete listing (lookups of other names are
+    /// answered as missing without a round trip while nothing changed: `.gitignore` and friends),
+    /// and how many names they hold together.
+    listings: HashMap<u64, Listing>,
+    listed_names: usize,
+    /// Per directory inode: the last page of entries fetched, kept until the kernel has read to its
+    /// end (a listing is read in several calls when it does not fit one reply).
+    dir_pages: HashMap<u64, Arc<DirPage>>,
+    /// Listings fetched ahead during tree walks, and the walk bookkeeping.
+    read_ahead: ReadAhead<Arc<DirPage>>,
+    /// Small files fetched ahead for walks that read them; an open waits on the receiver for a
+    /// fetch under way.
+    heads_ahead: HeadsAhead<FetchWaiter>,
+    /// Directories whose listings are fetched for a walk that looks their names up (`git status`
+    /// checking every file of its index); the listings land in `listings`.
+    lookups_ahead: Walk<FetchWaiter>,
+    /// Per file inode: its content version when the kernel last started caching its pages (at an
+    /// open that dropped the cache). An open of an unchanged file keeps the cache (close-to-open).
+    page_stamps: HashMap<u64, ContentStamp>,
+    /// File inodes of watched sessions known to have no [`CAPABILITY_XATTR`]: the kernel's read of
+    /// it before each write is answered without a round trip. A change of the inode drops it,
+    /// except a change of its content alone ([`Change::Data`]: a write cannot add a capability).
+    no_capability: std::collections::HashSet<u64>,
+    /// The names the kernel caches as missing (see [`crate::negative`]).
+    negatives: NegativeEntries,
+    /// What lookups answered a moment ago (see [`crate::replied`]).
+    replied: Replied,
+    /// Directories the mount made and the names that may exist in them (see [`crate::made_dirs`]).
+    made_dirs: MadeDirs,
+    /// Directories whose listing the kernel may keep in its readdir cache: answered since their
+    /// last invalidation. A name that appears behind the mount and is bound by a lookup before its
+    /// change event needs no entry invalidation, but such a listing lacks it.
+    listed_dirs: std::collections::HashSet<u64>,
+}
+
+/// The open files ([`Level::Files`]).
+#[derive(Default)]
+struct Files {
+    open: HashMap<u64, Arc<OpenFile>>,
+    /// Per file inode, the open handle that created it and may know its attributes (see
+    /// [`crate::known`]); until that handle is released.
+    knowing: HashMap<u64, u64>,
+    /// Files an unlink or rename through the mount is taking the name of, with how many such calls
+    /// are in flight: they are not opened without a daemon handle meanwhile (see
+    /// [`Inner::unopened_handles_of`]).
+    losing: HashMap<u64, usize>,
+}
+
+/// The file system's state. Its four locks are taken in one order, checked in debug builds
+/// ([`locks::Level`]): `direct`, `files` (then an open file's own), `inodes`, `memory`.
 struct Inner {
     rt: tokio::runtime::Handle,
     sessions: Arc<Sessions>,
-    inodes: Mutex<InodeTable>,
-    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
-    /// Per directory inode: the last page of entries fetched, kept until the kernel has read to its
-    /// end (a listing is read in several calls when it does not fit one reply).
-    dir_pages: Mutex<HashMap<u64, Arc<DirPage>>>,
-    /// The names the kernel caches as missing (see [`crate::negative`]).
-    negatives: Mutex<NegativeEntries>,
-    /// Per directory inode: its names, from its last complete listing (lookups of other names are
-    /// answered as missing without a round trip while nothing changed: `.gitignore` and friends).
-    listings: Mutex<(HashMap<u64, Listing>, usize)>,
-    /// Listings fetched ahead during tree walks, and the walk bookkeeping.
-    read_ahead: Mutex<ReadAhead<Arc<DirPage>>>,
+    /// Inodes whose handles have direct data (see [`crate::direct`]): taken by every open that adds
+    /// a handle and every release that removes one, before the file table, so that a handle of the
+    /// other kind cannot come between; and by what answers a file's attributes from memory (a
+    /// listing, a page of entries, a fetched file), so that a writable direct start or end
+    /// ([`Inner::direct_change`]) cannot come between its check and its answer.
+    direct: Ordered<Direct>,
+    files: Ordered<Files>,
+    inodes: Ordered<InodeTable>,
+    memory: Ordered<Memory>,
     read_ahead_slots: Arc<tokio::sync::Semaphore>,
-    /// Small files fetched ahead for walks that read them; an open waits on the receiver for a
-    /// fetch under way.
-    heads_ahead: Mutex<HeadsAhead<FetchWaiter>>,
-    /// Directories whose listings are fetched for a walk that looks their names up (`git status`
-    /// checking every file of its index); the listings land in `listings`.
-    lookups_ahead: Mutex<Walk<FetchWaiter>>,
-    /// What lookups answered a moment ago (see [`crate::replied`]).
-    replied: Mutex<Replied>,
-    /// Directories the mount made and the names that may exist in them (see [`crate::made_dirs`]).
-    made_dirs: Mutex<MadeDirs>,
-    /// Per file inode, the open handle that created it and may know its attributes (see
-    /// [`crate::known`]); until that handle is released.
-    knowing: Mutex<HashMap<u64, u64>>,
     /// Changes through the mount started so far, and those under way that are writes acknowledged
     /// early (see [`Mutation`]).
     started: AtomicU64,
     deferred: std::sync::atomic::AtomicUsize,
     /// Changes through the mount under way (see [`Mutation`]).
     mutating: std::sync::atomic::AtomicUsize,
-    /// File inodes of watched sessions known to have no [`CAPABILITY_XATTR`]: the kernel's read of it
-    /// before each write is answered without a round trip. A change of the inode drops it, except a
-    /// change of its content alone ([`Change::Data`]: a write cannot add a capability).
-    no_capability: Mutex<std::collections::HashSet<u64>>,
-    /// See [`AttrCache`].
-    attrs: Mutex<AttrCache>,
     next_fh: AtomicU64,
     /// The kernel lets OPENDIR be skipped (see `opendir`); set at `init`.
     no_opendir: AtomicBool,
@@ -477,35 +514,12 @@ struct Inner {
     ttl: Duration,
     /// Cache lifetime while a session's changes are pushed (invalidation keeps it coherent).
     watched_ttl: Duration,
-    /// Per file inode: its content version when the kernel last started caching its pages (at an open
-    /// that dropped the cache). An open of an unchanged file keeps the cache (close-to-open).
-    page_stamps: Mutex<HashMap<u64, ContentStamp>>,
-    /// Directories whose listing the kernel may keep in its readdir cache: answered since their
-    /// last invalidation. A name that appears behind the mount and is bound by a lookup before its
-    /// change event needs no entry invalidation, but such a listing lacks it.
-    listed_dirs: Mutex<std::collections::HashSet<u64>>,
-    /// Files an unlink or rename through the mount is taking the name of, with how many such calls
-    /// are in flight: they are not opened without a daemon handle meanwhile (see
-    /// [`Inner::unopened_handles_of`]).
-    losing_names: Mutex<HashMap<u64, usize>>,
-    /// Inodes whose handles have direct data (see [`crate::direct`]); taken by every open that adds
-    /// a handle and every release that removes one, before the file table, so that a handle of the
-    /// other kind cannot come between; and by what answers a file's attributes from memory (a
-    /// listing, a page of entries, a fetched file), so that a writable direct start or end
-    /// ([`Inner::direct_change`]) cannot come between its check and its answer. Taken before
-    /// `files`, `attrs`, `listings`, `read_ahead`, `heads_ahead`, `dir_pages` and `page_stamps`.
-    direct: Mutex<Direct>,
     /// The kernel accepted passthrough at `INIT`.
     passthrough: AtomicBool,
     /// Owner and time shown for the mount root.
     root_uid: u32,
     root_gid: u32,
     mounted_at: SystemTime,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The tables hold no invariant that a panicking holder could half-update in a harmful way.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn errno_of(e: &ErrorReply) -> Errno {
@@ -717,31 +731,35 @@ impl Core {
             inner: Arc::new(Inner {
                 rt,
                 sessions,
-                inodes: Mutex::new(InodeTable::default()),
-                files: Mutex::new(HashMap::new()),
-                dir_pages: Mutex::new(HashMap::new()),
-                negatives: Mutex::new(NegativeEntries::new(watched_ttl)),
-                listings: Mutex::new((HashMap::new(), 0)),
-                read_ahead: Mutex::new(ReadAhead::default()),
+                direct: Ordered::new(Level::Direct, Direct::default()),
+                files: Ordered::new(Level::Files, Files::default()),
+                inodes: Ordered::new(Level::Inodes, InodeTable::default()),
+                memory: Ordered::new(
+                    Level::Memory,
+                    Memory {
+                        attrs: AttrCache::default(),
+                        listings: HashMap::new(),
+                        listed_names: 0,
+                        dir_pages: HashMap::new(),
+                        read_ahead: ReadAhead::default(),
+                        heads_ahead: HeadsAhead::default(),
+                        lookups_ahead: Walk::default(),
+                        page_stamps: HashMap::new(),
+                        no_capability: std::collections::HashSet::new(),
+                        negatives: NegativeEntries::new(watched_ttl),
+                        replied: Replied::default(),
+                        made_dirs: MadeDirs::default(),
+                        listed_dirs: std::collections::HashSet::new(),
+                    },
+                ),
                 read_ahead_slots: Arc::new(tokio::sync::Semaphore::new(READ_AHEAD_CONCURRENCY)),
-                heads_ahead: Mutex::new(HeadsAhead::default()),
-                lookups_ahead: Mutex::new(Walk::default()),
-                replied: Mutex::new(Replied::default()),
-                made_dirs: Mutex::new(MadeDirs::default()),
-                knowing: Mutex::new(HashMap::new()),
                 started: AtomicU64::new(0),
                 deferred: std::sync::atomic::AtomicUsize::new(0),
                 mutating: std::sync::atomic::AtomicUsize::new(0),
-                no_capability: Mutex::new(std::collections::HashSet::new()),
-                attrs: Mutex::new(AttrCache::default()),
                 next_fh: AtomicU64::new(1),
                 no_opendir: AtomicBool::new(false),
                 ttl,
                 watched_ttl,
-                page_stamps: Mutex::new(HashMap::new()),
-                listed_dirs: Mutex::new(std::collections::HashSet::new()),
-                losing_names: Mutex::new(HashMap::new()),
-                direct: Mutex::new(Direct::default()),
                 passthrough: AtomicBool::new(false),
                 root_uid: rustix::process::geteuid().as_raw(),
                 root_gid: rustix::process::getegid().as_raw(),
@@ -798,7 +816,7 @@ impl Core {
 
     /// The session and path of `ino`; `Err` for the mount root or an unknown inode.
     fn node(&self, ino: INodeNo) -> Result<(Arc<Session>, WirePath), Errno> {
-        match lock(&self.inner.inodes).resolve(ino.0) {
+        match self.inner.inodes.lock().resolve(ino.0) {
             Ok(NodeRef::InSession { session, path }) => Ok((session, path)),
             Ok(NodeRef::Root) => Err(Errno::EPERM),
             Err(s) => Err(stale_errno(s)),
@@ -815,7 +833,10 @@ impl Core {
     }
 
     fn open_file(&self, fh: FileHandle) -> Result<Arc<OpenFile>, Errno> {
-        lock(&self.inner.files)
+        self.inner
+            .files
+            .lock()
+            .open
             .get(&fh.0)
             .cloned()
             .ok_or(Errno::EBADF)

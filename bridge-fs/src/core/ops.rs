@@ -19,7 +19,7 @@ impl Core {
         self.remote(caller, target, reply, |inner, answered, r, reply| match r {
             Reply::Attr(attr) => {
                 let ino = {
-                    let mut inodes = lock(&inner.inodes);
+                    let mut inodes = inner.inodes.lock();
                     let ino = inodes.session_root(&answered.session);
                     inodes.count_lookup(ino);
                     ino
@@ -32,21 +32,21 @@ impl Core {
 
     pub fn forget(&self, ino: INodeNo, nlookup: u64) {
         let forgotten = {
-            let mut inodes = lock(&self.inner.inodes);
+            let mut inodes = self.inner.inodes.lock();
             inodes.forget(ino.0, nlookup);
             inodes.resolve(ino.0).is_err()
         };
         if forgotten {
             // The kernel dropped the inode, so also every entry below it.
-            lock(&self.inner.negatives).forget_dir(ino.0);
-            lock(&self.inner.dir_pages).remove(&ino.0);
+            self.inner.memory.lock().negatives.forget_dir(ino.0);
+            self.inner.memory.lock().dir_pages.remove(&ino.0);
             self.inner.forget_listing(ino.0);
             // Changes reported while the kernel does not know the inode cannot find it.
-            lock(&self.inner.attrs).remove(ino.0);
-            lock(&self.inner.made_dirs).forget(ino.0);
-            lock(&self.inner.no_capability).remove(&ino.0);
-            lock(&self.inner.page_stamps).remove(&ino.0);
-            lock(&self.inner.listed_dirs).remove(&ino.0);
+            self.inner.memory.lock().attrs.remove(ino.0);
+            self.inner.memory.lock().made_dirs.forget(ino.0);
+            self.inner.memory.lock().no_capability.remove(&ino.0);
+            self.inner.memory.lock().page_stamps.remove(&ino.0);
+            self.inner.memory.lock().listed_dirs.remove(&ino.0);
         }
     }
 
@@ -61,7 +61,7 @@ impl Core {
             return reply.attr(&self.inner.ttl, &self.root_attr());
         }
         // A file the kernel writes directly: only the daemon knows its size and times.
-        if !lock(&self.inner.direct).is_live(ino.0) {
+        if !self.inner.direct.lock().is_live(ino.0) {
             // A file created through the mount, with changes pending: as they will leave it (the
             // kernel asks before every `chown`). Not cached: the change time is the bridge's guess.
             if let Some(attr) = self.known_attr(ino) {
@@ -305,7 +305,7 @@ impl Core {
         let read_only = !may_write(flags.0);
         // A node with no name left is opened by its identity alone (a rename through the mount
         // replaced it a moment ago, after the kernel resolved the name: see `Request::Open`).
-        let (session, path, expect) = match lock(&self.inner.inodes).to_open(ino.0) {
+        let (session, path, expect) = match self.inner.inodes.lock().to_open(ino.0) {
             Ok(v) => v,
             Err(e) => return reply.error(stale_errno(e)),
         };
@@ -316,7 +316,7 @@ impl Core {
             read_only,
             // O_TRUNC changes the file.
             mutation: (flags.0 & libc::O_TRUNC != 0).then(|| self.inner.mutation()),
-            epoch: lock(&self.inner.attrs).epoch(),
+            epoch: self.inner.memory.lock().attrs.epoch(),
             expect,
         };
         if !read_only || !session.is_watched() {
@@ -336,7 +336,12 @@ impl Core {
         };
         let file_key = (session.id.clone(), path.clone());
         let dir_key = (session.id.clone(), dir);
-        let found = lock(&self.inner.heads_ahead).find(&file_key, &dir_key, Instant::now());
+        let found = self
+            .inner
+            .memory
+            .lock()
+            .heads_ahead
+            .find(&file_key, &dir_key, Instant::now());
         let mut waiter = match found {
             Found::File(fetched) => {
                 if let Some(answer) = self.inner.open_fetched(&session, &open, fetched) {
@@ -362,7 +367,12 @@ impl Core {
                 if let Err(e) = fetch_ended(waiter).await {
                     return reply.error(e);
                 }
-                let found = lock(&inner.heads_ahead).find(&file_key, &dir_key, Instant::now());
+                let found =
+                    inner
+                        .memory
+                        .lock()
+                        .heads_ahead
+                        .find(&file_key, &dir_key, Instant::now());
                 if let Found::File(fetched) = found {
                     if let Some((fh, keep)) = inner.open_fetched(&session, &open, fetched) {
                         return reply.opened(FileHandle(fh), open.fopen_flags(keep));
@@ -400,7 +410,7 @@ impl Core {
                     },
                     mutation,
                 ) => {
-                    let learned = lock(&inner.inodes).learn(parent.0, &binding.name, &attr);
+                    let learned = inner.inodes.lock().learn(parent.0, &binding.name, &attr);
                     let Some(ino) = learned else {
                         return reply.error(Errno::ESTALE);
                     };
@@ -416,7 +426,7 @@ impl Core {
                     let (session, since) = (answered.session.clone(), answered.since);
                     // An existing file (no O_EXCL) whose other handles have direct data: this one
                     // has it too (see `Inner::direct`).
-                    let mut direct = lock(&inner.direct);
+                    let mut direct = inner.direct.lock();
                     let backing = inner.join_direct(&mut direct, ino, may_write(flags));
                     // Its later attribute changes may be sent behind its writes while nothing
                     // else changes it; from here only if nothing could come between (as for
@@ -432,7 +442,14 @@ impl Core {
                         Some(_) => Data::Direct,
                         None => Data::Bridge { head: None, known },
                     };
-                    let fh = inner.add_file(ino, answered.session, flags, Some(remote), data);
+                    let fh = inner.add_file(
+                        &mut inner.files.lock(),
+                        ino,
+                        answered.session,
+                        flags,
+                        Some(remote),
+                        data,
+                    );
                     drop(direct);
                     // The kernel asks for the directory's attributes next (it dropped them); kept
                     // before it has the reply, so that no change it makes next (a write to the
@@ -558,7 +575,7 @@ impl Core {
             Err(e) => return reply.error(e),
         };
         // Closed: what it knew of its file is the daemon's to say from now on.
-        *lock(&file.known) = None;
+        *file.known.lock() = None;
         if !file.session.write_behind.holds(fh.0) {
             return match (
                 file.session.write_behind.take_failure(fh.0),
@@ -589,8 +606,8 @@ impl Core {
         // taken before the file table's, as by the opens, and held until what follows is done, so
         // that no open finds the handle gone but its inode's direct data not (it would start its
         // own, and the release would count it out).
-        let mut direct = lock(&self.inner.direct);
-        let Some(file) = lock(&self.inner.files).remove(&fh.0) else {
+        let mut direct = self.inner.direct.lock();
+        let Some(file) = self.inner.files.lock().open.remove(&fh.0) else {
             return reply.error(Errno::EBADF);
         };
         let last = if file.direct {
@@ -601,19 +618,19 @@ impl Core {
         if let Some(written) = last {
             // The kernel's pages of the file (it read the backing file's) and its remembered
             // attributes (its atime moved) are not to be trusted.
-            lock(&self.inner.page_stamps).remove(&file.ino);
+            self.inner.memory.lock().page_stamps.remove(&file.ino);
             if written {
                 // Written directly, where the bridge never saw it: nothing remembered of the file
                 // from before or meanwhile is answered from now on (small files fetched ahead and
                 // fetches under way, listings, attributes, a change's own reply kept late).
                 self.inner.direct_change(file.ino);
             } else {
-                lock(&self.inner.attrs).remove(file.ino);
+                self.inner.memory.lock().attrs.remove(file.ino);
             }
         }
         drop(direct);
         {
-            let mut knowing = lock(&self.inner.knowing);
+            let knowing = &mut self.inner.files.lock().knowing;
             if knowing.get(&file.ino) == Some(&fh.0) {
                 knowing.remove(&file.ino);
             }
@@ -694,7 +711,7 @@ impl Core {
         flags: i32,
         reply: impl EmptyReply,
     ) {
-        lock(&self.inner.no_capability).remove(&ino.0);
+        self.inner.memory.lock().no_capability.remove(&ino.0);
         let mutation = self.inner.mutation();
         let (name, value) = (name.as_bytes().to_vec(), value.to_vec());
         let target = self.node(ino).map(|(s, path)| {
@@ -753,7 +770,7 @@ impl Core {
     }
 
     pub fn removexattr(&self, caller: Caller, ino: INodeNo, name: &OsStr, reply: impl EmptyReply) {
-        lock(&self.inner.no_capability).remove(&ino.0);
+        self.inner.memory.lock().no_capability.remove(&ino.0);
         let mutation = self.inner.mutation();
         let name = name.as_bytes().to_vec();
         let target = self
@@ -778,11 +795,11 @@ impl Core {
             Ok(v) => v,
             Err(e) => return reply.error(e),
         };
-        if session.is_watched() && lock(&self.inner.no_capability).contains(&ino.0) {
+        if session.is_watched() && self.inner.memory.lock().no_capability.contains(&ino.0) {
             return reply.error(Errno::ENODATA);
         }
         let (inner, caller) = (self.inner.clone(), caller);
-        let epoch = lock(&self.inner.attrs).epoch();
+        let epoch = self.inner.memory.lock().attrs.epoch();
         self.spawn(async move {
             let since = session.generation();
             let request = Request::GetXattr {
@@ -794,8 +811,8 @@ impl Core {
                 Ok((r, _)) => xattr_answer(&inner, r, reply),
                 Err(e) if e.errno == errno::ENODATA => {
                     inner.no_capability_known(ino.0, &session, since, &path);
-                    if lock(&inner.attrs).epoch() != epoch {
-                        lock(&inner.no_capability).remove(&ino.0);
+                    if inner.memory.lock().attrs.epoch() != epoch {
+                        inner.memory.lock().no_capability.remove(&ino.0);
                     }
                     reply.error(Errno::ENODATA)
                 }

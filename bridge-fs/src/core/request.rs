@@ -8,7 +8,10 @@ impl Core {
     /// that no longer has a name (unlinked while open: `fstat`, `fchmod`), any open handle of it.
     pub(super) fn handle_for(&self, ino: INodeNo, fh: Option<FileHandle>) -> Option<FileHandle> {
         let has_remote = |fh: &FileHandle| {
-            lock(&self.inner.files)
+            self.inner
+                .files
+                .lock()
+                .open
                 .get(&fh.0)
                 .is_some_and(|f| f.remote.initialized())
         };
@@ -17,12 +20,12 @@ impl Core {
         }
         // Lock order: never hold the file table while taking the inode table.
         if !matches!(
-            lock(&self.inner.inodes).resolve(ino.0),
+            self.inner.inodes.lock().resolve(ino.0),
             Err(Stale::Detached)
         ) {
             return None;
         }
-        let files = lock(&self.inner.files);
+        let files = &self.inner.files.lock().open;
         files
             .iter()
             .find(|(_, f)| f.ino == ino.0 && f.remote.initialized())
@@ -78,14 +81,14 @@ impl Core {
         &self,
         ino: INodeNo,
     ) -> Option<(u64, Arc<OpenFile>, RemoteHandle)> {
-        let fh = *lock(&self.inner.knowing).get(&ino.0)?;
-        let file = lock(&self.inner.files).get(&fh).cloned()?;
+        let fh = *self.inner.files.lock().knowing.get(&ino.0)?;
+        let file = self.inner.files.lock().open.get(&fh).cloned()?;
         let remote = file
             .remote
             .get()
             .filter(|r| r.conn.close_reason().is_none())?
             .clone();
-        let knows = file.ino == ino.0 && lock(&file.known).is_some();
+        let knows = file.ino == ino.0 && file.known.lock().is_some();
         knows.then_some((fh, file, remote))
     }
 
@@ -100,7 +103,7 @@ impl Core {
             return None;
         }
         let started = self.inner.started.load(Ordering::Acquire);
-        let known = lock(&file.known);
+        let known = file.known.lock();
         known
             .as_ref()
             .filter(|k| k.holds(started))
@@ -202,7 +205,12 @@ impl Core {
         let since = session.generation();
         if session.is_watched()
             && session.caught_up()
-            && lock(&self.inner.made_dirs).is_missing(parent.0, &name)
+            && self
+                .inner
+                .memory
+                .lock()
+                .made_dirs
+                .is_missing(parent.0, &name)
         {
             return self
                 .inner
@@ -216,7 +224,7 @@ impl Core {
         // A walk looking names up in this directory: its listing answers them (see `crate::walk`).
         let dir = path.parent().map(|dir| (session.id.clone(), dir));
         let waiter = dir.and_then(|dir| {
-            let waiter = lock(&self.inner.lookups_ahead).waiter(&dir);
+            let waiter = self.inner.memory.lock().lookups_ahead.waiter(&dir);
             waiter.or_else(|| self.inner.lookups_touched(&session, parent.0, &dir))
         });
         let (inner, caller) = (self.inner.clone(), caller);
@@ -229,7 +237,7 @@ impl Core {
                     return inner.reply_listed(&session, parent.0, &name, listed, reply);
                 }
             }
-            let epoch = lock(&inner.attrs).epoch();
+            let epoch = inner.memory.lock().attrs.epoch();
             let since = session.generation();
             match inner
                 .sessions
@@ -264,7 +272,7 @@ impl Core {
         then: impl FnOnce(&mut InodeTable) + Send + 'static,
     ) {
         let done = move |inner: &Inner, _: Answered, _: Reply, reply: R| {
-            then(&mut lock(&inner.inodes));
+            then(&mut inner.inodes.lock());
             drop(losing);
             reply.ok();
             drop(mutation);
@@ -333,7 +341,7 @@ impl Core {
         mutation: Option<Mutation>,
         make: impl FnOnce(WirePath, Option<u64>) -> Request + Send + 'static,
     ) {
-        let epoch = lock(&self.inner.attrs).epoch();
+        let epoch = self.inner.memory.lock().attrs.epoch();
         match self.handle_for(ino, fh) {
             Some(fh) => {
                 // A node without a name is reached through the handle; the path is then unused.
