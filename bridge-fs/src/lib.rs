@@ -20,8 +20,7 @@
 //!   the kernel before their reply is sent again.
 //! - [`fs`] implements `fuser::Filesystem`: the mount root lists the sessions, and every operation below
 //!   `/<id>/` becomes one request to that session's daemon, answered from a tokio task.
-//! - [`mount`] mounts, waits for a signal or an external unmount, and unmounts cleanly;
-//!   [`mountinfo`] reads the mount table (where the bridge is mounted).
+//! - [`mount`] mounts, waits for a signal or an external unmount, and unmounts cleanly.
 
 pub mod config;
 pub mod crossed;
@@ -32,7 +31,6 @@ pub mod inodes;
 pub mod known;
 pub mod made_dirs;
 pub mod mount;
-pub mod mountinfo;
 pub mod negative;
 pub mod read_ahead;
 pub mod replied;

@@ -94,8 +94,8 @@ pub fn mount(config: BridgeConfig, mountpoint: &Path) -> Result<(), MountError> 
     );
     let handle = fs.clone();
     let mut options = vec![
-        MountOption::FSName(crate::mountinfo::FS_NAME.into()),
-        MountOption::Subtype(crate::mountinfo::FS_NAME.into()),
+        MountOption::FSName(sessionfs_mountinfo::FS_NAME.into()),
+        MountOption::Subtype(sessionfs_mountinfo::FS_NAME.into()),
         MountOption::DefaultPermissions,
         MountOption::NoDev,
         MountOption::NoSuid,
