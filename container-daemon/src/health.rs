@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 
 use sessionfs_proto::{Caller, Reply, Request, RequestFrame};
 
-use crate::cert_files;
-
 /// Why the probe failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
@@ -36,8 +34,8 @@ pub async fn probe(
     timeout: Duration,
 ) -> Result<Duration, HealthError> {
     let start = Instant::now();
-    let identity = sessionfs_pki::Identity::load(cert_dir, cert_files::SESSION_STEM)?;
-    let roots = sessionfs_pki::load_ca_roots(&cert_dir.join(cert_files::CA))?;
+    let identity = sessionfs_pki::Identity::load(cert_dir, sessionfs_pki::SESSION_FILES.stem)?;
+    let roots = sessionfs_pki::load_ca_roots(&cert_dir.join(sessionfs_pki::CA_FILES.cert))?;
     let config =
         sessionfs_pki::client_config(identity, roots, &sessionfs_pki::TransportTuning::default())?;
     let bind: SocketAddr = if addr.is_ipv4() {

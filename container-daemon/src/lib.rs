@@ -20,11 +20,3 @@ pub mod replaced;
 pub mod server;
 pub mod watch;
 pub mod workspace;
-
-/// Names of the files a daemon reads from its certificate directory.
-pub mod cert_files {
-    /// The installation CA certificate (trust anchor for client certificates).
-    pub const CA: &str = "ca.pem";
-    /// Stem of the session certificate and key: `session.pem`, `session.key`.
-    pub const SESSION_STEM: &str = "session";
-}

@@ -16,6 +16,9 @@ pub mod wire;
 pub use authz::{authorize_peer, authorize_peer_chain, PeerRole};
 pub use ca::{CertificateAuthority, IssuedCert};
 pub use error::PkiError;
+pub use files::{
+    CertFiles, BRIDGE_FILES, CA_FILES, CERT_MODE, KEY_MODE, SESSION_CERT_DIR, SESSION_FILES,
+};
 pub use identity::{ca_roots_from_pem, load_ca_roots, Identity};
 pub use transport::{client_config, endpoint, server_config, TransportTuning};
 

@@ -315,11 +315,7 @@ fn a_compose_started_container_is_adopted_and_leaves_after_docker_rm() -> Result
         out.starts_with(&format!("issued certificates of session {id} in ")),
         "{out}"
     );
-    for (file, mode) in [
-        ("ca.pem", 0o644),
-        ("session.pem", 0o644),
-        ("session.key", 0o600),
-    ] {
+    for (file, mode) in sessionfs_pki::SESSION_CERT_DIR {
         let meta = fs::metadata(certs.join(&id).join(file))?;
         ensure!(meta.permissions().mode() & 0o777 == mode, "{file}");
     }

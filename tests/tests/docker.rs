@@ -122,7 +122,8 @@ fn three_docker_sessions_and_a_local_one_agree_with_a_local_directory() -> Resul
     ensure!(
         listing
             .lines()
-            .any(|l| l.starts_with("-rw------- root/root") && l.ends_with("session.key")),
+            .any(|l| l.starts_with("-rw------- root/root")
+                && l.ends_with(sessionfs_pki::SESSION_FILES.key)),
         "{listing}"
     );
     let image_id = inspect(docker_image()?, "{{.Id}}")?;
