@@ -11,10 +11,8 @@
 //!   invalidate what the host kernel cached.
 //! - [`replaced`] keeps the regular files a rename replaced openable by their identity for a moment.
 //! - [`idle`] hands freed memory back to the system once the daemon goes quiet after a burst.
-//! - [`health`] is the client side of `sessionfsd --health`.
 
 pub mod handles;
-pub mod health;
 pub mod idle;
 pub mod replaced;
 pub mod server;

@@ -1101,7 +1101,7 @@ impl Engine {
                 return Ok(Readiness::Healthy);
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let probe = self.runtime.block_on(sessionfs_daemon::health::probe(
+            let probe = self.runtime.block_on(sessionfs_pki::health::probe(
                 endpoint,
                 id.as_str(),
                 &cert_dir,

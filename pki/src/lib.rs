@@ -2,13 +2,15 @@
 //! issues to session daemons and to the bridge, and the mutually authenticated
 //! QUIC/TLS configurations built from them (always with the *ring* provider);
 //! and the framed request/response exchange over those connections that both
-//! the daemon and the bridge use ([`wire`], [`client`]).
+//! the daemon and the bridge use ([`wire`], [`client`]), and the daemon's
+//! health probe built on them ([`health`]).
 
 mod authz;
 mod ca;
 pub mod client;
 mod error;
 mod files;
+pub mod health;
 mod identity;
 mod transport;
 pub mod wire;

@@ -122,7 +122,7 @@ async fn health(args: &Args) -> anyhow::Result<()> {
         };
         SocketAddr::new(ip, args.listen.port())
     });
-    let rtt = sessionfs_daemon::health::probe(
+    let rtt = sessionfs_pki::health::probe(
         addr,
         &args.session_id,
         &args.cert_dir,
