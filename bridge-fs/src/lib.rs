@@ -22,6 +22,8 @@
 //!   `/<id>/` becomes one request to that session's daemon, answered from a tokio task.
 //! - [`mount`] mounts, waits for a signal or an external unmount, and unmounts cleanly.
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod crossed;
 pub mod direct;

@@ -11,6 +11,8 @@
 //!   `RESOLVE_BENEATH`), atomic writes; [`error`] the tool errors agents see.
 //! - [`edit`]: the I/O-free `// ... existing code ...` merge, literal search-replace and unified diffs.
 
+#![forbid(unsafe_code)]
+
 pub mod catalog;
 pub mod edit;
 pub mod error;

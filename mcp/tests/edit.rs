@@ -1,5 +1,7 @@
 //! Rules of the marker merge, the edit-file tool and search-replace.
 
+#![forbid(unsafe_code)]
+
 use sessionfs_mcp::edit::{has_markers, is_marker};
 use sessionfs_mcp::{edit_file, merge_edit, search_replace, AnchorKind, EditError};
 

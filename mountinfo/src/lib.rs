@@ -5,6 +5,8 @@
 //! A crate of its own, with no dependencies, so that the MCP server reads the mount table without
 //! linking the bridge (FUSE, QUIC).
 
+#![forbid(unsafe_code)]
+
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};

@@ -9,6 +9,8 @@
 //! run concurrently without head-of-line blocking. The first stream of every connection carries the
 //! handshake.
 
+#![forbid(unsafe_code)]
+
 pub mod codec;
 pub mod message;
 pub mod path;

@@ -8,6 +8,8 @@
 //! - [`Registry`] ([`store`]): the SQLite file shared by every sessionfs process (CLI,
 //!   bridge, MCP server), plus [`Registry::watch`] to follow changes made by others.
 
+#![forbid(unsafe_code)]
+
 pub mod id;
 pub mod record;
 pub mod store;

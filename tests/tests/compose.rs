@@ -9,6 +9,8 @@
 //! accept the file too. Every container and volume the test makes carries a label unique to the
 //! run and is removed by it, even after a failure.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

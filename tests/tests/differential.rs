@@ -2,6 +2,8 @@
 //! std::fs and real tools — run on a plain local directory and on `/<mount>/<id>/`; the observations —
 //! bytes, metadata and errors — must be identical.
 
+#![forbid(unsafe_code)]
+
 use std::fs;
 
 use sessionfs_tests::scenario::{assert_same, scenario};

@@ -9,6 +9,8 @@
 //! recreate` at the same mount path. Every container and volume a test makes is removed by label when its
 //! harness is dropped.
 
+#![forbid(unsafe_code)]
+
 use std::fs;
 use std::io::ErrorKind;
 use std::net::SocketAddr;

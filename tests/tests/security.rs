@@ -5,6 +5,8 @@
 //! These tests speak the wire protocol directly with their own QUIC client (built from the same CA as
 //! the installation), because the bridge would never send most of these requests.
 
+#![forbid(unsafe_code)]
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! `sessionfs`: the command line front end. Owns argument parsing, logging setup, and
 //! printing; the commands themselves live in `sessionfs_deploy::commands`.
 
+#![forbid(unsafe_code)]
 // The doc comments below are clap's `--help` text, where `<id>` is meant literally.
 #![allow(rustdoc::invalid_html_tags)]
 
