@@ -11,6 +11,7 @@ export PJDFSTEST="${PJDFSTEST:-${SESSIONFS_TOOLS:-$HOME/.cache/sessionfs-tools}/
 cargo fmt --all --check
 scripts/msrv.sh
 cargo clippy --workspace --all-targets --locked -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 cargo build --workspace --bins --locked
 # The session image is FROM scratch, so its daemon must be statically linked.
 RUSTFLAGS="-C target-feature=+crt-static" \

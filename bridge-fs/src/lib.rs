@@ -20,7 +20,7 @@
 //!   the kernel before their reply is sent again.
 //! - [`fs`] implements `fuser::Filesystem`: the mount root lists the sessions, and every operation below
 //!   `/<id>/` becomes one request to that session's daemon, answered from a tokio task.
-//! - [`mount`] mounts, waits for a signal or an external unmount, and unmounts cleanly.
+//! - [`mount`](mod@mount) mounts, waits for a signal or an external unmount, and unmounts cleanly.
 
 #![forbid(unsafe_code)]
 

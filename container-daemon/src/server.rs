@@ -9,7 +9,7 @@
 //! - **One stream per request**: requests of one connection run concurrently. Calls that move file
 //!   data, list directories, sync, truncate or may free a file's blocks run on the blocking pool, so
 //!   a large transfer or a slow disk never stalls the network tasks; single-node metadata calls (a few
-//!   microseconds) run inline, where a thread hop would cost more than the call ([`runs_inline`]).
+//!   microseconds) run inline, where a thread hop would cost more than the call (`runs_inline`).
 
 use std::future::Future;
 use std::net::SocketAddr;

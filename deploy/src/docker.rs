@@ -833,7 +833,7 @@ impl Engine {
     /// removal: the engine sees it running, then cannot kill it because it no longer runs
     /// ("Could not kill running container …, cannot remove - Container … is not running",
     /// seen in CI on Docker 20.10). Such a failure (a conflict or an engine error) is retried, at
-    /// most [`REMOVE_ATTEMPTS`] times [`POLL_INTERVAL`] apart, while the container still exists; any
+    /// most `REMOVE_ATTEMPTS` times `POLL_INTERVAL` apart, while the container still exists; any
     /// other failure is reported at once.
     pub fn remove_container(&self, container: &str) -> Result<bool, DockerError> {
         let mut attempt = 1;

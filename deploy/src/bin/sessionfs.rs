@@ -79,6 +79,8 @@ struct McpArgs {
     /// With $SESSIONFS_MCP_TOKEN set, clients must send `Authorization: Bearer <token>`; a
     /// non-loopback address is refused without it.
     #[arg(long, value_name = "ADDR", value_parser = parse_http)]
+    // This comment is `--help` text: `[IPv6]` is what to type, not a link.
+    #[allow(rustdoc::broken_intra_doc_links)]
     http: Option<std::net::SocketAddr>,
 }
 
