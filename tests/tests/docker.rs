@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use sessionfs_tests::scenario::{assert_same, scenario};
+use sessionfs_tests::{assert_same, scenario};
 use sessionfs_tests::{docker, docker_image, docker_succeeds, wait_readable, wait_until, Harness};
 
 /// The recorded endpoint of a session (`session ls --json`).

@@ -361,7 +361,7 @@ async fn malformed_frames_end_only_their_stream() -> Result<()> {
         caller: Caller::default(),
         request: Request::Ping,
     };
-    sessionfs_proto::codec::encode_frame(&ping, &mut bytes)?;
+    sessionfs_proto::encode_frame(&ping, &mut bytes)?;
     let ResponseFrame(r) = raw(&conn, &bytes).await?;
     assert_eq!(r, Ok(Reply::Pong), "the well-formed frame alone is served");
     bytes.extend_from_slice(b"trailing");
