@@ -358,7 +358,7 @@ fn stat_right_after_a_change_through_the_mount_shows_the_session_state() -> Resu
     for i in 0..20 {
         let name = format!("d/f{i}");
         // Created, closed and opened again: a handle that created its file sends the file's
-        // attribute changes behind its writes (tests/write_behind.rs); this one sends them at once.
+        // attribute changes behind its writes (tests/e2e/write_behind.rs); this one sends them at once.
         drop(fs::File::create(h.path("own", &name))?);
         same("d")?;
         let mut f = fs::OpenOptions::new()
