@@ -9,7 +9,9 @@ scripts/install-deps.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sessionfs-target}"
 export PJDFSTEST="${PJDFSTEST:-${SESSIONFS_TOOLS:-$HOME/.cache/sessionfs-tools}/bin/pjdfstest}"
 cargo fmt --all --check
+scripts/msrv.sh
 cargo clippy --workspace --all-targets --locked -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 cargo build --workspace --bins --locked
 # The session image is FROM scratch, so its daemon must be statically linked.
 RUSTFLAGS="-C target-feature=+crt-static" \

@@ -8,7 +8,8 @@ use std::time::Duration;
 pub struct BridgeConfig {
     /// The registry database.
     pub registry_path: PathBuf,
-    /// Directory with `ca.pem`, `bridge.pem` and `bridge.key`.
+    /// Directory with the CA certificate and the bridge's certificate and key
+    /// ([`sessionfs_pki::CA_FILES`], [`sessionfs_pki::BRIDGE_FILES`]).
     pub cert_dir: PathBuf,
     /// Upper bound for one file system operation, connecting included. A dead session answers with
     /// `ETIMEDOUT` or `ENOTCONN` within this time, never later.
@@ -48,12 +49,4 @@ impl BridgeConfig {
             map_owner: false,
         }
     }
-}
-
-/// Names of the bridge's certificate files.
-pub mod cert_files {
-    /// The installation CA (trust anchor for daemon certificates).
-    pub const CA: &str = "ca.pem";
-    /// Stem of the bridge's client certificate: `bridge.pem`, `bridge.key`.
-    pub const BRIDGE_STEM: &str = "bridge";
 }

@@ -2,7 +2,7 @@
 //! invalidation generation moved while it ran) can tell whether they may concern the path it is
 //! about. During a `tar` through the mount, the echoes of its own earlier files arrive every
 //! millisecond or two: most requests cross one, and treating every crossed batch as a change of
-//! everything would make what the bridge learns from a create (no capability yet, see `fs.rs`; its
+//! everything would make what the bridge learns from a create (no capability yet, see `core/memory.rs`; its
 //! attributes, see [`crate::known`]; a directory's names, see [`crate::made_dirs`]) useless.
 
 use std::collections::VecDeque;

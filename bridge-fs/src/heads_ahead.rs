@@ -11,10 +11,10 @@
 //! that opens one file per directory (`git status` reading `.gitignore`s) fetches nothing ahead.
 //!
 //! This module is the bookkeeping only (which directories to fetch, where fetched files wait);
-//! `fs.rs` fetches and checks freshness. Invariants:
+//! `core/files.rs` fetches and checks freshness. Invariants:
 //! - **A waiting file is used at most once, only at the session invalidation generation it was
 //!   fetched at, and only if nothing changed through the mount since its fetch began** (both checked
-//!   by `fs.rs`): a change reported in the session or made through the mount voids it.
+//!   by `core/files.rs`): a change reported in the session or made through the mount voids it.
 //! - **A change made through the mount drops every waiting file** ([`HeadsAhead::changed`]).
 //! - **A directory is fetched at most once per walk**: it is remembered for [`WALK_WINDOW`] after.
 //! - **Memory is bounded**: at most [`BYTES_MAX`] bytes wait, and files wait at most
@@ -165,6 +165,7 @@ impl<W: Clone> HeadsAhead<W> {
     }
 
     /// Bytes of fetched files waiting for their opens.
+    #[cfg(test)]
     pub fn waiting_bytes(&self) -> usize {
         self.bytes
     }

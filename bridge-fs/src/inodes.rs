@@ -300,11 +300,6 @@ impl InodeTable {
             .collect()
     }
 
-    /// The inode number to show for a session root's attributes.
-    pub fn is_session_root(&self, ino: u64) -> bool {
-        self.nodes.get(&ino).is_some_and(|n| n.session_ino == ino)
-    }
-
     /// Counts a lookup of a session root (from the mount root).
     pub fn count_lookup(&mut self, ino: u64) {
         if let Some(node) = self.nodes.get_mut(&ino) {
@@ -493,14 +488,10 @@ impl InodeTable {
         Some(tag)
     }
 
-    /// Number of nodes (for tests and diagnostics).
+    /// Number of nodes.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.nodes.len()
-    }
-
-    /// True when only session roots or nothing are known.
-    pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
     }
 }
 

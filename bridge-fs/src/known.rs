@@ -5,7 +5,7 @@
 //!
 //! The record is of one open handle (the one `create` returned), made when no change event about the
 //! file arrived while the create ran (see [`crate::crossed`]). It holds while every change through the mount since the
-//! create is one deferred through that handle (changes are numbered as they start, see `fs.rs`'s
+//! create is one deferred through that handle (changes are numbered as they start, see `core`'s
 //! `Mutation`); a change event that touches the file (its node, or a name bound to it) ends it, as
 //! does any other change through the mount, and later changes go to the daemon as usual. What it predicts is exact except the change time (the bridge's clock when the change was
 //! acknowledged; the daemon's when it lands) and the block count (estimated from the size); the

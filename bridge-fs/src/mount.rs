@@ -7,7 +7,7 @@ use fuser::{MountOption, SessionACL};
 use sessionfs_registry::Registry;
 use tracing::{info, warn};
 
-use crate::config::{cert_files, BridgeConfig};
+use crate::config::BridgeConfig;
 use crate::fuse::BridgeFs;
 use crate::session::Sessions;
 
@@ -63,9 +63,10 @@ pub fn mount(config: BridgeConfig, mountpoint: &Path) -> Result<(), MountError> 
         source,
     };
     let identity =
-        sessionfs_pki::Identity::load(&config.cert_dir, cert_files::BRIDGE_STEM).map_err(certs)?;
-    let roots =
-        sessionfs_pki::load_ca_roots(&config.cert_dir.join(cert_files::CA)).map_err(certs)?;
+        sessionfs_pki::Identity::load(&config.cert_dir, sessionfs_pki::BRIDGE_FILES.stem)
+            .map_err(certs)?;
+    let roots = sessionfs_pki::load_ca_roots(&config.cert_dir.join(sessionfs_pki::CA_FILES.cert))
+        .map_err(certs)?;
     let client =
         sessionfs_pki::client_config(identity, roots, &sessionfs_pki::TransportTuning::default())
             .map_err(certs)?;
@@ -94,8 +95,8 @@ pub fn mount(config: BridgeConfig, mountpoint: &Path) -> Result<(), MountError> 
     );
     let handle = fs.clone();
     let mut options = vec![
-        MountOption::FSName(crate::mountinfo::FS_NAME.into()),
-        MountOption::Subtype(crate::mountinfo::FS_NAME.into()),
+        MountOption::FSName(sessionfs_mountinfo::FS_NAME.into()),
+        MountOption::Subtype(sessionfs_mountinfo::FS_NAME.into()),
         MountOption::DefaultPermissions,
         MountOption::NoDev,
         MountOption::NoSuid,

@@ -7,7 +7,7 @@
 //! recorded here: a change that creates one, or a reset of its session, invalidates it.
 //!
 //! Invariant: **a name is recorded before the kernel is told it is missing**, and the caller checks the
-//! session's invalidation generation after recording it (see `fs.rs`): an invalidation either crossed
+//! session's invalidation generation after recording it (see `core/memory.rs`): an invalidation either crossed
 //! the lookup (the answer is not cached) or comes after the record and finds it.
 
 use std::collections::{HashMap, HashSet};
@@ -83,10 +83,13 @@ impl NegativeEntries {
         }
     }
 
+    /// Names recorded.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.len
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -7,9 +7,9 @@
 //! reads of them are then answered from memory. A plain `ls` of one directory fetches nothing ahead.
 //!
 //! This module is the bookkeeping only (which directories to fetch, where fetched pages wait);
-//! `fs.rs` fetches and checks freshness. Invariants:
+//! `core/dirs.rs` fetches and checks freshness. Invariants:
 //! - **A waiting page is used at most once, and only at the session invalidation generation it was
-//!   fetched at** (checked by `fs.rs`): any change reported in the session voids it.
+//!   fetched at** (checked by `core/dirs.rs`): any change reported in the session voids it.
 //! - **A change made through the mount voids everything** ([`ReadAhead::changed`]): waiting pages are
 //!   dropped and fetches under way are discarded when they return (their epoch is old).
 //! - **A listing is fetched once**: a kernel listing that finds its directory's fetch on its way
@@ -61,7 +61,7 @@ pub enum Claim {
     Wait(watch::Receiver<()>),
 }
 
-/// The read-ahead state of the mount; `P` is the page type (`fs.rs`'s directory page).
+/// The read-ahead state of the mount; `P` is the page type (`core`'s directory page).
 pub struct ReadAhead<P> {
     /// Fetched pages and their entry counts.
     pages: HashMap<DirKey, (P, usize)>,

@@ -42,7 +42,7 @@ pub struct Session {
     /// Whether the daemon's change stream is live (every change from now on will be reported).
     watching: AtomicBool,
     /// Bumped by every invalidation of this session: a reply built from data fetched before an
-    /// invalidation must not be cached for long (see `fs.rs`).
+    /// invalidation must not be cached for long (see `core/memory.rs`).
     generation: AtomicU64,
     /// What moved the generation lately (see [`crate::crossed`]).
     recent: Mutex<RecentChanges>,
@@ -56,7 +56,7 @@ pub struct Session {
     pub write_behind: WriteBehind,
 }
 
-/// What the invalidator thread is asked to do (see `fs.rs`).
+/// What the invalidator thread is asked to do (see `core/invalidate.rs`).
 #[derive(Debug)]
 pub enum Invalidation {
     /// Forget what the kernel cached for these changes in the session.
@@ -166,7 +166,7 @@ impl Sessions {
         *table = next;
         drop(table);
         if appeared || !removed.is_empty() {
-            // The kernel caches the root listing (see `fs.rs`, `opendir`).
+            // The kernel caches the root listing (see `core/dirs.rs`, `opendir`).
             self.invalidate(Invalidation::Root { removed });
         }
     }

@@ -8,7 +8,7 @@
 //! a fetch of the directory; later requests wait for it ([`Walk::waiter`]) and then look at what it
 //! brought. While the walk's own fetches come within [`AHEAD_WINDOW`] of each other, directories it is
 //! about to enter may be fetched ahead of it ([`Walk::ahead`]). A directory is fetched at most once
-//! per window. Used for small files (`heads_ahead.rs`) and for listings that answer lookups (`fs.rs`).
+//! per window. Used for small files (`heads_ahead.rs`) and for listings that answer lookups (`core/memory.rs`).
 //!
 //! Memory is bounded: at most [`DIRS_MAX`] directories are remembered.
 

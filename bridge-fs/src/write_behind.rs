@@ -3,14 +3,14 @@
 //!
 //! A `write` on a handle that allows it (written, not `O_APPEND`, `O_SYNC`, `O_DSYNC` or `O_DIRECT`)
 //! is answered at once and kept *pending* in its session; contiguous writes of a handle merge. So are
-//! the attribute changes of a file the mount created and holds open (`fs.rs` decides, from
+//! the attribute changes of a file the mount created and holds open (`core/` decides, from
 //! [`crate::known`]) and the release of a closed handle. The pending changes leave as one
 //! [`Request::Batch`](sessionfs_proto::Request::Batch): carried ahead of the session's next request
 //! of any kind (the daemon applies them, then that request: no extra round trip), or pushed on their
 //! own when they fill a batch, a few milliseconds after the first of them, or when the handle is
 //! closed or synced.
 //!
-//! Invariants (enforced here; `session.rs` sends, `fs.rs` decides what is deferred):
+//! Invariants (enforced here; `session.rs` sends, `core/` decides what is deferred):
 //! - **One batch on its way per session, and every request waits for it**: a request of the session
 //!   is sent only when no batch is on its way, and carries whatever is pending. So every request sent
 //!   after a change was acknowledged reaches the daemon after that change, as if it had been

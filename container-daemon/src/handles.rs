@@ -59,13 +59,8 @@ impl Handles {
     }
 
     /// Number of open handles.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lock().files.len()
-    }
-
-    /// True when no file is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {

@@ -1,30 +1,28 @@
 //! `sessionfsd`: the per-session file daemon.
 //!
 //! It serves exactly one workspace root over QUIC with mutual TLS and can never reach outside it.
-//! - [`workspace`] owns the file system side: every path is resolved beneath the root with `openat2`
+//! - `workspace.rs` owns the file system side: every path is resolved beneath the root with `openat2`
 //!   (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), and every operation on a final component uses the `*at`
 //!   system calls relative to that safely opened parent, never following a symlink.
-//! - [`handles`] owns the table of open files of one connection.
-//! - [`server`] owns the network side: accepting connections, authorizing peers, the handshake, one task
+//! - `handles.rs` owns the table of open files of one connection.
+//! - `server.rs` owns the network side: accepting connections, authorizing peers, the handshake, one task
 //!   per request stream, bounded reads of frames, and clean shutdown.
-//! - [`watch`] owns the workspace watcher: inotify changes batched and streamed to the bridge so it can
+//! - `watch.rs` owns the workspace watcher: inotify changes batched and streamed to the bridge so it can
 //!   invalidate what the host kernel cached.
-//! - [`replaced`] keeps the regular files a rename replaced openable by their identity for a moment.
-//! - [`idle`] hands freed memory back to the system once the daemon goes quiet after a burst.
-//! - [`health`] is the client side of `sessionfsd --health`.
+//! - `replaced.rs` keeps the regular files a rename replaced openable by their identity for a moment.
+//! - `idle.rs` hands freed memory back to the system once the daemon goes quiet after a burst.
+//!
+//! `sessionfsd` runs a [`Daemon`]. A [`Workspace`], its open files ([`Handles`]) and [`dispatch`], which
+//! answers one request on them, are the request handling without the network, for running it
+//! in-process.
 
-pub mod handles;
-pub mod health;
-pub mod idle;
-pub mod replaced;
-pub mod server;
-pub mod watch;
-pub mod workspace;
+mod handles;
+mod idle;
+mod replaced;
+mod server;
+mod watch;
+mod workspace;
 
-/// Names of the files a daemon reads from its certificate directory.
-pub mod cert_files {
-    /// The installation CA certificate (trust anchor for client certificates).
-    pub const CA: &str = "ca.pem";
-    /// Stem of the session certificate and key: `session.pem`, `session.key`.
-    pub const SESSION_STEM: &str = "session";
-}
+pub use handles::Handles;
+pub use server::{dispatch, Daemon, DaemonConfig};
+pub use workspace::{Owner, Workspace};

@@ -9,7 +9,7 @@
 //! - **One stream per request**: requests of one connection run concurrently. Calls that move file
 //!   data, list directories, sync, truncate or may free a file's blocks run on the blocking pool, so
 //!   a large transfer or a slow disk never stalls the network tasks; single-node metadata calls (a few
-//!   microseconds) run inline, where a thread hop would cost more than the call ([`runs_inline`]).
+//!   microseconds) run inline, where a thread hop would cost more than the call (`runs_inline`).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,7 +25,6 @@ use sessionfs_proto::{
 };
 use tracing::{debug, info, warn};
 
-use crate::cert_files;
 use crate::handles::Handles;
 use crate::idle::Activity;
 use crate::watch::{Subscription, WorkspaceWatcher};
@@ -95,10 +94,12 @@ impl Daemon {
             dir: config.cert_dir.clone(),
             source,
         };
-        let identity = sessionfs_pki::Identity::load(&config.cert_dir, cert_files::SESSION_STEM)
-            .map_err(certs)?;
+        let identity =
+            sessionfs_pki::Identity::load(&config.cert_dir, sessionfs_pki::SESSION_FILES.stem)
+                .map_err(certs)?;
         let roots =
-            sessionfs_pki::load_ca_roots(&config.cert_dir.join(cert_files::CA)).map_err(certs)?;
+            sessionfs_pki::load_ca_roots(&config.cert_dir.join(sessionfs_pki::CA_FILES.cert))
+                .map_err(certs)?;
         let server_config =
             sessionfs_pki::server_config(identity, roots, &TransportTuning::default())
                 .map_err(certs)?;

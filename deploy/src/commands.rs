@@ -222,7 +222,7 @@ pub struct CreateOptions {
     /// Labels; a repeated key keeps the last value.
     pub labels: Vec<(String, String)>,
     /// The workspace owner `UID:GID` given to new files (`sessionfsd --owner`); docker sessions
-    /// default to [`DEFAULT_DOCKER_OWNER`], local sessions to the calling host user.
+    /// default to `DEFAULT_DOCKER_OWNER` (1000:1000), local sessions to the calling host user.
     pub owner: Option<String>,
     /// Options of docker sessions.
     pub docker: DockerOptions,
@@ -596,10 +596,6 @@ impl SessionStatus {
     /// The `--json` object: `{id, backend, state, endpoint, workspace, pid, created_at,
     /// labels, alive, container, health}` in that order; `state` is the recorded state;
     /// `container` and `health` are null for local sessions.
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(self.json_row()).unwrap_or(serde_json::Value::Null)
-    }
-
     fn json_row(&self) -> JsonRow<'_> {
         let r = &self.record;
         JsonRow {
@@ -1159,7 +1155,7 @@ pub fn recreate(home: &Home, id: &str, image: Option<&str>) -> Result<Recreated,
 // ---------------------------------------------------------------------------------------
 // image build
 
-/// `image build`: builds the session image (see [`image::build`]), passing each line of the
+/// `image build`: builds the session image (see `image::build`), passing each line of the
 /// engine's output to `progress`.
 pub fn image_build(
     opts: &BuildOptions,

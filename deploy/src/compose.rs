@@ -14,18 +14,12 @@ use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use sessionfs_pki::SESSION_CERT_DIR;
 use sessionfs_registry::{Backend, InvalidSessionId, RegistryError, SessionId};
 use tracing::info;
 
 use crate::file_error::{io_error, FileError};
 use crate::state::{private_dir, Home, StateError};
-
-/// The certificate files a daemon's `--cert-dir` holds, with the mode each is written with.
-pub const CERT_FILES: [(&str, u32); 3] = [
-    ("ca.pem", 0o644),
-    ("session.pem", 0o644),
-    ("session.key", 0o600),
-];
 
 /// Errors of `session certs`.
 #[derive(Debug, thiserror::Error)]
@@ -70,11 +64,14 @@ impl fmt::Display for CertsWritten {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} certificates of session {} in {} (ca.pem, session.pem, session.key); mount it \
-             read-only at /run/sessionfs",
+            "{} certificates of session {} in {} ({}, {}, {}); mount it read-only at \
+             /run/sessionfs",
             if self.issued { "issued" } else { "reused" },
             self.id,
-            self.out.display()
+            self.out.display(),
+            SESSION_CERT_DIR[0].0,
+            SESSION_CERT_DIR[1].0,
+            SESSION_CERT_DIR[2].0,
         )
     }
 }
@@ -96,7 +93,7 @@ pub fn session_certs(home: &Home, id: &str, out: &Path) -> Result<CertsWritten, 
     let cert_dir = home.session_cert_dir(&id);
     let mut issued = false;
     let mut complete = true;
-    for (name, _) in CERT_FILES {
+    for (name, _) in SESSION_CERT_DIR {
         complete &= is_file(&cert_dir.join(name))?;
     }
     if !complete {
@@ -105,7 +102,7 @@ pub fn session_certs(home: &Home, id: &str, out: &Path) -> Result<CertsWritten, 
         issued = true;
     }
     private_dir(out)?;
-    for (name, mode) in CERT_FILES {
+    for (name, mode) in SESSION_CERT_DIR {
         let from = cert_dir.join(name);
         let to = out.join(name);
         let data = fs::read(&from).map_err(io_error("read", &from))?;
@@ -145,6 +142,7 @@ fn is_file(path: &Path) -> Result<bool, FileError> {
 
 #[cfg(test)]
 mod tests {
+    use sessionfs_pki::SESSION_FILES;
     use sessionfs_registry::SessionRecord;
 
     use super::*;
@@ -156,14 +154,14 @@ mod tests {
         let out = tmp.path().join("certs/web");
         let first = session_certs(&home, "web", &out).unwrap();
         assert!(first.issued);
-        for (name, mode) in CERT_FILES {
+        for (name, mode) in SESSION_CERT_DIR {
             let meta = fs::metadata(out.join(name)).unwrap();
             assert_eq!(meta.permissions().mode() & 0o777, mode, "{name}");
         }
-        let key = fs::read(out.join("session.key")).unwrap();
+        let key = fs::read(out.join(SESSION_FILES.key)).unwrap();
         let again = session_certs(&home, "web", &out).unwrap();
         assert!(!again.issued);
-        assert_eq!(fs::read(out.join("session.key")).unwrap(), key);
+        assert_eq!(fs::read(out.join(SESSION_FILES.key)).unwrap(), key);
         assert!(home.session_cert_dir(&"web".parse().unwrap()).is_dir());
         assert!(again
             .to_string()

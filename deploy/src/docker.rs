@@ -833,7 +833,7 @@ impl Engine {
     /// removal: the engine sees it running, then cannot kill it because it no longer runs
     /// ("Could not kill running container …, cannot remove - Container … is not running",
     /// seen in CI on Docker 20.10). Such a failure (a conflict or an engine error) is retried, at
-    /// most [`REMOVE_ATTEMPTS`] times [`POLL_INTERVAL`] apart, while the container still exists; any
+    /// most `REMOVE_ATTEMPTS` times `POLL_INTERVAL` apart, while the container still exists; any
     /// other failure is reported at once.
     pub fn remove_container(&self, container: &str) -> Result<bool, DockerError> {
         let mut attempt = 1;
@@ -1101,7 +1101,7 @@ impl Engine {
                 return Ok(Readiness::Healthy);
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let probe = self.runtime.block_on(sessionfs_daemon::health::probe(
+            let probe = self.runtime.block_on(sessionfs_pki::health::probe(
                 endpoint,
                 id.as_str(),
                 &cert_dir,
@@ -1544,11 +1544,7 @@ pub fn certs_tar(cert_dir: &Path) -> Result<Vec<u8>, DockerError> {
         TarEntry::dir("run/", 0o755),
         TarEntry::dir("run/sessionfs/", 0o700),
     ];
-    for (name, mode) in [
-        ("ca.pem", 0o644),
-        ("session.pem", 0o644),
-        ("session.key", 0o600),
-    ] {
+    for (name, mode) in sessionfs_pki::SESSION_CERT_DIR {
         let path = cert_dir.join(name);
         let data = fs::read(&path).map_err(io_error("read", &path))?;
         entries.push(TarEntry::file(&format!("run/sessionfs/{name}"), mode, data));
@@ -1618,6 +1614,7 @@ pub fn write_tar(entries: &[TarEntry]) -> std::io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sessionfs_pki::{SESSION_CERT_DIR, SESSION_FILES};
 
     #[test]
     fn memory_sizes() {
@@ -1862,7 +1859,7 @@ mod tests {
     #[test]
     fn certificates_archive() {
         let tmp = tempfile::tempdir().unwrap();
-        for name in ["ca.pem", "session.pem", "session.key"] {
+        for (name, _) in SESSION_CERT_DIR {
             fs::write(tmp.path().join(name), name).unwrap();
         }
         let bytes = certs_tar(tmp.path()).unwrap();
@@ -1878,18 +1875,16 @@ mod tests {
                 header.entry_type().is_dir(),
             ));
         }
-        assert_eq!(
-            seen,
-            [
-                ("run/".to_owned(), 0o755, 0, true),
-                ("run/sessionfs/".to_owned(), 0o700, 0, true),
-                ("run/sessionfs/ca.pem".to_owned(), 0o644, 0, false),
-                ("run/sessionfs/session.pem".to_owned(), 0o644, 0, false),
-                ("run/sessionfs/session.key".to_owned(), 0o600, 0, false),
-            ]
-        );
-        fs::remove_file(tmp.path().join("session.key")).unwrap();
+        let mut expected = vec![
+            ("run/".to_owned(), 0o755, 0, true),
+            ("run/sessionfs/".to_owned(), 0o700, 0, true),
+        ];
+        for (name, mode) in SESSION_CERT_DIR {
+            expected.push((format!("run/sessionfs/{name}"), mode, 0, false));
+        }
+        assert_eq!(seen, expected);
+        fs::remove_file(tmp.path().join(SESSION_FILES.key)).unwrap();
         let err = certs_tar(tmp.path()).unwrap_err().to_string();
-        assert!(err.contains("session.key"), "{err}");
+        assert!(err.contains(SESSION_FILES.key), "{err}");
     }
 }

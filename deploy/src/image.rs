@@ -272,7 +272,7 @@ pub struct BuildOptions {
     pub tag: String,
     /// The local image to build on; `None` for `FROM scratch`.
     pub base: Option<String>,
-    /// The static daemon; `None` to [`find_static_daemon`].
+    /// The static daemon; `None` to `find_static_daemon`.
     pub daemon: Option<PathBuf>,
 }
 

@@ -1,37 +1,50 @@
 //! Session lifecycle for sessionfs and the logic behind the `sessionfs` command line.
 //!
-//! - [`state`] owns the state directory (`$SESSIONFS_HOME`): its layout, the CA, the
+//! - `state.rs` owns the state directory (`$SESSIONFS_HOME`): its layout, the CA, the
 //!   bridge and session certificates, and the registry file.
-//! - [`local`] owns the local backend: starting a session's `sessionfsd` as a detached
+//! - `local.rs` owns the local backend: starting a session's `sessionfsd` as a detached
 //!   process, checking that it is alive, and stopping it safely.
-//! - [`docker`] owns the Docker backend: a session's `sessionfsd` in its own container
+//! - `docker.rs` owns the Docker backend: a session's `sessionfsd` in its own container
 //!   (volume, certificates delivered at start, published port, health check, limits), driven
 //!   through the Docker Engine API.
-//! - [`image`] owns `sessionfs image build`: the static daemon, the in-memory build context,
+//! - `image.rs` owns `sessionfs image build`: the static daemon, the in-memory build context,
 //!   and the session image built from it without pulling anything.
-//! - [`mounts`] owns everything about the mount point: `/proc/self/mountinfo` parsing, the
+//! - `mounts.rs` owns everything about the mount point: `/proc/self/mountinfo` parsing, the
 //!   checks made before mounting, and unmounting.
-//! - [`reconcile`] owns Docker reconciliation: the registry follows what Docker reports
+//! - `reconcile.rs` owns Docker reconciliation: the registry follows what Docker reports
 //!   about docker sessions' containers (states, new ports, removed containers), once and
 //!   then from the event stream while `sessionfs mount` runs.
-//! - [`compose`] owns `session certs`: certificates for session containers started outside
+//! - `compose.rs` owns `session certs`: certificates for session containers started outside
 //!   sessionfs (compose, other orchestrators), which the reconciler then adopts.
-//! - [`migrate`] owns `session migrate`: moving a session between the local and docker
+//! - `migrate.rs` owns `session migrate`: moving a session between the local and docker
 //!   backends (copy, verify, switch, stop the source; rollback on any failure).
-//! - [`mcp`] owns `sessionfs mcp`: the MCP server of `sessionfs_mcp` with `session_list` backed by
+//! - `mcp.rs` owns `sessionfs mcp`: the MCP server of `sessionfs_mcp` with `session_list` backed by
 //!   the registry and backends.
-//! - [`file_error`] owns the one error for a failed file operation that every module wraps.
-//! - [`commands`] owns the `sessionfs` commands (`session create|ls|stop|start|rm|recreate`,
+//! - `file_error.rs` owns the one error for a failed file operation that every module wraps.
+//! - `commands.rs` owns the `sessionfs` commands (`session create|ls|stop|start|rm|recreate`,
 //!   `image build`, `mount`, `umount`) as functions returning printable reports, so tests can call them.
 
-pub mod commands;
-pub mod compose;
-pub mod docker;
-pub mod file_error;
-pub mod image;
-pub mod local;
-pub mod mcp;
-pub mod migrate;
-pub mod mounts;
-pub mod reconcile;
-pub mod state;
+mod commands;
+mod compose;
+mod docker;
+mod file_error;
+mod image;
+mod local;
+mod mcp;
+mod migrate;
+mod mounts;
+mod reconcile;
+mod state;
+
+pub use commands::{
+    create, image_build, list, mount, parse_backend, parse_env, parse_label, parse_owner, recreate,
+    remove, render_json, render_table, start, stop, umount, CreateOptions, DockerOptions,
+    MountOptions,
+};
+pub use compose::session_certs;
+pub use docker::{parse_cpus, parse_memory};
+pub use image::{BuildOptions, Built, DEFAULT_TAG};
+pub use mcp::{parse_http_addr, serve as serve_mcp, McpOptions};
+pub use migrate::{migrate, MigrateOptions};
+pub use mounts::DEFAULT_MOUNTPOINT;
+pub use state::Home;

@@ -6,10 +6,8 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use sessionfs_bridge::mountinfo::{self, MOUNTINFO};
+use sessionfs_mountinfo::{self as mountinfo, is_mount_point_in, MountEntry, MOUNTINFO};
 use tracing::debug;
-
-pub use sessionfs_bridge::mountinfo::{is_mount_point_in, parse_mountinfo, MountEntry};
 
 use crate::local::search_path;
 

@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::FlockOperation;
 use sessionfs_bridge::BridgeConfig;
-use sessionfs_pki::{CertificateAuthority, PkiError, BRIDGE_IDENTITY};
+use sessionfs_pki::{
+    CertificateAuthority, PkiError, BRIDGE_FILES, BRIDGE_IDENTITY, CA_FILES, SESSION_FILES,
+};
 use sessionfs_registry::{Registry, RegistryError, SessionId};
 use tracing::{debug, info};
 
@@ -223,9 +225,8 @@ impl Home {
         let _lock = self.lock()?;
         let ca = self.certificate_authority()?;
         let dir = self.pki_dir();
-        let stem = sessionfs_bridge::config::cert_files::BRIDGE_STEM;
-        let pem = dir.join(format!("{stem}.pem"));
-        let key = dir.join(format!("{stem}.key"));
+        let pem = dir.join(BRIDGE_FILES.cert);
+        let key = dir.join(BRIDGE_FILES.key);
         if exists(&pem)? && exists(&key)? {
             return Ok(());
         }
@@ -235,7 +236,7 @@ impl Home {
         };
         ca.issue_client(BRIDGE_IDENTITY)
             .map_err(pki)?
-            .write(&dir, stem)
+            .write(&dir, BRIDGE_FILES.stem)
             .map_err(pki)?;
         info!(dir = %dir.display(), "issued the bridge certificate");
         Ok(())
@@ -256,22 +257,13 @@ impl Home {
         };
         ca.issue_session(id.as_str())
             .map_err(pki)?
-            .write(&dir, daemon_cert_files::SESSION_STEM)
+            .write(&dir, SESSION_FILES.stem)
             .map_err(pki)?;
-        let ca_copy = dir.join(daemon_cert_files::CA);
+        let ca_copy = dir.join(CA_FILES.cert);
         fs::write(&ca_copy, ca.cert_pem()).map_err(io_error("write", &ca_copy))?;
         debug!(session = %id, dir = %dir.display(), "issued session certificate");
         Ok(dir)
     }
-}
-
-/// The file names `sessionfsd` expects in its `--cert-dir` (mirrors
-/// `sessionfs_daemon::cert_files`, which this crate does not depend on).
-mod daemon_cert_files {
-    /// The installation CA certificate.
-    pub const CA: &str = "ca.pem";
-    /// Stem of the session certificate and key: `session.pem`, `session.key`.
-    pub const SESSION_STEM: &str = "session";
 }
 
 /// Picks the state directory from `--home`, `$SESSIONFS_HOME` and `$HOME`, in that order;
@@ -414,23 +406,31 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let home = Home::new(tmp.path().join("state")).unwrap();
         home.ensure_bridge_cert().unwrap();
-        for f in ["ca.pem", "ca.key", "bridge.pem", "bridge.key"] {
+        for f in [
+            CA_FILES.cert,
+            CA_FILES.key,
+            BRIDGE_FILES.cert,
+            BRIDGE_FILES.key,
+        ] {
             assert!(home.pki_dir().join(f).is_file(), "{f}");
         }
-        let bridge = fs::read(home.pki_dir().join("bridge.pem")).unwrap();
+        let bridge = fs::read(home.pki_dir().join(BRIDGE_FILES.cert)).unwrap();
         home.ensure_bridge_cert().unwrap();
-        assert_eq!(fs::read(home.pki_dir().join("bridge.pem")).unwrap(), bridge);
+        assert_eq!(
+            fs::read(home.pki_dir().join(BRIDGE_FILES.cert)).unwrap(),
+            bridge
+        );
 
         let ca = home.certificate_authority().unwrap();
         let id: SessionId = "s1".parse().unwrap();
         let dir = home.issue_session_certs(&ca, &id).unwrap();
         assert_eq!(dir, home.session_cert_dir(&id));
-        for f in ["ca.pem", "session.pem", "session.key"] {
+        for (f, _) in sessionfs_pki::SESSION_CERT_DIR {
             assert!(dir.join(f).is_file(), "{f}");
         }
         assert_eq!(
-            fs::read_to_string(dir.join("ca.pem")).unwrap(),
-            fs::read_to_string(home.pki_dir().join("ca.pem")).unwrap()
+            fs::read_to_string(dir.join(CA_FILES.cert)).unwrap(),
+            fs::read_to_string(home.pki_dir().join(CA_FILES.cert)).unwrap()
         );
     }
 }

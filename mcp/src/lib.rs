@@ -3,25 +3,30 @@
 //! ripgrep get through `/sessions/<id>`.
 //!
 //! Layers, from the outside in:
-//! - [`server`] (rmcp): tool names, parameter schemas and defaults, stdio transport; [`http`]: the
+//! - `server.rs` (rmcp): tool names, parameter schemas and defaults, stdio transport; `http.rs`: the
 //!   streamable HTTP transport.
-//! - [`tools`]: what each tool does and returns, on one session directory, independent of MCP;
-//!   [`grep`] the workspace search; [`catalog`] what `session_list` reports.
-//! - [`workspace`]: a session's directory in the mount with every path confined to it (`openat2`
-//!   `RESOLVE_BENEATH`), atomic writes; [`error`] the tool errors agents see.
-//! - [`edit`]: the I/O-free `// ... existing code ...` merge, literal search-replace and unified diffs.
+//! - `tools.rs`: what each tool does and returns, on one session directory, independent of MCP;
+//!   `grep.rs` the workspace search; `catalog.rs` what `session_list` reports.
+//! - `workspace.rs`: a session's directory in the mount with every path confined to it (`openat2`
+//!   `RESOLVE_BENEATH`), atomic writes; `error.rs` the tool errors agents see.
+//! - `edit.rs`: the I/O-free `// ... existing code ...` merge, literal search-replace and unified diffs.
 
-pub mod catalog;
-pub mod edit;
-pub mod error;
-pub mod grep;
-pub mod http;
-pub mod server;
-pub mod tools;
-pub mod workspace;
+#![forbid(unsafe_code)]
+
+mod catalog;
+mod edit;
+mod error;
+mod grep;
+mod http;
+mod server;
+mod tools;
+mod workspace;
 
 pub use catalog::{SessionCatalog, SessionInfo};
-pub use edit::{edit_file, merge_edit, search_replace, AnchorKind, EditError, EditOutcome};
+pub use edit::{
+    edit_file, has_markers, is_marker, merge_edit, search_replace, AnchorKind, EditError,
+    EditOutcome,
+};
 pub use error::ToolError;
 pub use http::serve_http;
 pub use server::{serve_stdio, ServeError, SessionTools};

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, RenameFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
-use sessionfs_bridge::mountinfo;
+use sessionfs_mountinfo as mountinfo;
 
 use crate::error::ToolError;
 

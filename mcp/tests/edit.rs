@@ -1,7 +1,10 @@
 //! Rules of the marker merge, the edit-file tool and search-replace.
 
-use sessionfs_mcp::edit::{has_markers, is_marker};
-use sessionfs_mcp::{edit_file, merge_edit, search_replace, AnchorKind, EditError};
+#![forbid(unsafe_code)]
+
+use sessionfs_mcp::{
+    edit_file, has_markers, is_marker, merge_edit, search_replace, AnchorKind, EditError,
+};
 
 const RUST: &str = "fn a() {\n    one();\n}\n\nfn b() {\n    two();\n}\n";
 

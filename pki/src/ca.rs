@@ -10,12 +10,13 @@ use rcgen::{
 };
 
 use crate::files::{
-    ensure_private_dir, exists, pem_and_key, read_text, warn_if_exposed, write_atomic,
+    ensure_private_dir, exists, pem_and_key, read_text, warn_if_exposed, write_atomic, CA_FILES,
+    CERT_MODE, KEY_MODE,
 };
 use crate::identity::{bad_pem, parse_chain};
 use crate::{session_dns_name, PkiError};
 
-const CA_STEM: &str = "ca";
+const CA_STEM: &str = CA_FILES.stem;
 const CA_COMMON_NAME: &str = "sessionfs installation CA";
 const DAY: u64 = 86_400;
 const CA_LIFETIME: Duration = Duration::from_secs(30 * 366 * DAY);
@@ -51,8 +52,8 @@ impl IssuedCert {
     pub fn write(&self, dir: &Path, stem: &str) -> Result<(), PkiError> {
         ensure_private_dir(dir)?;
         let (pem_path, key_path) = pem_and_key(dir, stem);
-        write_atomic(&key_path, self.key_pem.as_bytes(), 0o600)?;
-        write_atomic(&pem_path, self.cert_pem.as_bytes(), 0o644)
+        write_atomic(&key_path, self.key_pem.as_bytes(), KEY_MODE)?;
+        write_atomic(&pem_path, self.cert_pem.as_bytes(), CERT_MODE)
     }
 }
 
@@ -223,8 +224,8 @@ mod tests {
         let dir = tmp.path().join("state/pki");
         let ca = CertificateAuthority::load_or_create(&dir).unwrap();
         assert_eq!(mode(&dir), 0o700);
-        assert_eq!(mode(&dir.join("ca.key")), 0o600);
-        assert!(dir.join("ca.pem").is_file());
+        assert_eq!(mode(&dir.join(CA_FILES.key)), 0o600);
+        assert!(dir.join(CA_FILES.cert).is_file());
         let again = CertificateAuthority::load_or_create(&dir).unwrap();
         assert_eq!(ca.cert_pem(), again.cert_pem());
         assert_eq!(
@@ -237,7 +238,7 @@ mod tests {
         issued.write(&dir, "session-a").unwrap();
         assert_eq!(mode(&dir.join("session-a.key")), 0o600);
         let id = crate::Identity::load(&dir, "session-a").unwrap();
-        let roots = crate::load_ca_roots(&dir.join("ca.pem")).unwrap();
+        let roots = crate::load_ca_roots(&dir.join(CA_FILES.cert)).unwrap();
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             std::sync::Arc::new(roots),
             std::sync::Arc::new(rustls::crypto::ring::default_provider()),
@@ -253,12 +254,12 @@ mod tests {
     fn missing_and_incomplete() {
         let tmp = tempfile::tempdir().unwrap();
         assert!(
-            matches!(CertificateAuthority::load(tmp.path()), Err(PkiError::NotFound(p)) if p.ends_with("ca.pem"))
+            matches!(CertificateAuthority::load(tmp.path()), Err(PkiError::NotFound(p)) if p.ends_with(CA_FILES.cert))
         );
-        std::fs::write(tmp.path().join("ca.pem"), "x").unwrap();
+        std::fs::write(tmp.path().join(CA_FILES.cert), "x").unwrap();
         match CertificateAuthority::load_or_create(tmp.path()) {
             Err(PkiError::Incomplete { present, missing }) => {
-                assert!(present.ends_with("ca.pem") && missing.ends_with("ca.key"));
+                assert!(present.ends_with(CA_FILES.cert) && missing.ends_with(CA_FILES.key));
             }
             other => panic!("expected Incomplete, got {:?}", other.err()),
         }
@@ -269,7 +270,7 @@ mod tests {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         CertificateAuthority::load_or_create(a.path()).unwrap();
         CertificateAuthority::load_or_create(b.path()).unwrap();
-        std::fs::copy(b.path().join("ca.key"), a.path().join("ca.key")).unwrap();
+        std::fs::copy(b.path().join(CA_FILES.key), a.path().join(CA_FILES.key)).unwrap();
         let err = CertificateAuthority::load(a.path()).err().unwrap();
         assert!(matches!(err, PkiError::BadPem { .. }), "{err}");
     }

@@ -1,6 +1,6 @@
 //! The client side of a session connection: dial, verify, handshake, and one request per stream.
 //!
-//! Used by the bridge for file system traffic and by `sessionfsd --health` for its probe. Timeouts are
+//! Used by the bridge for file system traffic and by the health probe ([`crate::health`]). Timeouts are
 //! the caller's business: these futures are meant to be wrapped in `tokio::time::timeout`.
 
 use std::net::SocketAddr;

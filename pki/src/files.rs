@@ -1,6 +1,8 @@
-//! Private file handling: directories created 0700, atomic writes
-//! (temp file + fsync + rename) with explicit modes, and reads that map a
-//! missing file to `PkiError::NotFound`.
+//! Certificate files: their names (the one definition of the layout, used by
+//! the daemon, the bridge, the command line and the tests), and private file
+//! handling: directories created 0700, atomic writes (temp file + fsync +
+//! rename) with explicit modes, and reads that map a missing file to
+//! `PkiError::NotFound`.
 
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -8,6 +10,52 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::PkiError;
+
+/// The files of one certificate and its private key: `<stem>.pem` (the
+/// certificate, mode [`CERT_MODE`]) and `<stem>.key` (the key, mode
+/// [`KEY_MODE`]), side by side in one directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertFiles {
+    /// What [`crate::Identity::load`] and [`crate::IssuedCert::write`] take.
+    pub stem: &'static str,
+    /// The certificate's file name, `<stem>.pem`.
+    pub cert: &'static str,
+    /// The private key's file name, `<stem>.key`.
+    pub key: &'static str,
+}
+
+macro_rules! cert_files {
+    ($stem:literal) => {
+        CertFiles {
+            stem: $stem,
+            cert: concat!($stem, ".pem"),
+            key: concat!($stem, ".key"),
+        }
+    };
+}
+
+/// The installation CA, in the state directory's `pki/`. Its certificate
+/// ([`CertFiles::cert`], `ca.pem`) is also copied into every daemon's
+/// certificate directory, as the trust anchor of both sides.
+pub const CA_FILES: CertFiles = cert_files!("ca");
+/// The bridge's (and MCP server's) client certificate, beside the CA.
+pub const BRIDGE_FILES: CertFiles = cert_files!("bridge");
+/// A session daemon's certificate, in its certificate directory (`--cert-dir`).
+pub const SESSION_FILES: CertFiles = cert_files!("session");
+
+/// Mode of a certificate file.
+pub const CERT_MODE: u32 = 0o644;
+/// Mode of a private key file.
+pub const KEY_MODE: u32 = 0o600;
+
+/// Every file of a daemon's certificate directory (`sessionfsd --cert-dir`,
+/// `/run/sessionfs` in a container) with the mode it is written with: the CA
+/// certificate and the session's certificate and key.
+pub const SESSION_CERT_DIR: [(&str, u32); 3] = [
+    (CA_FILES.cert, CERT_MODE),
+    (SESSION_FILES.cert, CERT_MODE),
+    (SESSION_FILES.key, KEY_MODE),
+];
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
     move |source| PkiError::Io {
@@ -82,7 +130,7 @@ pub(crate) fn exists(path: &Path) -> Result<bool, PkiError> {
     }
 }
 
-/// Paths of the `<stem>.pem` / `<stem>.key` pair in `dir`.
+/// Paths of the `<stem>.pem` / `<stem>.key` pair in `dir` (see [`CertFiles`]).
 pub(crate) fn pem_and_key(dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
     (
         dir.join(format!("{stem}.pem")),
@@ -97,6 +145,35 @@ pub(crate) fn warn_if_exposed(path: &Path) {
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             tracing::warn!(path = %path.display(), mode = format_args!("{mode:o}"), "private key file is accessible by group/others");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names users see in the documentation, `deploy/docker-compose.yml` and
+    /// their orchestrators' volume definitions: changing them breaks installations.
+    #[test]
+    fn layout_is_stable() {
+        assert_eq!((CA_FILES.cert, CA_FILES.key), ("ca.pem", "ca.key"));
+        assert_eq!(
+            (BRIDGE_FILES.cert, BRIDGE_FILES.key),
+            ("bridge.pem", "bridge.key")
+        );
+        assert_eq!(
+            SESSION_CERT_DIR,
+            [
+                ("ca.pem", 0o644),
+                ("session.pem", 0o644),
+                ("session.key", 0o600)
+            ]
+        );
+        for files in [CA_FILES, BRIDGE_FILES, SESSION_FILES] {
+            let (cert, key) = pem_and_key(Path::new("/d"), files.stem);
+            assert_eq!(cert, Path::new("/d").join(files.cert));
+            assert_eq!(key, Path::new("/d").join(files.key));
         }
     }
 }

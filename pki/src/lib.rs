@@ -2,13 +2,15 @@
 //! issues to session daemons and to the bridge, and the mutually authenticated
 //! QUIC/TLS configurations built from them (always with the *ring* provider);
 //! and the framed request/response exchange over those connections that both
-//! the daemon and the bridge use ([`wire`], [`client`]).
+//! the daemon and the bridge use ([`wire`], [`client`]), and the daemon's
+//! health probe built on them ([`health`]).
 
 mod authz;
 mod ca;
 pub mod client;
 mod error;
 mod files;
+pub mod health;
 mod identity;
 mod transport;
 pub mod wire;
@@ -16,6 +18,9 @@ pub mod wire;
 pub use authz::{authorize_peer, authorize_peer_chain, PeerRole};
 pub use ca::{CertificateAuthority, IssuedCert};
 pub use error::PkiError;
+pub use files::{
+    CertFiles, BRIDGE_FILES, CA_FILES, CERT_MODE, KEY_MODE, SESSION_CERT_DIR, SESSION_FILES,
+};
 pub use identity::{ca_roots_from_pem, load_ca_roots, Identity};
 pub use transport::{client_config, endpoint, server_config, TransportTuning};
 

@@ -135,7 +135,7 @@ const MAX_UDP_PAYLOAD: u16 = 6_500;
 const SOCKET_BUFFER: usize = 4 << 20;
 
 /// A QUIC endpoint on a UDP socket bound to `addr`, accepting datagrams up to
-/// [`MAX_UDP_PAYLOAD`]; a server when `server` is given.
+/// `MAX_UDP_PAYLOAD`; a server when `server` is given.
 pub fn endpoint(
     addr: std::net::SocketAddr,
     server: Option<quinn::ServerConfig>,

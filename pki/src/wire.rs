@@ -4,7 +4,9 @@
 //! body. A peer can therefore never make the reader allocate more than one maximal frame.
 
 use serde::{de::DeserializeOwned, Serialize};
-use sessionfs_proto::{codec, CodecError, FRAME_HEADER_LEN};
+use sessionfs_proto::{
+    decode, encode_frame, frame_body_len, CodecError, FRAME_HEADER_LEN, MAX_FRAME_LEN,
+};
 
 /// Why a frame could not cross a stream.
 #[derive(Debug, thiserror::Error)]
@@ -27,11 +29,11 @@ pub enum WireError {
 pub async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream) -> Result<T, WireError> {
     let mut header = [0u8; FRAME_HEADER_LEN];
     recv.read_exact(&mut header).await?;
-    let len = codec::frame_body_len(header)?;
+    let len = frame_body_len(header)?;
     let mut body = FrameBuffer::take();
     body.resize(len, 0);
     recv.read_exact(&mut body).await?;
-    Ok(codec::decode(&body)?)
+    Ok(decode(&body)?)
 }
 
 /// Reads the one frame a stream carries and then its end. Observing the end lets the stream close
@@ -56,7 +58,7 @@ pub async fn write_frame<T: Serialize>(
     finish: bool,
 ) -> Result<(), WireError> {
     let mut buf = FrameBuffer::take();
-    codec::encode_frame(msg, &mut buf)?;
+    encode_frame(msg, &mut buf)?;
     if buf.len() >= HANDED_OVER_MIN {
         // Handed to quinn as it is rather than copied into its send buffer.
         let frame = bytes::Bytes::from(std::mem::take(&mut buf.0));
@@ -117,7 +119,7 @@ impl std::ops::DerefMut for FrameBuffer {
 impl Drop for FrameBuffer {
     fn drop(&mut self) {
         let mut buf = std::mem::take(&mut self.0);
-        if buf.capacity() < POOLED_MIN_CAPACITY || buf.capacity() > 2 * codec::MAX_FRAME_LEN {
+        if buf.capacity() < POOLED_MIN_CAPACITY || buf.capacity() > 2 * MAX_FRAME_LEN {
             return;
         }
         buf.clear();

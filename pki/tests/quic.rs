@@ -1,5 +1,7 @@
 //! End-to-end tests: certificate-name authorization and real QUIC handshakes over 127.0.0.1.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

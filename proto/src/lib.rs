@@ -2,15 +2,17 @@
 //!
 //! Everything the bridge and the daemon must agree on lives here and nowhere else: the version handshake
 //! ([`Hello`], [`HelloReply`]), the request and response types ([`Request`], [`Reply`]), the confined
-//! relative path type ([`WirePath`]) and the frame codec ([`codec`]). No sockets, no files: the types can be
+//! relative path type ([`WirePath`]) and the frame codec (`codec.rs`). No sockets, no files: the types can be
 //! tested and fuzzed on their own, the way `quinn-proto` is split from `quinn`.
 //!
 //! One QUIC bidirectional stream carries exactly one request frame and one response frame, so requests
 //! run concurrently without head-of-line blocking. The first stream of every connection carries the
 //! handshake.
 
-pub mod codec;
-pub mod message;
+#![forbid(unsafe_code)]
+
+mod codec;
+mod message;
 pub mod path;
 
 pub use codec::{

@@ -2,15 +2,17 @@
 //! authenticate them.
 //!
 //! This crate owns three things:
-//! - [`SessionId`] ([`id`]): the validated session name used in paths, DNS names and
+//! - [`SessionId`] (`id.rs`): the validated session name used in paths, DNS names and
 //!   container names;
-//! - [`SessionRecord`] ([`record`]): what is known about one session;
-//! - [`Registry`] ([`store`]): the SQLite file shared by every sessionfs process (CLI,
+//! - [`SessionRecord`] (`record.rs`): what is known about one session;
+//! - [`Registry`] (`store.rs`): the SQLite file shared by every sessionfs process (CLI,
 //!   bridge, MCP server), plus [`Registry::watch`] to follow changes made by others.
 
-pub mod id;
-pub mod record;
-pub mod store;
+#![forbid(unsafe_code)]
+
+mod id;
+mod record;
+mod store;
 
 pub use id::{InvalidSessionId, SessionId};
 pub use record::{Backend, SessionRecord, SessionState, OWNER_LABEL};

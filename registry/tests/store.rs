@@ -1,6 +1,8 @@
 //! Integration tests for the SQLite registry: round trips, multi-process style
 //! concurrency (one `Registry` per thread), watch, and corrupt rows.
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Barrier};
 use std::thread;

@@ -1,6 +1,6 @@
 """Fixtures for driving `sessionfs mcp` with the official MCP Python SDK (the `mcp` package).
 
-The Rust test `tests/tests/mcp.rs` prepares a real installation (sessions, mounted bridge) and runs
+The Rust test `tests/tests/e2e/mcp.rs` prepares a real installation (sessions, mounted bridge) and runs
 pytest with:
   SESSIONFS_BIN       the `sessionfs` binary
   SESSIONFS_HOME      its state directory

@@ -12,7 +12,9 @@
 //! sessions removes every container and volume labelled with its state directory when dropped, even
 //! after a failure. [`scenario`] is the differential scenario shared by the test files.
 
-pub mod scenario;
+mod scenario;
+
+pub use scenario::{assert_same, scenario};
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use sessionfs_daemon::server::{Daemon, DaemonConfig};
+use sessionfs_daemon::{Daemon, DaemonConfig};
 
 /// The sessionfs session daemon: serves one workspace directory over QUIC with mutual TLS.
 #[derive(Parser, Debug)]
@@ -28,7 +28,7 @@ struct Args {
     /// Give new files and directories this owner (UID:GID) instead of the calling host user, e.g. the
     /// unprivileged user of the session's container. A root-owned workspace root is given to it too.
     #[arg(long, env = "SESSIONFSD_OWNER")]
-    owner: Option<sessionfs_daemon::workspace::Owner>,
+    owner: Option<sessionfs_daemon::Owner>,
     /// Probe a running daemon instead of serving: exit 0 if it answers a ping.
     #[arg(long)]
     health: bool,
@@ -122,7 +122,7 @@ async fn health(args: &Args) -> anyhow::Result<()> {
         };
         SocketAddr::new(ip, args.listen.port())
     });
-    let rtt = sessionfs_daemon::health::probe(
+    let rtt = sessionfs_pki::health::probe(
         addr,
         &args.session_id,
         &args.cert_dir,

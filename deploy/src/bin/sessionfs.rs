@@ -1,6 +1,7 @@
 //! `sessionfs`: the command line front end. Owns argument parsing, logging setup, and
-//! printing; the commands themselves live in `sessionfs_deploy::commands`.
+//! printing; the commands themselves live in `sessionfs_deploy`.
 
+#![forbid(unsafe_code)]
 // The doc comments below are clap's `--help` text, where `<id>` is meant literally.
 #![allow(rustdoc::invalid_html_tags)]
 
@@ -10,10 +11,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use sessionfs_deploy::commands::{self, CreateOptions, DockerOptions, MountOptions};
-use sessionfs_deploy::image::{BuildOptions, Built, DEFAULT_TAG};
-use sessionfs_deploy::mounts::DEFAULT_MOUNTPOINT;
-use sessionfs_deploy::state::Home;
+use sessionfs_deploy::{
+    self as deploy, BuildOptions, Built, CreateOptions, DockerOptions, Home, MountOptions,
+    DEFAULT_MOUNTPOINT, DEFAULT_TAG,
+};
 use sessionfs_registry::Backend;
 
 /// Manage sessionfs sessions and the FUSE bridge that shows them under /sessions/<id>.
@@ -78,6 +79,8 @@ struct McpArgs {
     /// With $SESSIONFS_MCP_TOKEN set, clients must send `Authorization: Bearer <token>`; a
     /// non-loopback address is refused without it.
     #[arg(long, value_name = "ADDR", value_parser = parse_http)]
+    // This comment is `--help` text: `[IPv6]` is what to type, not a link.
+    #[allow(rustdoc::broken_intra_doc_links)]
     http: Option<std::net::SocketAddr>,
 }
 
@@ -162,7 +165,7 @@ struct MigrateArgs {
     /// Session id.
     id: String,
     /// The target backend: `docker` or `local`.
-    #[arg(long, value_name = "BACKEND", value_parser = commands::parse_backend)]
+    #[arg(long, value_name = "BACKEND", value_parser = deploy::parse_backend)]
     to: Backend,
     /// --to docker: the session image (default: sessionfs-session:latest).
     #[arg(long, value_name = "IMAGE")]
@@ -198,7 +201,7 @@ struct CreateArgs {
     /// Session id: 1-63 characters a-z, 0-9 and '-', not starting or ending with '-'.
     id: String,
     /// Where the daemon runs: `local` (a process here) or `docker` (a container).
-    #[arg(long, value_name = "BACKEND", default_value = "local", value_parser = commands::parse_backend)]
+    #[arg(long, value_name = "BACKEND", default_value = "local", value_parser = deploy::parse_backend)]
     backend: Backend,
     /// Local: directory to serve (must exist); default: <state>/sessions/<id>/workspace.
     #[arg(long, value_name = "PATH")]
@@ -208,7 +211,7 @@ struct CreateArgs {
     labels: Vec<(String, String)>,
     /// Owner UID:GID of new files in the workspace (the session's user); docker default 1000:1000,
     /// local default: the host user who creates them. See `mount --map-owner`.
-    #[arg(long, value_name = "UID:GID", value_parser = commands::parse_owner)]
+    #[arg(long, value_name = "UID:GID", value_parser = deploy::parse_owner)]
     owner: Option<String>,
     /// Docker: the session image (see `sessionfs image build`).
     #[arg(long, value_name = "IMAGE", help_heading = "Docker sessions")]
@@ -288,23 +291,23 @@ struct UmountArgs {
 }
 
 fn parse_http(s: &str) -> Result<std::net::SocketAddr, String> {
-    sessionfs_deploy::mcp::parse_http_addr(s).map_err(|e| e.to_string())
+    deploy::parse_http_addr(s).map_err(|e| e.to_string())
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
-    commands::parse_label(s).map_err(|e| e.to_string())
+    deploy::parse_label(s).map_err(|e| e.to_string())
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
-    commands::parse_env(s).map_err(|e| e.to_string())
+    deploy::parse_env(s).map_err(|e| e.to_string())
 }
 
 fn parse_cpus(s: &str) -> Result<i64, String> {
-    sessionfs_deploy::docker::parse_cpus(s).map_err(|e| e.to_string())
+    deploy::parse_cpus(s).map_err(|e| e.to_string())
 }
 
 fn parse_memory(s: &str) -> Result<i64, String> {
-    sessionfs_deploy::docker::parse_memory(s).map_err(|e| e.to_string())
+    deploy::parse_memory(s).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -348,46 +351,43 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     env: args.env,
                 },
             };
-            println!("{}", commands::create(&home()?, &opts)?);
+            println!("{}", deploy::create(&home()?, &opts)?);
         }
         Command::Session(SessionCommand::Ls(args)) => {
-            let sessions = commands::list(&home()?)?;
+            let sessions = deploy::list(&home()?)?;
             if args.json {
-                print!("{}", commands::render_json(&sessions));
+                print!("{}", deploy::render_json(&sessions));
             } else {
-                print!("{}", commands::render_table(&sessions));
+                print!("{}", deploy::render_table(&sessions));
             }
         }
         Command::Session(SessionCommand::Stop(args)) => {
-            println!("{}", commands::stop(&home()?, &args.id)?);
+            println!("{}", deploy::stop(&home()?, &args.id)?);
         }
         Command::Session(SessionCommand::Start(args)) => {
-            println!("{}", commands::start(&home()?, &args.id)?);
+            println!("{}", deploy::start(&home()?, &args.id)?);
         }
         Command::Session(SessionCommand::Rm(args)) => {
-            println!("{}", commands::remove(&home()?, &args.id, args.purge)?);
+            println!("{}", deploy::remove(&home()?, &args.id, args.purge)?);
         }
         Command::Session(SessionCommand::Recreate(args)) => {
             println!(
                 "{}",
-                commands::recreate(&home()?, &args.id, args.image.as_deref())?
+                deploy::recreate(&home()?, &args.id, args.image.as_deref())?
             );
         }
         Command::Session(SessionCommand::Certs(args)) => {
-            println!(
-                "{}",
-                sessionfs_deploy::compose::session_certs(&home()?, &args.id, &args.out)?
-            );
+            println!("{}", deploy::session_certs(&home()?, &args.id, &args.out)?);
         }
         Command::Session(SessionCommand::Migrate(args)) => {
-            let opts = sessionfs_deploy::migrate::MigrateOptions {
+            let opts = deploy::MigrateOptions {
                 id: args.id,
                 to: args.to,
                 image: args.image,
                 dir: args.dir,
                 purge_source: args.purge_source,
             };
-            println!("{}", sessionfs_deploy::migrate::migrate(&home()?, &opts)?);
+            println!("{}", deploy::migrate(&home()?, &opts)?);
         }
         Command::Image(ImageCommand::Build(args)) => {
             let opts = BuildOptions {
@@ -404,20 +404,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 threads: usize::from(args.threads),
                 map_owner: args.map_owner,
             };
-            commands::mount(&home()?, &opts)?;
+            deploy::mount(&home()?, &opts)?;
         }
         Command::Umount(args) => {
-            println!("{}", commands::umount(&args.mountpoint)?);
+            println!("{}", deploy::umount(&args.mountpoint)?);
         }
         Command::Mcp(args) => {
-            let opts = sessionfs_deploy::mcp::McpOptions {
+            let opts = deploy::McpOptions {
                 mount: args.mount,
                 http: args.http,
                 token: std::env::var("SESSIONFS_MCP_TOKEN")
                     .ok()
                     .filter(|t| !t.is_empty()),
             };
-            sessionfs_deploy::mcp::serve(home()?, &opts)?;
+            deploy::serve_mcp(home()?, &opts)?;
         }
     }
     Ok(())
@@ -427,14 +427,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// terminal (each build step also printed above it), plain lines on stderr otherwise.
 fn build_image(opts: &BuildOptions) -> anyhow::Result<Built> {
     if !std::io::stderr().is_terminal() {
-        return Ok(commands::image_build(opts, &mut |line| {
-            eprintln!("{line}")
-        })?);
+        return Ok(deploy::image_build(opts, &mut |line| eprintln!("{line}"))?);
     }
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.enable_steady_tick(Duration::from_millis(120));
     spinner.set_message(format!("building {}", opts.tag));
-    let result = commands::image_build(opts, &mut |line| {
+    let result = deploy::image_build(opts, &mut |line| {
         if line.starts_with("Step ") {
             spinner.println(line);
         }

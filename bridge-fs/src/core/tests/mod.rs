@@ -1,5 +1,5 @@
 //! The core's tests, without FUSE: the core answers recording replies, and its daemon is the real
-//! daemon's request handling (`sessionfs_daemon::server::dispatch` on a temporary directory) reached
+//! daemon's request handling (`sessionfs_daemon::dispatch` on a temporary directory) reached
 //! through an in-process [`Link`] instead of QUIC.
 //!
 //! What is simulated: the transport (no QUIC, no TLS) and the daemon's change stream, which the test
@@ -23,9 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fuser::{Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo};
-use sessionfs_daemon::handles::Handles;
-use sessionfs_daemon::server::dispatch;
-use sessionfs_daemon::workspace::Workspace;
+use sessionfs_daemon::{dispatch, Handles, Workspace};
 use sessionfs_proto::{
     Caller, Change, EntryNow, ErrorReply, Reply, Request, RequestFrame, WatchFrame, WirePath,
 };

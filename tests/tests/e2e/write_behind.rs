@@ -120,11 +120,10 @@ fn attribute_changes_of_a_file_created_and_held_open_land_with_its_writes() -> R
             tv_sec: 1_000_000 + i64::from(round),
             tv_nsec: 7,
         }; 2];
-        // SAFETY: an open descriptor and two timespecs.
-        ensure!(
-            unsafe { libc::futimens(fd, times.as_ptr()) } == 0,
-            "futimens"
-        );
+        // SAFETY: `fd` is open (`file` owns it) and `times` holds the two timespecs futimens
+        // reads, alive for the call.
+        let set = unsafe { libc::futimens(fd, times.as_ptr()) };
+        ensure!(set == 0, "futimens");
         // Every other round the mode comes first: the owner change then clears set-user-ID.
         let (mode, expected_mode) = if round % 2 == 0 {
             (0o4710, 0o4710)
@@ -132,16 +131,15 @@ fn attribute_changes_of_a_file_created_and_held_open_land_with_its_writes() -> R
             (0o4755, 0o0755)
         };
         if round % 2 == 1 {
-            // SAFETY: an open descriptor.
+            // SAFETY: fchmod takes no pointers; `fd` is open (`file` owns it).
             ensure!(unsafe { libc::fchmod(fd, mode) } == 0, "fchmod");
         }
-        // SAFETY: an open descriptor; root may give the file any group.
-        ensure!(
-            unsafe { libc::fchown(fd, u32::MAX, 100 + round) } == 0,
-            "fchown"
-        );
+        // SAFETY: fchown takes no pointers; `fd` is open (`file` owns it). Root may give the file
+        // any group.
+        let chowned = unsafe { libc::fchown(fd, u32::MAX, 100 + round) };
+        ensure!(chowned == 0, "fchown");
         if round % 2 == 0 {
-            // SAFETY: an open descriptor.
+            // SAFETY: fchmod takes no pointers; `fd` is open (`file` owns it).
             ensure!(unsafe { libc::fchmod(fd, mode) } == 0, "fchmod");
         }
         let expected = (

@@ -6,6 +6,8 @@
 //! crossing between MCP and the mount both ways. Never skipped: without the virtualenv, Docker or FUSE
 //! this test fails.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;

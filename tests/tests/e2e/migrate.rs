@@ -7,6 +7,8 @@
 //! directory behind. Every container and volume a test makes is removed by label when its harness
 //! is dropped.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};

@@ -3,6 +3,8 @@
 //! The binary comes from `$PJDFSTEST` (the project's test setup installs it). It needs a `tests` user
 //! and group, which the setup creates. The summary line is printed for the record.
 
+#![forbid(unsafe_code)]
+
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};

@@ -2,6 +2,8 @@
 //! sessions carry on; `session start` (on another port) brings it back without a remount; a stopped
 //! session fails at once.
 
+#![forbid(unsafe_code)]
+
 use std::fs;
 use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, Ordering};

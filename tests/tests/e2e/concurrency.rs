@@ -1,5 +1,7 @@
 //! Concurrency: many threads on one session, and two sessions at once with no crosstalk.
 
+#![forbid(unsafe_code)]
+
 use std::fs;
 use std::path::PathBuf;
 

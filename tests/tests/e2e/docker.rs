@@ -9,13 +9,15 @@
 //! recreate` at the same mount path. Every container and volume a test makes is removed by label when its
 //! harness is dropped.
 
+#![forbid(unsafe_code)]
+
 use std::fs;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use sessionfs_tests::scenario::{assert_same, scenario};
+use sessionfs_tests::{assert_same, scenario};
 use sessionfs_tests::{docker, docker_image, docker_succeeds, wait_readable, wait_until, Harness};
 
 /// The recorded endpoint of a session (`session ls --json`).
@@ -122,7 +124,8 @@ fn three_docker_sessions_and_a_local_one_agree_with_a_local_directory() -> Resul
     ensure!(
         listing
             .lines()
-            .any(|l| l.starts_with("-rw------- root/root") && l.ends_with("session.key")),
+            .any(|l| l.starts_with("-rw------- root/root")
+                && l.ends_with(sessionfs_pki::SESSION_FILES.key)),
         "{listing}"
     );
     let image_id = inspect(docker_image()?, "{{.Id}}")?;

@@ -1,11 +1,13 @@
-//! The differential suite: the scenario of [`sessionfs_tests::scenario`] — file operations through
+//! The differential suite: the scenario of [`sessionfs_tests::scenario()`] — file operations through
 //! std::fs and real tools — run on a plain local directory and on `/<mount>/<id>/`; the observations —
 //! bytes, metadata and errors — must be identical.
 
+#![forbid(unsafe_code)]
+
 use std::fs;
 
-use sessionfs_tests::scenario::{assert_same, scenario};
 use sessionfs_tests::Harness;
+use sessionfs_tests::{assert_same, scenario};
 
 #[test]
 fn local_directory_and_mount_agree() -> anyhow::Result<()> {

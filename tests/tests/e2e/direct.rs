@@ -4,6 +4,8 @@
 //! Needs a kernel with FUSE passthrough (6.9+) and the bridge running as root, as on the project's
 //! machines; the test fails, not skips, where the data still passes through the bridge.
 
+#![forbid(unsafe_code)]
+
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};

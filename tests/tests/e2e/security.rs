@@ -5,6 +5,8 @@
 //! These tests speak the wire protocol directly with their own QUIC client (built from the same CA as
 //! the installation), because the bridge would never send most of these requests.
 
+#![forbid(unsafe_code)]
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -359,7 +361,7 @@ async fn malformed_frames_end_only_their_stream() -> Result<()> {
         caller: Caller::default(),
         request: Request::Ping,
     };
-    sessionfs_proto::codec::encode_frame(&ping, &mut bytes)?;
+    sessionfs_proto::encode_frame(&ping, &mut bytes)?;
     let ResponseFrame(r) = raw(&conn, &bytes).await?;
     assert_eq!(r, Ok(Reply::Pong), "the well-formed frame alone is served");
     bytes.extend_from_slice(b"trailing");

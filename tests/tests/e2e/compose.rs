@@ -9,6 +9,8 @@
 //! accept the file too. Every container and volume the test makes carries a label unique to the
 //! run and is removed by it, even after a failure.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -315,11 +317,7 @@ fn a_compose_started_container_is_adopted_and_leaves_after_docker_rm() -> Result
         out.starts_with(&format!("issued certificates of session {id} in ")),
         "{out}"
     );
-    for (file, mode) in [
-        ("ca.pem", 0o644),
-        ("session.pem", 0o644),
-        ("session.key", 0o600),
-    ] {
+    for (file, mode) in sessionfs_pki::SESSION_CERT_DIR {
         let meta = fs::metadata(certs.join(&id).join(file))?;
         ensure!(meta.permissions().mode() & 0o777 == mode, "{file}");
     }

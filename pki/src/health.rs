@@ -1,5 +1,8 @@
-//! `sessionfsd --health`: connects to a running daemon with the session's own certificate (the
-//! health-probe identity, allowed only to ping) and checks that it answers.
+//! The health probe: connects to a running daemon with the session's own certificate (the
+//! health-probe identity, allowed only to ping) and checks that it answers. `sessionfsd --health`
+//! runs it inside the container (Docker's health check), and the command line runs it through the
+//! published port while it waits for a new container; it lives here so the command line does not
+//! link the daemon.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
@@ -7,19 +10,19 @@ use std::time::{Duration, Instant};
 
 use sessionfs_proto::{Caller, Reply, Request, RequestFrame};
 
-use crate::cert_files;
+use crate::files::{CA_FILES, SESSION_FILES};
 
 /// Why the probe failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
     #[error("certificates: {0}")]
-    Certificates(#[from] sessionfs_pki::PkiError),
+    Certificates(#[from] crate::PkiError),
     #[error("cannot open a client socket: {0}")]
     Socket(std::io::Error),
     #[error(transparent)]
-    Connect(#[from] sessionfs_pki::client::ConnectError),
+    Connect(#[from] crate::client::ConnectError),
     #[error(transparent)]
-    Call(#[from] sessionfs_pki::client::CallError),
+    Call(#[from] crate::client::CallError),
     #[error("daemon answered the ping with an error: {0}")]
     Refused(sessionfs_proto::ErrorReply),
     #[error("daemon answered the ping with {0:?}")]
@@ -28,7 +31,9 @@ pub enum HealthError {
     Timeout(Duration),
 }
 
-/// Pings the daemon of `session_id` at `addr`; returns the round-trip time of the whole probe.
+/// Pings the daemon of `session_id` at `addr` with the session's certificate from `cert_dir` (a
+/// daemon's certificate directory, [`crate::SESSION_CERT_DIR`]); returns the round-trip time of the
+/// whole probe.
 pub async fn probe(
     addr: SocketAddr,
     session_id: &str,
@@ -36,24 +41,23 @@ pub async fn probe(
     timeout: Duration,
 ) -> Result<Duration, HealthError> {
     let start = Instant::now();
-    let identity = sessionfs_pki::Identity::load(cert_dir, cert_files::SESSION_STEM)?;
-    let roots = sessionfs_pki::load_ca_roots(&cert_dir.join(cert_files::CA))?;
-    let config =
-        sessionfs_pki::client_config(identity, roots, &sessionfs_pki::TransportTuning::default())?;
+    let identity = crate::Identity::load(cert_dir, SESSION_FILES.stem)?;
+    let roots = crate::load_ca_roots(&cert_dir.join(CA_FILES.cert))?;
+    let config = crate::client_config(identity, roots, &crate::TransportTuning::default())?;
     let bind: SocketAddr = if addr.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
         (Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let mut endpoint = sessionfs_pki::endpoint(bind, None).map_err(HealthError::Socket)?;
+    let mut endpoint = crate::endpoint(bind, None).map_err(HealthError::Socket)?;
     endpoint.set_default_client_config(config);
     let attempt = async {
-        let conn = sessionfs_pki::client::connect(&endpoint, addr, session_id).await?;
+        let conn = crate::client::connect(&endpoint, addr, session_id).await?;
         let frame = RequestFrame {
             caller: Caller::default(),
             request: Request::Ping,
         };
-        let reply = sessionfs_pki::client::call(&conn, &frame).await?;
+        let reply = crate::client::call(&conn, &frame).await?;
         conn.close(0u32.into(), b"probe done");
         match reply {
             Ok(Reply::Pong) => Ok(()),

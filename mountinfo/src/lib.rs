@@ -1,5 +1,11 @@
 //! `/proc/self/mountinfo`: which file systems are mounted where. The command line checks mount points
-//! with it, and the MCP server checks that the bridge is mounted where it looks.
+//! with it, the MCP server checks that the bridge is mounted where it looks, and the bridge mounts
+//! with [`FS_NAME`].
+//!
+//! A crate of its own, with no dependencies, so that the MCP server reads the mount table without
+//! linking the bridge (FUSE, QUIC).
+
+#![forbid(unsafe_code)]
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;

@@ -119,7 +119,7 @@ fn owner_and_map_owner() -> Result<()> {
 }
 
 fn rustix_ids() -> (u32, u32) {
-    // SAFETY: getuid/getgid cannot fail and have no preconditions.
+    // SAFETY: geteuid and getegid take no arguments, cannot fail and have no preconditions.
     unsafe { (libc::geteuid(), libc::getegid()) }
 }
 

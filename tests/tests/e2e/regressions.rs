@@ -358,7 +358,7 @@ fn stat_right_after_a_change_through_the_mount_shows_the_session_state() -> Resu
     for i in 0..20 {
         let name = format!("d/f{i}");
         // Created, closed and opened again: a handle that created its file sends the file's
-        // attribute changes behind its writes (tests/write_behind.rs); this one sends them at once.
+        // attribute changes behind its writes (tests/e2e/write_behind.rs); this one sends them at once.
         drop(fs::File::create(h.path("own", &name))?);
         same("d")?;
         let mut f = fs::OpenOptions::new()
@@ -381,11 +381,10 @@ fn stat_right_after_a_change_through_the_mount_shows_the_session_state() -> Resu
             tv_sec: 1_000_000 + i as i64,
             tv_nsec: 5,
         }; 2];
-        // SAFETY: a valid C string and two timespecs.
-        assert_eq!(
-            unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) },
-            0
-        );
+        // SAFETY: `path` is a NUL-terminated C string and `times` two timespecs, both alive for
+        // the call, which only reads them.
+        let set = unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) };
+        assert_eq!(set, 0);
         same(&name)?;
         same("d")?;
         // A directory, a symlink and a hard link made in it: their replies carry the directory's
