@@ -77,10 +77,16 @@ impl Inner {
                                 if let Some(child) = table.child(dir, name) {
                                     // The daemon says what the name named when it sent the change:
                                     // the same node needs nothing (what a check by lookup would
-                                    // find). Anything else is still checked by lookup: dropping
-                                    // the entries of names that, by then, named the node again
-                                    // made reads of them stale (the MCP suite's atomic rewrites
-                                    // under a reader; not understood yet).
+                                    // find). Anything else is checked by lookup before the entry
+                                    // is dropped (`changed_entries`): a name that names the
+                                    // kernel's node again by then keeps its entry, which saves the
+                                    // kernel a lookup and keeps a directory that is a working
+                                    // directory attached. (Dropping such entries once made the MCP
+                                    // suite's atomic rewrites read the previous version: the
+                                    // kernel looked the name up again, kept the inode it held, and
+                                    // its pages, as the new attributes had the same size. An
+                                    // answer that shows another content version now drops them,
+                                    // `Inner::content_seen`; races.rs pins it.)
                                     let same = matches!(now, EntryNow::Node(node)
                                         if table.still_names(dir, name, node));
                                     if same && listed_dirs.contains(&dir) {

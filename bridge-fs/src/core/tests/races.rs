@@ -219,3 +219,39 @@ fn a_node_renamed_behind_the_mount_is_invalidated_with_its_old_name() {
     );
     assert!(invalidations.contains(&Inval::Entry(b.root, b"old".to_vec())));
 }
+
+/// A file rewritten behind the mount with the same size, its event not (or never) reaching its
+/// inode: a lookup that shows its new times drops its page stamp, so the next open does not tell
+/// the kernel to keep its pages of the old bytes (`Inner::content_seen`). The kernel keeps an
+/// inode's pages across new attributes of the same size, so nothing else would drop them: this is
+/// how entry invalidations without the lookup check made the MCP suite's atomic rewrites read the
+/// previous version (the kernel looked the name up again and kept the inode it held).
+#[test]
+fn a_lookup_that_shows_new_content_drops_the_kept_pages() {
+    let b = Bridge::new();
+    std::fs::write(b.daemon.path("f"), b"aaaa").unwrap();
+    let ino = b.lookup(b.root, "f").ino();
+    let fh = b.open(ino, libc::O_RDONLY).fh();
+    b.close(fh);
+    let Answer::Opened { fh, flags, .. } = b.open(ino, libc::O_RDONLY) else {
+        panic!("open failed");
+    };
+    assert!(
+        flags.contains(FopenFlags::FOPEN_KEEP_CACHE),
+        "the kernel's pages are current"
+    );
+    b.close(fh);
+    std::fs::write(b.daemon.path("f"), b"bbbb").unwrap();
+    assert_eq!(b.lookup(b.root, "f").ino(), ino);
+    let Answer::Opened { fh, flags, .. } = b.open(ino, libc::O_RDONLY) else {
+        panic!("open failed");
+    };
+    assert!(
+        !flags.contains(FopenFlags::FOPEN_KEEP_CACHE),
+        "old pages kept"
+    );
+    let Answer::Data(data) = b.read(fh, 0, 4096) else {
+        panic!("read failed");
+    };
+    assert_eq!(data, b"bbbb");
+}
