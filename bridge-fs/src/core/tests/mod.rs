@@ -376,6 +376,21 @@ impl Recorder {
     fn send(self, answer: Answer) {
         let _ = self.tx.send(answer);
     }
+
+    /// A listing entry, if it fits; `true` when it did not (as the kernel's buffer says).
+    fn list(&mut self, name: &OsStr, offset: u64, attr: Option<(FileAttr, Duration)>) -> bool {
+        if self.entries.len() >= self.room {
+            return true;
+        }
+        let name = std::os::unix::ffi::OsStrExt::as_bytes(name).to_vec();
+        self.entries.push(Listed { name, offset, attr });
+        false
+    }
+
+    fn listed(self) {
+        let entries = self.entries.clone();
+        self.send(Answer::Entries(entries))
+    }
 }
 
 impl Fail for Recorder {
@@ -500,21 +515,11 @@ impl XattrReply for Recorder {
 
 impl DirReply for Recorder {
     fn add(&mut self, _: INodeNo, offset: u64, _: FileType, name: &OsStr) -> bool {
-        if self.entries.len() >= self.room {
-            return true;
-        }
-        let name = std::os::unix::ffi::OsStrExt::as_bytes(name).to_vec();
-        self.entries.push(Listed {
-            name,
-            offset,
-            attr: None,
-        });
-        false
+        self.list(name, offset, None)
     }
 
     fn ok(self) {
-        let entries = self.entries.clone();
-        self.send(Answer::Entries(entries))
+        self.listed()
     }
 }
 
@@ -528,21 +533,11 @@ impl DirPlusReply for Recorder {
         attr: &FileAttr,
         _: Generation,
     ) -> bool {
-        if self.entries.len() >= self.room {
-            return true;
-        }
-        let name = std::os::unix::ffi::OsStrExt::as_bytes(name).to_vec();
-        self.entries.push(Listed {
-            name,
-            offset,
-            attr: Some((*attr, *ttl)),
-        });
-        false
+        self.list(name, offset, Some((*attr, *ttl)))
     }
 
     fn ok(self) {
-        let entries = self.entries.clone();
-        self.send(Answer::Entries(entries))
+        self.listed()
     }
 }
 
