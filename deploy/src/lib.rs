@@ -4,9 +4,10 @@
 //!   bridge and session certificates, and the registry file.
 //! - `local.rs` owns the local backend: starting a session's `sessionfsd` as a detached
 //!   process, checking that it is alive, and stopping it safely.
-//! - `docker.rs` owns the Docker backend: a session's `sessionfsd` in its own container
+//! - `docker/` owns the Docker backend: a session's `sessionfsd` in its own container
 //!   (volume, certificates delivered at start, published port, health check, limits), driven
-//!   through the Docker Engine API.
+//!   through the Docker Engine API (`mod.rs`; the container spec in `spec.rs`, inspect answers
+//!   in `inspect.rs`, the certificate archive in `archive.rs`).
 //! - `image.rs` owns `sessionfs image build`: the static daemon, the in-memory build context,
 //!   and the session image built from it without pulling anything.
 //! - `mounts.rs` owns everything about the mount point: `/proc/self/mountinfo` parsing, the
