@@ -335,14 +335,6 @@ impl Inner {
         }
     }
 
-    /// Drops what is known of `dir`'s names.
-    pub(super) fn forget_listing(&self, dir: u64) {
-        let mut memory = self.memory.lock();
-        if let Some(old) = memory.listings.remove(&dir) {
-            memory.listed_names -= old.entries.len();
-        }
-    }
-
     /// What `dir`'s last complete listing says of `name`, if it is still current: nothing changed
     /// in the session since it was fetched, nor through the mount since it was requested.
     pub(super) fn listed(&self, dir: u64, session: &Session, name: &[u8]) -> Option<Listed> {

@@ -473,6 +473,23 @@ struct Memory {
     listed_dirs: std::collections::HashSet<u64>,
 }
 
+impl Memory {
+    /// The kernel forgot inode `ino`: what is remembered of it, and of the entries below it, goes
+    /// (changes reported while the kernel does not know the inode cannot find it).
+    fn forget(&mut self, ino: u64) {
+        self.negatives.forget_dir(ino);
+        self.dir_pages.remove(&ino);
+        if let Some(old) = self.listings.remove(&ino) {
+            self.listed_names -= old.entries.len();
+        }
+        self.attrs.remove(ino);
+        self.made_dirs.forget(ino);
+        self.no_capability.remove(&ino);
+        self.page_stamps.remove(&ino);
+        self.listed_dirs.remove(&ino);
+    }
+}
+
 /// The open files ([`Level::Files`]).
 #[derive(Default)]
 struct Files {

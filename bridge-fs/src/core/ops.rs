@@ -37,16 +37,7 @@ impl Core {
             inodes.resolve(ino.0).is_err()
         };
         if forgotten {
-            // The kernel dropped the inode, so also every entry below it.
-            self.inner.memory.lock().negatives.forget_dir(ino.0);
-            self.inner.memory.lock().dir_pages.remove(&ino.0);
-            self.inner.forget_listing(ino.0);
-            // Changes reported while the kernel does not know the inode cannot find it.
-            self.inner.memory.lock().attrs.remove(ino.0);
-            self.inner.memory.lock().made_dirs.forget(ino.0);
-            self.inner.memory.lock().no_capability.remove(&ino.0);
-            self.inner.memory.lock().page_stamps.remove(&ino.0);
-            self.inner.memory.lock().listed_dirs.remove(&ino.0);
+            self.inner.memory.lock().forget(ino.0);
         }
     }
 
