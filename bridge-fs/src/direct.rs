@@ -108,17 +108,141 @@ impl Direct {
 }
 
 /// Opens the daemon's descriptor `fd` of process `pid` for reading and writing, if it is the file
-/// `attr` describes (device and inode number).
+/// `attr` describes (device and inode number), a regular file, and one the daemon itself may open
+/// for reading and writing: the bridge (root) must never give the kernel a backing file that
+/// gives anyone more than the daemon's own rights.
+///
+/// - The descriptor is first opened `O_PATH` (which opens nothing: a device or FIFO is never
+///   opened) and its type and identity are checked without asking the file system to refresh them
+///   (`AT_STATX_DONT_SYNC`).
+/// - It is then reopened `O_RDWR | O_NOCTTY | O_NONBLOCK` through that `O_PATH` descriptor with
+///   this thread's credentials switched to the daemon's (its file-system uid and gid and its
+///   supplementary groups, read from `/proc/<pid>/status`), so the kernel checks the daemon's
+///   rights: an `O_PATH` descriptor the daemon holds of a file it may not write (which `O_PATH`
+///   allows) stays what it was. The credentials are switched back before this returns.
 pub fn open_daemon_fd(pid: u32, fd: u32, attr: &Attr) -> std::io::Result<File> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(format!("/proc/{pid}/fd/{fd}"))?;
+    use rustix::fs::{AtFlags, Mode, OFlags, StatxFlags};
+
+    let not_it = |what: &str| std::io::Error::other(format!("/proc/{pid}/fd/{fd} is not {what}"));
+    let path = rustix::fs::open(
+        format!("/proc/{pid}/fd/{fd}"),
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mask = StatxFlags::TYPE | StatxFlags::INO;
+    let flags = AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC;
+    let stat = rustix::fs::statx(&path, "", flags, mask)?;
+    let dev = rustix::fs::makedev(stat.stx_dev_major, stat.stx_dev_minor);
+    if u32::from(stat.stx_mode) & libc::S_IFMT != libc::S_IFREG {
+        return Err(not_it("a regular file"));
+    }
+    if dev != attr.dev || stat.stx_ino != attr.ino {
+        return Err(not_it("the file the daemon opened"));
+    }
+    let creds = Credentials::of(pid)?;
+    let file = {
+        let _as_daemon = creds.assume()?;
+        rustix::fs::open(
+            format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&path)),
+            OFlags::RDWR | OFlags::NOCTTY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?
+    };
+    let file = File::from(file);
     let meta = file.metadata()?;
     if meta.dev() != attr.dev || meta.ino() != attr.ino || !meta.is_file() {
-        return Err(std::io::Error::other(format!(
-            "/proc/{pid}/fd/{fd} is not the file the daemon opened"
-        )));
+        return Err(not_it("the file the daemon opened"));
     }
     Ok(file)
+}
+
+/// A process's file-system credentials.
+struct Credentials {
+    uid: rustix::process::Uid,
+    gid: rustix::process::Gid,
+    groups: Vec<rustix::process::Gid>,
+}
+
+impl Credentials {
+    /// The credentials of process `pid`: its file-system uid and gid and its supplementary groups
+    /// (`/proc/<pid>/status`).
+    fn of(pid: u32) -> std::io::Result<Self> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        Self::parse(&status)
+            .ok_or_else(|| std::io::Error::other(format!("/proc/{pid}/status has no credentials")))
+    }
+
+    fn parse(status: &str) -> Option<Self> {
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|rest| rest.split_whitespace().collect::<Vec<_>>())
+        };
+        // `Uid:` and `Gid:` list the real, effective, saved and file-system ids.
+        let fs_id = |name| field(name)?.get(3)?.parse::<u32>().ok();
+        let groups = field("Groups:")?
+            .iter()
+            .map(|g| g.parse().ok().map(rustix::process::Gid::from_raw))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Credentials {
+            uid: rustix::process::Uid::from_raw(fs_id("Uid:")?),
+            gid: rustix::process::Gid::from_raw(fs_id("Gid:")?),
+            groups,
+        })
+    }
+
+    /// Makes this thread act with these credentials until the guard is dropped. The thread keeps
+    /// root as its real and saved uid, so it can switch back; while it acts as another user its
+    /// effective capabilities are cleared by the kernel (and restored on the way back).
+    fn assume(&self) -> std::io::Result<Restore> {
+        let restore = Restore {
+            uid: rustix::process::geteuid(),
+            gid: rustix::process::getegid(),
+            groups: rustix::process::getgroups()?,
+        };
+        rustix::thread::set_thread_groups(&self.groups)?;
+        rustix::thread::set_thread_res_gid(None, self.gid, None)?;
+        rustix::thread::set_thread_res_uid(None, self.uid, None)?;
+        Ok(restore)
+    }
+}
+
+/// Switches a thread back to its own credentials (see [`Credentials::assume`]).
+struct Restore {
+    uid: rustix::process::Uid,
+    gid: rustix::process::Gid,
+    groups: Vec<rustix::process::Gid>,
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        // The uid first: only as root may the thread set its gid and groups back. A failure
+        // would leave the runtime thread acting as the daemon, which no later request may do.
+        let back = rustix::thread::set_thread_res_uid(None, self.uid, None)
+            .and_then(|()| rustix::thread::set_thread_res_gid(None, self.gid, None))
+            .and_then(|()| rustix::thread::set_thread_groups(&self.groups));
+        if let Err(e) = back {
+            panic!("cannot switch the thread back to the bridge's credentials: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_the_file_system_ids_and_groups_of_a_status() {
+        let status = "Name:\tsessionfsd\nUid:\t1000\t1001\t1002\t1003\nGid:\t20\t21\t22\t23\nGroups:\t4 24 27 \n";
+        let c = Credentials::parse(status).unwrap();
+        assert_eq!((c.uid.as_raw(), c.gid.as_raw()), (1003, 23));
+        assert_eq!(
+            c.groups.iter().map(|g| g.as_raw()).collect::<Vec<_>>(),
+            vec![4, 24, 27]
+        );
+        assert!(Credentials::parse("Uid:\t1\t1\t1\t1\nGid:\t1\t1\t1\t1\n").is_none());
+        let none = Credentials::parse("Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nGroups:\t\n").unwrap();
+        assert!(none.groups.is_empty());
+    }
 }

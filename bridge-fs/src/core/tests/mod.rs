@@ -10,6 +10,7 @@
 //! daemon's file system calls) is the real code.
 
 mod basics;
+mod hardening;
 mod model;
 mod races;
 
@@ -88,6 +89,9 @@ pub(super) struct Daemon {
     stream: Mutex<Option<tokio::sync::mpsc::UnboundedSender<WatchFrame>>>,
     /// Requests handled, by kind, for assertions on round trips.
     seen: Mutex<Vec<Request>>,
+    /// What the next open reply names as its descriptor and the file's identity instead of the
+    /// truth: a daemon that lies (see [`Daemon::open_as`]).
+    open_as: Mutex<Option<(u32, sessionfs_proto::Attr)>>,
     connections: AtomicUsize,
 }
 
@@ -102,6 +106,7 @@ impl Daemon {
             hold: Mutex::new(None),
             stream: Mutex::new(None),
             seen: Mutex::new(Vec::new()),
+            open_as: Mutex::new(None),
             connections: AtomicUsize::new(0),
         })
     }
@@ -134,6 +139,12 @@ impl Daemon {
             .expect("the bridge dropped the change stream");
     }
 
+    /// Makes the next open's reply name descriptor `fd` (of the daemon process the registry names)
+    /// and the file `attr` describes, as a daemon that lies would.
+    pub(super) fn open_as(&self, fd: u32, attr: sessionfs_proto::Attr) {
+        *lock(&self.open_as) = Some((fd, attr));
+    }
+
     /// The requests handled so far (a batch counts with the request it carried).
     pub(super) fn seen(&self) -> Vec<Request> {
         lock(&self.seen).clone()
@@ -164,7 +175,20 @@ impl Daemon {
             other => other,
         };
         lock(&self.seen).push(request.clone());
-        dispatch(&self.ws, &self.handles, frame.caller, frame.request.clone())
+        let mut reply = dispatch(&self.ws, &self.handles, frame.caller, frame.request.clone());
+        let opened = match &mut reply {
+            Ok(Reply::Batch {
+                then: Some(then), ..
+            }) => then.0.as_mut().ok(),
+            Ok(reply) => Some(reply),
+            Err(_) => None,
+        };
+        if let Some(Reply::Opened { attr, fd, .. }) = opened {
+            if let Some((lie, claimed)) = lock(&self.open_as).take() {
+                (*fd, *attr) = (Some(lie), claimed);
+            }
+        }
+        reply
     }
 
     fn held(&self, frame: &RequestFrame) -> Option<Hold> {
@@ -575,6 +599,7 @@ pub(super) struct Bridge {
     /// The long TTL of watched sessions and the short one of others.
     pub watched_ttl: Duration,
     pub ttl: Duration,
+    registry: PathBuf,
     _registry: tempfile::TempDir,
     // Dropped last: the core's tasks run on it.
     _rt: tokio::runtime::Runtime,
@@ -617,6 +642,7 @@ impl Bridge {
             root: 0,
             watched_ttl,
             ttl,
+            registry: registry_dir.path().join("registry.db"),
             _registry: registry_dir,
             _rt: rt,
         };
@@ -624,6 +650,15 @@ impl Bridge {
         bridge.until("the session is watched", |b| b.session().is_watched());
         bridge.caught_up();
         bridge
+    }
+
+    /// Records `pid` as the session daemon's process (direct data opens its descriptors).
+    pub(super) fn set_daemon_pid(&self, pid: u32) {
+        let registry = Registry::open(&self.registry).expect("registry");
+        let id = SessionId::new(SESSION).expect("id");
+        registry.modify(&id, |r| r.pid = Some(pid)).expect("modify");
+        self.sessions.refresh().expect("refresh");
+        assert_eq!(self.session().pid(), Some(pid));
     }
 
     pub(super) fn session(&self) -> Arc<Session> {
