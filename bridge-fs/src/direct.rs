@@ -139,6 +139,15 @@ pub fn open_daemon_fd(pid: u32, fd: u32, attr: &Attr) -> std::io::Result<File> {
     if dev != attr.dev || stat.stx_ino != attr.ino {
         return Err(not_it("the file the daemon opened"));
     }
+    // A FUSE file system answers opens from a user-space process: possibly this bridge, whose
+    // runtime thread is the one that would wait (a workspace inside a sessionfs mount).
+    // FUSE devices are anonymous (major 0), so other files need no look at the mount table.
+    if stat.stx_dev_major == 0 {
+        let mounts = sessionfs_mountinfo::mounts()?;
+        if sessionfs_mountinfo::is_fuse_dev(&mounts, (0, stat.stx_dev_minor)) {
+            return Err(not_it("a file outside FUSE file systems"));
+        }
+    }
     let creds = Credentials::of(pid)?;
     let file = {
         let _as_daemon = creds.assume()?;

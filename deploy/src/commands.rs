@@ -51,6 +51,19 @@ pub enum CommandError {
     /// `--dir` is not a directory.
     #[error("workspace directory {} is not a directory", .0.display())]
     DirNotDirectory(PathBuf),
+    /// `--dir` or `--workspace` lies inside a sessionfs mount.
+    #[error(
+        "workspace directory {} is inside the sessionfs mount at {}; a session's workspace must \
+         be a directory of the host (serving it would make the bridge wait on its own mount)",
+        .dir.display(),
+        .mount.display()
+    )]
+    DirInMount {
+        /// The directory asked for.
+        dir: PathBuf,
+        /// The sessionfs mount it lies in.
+        mount: PathBuf,
+    },
     /// A docker-only command on a session of another backend.
     #[error("session `{id}` uses the {backend} backend; `session {command}` applies to docker sessions only")]
     DockerOnly {
@@ -507,7 +520,8 @@ fn create_docker(
     Ok(Created { record })
 }
 
-/// `--dir`: must exist and be a directory; returned canonical.
+/// `--dir` or `--workspace`: must exist, be a directory, and not lie inside a sessionfs mount;
+/// returned canonical.
 fn workspace_dir(dir: &Path) -> Result<PathBuf, CommandError> {
     let canonical = fs::canonicalize(dir).map_err(|e| match e.kind() {
         ErrorKind::NotFound => CommandError::DirMissing(dir.to_path_buf()),
@@ -515,6 +529,16 @@ fn workspace_dir(dir: &Path) -> Result<PathBuf, CommandError> {
     })?;
     if !canonical.is_dir() {
         return Err(CommandError::DirNotDirectory(dir.to_path_buf()));
+    }
+    let mounts = sessionfs_mountinfo::mounts()
+        .map_err(io_error("read", sessionfs_mountinfo::MOUNTINFO.as_ref()))?;
+    if let Some(mount) =
+        sessionfs_mountinfo::mount_of(&mounts, &canonical).filter(|m| m.is_sessionfs())
+    {
+        return Err(CommandError::DirInMount {
+            dir: dir.to_path_buf(),
+            mount: mount.mount_point.clone(),
+        });
     }
     Ok(canonical)
 }

@@ -27,6 +27,9 @@ pub struct MountEntry {
     pub fs_type: String,
     /// Mount source, e.g. `sessionfs`, unescaped.
     pub source: String,
+    /// The device of the mounted file system (field 3, `major:minor`), as `stat` shows it in
+    /// `st_dev`'s parts.
+    pub dev: (u32, u32),
 }
 
 impl MountEntry {
@@ -45,7 +48,9 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
 fn parse_mountinfo_line(line: &str) -> Option<MountEntry> {
     // id parent major:minor root mount_point options [optional...] - fs_type source super_options
     let mut fields = line.split(' ');
-    let mount_point = fields.nth(4)?;
+    let (major, minor) = fields.nth(2)?.split_once(':')?;
+    let dev = (major.parse().ok()?, minor.parse().ok()?);
+    let mount_point = fields.nth(1)?;
     let mut rest = fields.skip(1).skip_while(|f| *f != "-");
     rest.next()?;
     let fs_type = rest.next()?;
@@ -54,6 +59,7 @@ fn parse_mountinfo_line(line: &str) -> Option<MountEntry> {
         mount_point: PathBuf::from(OsString::from_vec(unescape(mount_point))),
         fs_type: String::from_utf8_lossy(&unescape(fs_type)).into_owned(),
         source: String::from_utf8_lossy(&unescape(source)).into_owned(),
+        dev,
     })
 }
 
@@ -90,6 +96,27 @@ pub fn mounts() -> std::io::Result<Vec<MountEntry>> {
 /// The entry mounted last at `canonical` (an absolute path without symlinks): the one visible there.
 pub fn mounted_at<'a>(entries: &'a [MountEntry], canonical: &Path) -> Option<&'a MountEntry> {
     entries.iter().rev().find(|e| e.mount_point == canonical)
+}
+
+/// The mount `canonical` (an absolute path without symlinks) lies on: the deepest mount point
+/// above it, the last one mounted where several are stacked.
+pub fn mount_of<'a>(entries: &'a [MountEntry], canonical: &Path) -> Option<&'a MountEntry> {
+    entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| canonical.starts_with(&e.mount_point))
+        .max_by_key(|(i, e)| (e.mount_point.components().count(), *i))
+        .map(|(_, e)| e)
+}
+
+/// Whether a FUSE file system (`fuse`, `fuse.<subtype>`, `fuseblk`) is mounted in `entries` with
+/// device `dev` (`major:minor`): opening one of its files is answered by a user-space process,
+/// possibly the caller's own.
+pub fn is_fuse_dev(entries: &[MountEntry], dev: (u32, u32)) -> bool {
+    entries.iter().any(|e| {
+        e.dev == dev
+            && (e.fs_type.starts_with("fuse.") || e.fs_type == "fuse" || e.fs_type == "fuseblk")
+    })
 }
 
 /// Whether `canonical` (an absolute path without symlinks) is a mount point in `entries`.
@@ -134,6 +161,15 @@ garbage line
         assert!(is_mount_point_in(&entries, Path::new("/sessions")));
         assert!(!is_mount_point_in(&entries, Path::new("/mnt/my\\040dir")));
         assert!(!is_mount_point_in(&entries, Path::new("/mnt")));
+        assert_eq!(entries[0].dev, (8, 1));
+        assert_eq!(entries[2].dev, (0, 45));
+        assert!(is_fuse_dev(&entries, (0, 45)));
+        assert!(!is_fuse_dev(&entries, (0, 46)));
+        let on = |p: &str| mount_of(&entries, Path::new(p)).map(|e| e.mount_point.clone());
+        assert_eq!(on("/sessions/a/nested"), Some("/sessions".into()));
+        assert_eq!(on("/sessions"), Some("/sessions".into()));
+        assert_eq!(on("/sessionsx"), Some("/".into()));
+        assert_eq!(on("/mnt/my dir/x"), Some("/mnt/my dir".into()));
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod differential;
 mod direct;
 mod docker;
 mod faults;
+mod hardening;
 mod mcp;
 mod migrate;
 mod ownership;

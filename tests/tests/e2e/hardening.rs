@@ -1,0 +1,130 @@
+//! The audit's findings on a live mount (issue "Hardening"), each pinned by a test that failed
+//! before its fix.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use sessionfs_tests::Harness;
+
+/// Finding 2: a session whose workspace lies inside a sessionfs mount made the bridge wait on its
+/// own mount. `session create` refuses such a directory, with the mount named, and registers
+/// nothing; the mount keeps answering.
+#[test]
+fn a_workspace_inside_a_sessionfs_mount_is_refused() -> Result<()> {
+    let mut h = Harness::new()?;
+    h.create_session("a")?;
+    h.mount()?;
+    let nested = h.path("a", "nested");
+    fs::create_dir(&nested)?;
+    let out = h.run(&[
+        "session",
+        "create",
+        "b",
+        "--dir",
+        nested.to_str().context("utf-8")?,
+    ])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "created: {out:?}");
+    assert!(
+        stderr.contains("is inside the sessionfs mount at"),
+        "{stderr}"
+    );
+    assert!(h.session_json("b").is_err(), "a session was registered");
+    fs::write(h.path("a", "f"), b"still answering")?;
+    assert_eq!(fs::read(h.path("a", "f"))?, b"still answering");
+    Ok(())
+}
+
+/// The bind mount a test puts over a session's workspace, undone when dropped (before the
+/// harness unmounts the bridge it points into).
+struct Bind(PathBuf);
+
+impl Drop for Bind {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Mounts the FUSE control file system where it belongs if it is not there, so that a hung
+/// connection can be aborted.
+fn ensure_fusectl() -> Result<()> {
+    let table = fs::read_to_string("/proc/self/mountinfo")?;
+    if !table
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some("/sys/fs/fuse/connections"))
+    {
+        let status = Command::new("mount")
+            .args(["-t", "fusectl", "none", "/sys/fs/fuse/connections"])
+            .status()?;
+        assert!(status.success(), "cannot mount fusectl");
+    }
+    Ok(())
+}
+
+/// The device minor of the FUSE mount at `mountpoint` (read from the mount table, which never
+/// waits on the mount), for aborting its connection.
+fn fuse_minor(mountpoint: &Path) -> Result<String> {
+    let table = fs::read_to_string("/proc/self/mountinfo")?;
+    let point = mountpoint.to_str().context("utf-8")?;
+    table
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f.len() > 4 && f[4] == point)
+        .and_then(|f| f[2].split_once(':').map(|(_, minor)| minor.to_string()))
+        .context("the mount is not in the mount table")
+}
+
+/// Finding 2, the bridge's side: a workspace that became part of the mount after `session create`
+/// checked it (here: a bind mount of a directory of the mount over it, and `session start`). An
+/// append to an existing file opens it to write, which gets direct data: the bridge reopened the
+/// daemon's descriptor on its only runtime thread, which made the kernel ask the bridge itself to
+/// open it, and every session hung. The bridge now gives no direct data for files on a FUSE file
+/// system (`direct::open_daemon_fd`), and the append goes through the bridge. Bounded: if the
+/// append does not return, the test aborts the mount's FUSE connection and fails.
+#[test]
+fn a_workspace_that_became_part_of_the_mount_never_makes_it_wait_on_itself() -> Result<()> {
+    ensure_fusectl()?;
+    let mut h = Harness::new()?;
+    h.create_session("a")?;
+    let ws_b = h.create_session("b")?;
+    h.mount()?;
+    let nested = h.path("a", "nested");
+    fs::create_dir(&nested)?;
+    fs::write(nested.join("f"), b"before\n")?;
+    h.ok(&["session", "stop", "b"])?;
+    let status = Command::new("mount")
+        .arg("--bind")
+        .arg(&nested)
+        .arg(&ws_b)
+        .status()?;
+    assert!(status.success(), "mount --bind failed");
+    let _bind = Bind(ws_b.clone());
+    h.ok(&["session", "start", "b"])?;
+    let path = h.path("b", "f");
+    assert_eq!(fs::read(&path)?, b"before\n");
+    let (tx, rx) = mpsc::channel();
+    let appender = path.clone();
+    std::thread::spawn(move || {
+        let append = || -> std::io::Result<()> {
+            let mut f = fs::OpenOptions::new().append(true).open(&appender)?;
+            f.write_all(b"after\n")
+        };
+        let _ = tx.send(append());
+    });
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(appended) => appended?,
+        Err(_) => {
+            let minor = fuse_minor(&h.mountpoint)?;
+            let _ = fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), b"1");
+            bail!("the append never returned: the bridge waited on its own mount");
+        }
+    }
+    assert_eq!(fs::read(&path)?, b"before\nafter\n");
+    assert_eq!(fs::read(nested.join("f"))?, b"before\nafter\n");
+    Ok(())
+}
