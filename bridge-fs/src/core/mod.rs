@@ -408,6 +408,9 @@ impl AttrCache {
     }
 }
 
+/// The session a call goes to and its request, or why it cannot be sent.
+type Target = Result<(Arc<Session>, Request), Errno>;
+
 /// An entry to check: directory inode, name, and the session and path to look it up with (if any).
 type EntryCheck = (u64, Vec<u8>, Option<(Arc<Session>, WirePath)>);
 

@@ -383,11 +383,8 @@ impl Core {
         flags: i32,
         reply: impl CreateReply,
     ) {
-        let mutation = self.inner.mutation();
-        let target = self.child(parent, name);
-        let path = target.as_ref().map(|(_, p)| p.clone()).unwrap_or_default();
-        let target = target.map(|(s, path)| (s, Request::Create { path, mode, flags }));
-        let binding = self.inner.binding(parent.0, name.as_bytes());
+        let (mutation, path, target, binding) =
+            self.making(parent, name, |path| Request::Create { path, mode, flags });
         self.remote(
             caller,
             target,

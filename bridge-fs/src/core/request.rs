@@ -115,7 +115,7 @@ impl Core {
     pub(super) fn remote<R: Fail>(
         &self,
         caller: Caller,
-        target: Result<(Arc<Session>, Request), Errno>,
+        target: Target,
         reply: R,
         done: impl FnOnce(&Inner, Answered, Reply, R) + Send + 'static,
     ) {
@@ -142,6 +142,23 @@ impl Core {
         });
     }
 
+    /// Starts a call that makes `parent/name` with the request `make` builds: the change through
+    /// the mount it is (started first), the new node's path, the request with its session, and the
+    /// name's binding (see [`Binding`]).
+    pub(super) fn making(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        make: impl FnOnce(WirePath) -> Request,
+    ) -> (Mutation, WirePath, Target, Binding) {
+        let mutation = self.inner.mutation();
+        let target = self.child(parent, name);
+        let path = target.as_ref().map(|(_, p)| p.clone()).unwrap_or_default();
+        let target = target.map(|(s, path)| (s, make(path)));
+        let binding = self.inner.binding(parent.0, name.as_bytes());
+        (mutation, path, target, binding)
+    }
+
     /// Sends the request for `parent/name` that `make` builds and answers with the entry it returns
     /// (lookup and every call that creates a node).
     pub(super) fn entry_request(
@@ -152,11 +169,7 @@ impl Core {
         make: impl FnOnce(WirePath) -> Request,
         reply: impl EntryReply,
     ) {
-        let mutation = self.inner.mutation();
-        let target = self.child(parent, name);
-        let path = target.as_ref().map(|(_, p)| p.clone()).unwrap_or_default();
-        let target = target.map(|(s, path)| (s, make(path)));
-        let binding = self.inner.binding(parent.0, name.as_bytes());
+        let (mutation, path, target, binding) = self.making(parent, name, make);
         self.remote(
             caller,
             target,
@@ -265,7 +278,7 @@ impl Core {
     pub(super) fn empty_request<R: EmptyReply>(
         &self,
         caller: Caller,
-        target: Result<(Arc<Session>, Request), Errno>,
+        target: Target,
         (victims, losing): (Vec<Arc<OpenFile>>, Option<LosingName>),
         reply: R,
         mutation: Mutation,
