@@ -693,7 +693,7 @@ fn to_local(ctx: &Ctx<'_>, opts: &MigrateOptions) -> Result<Migrated, MigrateErr
         step = Step::Verify;
         let tar = ctx.verify_tar();
         api.download(&container, &tar)?;
-        let source = manifest_tar(&tar)?;
+        let source = as_unpacked(manifest_tar(&tar)?);
         let copied = manifest_dir(&target)?;
         compare(
             &source,
@@ -976,8 +976,14 @@ fn entry_rel(path: &Path) -> Result<Option<PathBuf>, StepError> {
     Ok((!rel.as_os_str().is_empty()).then_some(rel))
 }
 
+/// The set-user-ID and set-group-ID bits, which no file keeps when it comes out of a container: a
+/// container's set-user-ID file would be the host's, owned by the user who unpacks it.
+const SET_ID: u32 = 0o6000;
+
 /// Unpacks the archive `tar` (one top directory, stripped) into the existing directory
-/// `root`, refusing entries that would leave it. Directory modes are applied last.
+/// `root`, refusing entries that would leave it and anything but directories, regular files,
+/// links and FIFOs (no device node leaves a container). Files keep their permission bits only,
+/// directories lose [`SET_ID`]; directory modes are applied last.
 fn unpack(tar: &Path, root: &Path) -> Result<(), StepError> {
     // A truncated archive is refused before anything is unpacked.
     manifest_tar(tar)?;
@@ -997,7 +1003,7 @@ fn unpack(tar: &Path, root: &Path) -> Result<(), StepError> {
         let mode = entry.header().mode().map_err(io_error("read", tar))? & 0o7777;
         if kind.is_dir() {
             fs::create_dir(&dst).map_err(io_error("create directory", &dst))?;
-            dir_modes.push((dst, mode));
+            dir_modes.push((dst, mode & !SET_ID));
         } else if kind.is_hard_link() {
             let link = entry
                 .link_name()
@@ -1009,7 +1015,8 @@ fn unpack(tar: &Path, root: &Path) -> Result<(), StepError> {
             let src = root.join(src_rel);
             fs::hard_link(&src, &dst).map_err(io_error("link", &dst))?;
         } else if kind.is_file() || kind.is_symlink() || kind.is_fifo() {
-            entry.set_preserve_permissions(true);
+            // Not preserved: only the permission bits (0o777) are applied.
+            entry.set_preserve_permissions(false);
             entry.set_preserve_mtime(true);
             entry.unpack(&dst).map_err(io_error("unpack", &dst))?;
         } else {
@@ -1209,6 +1216,32 @@ fn manifest_tar(tar: &Path) -> Result<Manifest, StepError> {
 const BLOCK: u64 = 512;
 
 /// Fails with the first difference between the two manifests.
+/// A container's manifest as [`unpack`] leaves its tree on the host: no set-id bits, and files with
+/// their permission bits only.
+fn as_unpacked(manifest: Manifest) -> Manifest {
+    manifest
+        .into_iter()
+        .map(|(path, node)| {
+            let node = match node {
+                Node::Dir { mode } => Node::Dir {
+                    mode: mode & !SET_ID,
+                },
+                Node::File { mode, size, sha256 } => Node::File {
+                    mode: mode & 0o777,
+                    size,
+                    sha256,
+                },
+                Node::Other { kind, mode } => Node::Other {
+                    kind,
+                    mode: mode & 0o777,
+                },
+                link @ Node::Symlink { .. } => link,
+            };
+            (path, node)
+        })
+        .collect()
+}
+
 fn compare(
     source: &Manifest,
     copy: &Manifest,

@@ -128,3 +128,50 @@ fn a_workspace_that_became_part_of_the_mount_never_makes_it_wait_on_itself() -> 
     assert_eq!(fs::read(nested.join("f"))?, b"before\nafter\n");
     Ok(())
 }
+
+/// Finding 4: `session migrate --to local` unpacked a container's set-user-ID file as a host
+/// set-user-ID file owned by the user who unpacked it (root). Files leave a container with their
+/// permission bits only and directories without their set-id bits; the verification expects
+/// exactly that. (Device nodes never leave a container: refused as before.)
+#[test]
+fn migrating_out_of_a_container_clears_set_id_bits() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut h = Harness::new()?;
+    let image = sessionfs_tests::docker_image()?;
+    h.uses_docker();
+    let id = h.unique_id("migsuid");
+    let ws = h.create_session(&id)?;
+    fs::write(ws.join("tool"), b"#!/bin/sh\necho hi\n")?;
+    fs::set_permissions(ws.join("tool"), fs::Permissions::from_mode(0o4755))?;
+    fs::create_dir(ws.join("shared"))?;
+    fs::set_permissions(ws.join("shared"), fs::Permissions::from_mode(0o3775))?;
+    h.ok(&[
+        "session", "migrate", &id, "--to", "docker", "--image", image,
+    ])?;
+    let target = h.dir.path().join("moved");
+    let out = h.ok(&[
+        "session",
+        "migrate",
+        &id,
+        "--to",
+        "local",
+        "--dir",
+        target.to_str().context("utf-8")?,
+    ])?;
+    assert!(out.contains("from docker to local"), "{out}");
+    let mode = |p: &str| -> Result<u32> {
+        Ok(fs::metadata(target.join(p))?.permissions().mode() & 0o7777)
+    };
+    assert_eq!(
+        mode("tool")?,
+        0o755,
+        "the set-user-ID bit came out of the container"
+    );
+    assert_eq!(
+        mode("shared")?,
+        0o1775,
+        "the set-group-ID bit came out of the container"
+    );
+    assert_eq!(fs::read(target.join("tool"))?, b"#!/bin/sh\necho hi\n");
+    Ok(())
+}
