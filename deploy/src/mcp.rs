@@ -25,6 +25,14 @@ pub enum McpError {
     Runtime(std::io::Error),
     #[error(transparent)]
     Serve(#[from] sessionfs_mcp::ServeError),
+    /// The token file cannot be made or read, or is not private.
+    #[error("MCP token {}: {reason}", .path.display())]
+    Token {
+        /// The token file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// How to serve.
@@ -34,7 +42,7 @@ pub struct McpOptions {
     pub mount: PathBuf,
     /// Serve streamable HTTP on this address instead of stdio.
     pub http: Option<SocketAddr>,
-    /// Bearer token HTTP clients must send (required for a non-loopback address).
+    /// Bearer token HTTP clients must send; without one, the state directory's (see [`http_token`]).
     pub token: Option<String>,
 }
 
@@ -97,6 +105,71 @@ fn health(s: &SessionStatus) -> &'static str {
     }
 }
 
+/// The file of the state directory that keeps the MCP server's HTTP token.
+pub const TOKEN_FILE: &str = "mcp-token";
+
+/// Where the HTTP token came from: the state directory's file, made now or found.
+struct TokenFile {
+    path: PathBuf,
+    made: bool,
+}
+
+/// The HTTP token of the state directory: read from [`TOKEN_FILE`], which must be a regular file
+/// of this user that no one else may read, or made there (32 random bytes, hex, mode 0600,
+/// created exclusively and never through a symlink).
+fn http_token(home: &Home) -> Result<(String, Option<TokenFile>), McpError> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let path = home.root().join(TOKEN_FILE);
+    let bad = |reason: String| McpError::Token {
+        path: path.clone(),
+        reason,
+    };
+    let nofollow = libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nofollow)
+        .open(&path)
+    {
+        Ok(mut file) => {
+            let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
+            let me = rustix::process::geteuid().as_raw();
+            if !meta.is_file() || meta.uid() != me || meta.mode() & 0o077 != 0 {
+                return Err(bad(format!(
+                    "must be a regular file of uid {me} with mode 0600 (it is mode {:o}, uid {})",
+                    meta.mode() & 0o7777,
+                    meta.uid()
+                )));
+            }
+            let mut token = String::new();
+            file.read_to_string(&mut token)
+                .map_err(|e| bad(e.to_string()))?;
+            let token = token.trim().to_owned();
+            if token.len() < 32 {
+                return Err(bad("holds no token of at least 32 characters".into()));
+            }
+            Ok((token, Some(TokenFile { path, made: false })))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut random = [0u8; 32];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut r| r.read_exact(&mut random))
+                .map_err(|e| bad(format!("no randomness: {e}")))?;
+            let token: String = random.iter().map(|b| format!("{b:02x}")).collect();
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(nofollow)
+                .open(&path)
+                .map_err(|e| bad(e.to_string()))?;
+            writeln!(file, "{token}").map_err(|e| bad(e.to_string()))?;
+            Ok((token, Some(TokenFile { path, made: true })))
+        }
+        Err(e) => Err(bad(e.to_string())),
+    }
+}
+
 /// Serves MCP until the client disconnects (stdio) or SIGINT/SIGTERM (HTTP). Refuses to start when
 /// no sessionfs mount is at the mount point.
 pub fn serve(home: Home, opts: &McpOptions) -> Result<(), McpError> {
@@ -104,6 +177,11 @@ pub fn serve(home: Home, opts: &McpOptions) -> Result<(), McpError> {
         path: opts.mount.clone(),
         source,
     })?;
+    let token = match (opts.http, &opts.token) {
+        (Some(_), Some(token)) => Some((token.clone(), None)),
+        (Some(_), None) => Some(http_token(&home)?),
+        (None, _) => None,
+    };
     let tools = SessionTools::new(mount, Arc::new(RegistryCatalog { home }));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -111,14 +189,28 @@ pub fn serve(home: Home, opts: &McpOptions) -> Result<(), McpError> {
         .build()
         .map_err(McpError::Runtime)?;
     let served = runtime.block_on(async {
-        match opts.http {
-            None => sessionfs_mcp::serve_stdio(tools).await,
-            Some(addr) => {
-                sessionfs_mcp::serve_http(tools, addr, opts.token.clone(), |bound| {
+        match (opts.http, token) {
+            (Some(addr), Some((token, file))) => {
+                let told = token.clone();
+                sessionfs_mcp::serve_http(tools, addr, token, move |bound| {
                     eprintln!("sessionfs mcp: serving MCP at http://{bound}/mcp");
+                    match file {
+                        Some(TokenFile { path, made: true }) => eprintln!(
+                            "sessionfs mcp: clients send `Authorization: Bearer {told}` (a new token, kept in {}, 0600)",
+                            path.display()
+                        ),
+                        Some(TokenFile { path, made: false }) => eprintln!(
+                            "sessionfs mcp: clients send `Authorization: Bearer <the token in {}>`",
+                            path.display()
+                        ),
+                        None => eprintln!(
+                            "sessionfs mcp: clients send `Authorization: Bearer $SESSIONFS_MCP_TOKEN`"
+                        ),
+                    }
                 })
                 .await
             }
+            _ => sessionfs_mcp::serve_stdio(tools).await,
         }
     });
     // A tool call stuck in a file operation is bounded by the mount's operation timeout; do not wait

@@ -1,5 +1,6 @@
 //! MCP over streamable HTTP: rmcp's `StreamableHttpService` at `/mcp`, served by hyper on one listener.
-//! Loopback by default; a non-loopback address needs a bearer token. rmcp checks the `Host` header
+//! Loopback by default, and every request must carry the bearer token (compared in constant time):
+//! on a shared host any local user can reach a loopback port. rmcp checks the `Host` header
 //! against loopback names and the bound address (DNS rebinding) and refuses any `Origin` (web pages).
 //! At most 64 connections, 30 s to send headers. Stops on SIGINT/SIGTERM.
 
@@ -29,28 +30,16 @@ const MAX_CONNECTIONS: usize = 64;
 /// Longest time a client may take to send a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Errors of the HTTP transport's configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum HttpConfigError {
-    #[error("refusing to serve MCP on the non-loopback address {0} without a token: anyone who can reach it could read and write every session; set SESSIONFS_MCP_TOKEN (clients then send `Authorization: Bearer <token>`)")]
-    RemoteWithoutToken(SocketAddr),
-}
-
 /// Serves MCP over streamable HTTP on `addr` until SIGINT/SIGTERM. `on_listening` gets the bound address
-/// (useful with port 0) once the listener is up. With `token`, every request must carry
-/// `Authorization: Bearer <token>`; a non-loopback address needs one. Fails first if there is no mount.
+/// (useful with port 0) once the listener is up. Every request must carry
+/// `Authorization: Bearer <token>`. Fails first if there is no mount.
 pub async fn serve_http(
     tools: SessionTools,
     addr: SocketAddr,
-    token: Option<String>,
+    token: String,
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<(), ServeError> {
     tools.mount_check().map_err(ServeError::NoMount)?;
-    if !addr.ip().is_loopback() && token.is_none() {
-        return Err(ServeError::HttpConfig(HttpConfigError::RemoteWithoutToken(
-            addr,
-        )));
-    }
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind { addr, source })?;
@@ -75,7 +64,7 @@ pub async fn serve_http(
             Arc::new(LocalSessionManager::default()),
             config,
         );
-    let expected = token.map(|t| Arc::new(format!("Bearer {t}")));
+    let expected = Arc::new(format!("Bearer {token}"));
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     info!(%bound, "serving MCP over streamable HTTP at {MCP_PATH}");
     on_listening(bound);
@@ -108,14 +97,12 @@ pub async fn serve_http(
             let service = service.clone();
             let expected = expected.clone();
             async move {
-                if let Some(expected) = expected {
-                    let given = req.headers().get(hyper::header::AUTHORIZATION);
-                    if given.map(|v| v.as_bytes()) != Some(expected.as_bytes()) {
-                        return Ok::<_, Infallible>(plain(
-                            StatusCode::UNAUTHORIZED,
-                            "unauthorized: send Authorization: Bearer <token>\n",
-                        ));
-                    }
+                let given = req.headers().get(hyper::header::AUTHORIZATION);
+                if !given.is_some_and(|v| same_secret(v.as_bytes(), expected.as_bytes())) {
+                    return Ok::<_, Infallible>(plain(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized: send Authorization: Bearer <token>\n",
+                    ));
                 }
                 if req.uri().path() != MCP_PATH {
                     return Ok(plain(
@@ -144,6 +131,17 @@ pub async fn serve_http(
     stop.cancel();
     info!("MCP HTTP server stopped");
     Ok(())
+}
+
+/// Whether `given` is `expected`, in a time that does not depend on where they differ (only on
+/// their lengths, which are not secret).
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |differ, (a, b)| differ | (a ^ b))
+            == 0
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<BoxBody<Bytes, Infallible>> {

@@ -34,8 +34,6 @@ pub enum ServeError {
     },
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
-    #[error(transparent)]
-    HttpConfig(#[from] crate::http::HttpConfigError),
 }
 
 fn yes() -> bool {

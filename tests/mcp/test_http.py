@@ -1,5 +1,5 @@
-"""`sessionfs mcp --http`: the same tools over streamable HTTP, loopback only unless a token is set, Host and
-Origin checked, other paths 404, stopped by SIGTERM."""
+"""`sessionfs mcp --http`: the same tools over streamable HTTP, every request with the bearer token (the
+state directory's, or $SESSIONFS_MCP_TOKEN), Host and Origin checked, other paths 404, stopped by SIGTERM."""
 
 import http.client
 import os
@@ -53,10 +53,18 @@ class Server:
         assert code == 0, "".join(self.stderr)
 
 
-def post(port, path="/mcp", headers=None):
+def state_token():
+    """The token `sessionfs mcp` keeps in the state directory."""
+    with open(os.path.join(HOME, "mcp-token")) as f:
+        return f.read().strip()
+
+
+def post(port, path="/mcp", headers=None, token=None):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     body = '{"jsonrpc":"2.0","id":1,"method":"ping"}'
     base = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+    if token:
+        base["Authorization"] = f"Bearer {token}"
     conn.request("POST", path, body=body, headers={**base, **(headers or {})})
     resp = conn.getresponse()
     resp.read()
@@ -69,7 +77,13 @@ async def test_streamable_http_serves_the_tools():
     try:
         url = server.url()
         session = SESSIONS[0]
-        async with streamable_http_client(url) as (read, write):
+        import httpx2 as httpx  # the SDK's HTTP client
+
+        token = state_token()
+        auth = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(headers=auth) as http_client, streamable_http_client(
+            url, http_client=http_client
+        ) as (read, write):
             async with ClientSession(read, write) as client:
                 await client.initialize()
                 names = {t.name for t in (await client.list_tools()).tools}
@@ -88,9 +102,9 @@ async def test_streamable_http_serves_the_tools():
                 r = await client.call_tool("session_read_file", {"sessionId": session["id"], "path": "../x"})
                 assert r.is_error
         # Only /mcp; a foreign Host (DNS rebinding) and any browser Origin are refused.
-        assert post(server.port, "/other") == 404
-        assert post(server.port, headers={"Host": "evil.example:80"}) == 403
-        assert post(server.port, headers={"Origin": "http://evil.example"}) == 403
+        assert post(server.port, "/other", token=token) == 404
+        assert post(server.port, headers={"Host": "evil.example:80"}, token=token) == 403
+        assert post(server.port, headers={"Origin": "http://evil.example"}, token=token) == 403
     finally:
         server.stop()
 
@@ -113,11 +127,19 @@ async def test_a_token_is_required_when_set():
         server.stop()
 
 
-def test_a_non_loopback_address_needs_a_token():
-    out = subprocess.run(
-        [BIN, "mcp", "--mount", MOUNT, "--http", "0.0.0.0:0"],
-        env={k: v for k, v in dict(os.environ, SESSIONFS_HOME=HOME).items() if k != "SESSIONFS_MCP_TOKEN"},
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
-    )
-    assert out.returncode != 0
-    assert "refusing to serve MCP on the non-loopback address 0.0.0.0:0 without a token" in out.stderr
+def test_every_request_needs_the_token_even_on_loopback():
+    """Hardening finding 3: on loopback, the default, no token was asked, so any local user could read
+    and write every session through the server. Without $SESSIONFS_MCP_TOKEN the server makes one in the
+    state directory (mode 0600, this user's) and asks for it."""
+    server = Server()
+    try:
+        server.url()
+        token = state_token()
+        st = os.stat(os.path.join(HOME, "mcp-token"))
+        assert st.st_mode & 0o777 == 0o600 and st.st_uid == os.geteuid()
+        assert len(token) >= 32
+        assert post(server.port) == 401
+        assert post(server.port, token="x" * len(token)) == 401
+        assert post(server.port, token=token) != 401
+    finally:
+        server.stop()

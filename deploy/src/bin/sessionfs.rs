@@ -76,8 +76,8 @@ struct McpArgs {
     mount: PathBuf,
     /// Serve MCP over streamable HTTP at http://ADDR/mcp instead of stdio: PORT (on 127.0.0.1),
     /// IP:PORT or [IPv6]:PORT. Port 0 picks a free port (the address is printed on stderr).
-    /// With $SESSIONFS_MCP_TOKEN set, clients must send `Authorization: Bearer <token>`; a
-    /// non-loopback address is refused without it.
+    /// Clients must send `Authorization: Bearer <token>`: $SESSIONFS_MCP_TOKEN, or else the token
+    /// in `$SESSIONFS_HOME/mcp-token` (made on first use, mode 0600).
     #[arg(long, value_name = "ADDR", value_parser = parse_http)]
     // This comment is `--help` text: `[IPv6]` is what to type, not a link.
     #[allow(rustdoc::broken_intra_doc_links)]
