@@ -42,7 +42,7 @@ pub struct McpOptions {
     pub mount: PathBuf,
     /// Serve streamable HTTP on this address instead of stdio.
     pub http: Option<SocketAddr>,
-    /// Bearer token HTTP clients must send; without one, the state directory's (see [`http_token`]).
+    /// Bearer token HTTP clients must send; without one, the state directory's (`mcp-token`).
     pub token: Option<String>,
 }
 
@@ -106,7 +106,7 @@ fn health(s: &SessionStatus) -> &'static str {
 }
 
 /// The file of the state directory that keeps the MCP server's HTTP token.
-pub const TOKEN_FILE: &str = "mcp-token";
+const TOKEN_FILE: &str = "mcp-token";
 
 /// Where the HTTP token came from: the state directory's file, made now or found.
 struct TokenFile {
