@@ -51,6 +51,19 @@ pub enum CommandError {
     /// `--dir` is not a directory.
     #[error("workspace directory {} is not a directory", .0.display())]
     DirNotDirectory(PathBuf),
+    /// `--dir` or `--workspace` is, contains or lies inside the state directory.
+    #[error(
+        "workspace directory {} is, contains or lies inside the state directory {}, which holds \
+         the CA key and every session's certificates; give a directory of its own",
+        .dir.display(),
+        .state.display()
+    )]
+    DirAndState {
+        /// The directory asked for.
+        dir: PathBuf,
+        /// The state directory.
+        state: PathBuf,
+    },
     /// `--dir` or `--workspace` lies inside a sessionfs mount.
     #[error(
         "workspace directory {} is inside the sessionfs mount at {}; a session's workspace must \
@@ -352,7 +365,11 @@ pub fn create(home: &Home, opts: &CreateOptions) -> Result<Created, CommandError
         Backend::Docker => return create_docker(home, id, opts),
         other => return Err(CommandError::BackendNotAvailable(other)),
     }
-    let user_dir = opts.dir.as_deref().map(workspace_dir).transpose()?;
+    let user_dir = opts
+        .dir
+        .as_deref()
+        .map(|dir| workspace_dir(home, dir))
+        .transpose()?;
     let registry = home.open_registry()?;
     let _lock = home.lock()?;
     if registry.get(&id)?.is_some() {
@@ -433,7 +450,7 @@ fn create_docker(
             docker::check_volume_name(volume)?;
             WorkspaceSource::Volume(volume.clone())
         }
-        (None, Some(dir)) => WorkspaceSource::HostDir(workspace_dir(dir)?),
+        (None, Some(dir)) => WorkspaceSource::HostDir(workspace_dir(home, dir)?),
         (None, None) => WorkspaceSource::Volume(docker::volume_name(&id)),
     };
     let image = d
@@ -520,15 +537,24 @@ fn create_docker(
     Ok(Created { record })
 }
 
-/// `--dir` or `--workspace`: must exist, be a directory, and not lie inside a sessionfs mount;
-/// returned canonical.
-fn workspace_dir(dir: &Path) -> Result<PathBuf, CommandError> {
+/// `--dir` or `--workspace`: must exist, be a directory, not lie inside a sessionfs mount, and
+/// neither be, contain nor lie inside the state directory (which holds the CA key; `/` contains
+/// it); returned canonical.
+fn workspace_dir(home: &Home, dir: &Path) -> Result<PathBuf, CommandError> {
     let canonical = fs::canonicalize(dir).map_err(|e| match e.kind() {
         ErrorKind::NotFound => CommandError::DirMissing(dir.to_path_buf()),
         _ => io_error("resolve", dir)(e).into(),
     })?;
     if !canonical.is_dir() {
         return Err(CommandError::DirNotDirectory(dir.to_path_buf()));
+    }
+    home.ensure_root()?;
+    let state = fs::canonicalize(home.root()).map_err(io_error("resolve", home.root()))?;
+    if state.starts_with(&canonical) || canonical.starts_with(&state) {
+        return Err(CommandError::DirAndState {
+            dir: dir.to_path_buf(),
+            state,
+        });
     }
     let mounts = sessionfs_mountinfo::mounts()
         .map_err(io_error("read", sessionfs_mountinfo::MOUNTINFO.as_ref()))?;

@@ -14,7 +14,7 @@ use crate::file_error::io_error;
 use std::ffi::OsString;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::ErrorKind;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::FlockOperation;
@@ -158,9 +158,17 @@ impl Home {
         BridgeConfig::new(self.registry_path(), self.pki_dir())
     }
 
-    /// Creates the state directory (mode 0700) if it does not exist.
+    /// Creates the state directory (mode 0700) if it does not exist, and takes group and other
+    /// access away from it if it is this user's: it holds the CA key.
     pub fn ensure_root(&self) -> Result<(), StateError> {
-        private_dir(&self.root)
+        private_dir(&self.root)?;
+        let meta = fs::metadata(&self.root).map_err(io_error("inspect", &self.root))?;
+        let mine = meta.uid() == rustix::process::geteuid().as_raw();
+        if mine && meta.mode() & 0o077 != 0 {
+            fs::set_permissions(&self.root, fs::Permissions::from_mode(meta.mode() & 0o700))
+                .map_err(io_error("set the mode of", &self.root))?;
+        }
+        Ok(())
     }
 
     /// Takes the state directory's lock (`.lock`), waiting for other holders.

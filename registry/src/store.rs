@@ -83,12 +83,37 @@ impl fmt::Debug for Registry {
     }
 }
 
+/// Makes `path` an empty file of mode 0600 if it does not exist, or takes group and other access
+/// away from it if it is this user's.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::metadata(path)?;
+    let mine = meta.uid() == rustix::process::geteuid().as_raw();
+    if mine && meta.is_file() && meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(meta.mode() & 0o700))?;
+    }
+    Ok(())
+}
+
 impl Registry {
-    /// Opens (creating if needed, with parent directories) the registry at `path`.
+    /// Opens (creating if needed, with parent directories) the registry at `path`. The file is
+    /// private (mode 0600, made so or tightened if it is this user's): it holds sessions'
+    /// environment values, which may be secrets. SQLite gives its journal files the same mode.
     pub fn open(path: &Path) -> Result<Registry, RegistryError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)?;
         }
+        private_file(path)?;
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         enable_wal(&conn)?;

@@ -303,3 +303,26 @@ fn registry_is_send_sync() {
     fn check<T: Send + Sync>() {}
     check::<Registry>();
 }
+
+/// Hardening finding 12: `registry.db` was 0644, and it holds `--env` values. A new registry is
+/// 0600, its journal files too, and an existing one of this user's is tightened when opened.
+#[test]
+fn the_registry_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let (dir, path) = db();
+    let reg = Registry::open(&path).unwrap();
+    reg.register(&record("a")).unwrap();
+    assert_eq!(mode(&path), 0o600);
+    let wal = dir.path().join(format!(
+        "{}-wal",
+        path.file_name().unwrap().to_str().unwrap()
+    ));
+    if wal.exists() {
+        assert_eq!(mode(&wal), 0o600);
+    }
+    drop(reg);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    Registry::open(&path).unwrap();
+    assert_eq!(mode(&path), 0o600);
+}

@@ -175,3 +175,56 @@ fn migrating_out_of_a_container_clears_set_id_bits() -> Result<()> {
     assert_eq!(fs::read(target.join("tool"))?, b"#!/bin/sh\necho hi\n");
     Ok(())
 }
+
+/// Finding 8: dangerous workspaces were accepted: `--dir /` for a local session, and a docker
+/// `--workspace` containing the state directory let the container read the CA key. A workspace
+/// may not be, contain or lie inside the state directory; nothing is registered.
+#[test]
+fn workspaces_that_would_expose_the_state_directory_are_refused() -> Result<()> {
+    let h = Harness::new()?;
+    h.create_session("ok")?;
+    let state = h.home.clone();
+    let parent = state.parent().context("a parent")?.to_path_buf();
+    let inside = state.join("sessions");
+    for (i, dir) in [PathBuf::from("/"), parent, state, inside]
+        .iter()
+        .enumerate()
+    {
+        let id = format!("bad{i}");
+        let out = h.run(&[
+            "session",
+            "create",
+            &id,
+            "--dir",
+            dir.to_str().context("utf-8")?,
+        ])?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{} accepted: {out:?}", dir.display());
+        assert!(
+            stderr.contains("the state directory"),
+            "{}: {stderr}",
+            dir.display()
+        );
+        assert!(h.session_json(&id).is_err(), "{id} was registered");
+    }
+    Ok(())
+}
+
+/// Finding 12: an existing state directory open to others (it holds the CA key) was left so. It
+/// is tightened to 0700 by the next command.
+#[test]
+fn an_open_state_directory_is_tightened() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let h = Harness::new()?;
+    h.create_session("a")?;
+    fs::set_permissions(&h.home, fs::Permissions::from_mode(0o755))?;
+    h.ok(&["session", "ls"])?;
+    let mode = fs::metadata(&h.home)?.permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the state directory stayed {mode:o}");
+    let registry = fs::metadata(h.home.join("registry.db"))?
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(registry, 0o600, "the registry is {registry:o}");
+    Ok(())
+}
