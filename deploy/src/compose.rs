@@ -11,7 +11,7 @@
 use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sessionfs_pki::SESSION_CERT_DIR;
@@ -47,6 +47,13 @@ pub enum CertsError {
     /// Writing the output directory.
     #[error(transparent)]
     Io(#[from] FileError),
+    /// The output directory is not a directory of the caller's (a symlink, or another user's).
+    #[error(
+        "{} must be a directory of yours (not a symlink, not another user's): the session's \
+         private key is written there",
+        .0.display()
+    )]
+    NotYours(PathBuf),
 }
 
 /// What `session certs` did.
@@ -102,6 +109,10 @@ pub fn session_certs(home: &Home, id: &str, out: &Path) -> Result<CertsWritten, 
         issued = true;
     }
     private_dir(out)?;
+    let meta = fs::symlink_metadata(out).map_err(io_error("inspect", out))?;
+    if !meta.is_dir() || meta.uid() != rustix::process::geteuid().as_raw() {
+        return Err(CertsError::NotYours(out.to_path_buf()));
+    }
     for (name, mode) in SESSION_CERT_DIR {
         let from = cert_dir.join(name);
         let to = out.join(name);
@@ -116,19 +127,30 @@ pub fn session_certs(home: &Home, id: &str, out: &Path) -> Result<CertsWritten, 
     })
 }
 
-/// Writes `path` with exactly `mode`, replacing what was there.
+/// Writes `path` with exactly `mode`, replacing what was there (a symlink planted there is
+/// replaced, never followed): the data goes to a new file, created exclusively and never through
+/// a symlink, which is then renamed over `path`.
 fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), FileError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = PathBuf::from(tmp);
+    match fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(io_error("remove", &tmp)(e)),
+    }
     let mut file = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(mode)
-        .open(path)
-        .map_err(io_error("create", path))?;
-    // An existing file keeps its mode on open; set it explicitly.
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .map_err(io_error("create", &tmp))?;
+    // The umask may have taken bits away.
     file.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(io_error("chmod", path))?;
-    file.write_all(data).map_err(io_error("write", path))?;
+        .map_err(io_error("chmod", &tmp))?;
+    file.write_all(data).map_err(io_error("write", &tmp))?;
+    fs::rename(&tmp, path).map_err(io_error("rename", path))?;
     Ok(())
 }
 

@@ -54,6 +54,14 @@ pub enum MountPointError {
     /// `umount` of a path where nothing is mounted.
     #[error("{} is not mounted", .0.display())]
     NotMounted(PathBuf),
+    /// `umount` of a path where another file system than sessionfs is mounted.
+    #[error("{} is a {fs_type} mount, not sessionfs; sessionfs umount unmounts only its own", .path.display())]
+    NotSessionfs {
+        /// The mount point.
+        path: PathBuf,
+        /// What is mounted there.
+        fs_type: String,
+    },
     /// `/proc/self/mountinfo` cannot be read.
     #[error("cannot read {MOUNTINFO}: {0}")]
     MountInfo(#[source] std::io::Error),
@@ -169,8 +177,15 @@ pub fn unmount(path: &Path) -> Result<PathBuf, MountPointError> {
         }
         Err(e) => return Err(e),
     };
-    if !is_mount_point_in(&mounts()?, &canonical) {
+    let table = mounts()?;
+    let Some(mounted) = sessionfs_mountinfo::mounted_at(&table, &canonical) else {
         return Err(MountPointError::NotMounted(path.to_path_buf()));
+    };
+    if !mounted.is_sessionfs() {
+        return Err(MountPointError::NotSessionfs {
+            path: path.to_path_buf(),
+            fs_type: mounted.fs_type.clone(),
+        });
     }
     let (program, mut command) = match fusermount() {
         Some(helper) => {

@@ -228,3 +228,77 @@ fn an_open_state_directory_is_tightened() -> Result<()> {
     assert_eq!(registry, 0o600, "the registry is {registry:o}");
     Ok(())
 }
+
+/// Finding 14, its `umount` part: `sessionfs umount` unmounted any file system. It unmounts only
+/// sessionfs; another mount is left alone with a clear error.
+#[test]
+fn sessionfs_umount_leaves_other_file_systems_alone() -> Result<()> {
+    let h = Harness::new()?;
+    let dir = h.dir.path().join("tmpfs");
+    fs::create_dir(&dir)?;
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "none"])
+        .arg(&dir)
+        .status()?;
+    assert!(status.success(), "mount -t tmpfs failed");
+    let _mounted = Bind(dir.clone());
+    fs::write(dir.join("kept"), b"x")?;
+    let out = h.run(&["umount", dir.to_str().context("utf-8")?])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "unmounted a tmpfs: {out:?}");
+    assert!(
+        stderr.contains("is a tmpfs mount, not sessionfs"),
+        "{stderr}"
+    );
+    assert!(dir.join("kept").exists(), "the tmpfs was unmounted");
+    Ok(())
+}
+
+/// Finding 9: `session certs --out DIR` followed a symlink planted in DIR and wrote the session's
+/// private key into a file another user owns. The files are written as new files and renamed over
+/// what is there (a symlink is replaced, never followed), and DIR must be the caller's own
+/// directory.
+#[test]
+fn session_certs_never_write_through_a_planted_symlink() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let h = Harness::new()?;
+    let out = h.dir.path().join("certs");
+    fs::create_dir(&out)?;
+    let victim = h.dir.path().join("victim");
+    fs::write(&victim, b"someone else's file")?;
+    std::os::unix::fs::chown(&victim, Some(65534), Some(65534))?;
+    std::os::unix::fs::symlink(&victim, out.join("session.key"))?;
+    h.ok(&[
+        "session",
+        "certs",
+        "planted",
+        "--out",
+        out.to_str().context("utf-8")?,
+    ])?;
+    assert_eq!(
+        fs::read(&victim)?,
+        b"someone else's file",
+        "the key went through the symlink"
+    );
+    let key = fs::symlink_metadata(out.join("session.key"))?;
+    assert!(key.is_file(), "session.key is not a regular file");
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+    // A directory of another user's is refused.
+    let theirs = h.dir.path().join("theirs");
+    fs::create_dir(&theirs)?;
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534))?;
+    let refused = h.run(&[
+        "session",
+        "certs",
+        "planted",
+        "--out",
+        theirs.to_str().context("utf-8")?,
+    ])?;
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("must be a directory of yours"));
+    assert!(
+        fs::read_dir(&theirs)?.next().is_none(),
+        "files were written there"
+    );
+    Ok(())
+}
