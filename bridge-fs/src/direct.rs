@@ -3,12 +3,13 @@
 //!
 //! The daemon opens the file as for any open (beneath its root, checked against the node the kernel
 //! resolved) and names the descriptor in its reply. The bridge opens the same file through
-//! `/proc/<daemon pid>/fd/<n>`, checks that it is the node the daemon described, and registers it with
-//! the kernel as the inode's backing file.
+//! `/proc/<daemon pid>/fd/<n>` with the daemon's credentials, checks that it is the regular file the
+//! daemon described and not on a FUSE file system ([`open_daemon_fd`]), and registers it with the
+//! kernel as the inode's backing file.
 //!
 //! Only sessions whose daemon runs on this host qualify: local ones, and docker ones on this host's
 //! engine (the registry holds the daemon's host pid; a container's main process is its daemon, and
-//! root here opens its descriptors as any other process's). A stale or foreign pid opens nothing or
+//! the bridge acts as that process to open its descriptors). A stale or foreign pid opens nothing or
 //! another file, which the device and inode check refuses.
 //!
 //! Every open to write qualifies, and read-only opens of files of at least [`DIRECT_MIN`] bytes (a
@@ -114,7 +115,8 @@ impl Direct {
 ///
 /// - The descriptor is first opened `O_PATH` (which opens nothing: a device or FIFO is never
 ///   opened) and its type and identity are checked without asking the file system to refresh them
-///   (`AT_STATX_DONT_SYNC`).
+///   (`AT_STATX_DONT_SYNC`). A file on a FUSE file system is refused: its reopen would be answered
+///   by a user-space process, maybe this bridge, whose runtime thread would be the one waiting.
 /// - It is then reopened `O_RDWR | O_NOCTTY | O_NONBLOCK` through that `O_PATH` descriptor with
 ///   this thread's credentials switched to the daemon's (its file-system uid and gid and its
 ///   supplementary groups, read from `/proc/<pid>/status`), so the kernel checks the daemon's
