@@ -92,8 +92,64 @@
 //! with the count and line numbers unless `replace_all`. The replacement is inserted literally (`$1`, `\n`
 //! escapes and regex metacharacters mean nothing). In a CRLF file, a search (and its replacement) written
 //! with bare `\n` line breaks is matched and inserted with `\r\n`.
+//!
+//! # Bounds
+//!
+//! Every entry point does work linear in its input, or is stopped by its [`Budget`]: the marker merge checks
+//! the budget's deadline and cancellation flag between segments and bounds each scoring diff by the
+//! deadline ([`EditError::TimedOut`], [`EditError::Cancelled`]); the unified diff is computed within the
+//! deadline (past it, the diff is still correct but not minimal). No result may exceed [`MAX_RESULT`]
+//! bytes ([`EditError::TooLarge`]), which is checked before the result is built, so `replace_all` cannot
+//! amplify a small file into a large allocation.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use similar::TextDiff;
+
+/// The largest content an edit may produce, in bytes (the largest file the session tools load).
+pub const MAX_RESULT: usize = 16 << 20;
+
+/// How long an edit may work and whether it is still wanted: a deadline and a cancellation flag (set by
+/// the server when the MCP request is cancelled or its client goes away).
+#[derive(Debug, Clone)]
+pub struct Budget {
+    limit: Duration,
+    deadline: Instant,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl Budget {
+    /// A budget of `limit` from now.
+    pub fn new(limit: Duration) -> Budget {
+        Budget {
+            limit,
+            deadline: Instant::now() + limit,
+            cancelled: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The flag that cancels work under this budget when set.
+    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.cancelled.clone()
+    }
+
+    fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Fails once the budget is cancelled or spent.
+    fn check(&self) -> Result<(), EditError> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Err(EditError::Cancelled);
+        }
+        if Instant::now() >= self.deadline {
+            return Err(EditError::TimedOut { limit: self.limit });
+        }
+        Ok(())
+    }
+}
 
 /// Which anchor of a segment an error is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,8 +225,21 @@ pub enum EditError {
         search: String,
     },
     /// The search text occurs more than once and `replace_all` is off.
-    #[error("the search text occurs {count} times (lines {}); make it unique or set replace_all", fmt_lines(.lines))]
-    AmbiguousSearch { count: usize, lines: Vec<usize> },
+    #[error("the search text occurs {count} times (lines {}); make it unique or set replace_all", fmt_lines_of(.lines, *.count))]
+    AmbiguousSearch {
+        count: usize,
+        /// The lines of the first matches (at most 21).
+        lines: Vec<usize>,
+    },
+    /// The result would be larger than [`MAX_RESULT`].
+    #[error("the result would be {size} bytes, more than the {limit} bytes an edit may produce")]
+    TooLarge { size: u64, limit: u64 },
+    /// The edit's [`Budget`] ran out.
+    #[error("the edit was stopped after {limit:?} without a result; make the anchors more distinctive or edit a smaller region")]
+    TimedOut { limit: Duration },
+    /// The request was cancelled while the edit was working.
+    #[error("the request was cancelled")]
+    Cancelled,
 }
 
 /// Result of [`edit_file`].
@@ -183,16 +252,23 @@ pub struct EditOutcome {
     pub diff: String,
 }
 
+/// Line numbers shown in error messages.
+const SHOWN_LINES: usize = 20;
+
 /// Line numbers in error messages: at most 20, then an ellipsis.
 fn fmt_lines(lines: &[usize]) -> String {
-    const MAX: usize = 20;
+    fmt_lines_of(lines, lines.len())
+}
+
+/// The first line numbers of `total` occurrences: at most 20, then an ellipsis when there are more.
+fn fmt_lines_of(lines: &[usize], total: usize) -> String {
     let mut s = lines
         .iter()
-        .take(MAX)
+        .take(SHOWN_LINES)
         .map(|l| l.to_string())
         .collect::<Vec<_>>()
         .join(", ");
-    if lines.len() > MAX {
+    if total > SHOWN_LINES {
         s.push_str(", …");
     }
     s
@@ -307,11 +383,12 @@ fn resolve_end(
     segment: usize,
     last: (usize, &str),
     segment_keys: &[&str],
+    budget: &Budget,
 ) -> Result<usize, EditError> {
     let hits = find_anchor(orig, from, last.1);
     if hits.len() > 1 {
         if let Some(end) = first_end_after_unique_lines(orig, start, &hits, segment_keys) {
-            if scores_best(orig, start, &hits, segment_keys, end) {
+            if scores_best(orig, start, &hits, segment_keys, end, budget)? {
                 return Ok(end);
             }
         }
@@ -352,16 +429,18 @@ const MAX_SCORED_SEGMENT: usize = 5000;
 /// it at any other occurrence, the score of ending at `e` being `kept − removed` for the original span
 /// `start..=e`: `kept` is the length of the longest common subsequence of the span and the segment,
 /// `removed` the span's other lines. Spans only grow with `e` and the score's upper bound falls with
-/// the span, so the search stops early.
+/// the span, so the search stops early. Each diff is bounded by the budget's deadline: a diff cut short
+/// could misjudge a score, so running out is an error, not an answer.
 fn scores_best(
     orig: &[&str],
     start: usize,
     ends: &[usize],
     segment_keys: &[&str],
     chosen: usize,
-) -> bool {
+    budget: &Budget,
+) -> Result<bool, EditError> {
     if segment_keys.len() > MAX_SCORED_SEGMENT {
-        return false;
+        return Ok(false);
     }
     let seg_len = segment_keys.len() as i64;
     let mut best = i64::MIN;
@@ -372,15 +451,20 @@ fn scores_best(
         if bound < best && chosen_score.is_some() {
             break;
         }
+        budget.check()?;
         let region: Vec<&str> = orig[start..=e].iter().map(|l| key(l)).collect();
-        let kept: usize =
-            similar::capture_diff_slices(similar::Algorithm::Myers, &region, segment_keys)
-                .iter()
-                .filter_map(|op| match op {
-                    similar::DiffOp::Equal { len, .. } => Some(*len),
-                    _ => None,
-                })
-                .sum();
+        let kept: usize = similar::capture_diff_slices_deadline(
+            similar::Algorithm::Myers,
+            &region,
+            segment_keys,
+            Some(budget.deadline()),
+        )
+        .iter()
+        .filter_map(|op| match op {
+            similar::DiffOp::Equal { len, .. } => Some(*len),
+            _ => None,
+        })
+        .sum();
         let kept = kept as i64;
         let score = kept - (span - kept);
         best = best.max(score);
@@ -388,12 +472,14 @@ fn scores_best(
             chosen_score = Some(score);
         }
     }
-    chosen_score == Some(best)
+    budget.check()?;
+    Ok(chosen_score == Some(best))
 }
 
 /// Merge content with `// ... existing code ...` markers into `original`, following the rules in the module
-/// documentation. Refuses (never guesses) when an anchor is missing, ambiguous or out of order.
-pub fn merge_edit(original: &str, edit: &str) -> Result<String, EditError> {
+/// documentation. Refuses (never guesses) when an anchor is missing, ambiguous or out of order, and stops
+/// when `budget` runs out.
+pub fn merge_edit(original: &str, edit: &str, budget: &Budget) -> Result<String, EditError> {
     if edit.trim().is_empty() {
         return Err(EditError::EmptyEdit);
     }
@@ -457,6 +543,7 @@ pub fn merge_edit(original: &str, edit: &str) -> Result<String, EditError> {
     let mut cursor = 0usize;
     let mut ranges: Vec<(usize, usize)> = Vec::with_capacity(segments.len());
     for (idx, seg) in segments.iter().enumerate() {
+        budget.check()?;
         let number = idx + 1;
         let non_blank: Vec<(usize, &str)> = seg
             .lines
@@ -477,8 +564,8 @@ pub fn merge_edit(original: &str, edit: &str) -> Result<String, EditError> {
             let keys: Vec<&str> = seg.lines.iter().map(|(_, l)| key(l)).collect();
             match start {
                 Some(s) if non_blank.len() == 1 => s + 1,
-                Some(s) => resolve_end(&orig, s, s + 1, number, last, &keys)? + 1,
-                None => resolve_end(&orig, 0, cursor, number, last, &keys)? + 1,
+                Some(s) => resolve_end(&orig, s, s + 1, number, last, &keys, budget)? + 1,
+                None => resolve_end(&orig, 0, cursor, number, last, &keys, budget)? + 1,
             }
         } else {
             orig.len()
@@ -488,7 +575,25 @@ pub fn merge_edit(original: &str, edit: &str) -> Result<String, EditError> {
         cursor = end;
     }
 
-    // Assemble.
+    // Assemble, once the size is known to be within bounds.
+    let kept: usize = {
+        let mut kept_from = 0;
+        let mut kept = 0;
+        for &(start, end) in &ranges {
+            kept += orig[kept_from..start]
+                .iter()
+                .map(|l| l.len())
+                .sum::<usize>();
+            kept_from = end;
+        }
+        kept + orig[kept_from..].iter().map(|l| l.len()).sum::<usize>()
+    };
+    let added: usize = segments
+        .iter()
+        .flat_map(|seg| &seg.lines)
+        .map(|(_, l)| l.len() + eol.len())
+        .sum();
+    within_result_limit(kept + added)?;
     let mut out = String::with_capacity(original.len() + edit.len());
     let mut kept_from = 0usize;
     let mut ends_with_edit = false;
@@ -521,16 +626,31 @@ pub fn merge_edit(original: &str, edit: &str) -> Result<String, EditError> {
     Ok(out)
 }
 
+/// Refuses a result of `size` bytes if it is over [`MAX_RESULT`].
+fn within_result_limit(size: usize) -> Result<(), EditError> {
+    if size > MAX_RESULT {
+        return Err(EditError::TooLarge {
+            size: size as u64,
+            limit: MAX_RESULT as u64,
+        });
+    }
+    Ok(())
+}
+
 /// Unified diff of `old` → `new` for `path` (3 lines of context); `old = None` diffs from `/dev/null`.
-/// Empty when nothing changed.
-pub fn unified_diff(path: &str, old: Option<&str>, new: &str) -> String {
+/// Empty when nothing changed. Computed within `budget`'s deadline: past it the diff is still a correct
+/// diff, only not the smallest one.
+pub fn unified_diff(path: &str, old: Option<&str>, new: &str, budget: &Budget) -> String {
     let old_header = if old.is_some() {
         format!("a/{path}")
     } else {
         "/dev/null".to_string()
     };
     let new_header = format!("b/{path}");
-    TextDiff::from_lines(old.unwrap_or(""), new)
+    TextDiff::configure()
+        .algorithm(similar::Algorithm::Myers)
+        .deadline(budget.deadline())
+        .diff_lines(old.unwrap_or(""), new)
         .unified_diff()
         .context_radius(3)
         .header(&old_header, &new_header)
@@ -546,15 +666,17 @@ pub fn edit_file(
     original: Option<&str>,
     content: &str,
     full_replace: bool,
+    budget: &Budget,
 ) -> Result<EditOutcome, EditError> {
     let new_content = match original {
         None if has_markers(content) => return Err(EditError::MarkersInNewFile),
         None => content.to_string(),
-        Some(orig) if has_markers(content) => merge_edit(orig, content)?,
+        Some(orig) if has_markers(content) => merge_edit(orig, content, budget)?,
         Some(_) if full_replace => content.to_string(),
         Some(_) => return Err(EditError::FullReplaceRequired),
     };
-    let diff = unified_diff(path, original, &new_content);
+    within_result_limit(new_content.len())?;
+    let diff = unified_diff(path, original, &new_content, budget);
     Ok(EditOutcome { new_content, diff })
 }
 
@@ -583,8 +705,33 @@ pub fn search_replace(
     } else {
         (search, replace)
     };
-    let starts: Vec<usize> = original.match_indices(search).map(|(i, _)| i).collect();
-    match starts.len() {
+    // One pass: the number of matches and the lines of the first ones.
+    let mut count = 0usize;
+    let mut lines = Vec::new();
+    let (mut line, mut counted_to) = (1usize, 0usize);
+    for (at, _) in original.match_indices(search) {
+        count += 1;
+        if lines.len() <= SHOWN_LINES {
+            line += original.as_bytes()[counted_to..at]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count();
+            counted_to = at;
+            lines.push(line);
+        }
+    }
+    if count == 1 || (count > 1 && replace_all) {
+        // Matches do not overlap, so they cover at most the whole original.
+        let size =
+            (original.len() - count * search.len()) as u128 + count as u128 * replace.len() as u128;
+        if size > MAX_RESULT as u128 {
+            return Err(EditError::TooLarge {
+                size: u64::try_from(size).unwrap_or(u64::MAX),
+                limit: MAX_RESULT as u64,
+            });
+        }
+    }
+    match count {
         0 => {
             let shown: String = asked.chars().take(200).collect();
             let shown = if asked.chars().count() > 200 {
@@ -596,12 +743,6 @@ pub fn search_replace(
         }
         1 => Ok((original.replacen(search, replace, 1), 1)),
         n if replace_all => Ok((original.replace(search, replace), n)),
-        n => {
-            let lines = starts
-                .iter()
-                .map(|&i| original[..i].matches('\n').count() + 1)
-                .collect();
-            Err(EditError::AmbiguousSearch { count: n, lines })
-        }
+        n => Err(EditError::AmbiguousSearch { count: n, lines }),
     }
 }

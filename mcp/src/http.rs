@@ -2,7 +2,9 @@
 //! Loopback by default, and every request must carry the bearer token (compared in constant time):
 //! on a shared host any local user can reach a loopback port. rmcp checks the `Host` header
 //! against loopback names and the bound address (DNS rebinding) and refuses any `Origin` (web pages).
-//! At most 64 connections, 30 s to send headers. Stops on SIGINT/SIGTERM.
+//! Bounds: at most 64 connections, 30 s to send a request's headers and 30 s for its body, a body of
+//! at most [`MAX_MESSAGE`] bytes, at most [`MAX_SESSIONS`] MCP sessions (idle ones close after 5 minutes,
+//! ones never initialized after 10 s), and the server's tool-call slots. Stops on SIGINT/SIGTERM.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -10,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, LengthLimitError, Limited};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -21,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::server::{ServeError, SessionTools};
+use crate::stdio::MAX_MESSAGE;
 
 /// The URL path MCP is served at.
 pub const MCP_PATH: &str = "/mcp";
@@ -29,6 +32,14 @@ pub const MCP_PATH: &str = "/mcp";
 const MAX_CONNECTIONS: usize = 64;
 /// Longest time a client may take to send a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest time a client may take to send a request's body, once its headers are in.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most MCP sessions open at once; a client initializing one more is refused (503).
+pub const MAX_SESSIONS: usize = 128;
+/// An MCP session idle this long is closed.
+const SESSION_IDLE: Duration = Duration::from_secs(300);
+/// An MCP session not initialized within this time is closed.
+const SESSION_INIT: Duration = Duration::from_secs(10);
 
 /// Serves MCP over streamable HTTP on `addr` until SIGINT/SIGTERM. `on_listening` gets the bound address
 /// (useful with port 0) once the listener is up. Every request must carry
@@ -57,13 +68,14 @@ pub async fn serve_http(
     let config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(hosts)
         .enforce_origin_validation()
+        .with_max_request_body_bytes(MAX_MESSAGE)
         .with_cancellation_token(stop.child_token());
+    let mut sessions = LocalSessionManager::default();
+    sessions.session_config.keep_alive = Some(SESSION_IDLE);
+    sessions.session_config.init_timeout = Some(SESSION_INIT);
+    let sessions = Arc::new(sessions);
     let service: StreamableHttpService<SessionTools, LocalSessionManager> =
-        StreamableHttpService::new(
-            move || Ok(tools.clone()),
-            Arc::new(LocalSessionManager::default()),
-            config,
-        );
+        StreamableHttpService::new(move || Ok(tools.clone()), sessions.clone(), config);
     let expected = Arc::new(format!("Bearer {token}"));
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     info!(%bound, "serving MCP over streamable HTTP at {MCP_PATH}");
@@ -93,9 +105,11 @@ pub async fn serve_http(
         debug!(%peer, "connection");
         let service = service.clone();
         let expected = expected.clone();
+        let sessions = sessions.clone();
         let handler = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
             let service = service.clone();
             let expected = expected.clone();
+            let sessions = sessions.clone();
             async move {
                 let given = req.headers().get(hyper::header::AUTHORIZATION);
                 if !given.is_some_and(|v| same_secret(v.as_bytes(), expected.as_bytes())) {
@@ -110,7 +124,44 @@ pub async fn serve_http(
                         "not found: MCP is served at /mcp\n",
                     ));
                 }
-                Ok(service.handle(req).await)
+                let opens_session = req.method() == hyper::Method::POST
+                    && !req.headers().contains_key("mcp-session-id");
+                if opens_session && sessions.sessions.read().await.len() >= MAX_SESSIONS {
+                    return Ok(plain(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "service unavailable: too many MCP sessions are open; close one (DELETE /mcp) or wait for idle ones to expire\n",
+                    ));
+                }
+                let (parts, body) = req.into_parts();
+                let body = match tokio::time::timeout(
+                    BODY_TIMEOUT,
+                    Limited::new(body, MAX_MESSAGE).collect(),
+                )
+                .await
+                {
+                    Ok(Ok(body)) => body.to_bytes(),
+                    Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                        return Ok(plain(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "payload too large: one MCP message may have at most 24 MiB\n",
+                        ));
+                    }
+                    Ok(Err(_)) => {
+                        return Ok(plain(
+                            StatusCode::BAD_REQUEST,
+                            "bad request: the body could not be read\n",
+                        ));
+                    }
+                    Err(_) => {
+                        return Ok(plain(
+                            StatusCode::REQUEST_TIMEOUT,
+                            "request timeout: the body did not arrive within 30 s\n",
+                        ));
+                    }
+                };
+                Ok(service
+                    .handle(Request::from_parts(parts, Full::new(body)))
+                    .await)
             }
         });
         let stop = stop.clone();

@@ -3,8 +3,9 @@
 //! ripgrep get through `/sessions/<id>`.
 //!
 //! Layers, from the outside in:
-//! - `server.rs` (rmcp): tool names, parameter schemas and defaults, stdio transport; `http.rs`: the
-//!   streamable HTTP transport.
+//! - `server.rs` (rmcp): tool names, parameter schemas and defaults, the call slots and edit budgets;
+//!   `stdio.rs`: the stdio transport's front (a size bound that answers); `http.rs`: the streamable
+//!   HTTP transport.
 //! - `tools.rs`: what each tool does and returns, on one session directory, independent of MCP;
 //!   `grep.rs` the workspace search; `catalog.rs` what `session_list` reports.
 //! - `workspace.rs`: a session's directory in the mount with every path confined to it (`openat2`
@@ -19,15 +20,17 @@ mod error;
 mod grep;
 mod http;
 mod server;
+mod stdio;
 mod tools;
 mod workspace;
 
 pub use catalog::{SessionCatalog, SessionInfo};
 pub use edit::{
-    edit_file, has_markers, is_marker, merge_edit, search_replace, AnchorKind, EditError,
-    EditOutcome,
+    edit_file, has_markers, is_marker, merge_edit, search_replace, AnchorKind, Budget, EditError,
+    EditOutcome, MAX_RESULT,
 };
 pub use error::ToolError;
 pub use http::serve_http;
-pub use server::{serve_stdio, ServeError, SessionTools};
+pub use server::{serve_stdio, ServeError, SessionTools, EDIT_TIME_LIMIT, MAX_CALLS};
+pub use stdio::{IdScanner, MAX_MESSAGE};
 pub use workspace::Mount;

@@ -4,7 +4,9 @@
 //! carrying the [`ToolError`] message.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
@@ -12,9 +14,12 @@ use rmcp::model::{Implementation, ServerCapabilities, ServerConfig};
 use rmcp::{tool, tool_handler, tool_router, Json, ServerHandler, ServiceExt};
 use schemars::JsonSchema;
 use serde::Deserialize;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::catalog::{ListedSession, SessionCatalog, SessionListResult};
+use crate::edit::Budget;
 use crate::error::ToolError;
 use crate::grep::GrepQuery;
 use crate::tools::{self, ReadRange};
@@ -213,26 +218,52 @@ pub struct GrepSearchParams {
     pub files_only: bool,
 }
 
+/// Tool calls running at once (over all clients and transports); more wait for a slot.
+pub const MAX_CALLS: usize = 16;
+/// How long one edit (merge, search-replace, diff) may compute.
+pub const EDIT_TIME_LIMIT: Duration = Duration::from_secs(10);
+
 /// The session-tools MCP server.
 #[derive(Clone)]
 pub struct SessionTools {
     mount: Mount,
     catalog: Arc<dyn SessionCatalog>,
+    /// Slots for tool calls, [`MAX_CALLS`] of them.
+    calls: Arc<Semaphore>,
     tool_router: ToolRouter<SessionTools>,
 }
 
-/// Runs `f` with the session's directory on the blocking pool; its error becomes the tool error text.
-async fn on_session<T, F>(mount: &Mount, id: String, f: F) -> Result<Json<T>, String>
+/// Runs `f` with the session's directory on the blocking pool, in one of the server's call slots and
+/// within an edit [`Budget`] that `cancelled` (the request's token) cancels; its error becomes the tool
+/// error text.
+async fn on_session<T, F>(
+    tools: &SessionTools,
+    id: String,
+    cancelled: CancellationToken,
+    f: F,
+) -> Result<Json<T>, String>
 where
     T: Send + 'static,
-    F: FnOnce(&SessionDir) -> Result<T, ToolError> + Send + 'static,
+    F: FnOnce(&SessionDir, &Budget) -> Result<T, ToolError> + Send + 'static,
 {
-    let mount = mount.clone();
-    let outcome = tokio::task::spawn_blocking(move || {
+    let Ok(_slot) = tools.calls.clone().acquire_owned().await else {
+        return Err("internal error: the server is shutting down".into());
+    };
+    let mount = tools.mount.clone();
+    let budget = Budget::new(EDIT_TIME_LIMIT);
+    let cancel = budget.cancel_flag();
+    let mut task = tokio::task::spawn_blocking(move || {
         let dir = mount.session(&id)?;
-        f(&dir)
-    })
-    .await;
+        f(&dir, &budget)
+    });
+    let outcome = tokio::select! {
+        outcome = &mut task => outcome,
+        () = cancelled.cancelled() => {
+            // The work stops at its next budget check; the slot is held until it has.
+            cancel.store(true, Ordering::Relaxed);
+            task.await
+        }
+    };
     match outcome {
         Ok(Ok(value)) => Ok(Json(value)),
         Ok(Err(e)) => {
@@ -252,6 +283,7 @@ impl SessionTools {
         SessionTools {
             mount,
             catalog,
+            calls: Arc::new(Semaphore::new(MAX_CALLS)),
             tool_router: Self::tool_router(),
         }
     }
@@ -315,9 +347,12 @@ impl SessionTools {
             end: p.end_line_one_indexed_inclusive,
             entire: p.should_read_entire_file,
         };
-        on_session(&self.mount, p.session_id, move |dir| {
-            tools::read_file(dir, &p.path, range)
-        })
+        on_session(
+            self,
+            p.session_id,
+            CancellationToken::new(),
+            move |dir, _| tools::read_file(dir, &p.path, range),
+        )
         .await
     }
 
@@ -330,9 +365,12 @@ impl SessionTools {
         &self,
         Parameters(p): Parameters<WriteFileParams>,
     ) -> Result<Json<tools::WriteResult>, String> {
-        on_session(&self.mount, p.session_id, move |dir| {
-            tools::write_file(dir, &p.path, &p.content, p.create_dirs)
-        })
+        on_session(
+            self,
+            p.session_id,
+            CancellationToken::new(),
+            move |dir, _| tools::write_file(dir, &p.path, &p.content, p.create_dirs),
+        )
         .await
     }
 
@@ -344,9 +382,10 @@ impl SessionTools {
     async fn session_edit_file(
         &self,
         Parameters(p): Parameters<EditFileParams>,
+        cancelled: CancellationToken,
     ) -> Result<Json<tools::EditResult>, String> {
         let _ = &p.instructions;
-        on_session(&self.mount, p.session_id, move |dir| {
+        on_session(self, p.session_id, cancelled, move |dir, budget| {
             tools::edit_file(
                 dir,
                 &tools::EditRequest {
@@ -356,6 +395,7 @@ impl SessionTools {
                     dry_run: p.dry_run,
                     create_dirs: p.create_dirs,
                 },
+                budget,
             )
         })
         .await
@@ -369,9 +409,10 @@ impl SessionTools {
     async fn session_search_replace(
         &self,
         Parameters(p): Parameters<SearchReplaceParams>,
+        cancelled: CancellationToken,
     ) -> Result<Json<tools::SearchReplaceResult>, String> {
-        on_session(&self.mount, p.session_id, move |dir| {
-            tools::search_replace(dir, &p.path, &p.search, &p.replace, p.replace_all)
+        on_session(self, p.session_id, cancelled, move |dir, budget| {
+            tools::search_replace(dir, &p.path, &p.search, &p.replace, p.replace_all, budget)
         })
         .await
     }
@@ -385,9 +426,12 @@ impl SessionTools {
         &self,
         Parameters(p): Parameters<ListDirectoryParams>,
     ) -> Result<Json<tools::ListResult>, String> {
-        on_session(&self.mount, p.session_id, move |dir| {
-            tools::list_directory(dir, &p.path, p.show_hidden)
-        })
+        on_session(
+            self,
+            p.session_id,
+            CancellationToken::new(),
+            move |dir, _| tools::list_directory(dir, &p.path, p.show_hidden),
+        )
         .await
     }
 
@@ -400,9 +444,12 @@ impl SessionTools {
         &self,
         Parameters(p): Parameters<PathParams>,
     ) -> Result<Json<tools::ExistsResult>, String> {
-        on_session(&self.mount, p.session_id, move |dir| {
-            tools::file_exists(dir, &p.path)
-        })
+        on_session(
+            self,
+            p.session_id,
+            CancellationToken::new(),
+            move |dir, _| tools::file_exists(dir, &p.path),
+        )
         .await
     }
 
@@ -415,9 +462,12 @@ impl SessionTools {
         &self,
         Parameters(p): Parameters<PathParams>,
     ) -> Result<Json<tools::DeleteResult>, String> {
-        on_session(&self.mount, p.session_id, move |dir| {
-            tools::delete_file(dir, &p.path)
-        })
+        on_session(
+            self,
+            p.session_id,
+            CancellationToken::new(),
+            move |dir, _| tools::delete_file(dir, &p.path),
+        )
         .await
     }
 
@@ -430,9 +480,12 @@ impl SessionTools {
         &self,
         Parameters(p): Parameters<CreateDirectoryParams>,
     ) -> Result<Json<tools::CreateDirResult>, String> {
-        on_session(&self.mount, p.session_id, move |dir| {
-            tools::create_directory(dir, &p.path, p.recursive)
-        })
+        on_session(
+            self,
+            p.session_id,
+            CancellationToken::new(),
+            move |dir, _| tools::create_directory(dir, &p.path, p.recursive),
+        )
         .await
     }
 
@@ -445,15 +498,20 @@ impl SessionTools {
         &self,
         Parameters(p): Parameters<MoveFileParams>,
     ) -> Result<Json<tools::MoveResult>, String> {
-        on_session(&self.mount, p.session_id, move |dir| {
-            tools::move_file(
-                dir,
-                &p.source_path,
-                &p.target_path,
-                p.overwrite,
-                p.create_dirs,
-            )
-        })
+        on_session(
+            self,
+            p.session_id,
+            CancellationToken::new(),
+            move |dir, _| {
+                tools::move_file(
+                    dir,
+                    &p.source_path,
+                    &p.target_path,
+                    p.overwrite,
+                    p.create_dirs,
+                )
+            },
+        )
         .await
     }
 
@@ -466,9 +524,12 @@ impl SessionTools {
         &self,
         Parameters(p): Parameters<RenameFileParams>,
     ) -> Result<Json<tools::RenameResult>, String> {
-        on_session(&self.mount, p.session_id, move |dir| {
-            tools::rename_file(dir, &p.path, &p.new_name, p.overwrite)
-        })
+        on_session(
+            self,
+            p.session_id,
+            CancellationToken::new(),
+            move |dir, _| tools::rename_file(dir, &p.path, &p.new_name, p.overwrite),
+        )
         .await
     }
 
@@ -481,19 +542,24 @@ impl SessionTools {
         &self,
         Parameters(p): Parameters<GrepSearchParams>,
     ) -> Result<Json<tools::GrepResult>, String> {
-        on_session(&self.mount, p.session_id, move |dir| {
-            tools::grep_search(
-                dir,
-                &GrepQuery {
-                    pattern: &p.query,
-                    case_sensitive: p.case_sensitive,
-                    include: p.include_pattern.as_deref(),
-                    exclude: p.exclude_pattern.as_deref(),
-                    limit: p.limit,
-                    files_only: p.files_only,
-                },
-            )
-        })
+        on_session(
+            self,
+            p.session_id,
+            CancellationToken::new(),
+            move |dir, _| {
+                tools::grep_search(
+                    dir,
+                    &GrepQuery {
+                        pattern: &p.query,
+                        case_sensitive: p.case_sensitive,
+                        include: p.include_pattern.as_deref(),
+                        exclude: p.exclude_pattern.as_deref(),
+                        limit: p.limit,
+                        files_only: p.files_only,
+                    },
+                )
+            },
+        )
         .await
     }
 }
@@ -515,8 +581,12 @@ impl ServerHandler for SessionTools {
 pub async fn serve_stdio(tools: SessionTools) -> Result<(), ServeError> {
     tools.mount.check().map_err(ServeError::NoMount)?;
     info!(mount = %tools.mount.path().display(), "serving MCP on stdio");
+    let (input, output) = crate::stdio::front(tokio::io::stdin(), tokio::io::stdout());
+    // The front bounds each message; rmcp's own bound must not drop what the front passed.
+    let transport = rmcp::transport::async_rw::AsyncRwTransport::new_server(input, output)
+        .with_max_line_length(crate::stdio::MAX_MESSAGE.saturating_add(1));
     let running = tools
-        .serve(rmcp::transport::stdio())
+        .serve(transport)
         .await
         .map_err(|e| ServeError::Stdio(e.to_string()))?;
     running

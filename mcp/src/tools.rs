@@ -8,13 +8,16 @@ use std::ops::Range;
 
 use serde::Serialize;
 
-use crate::edit::{self, EditError};
+use crate::edit::{self, Budget, EditError};
 use crate::error::ToolError;
 use crate::grep::{self, GrepMatch, GrepQuery};
 use crate::workspace::{Kind, RelPath, SessionDir};
 
 /// Largest file `session_read_file`, `session_edit_file` and `session_search_replace` load (16 MiB).
-pub const MAX_TEXT_FILE: u64 = 16 << 20;
+pub const MAX_TEXT_FILE: u64 = edit::MAX_RESULT as u64;
+/// The longest diff a result carries, in bytes; a longer one is cut at a line with a note (the file
+/// has the whole change).
+pub const MAX_DIFF: usize = 256 << 10;
 /// Lines shown when a read gives no end line (nor `should_read_entire_file`).
 pub const DEFAULT_READ_LINES: usize = 2000;
 /// Bytes inspected for a NUL to call a file binary (as git and ripgrep do).
@@ -307,17 +310,19 @@ pub struct EditRequest<'a> {
     pub create_dirs: bool,
 }
 
-pub fn edit_file(dir: &SessionDir, req: &EditRequest<'_>) -> Result<EditResult, ToolError> {
+pub fn edit_file(
+    dir: &SessionDir,
+    req: &EditRequest<'_>,
+    budget: &Budget,
+) -> Result<EditResult, ToolError> {
     let rel = dir.relative(req.path)?;
     let shown = rel.display();
     let current = load_text(dir, &rel)?;
     let original = current.as_deref();
-    let outcome =
-        edit::edit_file(&shown, original, req.content, req.full_replace).map_err(|source| {
-            ToolError::Edit {
-                path: shown.clone(),
-                source,
-            }
+    let outcome = edit::edit_file(&shown, original, req.content, req.full_replace, budget)
+        .map_err(|source| ToolError::Edit {
+            path: shown.clone(),
+            source,
         })?;
     let changed = original != Some(outcome.new_content.as_str());
     if !req.dry_run && changed {
@@ -333,10 +338,28 @@ pub fn edit_file(dir: &SessionDir, req: &EditRequest<'_>) -> Result<EditResult, 
         created: original.is_none(),
         dry_run: req.dry_run,
         bytes_written: outcome.new_content.len(),
-        diff: outcome.diff,
+        diff: bounded_diff(outcome.diff),
         diff_summary,
         proposed_content: req.dry_run.then_some(outcome.new_content),
     })
+}
+
+/// `diff`, cut after the last whole line within [`MAX_DIFF`] bytes, with a note saying so.
+fn bounded_diff(mut diff: String) -> String {
+    if diff.len() <= MAX_DIFF {
+        return diff;
+    }
+    let total = diff.len();
+    let cut = diff.as_bytes()[..MAX_DIFF]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    diff.truncate(cut);
+    diff.push_str(&format!(
+        "\\ diff cut here: {} of its {total} bytes are left out (the file has the whole change)\n",
+        total - cut
+    ));
+    diff
 }
 
 fn summarize(diff: &str, new_content: &str) -> DiffSummary {
@@ -378,6 +401,7 @@ pub fn search_replace(
     search: &str,
     replace: &str,
     replace_all: bool,
+    budget: &Budget,
 ) -> Result<SearchReplaceResult, ToolError> {
     let rel = dir.relative(path)?;
     let shown = rel.display();
@@ -403,7 +427,12 @@ pub fn search_replace(
     Ok(SearchReplaceResult {
         success: true,
         session: dir.id().to_owned(),
-        diff: edit::unified_diff(&shown, Some(&original), &new_content),
+        diff: bounded_diff(edit::unified_diff(
+            &shown,
+            Some(&original),
+            &new_content,
+            budget,
+        )),
         path: shown,
         edited: changed,
         replaced: true,
@@ -781,6 +810,22 @@ mod tests {
     }
 
     #[test]
+    fn long_diffs_are_cut_at_a_line_with_a_note() {
+        let line = "+".to_string() + &"x".repeat(99) + "\n";
+        let diff = line.repeat(MAX_DIFF / 100 + 10);
+        let cut = bounded_diff(diff.clone());
+        let (kept, note) = cut.rsplit_once("\\ diff cut here: ").unwrap();
+        assert!(kept.len() <= MAX_DIFF && kept.len() > MAX_DIFF - 100);
+        assert!(kept.ends_with('\n') && diff.starts_with(kept));
+        assert!(note.starts_with(&format!(
+            "{} of its {} bytes",
+            diff.len() - kept.len(),
+            diff.len()
+        )));
+        assert_eq!(bounded_diff(line.clone()), line);
+    }
+
+    #[test]
     fn line_spans_keep_terminators() {
         let t = "a\nbb\r\nc";
         let s = line_spans(t);
@@ -804,7 +849,8 @@ mod tests {
 
     #[test]
     fn diff_summary_counts_changed_lines() {
-        let d = edit::unified_diff("f", Some("a\nb\nc\n"), "a\nB\nc\nd\n");
+        let budget = Budget::new(std::time::Duration::from_secs(60));
+        let d = edit::unified_diff("f", Some("a\nb\nc\n"), "a\nB\nc\nd\n", &budget);
         let s = summarize(&d, "a\nB\nc\nd\n");
         assert_eq!((s.lines_added, s.lines_removed, s.total_lines), (2, 1, 4));
     }

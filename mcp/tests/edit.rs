@@ -2,9 +2,27 @@
 
 #![forbid(unsafe_code)]
 
-use sessionfs_mcp::{
-    edit_file, has_markers, is_marker, merge_edit, search_replace, AnchorKind, EditError,
-};
+use std::time::Duration;
+
+use sessionfs_mcp::{has_markers, is_marker, search_replace, AnchorKind, Budget, EditError};
+
+/// A budget no test here comes near.
+fn roomy() -> Budget {
+    Budget::new(Duration::from_secs(600))
+}
+
+fn merge_edit(original: &str, edit: &str) -> Result<String, EditError> {
+    sessionfs_mcp::merge_edit(original, edit, &roomy())
+}
+
+fn edit_file(
+    path: &str,
+    original: Option<&str>,
+    content: &str,
+    full_replace: bool,
+) -> Result<sessionfs_mcp::EditOutcome, EditError> {
+    sessionfs_mcp::edit_file(path, original, content, full_replace, &roomy())
+}
 
 const RUST: &str = "fn a() {\n    one();\n}\n\nfn b() {\n    two();\n}\n";
 
@@ -611,4 +629,86 @@ fn search_replace_unicode_and_trailing_newline() {
         "größe 🌍\nfin"
     );
     assert_eq!(search_replace("a\n", "a", "b", false).unwrap().0, "b\n");
+}
+
+// ---------- bounds ----------
+
+/// Counting the matches of an ambiguous search is one pass: 2 Mi matches in 4 MiB. (Counting each
+/// match's line from the file start, as before, took 161 s on 1 MiB and would not finish here.)
+#[test]
+fn an_ambiguous_search_is_counted_in_one_pass() {
+    let text = "a\n".repeat(2 << 20);
+    let Err(EditError::AmbiguousSearch { count, lines }) = search_replace(&text, "a", "b", false)
+    else {
+        panic!("expected an ambiguous search");
+    };
+    assert_eq!(count, 2 << 20);
+    assert_eq!(lines, (1..=21).collect::<Vec<_>>());
+    let err = search_replace(&text, "a", "b", false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("occurs 2097152 times (lines 1, 2, "), "{err}");
+    assert!(err.contains("20, …)"), "{err}");
+}
+
+/// `replace_all` cannot turn 64 KiB into 256 MiB: the result's size is known before it is built.
+#[test]
+fn replace_all_cannot_grow_past_the_result_limit() {
+    let text = "a".repeat(64 << 10);
+    let replace = "b".repeat(4 << 10);
+    assert_eq!(
+        search_replace(&text, "a", &replace, true),
+        Err(EditError::TooLarge {
+            size: 256 << 20,
+            limit: sessionfs_mcp::MAX_RESULT as u64,
+        })
+    );
+    // Up to the limit it works.
+    let (out, n) = search_replace(&text, "a", "bb", true).unwrap();
+    assert_eq!((out.len(), n), (128 << 10, 64 << 10));
+}
+
+/// A merge whose work grows with segments × lines stops when its budget is spent, with an error
+/// (here 100,000 one-line segments over a 100,000-line file, about 10¹⁰ comparisons).
+#[test]
+fn a_merge_stops_when_its_budget_is_spent() {
+    let n = 100_000;
+    let original: String = (0..n).map(|i| format!("line {i}\n")).collect();
+    let edit: String = (0..n)
+        .map(|i| format!("// ... existing code ...\nline {i}\n"))
+        .collect::<String>()
+        + "// ... existing code ...\n";
+    let budget = Budget::new(Duration::from_millis(200));
+    assert_eq!(
+        sessionfs_mcp::merge_edit(&original, &edit, &budget),
+        Err(EditError::TimedOut {
+            limit: Duration::from_millis(200)
+        })
+    );
+}
+
+/// A cancelled request stops its merge at the next check.
+#[test]
+fn a_cancelled_merge_stops() {
+    let budget = roomy();
+    budget
+        .cancel_flag()
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let edit = "// ... existing code ...\nfn b() {\n    zero();\n// ... existing code ...\n";
+    assert_eq!(
+        sessionfs_mcp::merge_edit(RUST, edit, &budget),
+        Err(EditError::Cancelled)
+    );
+}
+
+/// A merged result over the limit is refused before it is assembled.
+#[test]
+fn a_merge_cannot_grow_past_the_result_limit() {
+    let original = "a\nb\n";
+    let big = "x".repeat(sessionfs_mcp::MAX_RESULT);
+    let edit = format!("// ... existing code ...\nb\n{big}\n");
+    assert!(matches!(
+        merge_edit(original, &edit),
+        Err(EditError::TooLarge { size, .. }) if size as usize > sessionfs_mcp::MAX_RESULT
+    ));
 }
