@@ -10,6 +10,7 @@
 //! - `watch.rs` owns the workspace watcher: inotify changes batched and streamed to the bridge so it can
 //!   invalidate what the host kernel cached.
 //! - `replaced.rs` keeps the regular files a rename replaced openable by their identity for a moment.
+//! - `refusals.rs` bounds the log lines that refused connections make.
 //! - `idle.rs` hands freed memory back to the system once the daemon goes quiet after a burst.
 //!
 //! `sessionfsd` runs a [`Daemon`]. A [`Workspace`], its open files ([`Handles`]) and [`dispatch`], which
@@ -18,6 +19,7 @@
 
 mod handles;
 mod idle;
+mod refusals;
 mod replaced;
 mod server;
 mod watch;

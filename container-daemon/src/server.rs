@@ -15,7 +15,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sessionfs_pki::wire::{read_last_frame, write_frame, WireError};
 use sessionfs_pki::{PeerRole, TransportTuning};
@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::handles::Handles;
 use crate::idle::Activity;
+use crate::refusals::{RefusalLog, Verdict, BURST, WINDOW};
 use crate::watch::{Subscription, WorkspaceWatcher};
 use crate::workspace::{Workspace, XattrValue};
 use sessionfs_proto::WatchFrame;
@@ -139,6 +140,7 @@ impl Daemon {
         );
         tokio::pin!(shutdown);
         let trimmer = tokio::spawn(crate::idle::trim_when_quiet(self.activity.clone()));
+        let refusals = Arc::new(RefusalLog::new(Instant::now()));
         loop {
             tokio::select! {
                 incoming = self.endpoint.accept() => {
@@ -147,7 +149,8 @@ impl Daemon {
                     let watcher = self.watcher.clone();
                     let id = self.session_id.clone();
                     let activity = self.activity.clone();
-                    tokio::spawn(serve_connection(incoming, ws, watcher, activity, id));
+                    let refusals = refusals.clone();
+                    tokio::spawn(serve_connection(incoming, ws, watcher, activity, id, refusals));
                 }
                 () = &mut shutdown => break,
             }
@@ -164,29 +167,50 @@ impl Daemon {
     }
 }
 
+/// Logs a refused connection, unless refusals are flooding the log ([`RefusalLog`]).
+fn refused(log: &RefusalLog, remote: SocketAddr, why: std::fmt::Arguments<'_>) {
+    match log.admit(Instant::now()) {
+        Verdict::Log { left_out: 0 } => warn!(%remote, "{why}"),
+        Verdict::Log { left_out } => warn!(
+            %remote,
+            "{why} ({left_out} more refused connections were not logged, at most {BURST} are per {WINDOW:?})"
+        ),
+        Verdict::Quiet => {}
+    }
+}
+
 async fn serve_connection(
     incoming: quinn::Incoming,
     ws: Arc<Workspace>,
     watcher: Arc<WorkspaceWatcher>,
     activity: Arc<Activity>,
     session_id: Arc<str>,
+    refusals: Arc<RefusalLog>,
 ) {
     let remote = incoming.remote_address();
     let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
-            warn!(%remote, "refused connection: TLS handshake failed: {e}");
+            refused(
+                &refusals,
+                remote,
+                format_args!("refused connection: TLS handshake failed: {e}"),
+            );
             return;
         }
         Err(_) => {
-            warn!(%remote, "refused connection: TLS handshake timed out");
+            refused(
+                &refusals,
+                remote,
+                format_args!("refused connection: TLS handshake timed out"),
+            );
             return;
         }
     };
     let role = match sessionfs_pki::authorize_peer(&conn, &session_id) {
         Ok(role) => role,
         Err(e) => {
-            warn!(%remote, "refused connection: {e}");
+            refused(&refusals, remote, format_args!("refused connection: {e}"));
             conn.close(1u32.into(), b"unauthorized client certificate");
             return;
         }
@@ -194,12 +218,20 @@ async fn serve_connection(
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&conn, &session_id)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            warn!(%remote, "refused connection: protocol handshake failed: {e}");
+            refused(
+                &refusals,
+                remote,
+                format_args!("refused connection: protocol handshake failed: {e}"),
+            );
             conn.close(2u32.into(), b"handshake failed");
             return;
         }
         Err(_) => {
-            warn!(%remote, "refused connection: protocol handshake timed out");
+            refused(
+                &refusals,
+                remote,
+                format_args!("refused connection: protocol handshake timed out"),
+            );
             conn.close(2u32.into(), b"handshake timed out");
             return;
         }

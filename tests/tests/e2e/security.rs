@@ -415,6 +415,35 @@ async fn request_streams_close_without_stop_sending() -> Result<()> {
     Ok(())
 }
 
+/// Hardening finding 14: every refused handshake logged a warning, so anyone who could reach the
+/// port could fill the daemon's log. At most 10 refusals a minute are logged now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_flood_does_not_flood_the_daemon_log() -> Result<()> {
+    let s = setup("flood")?;
+    let foreign_dir = tempfile::tempdir()?;
+    let foreign = CertificateAuthority::load_or_create(foreign_dir.path())?;
+    let ep = endpoint_with(Some(bridge_identity(&foreign)?), &s.ca.cert_pem())?;
+    for _ in 0..50 {
+        let refused = tokio::time::timeout(BOUND, async {
+            let conn = client::connect(&ep, s.addr, "flood").await?;
+            call(&conn, Request::Ping).await
+        })
+        .await?;
+        assert!(refused.is_err(), "a foreign certificate was accepted");
+    }
+    // The daemon still serves its bridge.
+    let ep = endpoint_with(Some(bridge_identity(&s.ca)?), &s.ca.cert_pem())?;
+    let conn = tokio::time::timeout(BOUND, client::connect(&ep, s.addr, "flood")).await??;
+    assert_eq!(call(&conn, Request::Ping).await?, Ok(Reply::Pong));
+    let log = std::fs::read_to_string(s.h.home.join("sessions/flood/daemon.log"))?;
+    let logged = log.matches("refused connection").count();
+    assert!(
+        (1..=10).contains(&logged),
+        "{logged} refusals logged of 50:\n{log}"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_and_missing_certificates_are_refused() -> Result<()> {
     let s = setup("certs")?;
