@@ -254,6 +254,9 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
 /// cost twice the CPU of a local session's (docs/benchmarks.md).
 pub const SESSION_NETWORK: &str = "sessionfs";
 
+/// The bridge driver's option for traffic between containers of one network.
+const NETWORK_ICC: &str = "com.docker.network.bridge.enable_icc";
+
 /// The frame size of [`SESSION_NETWORK`].
 pub const SESSION_NETWORK_MTU: u32 = 9000;
 
@@ -566,11 +569,13 @@ impl Engine {
         }
     }
 
-    /// The id of [`SESSION_NETWORK`], created if missing. Engines before API 1.44 let two concurrent
-    /// creates make two networks of one name; every caller then takes the same one (the least id),
-    /// and a container on the other would do as well.
+    /// The id of [`SESSION_NETWORK`], created if missing, with inter-container traffic off: session
+    /// containers reach the host (and the host them), never each other. One an older sessionfs made
+    /// with that traffic on is replaced when no container uses it, and kept with a warning otherwise.
+    /// Engines before API 1.44 let two concurrent creates make two networks of one name; every caller
+    /// then takes the same one (the least id), and a container on the other would do as well.
     pub fn session_network(&self) -> Result<String, DockerError> {
-        let find = || -> Result<Option<String>, DockerError> {
+        let find = || -> Result<Option<(String, bool)>, DockerError> {
             let options = ListNetworksOptionsBuilder::default()
                 .filters(&HashMap::from([("name", vec![SESSION_NETWORK])]))
                 .build();
@@ -584,19 +589,44 @@ impl Engine {
             Ok(networks
                 .into_iter()
                 .filter(|n| n.name.as_deref() == Some(SESSION_NETWORK))
-                .filter_map(|n| n.id)
+                .filter_map(|n| {
+                    let isolated = n
+                        .options
+                        .as_ref()
+                        .and_then(|o| o.get(NETWORK_ICC))
+                        .is_some_and(|v| v == "false");
+                    Some((n.id?, isolated))
+                })
                 .min())
         };
-        if let Some(id) = find()? {
-            return Ok(id);
+        match find()? {
+            Some((id, true)) => return Ok(id),
+            Some((id, false)) => match self.runtime.block_on(self.docker.remove_network(&id)) {
+                Ok(()) => info!(
+                    network = SESSION_NETWORK,
+                    "replaced the network: inter-container traffic was on"
+                ),
+                Err(e) => {
+                    warn!(
+                        network = SESSION_NETWORK,
+                        error = %e,
+                        "the network lets session containers reach each other and is in use; remove it (docker network rm {SESSION_NETWORK}) once no session runs on it"
+                    );
+                    return Ok(id);
+                }
+            },
+            None => {}
         }
         let request = NetworkCreateRequest {
             name: SESSION_NETWORK.to_owned(),
             driver: Some("bridge".to_owned()),
-            options: Some(HashMap::from([(
-                "com.docker.network.driver.mtu".to_owned(),
-                SESSION_NETWORK_MTU.to_string(),
-            )])),
+            options: Some(HashMap::from([
+                (
+                    "com.docker.network.driver.mtu".to_owned(),
+                    SESSION_NETWORK_MTU.to_string(),
+                ),
+                (NETWORK_ICC.to_owned(), "false".to_owned()),
+            ])),
             labels: Some(HashMap::from([(LABEL_MANAGED.to_owned(), "1".to_owned())])),
             ..Default::default()
         };
@@ -614,7 +644,7 @@ impl Engine {
                 ))(e))
             }
         }
-        find()?.ok_or(DockerError::NoNetwork)
+        find()?.map(|(id, _)| id).ok_or(DockerError::NoNetwork)
     }
 
     /// Whether the named volume exists.

@@ -302,3 +302,52 @@ fn session_certs_never_write_through_a_planted_symlink() -> Result<()> {
     );
     Ok(())
 }
+
+/// Finding 14 (containers): session containers ran with Docker's default capabilities, without
+/// `no-new-privileges`, without a pids limit, on a network where they could reach each other. Now
+/// a root process in the container cannot make a device node (no `CAP_MKNOD`), which before made a
+/// block device appear in the workspace through the mount.
+#[test]
+fn session_containers_are_confined() -> Result<()> {
+    let mut h = Harness::new()?;
+    let id = h.unique_id("confined");
+    h.create_docker_session(&id, &[])?;
+    let container = format!("sessionfs-{id}");
+    h.mount()?;
+    let host = sessionfs_tests::docker(&[
+        "inspect",
+        "--format",
+        "{{json .HostConfig.CapDrop}} {{json .HostConfig.SecurityOpt}} {{.HostConfig.PidsLimit}} {{.HostConfig.NetworkMode}}",
+        &container,
+    ])?;
+    let fields: Vec<&str> = host.split_whitespace().collect();
+    assert_eq!(
+        fields[..3],
+        [r#"["ALL"]"#, r#"["no-new-privileges:true"]"#, "4096"],
+        "{host}"
+    );
+    let icc = sessionfs_tests::docker(&[
+        "network",
+        "inspect",
+        "--format",
+        r#"{{index .Options "com.docker.network.bridge.enable_icc"}}"#,
+        fields[3],
+    ])?;
+    assert_eq!(icc.trim(), "false", "inter-container traffic is on");
+    // The daemon (root in the container) serves mknod: a block device is refused there.
+    let mknod = |name: &str, kind: &[&str]| -> Result<std::process::Output> {
+        Ok(Command::new("mknod")
+            .arg(h.path(&id, name))
+            .args(kind)
+            .output()?)
+    };
+    let out = mknod("disk", &["b", "8", "0"])?;
+    assert!(!out.status.success(), "a block device was made");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Operation not permitted"), "{err}");
+    // A FIFO needs no capability and still works.
+    let out = mknod("pipe", &["p"])?;
+    assert!(out.status.success(), "{out:?}");
+    h.unmount()?;
+    Ok(())
+}
