@@ -57,6 +57,15 @@ pub enum Then {
     PushNow,
 }
 
+/// Why [`WriteBehind::defer`] did not take a change.
+pub enum Refused {
+    /// The pending changes have no room for it: push, wait for room, then try again.
+    NoRoom(Box<Deferred>),
+    /// An earlier change of its handle failed: the write is answered with that failure (reported
+    /// once), never acknowledged after it.
+    Failed(ErrorReply),
+}
+
 /// Writes pending or on their way for one session.
 #[derive(Default)]
 pub struct WriteBehind {
@@ -115,12 +124,22 @@ fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 
 impl WriteBehind {
     /// Takes `d` as pending, or hands it back when the pending writes have no room for it (push, then
-    /// try again). Writes of one handle that continue each other are merged.
-    pub fn defer(&self, d: Deferred) -> Result<Then, Box<Deferred>> {
+    /// try again). Writes of one handle that continue each other are merged. A write of a handle with
+    /// a recorded failure is refused with it: a write that waited for room while an earlier one
+    /// failed must not be acknowledged after the failure (it would add a batch to what is lost).
+    pub fn defer(&self, d: Deferred) -> Result<Then, Refused> {
         let mut st = lock(&self.state);
+        if matches!(d.change, BatchedChange::Write(_)) {
+            if let Some(failure) = st.failed.remove(&d.handle) {
+                drop(st);
+                // Dropping its guard updates the bridge's caches: outside the lock.
+                drop(d);
+                return Err(Refused::Failed(failure));
+            }
+        }
         let len = d.change.data_len();
         if st.pending_bytes + len > MAX_BATCH_BYTES as usize {
-            return Err(Box::new(d));
+            return Err(Refused::NoRoom(Box::new(d)));
         }
         let first = st.pending.is_empty();
         let merge_into =
@@ -145,7 +164,7 @@ impl WriteBehind {
             Some(d)
         } else {
             if st.pending.len() >= MAX_BATCH_WRITES {
-                return Err(Box::new(d));
+                return Err(Refused::NoRoom(Box::new(d)));
             }
             st.pending.push(d);
             None
@@ -483,17 +502,19 @@ mod tests {
         wb.defer(d(1, 7, 0, b"ab")).ok();
         wb.defer(d(2, 7, 0, b"cd")).ok();
         let c = carried(wb.turn(7).await);
+        // A write of handle 2 made while its batch is on its way...
+        wb.defer(d(2, 7, 2, b"late")).ok();
         c.landed(vec![FailedWrite {
             fh: 102,
             error: ErrorReply::new(28, "no space"),
         }]);
         assert_eq!(wb.take_failure(1), None);
-        // A write of the failed handle still pending is dropped, not sent past the failure.
-        wb.defer(d(2, 7, 2, b"late")).ok();
+        // ...is dropped when the batch failed, not sent past the failure.
         let c = carried(wb.turn(7).await);
         assert!(c.changes.is_empty());
         c.landed(vec![]);
-        assert_eq!(wb.take_failure(2).map(|e| e.errno), Some(28));
+        // A write made after the failure is refused with it, reported once.
+        assert!(matches!(wb.defer(d(2, 7, 6, b"after")), Err(Refused::Failed(e)) if e.errno == 28));
         assert_eq!(wb.take_failure(2), None, "reported once");
         // A batch dropped without an answer fails its writes, and the session goes on.
         wb.defer(d(3, 7, 0, b"ef")).ok();
@@ -525,6 +546,27 @@ mod tests {
         let c = carried(wb.turn(7).await);
         waiter.await.expect("room once they were taken");
         c.landed(vec![]);
+    }
+
+    #[test]
+    fn a_write_of_a_handle_whose_change_failed_is_refused_with_that_failure() {
+        let wb = WriteBehind::default();
+        wb.finish([(1, ErrorReply::new(errno::EIO, "lost"))], &[]);
+        let Err(Refused::Failed(e)) = wb.defer(d(1, 7, 0, b"ab")) else {
+            panic!("a write was acknowledged after its handle's failure");
+        };
+        assert_eq!(e.errno, errno::EIO);
+        // Reported once; other handles are not concerned; a release always goes.
+        assert!(!wb.has_failed(1));
+        assert!(wb.defer(d(2, 8, 0, b"x")).is_ok());
+        wb.finish([(1, ErrorReply::new(errno::EIO, "lost"))], &[]);
+        let release = Deferred {
+            handle: 1,
+            conn: 7,
+            change: BatchedChange::Release { fh: 101 },
+            guard: Box::new(()),
+        };
+        assert!(wb.defer(release).is_ok());
     }
 
     #[test]

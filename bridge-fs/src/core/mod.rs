@@ -65,7 +65,7 @@ use crate::read_ahead::{Claim, ReadAhead};
 use crate::replied::Replied;
 use crate::session::{Session, Sessions};
 use crate::walk::Walk;
-use crate::write_behind::{Deferred, Then};
+use crate::write_behind::{Deferred, Refused, Then};
 
 /// An open file: its inode and session, and the daemon's handle for it.
 struct OpenFile {

@@ -50,7 +50,8 @@ impl Core {
                 answer(Ok(()));
                 return self.inner.push_after(session, then);
             }
-            Err(deferred) => *deferred,
+            Err(Refused::Failed(e)) => return answer(Err(errno_of(&e))),
+            Err(Refused::NoRoom(deferred)) => *deferred,
         };
         let (inner, session) = (self.inner.clone(), session.clone());
         self.spawn(async move {
@@ -69,7 +70,8 @@ impl Core {
                         answer(Ok(()));
                         return inner.push_after(&session, then);
                     }
-                    Err(back) => deferred = *back,
+                    Err(Refused::Failed(e)) => return answer(Err(errno_of(&e))),
+                    Err(Refused::NoRoom(back)) => deferred = *back,
                 }
             }
         });
