@@ -27,6 +27,9 @@ pub struct BridgeConfig {
     /// FUSE worker threads.
     pub fuse_threads: usize,
     /// Let other users (and root) use the mount (`allow_other`; needs root or `user_allow_other`).
+    /// Off by default, even for root: the mount would show workspaces that the disk's directory
+    /// permissions hide (a 0700 state directory, Docker's 0701 volumes) to every local user whom
+    /// the per-file modes admit.
     pub allow_other: bool,
     /// Show each session's workspace owner (its `owner` label) as the mounting user, and map the
     /// mounting user back to that owner in requests, like sshfs's `idmap=user`.
@@ -45,7 +48,7 @@ impl BridgeConfig {
             watched_ttl: Duration::from_secs(60),
             registry_poll: Duration::from_millis(200),
             fuse_threads: 4,
-            allow_other: rustix::process::geteuid().is_root(),
+            allow_other: false,
             map_owner: false,
         }
     }

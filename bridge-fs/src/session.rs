@@ -85,6 +85,9 @@ pub struct Sessions {
     connect_timeout: Duration,
     /// The mounting user's uid and gid, when owners are mapped (`--map-owner`).
     map_owner_to: Option<(u32, u32)>,
+    /// Whether other users may use the mount (`--allow-other`): then a session owner that is another
+    /// host account gets that account owner's rights, which is said when the session appears.
+    allow_other: bool,
     /// Where change notifications go (the invalidator thread), once the mount set it.
     invalidations: OnceLock<std::sync::mpsc::Sender<Invalidation>>,
 }
@@ -123,6 +126,7 @@ impl Sessions {
                     rustix::process::getegid().as_raw(),
                 )
             }),
+            allow_other: config.allow_other,
             invalidations: OnceLock::new(),
         })
     }
@@ -151,6 +155,7 @@ impl Sessions {
                 }
                 None => {
                     info!(session = %record.id, backend = %record.backend, "session appeared");
+                    self.warn_of_foreign_owner(&record);
                     appeared = true;
                     Arc::new(Session::new(record))
                 }
@@ -168,6 +173,35 @@ impl Sessions {
         if appeared || !removed.is_empty() {
             // The kernel caches the root listing (see `core/dirs.rs`, `opendir`).
             self.invalidate(Invalidation::Root { removed });
+        }
+    }
+
+    /// With `--allow-other` and without `--map-owner`, a session whose files belong to a uid that is
+    /// another host account gives that account owner rights on them through the mount: said once,
+    /// when the session appears, naming the account.
+    fn warn_of_foreign_owner(&self, record: &SessionRecord) {
+        if !self.allow_other || self.map_owner_to.is_some() {
+            return;
+        }
+        let Some(uid) = record
+            .labels
+            .get(OWNER_LABEL)
+            .and_then(|o| o.split_once(':'))
+            .and_then(|(uid, _)| uid.parse::<u32>().ok())
+        else {
+            return;
+        };
+        if uid == rustix::process::geteuid().as_raw() {
+            return;
+        }
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        if let Some(account) = account_of(&passwd, uid) {
+            warn!(
+                session = %record.id,
+                uid,
+                account,
+                "the session's files belong to uid {uid}, the host account {account:?}: with --allow-other that account may read and change them through the mount as their owner; mount with --map-owner, or give the session an owner with no host account (session create --owner)"
+            );
         }
     }
 
@@ -743,9 +777,27 @@ impl Session {
     }
 }
 
+/// The name of the account with `uid` in `passwd` (the text of `/etc/passwd`).
+fn account_of(passwd: &str, uid: u32) -> Option<&str> {
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let _password = fields.next()?;
+        (fields.next()?.parse::<u32>().ok()? == uid).then_some(name)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accounts_are_found_by_uid() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\n# comment\nalice:x:1000:1000::/home/alice:/bin/sh\nbroken\n";
+        assert_eq!(account_of(passwd, 1000), Some("alice"));
+        assert_eq!(account_of(passwd, 0), Some("root"));
+        assert_eq!(account_of(passwd, 1001), None);
+    }
     use sessionfs_proto::{Attr, SetAttrs, WirePath};
     use sessionfs_registry::Backend;
 

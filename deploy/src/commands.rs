@@ -1272,6 +1272,8 @@ pub struct MountOptions {
     pub threads: usize,
     /// Show each session's workspace owner as the mounting user (`--map-owner`).
     pub map_owner: bool,
+    /// Let other local users use the mount (`--allow-other`).
+    pub allow_other: bool,
 }
 
 impl Default for MountOptions {
@@ -1281,6 +1283,7 @@ impl Default for MountOptions {
             op_timeout: Duration::from_secs(10),
             threads: 4,
             map_owner: false,
+            allow_other: false,
         }
     }
 }
@@ -1297,6 +1300,7 @@ pub fn mount(home: &Home, opts: &MountOptions) -> Result<(), CommandError> {
     config.connect_timeout = config.connect_timeout.min(opts.op_timeout);
     config.fuse_threads = opts.threads.max(1);
     config.map_owner = opts.map_owner;
+    config.allow_other = opts.allow_other;
     info!(mountpoint = %mountpoint.display(), home = %home.root().display(), "mounting");
     // Follows Docker while mounted; stopped and joined when dropped, after the unmount.
     let _watcher =

@@ -281,6 +281,11 @@ struct MountArgs {
     /// or chown to yourself as that owner inside, like sshfs's idmap=user.
     #[arg(long)]
     map_owner: bool,
+    /// Let other local users use the mount (FUSE allow_other; root, or user_allow_other in
+    /// /etc/fuse.conf). Each file's mode then decides, as on a local disk, but the disk's directory
+    /// permissions that hide a workspace (a private state directory) no longer do.
+    #[arg(long)]
+    allow_other: bool,
 }
 
 #[derive(Args, Debug)]
@@ -403,6 +408,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 op_timeout: Duration::from_secs(args.op_timeout),
                 threads: usize::from(args.threads),
                 map_owner: args.map_owner,
+                allow_other: args.allow_other,
             };
             deploy::mount(&home()?, &opts)?;
         }

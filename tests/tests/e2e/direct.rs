@@ -93,6 +93,8 @@ fn large_files_are_read_and_written_directly_and_every_view_stays_exact() -> Res
 fn a_large_file_opened_to_write_is_written_directly() -> Result<()> {
     let mut h = Harness::new()?;
     let ws = h.create_session("dwrite")?;
+    // An unprivileged writer below uses the mount.
+    h.mount_args.push("--allow-other".into());
     h.mount()?;
     let bridge = h.bridge_pid().context("bridge pid")?;
     let file = h.path("dwrite", "grows");

@@ -351,3 +351,63 @@ fn session_containers_are_confined() -> Result<()> {
     h.unmount()?;
     Ok(())
 }
+
+/// `cat PATH` as uid and gid 65534 (nobody), with no supplementary groups.
+fn cat_as_nobody(path: &Path) -> Result<std::process::Output> {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+        .arg(path)
+        .output()
+        .context("setpriv (util-linux)")
+}
+
+/// Finding 6: the mount showed more than the disk. Mounted by root, it let every local user in
+/// (`allow_other` was the default for root), so another user read a file of a workspace that lies in
+/// a private directory on disk. Now only the mounting user may use the mount unless `--allow-other`
+/// is asked for; then each file's mode decides, as documented.
+#[test]
+fn only_the_mounting_user_may_use_the_mount_unless_others_are_allowed() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut h = Harness::new()?;
+    // The way to the mount point is open to everyone; the workspace lies in a private directory.
+    fs::set_permissions(h.dir.path(), fs::Permissions::from_mode(0o755))?;
+    let private = h.dir.path().join("private");
+    fs::create_dir(&private)?;
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o700))?;
+    let ws = private.join("ws");
+    fs::create_dir(&ws)?;
+    h.ok(&[
+        "session",
+        "create",
+        "mine",
+        "--dir",
+        ws.to_str().context("utf-8")?,
+    ])?;
+    fs::write(ws.join("notes"), b"private notes")?;
+    fs::set_permissions(ws.join("notes"), fs::Permissions::from_mode(0o644))?;
+    assert!(
+        !cat_as_nobody(&ws.join("notes"))?.status.success(),
+        "the disk lets another user in"
+    );
+    h.mount()?;
+    let out = cat_as_nobody(&h.path("mine", "notes"))?;
+    assert!(
+        !out.status.success(),
+        "another user read a private workspace through the mount"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{out:?}"
+    );
+    h.unmount()?;
+    h.mount_args.push("--allow-other".into());
+    h.mount()?;
+    let out = cat_as_nobody(&h.path("mine", "notes"))?;
+    assert_eq!(
+        (out.status.success(), out.stdout.as_slice()),
+        (true, &b"private notes"[..]),
+        "with --allow-other the file's mode decides: {out:?}"
+    );
+    h.unmount()?;
+    Ok(())
+}

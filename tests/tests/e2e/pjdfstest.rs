@@ -17,6 +17,8 @@ fn pjdfstest_passes_on_a_mounted_session() -> Result<()> {
     )?;
     let mut h = Harness::new()?;
     h.create_session("posix")?;
+    // pjdfstest acts as several users.
+    h.mount_args.push("--allow-other".into());
     h.mount()?;
     let out = Command::new(&bin)
         .arg("-p")
