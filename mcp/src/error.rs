@@ -52,6 +52,9 @@ pub enum ToolError {
         #[source]
         source: EditError,
     },
+    /// A change to git's own data (a `.git` file or directory, or anything inside one).
+    #[error("{path} is git's own data (named .git or inside a .git directory): the session tools do not change it, since git on the host runs the commands its config and hooks name; use git in the session instead")]
+    GitMetadata { path: String },
     /// The file changed between reading it and writing it (another writer).
     #[error("{path} changed while this call was working on it (another writer); nothing was written: read it again and retry")]
     Changed { path: String },

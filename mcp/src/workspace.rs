@@ -30,6 +30,8 @@ use crate::error::ToolError;
 pub const MAX_LIST_ENTRIES: usize = 10_000;
 
 /// How paths are resolved beneath a session root: symlinks allowed while they stay beneath it.
+/// The name of git's own data: never changed by the tools.
+const GIT_DIR: &str = ".git";
 const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_MAGICLINKS);
 
 /// The bridge's mount point, as the tools use it.
@@ -308,6 +310,33 @@ impl SessionDir {
         Ok((dir, name.to_owned()))
     }
 
+    /// Refuses a change of `path` that names git's own data before anything is done (such as making
+    /// parents); [`SessionDir::parent_to_change`] checks again once symlinks are resolved.
+    fn not_git(path: &RelPath) -> Result<(), ToolError> {
+        if path.0.components().any(|c| c.as_os_str() == GIT_DIR) {
+            return Err(ToolError::GitMetadata {
+                path: path.display(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Like [`SessionDir::parent`], for a call that changes the name: refused when the name is `.git`
+    /// or its directory, once symlinks are resolved, is or lies inside a `.git` directory. Git on the
+    /// host runs the commands a repository's config and hooks name (`core.fsmonitor`, `pre-commit`),
+    /// so an agent (or what an agent was made to read) must not write them through these tools.
+    fn parent_to_change(&self, path: &RelPath) -> Result<(OwnedFd, std::ffi::OsString), ToolError> {
+        let (dir, name) = self.parent(path)?;
+        let (parent, _) = path.split().unwrap_or((RelPath(PathBuf::new()), OsStr::new("")));
+        let real = self.canonical(&dir, &parent)?;
+        if name == GIT_DIR || real.0.components().any(|c| c.as_os_str() == GIT_DIR) {
+            return Err(ToolError::GitMetadata {
+                path: path.display(),
+            });
+        }
+        Ok((dir, name))
+    }
+
     /// Where `path` really is inside the workspace: symlinks (that stay inside) resolved.
     fn canonical(&self, fd: &OwnedFd, path: &RelPath) -> Result<RelPath, ToolError> {
         let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
@@ -393,6 +422,7 @@ impl SessionDir {
         let (parent, _) = path.split().ok_or_else(|| ToolError::IsDirectory {
             path: path.display(),
         })?;
+        Self::not_git(path)?;
         if create_dirs && !parent.is_root() {
             self.create_dir_all(&parent)?;
         }
@@ -420,7 +450,7 @@ impl SessionDir {
             }
             Err(e) => return Err(e),
         }
-        let (dir, name) = self.parent(&target)?;
+        let (dir, name) = self.parent_to_change(&target)?;
         if let Some(st) = &existing {
             // The name found from the checked descriptor must still be that file (not renamed or
             // replaced meanwhile), or the write would land on something else.
@@ -518,7 +548,7 @@ impl SessionDir {
 
     /// Removes the file (or symlink, not what it names) at `path`; directories are refused.
     pub fn delete_file(&self, path: &RelPath) -> Result<Kind, ToolError> {
-        let (dir, name) = self.parent(path)?;
+        let (dir, name) = self.parent_to_change(path)?;
         let st =
             rfs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| self.fail(path, e))?;
         let kind = Kind::of(&st);
@@ -534,10 +564,11 @@ impl SessionDir {
     /// Creates the directory at `path`: with its missing parents (`recursive`), or only it. Returns
     /// whether anything was created; an existing directory is fine when `recursive`.
     pub fn create_dir(&self, path: &RelPath, recursive: bool) -> Result<bool, ToolError> {
+        Self::not_git(path)?;
         if recursive {
             return self.create_dir_all(path);
         }
-        let (dir, name) = self.parent(path)?;
+        let (dir, name) = self.parent_to_change(path)?;
         rfs::mkdirat(&dir, &name, Mode::from_bits_truncate(0o777)).map_err(|e| match e {
             Errno::EXIST => ToolError::AlreadyExists {
                 path: path.display(),
@@ -555,7 +586,13 @@ impl SessionDir {
             let Component::Normal(name) = c else { continue };
             let dir =
                 self.open_beneath(&current, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())?;
+            let real = self.canonical(&dir, &current)?;
             current = current.join(name);
+            if name == GIT_DIR || real.0.components().any(|c| c.as_os_str() == GIT_DIR) {
+                return Err(ToolError::GitMetadata {
+                    path: current.display(),
+                });
+            }
             match rfs::mkdirat(&dir, name, Mode::from_bits_truncate(0o777)) {
                 Ok(()) => created = true,
                 Err(Errno::EXIST) => {
@@ -582,7 +619,7 @@ impl SessionDir {
         overwrite: bool,
         create_dirs: bool,
     ) -> Result<(), ToolError> {
-        let (from_dir, from_name) = self.parent(from)?;
+        let (from_dir, from_name) = self.parent_to_change(from)?;
         rfs::statat(&from_dir, &from_name, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| self.fail(from, e))?;
         if to.is_root() {
@@ -606,6 +643,7 @@ impl SessionDir {
         if to.0.starts_with(&from.0) {
             return Err(into_itself());
         }
+        Self::not_git(to)?;
         if create_dirs {
             if let Some((parent, _)) = to.split() {
                 if !parent.is_root() {
@@ -613,7 +651,7 @@ impl SessionDir {
                 }
             }
         }
-        let (to_dir, to_name) = self.parent(to)?;
+        let (to_dir, to_name) = self.parent_to_change(to)?;
         let flags = if overwrite {
             RenameFlags::empty()
         } else {

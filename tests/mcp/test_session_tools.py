@@ -452,6 +452,45 @@ async def test_delete_create_move_rename(client, session, base):
     assert r["overwritten"] is True and read_mount(session, base, "new/dir/other.txt") == b"src"
 
 
+async def test_git_metadata_is_never_changed(client, session, base):
+    """Hardening finding 5: through the tools an agent could write `.git/config` with `core.fsmonitor`,
+    and the host user's next `git status` in the mount ran that command. Nothing named `.git` or inside
+    a `.git` directory is created, changed, moved or deleted by the tools, also through a symlink; it
+    can still be read."""
+    sid = session["id"]
+    os.makedirs(on_mount(session, base, "repo", ".git", "hooks"))
+    write_mount(session, b"[core]\n", base, "repo", ".git", "config")
+    write_mount(session, b"ref: refs/heads/main\n", base, "repo", ".git", "HEAD")
+    os.symlink(".git", on_mount(session, base, "repo", "meta"))
+    config = "[core]\n\tfsmonitor = touch /tmp/pwned\n"
+    refusals = [
+        ("session_write_file", dict(path=f"{base}/repo/.git/config", content=config)),
+        ("session_write_file", dict(path=f"{base}/repo/meta/config", content=config)),
+        ("session_write_file", dict(path=f"{base}/repo/.git/hooks/pre-commit", content="#!/bin/sh\n")),
+        ("session_write_file", dict(path=f"{base}/other/.git/config", content=config, createDirs=True)),
+        ("session_write_file", dict(path=f"{base}/wt/.git", content="gitdir: /elsewhere\n", createDirs=True)),
+        ("session_edit_file", dict(path=f"{base}/repo/.git/config", content=config, fullReplace=True)),
+        ("session_search_replace", dict(path=f"{base}/repo/.git/config", search="[core]", replace=config)),
+        ("session_delete_file", dict(path=f"{base}/repo/.git/HEAD")),
+        ("session_create_directory", dict(path=f"{base}/repo/.git/hooks2")),
+        ("session_move_file", dict(sourcePath=f"{base}/repo/.git", targetPath=f"{base}/moved")),
+        ("session_rename_file", dict(path=f"{base}/repo/.git/HEAD", newName="HEAD2")),
+    ]
+    for tool, args in refusals:
+        err = await client.fail(tool, sessionId=sid, **args)
+        assert "git's own data" in err, (tool, args, err)
+    assert read_mount(session, base, "repo", ".git", "config") == b"[core]\n"
+    assert read_mount(session, base, "repo", ".git", "HEAD") == b"ref: refs/heads/main\n"
+    assert not os.path.exists(on_mount(session, base, "other"))
+    assert not os.path.exists(on_mount(session, base, "wt", ".git"))
+    assert sorted(os.listdir(on_mount(session, base, "repo", ".git"))) == ["HEAD", "config", "hooks"]
+    r = await client.call("session_read_file", sessionId=sid, path=f"{base}/repo/.git/HEAD")
+    assert r["content"] == "ref: refs/heads/main\n"
+    # A directory that only contains a repository moves whole.
+    r = await client.call("session_move_file", sessionId=sid, sourcePath=f"{base}/repo", targetPath=f"{base}/repo2")
+    assert r["moved"] is True
+
+
 # --- grep ------------------------------------------------------------------------------------------------
 
 
