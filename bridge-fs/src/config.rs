@@ -31,6 +31,10 @@ pub struct BridgeConfig {
     /// permissions hide (a 0700 state directory, Docker's 0701 volumes) to every local user whom
     /// the per-file modes admit.
     pub allow_other: bool,
+    /// Mount with `nosymfollow`: no path through the mount follows a symlink (`readlink` still
+    /// answers), so a symlink planted in a session never leads a host process out of it. Needs root
+    /// (it is set by a bind remount).
+    pub nosymfollow: bool,
     /// Show each session's workspace owner (its `owner` label) as the mounting user, and map the
     /// mounting user back to that owner in requests, like sshfs's `idmap=user`.
     pub map_owner: bool,
@@ -49,6 +53,7 @@ impl BridgeConfig {
             registry_poll: Duration::from_millis(200),
             fuse_threads: 4,
             allow_other: false,
+            nosymfollow: false,
             map_owner: false,
         }
     }

@@ -36,6 +36,11 @@ pub enum MountError {
         mountpoint: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot set nosymfollow on the mount at {mountpoint} (it needs root): {source}; nothing is mounted")]
+    NoSymFollow {
+        mountpoint: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the FUSE session at {mountpoint} failed: {source}")]
     Session {
         mountpoint: PathBuf,
@@ -141,6 +146,24 @@ pub fn mount(config: BridgeConfig, mountpoint: &Path) -> Result<(), MountError> 
             result
         })
         .map_err(MountError::Runtime)?;
+    if config.nosymfollow {
+        // From another thread than the FUSE loop's, which must be serving if the call asks the mount.
+        let target = mountpoint.to_path_buf();
+        let set = rt
+            .block_on(rt.spawn_blocking(move || no_symlinks_followed(&target)))
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(source) = set {
+            // Not served without the protection asked for.
+            let _ = detach(mountpoint);
+            drop(watch);
+            sessions.close_all();
+            return Err(MountError::NoSymFollow {
+                mountpoint: mountpoint.to_path_buf(),
+                source,
+            });
+        }
+        info!(mountpoint = %mountpoint.display(), "symlinks are not followed on the mount");
+    }
     let tuned = mountpoint.to_path_buf();
     rt.spawn_blocking(move || raise_readahead(&tuned));
 
@@ -236,6 +259,18 @@ fn raise_readahead(mountpoint: &Path) {
 }
 
 /// Lazily unmounts `mountpoint` (`MNT_DETACH`): directly as root, through `fusermount3 -uz` otherwise.
+/// Sets `nosymfollow` on the mount at `mountpoint` (a bind remount, which changes only the mount's
+/// own flags; the others it had are given again).
+fn no_symlinks_followed(mountpoint: &Path) -> std::io::Result<()> {
+    use rustix::mount::MountFlags;
+    rustix::mount::mount_remount(
+        mountpoint,
+        MountFlags::BIND | MountFlags::NOSYMFOLLOW | MountFlags::NOSUID | MountFlags::NODEV,
+        "",
+    )
+    .map_err(Into::into)
+}
+
 fn detach(mountpoint: &Path) -> std::io::Result<()> {
     if rustix::process::geteuid().is_root() {
         return rustix::mount::unmount(mountpoint, rustix::mount::UnmountFlags::DETACH)

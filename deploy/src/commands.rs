@@ -1274,6 +1274,8 @@ pub struct MountOptions {
     pub map_owner: bool,
     /// Let other local users use the mount (`--allow-other`).
     pub allow_other: bool,
+    /// Follow no symlink on the mount (`--nosymfollow`).
+    pub nosymfollow: bool,
 }
 
 impl Default for MountOptions {
@@ -1284,6 +1286,7 @@ impl Default for MountOptions {
             threads: 4,
             map_owner: false,
             allow_other: false,
+            nosymfollow: false,
         }
     }
 }
@@ -1301,6 +1304,7 @@ pub fn mount(home: &Home, opts: &MountOptions) -> Result<(), CommandError> {
     config.fuse_threads = opts.threads.max(1);
     config.map_owner = opts.map_owner;
     config.allow_other = opts.allow_other;
+    config.nosymfollow = opts.nosymfollow;
     info!(mountpoint = %mountpoint.display(), home = %home.root().display(), "mounting");
     // Follows Docker while mounted; stopped and joined when dropped, after the unmount.
     let _watcher =

@@ -327,7 +327,9 @@ impl SessionDir {
     /// so an agent (or what an agent was made to read) must not write them through these tools.
     fn parent_to_change(&self, path: &RelPath) -> Result<(OwnedFd, std::ffi::OsString), ToolError> {
         let (dir, name) = self.parent(path)?;
-        let (parent, _) = path.split().unwrap_or((RelPath(PathBuf::new()), OsStr::new("")));
+        let (parent, _) = path
+            .split()
+            .unwrap_or((RelPath(PathBuf::new()), OsStr::new("")));
         let real = self.canonical(&dir, &parent)?;
         if name == GIT_DIR || real.0.components().any(|c| c.as_os_str() == GIT_DIR) {
             return Err(ToolError::GitMetadata {

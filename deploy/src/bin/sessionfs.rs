@@ -286,6 +286,11 @@ struct MountArgs {
     /// permissions that hide a workspace (a private state directory) no longer do.
     #[arg(long)]
     allow_other: bool,
+    /// Follow no symlink on the mount (readlink still works): a symlink planted in a session never
+    /// leads a host process out of it. For sessions whose content you do not trust (containers);
+    /// needs root.
+    #[arg(long)]
+    nosymfollow: bool,
 }
 
 #[derive(Args, Debug)]
@@ -409,6 +414,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 threads: usize::from(args.threads),
                 map_owner: args.map_owner,
                 allow_other: args.allow_other,
+                nosymfollow: args.nosymfollow,
             };
             deploy::mount(&home()?, &opts)?;
         }

@@ -411,3 +411,57 @@ fn only_the_mounting_user_may_use_the_mount_unless_others_are_allowed() -> Resul
     h.unmount()?;
     Ok(())
 }
+
+/// Whether the mount at `mountpoint` has the per-mount option `option` (`/proc/self/mountinfo`).
+fn has_mount_option(mountpoint: &Path, option: &str) -> bool {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let Some(at) = mountpoint.to_str() else {
+        return false;
+    };
+    info.lines().any(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        fields.get(4) == Some(&at)
+            && fields
+                .get(5)
+                .is_some_and(|opts| opts.split(',').any(|o| o == option))
+    })
+}
+
+/// Finding 5: the host follows symlinks planted in a session (`head link-to-/etc/shadow` as root,
+/// or a write through such a link). `sessionfs mount --nosymfollow` stops every path through the
+/// mount at a symlink (`ELOOP`) while `readlink` still shows it.
+#[test]
+fn a_nosymfollow_mount_never_leads_out_through_a_planted_symlink() -> Result<()> {
+    let mut h = Harness::new()?;
+    let ws = h.create_session("planted")?;
+    let outside = h.dir.path().join("host-secret");
+    fs::write(&outside, b"host secret")?;
+    std::os::unix::fs::symlink(&outside, ws.join("link"))?;
+    fs::write(ws.join("inside"), b"ok")?;
+    std::os::unix::fs::symlink("inside", ws.join("rel"))?;
+    h.mount()?;
+    // By default the host follows it: what the option is for.
+    assert_eq!(fs::read(h.path("planted", "link"))?, b"host secret");
+    h.unmount()?;
+    h.mount_args.push("--nosymfollow".into());
+    h.mount()?;
+    let mountpoint = h.mountpoint.canonicalize()?;
+    sessionfs_tests::wait_until("nosymfollow on the mount", Duration::from_secs(10), || {
+        has_mount_option(&mountpoint, "nosymfollow")
+    })?;
+    let loops =
+        |r: std::io::Result<()>| r.err().and_then(|e| e.raw_os_error()) == Some(libc::ELOOP);
+    assert!(loops(fs::read(h.path("planted", "link")).map(drop)));
+    assert!(loops(fs::write(h.path("planted", "link"), b"overwritten")));
+    assert_eq!(fs::read(&outside)?, b"host secret");
+    assert_eq!(fs::read_link(h.path("planted", "link"))?, outside);
+    // One that stays inside is not followed either; the file itself is there.
+    assert!(loops(fs::read(h.path("planted", "rel")).map(drop)));
+    assert_eq!(fs::read(h.path("planted", "inside"))?, b"ok");
+    // The mount's other protections are kept.
+    assert!(has_mount_option(&mountpoint, "nosuid") && has_mount_option(&mountpoint, "nodev"));
+    h.unmount()?;
+    Ok(())
+}
