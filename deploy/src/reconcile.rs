@@ -12,10 +12,14 @@
 //!   no record is registered as a docker session (state and endpoint as above, labels
 //!   [`docker::RECORD_CONTAINER`], [`docker::RECORD_CONTAINER_ID`] and
 //!   [`docker::RECORD_ADOPTED`]`=1`), provided this installation issued the session's
-//!   certificates (`sessions/<id>/certs` exists, see `sessionfs session certs`) and the
-//!   container carries no other installation's [`docker::LABEL_HOME`]; otherwise a warning is
-//!   logged once and the container is left alone. From then on it is reconciled like any
-//!   docker session.
+//!   certificates (`sessions/<id>/certs` exists, see `sessionfs session certs`), the
+//!   container carries no other installation's [`docker::LABEL_HOME`], publishes the daemon's
+//!   port on loopback only, and its daemon proves it holds this installation's certificate of
+//!   the session (it answers a mutual-TLS ping as that session); otherwise a warning is logged
+//!   once and the container is left alone (a refused container is probed again after
+//!   [`REFUSED_FOR`]). From then on it is reconciled like any docker session. An adopted
+//!   session whose container is gone gives way to the next adoptable container of its id, so a
+//!   container adopted first cannot hold the id after it is removed.
 //! - [`Watcher`] runs both in a background thread owned by `sessionfs mount`: one full pass,
 //!   then one session at a time from the engine's event stream, with a full pass again
 //!   after every reconnect (events may have been missed meanwhile).
@@ -25,12 +29,12 @@
 //! bounded in time ([`docker::CALL_TIMEOUT`]); the event stream is read in short waits so the
 //! watcher stops promptly.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bollard::models::{ContainerInspectResponse, ContainerSummary, EventMessage};
 use sessionfs_registry::{
@@ -40,6 +44,11 @@ use tracing::{debug, info, warn};
 
 use crate::docker::{self, DockerError, Engine, NextEvent};
 use crate::state::{Home, StateError};
+
+/// How long an adoptable container's daemon has to answer the adoption probe.
+const ADOPTION_PROBE: Duration = Duration::from_secs(3);
+/// How long a container whose adoption probe failed is left alone (its events may come often).
+pub const REFUSED_FOR: Duration = Duration::from_secs(30);
 
 /// How long one wait for the next event lasts before the stop flag is checked again.
 const EVENT_WAIT: Duration = Duration::from_millis(250);
@@ -159,6 +168,9 @@ pub fn reconcile_session(
 /// logged once per process rather than on every pass.
 static WARNED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
+/// Containers whose adoption probe failed, and when.
+static REFUSED: Mutex<BTreeMap<String, Instant>> = Mutex::new(BTreeMap::new());
+
 /// Logs `message` about `container` at warn level the first time, at debug level after.
 fn warn_once(container: &str, session: &str, message: &'static str) {
     let first = WARNED
@@ -203,9 +215,12 @@ fn adopt(
         );
         return Ok(None);
     };
-    if registry.get(&id)?.is_some() {
-        return Ok(None);
-    }
+    let replaces = match registry.get(&id)? {
+        None => false,
+        // An adopted session whose container is gone gives way to another container of its id.
+        Some(r) if adopted_and_gone(&r, &container_id) => true,
+        Some(_) => return Ok(None),
+    };
     let Some(inspected) = engine.inspect_container(&container_id)? else {
         return Ok(None);
     };
@@ -224,7 +239,7 @@ fn adopt(
     }
     let observed = docker::observed_state(&inspected);
     let (state, endpoint) = (observed.state, observed.endpoint);
-    if endpoint.is_none() {
+    let Some(endpoint) = endpoint else {
         warn_once(
             &container_id,
             session,
@@ -232,7 +247,39 @@ fn adopt(
              (publish it as 127.0.0.1::7878/udp)",
         );
         return Ok(None);
+    };
+    if docker::published_beyond_loopback(&inspected) {
+        warn_once(
+            &container_id,
+            session,
+            "not adopting the container: it publishes 7878/udp beyond loopback, where anyone on \
+             the network reaches its daemon (publish it as 127.0.0.1::7878/udp)",
+        );
+        return Ok(None);
     }
+    let refused_lately = REFUSED
+        .lock()
+        .ok()
+        .and_then(|r| r.get(&container_id).copied())
+        .is_some_and(|at| at.elapsed() < REFUSED_FOR);
+    if refused_lately {
+        return Ok(None);
+    }
+    if let Err(e) = engine.proves_session(home, &id, endpoint, ADOPTION_PROBE) {
+        if let Ok(mut r) = REFUSED.lock() {
+            r.insert(container_id.clone(), Instant::now());
+        }
+        debug!(container = %container_id, session = %id, error = %e, "adoption probe failed");
+        warn_once(
+            &container_id,
+            session,
+            "not adopting the container: its daemon does not answer as the session with this \
+             installation's certificate (mount the directory `sessionfs session certs <id> --out \
+             DIR` wrote at /run/sessionfs)",
+        );
+        return Ok(None);
+    }
+    let endpoint = Some(endpoint);
     let name = inspected
         .name
         .as_deref()
@@ -256,6 +303,10 @@ fn adopt(
     record
         .labels
         .insert(docker::RECORD_ADOPTED.to_owned(), "1".to_owned());
+    if replaces {
+        info!(session = %id, "the session's adopted container is gone; adopting its successor");
+        registry.remove(&id)?;
+    }
     registry.register(&record)?;
     info!(session = %id, container = %name, endpoint = ?endpoint, state = %state, "adopted container as docker session");
     Ok(Some(Change {
@@ -263,6 +314,21 @@ fn adopt(
         state: (SessionState::Gone, state),
         endpoint: (None, endpoint),
     }))
+}
+
+/// Whether `record` is an adopted docker session whose container is gone, and `container_id` is
+/// another container.
+fn adopted_and_gone(record: &SessionRecord, container_id: &str) -> bool {
+    record.backend == Backend::Docker
+        && record.state == SessionState::Gone
+        && record
+            .labels
+            .get(docker::RECORD_ADOPTED)
+            .is_some_and(|v| v == "1")
+        && record
+            .labels
+            .get(docker::RECORD_CONTAINER_ID)
+            .is_none_or(|c| c != container_id)
 }
 
 /// Whether an event is about a container of `home`: one carrying its [`docker::LABEL_HOME`],

@@ -153,6 +153,25 @@ pub(super) fn not_running(inspected: &ContainerInspectResponse) -> Option<String
 }
 
 /// The host port published for [`PORT_KEY`].
+/// Whether the daemon's port is published on an address other than loopback (an empty host address
+/// is every address): then anyone on the network could reach the daemon.
+pub fn published_beyond_loopback(inspected: &ContainerInspectResponse) -> bool {
+    let bindings = inspected
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.ports.as_ref())
+        .and_then(|p| p.get(PORT_KEY))
+        .and_then(Option::as_ref);
+    bindings.is_some_and(|bindings| {
+        bindings.iter().any(|b| {
+            !matches!(
+                b.host_ip.as_deref(),
+                Some("127.0.0.1") | Some("::1") | Some("localhost")
+            )
+        })
+    })
+}
+
 pub(super) fn host_port(inspected: &ContainerInspectResponse) -> Option<u16> {
     inspected
         .network_settings

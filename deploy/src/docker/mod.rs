@@ -52,7 +52,9 @@ mod spec;
 
 pub use archive::{certs_tar, write_tar, TarEntry};
 use inspect::{host_port, main_pid, not_running, status_of};
-pub use inspect::{observed_state, unknown_status, ContainerStatus, Published};
+pub use inspect::{
+    observed_state, published_beyond_loopback, unknown_status, ContainerStatus, Published,
+};
 use spec::container_body;
 pub(crate) use spec::object_labels;
 pub use spec::{check_volume_name, parse_cpus, parse_memory, ContainerSpec, WorkspaceSource};
@@ -923,6 +925,37 @@ impl Engine {
             endpoint,
             pid: main_pid(&inspected),
         })
+    }
+
+    /// Whether the daemon at `endpoint` proves it holds this installation's certificate of session
+    /// `id`: it answers a ping over mutual TLS in which the client presents the session's own
+    /// certificate and accepts only a server certificate that names the session, both from this
+    /// installation's CA. Retried within `window` (a daemon just started may not listen yet); the
+    /// last failure is returned.
+    pub fn proves_session(
+        &self,
+        home: &Home,
+        id: &SessionId,
+        endpoint: SocketAddr,
+        window: Duration,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + window;
+        let cert_dir = home.session_cert_dir(id);
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let probe = self.runtime.block_on(sessionfs_pki::health::probe(
+                endpoint,
+                id.as_str(),
+                &cert_dir,
+                PROBE_TIMEOUT.min(remaining).max(Duration::from_millis(50)),
+            ));
+            match probe {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => return Err(e.to_string()),
+                // The poll interval of a bounded wait, not a fixed delay.
+                Err(_) => std::thread::sleep(POLL_INTERVAL.min(remaining)),
+            }
+        }
     }
 
     /// Waits up to `timeout` until the container of session `id` is healthy or its daemon

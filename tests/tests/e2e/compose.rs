@@ -76,7 +76,7 @@ impl Drop for Cleanup {
 }
 
 /// One service of the compose file, as far as the test needs it.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Service {
     image: String,
     labels: BTreeMap<String, String>,
@@ -424,6 +424,88 @@ fn a_compose_started_container_is_adopted_and_leaves_after_docker_rm() -> Result
     .with_context(|| h.bridge_log())?;
     let v = h.session_json(&id)?;
     ensure!(v["state"] == "gone" && v["endpoint"].is_null(), "{v}");
+    h.unmount()?;
+    Ok(())
+}
+
+/// Hardening finding 11, adoption squatting: an adoptable container labelled with a session's id was
+/// adopted without proving anything, and held the id even after it was gone. Now a container whose
+/// daemon holds another installation's certificate of the id, or that publishes the daemon's port
+/// beyond loopback, is refused with a warning; the rightful one is adopted; and when an adopted
+/// container is removed, the next one of its id is adopted in its place.
+#[test]
+fn squatting_containers_are_refused_and_cannot_hold_the_id() -> Result<()> {
+    let mut h = Harness::new()?;
+    h.uses_docker();
+    let cleanup = Cleanup::new();
+    let image = docker_image()?;
+    let services = parse_services(&fs::read_to_string(compose_file())?)?;
+    let (template_id, service) = services.iter().next().context("no service")?;
+    let id = h.unique_id("squat");
+    let ours = h.dir.path().join("ours");
+    let theirs = h.dir.path().join("theirs");
+    h.ok(&[
+        "session",
+        "certs",
+        &id,
+        "--out",
+        ours.to_str().context("utf-8")?,
+    ])?;
+    let out = h
+        .cli()
+        .env("SESSIONFS_HOME", h.dir.path().join("other-home"))
+        .args(["session", "certs", &id, "--out"])
+        .arg(&theirs)
+        .stdin(Stdio::null())
+        .output()?;
+    ensure!(out.status.success(), "{out:?}");
+    h.mount()?;
+    let run = |service: &Service, certs: &Path| {
+        run_like_compose(service, template_id, &id, image, certs, &cleanup, &[])
+    };
+    let refused = |what: &str, needle: &str| {
+        wait_until(what, Duration::from_secs(15), || {
+            h.bridge_log().contains(needle)
+        })
+        .with_context(|| h.bridge_log())
+    };
+
+    // Another installation's certificate of the id: its daemon cannot answer as our session.
+    let squatter = run(service, &theirs)?;
+    refused(
+        "the squatter to be refused",
+        "does not answer as the session",
+    )?;
+    ensure!(!h.root_names().contains(&id), "{:?}", h.root_names());
+    docker(&["rm", "-f", &squatter])?;
+
+    // Our certificate, but the daemon's port published on every address.
+    let mut wide = service.clone();
+    wide.ports = vec!["7878/udp".to_owned()];
+    let exposed = run(&wide, &ours)?;
+    refused("the exposed container to be refused", "beyond loopback")?;
+    ensure!(!h.root_names().contains(&id), "{:?}", h.root_names());
+    docker(&["rm", "-f", &exposed])?;
+
+    // The rightful container is adopted; once removed, its successor is adopted in its place.
+    for round in 0..2 {
+        let container = run(service, &ours)?;
+        wait_until(
+            "the rightful container to be adopted",
+            Duration::from_secs(15),
+            || h.root_names().contains(&id),
+        )
+        .with_context(|| format!("round {round}: {}", h.bridge_log()))?;
+        fs::write(h.path(&id, "f"), format!("round {round}"))?;
+        ensure!(fs::read_to_string(h.path(&id, "f"))? == format!("round {round}"));
+        docker(&["rm", "-f", &container])?;
+        wait_until(
+            "the removed container to leave",
+            Duration::from_secs(15),
+            || !h.root_names().contains(&id),
+        )
+        .with_context(|| h.bridge_log())?;
+    }
     h.unmount()?;
     Ok(())
 }
