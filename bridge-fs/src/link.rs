@@ -52,11 +52,13 @@ pub type Conn = Arc<dyn Link>;
 
 /// Makes connections to session daemons.
 pub trait Dialer: Send + Sync + 'static {
-    /// Connects to the daemon of session `id` at `addr` and checks that it serves that session.
+    /// Connects to the daemon of session `id` at `addr` and checks that it serves that session, with
+    /// the certificate `pin` names when there is one (see [`sessionfs_pki::fingerprint`]).
     fn dial<'a>(
         &'a self,
         id: &'a SessionId,
         addr: SocketAddr,
+        pin: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Conn, String>>;
 
     /// Ends every connection (at unmount).
@@ -85,11 +87,13 @@ impl Dialer for QuicDialer {
         &'a self,
         id: &'a SessionId,
         addr: SocketAddr,
+        pin: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Conn, String>> {
         Box::pin(async move {
-            let conn = sessionfs_pki::client::connect(&self.endpoint, addr, id.as_str())
-                .await
-                .map_err(|e| e.to_string())?;
+            let conn =
+                sessionfs_pki::client::connect_pinned(&self.endpoint, addr, id.as_str(), pin)
+                    .await
+                    .map_err(|e| e.to_string())?;
             Ok(Arc::new(QuicLink(conn)) as Conn)
         })
     }

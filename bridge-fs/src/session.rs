@@ -22,7 +22,9 @@ use sessionfs_proto::{
     errno, BatchedChange, Caller, Change, ErrorReply, Reply, Request, RequestFrame, ResponseFrame,
     SetAttrs, WatchFrame, WirePath,
 };
-use sessionfs_registry::{Registry, SessionId, SessionRecord, SessionState, OWNER_LABEL};
+use sessionfs_registry::{
+    Registry, SessionId, SessionRecord, SessionState, CERT_PIN_LABEL, OWNER_LABEL,
+};
 use tracing::{debug, info, warn};
 
 use crate::config::BridgeConfig;
@@ -429,7 +431,8 @@ impl Sessions {
         };
         session.set_record(record.clone());
         let endpoint = usable_endpoint(&record)?;
-        let connect = self.dialer.dial(&session.id, endpoint);
+        let pin = record.labels.get(CERT_PIN_LABEL).map(String::as_str);
+        let connect = self.dialer.dial(&session.id, endpoint, pin);
         match tokio::time::timeout(self.connect_timeout, connect).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(not_connected(format!("session {}: {e}", session.id))),

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use sessionfs_registry::{
     Backend, InvalidSessionId, Registry, RegistryError, SessionId, SessionRecord, SessionState,
-    OWNER_LABEL,
+    CERT_PIN_LABEL, OWNER_LABEL,
 };
 use tracing::{info, warn};
 
@@ -404,6 +404,7 @@ pub fn create(home: &Home, opts: &CreateOptions) -> Result<Created, CommandError
     };
     let prepared = (|| -> Result<(), CommandError> {
         home.issue_session_certs(&ca, &id)?;
+        pin_certificate(home, &registry, &id)?;
         if user_dir.is_none() {
             fs::create_dir_all(&workspace).map_err(io_error("create directory", &workspace))?;
         }
@@ -506,6 +507,7 @@ fn create_docker(
     };
     home.issue_session_certs(&ca, &id)
         .map_err(|e| undo(e.into()))?;
+    pin_certificate(home, &registry, &id).map_err(undo)?;
     let provisioned = engine
         .provision(home, &id, &spec)
         .map_err(|e| undo(e.into()))?;
@@ -938,7 +940,23 @@ pub fn start(home: &Home, id: &str) -> Result<Started, CommandError> {
     match record.backend {
         Backend::Local => {}
         Backend::Docker => {
-            let (published, was_running) = Engine::connect()?.start(home, &record)?;
+            let engine = Engine::connect()?;
+            // Renewed only while stopped, and never for an adopted container (its certificates
+            // are mounted from where `session certs` wrote them).
+            let stopped = engine
+                .inspect_container(&docker::record_container(&record))?
+                .is_some_and(|c| c.state.and_then(|s| s.running) != Some(true));
+            let adopted = record
+                .labels
+                .get(docker::RECORD_ADOPTED)
+                .is_some_and(|v| v == "1");
+            let certs = if stopped && !adopted && home.renew_session_certs_if_due(&id)? {
+                pin_certificate(home, &registry, &id)?;
+                Some(docker::certs_tar(&home.session_cert_dir(&id))?)
+            } else {
+                None
+            };
+            let (published, was_running) = engine.start_with(home, &record, certs)?;
             let unchanged = record.state == SessionState::Running
                 && record.endpoint == Some(published.endpoint);
             let record = registry.modify(&id, |r| {
@@ -956,6 +974,9 @@ pub fn start(home: &Home, id: &str) -> Result<Started, CommandError> {
     }
     if local::is_running(&record) {
         return Ok(Started::AlreadyRunning(record));
+    }
+    if home.renew_session_certs_if_due(&id)? {
+        pin_certificate(home, &registry, &id)?;
     }
     let started = local::start(home, &record)?;
     let record = registry
@@ -1256,6 +1277,20 @@ fn remove_path(path: &Path) -> Result<bool, CommandError> {
     };
     result.map_err(io_error("delete", path))?;
     Ok(true)
+}
+
+/// Records the pin of session `id`'s certificate (just issued) in its record: the bridge accepts no
+/// other certificate for the session from then on.
+pub(crate) fn pin_certificate(
+    home: &Home,
+    registry: &Registry,
+    id: &SessionId,
+) -> Result<(), CommandError> {
+    let pin = home.session_cert_pin(id)?;
+    registry.modify(id, |r| {
+        r.labels.insert(CERT_PIN_LABEL.to_owned(), pin);
+    })?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sessionfs_pki::SESSION_CERT_DIR;
-use sessionfs_registry::{Backend, InvalidSessionId, RegistryError, SessionId};
+use sessionfs_registry::{Backend, InvalidSessionId, RegistryError, SessionId, CERT_PIN_LABEL};
 use tracing::info;
 
 use crate::file_error::{io_error, FileError};
@@ -107,6 +107,13 @@ pub fn session_certs(home: &Home, id: &str, out: &Path) -> Result<CertsWritten, 
         let ca = home.certificate_authority()?;
         home.issue_session_certs(&ca, &id)?;
         issued = true;
+        // A registered session accepts only its current certificate.
+        if registry.get(&id)?.is_some() {
+            let pin = home.session_cert_pin(&id)?;
+            registry.modify(&id, |r| {
+                r.labels.insert(CERT_PIN_LABEL.to_owned(), pin);
+            })?;
+        }
     }
     private_dir(out)?;
     let meta = fs::symlink_metadata(out).map_err(io_error("inspect", out))?;

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bollard::models::{ContainerInspectResponse, ContainerSummary, EventMessage};
 use sessionfs_registry::{
-    Backend, Registry, RegistryError, SessionId, SessionRecord, SessionState,
+    Backend, Registry, RegistryError, SessionId, SessionRecord, SessionState, CERT_PIN_LABEL,
 };
 use tracing::{debug, info, warn};
 
@@ -145,7 +145,9 @@ pub fn reconcile_session(
     let Some(_lock) = home.lock_unless(|| stop.load(Ordering::Relaxed))? else {
         return Ok(None);
     };
-    let Some(record) = registry.get(id)? else {
+    let record = registry.get(id)?;
+    // No record, or an adopted one whose container is gone: an adoptable container may take it.
+    if record.as_ref().is_none_or(|r| adopted_and_gone(r, "")) {
         for c in engine.list_adoptable_containers()? {
             let labelled = c.labels.as_ref().and_then(|l| l.get(docker::LABEL_SESSION));
             if labelled.is_some_and(|s| s == id.as_str()) {
@@ -154,6 +156,8 @@ pub fn reconcile_session(
                 }
             }
         }
+    }
+    let Some(record) = record else {
         debug!(session = %id, "event for a session that is not registered; ignored");
         return Ok(None);
     };
@@ -303,6 +307,9 @@ fn adopt(
     record
         .labels
         .insert(docker::RECORD_ADOPTED.to_owned(), "1".to_owned());
+    record
+        .labels
+        .insert(CERT_PIN_LABEL.to_owned(), home.session_cert_pin(&id)?);
     if replaces {
         info!(session = %id, "the session's adopted container is gone; adopting its successor");
         registry.remove(&id)?;

@@ -236,7 +236,11 @@ impl Home {
         let pem = dir.join(BRIDGE_FILES.cert);
         let key = dir.join(BRIDGE_FILES.key);
         if exists(&pem)? && exists(&key)? {
-            return Ok(());
+            let current = fs::read_to_string(&pem).map_err(io_error("read", &pem))?;
+            if !ca.due_for_renewal(&current) {
+                return Ok(());
+            }
+            info!("the bridge certificate expires within 30 days (or is not this CA's): issuing it again");
         }
         let pki = |source| StateError::Pki {
             dir: dir.clone(),
@@ -248,6 +252,36 @@ impl Home {
             .map_err(pki)?;
         info!(dir = %dir.display(), "issued the bridge certificate");
         Ok(())
+    }
+
+    /// Issues session `id`'s certificate again if it is due ([`CertificateAuthority::due_for_renewal`]:
+    /// expired, expiring within 30 days, or not this CA's); returns whether it did. Call it only
+    /// while the session's daemon is not running: a running daemon keeps the certificate it loaded,
+    /// and the registry must pin that one.
+    pub fn renew_session_certs_if_due(&self, id: &SessionId) -> Result<bool, StateError> {
+        let pem = self.session_cert_dir(id).join(SESSION_FILES.cert);
+        if !exists(&pem)? {
+            return Ok(false);
+        }
+        let current = fs::read_to_string(&pem).map_err(io_error("read", &pem))?;
+        let ca = self.certificate_authority()?;
+        if !ca.due_for_renewal(&current) {
+            return Ok(false);
+        }
+        self.issue_session_certs(&ca, id)?;
+        info!(session = %id, "issued the session's certificate again: it expired or expires within 30 days");
+        Ok(true)
+    }
+
+    /// The pin ([`sessionfs_pki::fingerprint`]) of session `id`'s certificate in
+    /// `sessions/<id>/certs/`.
+    pub fn session_cert_pin(&self, id: &SessionId) -> Result<String, StateError> {
+        let pem = self.session_cert_dir(id).join(SESSION_FILES.cert);
+        let text = fs::read_to_string(&pem).map_err(io_error("read", &pem))?;
+        sessionfs_pki::pem_fingerprint(&text).map_err(|source| StateError::Pki {
+            dir: self.session_cert_dir(id),
+            source,
+        })
     }
 
     /// Issues the daemon certificate of session `id` into `sessions/<id>/certs/`

@@ -20,7 +20,11 @@ const CA_STEM: &str = CA_FILES.stem;
 const CA_COMMON_NAME: &str = "sessionfs installation CA";
 const DAY: u64 = 86_400;
 const CA_LIFETIME: Duration = Duration::from_secs(30 * 366 * DAY);
-const LEAF_LIFETIME: Duration = Duration::from_secs(3653 * DAY);
+/// How long a session or bridge certificate lasts: a leaked key stops working within this, and
+/// certificates are issued again before they expire ([`RENEW_BEFORE`]).
+pub const LEAF_LIFETIME: Duration = Duration::from_secs(397 * DAY);
+/// How long before its expiry a certificate is issued again (at `session start`, `mount`).
+pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * DAY);
 const CLOCK_SKEW: Duration = Duration::from_secs(3600);
 
 /// The installation CA (certificate + signing key).
@@ -159,6 +163,42 @@ impl CertificateAuthority {
         })
     }
 
+    /// Whether the certificate in `cert_pem` is one of this CA's, valid at `at` (checked as a peer
+    /// checks it: its chain to this CA and its validity period). `false` for anything unreadable.
+    pub fn still_valid_at(&self, cert_pem: &str, at: SystemTime) -> bool {
+        let (Ok(chain), Ok(ca)) = (
+            parse_chain(cert_pem, "certificate"),
+            parse_chain(&self.cert_pem, "CA certificate"),
+        ) else {
+            return false;
+        };
+        let (Ok(cert), Ok(anchor)) = (
+            webpki::EndEntityCert::try_from(&chain[0]),
+            webpki::anchor_from_trusted_cert(&ca[0]),
+        ) else {
+            return false;
+        };
+        let Ok(since_epoch) = at.duration_since(UNIX_EPOCH) else {
+            return false;
+        };
+        cert.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &[anchor],
+            &[],
+            rustls_pki_types::UnixTime::since_unix_epoch(since_epoch),
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .is_ok()
+    }
+
+    /// Whether the certificate in `cert_pem` is due to be issued again: not this CA's, expired, or
+    /// expiring within [`RENEW_BEFORE`].
+    pub fn due_for_renewal(&self, cert_pem: &str) -> bool {
+        !self.still_valid_at(cert_pem, SystemTime::now() + RENEW_BEFORE)
+    }
+
     /// The CA certificate, PEM (exactly as stored in `ca.pem`).
     pub fn cert_pem(&self) -> String {
         self.cert_pem.clone()
@@ -216,6 +256,34 @@ mod tests {
 
     fn mode(p: &Path) -> u32 {
         std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    /// Hardening finding 10: leaf certificates lasted 10 years. They last 397 days now and are
+    /// due to be issued again 30 days before they expire.
+    #[test]
+    fn leaves_expire_within_a_year_and_a_month_and_are_renewed_before() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::load_or_create(tmp.path()).unwrap();
+        let now = SystemTime::now();
+        for cert in [
+            ca.issue_session("a").unwrap(),
+            ca.issue_client(crate::BRIDGE_IDENTITY).unwrap(),
+        ] {
+            assert!(ca.still_valid_at(&cert.cert_pem, now));
+            assert!(ca.still_valid_at(&cert.cert_pem, now + 396 * Duration::from_secs(DAY)));
+            assert!(!ca.still_valid_at(&cert.cert_pem, now + 398 * Duration::from_secs(DAY)));
+            assert!(!ca.due_for_renewal(&cert.cert_pem));
+            // From 30 days before its end, it is due.
+            assert!(!ca.still_valid_at(
+                &cert.cert_pem,
+                now + LEAF_LIFETIME + Duration::from_secs(60)
+            ));
+        }
+        // Another CA's certificate, and garbage, are due at once.
+        let other = tempfile::tempdir().unwrap();
+        let foreign = CertificateAuthority::load_or_create(other.path()).unwrap();
+        assert!(ca.due_for_renewal(&foreign.issue_session("a").unwrap().cert_pem));
+        assert!(ca.due_for_renewal("not a certificate"));
     }
 
     #[test]

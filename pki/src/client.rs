@@ -34,6 +34,13 @@ pub enum ConnectError {
         expected: String,
         actual: String,
     },
+    #[error("daemon at {addr} presents a certificate of session `{session}` other than the one the registry pins (sha256 {expected}, got {actual}): an old or stolen key, refused")]
+    PinMismatch {
+        addr: SocketAddr,
+        session: String,
+        expected: String,
+        actual: String,
+    },
 }
 
 /// Why a request got no reply.
@@ -52,6 +59,17 @@ pub async fn connect(
     addr: SocketAddr,
     session_id: &str,
 ) -> Result<quinn::Connection, ConnectError> {
+    connect_pinned(endpoint, addr, session_id, None).await
+}
+
+/// [`connect`], and with `pin` also checks that the daemon's certificate is that one
+/// ([`crate::fingerprint`]), before anything is sent on the connection.
+pub async fn connect_pinned(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    session_id: &str,
+    pin: Option<&str>,
+) -> Result<quinn::Connection, ConnectError> {
     let server_name = crate::session_dns_name(session_id);
     let connecting = endpoint
         .connect(addr, &server_name)
@@ -59,6 +77,18 @@ pub async fn connect(
     let conn = connecting
         .await
         .map_err(|source| ConnectError::Connection { addr, source })?;
+    if let Some(expected) = pin {
+        let actual = peer_fingerprint(&conn).unwrap_or_default();
+        if actual != expected {
+            conn.close(0u32.into(), b"certificate not pinned");
+            return Err(ConnectError::PinMismatch {
+                addr,
+                session: session_id.to_owned(),
+                expected: expected.to_owned(),
+                actual,
+            });
+        }
+    }
     let handshake = |source| ConnectError::Handshake { addr, source };
     let (mut send, mut recv) = conn
         .open_bi()
@@ -87,6 +117,15 @@ pub async fn connect(
             Err(ConnectError::VersionMismatch { addr, supported })
         }
     }
+}
+
+/// The pin of the certificate the peer of `conn` presented, if it presented one.
+pub fn peer_fingerprint(conn: &quinn::Connection) -> Option<String> {
+    let chain = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    chain.first().map(|c| crate::fingerprint(c.as_ref()))
 }
 
 /// Sends one request on a new stream and waits for its reply.

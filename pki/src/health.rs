@@ -33,11 +33,12 @@ pub enum HealthError {
 
 /// Pings the daemon of `session_id` at `addr` with the session's certificate from `cert_dir` (a
 /// daemon's certificate directory, [`crate::SESSION_CERT_DIR`]); returns the round-trip time of the
-/// whole probe.
+/// whole probe. With `pin`, the daemon's certificate must be that one ([`crate::fingerprint`]).
 pub async fn probe(
     addr: SocketAddr,
     session_id: &str,
     cert_dir: &Path,
+    pin: Option<&str>,
     timeout: Duration,
 ) -> Result<Duration, HealthError> {
     let start = Instant::now();
@@ -52,7 +53,7 @@ pub async fn probe(
     let mut endpoint = crate::endpoint(bind, None).map_err(HealthError::Socket)?;
     endpoint.set_default_client_config(config);
     let attempt = async {
-        let conn = crate::client::connect(&endpoint, addr, session_id).await?;
+        let conn = crate::client::connect_pinned(&endpoint, addr, session_id, pin).await?;
         let frame = RequestFrame {
             caller: Caller::default(),
             request: Request::Ping,

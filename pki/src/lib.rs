@@ -16,7 +16,7 @@ mod transport;
 pub mod wire;
 
 pub use authz::{authorize_peer, authorize_peer_chain, PeerRole};
-pub use ca::{CertificateAuthority, IssuedCert};
+pub use ca::{CertificateAuthority, IssuedCert, LEAF_LIFETIME, RENEW_BEFORE};
 pub use error::PkiError;
 pub use files::{
     CertFiles, BRIDGE_FILES, CA_FILES, CERT_MODE, KEY_MODE, SESSION_CERT_DIR, SESSION_FILES,
@@ -29,6 +29,23 @@ pub const BRIDGE_IDENTITY: &str = "bridge.client.sessionfs";
 
 /// ALPN protocol identifier spoken on every sessionfs QUIC connection.
 pub const ALPN: &[u8] = b"sessionfs/1";
+
+/// The pin of a certificate: the SHA-256 of its DER encoding, in lowercase hex. The registry keeps
+/// each session's ([`client::connect`] checks it), so a session made again under an old id does not
+/// accept its predecessor's key.
+pub fn fingerprint(der: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The pin ([`fingerprint`]) of the first certificate in `pem`.
+pub fn pem_fingerprint(pem: &str) -> Result<String, PkiError> {
+    let chain = identity::parse_chain(pem, "certificate")?;
+    Ok(fingerprint(chain[0].as_ref()))
+}
 
 /// The DNS name a session daemon's certificate is issued for (and that the
 /// bridge passes as server name when connecting). `session_id` must already be

@@ -203,6 +203,42 @@ async fn wrong_expected_session_is_refused() {
     assert_refused_by_daemon(&mut rx).await;
 }
 
+/// Hardening finding 10: a daemon with another certificate of the right session from the right CA
+/// (the key of an earlier session of the same id) is refused when the client pins the current one.
+#[tokio::test]
+async fn a_daemon_with_another_certificate_of_the_session_is_refused_by_the_pin() {
+    let Ca { ca, .. } = new_ca();
+    let current = ca.issue_session("alpha").unwrap();
+    let (_server, addr, _rx) = start_daemon(&ca, "alpha");
+    let bridge = identity(&ca.issue_client(BRIDGE_IDENTITY).unwrap());
+    let ep =
+        client_endpoint(client_config(bridge, roots(&ca), &TransportTuning::default()).unwrap());
+    // Unpinned, the old certificate passes the TLS checks: the case the pin is for.
+    let conn = timeout(
+        Duration::from_secs(10),
+        ep.connect(addr, &session_dns_name("alpha")).unwrap(),
+    )
+    .await
+    .expect("connect timed out")
+    .expect("the TLS checks pass");
+    let presented = client::peer_fingerprint(&conn).expect("a server certificate");
+    assert_ne!(presented, pem_fingerprint(&current.cert_pem).unwrap());
+    conn.close(0u32.into(), b"done");
+    let pin = pem_fingerprint(&current.cert_pem).unwrap();
+    let err = timeout(
+        Duration::from_secs(10),
+        client::connect_pinned(&ep, addr, "alpha", Some(&pin)),
+    )
+    .await
+    .expect("connect timed out")
+    .unwrap_err();
+    assert!(
+        matches!(&err, client::ConnectError::PinMismatch { expected, actual, .. }
+            if *expected == pin && *actual == presented),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn client_cert_from_other_ca_is_refused() {
     let Ca { ca, .. } = new_ca();

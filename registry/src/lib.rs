@@ -15,5 +15,5 @@ mod record;
 mod store;
 
 pub use id::{InvalidSessionId, SessionId};
-pub use record::{Backend, SessionRecord, SessionState, OWNER_LABEL};
+pub use record::{Backend, SessionRecord, SessionState, CERT_PIN_LABEL, OWNER_LABEL};
 pub use store::{Registry, RegistryError, WatchHandle};

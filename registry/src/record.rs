@@ -95,10 +95,15 @@ string_enum!(SessionState, "session state", {
     Gone => "gone",
 });
 
-/// Everything the registry stores about one session.
 /// Label holding the workspace owner (`UID:GID`) of a session whose daemon gives new nodes a fixed
 /// owner; `sessionfs mount --map-owner` shows that owner as the mounting user.
 pub const OWNER_LABEL: &str = "owner";
+
+/// Label holding the pin of the session's current certificate (the SHA-256 of its DER, hex): the
+/// bridge accepts no other, so the key of an earlier session of the same id stops working.
+pub const CERT_PIN_LABEL: &str = "cert.sha256";
+
+/// Everything the registry stores about one session.
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRecord {

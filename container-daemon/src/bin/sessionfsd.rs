@@ -126,6 +126,7 @@ async fn health(args: &Args) -> anyhow::Result<()> {
         addr,
         &args.session_id,
         &args.cert_dir,
+        None,
         Duration::from_secs(args.timeout),
     )
     .await

@@ -941,12 +941,15 @@ impl Engine {
     ) -> Result<(), String> {
         let deadline = Instant::now() + window;
         let cert_dir = home.session_cert_dir(id);
+        // The daemon must present the very certificate issued for the session, not an older one.
+        let pin = Some(home.session_cert_pin(id).map_err(|e| e.to_string())?);
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let probe = self.runtime.block_on(sessionfs_pki::health::probe(
                 endpoint,
                 id.as_str(),
                 &cert_dir,
+                pin.as_deref(),
                 PROBE_TIMEOUT.min(remaining).max(Duration::from_millis(50)),
             ));
             match probe {
@@ -971,6 +974,7 @@ impl Engine {
     ) -> Result<Readiness, DockerError> {
         let deadline = Instant::now() + timeout;
         let cert_dir = home.session_cert_dir(id);
+        let pin = home.session_cert_pin(id).ok();
         let not_ready = |reason: String| DockerError::NotReady {
             id: id.clone(),
             container: container.to_owned(),
@@ -1000,6 +1004,7 @@ impl Engine {
                 endpoint,
                 id.as_str(),
                 &cert_dir,
+                pin.as_deref(),
                 PROBE_TIMEOUT.min(remaining).max(Duration::from_millis(50)),
             ));
             let probe_error = match probe {
@@ -1031,6 +1036,17 @@ impl Engine {
         home: &Home,
         record: &SessionRecord,
     ) -> Result<(Published, bool), DockerError> {
+        self.start_with(home, record, None)
+    }
+
+    /// [`Engine::start`], uploading `certs` (a [`certs_tar`]) into the container first if it was
+    /// not running (renewed certificates).
+    pub fn start_with(
+        &self,
+        home: &Home,
+        record: &SessionRecord,
+        certs: Option<Vec<u8>>,
+    ) -> Result<(Published, bool), DockerError> {
         let container = record_container(record);
         let inspected =
             self.inspect_container(&container)?
@@ -1044,6 +1060,18 @@ impl Engine {
             .and_then(|s| s.running)
             .unwrap_or(false);
         if !was_running {
+            if let Some(certs) = certs {
+                let upload = UploadToContainerOptionsBuilder::default().path("/").build();
+                self.runtime
+                    .block_on(self.docker.upload_to_container(
+                        &container,
+                        Some(upload),
+                        bollard::body_full(bytes::Bytes::from(certs)),
+                    ))
+                    .map_err(DockerError::api(format!(
+                        "upload the renewed certificates into {container}"
+                    )))?;
+            }
             self.start_container(&container, &container)?;
         }
         let ready = self

@@ -252,7 +252,31 @@ fn run_like_compose(
     cleanup: &Cleanup,
     extra_labels: &[String],
 ) -> Result<String> {
-    let name = format!("sfs-compose-{id}");
+    run_named(
+        &format!("sfs-compose-{id}"),
+        service,
+        template_id,
+        id,
+        image,
+        certs,
+        cleanup,
+        extra_labels,
+    )
+}
+
+/// [`run_like_compose`] with the container named `name`.
+#[allow(clippy::too_many_arguments)]
+fn run_named(
+    name: &str,
+    service: &Service,
+    template_id: &str,
+    id: &str,
+    image: &str,
+    certs: &Path,
+    cleanup: &Cleanup,
+    extra_labels: &[String],
+) -> Result<String> {
+    let name = name.to_owned();
     let volume = format!("sfs-compose-{id}");
     docker(&["volume", "create", "--label", &cleanup.label(), &volume])?;
     let mut args: Vec<String> = ["run", "-d", "--name", &name, "--label", &cleanup.label()]
@@ -463,6 +487,10 @@ fn squatting_containers_are_refused_and_cannot_hold_the_id() -> Result<()> {
     let run = |service: &Service, certs: &Path| {
         run_like_compose(service, template_id, &id, image, certs, &cleanup, &[])
     };
+    let running_in = |container: &str| {
+        h.session_json(&id)
+            .is_ok_and(|v| v["state"] == "running" && v["container"] == container)
+    };
     let refused = |what: &str, needle: &str| {
         wait_until(what, Duration::from_secs(15), || {
             h.bridge_log().contains(needle)
@@ -487,16 +515,29 @@ fn squatting_containers_are_refused_and_cannot_hold_the_id() -> Result<()> {
     ensure!(!h.root_names().contains(&id), "{:?}", h.root_names());
     docker(&["rm", "-f", &exposed])?;
 
-    // The rightful container is adopted; once removed, its successor is adopted in its place.
+    // The rightful container is adopted; once removed, its successor (another container, under
+    // another name: one of the same name is followed by name anyway) is adopted in its place.
     for round in 0..2 {
-        let container = run(service, &ours)?;
+        let name = format!("sfs-squat-{round}-{id}");
+        let container = run_named(
+            &name,
+            service,
+            template_id,
+            &id,
+            image,
+            &ours,
+            &cleanup,
+            &[],
+        )?;
         wait_until(
             "the rightful container to be adopted",
             Duration::from_secs(15),
-            || h.root_names().contains(&id),
+            // Running in the registry, and seen by the mount since (it left the root when gone).
+            || running_in(&container) && h.root_names().contains(&id),
         )
         .with_context(|| format!("round {round}: {}", h.bridge_log()))?;
-        fs::write(h.path(&id, "f"), format!("round {round}"))?;
+        fs::write(h.path(&id, "f"), format!("round {round}"))
+            .with_context(|| format!("round {round}: {}", h.bridge_log()))?;
         ensure!(fs::read_to_string(h.path(&id, "f"))? == format!("round {round}"));
         docker(&["rm", "-f", &container])?;
         wait_until(

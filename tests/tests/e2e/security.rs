@@ -633,3 +633,116 @@ async fn opens_by_identity_reach_that_file_or_fail_stale() -> Result<()> {
     assert_eq!(open_head(&conn, root, ro, old).await?, Err(errno::ESTALE));
     Ok(())
 }
+
+/// Kills the child when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Hardening finding 10: certificates lasted 10 years and could not be revoked, so the key of a
+/// session that was removed kept working for a session made again under its id. The registry now
+/// pins each session's current certificate and the bridge accepts no other: a daemon holding the
+/// old key, at the address the bridge is sent to, is refused (the test steers the bridge there by
+/// writing the registry, as someone who can redirect traffic would).
+#[test]
+fn a_session_made_again_does_not_accept_its_predecessors_key() -> Result<()> {
+    let mut h = Harness::new()?;
+    h.create_session("again")?;
+    let old_certs = h.dir.path().join("old-certs");
+    std::fs::create_dir(&old_certs)?;
+    for (name, _) in sessionfs_pki::SESSION_CERT_DIR {
+        std::fs::copy(
+            h.home.join("sessions/again/certs").join(name),
+            old_certs.join(name),
+        )?;
+    }
+    h.ok(&["session", "rm", "again"])?;
+    let ws = h.create_session("again")?;
+    std::fs::write(ws.join("which"), b"the session's own")?;
+    let id: sessionfs_registry::SessionId = "again".parse()?;
+    let registry = sessionfs_registry::Registry::open(&h.home.join("registry.db"))?;
+    let pin = registry.get(&id)?.context("record")?.labels["cert.sha256"].clone();
+    let new_pem = std::fs::read_to_string(h.home.join("sessions/again/certs/session.pem"))?;
+    assert_eq!(pin, sessionfs_pki::pem_fingerprint(&new_pem)?);
+
+    // The old key serves another directory.
+    let rogue_dir = tempfile::tempdir()?;
+    std::fs::write(rogue_dir.path().join("which"), b"the old key's")?;
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let rogue_addr = format!("127.0.0.1:{port}");
+    let daemon = sessionfs_tests::bin_dir()?.join("sessionfsd");
+    let _rogue = Killed(
+        std::process::Command::new(&daemon)
+            .args(["--session-id", "again", "--cert-dir"])
+            .arg(&old_certs)
+            .arg("--root")
+            .arg(rogue_dir.path())
+            .args(["--listen", &rogue_addr])
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    sessionfs_tests::wait_until(
+        "the old key's daemon to answer",
+        Duration::from_secs(10),
+        || {
+            std::process::Command::new(&daemon)
+                .args(["--health", "--session-id", "again", "--cert-dir"])
+                .arg(&old_certs)
+                .args(["--connect", &rogue_addr])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        },
+    )?;
+    registry.modify(&id, |r| {
+        r.endpoint = Some(rogue_addr.parse().expect("address"))
+    })?;
+    h.mount()?;
+    let read = std::fs::read(h.path("again", "which"));
+    assert!(
+        read.is_err(),
+        "the bridge served the old key's daemon: {read:?}"
+    );
+    let log = h.bridge_log();
+    assert!(
+        log.contains("other than the one the registry pins"),
+        "{log}"
+    );
+    h.unmount()?;
+    Ok(())
+}
+
+/// Hardening finding 10, renewal: a session certificate that is due (expired, expiring within 30
+/// days, or, as here, not this installation CA's) is issued again by `session start` while the
+/// daemon is stopped, and the registry pins the new one: the session works after the start.
+#[test]
+fn session_start_issues_a_due_certificate_again_and_pins_it() -> Result<()> {
+    let mut h = Harness::new()?;
+    let ws = h.create_session("due")?;
+    std::fs::write(ws.join("f"), b"still here")?;
+    h.ok(&["session", "stop", "due"])?;
+    let certs = h.home.join("sessions/due/certs");
+    let foreign_dir = tempfile::tempdir()?;
+    let foreign = CertificateAuthority::load_or_create(foreign_dir.path())?;
+    foreign.issue_session("due")?.write(&certs, "session")?;
+    let stale = std::fs::read_to_string(certs.join("session.pem"))?;
+    h.ok(&["session", "start", "due"])?;
+    let renewed = std::fs::read_to_string(certs.join("session.pem"))?;
+    assert_ne!(renewed, stale, "the due certificate was not issued again");
+    let ca = CertificateAuthority::load(&h.home.join("pki"))?;
+    assert!(!ca.due_for_renewal(&renewed));
+    let id: sessionfs_registry::SessionId = "due".parse()?;
+    let registry = sessionfs_registry::Registry::open(&h.home.join("registry.db"))?;
+    let pin = registry.get(&id)?.context("record")?.labels["cert.sha256"].clone();
+    assert_eq!(pin, sessionfs_pki::pem_fingerprint(&renewed)?);
+    h.mount()?;
+    assert_eq!(std::fs::read(h.path("due", "f"))?, b"still here");
+    h.unmount()?;
+    Ok(())
+}

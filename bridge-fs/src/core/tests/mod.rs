@@ -282,6 +282,7 @@ impl Dialer for TestDialer {
         &'a self,
         _id: &'a SessionId,
         _addr: SocketAddr,
+        _pin: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Conn, String>> {
         Box::pin(async move {
             let id = self.0.connections.fetch_add(1, Ordering::Relaxed) + 1;
