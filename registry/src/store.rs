@@ -1,10 +1,15 @@
 //! The SQLite file shared by every sessionfs process ([`Registry`]) and change
 //! notification by polling ([`Registry::watch`], [`WatchHandle`]).
 //!
-//! Several processes open the same file at once. The database runs in WAL mode with a
-//! 5 s busy timeout; every write is one `BEGIN IMMEDIATE` transaction that also bumps the
-//! `generation` row of the `meta` table, so writers serialize without losing updates and
-//! readers detect any change by comparing [`Registry::generation`].
+//! Several processes open the same file at once. The database uses a rollback journal
+//! (`journal_mode=DELETE`) with a 5 s busy timeout; every write is one `BEGIN IMMEDIATE`
+//! transaction that also bumps the `generation` row of the `meta` table, so writers serialize
+//! without losing updates and readers detect any change by comparing [`Registry::generation`].
+//! Not WAL: a write-ahead log lives beside the file for as long as any connection is open, so a
+//! file replaced under open connections (a restored backup) would be read through the old file's
+//! log. With a rollback journal nothing outlives a transaction, and each call notices a replaced
+//! file and opens the new one. The registry is small and written rarely; readers and the writer
+//! waiting on each other for a moment costs nothing here.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -69,10 +74,36 @@ pub enum RegistryError {
     Io(#[from] std::io::Error),
 }
 
-/// A connection to the registry file; cheap to share between threads (`Send + Sync`).
+/// A connection to the registry file; cheap to share between threads (`Send + Sync`). If the file
+/// is replaced (a new file renamed over it, a restored backup), the next call opens the new one:
+/// a long-lived reader such as the mount never keeps reading a file that is gone.
 pub struct Registry {
-    conn: Mutex<Connection>,
+    conn: Mutex<Opened>,
     path: PathBuf,
+}
+
+/// The connection and the identity of the file it was opened on.
+struct Opened {
+    conn: Connection,
+    file: Option<(u64, u64)>,
+    /// A replacement that could not be opened (not tried again).
+    refused: Option<(u64, u64)>,
+}
+
+/// The `(device, inode)` of the file at `path`, if there is one.
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// A ready connection to the registry at `path` (WAL, schema current).
+fn connect(path: &Path) -> Result<Connection, RegistryError> {
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    use_rollback_journal(&conn)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    migrate(&mut conn, path)?;
+    Ok(conn)
 }
 
 impl fmt::Debug for Registry {
@@ -114,14 +145,15 @@ impl Registry {
             std::fs::create_dir_all(parent)?;
         }
         private_file(path)?;
-        let mut conn = Connection::open(path)?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        enable_wal(&conn)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        migrate(&mut conn, path)?;
+        let file = file_identity(path);
+        let conn = connect(path)?;
         debug!(path = %path.display(), "opened session registry");
         Ok(Registry {
-            conn: Mutex::new(conn),
+            conn: Mutex::new(Opened {
+                conn,
+                file,
+                refused: None,
+            }),
             path: path.to_owned(),
         })
     }
@@ -182,17 +214,17 @@ impl Registry {
 
     /// The record for `id`, if any.
     pub fn get(&self, id: &SessionId) -> Result<Option<SessionRecord>, RegistryError> {
-        fetch_one(&self.lock(), id)
+        fetch_one(&self.lock().conn, id)
     }
 
     /// Every session, sorted by id.
     pub fn list(&self) -> Result<Vec<SessionRecord>, RegistryError> {
-        fetch_all(&self.lock())
+        fetch_all(&self.lock().conn)
     }
 
     /// A counter that changes whenever any process writes to the registry.
     pub fn generation(&self) -> Result<u64, RegistryError> {
-        read_generation(&self.lock())
+        read_generation(&self.lock().conn)
     }
 
     /// Follows the registry at `path` from a background thread named
@@ -253,8 +285,10 @@ impl Registry {
         &self,
         seen: Option<u64>,
     ) -> Result<Option<(u64, Vec<SessionRecord>)>, RegistryError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        let mut opened = self.lock();
+        let tx = opened
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)?;
         let generation = read_generation(&tx)?;
         if seen == Some(generation) {
             return Ok(None);
@@ -268,8 +302,10 @@ impl Registry {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, RegistryError>,
     ) -> Result<T, RegistryError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut opened = self.lock();
+        let tx = opened
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = f(&tx)?;
         tx.execute(
             "UPDATE meta SET value = value + 1 WHERE key = 'generation'",
@@ -279,10 +315,35 @@ impl Registry {
         Ok(out)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
+    /// The connection, opened again first if the file at the path is another one now.
+    fn lock(&self) -> MutexGuard<'_, Opened> {
         // A panic mid-transaction rolls back when the transaction drops; the connection
         // itself stays usable.
-        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+        let mut opened = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = file_identity(&self.path);
+        if now.is_some() && now != opened.file && now != opened.refused {
+            // The old connection goes first: closing it checkpoints its write-ahead log into the
+            // old file and removes the log, which would otherwise be replayed into the new one.
+            if let Ok(placeholder) = Connection::open_in_memory() {
+                drop(std::mem::replace(&mut opened.conn, placeholder));
+                match connect(&self.path) {
+                    Ok(conn) => {
+                        warn!(path = %self.path.display(), "the registry file was replaced; reading the new one");
+                        *opened = Opened {
+                            conn,
+                            file: now,
+                            refused: None,
+                        };
+                    }
+                    Err(e) => {
+                        // Calls fail from now on rather than answer from the file that is gone.
+                        opened.refused = now;
+                        warn!(path = %self.path.display(), error = %e, "the registry file was replaced and the new one cannot be opened");
+                    }
+                }
+            }
+        }
+        opened
     }
 }
 
@@ -308,18 +369,26 @@ impl Drop for WatchHandle {
 
 /// Switches to WAL. Changing the journal mode needs an exclusive lock and may report
 /// busy without waiting while another process does the same, hence the retry loop.
-fn enable_wal(conn: &Connection) -> Result<(), RegistryError> {
-    let deadline = Instant::now() + BUSY_TIMEOUT;
+/// Makes the file use a rollback journal (a registry made by an older sessionfs is in WAL mode;
+/// it switches once no other connection holds it).
+fn use_rollback_journal(conn: &Connection) -> Result<(), RegistryError> {
+    // Leaving WAL needs the file to itself; an older process holding it keeps it in WAL for now.
+    let deadline = Instant::now() + Duration::from_millis(200);
     loop {
-        match conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0)) {
-            Ok(mode) => {
-                if !mode.eq_ignore_ascii_case("wal") {
-                    warn!(mode, "registry store did not switch to WAL journal mode");
-                }
-                return Ok(());
-            }
+        match conn
+            .pragma_update_and_check(None, "journal_mode", "DELETE", |r| r.get::<_, String>(0))
+        {
+            Ok(mode) if mode.eq_ignore_ascii_case("delete") => return Ok(()),
             Err(e) if is_busy(&e) && Instant::now() < deadline => {
                 thread::sleep(Duration::from_millis(10));
+            }
+            Ok(_) | Err(_) if Instant::now() >= deadline => {
+                warn!("the registry stays in WAL mode while another process holds it; a replaced registry file may not be noticed until then");
+                return Ok(());
+            }
+            Ok(mode) => {
+                warn!(mode, "the registry did not switch to a rollback journal");
+                return Ok(());
             }
             Err(e) => return Err(e.into()),
         }

@@ -326,3 +326,55 @@ fn the_registry_file_is_private() {
     Registry::open(&path).unwrap();
     assert_eq!(mode(&path), 0o600);
 }
+
+/// Hardening (faults): a registry file replaced while a long-lived reader (the mount's watch) has
+/// it open used to be read no more: the reader kept the old file until it was restarted. The next
+/// call now opens the new file, and the watch reports its sessions.
+#[test]
+fn a_replaced_registry_file_is_read_again() {
+    let (_dir, path) = db();
+    let reader = Registry::open(&path).unwrap();
+    reader.register(&record("old")).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let _watch = Registry::watch(&path, Duration::from_millis(20), move |list| {
+        let _ = tx.send(
+            list.into_iter()
+                .map(|r| r.id.into_string())
+                .collect::<Vec<_>>(),
+        );
+    })
+    .unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), ["old"]);
+
+    // A new file made elsewhere and renamed over the registry, as a restore would.
+    let other = tempfile::tempdir().unwrap();
+    let new_path = other.path().join("registry.db");
+    {
+        let replacement = Registry::open(&new_path).unwrap();
+        replacement.register(&record("restored")).unwrap();
+        replacement.register(&record("another")).unwrap();
+    }
+    std::fs::copy(&new_path, path.with_extension("tmp")).unwrap();
+    std::fs::rename(path.with_extension("tmp"), &path).unwrap();
+
+    let ids: Vec<String> = reader
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id.into_string())
+        .collect();
+    assert_eq!(ids, ["another", "restored"]);
+    let seen = loop {
+        let list = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the watch saw the new file");
+        if list != ["old"] {
+            break list;
+        }
+    };
+    assert_eq!(seen, ["another", "restored"]);
+    // And it is written to, not the file that is gone.
+    reader.register(&record("after")).unwrap();
+    let fresh = Registry::open(&path).unwrap();
+    assert!(fresh.get(&id("after")).unwrap().is_some());
+}

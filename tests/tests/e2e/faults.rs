@@ -195,3 +195,44 @@ fn busy_mountpoint_is_refused() -> Result<()> {
     drop(held);
     Ok(())
 }
+
+/// Hardening (faults): the registry file replaced while mounted (a backup restored by renaming it
+/// into place) used to be read no more: the mount kept the old file until remounted. Now the mount
+/// follows the new file: a session only the backup has comes back under the root, and one only
+/// the old file had goes.
+#[test]
+fn a_registry_file_replaced_while_mounted_is_followed() -> Result<()> {
+    let mut h = Harness::new()?;
+    h.create_session("kept")?;
+    h.create_session("restored")?;
+    let registry = h.home.join("registry.db");
+    let backup = h.home.join("registry.backup");
+    fs::copy(&registry, &backup)?;
+    h.ok(&["session", "rm", "restored"])?;
+    h.create_session("dropped")?;
+    h.mount()?;
+    wait_until(
+        "the mount to list its sessions",
+        Duration::from_secs(5),
+        || {
+            let names = h.root_names();
+            names.contains(&"dropped".to_owned()) && !names.contains(&"restored".to_owned())
+        },
+    )?;
+    fs::rename(&backup, &registry)?;
+    wait_until(
+        "the mount to follow the restored registry",
+        Duration::from_secs(5),
+        || {
+            let names = h.root_names();
+            names.contains(&"restored".to_owned()) && !names.contains(&"dropped".to_owned())
+        },
+    )
+    .with_context(|| h.bridge_log())?;
+    // The kept session, in both files, still serves its files.
+    fs::write(h.path("kept", "f"), b"after the restore")?;
+    assert_eq!(fs::read(h.path("kept", "f"))?, b"after the restore");
+    assert!(h.bridge_log().contains("the registry file was replaced"));
+    h.unmount()?;
+    Ok(())
+}
