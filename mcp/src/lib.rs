@@ -33,4 +33,4 @@ pub use error::ToolError;
 pub use http::serve_http;
 pub use server::{serve_stdio, ServeError, SessionTools, EDIT_TIME_LIMIT, MAX_CALLS};
 pub use stdio::{IdScanner, MAX_MESSAGE};
-pub use workspace::Mount;
+pub use workspace::{normalize_path, Mount};

@@ -208,42 +208,7 @@ impl SessionDir {
     /// Normalizes `path` (relative to the workspace, or absolute under `<mount>/<id>`) without touching
     /// the file system; refuses absolute paths elsewhere and `..` above the workspace root.
     pub fn relative(&self, path: &str) -> Result<RelPath, ToolError> {
-        if path.contains('\0') {
-            return Err(ToolError::InvalidArgument {
-                message: format!("path {path:?} contains a NUL byte"),
-            });
-        }
-        let p = Path::new(path);
-        let rest = if p.is_absolute() {
-            p.strip_prefix(&self.root_path)
-                .map_err(|_| ToolError::Escape {
-                    path: path.to_owned(),
-                    reason: format!(
-                        "it is absolute and not under the session's directory {}; give paths relative \
-                         to the workspace (e.g. \"src/main.rs\")",
-                        self.root_path.display()
-                    ),
-                })?
-        } else {
-            p
-        };
-        let mut out = PathBuf::new();
-        for c in rest.components() {
-            match c {
-                Component::Normal(name) => out.push(name),
-                Component::CurDir => {}
-                Component::ParentDir => {
-                    if !out.pop() {
-                        return Err(ToolError::Escape {
-                            path: path.to_owned(),
-                            reason: "its `..` leads outside the workspace (above its root)".into(),
-                        });
-                    }
-                }
-                Component::RootDir | Component::Prefix(_) => {}
-            }
-        }
-        Ok(RelPath(out))
+        normalize_path(&self.root_path, path).map(RelPath)
     }
 
     /// Maps an errno from resolving or acting on `path` to a tool error.
@@ -705,4 +670,46 @@ fn temp_name(name: &OsStr) -> std::ffi::OsString {
 /// The errno inside an I/O error (`EIO` if it has none).
 pub fn errno_of(e: &io::Error) -> Errno {
     e.raw_os_error().map_or(Errno::IO, Errno::from_raw_os_error)
+}
+
+/// Normalizes `path`, relative to a session's workspace or absolute under `session_root` (its
+/// directory in the mount), without touching the file system: the result is relative and made of
+/// plain names only. Refuses a NUL byte, an absolute path elsewhere and a `..` above the root.
+pub fn normalize_path(session_root: &Path, path: &str) -> Result<PathBuf, ToolError> {
+    if path.contains('\0') {
+        return Err(ToolError::InvalidArgument {
+            message: format!("path {path:?} contains a NUL byte"),
+        });
+    }
+    let p = Path::new(path);
+    let rest = if p.is_absolute() {
+        p.strip_prefix(session_root)
+            .map_err(|_| ToolError::Escape {
+                path: path.to_owned(),
+                reason: format!(
+                    "it is absolute and not under the session's directory {}; give paths relative \
+                 to the workspace (e.g. \"src/main.rs\")",
+                    session_root.display()
+                ),
+            })?
+    } else {
+        p
+    };
+    let mut out = PathBuf::new();
+    for c in rest.components() {
+        match c {
+            Component::Normal(name) => out.push(name),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    return Err(ToolError::Escape {
+                        path: path.to_owned(),
+                        reason: "its `..` leads outside the workspace (above its root)".into(),
+                    });
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => {}
+        }
+    }
+    Ok(out)
 }
