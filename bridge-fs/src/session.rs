@@ -574,7 +574,8 @@ async fn watch(
                 }
                 WatchFrame::Overflow => reset("the daemon's change queue overflowed"),
                 WatchFrame::Unavailable { reason } => {
-                    return Err(format!("the daemon cannot watch: {reason}"))
+                    warn!(session = %id, "the daemon cannot watch its workspace ({reason}): changes made inside the session show after the short cache lifetime, not at once");
+                    return Err(format!("the daemon cannot watch: {reason}"));
                 }
             }
         }

@@ -406,8 +406,13 @@ async fn serve_watch(mut send: quinn::SendStream, watcher: &WorkspaceWatcher) {
             }
             Err(broadcast::error::RecvError::Closed) => return,
         };
-        if let Err(e) = write_frame(&mut send, &*frame, false).await {
+        // The last frame of a watcher that can no longer be trusted ends the stream.
+        let last = matches!(*frame, WatchFrame::Unavailable { .. });
+        if let Err(e) = write_frame(&mut send, &*frame, last).await {
             debug!("watch stream ended: {e}");
+            return;
+        }
+        if last {
             return;
         }
     }

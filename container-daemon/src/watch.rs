@@ -4,9 +4,10 @@
 //! Invariants:
 //! - **A lost event is never silent.** When inotify's queue overflows, the raw event channel is full, or
 //!   a subscriber falls behind the broadcast, the subscriber gets [`WatchFrame::Overflow`] (the bridge then
-//!   forgets everything it cached for the session). When the watch cannot be set up at all (out of
-//!   inotify watches), subscribers get [`WatchFrame::Unavailable`] and the bridge keeps short cache
-//!   lifetimes for the session.
+//!   forgets everything it cached for the session). When the watch cannot be set up at all, or inotify
+//!   runs out of watches later (a new directory goes unwatched), subscribers get
+//!   [`WatchFrame::Unavailable`], the stream ends, and the bridge keeps short cache lifetimes for the
+//!   session; a watcher that ran out stays unavailable until the daemon restarts.
 //! - **Symlinks are not followed**: only the workspace itself is watched.
 //! - Batches are sent at most [`BATCH_WINDOW`] after their first change, so a change reaches the bridge
 //!   within a few milliseconds.
@@ -38,7 +39,7 @@ const FRAME_CAPACITY: usize = 64;
 /// The watcher of one workspace, shared by every connection.
 pub struct WorkspaceWatcher {
     frames: broadcast::Sender<Arc<WatchFrame>>,
-    unavailable: Mutex<Option<String>>,
+    unavailable: Arc<Mutex<Option<String>>>,
     /// Keeps inotify alive.
     _watcher: Option<RecommendedWatcher>,
 }
@@ -64,10 +65,22 @@ impl WorkspaceWatcher {
         let (raw_tx, raw_rx) = mpsc::channel::<Raw>(RAW_CAPACITY);
         let overflowed = Arc::new(AtomicBool::new(false));
         let flag = overflowed.clone();
+        let unavailable = Arc::new(Mutex::new(None::<String>));
+        let degraded = Arc::new(AtomicBool::new(false));
+        let (out_of_watches, ran_out) = (unavailable.clone(), degraded.clone());
         let handler = move |event: notify::Result<Event>| {
             let raw = match event {
                 Ok(event) if event.need_rescan() => Raw::Overflow,
                 Ok(event) => Raw::Event(event),
+                Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
+                    // A directory goes unwatched from now on: the stream cannot be trusted.
+                    warn!("workspace watcher: out of inotify watches ({e}); the bridge will cache briefly");
+                    *out_of_watches.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+                        "out of inotify watches (fs.inotify.max_user_watches): {e}"
+                    ));
+                    ran_out.store(true, Ordering::Release);
+                    Raw::Overflow
+                }
                 Err(e) => {
                     warn!("workspace watcher: {e}");
                     Raw::Overflow
@@ -82,25 +95,31 @@ impl WorkspaceWatcher {
             w.watch(root, RecursiveMode::Recursive)?;
             Ok(w)
         });
-        let (watcher, unavailable) = match watcher {
-            Ok(w) => (Some(w), None),
+        let watcher = match watcher {
+            Ok(w) => Some(w),
             Err(e) => {
                 warn!(root = %root.display(), "cannot watch the workspace; the bridge will cache briefly: {e}");
-                (None, Some(format!("cannot watch the workspace: {e}")))
+                *unavailable.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(format!("cannot watch the workspace: {e}"));
+                None
             }
         };
         let this = Arc::new(WorkspaceWatcher {
             frames: frames.clone(),
-            unavailable: Mutex::new(unavailable),
+            unavailable: unavailable.clone(),
             _watcher: watcher,
         });
         tokio::spawn(batch(
-            root.to_path_buf(),
-            workspace,
+            Batcher {
+                root: root.to_path_buf(),
+                workspace,
+                overflowed,
+                degraded,
+                unavailable,
+                frames,
+                activity,
+            },
             raw_rx,
-            overflowed,
-            frames,
-            activity,
         ));
         this
     }
@@ -124,15 +143,30 @@ enum Raw {
     Overflow,
 }
 
-/// Collects raw events into batches of [`Change`]s and broadcasts them.
-async fn batch(
+/// What the batcher works with.
+struct Batcher {
     root: PathBuf,
     workspace: Option<Arc<Workspace>>,
-    mut raw: mpsc::Receiver<Raw>,
+    /// Set when the raw channel was full (an event was lost).
     overflowed: Arc<AtomicBool>,
+    /// Set when inotify ran out of watches; the reason is in `unavailable`.
+    degraded: Arc<AtomicBool>,
+    unavailable: Arc<Mutex<Option<String>>>,
     frames: broadcast::Sender<Arc<WatchFrame>>,
     activity: Arc<Activity>,
-) {
+}
+
+/// Collects raw events into batches of [`Change`]s and broadcasts them.
+async fn batch(b: Batcher, mut raw: mpsc::Receiver<Raw>) {
+    let Batcher {
+        root,
+        workspace,
+        overflowed,
+        degraded,
+        unavailable,
+        frames,
+        activity,
+    } = b;
     let mut pending: Vec<Change> = Vec::new();
     let mut seen: HashSet<Change> = HashSet::new();
     loop {
@@ -159,6 +193,17 @@ async fn batch(
         }
         if overflowed.swap(false, Ordering::AcqRel) {
             overflow = true;
+        }
+        if degraded.swap(false, Ordering::AcqRel) {
+            let reason = unavailable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_default();
+            pending.clear();
+            seen.clear();
+            let _ = frames.send(Arc::new(WatchFrame::Unavailable { reason }));
+            continue;
         }
         if overflow {
             debug!("workspace watcher overflowed");

@@ -236,3 +236,69 @@ fn a_registry_file_replaced_while_mounted_is_followed() -> Result<()> {
     h.unmount()?;
     Ok(())
 }
+
+/// Hardening (faults): a daemon that runs out of inotify watches (a directory made after the limit
+/// goes unwatched) used to keep its change stream "live", so the mount cached that directory's files
+/// for a minute and served them stale. Now the daemon ends the stream as unavailable, the bridge says
+/// so and caches the session briefly: a change behind the mount shows within the short lifetime.
+/// The daemon runs in a user namespace whose inotify limit is 3 watches (`unshare`), so the machine's
+/// limit is untouched.
+#[test]
+fn a_daemon_out_of_inotify_watches_degrades_to_short_cache_lifetimes_and_says_so() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut h = Harness::new()?;
+    let daemon = sessionfs_tests::bin_dir()?.join("sessionfsd");
+    let wrapper = h.dir.path().join("sessionfsd-with-few-watches");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec unshare --user --map-root-user sh -c \
+             'echo 3 > /proc/sys/user/max_inotify_watches && exec \"$0\" \"$@\"' {} \"$@\"\n",
+            daemon.display()
+        ),
+    )?;
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755))?;
+    let ws = h.dir.path().join("ws");
+    fs::create_dir(&ws)?;
+    let out = h
+        .cli()
+        .env("SESSIONFS_DAEMON", &wrapper)
+        .args(["session", "create", "few", "--dir"])
+        .arg(&ws)
+        .output()?;
+    anyhow::ensure!(out.status.success(), "{out:?}");
+    h.mount()?;
+    fs::write(ws.join("top"), b"watched")?;
+    wait_until(
+        "a change behind the mount to show",
+        Duration::from_secs(5),
+        || fs::read(h.path("few", "top")).is_ok_and(|d| d == b"watched"),
+    )?;
+    for i in 0..4 {
+        fs::create_dir(ws.join(format!("d{i}")))?;
+    }
+    wait_until(
+        "the bridge to say the daemon cannot watch",
+        Duration::from_secs(10),
+        || h.bridge_log().contains("cannot watch its workspace"),
+    )
+    .with_context(|| h.bridge_log())?;
+    // Attributes are what the kernel caches for the lifetime (an open revalidates anyway): a
+    // `stat` of a file in the unwatched directory shows a change within the short lifetime, where a
+    // "live" stream would have let the kernel keep the old size for a minute.
+    let inner = ws.join("d3/f");
+    fs::write(&inner, b"old")?;
+    wait_until("the file to show", Duration::from_secs(5), || {
+        fs::metadata(h.path("few", "d3/f")).is_ok_and(|m| m.len() == 3)
+    })?;
+    fs::write(&inner, b"new, and longer")?;
+    let took = wait_until(
+        "the change to show within the short lifetime",
+        Duration::from_secs(5),
+        || fs::metadata(h.path("few", "d3/f")).is_ok_and(|m| m.len() == 15),
+    )
+    .with_context(|| h.bridge_log())?;
+    println!("the change showed after {took:?}");
+    h.unmount()?;
+    Ok(())
+}
