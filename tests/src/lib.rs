@@ -438,6 +438,12 @@ impl Harness {
     }
 }
 
+/// The content of the soak test's file `seq` of worker `worker`: `size` bytes no other file has.
+pub fn soak_content(worker: u32, seq: u64, size: usize) -> Vec<u8> {
+    let stamp = format!("w{worker}s{seq};");
+    stamp.bytes().cycle().take(size).collect()
+}
+
 /// Sends `sig` to `pid`.
 pub fn rustix_kill(pid: i32, sig: i32) {
     // SAFETY: kill(2) has no memory-safety preconditions.

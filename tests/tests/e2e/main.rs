@@ -18,4 +18,5 @@ mod ownership;
 mod pjdfstest;
 mod regressions;
 mod security;
+mod soak;
 mod write_behind;
