@@ -210,6 +210,14 @@ fn a_registry_file_replaced_while_mounted_is_followed() -> Result<()> {
     fs::copy(&registry, &backup)?;
     h.ok(&["session", "rm", "restored"])?;
     h.create_session("dropped")?;
+    // The restored registry forgets this daemon, so the harness would not stop it.
+    struct Stop(i32);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            rustix_kill(self.0, libc::SIGTERM);
+        }
+    }
+    let _dropped = Stop(h.daemon_pid("dropped")?);
     h.mount()?;
     wait_until(
         "the mount to list its sessions",
