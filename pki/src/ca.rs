@@ -286,6 +286,19 @@ mod tests {
         assert!(ca.due_for_renewal("not a certificate"));
     }
 
+    /// Clock skew: a certificate is valid from an hour before it was issued, so a peer whose clock
+    /// is up to an hour behind the issuer's accepts it; further behind, it is refused (as not yet
+    /// valid), never silently.
+    #[test]
+    fn certificates_tolerate_an_hour_of_clock_skew() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::load_or_create(tmp.path()).unwrap();
+        let cert = ca.issue_session("a").unwrap().cert_pem;
+        let now = SystemTime::now();
+        assert!(ca.still_valid_at(&cert, now - Duration::from_secs(59 * 60)));
+        assert!(!ca.still_valid_at(&cert, now - Duration::from_secs(61 * 60)));
+    }
+
     #[test]
     fn create_then_load_same_ca() {
         let tmp = tempfile::tempdir().unwrap();
