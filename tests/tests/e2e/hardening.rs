@@ -148,6 +148,10 @@ fn migrating_out_of_a_container_clears_set_id_bits() -> Result<()> {
     h.ok(&[
         "session", "migrate", &id, "--to", "docker", "--image", image,
     ])?;
+    // A file made in the container belongs to its workspace owner there (1000).
+    h.mount()?;
+    fs::write(h.path(&id, "made-inside"), b"x")?;
+    h.unmount()?;
     let target = h.dir.path().join("moved");
     let out = h.ok(&[
         "session",
@@ -173,6 +177,15 @@ fn migrating_out_of_a_container_clears_set_id_bits() -> Result<()> {
         "the set-group-ID bit came out of the container"
     );
     assert_eq!(fs::read(target.join("tool"))?, b"#!/bin/sh\necho hi\n");
+    // Owners are mapped as `--map-owner` maps them: what the container's owner made is the
+    // migrating user's on the host, not uid 1000's (an unrelated host account, perhaps).
+    use std::os::unix::fs::MetadataExt;
+    let me = fs::metadata(h.dir.path())?.uid();
+    assert_eq!(
+        fs::metadata(target.join("made-inside"))?.uid(),
+        me,
+        "a file came out of the container with its owner there"
+    );
     Ok(())
 }
 
