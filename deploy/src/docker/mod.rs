@@ -848,16 +848,7 @@ impl Engine {
             undo_volume(e)
         };
 
-        let upload = UploadToContainerOptionsBuilder::default().path("/").build();
-        self.runtime
-            .block_on(self.docker.upload_to_container(
-                &container_id,
-                Some(upload),
-                bollard::body_full(bytes::Bytes::from(certs)),
-            ))
-            .map_err(DockerError::api(format!(
-                "upload the certificates into {container}"
-            )))
+        self.upload_certs(&container_id, &container, certs)
             .map_err(undo)?;
         self.start_container(&container_id, &container)
             .map_err(undo)?;
@@ -925,6 +916,25 @@ impl Engine {
             endpoint,
             pid: main_pid(&inspected),
         })
+    }
+
+    /// Uploads `certs` (a [`certs_tar`]) into container `target` (named `container` in errors).
+    fn upload_certs(
+        &self,
+        target: &str,
+        container: &str,
+        certs: Vec<u8>,
+    ) -> Result<(), DockerError> {
+        let upload = UploadToContainerOptionsBuilder::default().path("/").build();
+        self.runtime
+            .block_on(self.docker.upload_to_container(
+                target,
+                Some(upload),
+                bollard::body_full(bytes::Bytes::from(certs)),
+            ))
+            .map_err(DockerError::api(format!(
+                "upload the certificates into {container}"
+            )))
     }
 
     /// Whether the daemon at `endpoint` proves it holds this installation's certificate of session
@@ -1061,16 +1071,7 @@ impl Engine {
             .unwrap_or(false);
         if !was_running {
             if let Some(certs) = certs {
-                let upload = UploadToContainerOptionsBuilder::default().path("/").build();
-                self.runtime
-                    .block_on(self.docker.upload_to_container(
-                        &container,
-                        Some(upload),
-                        bollard::body_full(bytes::Bytes::from(certs)),
-                    ))
-                    .map_err(DockerError::api(format!(
-                        "upload the renewed certificates into {container}"
-                    )))?;
+                self.upload_certs(&container, &container, certs)?;
             }
             self.start_container(&container, &container)?;
         }
