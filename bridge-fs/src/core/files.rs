@@ -161,20 +161,20 @@ impl Inner {
         Some(fh)
     }
 
-    /// The backing file for `open` (the file's `attr`, the daemon's descriptor `fd`) with direct data:
-    /// the inode's, if it has handles with direct data (every open of it must have them then); else a
-    /// new one, for an open to write, or of a file of at least [`DIRECT_MIN`] bytes, of a session
-    /// whose daemon runs on this host (the registry has its pid), with no other open handle here. A
-    /// smaller file opened read-only is better served by the head its open brings. The inode's first
+    /// The backing file for `open` (the file's `attr`) with direct data: the inode's, if it has
+    /// handles with direct data (every open of it must have them then); else a new one from
+    /// `prepared`, the daemon's descriptor [`Inner::prepare_direct`] opened (for an open to write, or
+    /// of a file of at least [`DIRECT_MIN`] bytes, of a session whose daemon runs on this host), if
+    /// no other handle of the inode is open here. A smaller file opened read-only is better served by
+    /// the head its open brings. The inode's first
     /// direct handle that may write is a change of it (see [`Inner::direct_change`]). `direct` is the
     /// locked [`Inner::direct`].
     pub(super) fn direct_backing(
         &self,
         direct: &mut Direct,
         open: &RemoteOpen,
-        session: &Session,
         attr: &Attr,
-        fd: Option<u32>,
+        prepared: Option<std::fs::File>,
         reply: &impl OpenReply,
     ) -> Option<Backing> {
         let ino = open.ino;
@@ -182,20 +182,10 @@ impl Inner {
         if let Some(backing) = self.join_direct(direct, ino, writing) {
             return Some(backing);
         }
-        if !self.passthrough.load(Ordering::Relaxed) || (open.read_only && attr.size < DIRECT_MIN) {
-            return None;
-        }
-        let pid = session.pid()?;
         if self.files.lock().open.values().any(|f| f.ino == ino) {
             return None;
         }
-        let file = match crate::direct::open_daemon_fd(pid, fd?, attr) {
-            Ok(file) => file,
-            Err(e) => {
-                debug!(ino, "no direct data: {e}");
-                return None;
-            }
-        };
+        let file = prepared?;
         match reply.open_backing(&file) {
             Ok(backing) => {
                 // The kernel's pages of the file are not read while it has direct handles, nor
@@ -212,6 +202,50 @@ impl Inner {
                     "the kernel refused a backing file, so file data goes through the bridge: {e}"
                 );
                 self.passthrough.store(false, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// The daemon's descriptor of the file an open answered, opened for direct data if the open
+    /// may get it ([`Inner::direct_backing`] decides, under the direct table's lock). Opened here,
+    /// on the blocking pool and with no lock held: the open can wait on the file's file system (a
+    /// hard NFS mount whose server went away), and the runtime's thread and the direct table must
+    /// not wait with it. Bounded by the operation timeout; past it the file's data goes through
+    /// the bridge.
+    pub(super) async fn prepare_direct(
+        &self,
+        session: &Session,
+        open: &RemoteOpen,
+        r: &Reply,
+    ) -> Option<std::fs::File> {
+        let Reply::Opened {
+            attr, fd: Some(fd), ..
+        } = r
+        else {
+            return None;
+        };
+        if !self.passthrough.load(Ordering::Relaxed) || (open.read_only && attr.size < DIRECT_MIN) {
+            return None;
+        }
+        let (pid, fd, attr, ino) = (session.pid()?, *fd, *attr, open.ino);
+        let opening =
+            tokio::task::spawn_blocking(move || crate::direct::open_daemon_fd(pid, fd, &attr));
+        match tokio::time::timeout(self.sessions.op_timeout(), opening).await {
+            Ok(Ok(Ok(file))) => Some(file),
+            Ok(Ok(Err(e))) => {
+                debug!(ino, "no direct data: {e}");
+                None
+            }
+            Ok(Err(e)) => {
+                warn!(ino, "opening the daemon's descriptor failed: {e}");
+                None
+            }
+            Err(_) => {
+                warn!(
+                    ino,
+                    "opening the daemon's descriptor did not finish within the operation timeout (a slow file system?): the file's data goes through the bridge"
+                );
                 None
             }
         }
@@ -263,71 +297,71 @@ impl Inner {
             ino,
             inner: self.clone(),
         };
-        self.call_then(
-            caller,
+        let since = session.generation();
+        let (r, conn) = match self.sessions.call(&session, caller, request).await {
+            Ok(answer) => answer,
+            Err(e) => return reply.error(errno_of(&e)),
+        };
+        let prepared = self.prepare_direct(&session, &open, &r).await;
+        let ttl = self.ttl_for(&session, since);
+        let answered = Answered {
             session,
-            request,
-            reply,
-            move |inner, answered, r, StaleOnFail { reply, .. }| {
-                let Reply::Opened { fh, attr, head, fd } = r else {
-                    return reply.error(unexpected(&r));
-                };
-                let (since, epoch) = (answered.since, open.epoch);
-                let whole = fh.is_none();
-                let remote = fh.map(|fh| RemoteHandle {
-                    conn: answered.conn,
-                    fh,
-                });
-                // Held until the handle is added (see `Inner::direct`).
-                let mut direct = inner.direct.lock();
-                let session = &answered.session;
-                if let Some(backing) =
-                    inner.direct_backing(&mut direct, &open, session, &attr, fd, &reply)
-                {
-                    let fh = inner.add_file(
-                        &mut inner.files.lock(),
-                        ino,
-                        session.clone(),
-                        open.flags,
-                        remote,
-                        Data::Direct,
-                    );
-                    drop(direct);
-                    // The page stamp went when the inode's direct data started, and no open keeps
-                    // the kernel's pages while this one is live.
-                    return reply.opened_passthrough(
-                        FileHandle(fh),
-                        open.fopen_flags(false),
-                        &backing,
-                    );
-                }
-                if open.mutation.is_none() {
-                    inner.keep_attrs(&answered.session, since, epoch, &[(ino, attr)]);
-                }
-                let keep = inner.keep_cache(ino, &answered.session, &attr, since);
-                // Kept pages: the kernel reads nothing, the head is of no use. The head is served only
-                // while its stamp stands and nothing changed through the mount since the open began
-                // (see `read_head`).
-                let head = (!keep && (whole || !head.is_empty())).then(|| Head {
-                    data: head,
-                    whole,
-                    stamp: ContentStamp::of(&attr),
-                    epoch,
-                });
-                let data = Data::Bridge { head, known: None };
-                let fh = inner.add_file(
-                    &mut inner.files.lock(),
-                    ino,
-                    answered.session,
-                    open.flags,
-                    remote,
-                    data,
-                );
-                drop(direct);
-                reply.opened(FileHandle(fh), open.fopen_flags(keep));
-            },
-        )
-        .await
+            conn,
+            ttl,
+            since,
+        };
+        let inner = &self;
+        let StaleOnFail { reply, .. } = reply;
+        let Reply::Opened { fh, attr, head, .. } = r else {
+            return reply.error(unexpected(&r));
+        };
+        let (since, epoch) = (answered.since, open.epoch);
+        let whole = fh.is_none();
+        let remote = fh.map(|fh| RemoteHandle {
+            conn: answered.conn,
+            fh,
+        });
+        // Held until the handle is added (see `Inner::direct`).
+        let mut direct = inner.direct.lock();
+        let session = &answered.session;
+        if let Some(backing) = inner.direct_backing(&mut direct, &open, &attr, prepared, &reply) {
+            let fh = inner.add_file(
+                &mut inner.files.lock(),
+                ino,
+                session.clone(),
+                open.flags,
+                remote,
+                Data::Direct,
+            );
+            drop(direct);
+            // The page stamp went when the inode's direct data started, and no open keeps
+            // the kernel's pages while this one is live.
+            return reply.opened_passthrough(FileHandle(fh), open.fopen_flags(false), &backing);
+        }
+        if open.mutation.is_none() {
+            inner.keep_attrs(&answered.session, since, epoch, &[(ino, attr)]);
+        }
+        let keep = inner.keep_cache(ino, &answered.session, &attr, since);
+        // Kept pages: the kernel reads nothing, the head is of no use. The head is served only
+        // while its stamp stands and nothing changed through the mount since the open began
+        // (see `read_head`).
+        let head = (!keep && (whole || !head.is_empty())).then(|| Head {
+            data: head,
+            whole,
+            stamp: ContentStamp::of(&attr),
+            epoch,
+        });
+        let data = Data::Bridge { head, known: None };
+        let fh = inner.add_file(
+            &mut inner.files.lock(),
+            ino,
+            answered.session,
+            open.flags,
+            remote,
+            data,
+        );
+        drop(direct);
+        reply.opened(FileHandle(fh), open.fopen_flags(keep));
     }
 
     /// Pushes `session`'s pending writes as [`Then`] says, from a task of its own.
