@@ -42,6 +42,8 @@ pub struct McpOptions {
     pub mount: PathBuf,
     /// Serve streamable HTTP on this address instead of stdio.
     pub http: Option<SocketAddr>,
+    /// Serve MCP over HTTP on this Unix socket instead (`--socket`): this user only, no token.
+    pub socket: Option<std::path::PathBuf>,
     /// Bearer token HTTP clients must send; without one, the state directory's (`mcp-token`).
     pub token: Option<String>,
 }
@@ -189,6 +191,15 @@ pub fn serve(home: Home, opts: &McpOptions) -> Result<(), McpError> {
         .build()
         .map_err(McpError::Runtime)?;
     let served = runtime.block_on(async {
+        if let Some(path) = &opts.socket {
+            return sessionfs_mcp::serve_unix(tools, path, |path| {
+                eprintln!(
+                    "sessionfs mcp: serving MCP at unix:{} (HTTP path /mcp; this user only)",
+                    path.display()
+                );
+            })
+            .await;
+        }
         match (opts.http, token) {
             (Some(addr), Some((token, file))) => {
                 let told = token.clone();

@@ -30,7 +30,7 @@ pub use edit::{
     EditOutcome, MAX_RESULT,
 };
 pub use error::ToolError;
-pub use http::serve_http;
+pub use http::{serve_http, serve_unix};
 pub use server::{serve_stdio, ServeError, SessionTools, EDIT_TIME_LIMIT, MAX_CALLS};
 pub use stdio::{IdScanner, MAX_MESSAGE};
 pub use workspace::{normalize_path, Mount};

@@ -37,6 +37,11 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot listen on the Unix socket {}: {source}", path.display())]
+    BindUnix {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
 }

@@ -1,11 +1,15 @@
 """Hardening finding 3 (resource limits) and 7 (every request gets an answer): `sessionfs mcp` bounds what
 one client can make it hold, and answers a request it refuses instead of dropping it."""
 
+import http.client
 import json
 import os
 import queue
+import signal
 import socket
+import stat
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -122,3 +126,80 @@ def test_a_slow_body_is_cut_off_and_others_are_served_meanwhile():
         slow.close()
     finally:
         server.stop()
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a Unix socket."""
+
+    def __init__(self, path, timeout=10):
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self.socket_path)
+        self.sock = s
+
+
+INITIALIZE = json.dumps({
+    "jsonrpc": "2.0", "id": 1, "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+               "clientInfo": {"name": "limits", "version": "1"}},
+})
+
+OTHER_USER_CLIENT = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(20)
+s.connect(sys.argv[1])
+body = sys.argv[2].encode()
+s.sendall(b"POST /mcp HTTP/1.1\\r\\nHost: localhost\\r\\nContent-Type: application/json\\r\\n"
+          b"Accept: application/json, text/event-stream\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(body) + body)
+try:
+    data = s.recv(100)
+except ConnectionResetError:
+    data = b""
+print("refused" if not data else repr(data))
+"""
+
+
+def test_a_unix_socket_serves_this_user_only():
+    """Finding 3, the option it offers: `--socket PATH` serves MCP on a 0600 Unix socket, to processes
+    of this user only (peer credentials), without a token; a loopback port can be reached (and its
+    connection slots held) by every local user."""
+    base = tempfile.mkdtemp(prefix="sfs-mcp-sock-")
+    os.chmod(base, 0o755)
+    path = os.path.join(base, "mcp.sock")
+    env = dict(server_env(), SESSIONFS_LOG="warn")
+    env.pop("SESSIONFS_MCP_TOKEN", None)
+    proc = subprocess.Popen(
+        [BIN, "mcp", "--mount", MOUNT, "--socket", path],
+        env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(l) for l in proc.stderr], daemon=True).start()
+    try:
+        first = lines.get(timeout=20)
+        assert f"serving MCP at unix:{path}" in first, first
+        st = os.stat(path)
+        assert stat.S_ISSOCK(st.st_mode) and st.st_mode & 0o777 == 0o600
+        conn = UnixHTTPConnection(path)
+        conn.request("POST", "/mcp", body=INITIALIZE, headers={
+            "Content-Type": "application/json", "Accept": "application/json, text/event-stream"})
+        resp = conn.getresponse()
+        resp.read()
+        conn.close()
+        assert resp.status == 200, resp.status
+        # Another user is refused even where the file's mode would let them connect.
+        os.chmod(path, 0o666)
+        out = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             "/usr/bin/python3", "-c", OTHER_USER_CLIENT, path, INITIALIZE],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "refused", out.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0

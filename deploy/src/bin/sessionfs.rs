@@ -82,6 +82,11 @@ struct McpArgs {
     // This comment is `--help` text: `[IPv6]` is what to type, not a link.
     #[allow(rustdoc::broken_intra_doc_links)]
     http: Option<std::net::SocketAddr>,
+    /// Serve MCP over streamable HTTP on a Unix socket at PATH (made 0600) instead of stdio: only
+    /// processes of this user (checked from the socket's peer credentials) are served, and no token
+    /// is asked. Unlike a loopback port, other local users cannot even connect.
+    #[arg(long, value_name = "PATH", conflicts_with = "http")]
+    socket: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -425,6 +430,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = deploy::McpOptions {
                 mount: args.mount,
                 http: args.http,
+                socket: args.socket,
                 token: std::env::var("SESSIONFS_MCP_TOKEN")
                     .ok()
                     .filter(|t| !t.is_empty()),
