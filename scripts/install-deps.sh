@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what sessionfs's tests and demo need on Debian: FUSE 3, git, ripgrep, Docker, the build
-# tools, pjdfstest and the MCP Python SDK (in a virtualenv), and starts a Docker engine if none answers. Idempotent: only missing packages are installed.
+# Installs what sessionfs's tests and demo need on Debian: FUSE 3, git, ripgrep, Docker, etcd and
+# protoc, the build tools, pjdfstest and the MCP Python SDK (in a virtualenv), and starts a Docker engine if none answers. Idempotent: only missing packages are installed.
 set -euo pipefail
 need=()
 command -v fusermount3 >/dev/null || need+=(fuse3)
@@ -13,6 +13,9 @@ command -v docker >/dev/null || need+=(docker.io)
 command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v ip >/dev/null || need+=(iproute2)
 command -v nsenter >/dev/null || need+=(util-linux)
+# The several-hosts registry: a real etcd for the tests, and protoc to build its client.
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v protoc >/dev/null || need+=(protobuf-compiler)
 /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3 python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"

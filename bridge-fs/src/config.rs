@@ -3,11 +3,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use sessionfs_registry::Location;
+
 /// Everything the bridge needs to mount.
 #[derive(Debug, Clone)]
 pub struct BridgeConfig {
-    /// The registry database.
-    pub registry_path: PathBuf,
+    /// The registry: the SQLite file of one host, or etcd shared by several.
+    pub registry: Location,
     /// Directory with the CA certificate and the bridge's certificate and key
     /// ([`sessionfs_pki::CA_FILES`], [`sessionfs_pki::BRIDGE_FILES`]).
     pub cert_dir: PathBuf,
@@ -42,9 +44,9 @@ pub struct BridgeConfig {
 
 impl BridgeConfig {
     /// Defaults for a state directory laid out by the `sessionfs` CLI.
-    pub fn new(registry_path: PathBuf, cert_dir: PathBuf) -> Self {
+    pub fn new(registry: Location, cert_dir: PathBuf) -> Self {
         BridgeConfig {
-            registry_path,
+            registry,
             cert_dir,
             op_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),

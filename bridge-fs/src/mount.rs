@@ -22,9 +22,9 @@ pub enum MountError {
         dir: PathBuf,
         source: sessionfs_pki::PkiError,
     },
-    #[error("registry {path}: {source}")]
+    #[error("registry {location}: {source}")]
     Registry {
-        path: PathBuf,
+        location: sessionfs_registry::Location,
         source: sessionfs_registry::RegistryError,
     },
     #[error("cannot start the bridge runtime: {0}")]
@@ -78,18 +78,16 @@ pub fn mount(config: BridgeConfig, mountpoint: &Path) -> Result<(), MountError> 
     let sessions = Arc::new(Sessions::new(&config, client).map_err(MountError::Endpoint)?);
 
     let registry_err = |source| MountError::Registry {
-        path: config.registry_path.clone(),
+        location: config.registry.clone(),
         source,
     };
     // The mount root must list the registry's sessions from the first request on, not from the
     // watcher's first tick.
     sessions.refresh().map_err(registry_err)?;
     let watched = sessions.clone();
-    let watch = Registry::watch(
-        &config.registry_path,
-        config.registry_poll,
-        move |records| watched.update(records),
-    )
+    let watch = Registry::watch(&config.registry, config.registry_poll, move |records| {
+        watched.update(records)
+    })
     .map_err(registry_err)?;
 
     let fs = BridgeFs::new(

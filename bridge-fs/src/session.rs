@@ -115,7 +115,7 @@ impl Sessions {
         dialer: Arc<dyn Dialer>,
     ) -> Result<Self, std::io::Error> {
         let registry =
-            Arc::new(Registry::open(&config.registry_path).map_err(std::io::Error::other)?);
+            Arc::new(Registry::connect(&config.registry).map_err(std::io::Error::other)?);
         Ok(Sessions {
             dialer,
             registry,

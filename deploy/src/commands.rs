@@ -1288,7 +1288,7 @@ pub(crate) fn pin_certificate(
 ) -> Result<(), CommandError> {
     let pin = home.session_cert_pin(id)?;
     registry.modify(id, |r| {
-        r.labels.insert(CERT_PIN_LABEL.to_owned(), pin);
+        r.labels.insert(CERT_PIN_LABEL.to_owned(), pin.clone());
     })?;
     Ok(())
 }

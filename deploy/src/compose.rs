@@ -111,7 +111,7 @@ pub fn session_certs(home: &Home, id: &str, out: &Path) -> Result<CertsWritten, 
         if registry.get(&id)?.is_some() {
             let pin = home.session_cert_pin(&id)?;
             registry.modify(&id, |r| {
-                r.labels.insert(CERT_PIN_LABEL.to_owned(), pin);
+                r.labels.insert(CERT_PIN_LABEL.to_owned(), pin.clone());
             })?;
         }
     }

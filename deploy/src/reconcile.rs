@@ -380,8 +380,9 @@ fn apply(
         r.state = state;
         r.endpoint = endpoint;
         r.pid = pid;
-        if let Some(c) = container_id {
-            r.labels.insert(docker::RECORD_CONTAINER_ID.to_owned(), c);
+        if let Some(c) = &container_id {
+            r.labels
+                .insert(docker::RECORD_CONTAINER_ID.to_owned(), c.clone());
         }
     })?;
     let change = Change {

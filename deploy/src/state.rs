@@ -22,7 +22,7 @@ use sessionfs_bridge::BridgeConfig;
 use sessionfs_pki::{
     CertificateAuthority, PkiError, BRIDGE_FILES, BRIDGE_IDENTITY, CA_FILES, SESSION_FILES,
 };
-use sessionfs_registry::{Registry, RegistryError, SessionId};
+use sessionfs_registry::{Location, Registry, RegistryError, SessionId};
 use tracing::{debug, info};
 
 /// Environment variable naming the state directory.
@@ -52,10 +52,10 @@ pub enum StateError {
         source: PkiError,
     },
     /// Opening the registry failed.
-    #[error("cannot open the registry {}: {source}", path.display())]
+    #[error("cannot open the registry {location}: {source}")]
     Registry {
-        /// The registry file.
-        path: PathBuf,
+        /// Where the registry is.
+        location: Location,
         /// The underlying error.
         #[source]
         source: RegistryError,
@@ -72,6 +72,8 @@ pub struct StateLock {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Home {
     root: PathBuf,
+    /// Where the registry is, when not the state directory's SQLite file (`--registry`).
+    registry: Option<Location>,
 }
 
 /// `path` with its longest existing ancestor canonicalized (symlinks, `..` and trailing slashes
@@ -99,6 +101,7 @@ impl Home {
         let root = std::path::absolute(&root).map_err(io_error("resolve", &root))?;
         Ok(Home {
             root: canonical(&root),
+            registry: None,
         })
     }
 
@@ -111,6 +114,20 @@ impl Home {
             std::env::var_os("HOME"),
         )?;
         Home::new(root)
+    }
+
+    /// This state directory with its registry at `location` (etcd shared by several hosts, say)
+    /// instead of its own SQLite file.
+    pub fn with_registry(mut self, location: Option<Location>) -> Home {
+        self.registry = location;
+        self
+    }
+
+    /// Where the registry is: `--registry`, else the state directory's `registry.db`.
+    pub fn registry_location(&self) -> Location {
+        self.registry
+            .clone()
+            .unwrap_or_else(|| Location::Sqlite(self.registry_path()))
     }
 
     /// The state directory itself.
@@ -155,7 +172,7 @@ impl Home {
 
     /// Bridge settings for this state directory (registry and `pki/` certificates).
     pub fn bridge_config(&self) -> BridgeConfig {
-        BridgeConfig::new(self.registry_path(), self.pki_dir())
+        BridgeConfig::new(self.registry_location(), self.pki_dir())
     }
 
     /// Creates the state directory (mode 0700) if it does not exist, and takes group and other
@@ -215,8 +232,8 @@ impl Home {
     /// Opens (creating if needed) the registry.
     pub fn open_registry(&self) -> Result<Registry, StateError> {
         self.ensure_root()?;
-        let path = self.registry_path();
-        Registry::open(&path).map_err(|source| StateError::Registry { path, source })
+        let location = self.registry_location();
+        Registry::connect(&location).map_err(|source| StateError::Registry { location, source })
     }
 
     /// Loads the CA, creating it on first use. Callers creating it concurrently must hold
@@ -389,7 +406,10 @@ mod tests {
             Path::new("/state/sessions/s-1/daemon.log")
         );
         let config = home.bridge_config();
-        assert_eq!(config.registry_path, Path::new("/state/registry.db"));
+        assert_eq!(
+            config.registry,
+            Location::Sqlite("/state/registry.db".into())
+        );
         assert_eq!(config.cert_dir, Path::new("/state/pki"));
     }
 

@@ -5,15 +5,22 @@
 //! - [`SessionId`] (`id.rs`): the validated session name used in paths, DNS names and
 //!   container names;
 //! - [`SessionRecord`] (`record.rs`): what is known about one session;
-//! - [`Registry`] (`store.rs`): the SQLite file shared by every sessionfs process (CLI,
-//!   bridge, MCP server), plus [`Registry::watch`] to follow changes made by others.
+//! - [`Registry`] (`location.rs`): the registry every sessionfs process (CLI, bridge, MCP
+//!   server) uses, in the store a [`Location`] names, plus [`Registry::watch`] to follow
+//!   changes made by others;
+//! - [`SqliteRegistry`] (`store.rs`): the SQLite file of one host;
+//! - [`EtcdRegistry`] (`etcd.rs`): the same operations in etcd, for several hosts.
 
 #![forbid(unsafe_code)]
 
+mod etcd;
 mod id;
+mod location;
 mod record;
 mod store;
 
+pub use etcd::{EtcdRegistry, CALL_TIMEOUT as ETCD_CALL_TIMEOUT, DEFAULT_PREFIX as ETCD_PREFIX};
 pub use id::{InvalidSessionId, SessionId};
+pub use location::{InvalidLocation, Location, Registry};
 pub use record::{Backend, SessionRecord, SessionState, CERT_PIN_LABEL, OWNER_LABEL};
-pub use store::{Registry, RegistryError, WatchHandle};
+pub use store::{RegistryError, SqliteRegistry, WatchHandle};

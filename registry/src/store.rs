@@ -1,10 +1,10 @@
-//! The SQLite file shared by every sessionfs process ([`Registry`]) and change
-//! notification by polling ([`Registry::watch`], [`WatchHandle`]).
+//! The SQLite file shared by every sessionfs process ([`SqliteRegistry`]) and change
+//! notification by polling ([`SqliteRegistry::watch`], [`WatchHandle`]).
 //!
 //! Several processes open the same file at once. The database uses a rollback journal
 //! (`journal_mode=DELETE`) with a 5 s busy timeout; every write is one `BEGIN IMMEDIATE`
 //! transaction that also bumps the `generation` row of the `meta` table, so writers serialize
-//! without losing updates and readers detect any change by comparing [`Registry::generation`].
+//! without losing updates and readers detect any change by comparing [`SqliteRegistry::generation`].
 //! Not WAL: a write-ahead log lives beside the file for as long as any connection is open, so a
 //! file replaced under open connections (a restored backup) would be read through the old file's
 //! log. With a rollback journal nothing outlives a transaction, and each call notices a replaced
@@ -72,12 +72,18 @@ pub enum RegistryError {
     /// Creating the registry's directory failed, or the watch thread could not start.
     #[error("registry i/o error: {0}")]
     Io(#[from] std::io::Error),
+    /// etcd refused or failed a call.
+    #[error("registry (etcd): {0}")]
+    Etcd(String),
+    /// etcd did not answer in time, or a write kept losing to other writers.
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// A connection to the registry file; cheap to share between threads (`Send + Sync`). If the file
 /// is replaced (a new file renamed over it, a restored backup), the next call opens the new one:
 /// a long-lived reader such as the mount never keeps reading a file that is gone.
-pub struct Registry {
+pub struct SqliteRegistry {
     conn: Mutex<Opened>,
     path: PathBuf,
 }
@@ -106,9 +112,9 @@ fn connect(path: &Path) -> Result<Connection, RegistryError> {
     Ok(conn)
 }
 
-impl fmt::Debug for Registry {
+impl fmt::Debug for SqliteRegistry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Registry")
+        f.debug_struct("SqliteRegistry")
             .field("path", &self.path)
             .finish()
     }
@@ -136,11 +142,11 @@ fn private_file(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-impl Registry {
+impl SqliteRegistry {
     /// Opens (creating if needed, with parent directories) the registry at `path`. The file is
     /// private (mode 0600, made so or tightened if it is this user's): it holds sessions'
     /// environment values, which may be secrets. SQLite gives its journal files the same mode.
-    pub fn open(path: &Path) -> Result<Registry, RegistryError> {
+    pub fn open(path: &Path) -> Result<SqliteRegistry, RegistryError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)?;
         }
@@ -148,7 +154,7 @@ impl Registry {
         let file = file_identity(path);
         let conn = connect(path)?;
         debug!(path = %path.display(), "opened session registry");
-        Ok(Registry {
+        Ok(SqliteRegistry {
             conn: Mutex::new(Opened {
                 conn,
                 file,
@@ -241,7 +247,7 @@ impl Registry {
     where
         F: FnMut(Vec<SessionRecord>) + Send + 'static,
     {
-        let registry = Registry::open(path)?;
+        let registry = SqliteRegistry::open(path)?;
         let poll_interval = poll_interval.max(MIN_POLL);
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let thread = thread::Builder::new()
@@ -273,10 +279,7 @@ impl Registry {
                 }
                 debug!(path = %registry.path.display(), "registry watch stopped");
             })?;
-        Ok(WatchHandle {
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        })
+        Ok(WatchHandle::new(Box::new(move || drop(stop_tx)), thread))
     }
 
     /// The generation and full list, if the generation differs from `seen`; both read
@@ -348,16 +351,42 @@ impl Registry {
 }
 
 /// Stops the watch thread when dropped (promptly: the thread waits on a channel).
-#[derive(Debug)]
 #[must_use = "the watch stops when the handle is dropped"]
 pub struct WatchHandle {
-    stop: Option<mpsc::Sender<()>>,
+    stop: Option<Box<dyn FnOnce() + Send>>,
     thread: Option<JoinHandle<()>>,
+    /// What the watch needs alive until its thread ended (dropped after it).
+    _keep: Option<Box<dyn Send>>,
+}
+
+impl std::fmt::Debug for WatchHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchHandle").finish_non_exhaustive()
+    }
+}
+
+impl WatchHandle {
+    /// A handle that calls `stop` and joins `thread` when dropped.
+    pub(crate) fn new(stop: Box<dyn FnOnce() + Send>, thread: JoinHandle<()>) -> WatchHandle {
+        WatchHandle {
+            stop: Some(stop),
+            thread: Some(thread),
+            _keep: None,
+        }
+    }
+
+    /// This handle, also keeping `keep` alive until the watch has stopped.
+    pub(crate) fn keeping(mut self, keep: Box<dyn Send>) -> WatchHandle {
+        self._keep = Some(keep);
+        self
+    }
 }
 
 impl Drop for WatchHandle {
     fn drop(&mut self) {
-        drop(self.stop.take());
+        if let Some(stop) = self.stop.take() {
+            stop();
+        }
         if let Some(thread) = self.thread.take() {
             // Dropped from inside the callback: the thread exits on its own.
             if thread.thread().id() != thread::current().id() && thread.join().is_err() {
@@ -367,8 +396,6 @@ impl Drop for WatchHandle {
     }
 }
 
-/// Switches to WAL. Changing the journal mode needs an exclusive lock and may report
-/// busy without waiting while another process does the same, hence the retry loop.
 /// Makes the file use a rollback journal (a registry made by an older sessionfs is in WAL mode;
 /// it switches once no other connection holds it).
 fn use_rollback_journal(conn: &Connection) -> Result<(), RegistryError> {

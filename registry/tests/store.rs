@@ -1,4 +1,4 @@
-//! Integration tests for the SQLite registry: round trips, multi-process style
+//! Integration tests for the SQLite registry ([`SqliteRegistry`], `Registry` here): round trips, multi-process style
 //! concurrency (one `Registry` per thread), watch, and corrupt rows.
 
 #![forbid(unsafe_code)]
@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use sessionfs_registry::{
-    Backend, Registry, RegistryError, SessionId, SessionRecord, SessionState,
+    Backend, RegistryError, SessionId, SessionRecord, SessionState, SqliteRegistry as Registry,
 };
 
 fn db() -> (tempfile::TempDir, PathBuf) {

@@ -195,6 +195,8 @@ pub struct Harness {
     pub op_timeout_secs: u64,
     /// Extra arguments for `sessionfs mount` (e.g. `--map-owner`).
     pub mount_args: Vec<String>,
+    /// The registry every command uses (`SESSIONFS_REGISTRY`), when not the state directory's file.
+    pub registry: Option<String>,
     /// Whether docker sessions were created (then dropping removes their containers and volumes).
     docker_used: bool,
 }
@@ -222,6 +224,7 @@ impl Harness {
             mount: None,
             op_timeout_secs: 3,
             mount_args: Vec::new(),
+            registry: None,
             docker_used: false,
         })
     }
@@ -296,6 +299,10 @@ impl Harness {
         let mut cmd = Command::new(self.bin.join("sessionfs"));
         cmd.env("SESSIONFS_HOME", &self.home)
             .env("SESSIONFS_DAEMON", self.bin.join("sessionfsd"));
+        match &self.registry {
+            Some(registry) => cmd.env("SESSIONFS_REGISTRY", registry),
+            None => cmd.env_remove("SESSIONFS_REGISTRY"),
+        };
         cmd
     }
 
@@ -435,6 +442,70 @@ impl Harness {
             );
         }
         Ok(())
+    }
+}
+
+/// A private etcd server on free loopback ports in a temporary directory, killed when dropped.
+pub struct Etcd {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    /// Starts `etcd` (Debian's `etcd-server`, installed by `scripts/install-deps.sh`) and waits
+    /// until it answers (bounded).
+    pub fn start() -> Result<Etcd> {
+        let dir = tempfile::tempdir()?;
+        let free = || -> Result<u16> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port())
+        };
+        let (port, peer) = (free()?, free()?);
+        let client = format!("http://127.0.0.1:{port}");
+        let peer = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .args(["--name", "e2e", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("e2e={peer}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("etcd (scripts/install-deps.sh installs etcd-server)")?;
+        let etcd = Etcd {
+            child,
+            port,
+            _dir: dir,
+        };
+        wait_until("etcd to listen", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", etcd.port)).is_ok()
+        })?;
+        Ok(etcd)
+    }
+
+    /// `etcd://127.0.0.1:PORT`, for `--registry`.
+    pub fn url(&self) -> String {
+        format!("etcd://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

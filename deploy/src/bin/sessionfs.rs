@@ -38,6 +38,10 @@ struct Cli {
     /// State directory (overrides $SESSIONFS_HOME; default ~/.local/state/sessionfs).
     #[arg(long, global = true, value_name = "PATH")]
     home: Option<PathBuf>,
+    /// Where the session registry is: sqlite:PATH (default: registry.db in the state directory)
+    /// or etcd://HOST:PORT[,HOST:PORT…], shared by several hosts.
+    #[arg(long, global = true, value_name = "URL", env = "SESSIONFS_REGISTRY")]
+    registry: Option<sessionfs_registry::Location>,
     #[command(subcommand)]
     command: Command,
 }
@@ -348,7 +352,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let home = || Home::locate(cli.home.as_deref());
+    let home = || Home::locate(cli.home.as_deref()).map(|h| h.with_registry(cli.registry.clone()));
     match cli.command {
         Command::Session(SessionCommand::Create(args)) => {
             let opts = CreateOptions {

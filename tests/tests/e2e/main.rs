@@ -12,6 +12,7 @@ mod direct;
 mod docker;
 mod faults;
 mod hardening;
+mod hosts;
 mod mcp;
 mod migrate;
 mod ownership;

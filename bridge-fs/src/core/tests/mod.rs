@@ -624,7 +624,10 @@ impl Bridge {
         // The daemon runs in this process: direct data opens its descriptors here.
         record.pid = Some(std::process::id());
         registry.register(&record).expect("register");
-        let mut config = BridgeConfig::new(registry_path, registry_dir.path().into());
+        let mut config = BridgeConfig::new(
+            sessionfs_registry::Location::Sqlite(registry_path),
+            registry_dir.path().into(),
+        );
         config.op_timeout = Duration::from_secs(5);
         let daemon = Daemon::new();
         let dialer = Arc::new(TestDialer(daemon.clone()));

@@ -1,0 +1,234 @@
+//! The registry in etcd, against a real etcd server (Debian's `etcd-server`, installed by
+//! `scripts/install-deps.sh`) started for each test on free loopback ports in a temporary
+//! directory. Never skipped: without `etcd` on the PATH these tests fail.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use sessionfs_registry::{
+    Backend, EtcdRegistry, RegistryError, SessionId, SessionRecord, SessionState, ETCD_PREFIX,
+};
+
+/// A private etcd server, killed when dropped.
+struct Etcd {
+    child: Child,
+    client_url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Etcd {
+    fn start() -> Etcd {
+        let dir = tempfile::tempdir().expect("a data directory");
+        let (client, peer) = (free_port(), free_port());
+        let client_url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .args(["--name", "test", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &client_url])
+            .args(["--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("test={peer_url}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd (scripts/install-deps.sh installs etcd-server)");
+        Etcd {
+            child,
+            client_url,
+            _dir: dir,
+        }
+    }
+
+    /// A registry on this server, once it answers (bounded).
+    fn registry(&self) -> EtcdRegistry {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match EtcdRegistry::connect(std::slice::from_ref(&self.client_url), ETCD_PREFIX) {
+                Ok(r) => return r,
+                // The poll interval of a bounded wait for the server to listen.
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(e) => panic!("etcd did not come up: {e}"),
+            }
+        }
+    }
+}
+
+fn id(s: &str) -> SessionId {
+    s.parse().expect("an id")
+}
+
+fn record(name: &str) -> SessionRecord {
+    let mut r = SessionRecord::new(
+        id(name),
+        Backend::Local,
+        format!("{name}.session.sessionfs"),
+    );
+    r.state = SessionState::Running;
+    r.endpoint = Some("127.0.0.1:7878".parse().expect("an address"));
+    r.labels.insert("owner".into(), "1000:1000".into());
+    r
+}
+
+#[test]
+fn records_round_trip_and_errors_name_the_session() {
+    let etcd = Etcd::start();
+    let reg = etcd.registry();
+    let a = record("alpha");
+    reg.register(&a).unwrap();
+    assert_eq!(reg.get(&id("alpha")).unwrap(), Some(a.clone()));
+    assert!(matches!(reg.register(&a), Err(RegistryError::AlreadyExists(i)) if i == id("alpha")));
+    reg.register(&record("beta")).unwrap();
+    let ids: Vec<String> = reg
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id.into_string())
+        .collect();
+    assert_eq!(ids, ["alpha", "beta"]);
+    let before = reg.generation().unwrap();
+    let changed = reg
+        .modify(&id("alpha"), |r| r.state = SessionState::Stopped)
+        .unwrap();
+    assert_eq!(changed.state, SessionState::Stopped);
+    assert!(reg.generation().unwrap() > before);
+    assert_eq!(reg.remove(&id("beta")).unwrap().id, id("beta"));
+    assert!(matches!(
+        reg.remove(&id("beta")),
+        Err(RegistryError::NotFound(_))
+    ));
+    assert!(matches!(
+        reg.modify(&id("beta"), |_| {}),
+        Err(RegistryError::NotFound(_))
+    ));
+    assert_eq!(reg.get(&id("beta")).unwrap(), None);
+}
+
+/// Two hosts registering one id at the same moment: exactly one wins, the other is told clearly.
+#[test]
+fn concurrent_registers_of_one_id_have_one_winner() {
+    let etcd = Etcd::start();
+    let regs: Vec<Arc<EtcdRegistry>> = (0..8).map(|_| Arc::new(etcd.registry())).collect();
+    for round in 0..20 {
+        let name = format!("race{round}");
+        let barrier = Arc::new(Barrier::new(regs.len()));
+        let outcomes: Vec<Result<(), RegistryError>> = regs
+            .iter()
+            .map(|reg| {
+                let (reg, barrier, name) = (reg.clone(), barrier.clone(), name.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    reg.register(&record(&name))
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().expect("a thread"))
+            .collect();
+        let won = outcomes.iter().filter(|o| o.is_ok()).count();
+        let lost = outcomes
+            .iter()
+            .filter(|o| matches!(o, Err(RegistryError::AlreadyExists(_))))
+            .count();
+        assert_eq!(
+            (won, lost),
+            (1, regs.len() - 1),
+            "round {round}: {outcomes:?}"
+        );
+    }
+}
+
+/// Writers on several connections modifying one record at once lose no update.
+#[test]
+fn concurrent_modifies_lose_no_update() {
+    let etcd = Etcd::start();
+    let first = etcd.registry();
+    first.register(&record("counter")).unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let reg = etcd.registry();
+            std::thread::spawn(move || {
+                for _ in 0..25 {
+                    reg.modify(&id("counter"), |r| {
+                        let n: u64 = r.labels.get("n").and_then(|v| v.parse().ok()).unwrap_or(0);
+                        r.labels.insert("n".into(), (n + 1).to_string());
+                    })
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let n = first.get(&id("counter")).unwrap().unwrap().labels["n"].clone();
+    assert_eq!(n, "100");
+}
+
+/// The watch reports the list at once and after every change made through another connection,
+/// from etcd's watch (no polling interval to wait for), and stops when its handle is dropped.
+#[test]
+fn the_watch_follows_other_writers_without_polling() {
+    let etcd = Etcd::start();
+    let writer = etcd.registry();
+    writer.register(&record("first")).unwrap();
+    let reader = etcd.registry();
+    let (tx, rx) = mpsc::channel();
+    let handle = reader
+        .watch(move |list| {
+            let _ = tx.send(
+                list.into_iter()
+                    .map(|r| r.id.into_string())
+                    .collect::<Vec<_>>(),
+            );
+        })
+        .unwrap();
+    let next = || rx.recv_timeout(Duration::from_secs(10)).expect("a report");
+    assert_eq!(next(), ["first"]);
+    writer.register(&record("second")).unwrap();
+    assert_eq!(next(), ["first", "second"]);
+    writer.remove(&id("first")).unwrap();
+    assert_eq!(next(), ["second"]);
+    drop(handle);
+    assert!(matches!(
+        rx.recv_timeout(Duration::from_secs(10)),
+        Err(mpsc::RecvTimeoutError::Disconnected)
+    ));
+}
+
+/// A registry whose etcd is gone answers every call with a clear error within the call timeout,
+/// never waiting longer.
+#[test]
+fn a_dead_etcd_fails_calls_within_the_timeout() {
+    let etcd = Etcd::start();
+    let reg = etcd.registry();
+    reg.register(&record("alive")).unwrap();
+    drop(etcd);
+    let started = Instant::now();
+    let err = reg.get(&id("alive")).unwrap_err();
+    assert!(
+        matches!(err, RegistryError::Etcd(_) | RegistryError::Unavailable(_)),
+        "{err}"
+    );
+    assert!(started.elapsed() < sessionfs_registry::ETCD_CALL_TIMEOUT + Duration::from_secs(2));
+}
