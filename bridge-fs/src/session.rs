@@ -427,7 +427,12 @@ impl Sessions {
                     format!("session {} no longer exists", session.id),
                 ))
             }
-            Err(e) => return Err(ErrorReply::new(errno::EIO, format!("registry: {e}"))),
+            // A registry that cannot be reached (etcd down, a partition) does not take the sessions
+            // the mount knows with it: the last record it had still says where the daemon is.
+            Err(e) => {
+                warn!(session = %session.id, "registry unreachable, dialing the last known endpoint: {e}");
+                session.record()
+            }
         };
         session.set_record(record.clone());
         let endpoint = usable_endpoint(&record)?;

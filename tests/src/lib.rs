@@ -447,27 +447,47 @@ impl Harness {
 
 /// A private etcd server on free loopback ports in a temporary directory, killed when dropped.
 pub struct Etcd {
-    child: Child,
+    child: Option<Child>,
     port: u16,
-    _dir: tempfile::TempDir,
+    peer: u16,
+    dir: tempfile::TempDir,
 }
 
 impl Etcd {
     /// Starts `etcd` (Debian's `etcd-server`, installed by `scripts/install-deps.sh`) and waits
     /// until it answers (bounded).
     pub fn start() -> Result<Etcd> {
-        let dir = tempfile::tempdir()?;
         let free = || -> Result<u16> {
             Ok(std::net::TcpListener::bind("127.0.0.1:0")?
                 .local_addr()?
                 .port())
         };
-        let (port, peer) = (free()?, free()?);
-        let client = format!("http://127.0.0.1:{port}");
-        let peer = format!("http://127.0.0.1:{peer}");
+        let mut etcd = Etcd {
+            child: None,
+            port: free()?,
+            peer: free()?,
+            dir: tempfile::tempdir()?,
+        };
+        etcd.restart()?;
+        Ok(etcd)
+    }
+
+    /// Kills the server (its data stays).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same ports and data (after [`Etcd::kill`]).
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        let client = format!("http://127.0.0.1:{}", self.port);
+        let peer = format!("http://127.0.0.1:{}", self.peer);
         let child = Command::new("etcd")
             .args(["--name", "e2e", "--data-dir"])
-            .arg(dir.path().join("data"))
+            .arg(self.dir.path().join("data"))
             .args([
                 "--listen-client-urls",
                 &client,
@@ -485,15 +505,12 @@ impl Etcd {
             .stderr(Stdio::null())
             .spawn()
             .context("etcd (scripts/install-deps.sh installs etcd-server)")?;
-        let etcd = Etcd {
-            child,
-            port,
-            _dir: dir,
-        };
+        self.child = Some(child);
+        let port = self.port;
         wait_until("etcd to listen", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(("127.0.0.1", etcd.port)).is_ok()
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         })?;
-        Ok(etcd)
+        Ok(())
     }
 
     /// `etcd://127.0.0.1:PORT`, for `--registry`.
@@ -504,8 +521,7 @@ impl Etcd {
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 

@@ -51,3 +51,38 @@ fn sessions_registered_in_etcd_are_mounted_and_followed() -> Result<()> {
     h.unmount()?;
     Ok(())
 }
+
+/// etcd killed and restarted under a mount: the mount keeps serving the sessions it knows, a session
+/// first used while etcd is down is dialed at its last known endpoint, commands fail clearly, and
+/// once etcd is back the mount's watch resumes: a session created then appears, and none is lost or
+/// doubled.
+#[test]
+fn a_mount_keeps_serving_while_etcd_is_down_and_follows_it_back() -> Result<()> {
+    let mut etcd = Etcd::start()?;
+    let mut h = Harness::new()?;
+    h.registry = Some(etcd.url());
+    h.create_session("used")?;
+    let unused = h.create_session("unused")?;
+    fs::write(unused.join("f"), b"known before etcd went")?;
+    h.mount()?;
+    fs::write(h.path("used", "f"), b"1")?;
+    etcd.kill();
+    // Known sessions keep working; one not dialed before is dialed at its last known endpoint.
+    fs::write(h.path("used", "f"), b"2")?;
+    ensure!(fs::read(h.path("unused", "f"))? == b"known before etcd went");
+    let out = h.run(&["session", "ls"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success() && err.contains(&etcd.url()), "{err}");
+    etcd.restart()?;
+    h.create_session("after")?;
+    wait_until(
+        "the mount's watch to resume",
+        Duration::from_secs(20),
+        || h.root_names().contains(&"after".to_owned()),
+    )?;
+    let mut names = h.root_names();
+    names.sort();
+    ensure!(names == ["after", "unused", "used"], "{names:?}");
+    h.unmount()?;
+    Ok(())
+}
