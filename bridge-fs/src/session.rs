@@ -39,6 +39,9 @@ const DIAL_BACKOFF: Duration = Duration::from_millis(500);
 pub struct Session {
     pub id: SessionId,
     record: Mutex<SessionRecord>,
+    /// This host's name ([`sessionfs_registry::this_host`]): a session of another host gets no
+    /// direct data.
+    host: String,
     conn: Mutex<Option<Conn>>,
     dial_lock: tokio::sync::Mutex<Option<(Instant, ErrorReply)>>,
     /// Whether the daemon's change stream is live (every change from now on will be reported).
@@ -683,6 +686,7 @@ impl Session {
         Session {
             id: record.id.clone(),
             record: Mutex::new(record),
+            host: sessionfs_registry::this_host(),
             conn: Mutex::new(None),
             dial_lock: tokio::sync::Mutex::new(None),
             watching: AtomicBool::new(false),
@@ -754,7 +758,12 @@ impl Session {
 
     /// The daemon's host pid in the latest record, where it runs on this host.
     pub fn pid(&self) -> Option<u32> {
-        lock(&self.record).pid
+        let record = lock(&self.record);
+        // Another host's process id names nothing here: no direct data for its sessions.
+        if record.elsewhere(&self.host) {
+            return None;
+        }
+        record.pid
     }
 
     fn set_record(&self, record: SessionRecord) {

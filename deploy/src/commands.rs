@@ -16,8 +16,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sessionfs_registry::{
-    Backend, InvalidSessionId, Registry, RegistryError, SessionId, SessionRecord, SessionState,
-    CERT_PIN_LABEL, OWNER_LABEL,
+    this_host, Backend, InvalidSessionId, Registry, RegistryError, SessionId, SessionRecord,
+    SessionState, CERT_PIN_LABEL, HOST_LABEL, OWNER_LABEL,
 };
 use tracing::{info, warn};
 
@@ -42,6 +42,9 @@ pub enum CommandError {
     /// The id is not in the registry.
     #[error("no session `{0}`")]
     NotFound(SessionId),
+    /// The session is served by another host: only that host starts, stops, removes or recreates it.
+    #[error("session `{id}` runs on host `{host}`, not here: run this command there")]
+    OtherHost { id: SessionId, host: String },
     /// A label is not `KEY=VALUE`.
     #[error("invalid label {0:?}: expected KEY=VALUE with a non-empty KEY")]
     BadLabel(String),
@@ -202,10 +205,19 @@ pub fn parse_backend(s: &str) -> Result<Backend, String> {
     }
 }
 
+/// The record of session `id`, which must be served by this host (its lifecycle is this host's to
+/// manage: a process id or container name of another host names nothing here).
 fn get_record(registry: &Registry, id: &SessionId) -> Result<SessionRecord, CommandError> {
-    registry
+    let record = registry
         .get(id)?
-        .ok_or_else(|| CommandError::NotFound(id.clone()))
+        .ok_or_else(|| CommandError::NotFound(id.clone()))?;
+    if record.elsewhere(&this_host()) {
+        return Err(CommandError::OtherHost {
+            id: id.clone(),
+            host: record.labels.get(HOST_LABEL).cloned().unwrap_or_default(),
+        });
+    }
+    Ok(record)
 }
 
 fn unsupported(record: &SessionRecord) -> CommandError {
@@ -388,6 +400,7 @@ pub fn create(home: &Home, opts: &CreateOptions) -> Result<Created, CommandError
     );
     record.workspace = Some(workspace.clone());
     record.labels = opts.labels.iter().cloned().collect::<BTreeMap<_, _>>();
+    record.labels.insert(HOST_LABEL.to_owned(), this_host());
     if let Some(owner) = &opts.owner {
         record.labels.insert(OWNER_LABEL.to_owned(), owner.clone());
     }
@@ -493,6 +506,7 @@ fn create_docker(
     }
     record.labels = opts.labels.iter().cloned().collect::<BTreeMap<_, _>>();
     record.labels.insert(OWNER_LABEL.to_owned(), owner);
+    record.labels.insert(HOST_LABEL.to_owned(), this_host());
     registry.register(&record)?;
     // Certificates issued earlier (`session certs`, for a compose container) are not this create's
     // to delete.
@@ -652,6 +666,7 @@ impl SessionStatus {
         let r = &self.record;
         JsonRow {
             id: r.id.as_str(),
+            host: r.labels.get(HOST_LABEL).map(String::as_str),
             backend: r.backend.as_str(),
             state: r.state.as_str(),
             endpoint: r.endpoint.map(|e| e.to_string()),
@@ -695,6 +710,8 @@ fn display_label(key: &str, value: &str) -> String {
 #[derive(serde::Serialize)]
 struct JsonRow<'a> {
     id: &'a str,
+    /// The host whose daemon serves the session (`null` for a record made before hosts).
+    host: Option<&'a str>,
     backend: &'a str,
     state: &'a str,
     endpoint: Option<String>,
@@ -720,9 +737,16 @@ pub fn list(home: &Home) -> Result<Vec<SessionStatus>, CommandError> {
     } else {
         None
     };
+    let here = this_host();
     Ok(records
         .into_iter()
         .map(|record| match record.backend {
+            // Another host's daemon or container cannot be looked at from here.
+            _ if record.elsewhere(&here) => SessionStatus {
+                alive: None,
+                container: None,
+                record,
+            },
             Backend::Local => SessionStatus {
                 alive: Some(local::is_running(&record)),
                 container: None,
@@ -1697,7 +1721,7 @@ died  docker   dead     127.0.0.1:32768  sessionfs-died  exited   volume session
         assert_eq!(
             json[1],
             json!({
-                "id": "b", "backend": "local", "state": "running",
+                "id": "b", "host": null, "backend": "local", "state": "running",
                 "endpoint": "127.0.0.1:40000", "workspace": "/w/b", "pid": 4242,
                 "created_at": 1_700_000_000u64, "labels": {"team": "a"}, "alive": false,
                 "container": null, "health": null,
@@ -1709,6 +1733,7 @@ died  docker   dead     127.0.0.1:32768  sessionfs-died  exited   volume session
         let text = render_json(&rows[..1]);
         let keys = [
             "id",
+            "host",
             "backend",
             "state",
             "endpoint",

@@ -294,6 +294,19 @@ pub fn migrate(home: &Home, opts: &MigrateOptions) -> Result<Migrated, MigrateEr
             source: Box::new(e.into()),
         })?
         .ok_or_else(|| MigrateError::NotFound(id.clone()))?;
+    if record.elsewhere(&sessionfs_registry::this_host()) {
+        return Err(MigrateError::Refused {
+            id,
+            reason: format!(
+                "it runs on host `{}`, not here: migrate it there",
+                record
+                    .labels
+                    .get(sessionfs_registry::HOST_LABEL)
+                    .cloned()
+                    .unwrap_or_default()
+            ),
+        });
+    }
     let ctx = Ctx {
         home,
         registry: &registry,

@@ -121,7 +121,12 @@ pub fn reconcile_all(
             debug!(container = ?c.names, session = ?session, "labelled container of no registered session; ignored");
         }
     }
-    for record in records.iter().filter(|r| r.backend == Backend::Docker) {
+    // Another host's containers are its own reconciler's: this engine does not have them.
+    let here = sessionfs_registry::this_host();
+    for record in records
+        .iter()
+        .filter(|r| r.backend == Backend::Docker && !r.elsewhere(&here))
+    {
         let container = docker::record_container(record);
         let inspected = if listed(&container) {
             engine.inspect_container(&container)?
@@ -161,7 +166,7 @@ pub fn reconcile_session(
         debug!(session = %id, "event for a session that is not registered; ignored");
         return Ok(None);
     };
-    if record.backend != Backend::Docker {
+    if record.backend != Backend::Docker || record.elsewhere(&sessionfs_registry::this_host()) {
         return Ok(None);
     }
     let inspected = engine.inspect_container(&docker::record_container(&record))?;
@@ -310,6 +315,10 @@ fn adopt(
     record
         .labels
         .insert(CERT_PIN_LABEL.to_owned(), home.session_cert_pin(&id)?);
+    record.labels.insert(
+        sessionfs_registry::HOST_LABEL.to_owned(),
+        sessionfs_registry::this_host(),
+    );
     if replaces {
         info!(session = %id, "the session's adopted container is gone; adopting its successor");
         registry.remove(&id)?;

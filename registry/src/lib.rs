@@ -22,5 +22,7 @@ mod store;
 pub use etcd::{EtcdRegistry, CALL_TIMEOUT as ETCD_CALL_TIMEOUT, DEFAULT_PREFIX as ETCD_PREFIX};
 pub use id::{InvalidSessionId, SessionId};
 pub use location::{InvalidLocation, Location, Registry};
-pub use record::{Backend, SessionRecord, SessionState, CERT_PIN_LABEL, OWNER_LABEL};
+pub use record::{
+    this_host, Backend, SessionRecord, SessionState, CERT_PIN_LABEL, HOST_LABEL, OWNER_LABEL,
+};
 pub use store::{RegistryError, SqliteRegistry, WatchHandle};

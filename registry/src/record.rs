@@ -99,6 +99,33 @@ string_enum!(SessionState, "session state", {
 /// owner; `sessionfs mount --map-owner` shows that owner as the mounting user.
 pub const OWNER_LABEL: &str = "owner";
 
+/// Label holding the name of the host whose daemon serves the session (see [`this_host`]). A host
+/// manages (starts, stops, reconciles, reads directly) only its own sessions; others it reaches
+/// over the network only.
+pub const HOST_LABEL: &str = "host";
+
+/// This host's name: `$SESSIONFS_HOST_NAME`, else the kernel's host name.
+pub fn this_host() -> String {
+    std::env::var("SESSIONFS_HOST_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty())
+        })
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+impl SessionRecord {
+    /// Whether the session is served by another host than this one (`host` is [`this_host`]). A
+    /// record without a host label (made before hosts existed) is this host's.
+    pub fn elsewhere(&self, host: &str) -> bool {
+        self.labels.get(HOST_LABEL).is_some_and(|h| h != host)
+    }
+}
+
 /// Label holding the pin of the session's current certificate (the SHA-256 of its DER, hex): the
 /// bridge accepts no other, so the key of an earlier session of the same id stops working.
 pub const CERT_PIN_LABEL: &str = "cert.sha256";

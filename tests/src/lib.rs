@@ -197,6 +197,8 @@ pub struct Harness {
     pub mount_args: Vec<String>,
     /// The registry every command uses (`SESSIONFS_REGISTRY`), when not the state directory's file.
     pub registry: Option<String>,
+    /// More environment for every command (the mount's included).
+    pub env: Vec<(String, String)>,
     /// Whether docker sessions were created (then dropping removes their containers and volumes).
     docker_used: bool,
 }
@@ -225,6 +227,7 @@ impl Harness {
             op_timeout_secs: 3,
             mount_args: Vec::new(),
             registry: None,
+            env: Vec::new(),
             docker_used: false,
         })
     }
@@ -303,6 +306,7 @@ impl Harness {
             Some(registry) => cmd.env("SESSIONFS_REGISTRY", registry),
             None => cmd.env_remove("SESSIONFS_REGISTRY"),
         };
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 

@@ -232,7 +232,10 @@ impl Inner {
         let opening =
             tokio::task::spawn_blocking(move || crate::direct::open_daemon_fd(pid, fd, &attr));
         match tokio::time::timeout(self.sessions.op_timeout(), opening).await {
-            Ok(Ok(Ok(file))) => Some(file),
+            Ok(Ok(Ok(file))) => {
+                debug!(session = %session.id, ino, "direct data: the daemon's descriptor is open");
+                Some(file)
+            }
             Ok(Ok(Err(e))) => {
                 debug!(ino, "no direct data: {e}");
                 None

@@ -86,3 +86,68 @@ fn a_mount_keeps_serving_while_etcd_is_down_and_follows_it_back() -> Result<()> 
     h.unmount()?;
     Ok(())
 }
+
+/// A session of another host (its name in the record; `SESSIONFS_HOST_NAME` plays two hosts on one
+/// machine, sharing one installation CA) is reached over the network only: no direct data from a
+/// process id that names nothing here, no liveness judged from it in `session ls`; a session of
+/// this host still gets direct data.
+#[test]
+fn another_hosts_sessions_are_reached_over_the_network_only() -> Result<()> {
+    let etcd = Etcd::start()?;
+    let mut h = Harness::new()?;
+    h.registry = Some(etcd.url());
+    let data = vec![7u8; 2 << 20];
+    h.env = vec![("SESSIONFS_HOST_NAME".into(), "host-a".into())];
+    let remote = h.create_session("remote")?;
+    fs::write(remote.join("big"), &data)?;
+    h.env = vec![("SESSIONFS_HOST_NAME".into(), "host-b".into())];
+    let here = h.create_session("here")?;
+    fs::write(here.join("big"), &data)?;
+    let listed = h.session_json("remote")?;
+    ensure!(
+        listed["host"] == "host-a" && listed["alive"].is_null(),
+        "{listed}"
+    );
+    ensure!(h.session_json("here")?["host"] == "host-b");
+    h.mount()?;
+    ensure!(fs::read(h.path("remote", "big"))? == data);
+    ensure!(fs::read(h.path("here", "big"))? == data);
+    // The log's fields are coloured: compare its text without the escape sequences.
+    let mut log = String::new();
+    let mut escaped = false;
+    for c in h.bridge_log().chars() {
+        match (escaped, c) {
+            (false, '\u{1b}') => escaped = true,
+            (true, 'm') => escaped = false,
+            (true, _) => {}
+            (false, c) => log.push(c),
+        }
+    }
+    let direct = |id: &str| {
+        log.lines()
+            .any(|l| l.contains("descriptor is open") && l.contains(&format!("session={id}")))
+    };
+    ensure!(
+        direct("here"),
+        "this host's session got no direct data:\n{log}"
+    );
+    ensure!(
+        !direct("remote"),
+        "another host's session got direct data:\n{log}"
+    );
+    // Its lifecycle is its host's: refused here, clearly.
+    for args in [["session", "stop", "remote"], ["session", "rm", "remote"]] {
+        let out = h.run(&args)?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success() && err.contains("runs on host `host-a`"),
+            "{args:?}: {err}"
+        );
+    }
+    h.unmount()?;
+    // Host a stops its own session (the harness stops this host's when it ends).
+    h.env = vec![("SESSIONFS_HOST_NAME".into(), "host-a".into())];
+    h.ok(&["session", "stop", "remote"])?;
+    h.env = vec![("SESSIONFS_HOST_NAME".into(), "host-b".into())];
+    Ok(())
+}
