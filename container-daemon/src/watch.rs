@@ -126,13 +126,10 @@ impl WorkspaceWatcher {
 
     /// Subscribes to the changes from now on.
     pub fn subscribe(&self) -> Subscription {
-        let unavailable = self
-            .unavailable
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        match unavailable {
-            Some(reason) => Subscription::Unavailable(reason),
+        // Under the lock the batcher also sends `Unavailable` under: a subscriber is told either way.
+        let unavailable = self.unavailable.lock().unwrap_or_else(|p| p.into_inner());
+        match &*unavailable {
+            Some(reason) => Subscription::Unavailable(reason.clone()),
             None => Subscription::Live(self.frames.subscribe()),
         }
     }
@@ -195,14 +192,14 @@ async fn batch(b: Batcher, mut raw: mpsc::Receiver<Raw>) {
             overflow = true;
         }
         if degraded.swap(false, Ordering::AcqRel) {
-            let reason = unavailable
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone()
-                .unwrap_or_default();
             pending.clear();
             seen.clear();
-            let _ = frames.send(Arc::new(WatchFrame::Unavailable { reason }));
+            let reason = unavailable.lock().unwrap_or_else(|p| p.into_inner());
+            let frame = WatchFrame::Unavailable {
+                reason: reason.clone().unwrap_or_default(),
+            };
+            let _ = frames.send(Arc::new(frame));
+            drop(reason);
             continue;
         }
         if overflow {

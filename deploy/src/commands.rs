@@ -974,8 +974,13 @@ pub fn start(home: &Home, id: &str) -> Result<Started, CommandError> {
                 .labels
                 .get(docker::RECORD_ADOPTED)
                 .is_some_and(|v| v == "1");
-            let certs = if stopped && !adopted && home.renew_session_certs_if_due(&id)? {
-                pin_certificate(home, &registry, &id)?;
+            // A stopped container gets the state directory's certificates before it starts, renewed
+            // or not: an upload that failed on an earlier start (after the renewal and its pin)
+            // must not leave it with a certificate the registry no longer pins.
+            let certs = if stopped && !adopted {
+                if home.renew_session_certs_if_due(&id)? {
+                    pin_certificate(home, &registry, &id)?;
+                }
                 Some(docker::certs_tar(&home.session_cert_dir(&id))?)
             } else {
                 None

@@ -47,6 +47,9 @@ pub enum CertsError {
     /// Writing the output directory.
     #[error(transparent)]
     Io(#[from] FileError),
+    /// The session is served by another host, whose CA issues its certificates.
+    #[error("session `{id}` runs on host `{host}`: issue its certificates there")]
+    OtherHost { id: SessionId, host: String },
     /// The output directory is not a directory of the caller's (a symlink, or another user's).
     #[error(
         "{} must be a directory of yours (not a symlink, not another user's): the session's \
@@ -90,6 +93,16 @@ pub fn session_certs(home: &Home, id: &str, out: &Path) -> Result<CertsWritten, 
     let registry = home.open_registry()?;
     let _lock = home.lock()?;
     if let Some(record) = registry.get(&id)? {
+        if record.elsewhere(&sessionfs_registry::this_host()) {
+            return Err(CertsError::OtherHost {
+                host: record
+                    .labels
+                    .get(sessionfs_registry::HOST_LABEL)
+                    .cloned()
+                    .unwrap_or_default(),
+                id,
+            });
+        }
         if record.backend != Backend::Docker {
             return Err(CertsError::OtherBackend {
                 id,

@@ -336,6 +336,7 @@ fn adopt(
 /// another container.
 fn adopted_and_gone(record: &SessionRecord, container_id: &str) -> bool {
     record.backend == Backend::Docker
+        && !record.elsewhere(&sessionfs_registry::this_host())
         && record.state == SessionState::Gone
         && record
             .labels

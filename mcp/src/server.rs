@@ -586,7 +586,7 @@ impl ServerHandler for SessionTools {
 pub async fn serve_stdio(tools: SessionTools) -> Result<(), ServeError> {
     tools.mount.check().map_err(ServeError::NoMount)?;
     info!(mount = %tools.mount.path().display(), "serving MCP on stdio");
-    let (input, output) = crate::stdio::front(tokio::io::stdin(), tokio::io::stdout());
+    let (input, output, responses) = crate::stdio::front(tokio::io::stdin(), tokio::io::stdout());
     // The front bounds each message; rmcp's own bound must not drop what the front passed.
     let transport = rmcp::transport::async_rw::AsyncRwTransport::new_server(input, output)
         .with_max_line_length(crate::stdio::MAX_MESSAGE.saturating_add(1));
@@ -598,5 +598,12 @@ pub async fn serve_stdio(tools: SessionTools) -> Result<(), ServeError> {
         .waiting()
         .await
         .map_err(|e| ServeError::Stdio(e.to_string()))?;
+    // rmcp's side is closed: what it wrote last still goes out (bounded, stdout may be stuck).
+    if tokio::time::timeout(std::time::Duration::from_secs(5), responses)
+        .await
+        .is_err()
+    {
+        debug!("the last MCP responses were not all written within 5 s");
+    }
     Ok(())
 }

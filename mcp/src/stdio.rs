@@ -18,8 +18,10 @@ pub const MAX_MESSAGE: usize = 24 << 20;
 /// The pipe size between the front and rmcp.
 const PIPE: usize = 256 << 10;
 
-/// The streams rmcp serves on: it reads requests from the first and writes responses to the second.
-pub(crate) type Inner = (DuplexStream, DuplexStream);
+/// The streams rmcp serves on (it reads requests from the first and writes responses to the
+/// second), and the task that writes rmcp's responses to the output: awaited once rmcp is done, so
+/// the last responses and refusals are written before the process ends.
+pub(crate) type Inner = (DuplexStream, DuplexStream, tokio::task::JoinHandle<()>);
 
 /// Starts the front over `input` and `output` and returns the streams rmcp serves on. The front's tasks
 /// end when `input` ends and rmcp has closed its side.
@@ -36,12 +38,12 @@ where
             warn!(error = %e, "reading MCP requests from stdin failed");
         }
     });
-    tokio::spawn(async move {
+    let responses = tokio::spawn(async move {
         if let Err(e) = pass_responses(from_rmcp, refusals, output).await {
             warn!(error = %e, "writing MCP responses to stdout failed");
         }
     });
-    (rmcp_reads, rmcp_writes)
+    (rmcp_reads, rmcp_writes, responses)
 }
 
 /// Copies lines of `input` to rmcp; an oversized line becomes an error response on `errors`.
@@ -289,7 +291,7 @@ mod tests {
     async fn an_oversized_line_is_answered_and_the_next_passes() {
         let (client, server_in) = tokio::io::duplex(1 << 16);
         let (server_out, mut client_out) = tokio::io::duplex(1 << 16);
-        let (mut rmcp_in, mut rmcp_out) = front(server_in, server_out);
+        let (mut rmcp_in, mut rmcp_out, _responses) = front(server_in, server_out);
         let mut client = client;
         let writer = tokio::spawn(async move {
             let big = format!(

@@ -38,8 +38,19 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub struct EtcdRegistry {
     client: Client,
     prefix: String,
-    runtime: tokio::runtime::Runtime,
+    /// Always `Some` until dropped (see the `Drop` impl).
+    runtime: Option<tokio::runtime::Runtime>,
     endpoints: Vec<String>,
+}
+
+impl Drop for EtcdRegistry {
+    fn drop(&mut self) {
+        // Dropped on a runtime's thread (the bridge's, or a watch callback's), a runtime must not
+        // block on its shutdown.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl std::fmt::Debug for EtcdRegistry {
@@ -94,7 +105,7 @@ impl EtcdRegistry {
         let registry = EtcdRegistry {
             client,
             prefix: prefix.to_owned(),
-            runtime,
+            runtime: Some(runtime),
             endpoints: endpoints.to_vec(),
         };
         // The client connects lazily: a first read says whether etcd is there.
@@ -118,7 +129,12 @@ impl EtcdRegistry {
     {
         let (tx, rx) = mpsc::channel();
         let future = work(self.client.clone());
-        self.runtime.spawn(async move {
+        let Some(runtime) = &self.runtime else {
+            return Err(RegistryError::Unavailable(
+                "the etcd runtime stopped".into(),
+            ));
+        };
+        runtime.spawn(async move {
             let outcome = tokio::time::timeout(CALL_TIMEOUT, future).await;
             let _ = tx.send(outcome);
         });
@@ -258,7 +274,12 @@ impl EtcdRegistry {
     {
         let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (client, prefix) = (self.client.clone(), self.sessions_prefix());
-        let handle = self.runtime.handle().clone();
+        let Some(runtime) = &self.runtime else {
+            return Err(RegistryError::Unavailable(
+                "the etcd runtime stopped".into(),
+            ));
+        };
+        let handle = runtime.handle().clone();
         let thread = thread::Builder::new()
             .name("sessionfs-registry-watch".into())
             .spawn(move || {

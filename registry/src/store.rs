@@ -48,6 +48,8 @@ const SCHEMA: &str = "
 const COLUMNS: &str =
     "id, backend, state, endpoint, created_at, labels, cert_identity, workspace, pid";
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long after a failed reopen of a replaced registry file it is tried again.
+const REOPEN_AGAIN: Duration = Duration::from_secs(5);
 /// Lower bound for the watch poll interval, so a zero interval cannot spin.
 const MIN_POLL: Duration = Duration::from_millis(10);
 
@@ -92,8 +94,8 @@ pub struct SqliteRegistry {
 struct Opened {
     conn: Connection,
     file: Option<(u64, u64)>,
-    /// A replacement that could not be opened (not tried again).
-    refused: Option<(u64, u64)>,
+    /// A replacement that could not be opened, and when (tried again after [`REOPEN_AGAIN`]).
+    refused: Option<((u64, u64), Instant)>,
 }
 
 /// The `(device, inode)` of the file at `path`, if there is one.
@@ -324,7 +326,10 @@ impl SqliteRegistry {
         // itself stays usable.
         let mut opened = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         let now = file_identity(&self.path);
-        if now.is_some() && now != opened.file && now != opened.refused {
+        let refused_lately = opened
+            .refused
+            .is_some_and(|(file, at)| Some(file) == now && at.elapsed() < REOPEN_AGAIN);
+        if now.is_some() && now != opened.file && !refused_lately {
             // The old connection goes first: closing it checkpoints its write-ahead log into the
             // old file and removes the log, which would otherwise be replayed into the new one.
             if let Ok(placeholder) = Connection::open_in_memory() {
@@ -339,8 +344,8 @@ impl SqliteRegistry {
                         };
                     }
                     Err(e) => {
-                        // Calls fail from now on rather than answer from the file that is gone.
-                        opened.refused = now;
+                        // Calls fail rather than answer from the file that is gone; tried again later.
+                        opened.refused = now.map(|file| (file, Instant::now()));
                         warn!(path = %self.path.display(), error = %e, "the registry file was replaced and the new one cannot be opened");
                     }
                 }

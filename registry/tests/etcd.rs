@@ -232,3 +232,18 @@ fn a_dead_etcd_fails_calls_within_the_timeout() {
     );
     assert!(started.elapsed() < sessionfs_registry::ETCD_CALL_TIMEOUT + Duration::from_secs(2));
 }
+
+/// A registry dropped on a runtime's thread (the bridge drops its last handle there at unmount)
+/// does not panic: its own runtime shuts down in the background.
+#[test]
+fn a_registry_dropped_on_a_runtime_thread_does_not_panic() {
+    let etcd = Etcd::start();
+    let reg = etcd.registry();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async move {
+        assert!(reg.list().unwrap().is_empty());
+        drop(reg);
+    });
+}

@@ -135,9 +135,21 @@ fn another_hosts_sessions_are_reached_over_the_network_only() -> Result<()> {
         !direct("remote"),
         "another host's session got direct data:\n{log}"
     );
-    // Its lifecycle is its host's: refused here, clearly.
-    for args in [["session", "stop", "remote"], ["session", "rm", "remote"]] {
-        let out = h.run(&args)?;
+    // Its lifecycle and its certificates are its host's: refused here, clearly.
+    let out_dir = h.dir.path().join("remote-certs");
+    let certs = [
+        "session",
+        "certs",
+        "remote",
+        "--out",
+        out_dir.to_str().unwrap_or(""),
+    ];
+    for args in [
+        &["session", "stop", "remote"][..],
+        &["session", "rm", "remote"][..],
+        &certs[..],
+    ] {
+        let out = h.run(args)?;
         let err = String::from_utf8_lossy(&out.stderr);
         ensure!(
             !out.status.success() && err.contains("runs on host `host-a`"),

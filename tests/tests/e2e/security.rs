@@ -746,3 +746,35 @@ fn session_start_issues_a_due_certificate_again_and_pins_it() -> Result<()> {
     h.unmount()?;
     Ok(())
 }
+
+/// A docker session whose certificate was renewed and pinned while its upload into the stopped
+/// container failed could never start again: the next start found nothing due and uploaded
+/// nothing, and the container kept a certificate no one pins. A stopped container now gets the
+/// state directory's certificates at every start.
+#[test]
+fn a_stopped_container_gets_the_pinned_certificate_at_start() -> Result<()> {
+    let mut h = Harness::new()?;
+    let id = h.unique_id("repin");
+    h.create_docker_session(&id, &[])?;
+    h.ok(&["session", "stop", &id])?;
+    // As after a renewal whose upload failed: a new certificate in the state directory, pinned.
+    let ca = CertificateAuthority::load(&h.home.join("pki"))?;
+    let certs = h.home.join("sessions").join(&id).join("certs");
+    ca.issue_session(&id)?.write(&certs, "session")?;
+    let pem = std::fs::read_to_string(certs.join("session.pem"))?;
+    let pin = sessionfs_pki::pem_fingerprint(&pem)?;
+    let sid: sessionfs_registry::SessionId = id.parse()?;
+    let registry = sessionfs_registry::Registry::open(&h.home.join("registry.db"))?;
+    registry.modify(&sid, |r| {
+        r.labels.insert("cert.sha256".into(), pin.clone());
+    })?;
+    h.ok(&["session", "start", &id])?;
+    h.mount()?;
+    std::fs::write(h.path(&id, "f"), b"served with the pinned certificate")?;
+    assert_eq!(
+        std::fs::read(h.path(&id, "f"))?,
+        b"served with the pinned certificate"
+    );
+    h.unmount()?;
+    Ok(())
+}
