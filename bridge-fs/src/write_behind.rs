@@ -116,6 +116,16 @@ fn report_unreported(handle: u64, failure: Option<ErrorReply>) {
     }
 }
 
+/// Takes `handle`'s pending changes but its release out of `st` (to be dropped outside its lock).
+fn drop_pending_of(st: &mut State, handle: u64) -> Vec<Deferred> {
+    let (behind, kept): (Vec<Deferred>, Vec<Deferred>) = std::mem::take(&mut st.pending)
+        .into_iter()
+        .partition(|d| d.handle == handle && !matches!(d.change, BatchedChange::Release { .. }));
+    st.pending = kept;
+    st.pending_bytes = st.pending.iter().map(|d| d.change.data_len()).sum();
+    behind
+}
+
 fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     // The state is a queue and a few records; a panicking holder leaves nothing half-updated that
     // matters more than the data it was handling.
@@ -131,9 +141,10 @@ impl WriteBehind {
         let mut st = lock(&self.state);
         if matches!(d.change, BatchedChange::Write(_)) {
             if let Some(failure) = st.failed.remove(&d.handle) {
+                let behind = drop_pending_of(&mut st, d.handle);
                 drop(st);
-                // Dropping its guard updates the bridge's caches: outside the lock.
-                drop(d);
+                // Dropping their guards updates the bridge's caches: outside the lock.
+                drop((d, behind));
                 return Err(Refused::Failed(failure));
             }
         }
@@ -301,9 +312,17 @@ impl WriteBehind {
         report_unreported(handle, self.take_failure(handle));
     }
 
-    /// The failure recorded for `handle`, once: the handle reports it.
+    /// The failure recorded for `handle`, once: the handle reports it. Its changes still pending
+    /// (made before the failure was known, behind the change that failed) are dropped with it, so
+    /// that none of them lands past the failed one once the failure no longer marks the handle.
     pub fn take_failure(&self, handle: u64) -> Option<ErrorReply> {
-        lock(&self.state).failed.remove(&handle)
+        let mut st = lock(&self.state);
+        let failure = st.failed.remove(&handle)?;
+        let behind = drop_pending_of(&mut st, handle);
+        drop(st);
+        // Dropping their guards updates the bridge's caches: outside the lock.
+        drop(behind);
+        Some(failure)
     }
 
     fn finish(&self, failed: impl IntoIterator<Item = (u64, ErrorReply)>, released: &[u64]) {
@@ -567,6 +586,26 @@ mod tests {
             guard: Box::new(()),
         };
         assert!(wb.defer(release).is_ok());
+    }
+
+    /// A failure reported by a later write of its handle takes the handle's writes still pending
+    /// with it: they were made behind the change that failed, and nothing lands past that one.
+    #[tokio::test]
+    async fn writes_pending_behind_a_reported_failure_never_go_out() {
+        let wb = WriteBehind::default();
+        wb.defer(d(1, 7, 0, b"ab")).ok();
+        let c = carried(wb.turn(7).await);
+        // Made while its batch is on its way, before the failure is known.
+        wb.defer(d(1, 7, 2, b"cd")).ok();
+        c.landed(vec![FailedWrite {
+            fh: 101,
+            error: ErrorReply::new(28, "no space"),
+        }]);
+        // The handle's next write reports the failure...
+        assert_eq!(wb.take_failure(1).map(|e| e.errno), Some(28));
+        // ...and the write behind it is gone, not sent.
+        assert!(!wb.holds(1));
+        assert!(matches!(wb.turn(7).await, Turn::Clear));
     }
 
     #[test]

@@ -154,11 +154,12 @@ s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.settimeout(20)
 s.connect(sys.argv[1])
 body = sys.argv[2].encode()
-s.sendall(b"POST /mcp HTTP/1.1\\r\\nHost: localhost\\r\\nContent-Type: application/json\\r\\n"
-          b"Accept: application/json, text/event-stream\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(body) + body)
+# The server closes a refused connection at once: the send may already fail, or the read.
 try:
+    s.sendall(b"POST /mcp HTTP/1.1\\r\\nHost: localhost\\r\\nContent-Type: application/json\\r\\n"
+              b"Accept: application/json, text/event-stream\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(body) + body)
     data = s.recv(100)
-except ConnectionResetError:
+except (BrokenPipeError, ConnectionResetError):
     data = b""
 print("refused" if not data else repr(data))
 """
