@@ -229,8 +229,19 @@ impl Inner {
             return None;
         }
         let (pid, fd, attr, ino) = (session.pid()?, *fd, *attr, open.ino);
-        let opening =
-            tokio::task::spawn_blocking(move || crate::direct::open_daemon_fd(pid, fd, &attr));
+        // Held by the blocking open until it ends, even after the timeout gave up on it.
+        let Ok(slot) = self.preparing.clone().try_acquire_owned() else {
+            debug!(
+                ino,
+                "no direct data: too many opens of daemons' descriptors under way"
+            );
+            return None;
+        };
+        let opening = tokio::task::spawn_blocking(move || {
+            let opened = crate::direct::open_daemon_fd(pid, fd, &attr);
+            drop(slot);
+            opened
+        });
         match tokio::time::timeout(self.sessions.op_timeout(), opening).await {
             Ok(Ok(Ok(file))) => {
                 debug!(session = %session.id, ino, "direct data: the daemon's descriptor is open");

@@ -187,6 +187,9 @@ fn may_write(flags: i32) -> bool {
 /// Whether writes through a handle opened with `flags` may be acknowledged before they are written:
 /// not for appends (the daemon places them), nor for synchronous or direct I/O (the caller asked to
 /// wait).
+/// Opens of daemons' descriptors that may be under way at once (see `Inner::prepare_direct`).
+const MAX_PREPARING: usize = 16;
+
 fn deferrable(flags: i32) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY
         && flags & (libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC | libc::O_DIRECT) == 0
@@ -536,6 +539,9 @@ struct Inner {
     watched_ttl: Duration,
     /// The kernel accepted passthrough at `INIT`.
     passthrough: AtomicBool,
+    /// Opens of daemons' descriptors under way (see `Inner::prepare_direct`): a file system that
+    /// hangs can hold at most this many blocking threads; past it, data goes through the bridge.
+    preparing: Arc<tokio::sync::Semaphore>,
     /// Owner and time shown for the mount root.
     root_uid: u32,
     root_gid: u32,
@@ -781,6 +787,7 @@ impl Core {
                 ttl,
                 watched_ttl,
                 passthrough: AtomicBool::new(false),
+                preparing: Arc::new(tokio::sync::Semaphore::new(MAX_PREPARING)),
                 root_uid: rustix::process::geteuid().as_raw(),
                 root_gid: rustix::process::getegid().as_raw(),
                 mounted_at: SystemTime::now(),
