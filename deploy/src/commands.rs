@@ -214,7 +214,7 @@ fn get_record(registry: &Registry, id: &SessionId) -> Result<SessionRecord, Comm
     if record.elsewhere(&this_host()) {
         return Err(CommandError::OtherHost {
             id: id.clone(),
-            host: record.labels.get(HOST_LABEL).cloned().unwrap_or_default(),
+            host: record.host().unwrap_or_default().to_owned(),
         });
     }
     Ok(record)
@@ -666,7 +666,7 @@ impl SessionStatus {
         let r = &self.record;
         JsonRow {
             id: r.id.as_str(),
-            host: r.labels.get(HOST_LABEL).map(String::as_str),
+            host: r.host(),
             backend: r.backend.as_str(),
             state: r.state.as_str(),
             endpoint: r.endpoint.map(|e| e.to_string()),

@@ -95,11 +95,7 @@ pub fn session_certs(home: &Home, id: &str, out: &Path) -> Result<CertsWritten, 
     if let Some(record) = registry.get(&id)? {
         if record.elsewhere(&sessionfs_registry::this_host()) {
             return Err(CertsError::OtherHost {
-                host: record
-                    .labels
-                    .get(sessionfs_registry::HOST_LABEL)
-                    .cloned()
-                    .unwrap_or_default(),
+                host: record.host().unwrap_or_default().to_owned(),
                 id,
             });
         }

@@ -299,11 +299,7 @@ pub fn migrate(home: &Home, opts: &MigrateOptions) -> Result<Migrated, MigrateEr
             id,
             reason: format!(
                 "it runs on host `{}`, not here: migrate it there",
-                record
-                    .labels
-                    .get(sessionfs_registry::HOST_LABEL)
-                    .cloned()
-                    .unwrap_or_default()
+                record.host().unwrap_or_default()
             ),
         });
     }

@@ -32,6 +32,11 @@ pub const MAX_LIST_ENTRIES: usize = 10_000;
 /// How paths are resolved beneath a session root: symlinks allowed while they stay beneath it.
 /// The name of git's own data: never changed by the tools.
 const GIT_DIR: &str = ".git";
+
+/// Whether `path` has a component named [`GIT_DIR`].
+fn in_git(path: &Path) -> bool {
+    path.components().any(|c| c.as_os_str() == GIT_DIR)
+}
 const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_MAGICLINKS);
 
 /// The bridge's mount point, as the tools use it.
@@ -278,9 +283,20 @@ impl SessionDir {
     /// Refuses a change of `path` that names git's own data before anything is done (such as making
     /// parents); [`SessionDir::parent_to_change`] checks again once symlinks are resolved.
     fn not_git(path: &RelPath) -> Result<(), ToolError> {
-        if path.0.components().any(|c| c.as_os_str() == GIT_DIR) {
+        if in_git(&path.0) {
             return Err(ToolError::GitMetadata {
                 path: path.display(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses changing `name` in the directory that is really at `real` (symlinks resolved) when
+    /// either is git's own data; the error names `shown`.
+    fn not_git_at(real: &RelPath, name: &OsStr, shown: &RelPath) -> Result<(), ToolError> {
+        if name == GIT_DIR || in_git(&real.0) {
+            return Err(ToolError::GitMetadata {
+                path: shown.display(),
             });
         }
         Ok(())
@@ -296,11 +312,7 @@ impl SessionDir {
             .split()
             .unwrap_or((RelPath(PathBuf::new()), OsStr::new("")));
         let real = self.canonical(&dir, &parent)?;
-        if name == GIT_DIR || real.0.components().any(|c| c.as_os_str() == GIT_DIR) {
-            return Err(ToolError::GitMetadata {
-                path: path.display(),
-            });
-        }
+        Self::not_git_at(&real, &name, path)?;
         Ok((dir, name))
     }
 
@@ -555,11 +567,7 @@ impl SessionDir {
                 self.open_beneath(&current, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())?;
             let real = self.canonical(&dir, &current)?;
             current = current.join(name);
-            if name == GIT_DIR || real.0.components().any(|c| c.as_os_str() == GIT_DIR) {
-                return Err(ToolError::GitMetadata {
-                    path: current.display(),
-                });
-            }
+            Self::not_git_at(&real, name, &current)?;
             match rfs::mkdirat(&dir, name, Mode::from_bits_truncate(0o777)) {
                 Ok(()) => created = true,
                 Err(Errno::EXIST) => {

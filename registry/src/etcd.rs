@@ -113,6 +113,13 @@ impl EtcdRegistry {
         Ok(registry)
     }
 
+    /// The registry's runtime (there until it is dropped).
+    fn runtime(&self) -> Result<&tokio::runtime::Runtime, RegistryError> {
+        self.runtime
+            .as_ref()
+            .ok_or_else(|| RegistryError::Unavailable("the etcd runtime stopped".into()))
+    }
+
     fn key(&self, id: &SessionId) -> String {
         format!("{}sessions/{id}", self.prefix)
     }
@@ -129,12 +136,7 @@ impl EtcdRegistry {
     {
         let (tx, rx) = mpsc::channel();
         let future = work(self.client.clone());
-        let Some(runtime) = &self.runtime else {
-            return Err(RegistryError::Unavailable(
-                "the etcd runtime stopped".into(),
-            ));
-        };
-        runtime.spawn(async move {
+        self.runtime()?.spawn(async move {
             let outcome = tokio::time::timeout(CALL_TIMEOUT, future).await;
             let _ = tx.send(outcome);
         });
@@ -274,12 +276,7 @@ impl EtcdRegistry {
     {
         let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (client, prefix) = (self.client.clone(), self.sessions_prefix());
-        let Some(runtime) = &self.runtime else {
-            return Err(RegistryError::Unavailable(
-                "the etcd runtime stopped".into(),
-            ));
-        };
-        let handle = runtime.handle().clone();
+        let handle = self.runtime()?.handle().clone();
         let thread = thread::Builder::new()
             .name("sessionfs-registry-watch".into())
             .spawn(move || {

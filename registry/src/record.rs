@@ -119,10 +119,15 @@ pub fn this_host() -> String {
 }
 
 impl SessionRecord {
+    /// The host whose daemon serves the session ([`HOST_LABEL`]), if the record names one.
+    pub fn host(&self) -> Option<&str> {
+        self.labels.get(HOST_LABEL).map(String::as_str)
+    }
+
     /// Whether the session is served by another host than this one (`host` is [`this_host`]). A
     /// record without a host label (made before hosts existed) is this host's.
     pub fn elsewhere(&self, host: &str) -> bool {
-        self.labels.get(HOST_LABEL).is_some_and(|h| h != host)
+        self.host().is_some_and(|h| h != host)
     }
 }
 

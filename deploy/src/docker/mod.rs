@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
@@ -937,6 +937,26 @@ impl Engine {
             )))
     }
 
+    /// One health probe of session `id`'s daemon at `endpoint` with the session's certificate from
+    /// `cert_dir` (and the daemon's pinned, if `pin`), bounded by [`PROBE_TIMEOUT`] and by what is
+    /// `remaining` of the caller's wait.
+    fn probe(
+        &self,
+        endpoint: SocketAddr,
+        id: &SessionId,
+        cert_dir: &Path,
+        pin: Option<&str>,
+        remaining: Duration,
+    ) -> Result<Duration, sessionfs_pki::health::HealthError> {
+        self.runtime.block_on(sessionfs_pki::health::probe(
+            endpoint,
+            id.as_str(),
+            cert_dir,
+            pin,
+            PROBE_TIMEOUT.min(remaining).max(Duration::from_millis(50)),
+        ))
+    }
+
     /// Whether the daemon at `endpoint` proves it holds this installation's certificate of session
     /// `id`: it answers a ping over mutual TLS in which the client presents the session's own
     /// certificate and accepts only a server certificate that names the session, both from this
@@ -955,14 +975,7 @@ impl Engine {
         let pin = Some(home.session_cert_pin(id).map_err(|e| e.to_string())?);
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let probe = self.runtime.block_on(sessionfs_pki::health::probe(
-                endpoint,
-                id.as_str(),
-                &cert_dir,
-                pin.as_deref(),
-                PROBE_TIMEOUT.min(remaining).max(Duration::from_millis(50)),
-            ));
-            match probe {
+            match self.probe(endpoint, id, &cert_dir, pin.as_deref(), remaining) {
                 Ok(_) => return Ok(()),
                 Err(e) if Instant::now() >= deadline => return Err(e.to_string()),
                 // The poll interval of a bounded wait, not a fixed delay.
@@ -1010,14 +1023,7 @@ impl Engine {
                 return Ok(Readiness::Healthy);
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let probe = self.runtime.block_on(sessionfs_pki::health::probe(
-                endpoint,
-                id.as_str(),
-                &cert_dir,
-                pin.as_deref(),
-                PROBE_TIMEOUT.min(remaining).max(Duration::from_millis(50)),
-            ));
-            let probe_error = match probe {
+            let probe_error = match self.probe(endpoint, id, &cert_dir, pin.as_deref(), remaining) {
                 Ok(rtt) => {
                     debug!(session = %id, ?rtt, "daemon answered through the published port");
                     return Ok(Readiness::Answered);
