@@ -53,11 +53,13 @@ pub type Conn = Arc<dyn Link>;
 /// Makes connections to session daemons.
 pub trait Dialer: Send + Sync + 'static {
     /// Connects to the daemon of session `id` at `addr` and checks that it serves that session, with
-    /// the certificate `pin` names when there is one (see [`sessionfs_pki::fingerprint`]).
+    /// a certificate for `name` (the record's `cert_identity`) and the one `pin` names when there
+    /// is one (see [`sessionfs_pki::fingerprint`]).
     fn dial<'a>(
         &'a self,
         id: &'a SessionId,
         addr: SocketAddr,
+        name: &'a str,
         pin: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Conn, String>>;
 
@@ -87,11 +89,12 @@ impl Dialer for QuicDialer {
         &'a self,
         id: &'a SessionId,
         addr: SocketAddr,
+        name: &'a str,
         pin: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Conn, String>> {
         Box::pin(async move {
             let conn =
-                sessionfs_pki::client::connect_pinned(&self.endpoint, addr, id.as_str(), pin)
+                sessionfs_pki::client::connect_as(&self.endpoint, addr, id.as_str(), name, pin)
                     .await
                     .map_err(|e| e.to_string())?;
             Ok(Arc::new(QuicLink(conn)) as Conn)

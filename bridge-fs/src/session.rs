@@ -440,7 +440,9 @@ impl Sessions {
         session.set_record(record.clone());
         let endpoint = usable_endpoint(&record)?;
         let pin = record.labels.get(CERT_PIN_LABEL).map(String::as_str);
-        let connect = self.dialer.dial(&session.id, endpoint, pin);
+        let connect = self
+            .dialer
+            .dial(&session.id, endpoint, &record.cert_identity, pin);
         match tokio::time::timeout(self.connect_timeout, connect).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(not_connected(format!("session {}: {e}", session.id))),

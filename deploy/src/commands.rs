@@ -140,6 +140,9 @@ pub enum CommandError {
     /// The state directory.
     #[error(transparent)]
     State(#[from] StateError),
+    /// A hosts operation.
+    #[error(transparent)]
+    Host(Box<crate::hosts::HostError>),
     /// The local backend.
     #[error(transparent)]
     Local(#[from] LocalError),
@@ -161,6 +164,12 @@ pub enum CommandError {
         #[source]
         source: sessionfs_bridge::MountError,
     },
+}
+
+impl From<crate::hosts::HostError> for CommandError {
+    fn from(e: crate::hosts::HostError) -> Self {
+        CommandError::Host(Box::new(e))
+    }
 }
 
 impl From<RegistryError> for CommandError {
@@ -627,6 +636,9 @@ pub struct SessionStatus {
     pub alive: Option<bool>,
     /// Docker sessions: their container as the engine reports it.
     pub container: Option<ContainerStatus>,
+    /// In a registry shared by hosts: whether the session's host is live. `None` in the SQLite
+    /// registry of one host.
+    pub reachable: Option<bool>,
 }
 
 impl SessionStatus {
@@ -634,7 +646,13 @@ impl SessionStatus {
     /// whose daemon process or container is not running, or `gone` if its container does
     /// not exist.
     pub fn display_state(&self) -> &'static str {
-        if self.record.state == SessionState::Running && self.alive == Some(false) {
+        let serving = matches!(
+            self.record.state,
+            SessionState::Running | SessionState::Starting | SessionState::Unhealthy
+        );
+        if serving && self.reachable == Some(false) {
+            "unreachable"
+        } else if self.record.state == SessionState::Running && self.alive == Some(false) {
             match &self.container {
                 Some(c) if !c.exists => "gone",
                 _ => "dead",
@@ -682,6 +700,7 @@ impl SessionStatus {
                 .map(|(k, v)| (k.as_str(), display_label(k, v)))
                 .collect(),
             alive: self.alive,
+            reachable: self.reachable,
             container: self.container.as_ref().map(|c| c.container.clone()),
             health: self.container.as_ref().map(|c| c.health.clone()),
         }
@@ -720,6 +739,8 @@ struct JsonRow<'a> {
     created_at: u64,
     labels: BTreeMap<&'a str, String>,
     alive: Option<bool>,
+    /// Whether the session's host is live (`null` in a registry of one host).
+    reachable: Option<bool>,
     container: Option<String>,
     health: Option<String>,
 }
@@ -738,6 +759,16 @@ pub fn list(home: &Home) -> Result<Vec<SessionStatus>, CommandError> {
         None
     };
     let here = this_host();
+    // In a registry shared by hosts: which hosts are live (a session whose host is not is
+    // unreachable from here).
+    let live = match registry.shared() {
+        Ok(etcd) => Some(etcd.live_hosts()?),
+        Err(_) => None,
+    };
+    let reachable = |record: &SessionRecord| {
+        let live = live.as_ref()?;
+        Some(record.host().is_none_or(|h| h == here || live.contains(h)))
+    };
     Ok(records
         .into_iter()
         .map(|record| match record.backend {
@@ -745,11 +776,13 @@ pub fn list(home: &Home) -> Result<Vec<SessionStatus>, CommandError> {
             _ if record.elsewhere(&here) => SessionStatus {
                 alive: None,
                 container: None,
+                reachable: reachable(&record),
                 record,
             },
             Backend::Local => SessionStatus {
                 alive: Some(local::is_running(&record)),
                 container: None,
+                reachable: reachable(&record),
                 record,
             },
             Backend::Docker => {
@@ -760,12 +793,14 @@ pub fn list(home: &Home) -> Result<Vec<SessionStatus>, CommandError> {
                 SessionStatus {
                     alive: (status.health != "unknown").then_some(status.running),
                     container: Some(status),
+                    reachable: reachable(&record),
                     record,
                 }
             }
             Backend::Kubernetes => SessionStatus {
                 alive: None,
                 container: None,
+                reachable: reachable(&record),
                 record,
             },
         })
@@ -775,18 +810,23 @@ pub fn list(home: &Home) -> Result<Vec<SessionStatus>, CommandError> {
 /// The `session ls` table: a header and one line per session, columns separated by at
 /// least two spaces, every line ending in a newline.
 pub fn render_table(sessions: &[SessionStatus]) -> String {
-    let mut rows = vec![[
-        "ID".to_owned(),
-        "BACKEND".to_owned(),
-        "STATE".to_owned(),
-        "ENDPOINT".to_owned(),
-        "CONTAINER".to_owned(),
-        "HEALTH".to_owned(),
-        "WORKSPACE".to_owned(),
-    ]];
+    // The HOST column when the registry is shared by hosts.
+    let hosts = sessions.iter().any(|s| s.reachable.is_some());
+    let header = [
+        "ID",
+        "HOST",
+        "BACKEND",
+        "STATE",
+        "ENDPOINT",
+        "CONTAINER",
+        "HEALTH",
+        "WORKSPACE",
+    ];
+    let mut rows = vec![header.map(str::to_owned).to_vec()];
     rows.extend(sessions.iter().map(|s| {
-        [
+        vec![
             s.record.id.to_string(),
+            s.record.host().unwrap_or("-").to_owned(),
             s.record.backend.to_string(),
             s.display_state().to_owned(),
             endpoint_text(&s.record),
@@ -795,7 +835,12 @@ pub fn render_table(sessions: &[SessionStatus]) -> String {
             workspace_text(&s.record),
         ]
     }));
-    let mut widths = [0usize; 7];
+    if !hosts {
+        for row in &mut rows {
+            row.remove(1);
+        }
+    }
+    let mut widths = vec![0usize; rows[0].len()];
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -1316,8 +1361,11 @@ pub(crate) fn pin_certificate(
     id: &SessionId,
 ) -> Result<(), CommandError> {
     let pin = home.session_cert_pin(id)?;
+    // The name follows the certificate: a session of a host is named under the host's domain.
+    let name = home.session_cert_name(id)?;
     registry.modify(id, |r| {
         r.labels.insert(CERT_PIN_LABEL.to_owned(), pin.clone());
+        r.cert_identity = name.clone();
     })?;
     Ok(())
 }
@@ -1373,6 +1421,8 @@ pub fn mount(home: &Home, opts: &MountOptions) -> Result<(), CommandError> {
     // Follows Docker while mounted; stopped and joined when dropped, after the unmount.
     let _watcher =
         crate::reconcile::Watcher::spawn(home.clone()).map_err(CommandError::Reconciler)?;
+    // A host of several is live while it is mounted (as while `host serve` runs).
+    let _live = crate::hosts::keep_live(home).map_err(|e| CommandError::Host(Box::new(e)))?;
     sessionfs_bridge::mount(config, &mountpoint).map_err(|source| CommandError::Bridge {
         mountpoint: opts.mountpoint.clone(),
         source,
@@ -1649,6 +1699,7 @@ mod tests {
             record,
             alive,
             container: None,
+            reachable: None,
         }
     }
 
@@ -1677,7 +1728,38 @@ mod tests {
                 health: health.into(),
                 endpoint: None,
             }),
+            reachable: None,
         }
+    }
+
+    /// In a registry shared by hosts the table has a HOST column, and a session whose host is not
+    /// live shows `unreachable` (whatever its record says), while a stopped one stays `stopped`.
+    #[test]
+    fn table_with_hosts() {
+        let on = |id: &str, host: &str, state, reachable| {
+            let mut s = status(id, state, None);
+            s.record.labels.insert(HOST_LABEL.into(), host.into());
+            s.reachable = Some(reachable);
+            s
+        };
+        let rows = [
+            on("here", "h1", SessionState::Running, true),
+            on("there", "h2", SessionState::Running, false),
+            on("idle", "h2", SessionState::Stopped, false),
+        ];
+        assert_eq!(
+            render_table(&rows),
+            "\
+ID     HOST  BACKEND  STATE        ENDPOINT         CONTAINER  HEALTH  WORKSPACE
+here   h1    local    running      127.0.0.1:40000  -          -       /w/here
+there  h2    local    unreachable  127.0.0.1:40000  -          -       /w/there
+idle   h2    local    stopped      -                -          -       /w/idle
+"
+        );
+        let json: serde_json::Value = serde_json::from_str(&render_json(&rows)).unwrap();
+        assert_eq!(json[1]["reachable"], false);
+        assert_eq!(json[1]["host"], "h2");
+        assert_eq!(json[0]["reachable"], true);
     }
 
     #[test]
@@ -1728,7 +1810,7 @@ died  docker   dead     127.0.0.1:32768  sessionfs-died  exited   volume session
             json!({
                 "id": "b", "host": null, "backend": "local", "state": "running",
                 "endpoint": "127.0.0.1:40000", "workspace": "/w/b", "pid": 4242,
-                "created_at": 1_700_000_000u64, "labels": {"team": "a"}, "alive": false,
+                "created_at": 1_700_000_000u64, "labels": {"team": "a"}, "alive": false, "reachable": null,
                 "container": null, "health": null,
             })
         );

@@ -29,6 +29,7 @@ mod commands;
 mod compose;
 mod docker;
 mod file_error;
+mod hosts;
 mod image;
 mod local;
 mod mcp;
@@ -44,8 +45,12 @@ pub use commands::{
 };
 pub use compose::session_certs;
 pub use docker::{parse_cpus, parse_memory};
+pub use hosts::{
+    add as host_add, init as host_init, join as host_join, keep_live, list as host_list,
+    remove as host_remove, render_hosts, HostError, HostStatus,
+};
 pub use image::{BuildOptions, Built, DEFAULT_TAG};
 pub use mcp::{parse_http_addr, serve as serve_mcp, McpOptions};
 pub use migrate::{migrate, MigrateOptions};
 pub use mounts::DEFAULT_MOUNTPOINT;
-pub use state::Home;
+pub use state::{Home, Membership};

@@ -191,9 +191,9 @@ fn is_executable(path: &Path) -> bool {
     fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// Whether UDP `port` on the loopback address can be bound right now.
-fn udp_port_free(port: u16) -> bool {
-    UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
+/// Whether UDP `port` on `ip` can be bound right now.
+fn udp_port_free(ip: std::net::IpAddr, port: u16) -> bool {
+    UdpSocket::bind((ip, port)).is_ok()
 }
 
 /// The address in the daemon's `listening on <addr>` line.
@@ -207,8 +207,8 @@ pub fn parse_listening_line(line: &str) -> Option<SocketAddr> {
 /// Starts the daemon of the local session `record` and returns the record updated with
 /// its endpoint and pid, in state [`SessionState::Running`].
 ///
-/// It listens on `127.0.0.1`, on the port of the record's previous endpoint if that port
-/// is free, else on a port the kernel picks. The daemon is not waited for: it outlives
+/// It listens on `127.0.0.1` (on a host of several: the host's advertised address), on the port
+/// of the record's previous endpoint if that port is free, else on a port the kernel picks. The daemon is not waited for: it outlives
 /// the calling process.
 pub fn start(home: &Home, record: &SessionRecord) -> Result<SessionRecord, LocalError> {
     let id = &record.id;
@@ -224,12 +224,16 @@ pub fn start(home: &Home, record: &SessionRecord) -> Result<SessionRecord, Local
     }
     let program = find_daemon()?;
     let cert_dir = home.session_cert_dir(id);
+    let ip = match home.membership() {
+        Ok(Some(m)) => m.advertise,
+        _ => Ipv4Addr::LOCALHOST.into(),
+    };
     let port = record
         .endpoint
         .map(|e| e.port())
-        .filter(|&p| p != 0 && udp_port_free(p))
+        .filter(|&p| p != 0 && udp_port_free(ip, p))
         .unwrap_or(0);
-    let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let listen = SocketAddr::from((ip, port));
 
     private_dir(&home.session_dir(id))?;
     let log_path = home.daemon_log(id);
@@ -762,9 +766,9 @@ mod tests {
     fn free_port_probe() {
         let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let port = socket.local_addr().unwrap().port();
-        assert!(!udp_port_free(port));
+        assert!(!udp_port_free(Ipv4Addr::LOCALHOST.into(), port));
         drop(socket);
-        assert!(udp_port_free(port));
+        assert!(udp_port_free(Ipv4Addr::LOCALHOST.into(), port));
     }
 
     /// Starts a `sessionfsd`-named stand-in (`tail -f` under `exec -a`), optionally ignoring

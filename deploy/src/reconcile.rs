@@ -295,11 +295,7 @@ fn adopt(
         .map(|n| n.trim_start_matches('/').to_owned())
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| container_id.clone());
-    let mut record = SessionRecord::new(
-        id.clone(),
-        Backend::Docker,
-        sessionfs_pki::session_dns_name(id.as_str()),
-    );
+    let mut record = SessionRecord::new(id.clone(), Backend::Docker, home.session_cert_name(&id)?);
     record.state = state;
     record.endpoint = endpoint;
     record.pid = observed.pid;

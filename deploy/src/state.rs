@@ -2,7 +2,12 @@
 //! is, its layout, and the certificate and registry files kept in it.
 //!
 //! Layout:
-//! - `pki/ca.pem`, `pki/ca.key`: the installation CA;
+//! - `pki/ca.pem`, `pki/ca.key`: the installation CA (on a joined host, `ca.pem` only: the root
+//!   key stays on the host that made the installation);
+//! - `pki/host-ca.pem`, `pki/host-ca.key`: this host's issuing CA, once it is a host of an
+//!   installation of several (`sessionfs host init` / `host join`);
+//! - `host.json`: this host's membership ([`Membership`]): its name, advertised address and
+//!   the registry the hosts share;
 //! - `pki/bridge.pem`, `pki/bridge.key`: the bridge's client certificate (issued on first need);
 //! - `registry.db`: the session registry;
 //! - `sessions/<id>/certs/{ca.pem,session.pem,session.key}`: one daemon's certificate directory;
@@ -19,9 +24,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::FlockOperation;
 use sessionfs_bridge::BridgeConfig;
-use sessionfs_pki::{
-    CertificateAuthority, PkiError, BRIDGE_FILES, BRIDGE_IDENTITY, CA_FILES, SESSION_FILES,
-};
+use sessionfs_pki::{CertificateAuthority, PkiError, BRIDGE_FILES, CA_FILES, SESSION_FILES};
 use sessionfs_registry::{Location, Registry, RegistryError, SessionId};
 use tracing::{debug, info};
 
@@ -66,6 +69,17 @@ pub enum StateError {
 #[derive(Debug)]
 pub struct StateLock {
     _file: File,
+}
+
+/// This state directory's membership of an installation of several hosts (`host.json`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Membership {
+    /// This host's name.
+    pub name: String,
+    /// The address this host's sessions listen on.
+    pub advertise: std::net::IpAddr,
+    /// The registry the hosts share (`etcd://…`).
+    pub registry: String,
 }
 
 /// A state directory and the paths inside it.
@@ -123,11 +137,50 @@ impl Home {
         self
     }
 
-    /// Where the registry is: `--registry`, else the state directory's `registry.db`.
+    /// Where the registry is: `--registry`, else the shared registry of the installation this
+    /// host joined, else the state directory's `registry.db`.
     pub fn registry_location(&self) -> Location {
         self.registry
             .clone()
+            .or_else(|| {
+                self.membership()
+                    .ok()
+                    .flatten()
+                    .and_then(|m| m.registry.parse().ok())
+            })
             .unwrap_or_else(|| Location::Sqlite(self.registry_path()))
+    }
+
+    /// `host.json`: this host's membership of an installation of several hosts.
+    pub fn membership_path(&self) -> PathBuf {
+        self.root.join("host.json")
+    }
+
+    /// This host's membership, if it is a host of an installation of several
+    /// (`sessionfs host init` / `host join`).
+    pub fn membership(&self) -> Result<Option<Membership>, StateError> {
+        let path = self.membership_path();
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                io_error("parse", &path)(std::io::Error::new(ErrorKind::InvalidData, e)).into()
+            }),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error("read", &path)(e).into()),
+        }
+    }
+
+    /// Writes `host.json` (0600, atomically).
+    pub fn write_membership(&self, membership: &Membership) -> Result<(), StateError> {
+        self.ensure_root()?;
+        let path = self.membership_path();
+        let text = serde_json::to_vec_pretty(membership)
+            .map_err(|e| io_error("encode", &path)(std::io::Error::other(e)))?;
+        let tmp = self.root.join(".host.json.tmp");
+        fs::write(&tmp, text).map_err(io_error("write", &tmp))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))
+            .map_err(io_error("set the mode of", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io_error("rename", &path))?;
+        Ok(())
     }
 
     /// The state directory itself.
@@ -238,10 +291,21 @@ impl Home {
 
     /// Loads the CA, creating it on first use. Callers creating it concurrently must hold
     /// [`Home::lock`].
+    /// On a host of several, that is this host's CA ([`CertificateAuthority::load_host`]).
     pub fn certificate_authority(&self) -> Result<CertificateAuthority, StateError> {
         self.ensure_root()?;
         let dir = self.pki_dir();
-        CertificateAuthority::load_or_create(&dir).map_err(|source| StateError::Pki { dir, source })
+        let loaded = match self.membership()? {
+            Some(m) => CertificateAuthority::load_host(&dir, &m.name),
+            None => CertificateAuthority::load_or_create(&dir),
+        };
+        loaded.map_err(|source| StateError::Pki { dir, source })
+    }
+
+    /// The installation's root CA, kept in `pki/` by the host that made the installation.
+    pub fn root_authority(&self) -> Result<CertificateAuthority, StateError> {
+        let dir = self.pki_dir();
+        CertificateAuthority::load(&dir).map_err(|source| StateError::Pki { dir, source })
     }
 
     /// Makes sure the CA and the bridge's client certificate exist (issuing what is
@@ -263,7 +327,7 @@ impl Home {
             dir: dir.clone(),
             source,
         };
-        ca.issue_client(BRIDGE_IDENTITY)
+        ca.issue_bridge()
             .map_err(pki)?
             .write(&dir, BRIDGE_FILES.stem)
             .map_err(pki)?;
@@ -288,6 +352,16 @@ impl Home {
         self.issue_session_certs(&ca, id)?;
         info!(session = %id, "issued the session's certificate again: it expired or expires within 30 days");
         Ok(true)
+    }
+
+    /// The DNS name in session `id`'s certificate (what a bridge dials it as).
+    pub fn session_cert_name(&self, id: &SessionId) -> Result<String, StateError> {
+        let pem = self.session_cert_dir(id).join(SESSION_FILES.cert);
+        let text = fs::read_to_string(&pem).map_err(io_error("read", &pem))?;
+        sessionfs_pki::pem_dns_name(&text).map_err(|source| StateError::Pki {
+            dir: self.session_cert_dir(id),
+            source,
+        })
     }
 
     /// The pin ([`sessionfs_pki::fingerprint`]) of session `id`'s certificate in

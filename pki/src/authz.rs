@@ -52,7 +52,23 @@ pub fn authorize_peer_chain(
     if valid_for(session_dns_name(own_session_id))? {
         return Ok(PeerRole::HealthProbe);
     }
+    // A host's certificates: `bridge.<host>.hosts.sessionfs` and
+    // `<id>.session.<host>.hosts.sessionfs`, their host CA's name constraints already checked by
+    // the TLS layer.
     let names: Vec<&str> = cert.valid_dns_names().collect();
+    for name in &names {
+        let parts: Vec<&str> = match name.strip_suffix(".hosts.sessionfs") {
+            Some(rest) => rest.split('.').collect(),
+            None => continue,
+        };
+        match parts[..] {
+            ["bridge", host] if !host.is_empty() => return Ok(PeerRole::Bridge),
+            [id, "session", host] if id == own_session_id && !host.is_empty() => {
+                return Ok(PeerRole::HealthProbe)
+            }
+            _ => {}
+        }
+    }
     Err(PkiError::Unauthorized {
         presented: if names.is_empty() {
             "no DNS names".into()

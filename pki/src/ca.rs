@@ -1,5 +1,10 @@
 //! The per-installation certificate authority: creating/loading `ca.pem` +
 //! `ca.key`, and issuing session (server+client) and bridge (client) certificates.
+//!
+//! An installation of several hosts keeps its root key on one host only: every host issues with
+//! its own *host CA* (`host-ca.pem` + `host-ca.key`), signed by the root and constrained (X.509
+//! name constraints, checked at every handshake) to the names `*.<host>.hosts.sessionfs`. A host
+//! CA's certificates carry it as their chain's second element, so peers need trust only the root.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,6 +22,10 @@ use crate::identity::{bad_pem, parse_chain};
 use crate::{session_dns_name, PkiError};
 
 const CA_STEM: &str = CA_FILES.stem;
+/// File stem of a host's issuing certificate and key (`host-ca.pem`, `host-ca.key`).
+pub const HOST_CA_STEM: &str = "host-ca";
+/// How long a host CA lasts.
+const HOST_CA_LIFETIME: Duration = Duration::from_secs(10 * 366 * DAY);
 const CA_COMMON_NAME: &str = "sessionfs installation CA";
 const DAY: u64 = 86_400;
 const CA_LIFETIME: Duration = Duration::from_secs(30 * 366 * DAY);
@@ -27,12 +36,17 @@ pub const LEAF_LIFETIME: Duration = Duration::from_secs(397 * DAY);
 pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * DAY);
 const CLOCK_SKEW: Duration = Duration::from_secs(3600);
 
-/// The installation CA (certificate + signing key).
+/// The installation CA (certificate + signing key), or a host's CA under it.
 pub struct CertificateAuthority {
-    /// Re-created issuer certificate (same subject and key as `ca.pem`), used for signing.
+    /// Re-created issuer certificate (same subject and key as the stored one), used for signing.
     issuer: rcgen::Certificate,
     key: KeyPair,
+    /// This CA's own certificate.
     cert_pem: String,
+    /// The installation's root certificate (the same as `cert_pem` for the root).
+    root_pem: String,
+    /// The host whose CA this is; `None` for the root.
+    host: Option<String>,
 }
 
 /// A freshly issued certificate with its private key, both PEM.
@@ -81,13 +95,39 @@ fn common_name(cn: &str) -> DistinguishedName {
 fn ca_params() -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = common_name(CA_COMMON_NAME);
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    // One level of host CAs below (webpki does not read a trust anchor's own constraints, so
+    // roots made with 0 before hosts existed work as well).
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
     set_validity(&mut params, CA_LIFETIME);
+    params
+}
+
+/// The DNS subtree host `host`'s CA may issue names in.
+pub fn host_domain(host: &str) -> String {
+    format!("{host}.hosts.sessionfs")
+}
+
+/// Parameters of host `host`'s CA certificate (fixed subject, so it can be re-created from its key).
+fn host_ca_params(host: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = common_name(&format!("sessionfs host {host}"));
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.name_constraints = Some(rcgen::NameConstraints {
+        permitted_subtrees: vec![rcgen::GeneralSubtree::DnsName(host_domain(host))],
+        excluded_subtrees: Vec::new(),
+    });
+    params.use_authority_key_identifier_extension = true;
+    set_validity(&mut params, HOST_CA_LIFETIME);
     params
 }
 
@@ -117,8 +157,10 @@ impl CertificateAuthority {
         let issuer = ca_params().self_signed(&key)?;
         let ca = Self {
             cert_pem: issuer.pem(),
+            root_pem: issuer.pem(),
             issuer,
             key,
+            host: None,
         };
         IssuedCert {
             cert_pem: ca.cert_pem.clone(),
@@ -159,22 +201,140 @@ impl CertificateAuthority {
         Ok(Self {
             issuer,
             key,
+            root_pem: cert_pem.clone(),
             cert_pem,
+            host: None,
         })
+    }
+
+    /// Loads host `host`'s CA from `dir/host-ca.pem` + `dir/host-ca.key`, under the root
+    /// certificate `dir/ca.pem` (whose key is not needed here). Refused unless the root signed it.
+    pub fn load_host(dir: &Path, host: &str) -> Result<Self, PkiError> {
+        let (pem_path, key_path) = pem_and_key(dir, HOST_CA_STEM);
+        let (root_path, _) = pem_and_key(dir, CA_STEM);
+        let cert_pem = read_text(&pem_path)?;
+        let key_pem = read_text(&key_path)?;
+        let root_pem = read_text(&root_path)?;
+        warn_if_exposed(&key_path);
+        let pem_what = pem_path.display().to_string();
+        let key =
+            KeyPair::from_pem(&key_pem).map_err(|e| bad_pem(&key_path.display().to_string(), e))?;
+        let stored_der = parse_chain(&cert_pem, &pem_what)?.swap_remove(0);
+        let root_der = parse_chain(&root_pem, &root_path.display().to_string())?.swap_remove(0);
+        let stored =
+            webpki::EndEntityCert::try_from(&stored_der).map_err(|e| bad_pem(&pem_what, e))?;
+        if stored.subject_public_key_info().as_ref() != key.public_key_der().as_slice() {
+            return Err(bad_pem(
+                &pem_what,
+                format!("certificate does not match {}", key_path.display()),
+            ));
+        }
+        let issuer = host_ca_params(host).self_signed(&key)?;
+        let rebuilt = webpki::EndEntityCert::try_from(issuer.der())
+            .map_err(|e| bad_pem("re-created host CA", e))?;
+        if stored.subject() != rebuilt.subject() {
+            return Err(bad_pem(
+                &pem_what,
+                format!("not the CA of host `{host}` (unexpected subject)"),
+            ));
+        }
+        let ca = Self {
+            issuer,
+            key,
+            cert_pem,
+            root_pem,
+            host: Some(host.to_owned()),
+        };
+        // A leaf of it must chain to the root: a host CA the root did not sign is refused here,
+        // not at the first handshake.
+        let probe = ca.issue_bridge()?;
+        if !ca.verifies(&probe.cert_pem, SystemTime::now(), &root_der) {
+            return Err(bad_pem(
+                &pem_what,
+                format!(
+                    "not signed by the installation root {}",
+                    root_path.display()
+                ),
+            ));
+        }
+        Ok(ca)
+    }
+
+    /// Issues the CA of host `host` under this root: its certificate (constrained to
+    /// [`host_domain`]) and key. Only the root issues host CAs.
+    pub fn issue_host_ca(&self, host: &str) -> Result<IssuedCert, PkiError> {
+        if let Some(own) = &self.host {
+            return Err(PkiError::Verifier(format!(
+                "host `{own}` cannot add hosts: only the host keeping the installation's root key can"
+            )));
+        }
+        let key = KeyPair::generate()?;
+        let cert = host_ca_params(host).signed_by(&key, &self.issuer, &self.key)?;
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// The host whose CA this is (`None`: the installation's root).
+    pub fn host(&self) -> Option<&str> {
+        self.host.as_deref()
+    }
+
+    /// The DNS name session `id`'s certificate is issued for: [`session_dns_name`] under the
+    /// root, `<id>.session.<host>.hosts.sessionfs` under a host CA (never a bridge's name,
+    /// whatever the id).
+    pub fn session_name(&self, id: &str) -> String {
+        match &self.host {
+            None => session_dns_name(id),
+            Some(host) => format!("{id}.session.{}", host_domain(host)),
+        }
+    }
+
+    /// The DNS name of this CA's bridge certificate: [`crate::BRIDGE_IDENTITY`] under the root,
+    /// `bridge.<host>.hosts.sessionfs` under a host CA.
+    pub fn bridge_name(&self) -> String {
+        match &self.host {
+            None => crate::BRIDGE_IDENTITY.to_owned(),
+            Some(host) => format!("bridge.{}", host_domain(host)),
+        }
+    }
+
+    /// Issues the bridge's client certificate ([`Self::bridge_name`]).
+    pub fn issue_bridge(&self) -> Result<IssuedCert, PkiError> {
+        self.issue_client(&self.bridge_name())
     }
 
     /// Whether the certificate in `cert_pem` is one of this CA's, valid at `at` (checked as a peer
     /// checks it: its chain to this CA and its validity period). `false` for anything unreadable.
+    /// Under a host CA, "this CA's" means issued by this host CA.
     pub fn still_valid_at(&self, cert_pem: &str, at: SystemTime) -> bool {
-        let (Ok(chain), Ok(ca)) = (
+        let (Ok(chain), Ok(own), Ok(root)) = (
             parse_chain(cert_pem, "certificate"),
             parse_chain(&self.cert_pem, "CA certificate"),
+            parse_chain(&self.root_pem, "root certificate"),
         ) else {
+            return false;
+        };
+        if self.host.is_some() && chain.get(1) != Some(&own[0]) {
+            return false;
+        }
+        self.verifies(cert_pem, at, &root[0])
+    }
+
+    /// Whether the chain in `cert_pem` verifies against `root` at `at`, as a peer checks it.
+    fn verifies(
+        &self,
+        cert_pem: &str,
+        at: SystemTime,
+        root: &rustls_pki_types::CertificateDer<'_>,
+    ) -> bool {
+        let Ok(chain) = parse_chain(cert_pem, "certificate") else {
             return false;
         };
         let (Ok(cert), Ok(anchor)) = (
             webpki::EndEntityCert::try_from(&chain[0]),
-            webpki::anchor_from_trusted_cert(&ca[0]),
+            webpki::anchor_from_trusted_cert(root),
         ) else {
             return false;
         };
@@ -184,7 +344,7 @@ impl CertificateAuthority {
         cert.verify_for_usage(
             webpki::ALL_VERIFICATION_ALGS,
             &[anchor],
-            &[],
+            &chain[1..],
             rustls_pki_types::UnixTime::since_unix_epoch(since_epoch),
             webpki::KeyUsage::client_auth(),
             None,
@@ -199,16 +359,17 @@ impl CertificateAuthority {
         !self.still_valid_at(cert_pem, SystemTime::now() + RENEW_BEFORE)
     }
 
-    /// The CA certificate, PEM (exactly as stored in `ca.pem`).
+    /// The installation's root certificate, PEM (exactly as stored in `ca.pem`): what peers
+    /// trust, whichever CA issues.
     pub fn cert_pem(&self) -> String {
-        self.cert_pem.clone()
+        self.root_pem.clone()
     }
 
-    /// Issues a session daemon certificate: SAN `session_dns_name(id)`, EKU
+    /// Issues a session daemon certificate: SAN [`Self::session_name`], EKU
     /// serverAuth + clientAuth (the latter for the in-container health probe).
     pub fn issue_session(&self, session_id: &str) -> Result<IssuedCert, PkiError> {
         self.issue(
-            &session_dns_name(session_id),
+            &self.session_name(session_id),
             &format!("sessionfs session {session_id}"),
             vec![
                 ExtendedKeyUsagePurpose::ServerAuth,
@@ -242,8 +403,13 @@ impl CertificateAuthority {
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer, &self.key)?;
         tracing::debug!(dns_name, "issued certificate");
+        // A host CA's certificates carry it, so peers trusting only the root can build the path.
+        let cert_pem = match self.host {
+            None => cert.pem(),
+            Some(_) => format!("{}{}", cert.pem(), self.cert_pem),
+        };
         Ok(IssuedCert {
-            cert_pem: cert.pem(),
+            cert_pem,
             key_pem: key.serialize_pem(),
         })
     }

@@ -70,9 +70,27 @@ pub async fn connect_pinned(
     session_id: &str,
     pin: Option<&str>,
 ) -> Result<quinn::Connection, ConnectError> {
-    let server_name = crate::session_dns_name(session_id);
+    connect_as(
+        endpoint,
+        addr,
+        session_id,
+        &crate::session_dns_name(session_id),
+        pin,
+    )
+    .await
+}
+
+/// [`connect_pinned`] to a daemon whose certificate names it `server_name` (a host's session:
+/// `<id>.session.<host>.hosts.sessionfs`, the record's `cert_identity`).
+pub async fn connect_as(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    session_id: &str,
+    server_name: &str,
+    pin: Option<&str>,
+) -> Result<quinn::Connection, ConnectError> {
     let connecting = endpoint
-        .connect(addr, &server_name)
+        .connect(addr, server_name)
         .map_err(|source| ConnectError::Dial { addr, source })?;
     let conn = connecting
         .await

@@ -43,6 +43,17 @@ pub async fn probe(
 ) -> Result<Duration, HealthError> {
     let start = Instant::now();
     let identity = crate::Identity::load(cert_dir, SESSION_FILES.stem)?;
+    // The daemon presents this same certificate: expect the name in it (a host's sessions are
+    // named under their host's domain).
+    let server_name = identity
+        .chain
+        .first()
+        .and_then(|leaf| {
+            webpki::EndEntityCert::try_from(leaf)
+                .ok()
+                .and_then(|c| c.valid_dns_names().next().map(str::to_owned))
+        })
+        .unwrap_or_else(|| crate::session_dns_name(session_id));
     let roots = crate::load_ca_roots(&cert_dir.join(CA_FILES.cert))?;
     let config = crate::client_config(identity, roots, &crate::TransportTuning::default())?;
     let bind: SocketAddr = if addr.is_ipv4() {
@@ -53,7 +64,8 @@ pub async fn probe(
     let mut endpoint = crate::endpoint(bind, None).map_err(HealthError::Socket)?;
     endpoint.set_default_client_config(config);
     let attempt = async {
-        let conn = crate::client::connect_pinned(&endpoint, addr, session_id, pin).await?;
+        let conn =
+            crate::client::connect_as(&endpoint, addr, session_id, &server_name, pin).await?;
         let frame = RequestFrame {
             caller: Caller::default(),
             request: Request::Ping,

@@ -16,7 +16,9 @@ mod transport;
 pub mod wire;
 
 pub use authz::{authorize_peer, authorize_peer_chain, PeerRole};
-pub use ca::{CertificateAuthority, IssuedCert, LEAF_LIFETIME, RENEW_BEFORE};
+pub use ca::{
+    host_domain, CertificateAuthority, IssuedCert, HOST_CA_STEM, LEAF_LIFETIME, RENEW_BEFORE,
+};
 pub use error::PkiError;
 pub use files::{
     CertFiles, BRIDGE_FILES, CA_FILES, CERT_MODE, KEY_MODE, SESSION_CERT_DIR, SESSION_FILES,
@@ -45,6 +47,15 @@ pub fn fingerprint(der: &[u8]) -> String {
 pub fn pem_fingerprint(pem: &str) -> Result<String, PkiError> {
     let chain = identity::parse_chain(pem, "certificate")?;
     Ok(fingerprint(chain[0].as_ref()))
+}
+
+/// The first DNS name in the first certificate of `pem`.
+pub fn pem_dns_name(pem: &str) -> Result<String, PkiError> {
+    let chain = identity::parse_chain(pem, "certificate")?;
+    let cert = webpki::EndEntityCert::try_from(&chain[0])
+        .map_err(|e| identity::bad_pem("certificate", e))?;
+    let name = cert.valid_dns_names().next().map(str::to_owned);
+    name.ok_or_else(|| identity::bad_pem("certificate", "it names no DNS name"))
 }
 
 /// The DNS name a session daemon's certificate is issued for (and that the

@@ -361,3 +361,89 @@ async fn frames_of_alternating_sizes_round_trip_exactly() {
         .expect("exchange timed out");
     echo.await.unwrap();
 }
+
+/// Two hosts' CAs under one root: a root kept in `dir` and host CAs issued by it, each loaded
+/// back from files as a joined host has them (its own key and the root's certificate only).
+fn host_ca(root: &CertificateAuthority, host: &str) -> (tempfile::TempDir, CertificateAuthority) {
+    let dir = tempfile::tempdir().unwrap();
+    let issued = root.issue_host_ca(host).unwrap();
+    issued.write(dir.path(), HOST_CA_STEM).unwrap();
+    std::fs::write(dir.path().join(CA_FILES.cert), root.cert_pem()).unwrap();
+    let ca = CertificateAuthority::load_host(dir.path(), host).unwrap();
+    (dir, ca)
+}
+
+/// Several hosts: host b's bridge reaches host a's session through real QUIC, both trusting only
+/// the root; host a's session is named under a's domain, so a certificate for it made by host b's
+/// CA is refused by the TLS layer (name constraints), as is one made by a host CA the root did not
+/// sign; host b cannot add hosts.
+#[tokio::test]
+async fn host_cas_issue_only_their_own_names() {
+    let Ca { ca: root, .. } = new_ca();
+    let (_a_dir, a) = host_ca(&root, "host-a");
+    let (_b_dir, b) = host_ca(&root, "host-b");
+    assert_eq!(a.session_name("s"), "s.session.host-a.hosts.sessionfs");
+    assert_eq!(b.bridge_name(), "bridge.host-b.hosts.sessionfs");
+    let (_server, addr, mut rx) = start_daemon(&a, "s");
+    let bridge = identity(&b.issue_bridge().unwrap());
+    let ep =
+        client_endpoint(client_config(bridge, roots(&root), &TransportTuning::default()).unwrap());
+    let echoed = round_trip(&ep, addr, &a.session_name("s")).await.unwrap();
+    assert_eq!(echoed, b"ping over quic");
+    assert_eq!(rx.recv().await.unwrap(), Ok(PeerRole::Bridge));
+    // The session's own certificate is its health probe, under a host CA too.
+    let own = identity(&a.issue_session("s").unwrap());
+    let ep =
+        client_endpoint(client_config(own, roots(&root), &TransportTuning::default()).unwrap());
+    round_trip(&ep, addr, &a.session_name("s")).await.unwrap();
+    assert_eq!(rx.recv().await.unwrap(), Ok(PeerRole::HealthProbe));
+
+    // Host b's CA making a certificate in host a's domain: refused by every verifier.
+    let forged = b.issue_client(&a.session_name("t")).unwrap();
+    let err = verify_client(&root, &forged).unwrap_err();
+    assert!(err.contains("NameConstraint"), "{err}");
+    // The same name from host a's own CA verifies.
+    let genuine = a.issue_client(&a.session_name("t")).unwrap();
+    verify_client(&root, &genuine).unwrap();
+
+    // A host CA from another root does not load against this root.
+    let Ca { ca: other_root, .. } = new_ca();
+    let dir = tempfile::tempdir().unwrap();
+    other_root
+        .issue_host_ca("host-a")
+        .unwrap()
+        .write(dir.path(), HOST_CA_STEM)
+        .unwrap();
+    std::fs::write(dir.path().join(CA_FILES.cert), root.cert_pem()).unwrap();
+    let err = CertificateAuthority::load_host(dir.path(), "host-a")
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("not signed by"), "{err}");
+    // Loaded under another host's name, a host CA is refused too.
+    let err = CertificateAuthority::load_host(_a_dir.path(), "host-b")
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("host `host-b`"), "{err}");
+
+    // Only the root adds hosts.
+    assert!(b.issue_host_ca("host-c").is_err());
+    // A root-issued certificate is not the host CA's own: due to be issued again by it.
+    assert!(a.due_for_renewal(&root.issue_session("s").unwrap().cert_pem));
+    assert!(!a.due_for_renewal(&a.issue_session("s").unwrap().cert_pem));
+}
+
+/// Verifies `cert` as a client certificate, trusting only `root` (name constraints are checked
+/// on every path, whatever the usage).
+fn verify_client(root: &CertificateAuthority, cert: &IssuedCert) -> Result<(), String> {
+    let chain = leaf(cert);
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots(root)),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .unwrap();
+    verifier
+        .verify_client_cert(&chain[0], &chain[1..], rustls_pki_types::UnixTime::now())
+        .map(drop)
+        .map_err(|e| format!("{e:?}"))
+}

@@ -62,7 +62,7 @@ impl std::fmt::Debug for EtcdRegistry {
     }
 }
 
-fn etcd_error(e: etcd_client::Error) -> RegistryError {
+pub(crate) fn etcd_error(e: etcd_client::Error) -> RegistryError {
     RegistryError::Etcd(e.to_string())
 }
 
@@ -114,10 +114,18 @@ impl EtcdRegistry {
     }
 
     /// The registry's runtime (there until it is dropped).
-    fn runtime(&self) -> Result<&tokio::runtime::Runtime, RegistryError> {
+    pub(crate) fn runtime(&self) -> Result<&tokio::runtime::Runtime, RegistryError> {
         self.runtime
             .as_ref()
             .ok_or_else(|| RegistryError::Unavailable("the etcd runtime stopped".into()))
+    }
+
+    pub(crate) fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     fn key(&self, id: &SessionId) -> String {
@@ -129,7 +137,7 @@ impl EtcdRegistry {
     }
 
     /// Runs `work` on the registry's runtime, bounded by [`CALL_TIMEOUT`], from any thread.
-    fn run<T, F>(&self, work: impl FnOnce(Client) -> F) -> Result<T, RegistryError>
+    pub(crate) fn run<T, F>(&self, work: impl FnOnce(Client) -> F) -> Result<T, RegistryError>
     where
         T: Send + 'static,
         F: std::future::Future<Output = Result<T, RegistryError>> + Send + 'static,

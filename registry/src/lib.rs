@@ -9,20 +9,25 @@
 //!   server) uses, in the store a [`Location`] names, plus [`Registry::watch`] to follow
 //!   changes made by others;
 //! - [`SqliteRegistry`] (`store.rs`): the SQLite file of one host;
-//! - [`EtcdRegistry`] (`etcd.rs`): the same operations in etcd, for several hosts.
+//! - [`EtcdRegistry`] (`etcd.rs`): the same operations in etcd, for several hosts;
+//! - [`HostRecord`], [`Installation`] and [`Liveness`] (`hosts.rs`): the hosts sharing an etcd
+//!   registry, the root certificate they trust, and which of them are live.
 
 #![forbid(unsafe_code)]
 
 mod etcd;
+mod hosts;
 mod id;
 mod location;
 mod record;
 mod store;
 
 pub use etcd::{EtcdRegistry, CALL_TIMEOUT as ETCD_CALL_TIMEOUT, DEFAULT_PREFIX as ETCD_PREFIX};
+pub use hosts::{check_host_name, HostRecord, Installation, Liveness, LIVENESS_TTL};
 pub use id::{InvalidSessionId, SessionId};
 pub use location::{InvalidLocation, Location, Registry};
 pub use record::{
-    this_host, Backend, SessionRecord, SessionState, CERT_PIN_LABEL, HOST_LABEL, OWNER_LABEL,
+    set_this_host, this_host, Backend, SessionRecord, SessionState, CERT_PIN_LABEL, HOST_LABEL,
+    OWNER_LABEL,
 };
 pub use store::{RegistryError, SqliteRegistry, WatchHandle};

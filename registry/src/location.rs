@@ -91,6 +91,15 @@ impl Registry {
         }
     }
 
+    /// The etcd registry, where hosts are kept; [`RegistryError::NeedsSharedRegistry`] for the
+    /// SQLite file of one host.
+    pub fn shared(&self) -> Result<&EtcdRegistry, RegistryError> {
+        match self {
+            Registry::Sqlite(_) => Err(RegistryError::NeedsSharedRegistry),
+            Registry::Etcd(r) => Ok(r),
+        }
+    }
+
     /// Adds a new session; [`RegistryError::AlreadyExists`] if the id is taken.
     pub fn register(&self, rec: &SessionRecord) -> Result<(), RegistryError> {
         match self {
@@ -150,6 +159,18 @@ impl Registry {
         match self {
             Registry::Sqlite(r) => r.generation(),
             Registry::Etcd(r) => r.generation(),
+        }
+    }
+
+    /// Keeps host `host` live in the etcd registry at `location` while the handle is kept
+    /// ([`EtcdRegistry::keep_alive`]), on a connection of its own.
+    pub fn keep_alive(location: &Location, host: &str) -> Result<crate::Liveness, RegistryError> {
+        match location {
+            Location::Sqlite(_) => Err(RegistryError::NeedsSharedRegistry),
+            Location::Etcd(endpoints) => {
+                let registry = EtcdRegistry::connect(endpoints, DEFAULT_PREFIX)?;
+                Ok(registry.keep_alive(host)?.keeping(registry))
+            }
         }
     }
 

@@ -104,8 +104,21 @@ pub const OWNER_LABEL: &str = "owner";
 /// over the network only.
 pub const HOST_LABEL: &str = "host";
 
-/// This host's name: `$SESSIONFS_HOST_NAME`, else the kernel's host name.
+/// The name [`set_this_host`] gave this process's host.
+static THIS_HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Names this process's host: a host of an installation of several is the name it joined as
+/// (`host.json`), whatever the environment says. Only the first call counts.
+pub fn set_this_host(name: &str) {
+    let _ = THIS_HOST.set(name.to_owned());
+}
+
+/// This host's name: the one [`set_this_host`] gave, else `$SESSIONFS_HOST_NAME`, else the
+/// kernel's host name.
 pub fn this_host() -> String {
+    if let Some(name) = THIS_HOST.get() {
+        return name.clone();
+    }
     std::env::var("SESSIONFS_HOST_NAME")
         .ok()
         .filter(|n| !n.is_empty())

@@ -80,6 +80,21 @@ pub enum RegistryError {
     /// etcd did not answer in time, or a write kept losing to other writers.
     #[error("registry unavailable: {0}")]
     Unavailable(String),
+    /// A hosts operation on the SQLite registry, which is one host's.
+    #[error(
+        "hosts need a registry shared by them: give --registry etcd://HOST:PORT \
+         (or set SESSIONFS_REGISTRY); this registry is one host's SQLite file"
+    )]
+    NeedsSharedRegistry,
+    /// `host init` where an installation already is.
+    #[error("this registry already holds an installation, made by {0}; join it with a bundle from `sessionfs host add` instead")]
+    AlreadyInitialized(String),
+    /// `host add` of a name that is taken.
+    #[error("host `{0}` already exists (see `sessionfs host ls`)")]
+    HostExists(String),
+    /// No host of that name.
+    #[error("no host `{0}` (see `sessionfs host ls`)")]
+    NoHost(String),
 }
 
 /// A connection to the registry file; cheap to share between threads (`Send + Sync`). If the file

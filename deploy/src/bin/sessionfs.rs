@@ -54,6 +54,13 @@ enum Command {
     /// Build the Docker image that docker sessions run.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Several hosts sharing one etcd registry: init, add, join, ls, rm, serve.
+    ///
+    /// Every host's `sessionfs mount` shows every session of every host. The host that makes the
+    /// installation keeps its root key; each host issues its sessions' certificates with its own
+    /// CA, constrained to its own names. See docs/deployment-hosts.md.
+    #[command(subcommand)]
+    Host(HostCommand),
     /// Mount the bridge: every session appears as a directory under MOUNTPOINT.
     ///
     /// Runs in the foreground until SIGINT/SIGTERM (then unmounts cleanly) or until
@@ -91,6 +98,79 @@ struct McpArgs {
     /// is asked. Unlike a loopback port, other local users cannot even connect.
     #[arg(long, value_name = "PATH", conflicts_with = "http")]
     socket: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum HostCommand {
+    /// Make this state directory the first host of a new installation in the etcd registry given
+    /// with --registry (or SESSIONFS_REGISTRY).
+    ///
+    /// Keeps the installation's root CA here (the one this state directory has, or a new one),
+    /// issues this host's CA under it, and records both in etcd. This host's local sessions then
+    /// listen on ADDR, where the other hosts reach them.
+    Init(HostInitArgs),
+    /// Add a host (on the host that made the installation): write its join bundle to FILE.
+    ///
+    /// The bundle holds the new host's CA key (mode 0600): move it like a private key.
+    Add(HostAddArgs),
+    /// Join the installation with a bundle from `sessionfs host add`.
+    ///
+    /// From a state directory that is not a host yet (a fresh --home); the registry is the
+    /// bundle's unless --registry is given.
+    Join(HostJoinArgs),
+    /// List the installation's hosts: address, liveness, number of sessions.
+    ///
+    /// A host is `live` while one of its `sessionfs mount` or `sessionfs host serve` processes
+    /// keeps its etcd lease (10 s), `unreachable` otherwise, `added` until it joins.
+    Ls(HostLsArgs),
+    /// Remove a host from the installation; its sessions stay in the registry, `unreachable`.
+    Rm(HostRmArgs),
+    /// Keep this host live in the registry until SIGINT/SIGTERM, without mounting.
+    ///
+    /// For a host that serves sessions but mounts none (`sessionfs mount` does the same while
+    /// mounted).
+    Serve,
+}
+
+#[derive(Args, Debug)]
+struct HostInitArgs {
+    /// The address this host's sessions listen on (an IP address the other hosts reach).
+    #[arg(long, value_name = "ADDR")]
+    advertise: std::net::IpAddr,
+    /// This host's name (default: $SESSIONFS_HOST_NAME, else the machine's host name).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct HostAddArgs {
+    /// The new host's name: 1-63 characters a-z, 0-9 and '-'.
+    name: String,
+    /// Where to write the join bundle (must not exist).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct HostJoinArgs {
+    /// The join bundle from `sessionfs host add`.
+    bundle: PathBuf,
+    /// The address this host's sessions listen on (an IP address the other hosts reach).
+    #[arg(long, value_name = "ADDR")]
+    advertise: std::net::IpAddr,
+}
+
+#[derive(Args, Debug)]
+struct HostLsArgs {
+    /// Print a JSON array of {name, advertise, state, sessions, issuer, this}.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct HostRmArgs {
+    /// The host to remove.
+    name: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -353,7 +433,44 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let home = || Home::locate(cli.home.as_deref()).map(|h| h.with_registry(cli.registry.clone()));
+    // A host of several is the host it joined as, whatever the environment says.
+    if let Ok(Some(membership)) = home().and_then(|h| h.membership()) {
+        sessionfs_registry::set_this_host(&membership.name);
+    }
     match cli.command {
+        Command::Host(HostCommand::Init(args)) => {
+            println!(
+                "{}",
+                deploy::host_init(&home()?, args.name.as_deref(), args.advertise)?
+            );
+        }
+        Command::Host(HostCommand::Add(args)) => {
+            println!("{}", deploy::host_add(&home()?, &args.name, &args.out)?);
+        }
+        Command::Host(HostCommand::Join(args)) => {
+            println!(
+                "{}",
+                deploy::host_join(&home()?, &args.bundle, args.advertise)?
+            );
+        }
+        Command::Host(HostCommand::Ls(args)) => {
+            let hosts = deploy::host_list(&home()?)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&hosts)?);
+            } else {
+                print!("{}", deploy::render_hosts(&hosts));
+            }
+        }
+        Command::Host(HostCommand::Rm(args)) => {
+            println!("{}", deploy::host_remove(&home()?, &args.name)?);
+        }
+        Command::Host(HostCommand::Serve) => {
+            let home = home()?;
+            let live = deploy::keep_live(&home)?.ok_or(deploy::HostError::NotAHost)?;
+            eprintln!("keeping this host live; stop with SIGINT or SIGTERM");
+            wait_for_termination()?;
+            drop(live);
+        }
         Command::Session(SessionCommand::Create(args)) => {
             let opts = CreateOptions {
                 id: args.id,
@@ -442,6 +559,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             deploy::serve_mcp(home()?, &opts)?;
         }
     }
+    Ok(())
+}
+
+/// Blocks until SIGINT or SIGTERM.
+fn wait_for_termination() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        Ok::<(), std::io::Error>(())
+    })?;
     Ok(())
 }
 

@@ -282,6 +282,7 @@ impl Dialer for TestDialer {
         &'a self,
         _id: &'a SessionId,
         _addr: SocketAddr,
+        _name: &'a str,
         _pin: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Conn, String>> {
         Box::pin(async move {
