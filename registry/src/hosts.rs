@@ -363,7 +363,16 @@ mod etcd {
         loop {
             let id = match lease {
                 Some(id) => id,
-                None => match grant(client.clone(), key.clone(), value.clone()).await {
+                None => match tokio::time::timeout(
+                    LIVENESS_TTL / 3,
+                    grant(client.clone(), key.clone(), value.clone()),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(RegistryError::Unavailable(
+                        "etcd did not grant a lease".to_owned(),
+                    ))
+                }) {
                     Ok(id) => {
                         info!(key, "host live again");
                         lease = Some(id);
@@ -378,10 +387,17 @@ mod etcd {
             };
             let outcome: Result<(), String> = async {
                 let mut c = client.clone();
+                let bounded = LIVENESS_TTL / 3;
                 let (mut keeper, mut stream) =
-                    c.lease_keep_alive(id).await.map_err(|e| e.to_string())?;
+                    tokio::time::timeout(bounded, c.lease_keep_alive(id))
+                        .await
+                        .map_err(|_| "etcd did not open a keep-alive stream".to_owned())?
+                        .map_err(|e| e.to_string())?;
                 loop {
-                    keeper.keep_alive().await.map_err(|e| e.to_string())?;
+                    tokio::time::timeout(bounded, keeper.keep_alive())
+                        .await
+                        .map_err(|_| "etcd took no keep-alive".to_owned())?
+                        .map_err(|e| e.to_string())?;
                     match tokio::time::timeout(LIVENESS_TTL / 3, stream.message()).await {
                         Ok(Ok(Some(r))) if r.ttl() > 0 => {}
                         Ok(Ok(Some(_))) => return Err("the lease lapsed".to_owned()),
@@ -394,7 +410,9 @@ mod etcd {
             }
             .await;
             if let Err(e) = outcome {
-                if e == "the lease lapsed" {
+                // etcd answers a keep-alive of an expired lease with a TTL of 0, or (when the
+                // stream is opened after the expiry) with the error "lease not found".
+                if e == "the lease lapsed" || e.contains("lease not found") {
                     lease = None;
                 }
                 note(&mut last_error, e);

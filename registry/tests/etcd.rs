@@ -247,3 +247,74 @@ fn a_registry_dropped_on_a_runtime_thread_does_not_panic() {
         drop(reg);
     });
 }
+
+/// Hosts: the installation is made once (a second `init` is told who made it), host names are
+/// taken once, and a host is live exactly while a process keeps its lease: revoked behind the
+/// keeper's back (as when etcd lost it), the lease is granted again; dropped, the host stops being
+/// live at once. Removing a host returns its record and keeps nothing of it.
+#[test]
+fn hosts_are_live_while_kept_and_a_lapsed_lease_is_granted_again() {
+    use sessionfs_registry::{HostRecord, Installation, LIVENESS_TTL};
+    let etcd = Etcd::start();
+    let r = etcd.registry();
+    let installation = Installation {
+        root_ca_pem: "root".into(),
+        created_by: "a".into(),
+        created_at: 1,
+    };
+    r.init_installation(&installation, &HostRecord::new("a", "a-ca".into(), true))
+        .unwrap();
+    match r.init_installation(&installation, &HostRecord::new("x", "x-ca".into(), true)) {
+        Err(RegistryError::AlreadyInitialized(by)) => assert!(by.contains("`a`"), "{by}"),
+        other => panic!("a second init: {other:?}"),
+    }
+    assert_eq!(r.installation().unwrap(), Some(installation));
+    r.add_host(&HostRecord::new("b", "b-ca".into(), false))
+        .unwrap();
+    assert!(matches!(
+        r.add_host(&HostRecord::new("b", "other".into(), false)),
+        Err(RegistryError::HostExists(name)) if name == "b"
+    ));
+    let names = |r: &EtcdRegistry| -> Vec<String> {
+        r.hosts().unwrap().into_iter().map(|h| h.name).collect()
+    };
+    assert_eq!(names(&r), ["a", "b"]);
+    assert!(r.live_hosts().unwrap().is_empty());
+
+    let live = r.keep_alive("a").unwrap();
+    assert_eq!(
+        r.live_hosts().unwrap().into_iter().collect::<Vec<_>>(),
+        ["a"]
+    );
+    // Revoke every lease from another client: the key goes with it, and the keeper grants anew.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut client = etcd_client::Client::connect([etcd.client_url.as_str()], None)
+            .await
+            .unwrap();
+        for lease in client.leases().await.unwrap().leases() {
+            client.lease_revoke(lease.id()).await.unwrap();
+        }
+    });
+    assert!(r.live_hosts().unwrap().is_empty());
+    let deadline = Instant::now() + 2 * LIVENESS_TTL;
+    while !r.live_hosts().unwrap().contains("a") {
+        assert!(
+            Instant::now() < deadline,
+            "the lapsed lease was not granted again"
+        );
+        // The poll interval of a bounded wait for the keeper's next round.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(live);
+    assert!(r.live_hosts().unwrap().is_empty());
+
+    let modified = r.modify_host("b", |h| h.advertise = Some("10.0.0.2".parse().unwrap()));
+    assert_eq!(
+        modified.unwrap().advertise,
+        Some("10.0.0.2".parse().unwrap())
+    );
+    assert_eq!(r.remove_host("b").unwrap().ca_pem, "b-ca");
+    assert!(matches!(r.remove_host("b"), Err(RegistryError::NoHost(_))));
+    assert_eq!(names(&r), ["a"]);
+}

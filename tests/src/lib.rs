@@ -12,6 +12,7 @@
 //! sessions removes every container and volume labelled with its state directory when dropped, even
 //! after a failure. [`scenario`] is the differential scenario shared by the test files.
 
+pub mod netns;
 mod scenario;
 
 pub use scenario::{assert_same, scenario};
@@ -199,6 +200,8 @@ pub struct Harness {
     pub registry: Option<String>,
     /// More environment for every command (the mount's included).
     pub env: Vec<(String, String)>,
+    /// The network namespace every command runs in (a host of a [`netns::Lan`]).
+    pub netns: Option<netns::Member>,
     /// Whether docker sessions were created (then dropping removes their containers and volumes).
     docker_used: bool,
 }
@@ -228,6 +231,7 @@ impl Harness {
             mount_args: Vec::new(),
             registry: None,
             env: Vec::new(),
+            netns: None,
             docker_used: false,
         })
     }
@@ -299,7 +303,11 @@ impl Harness {
 
     /// A `sessionfs` command bound to this installation.
     pub fn cli(&self) -> Command {
-        let mut cmd = Command::new(self.bin.join("sessionfs"));
+        let program = self.bin.join("sessionfs");
+        let mut cmd = match &self.netns {
+            Some(member) => member.command(program),
+            None => Command::new(program),
+        };
         cmd.env("SESSIONFS_HOME", &self.home)
             .env("SESSIONFS_DAEMON", self.bin.join("sessionfsd"));
         match &self.registry {
@@ -455,6 +463,8 @@ pub struct Etcd {
     port: u16,
     peer: u16,
     dir: tempfile::TempDir,
+    /// The LAN member it runs on (else loopback).
+    on: Option<netns::Member>,
 }
 
 impl Etcd {
@@ -471,9 +481,30 @@ impl Etcd {
             port: free()?,
             peer: free()?,
             dir: tempfile::tempdir()?,
+            on: None,
         };
         etcd.restart()?;
         Ok(etcd)
+    }
+
+    /// Starts `etcd` on a member of a [`netns::Lan`], listening on its address (ports 2379/2380:
+    /// the namespace is its own).
+    pub fn start_on(member: &netns::Member) -> Result<Etcd> {
+        let mut etcd = Etcd {
+            child: None,
+            port: 2379,
+            peer: 2380,
+            dir: tempfile::tempdir()?,
+            on: Some(member.clone()),
+        };
+        etcd.restart()?;
+        Ok(etcd)
+    }
+
+    fn ip(&self) -> String {
+        self.on
+            .as_ref()
+            .map_or_else(|| "127.0.0.1".to_owned(), |m| m.ip.to_string())
     }
 
     /// Kills the server (its data stays).
@@ -487,9 +518,14 @@ impl Etcd {
     /// Starts the server again on the same ports and data (after [`Etcd::kill`]).
     pub fn restart(&mut self) -> Result<()> {
         self.kill();
-        let client = format!("http://127.0.0.1:{}", self.port);
-        let peer = format!("http://127.0.0.1:{}", self.peer);
-        let child = Command::new("etcd")
+        let ip = self.ip();
+        let client = format!("http://{ip}:{}", self.port);
+        let peer = format!("http://{ip}:{}", self.peer);
+        let mut command = match &self.on {
+            Some(member) => member.command("etcd"),
+            None => Command::new("etcd"),
+        };
+        let child = command
             .args(["--name", "e2e", "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args([
@@ -510,16 +546,20 @@ impl Etcd {
             .spawn()
             .context("etcd (scripts/install-deps.sh installs etcd-server)")?;
         self.child = Some(child);
-        let port = self.port;
+        let addr = format!("{ip}:{}", self.port);
+        let listening = || std::net::TcpStream::connect(&addr).is_ok();
         wait_until("etcd to listen", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            match &self.on {
+                Some(member) => member.within(listening).unwrap_or(false),
+                None => listening(),
+            }
         })?;
         Ok(())
     }
 
-    /// `etcd://127.0.0.1:PORT`, for `--registry`.
+    /// `etcd://IP:PORT`, for `--registry`.
     pub fn url(&self) -> String {
-        format!("etcd://127.0.0.1:{}", self.port)
+        format!("etcd://{}:{}", self.ip(), self.port)
     }
 }
 

@@ -4,6 +4,7 @@
 //!
 //! Each suite says what it proves in its own module documentation; `docs/testing.md` sums them up.
 
+mod cluster;
 mod coherence;
 mod compose;
 mod concurrency;
