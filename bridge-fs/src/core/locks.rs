@@ -29,6 +29,8 @@ pub(super) enum Level {
 
 /// A mutex at a [`Level`].
 pub(super) struct Ordered<T> {
+    // Checked by debug builds only.
+    #[cfg_attr(not(debug_assertions), allow(dead_code))]
     level: Level,
     mutex: Mutex<T>,
 }
