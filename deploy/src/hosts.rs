@@ -76,6 +76,14 @@ pub enum HostError {
     /// Certificates.
     #[error("certificates: {0}")]
     Pki(#[from] sessionfs_pki::PkiError),
+    /// A migration to this host that did not happen (the session stays where it was).
+    #[error("cannot migrate session `{id}`: {reason}")]
+    Migrate {
+        /// The session.
+        id: String,
+        /// Why, step included.
+        reason: String,
+    },
     /// Writing or reading a file.
     #[error("{what} {}: {source}", path.display())]
     File {
@@ -404,12 +412,46 @@ pub fn remove(home: &Home, name: &str) -> Result<String, HostError> {
     ))
 }
 
-/// Keeps this host live in the shared registry while the returned handle is kept (`None` when
-/// this state directory is not a host of several).
-pub fn keep_live(home: &Home) -> Result<Option<Liveness>, HostError> {
+/// What a host's serving process (`sessionfs mount`, `sessionfs host serve`) does for the host
+/// while it runs: keeps it live, and stops the daemons of sessions that moved to another host.
+/// Dropping it ends both.
+pub struct HostDuties {
+    _live: Liveness,
+    _watch: sessionfs_registry::WatchHandle,
+}
+
+/// Starts this host's duties (`None` when this state directory is not a host of several).
+pub fn keep_live(home: &Home) -> Result<Option<HostDuties>, HostError> {
     let Some(membership) = home.membership()? else {
         return Ok(None);
     };
     let (_, location) = shared_registry(home)?;
-    Ok(Some(Registry::keep_alive(&location, &membership.name)?))
+    let live = Registry::keep_alive(&location, &membership.name)?;
+    // Records are handed to a worker: stopping a daemon takes seconds, the watch must not wait.
+    let (tx, rx) = std::sync::mpsc::channel::<sessionfs_registry::SessionRecord>();
+    let worker_home = home.clone();
+    std::thread::Builder::new()
+        .name("sessionfs-moved-away".into())
+        .spawn(move || {
+            for record in rx {
+                crate::move_host::stop_moved_away(&worker_home, &record);
+            }
+        })
+        .map_err(|e| file_error("start a thread for", home.root())(e))?;
+    let here = membership.name.clone();
+    let watch = Registry::watch(
+        &location,
+        std::time::Duration::from_secs(1),
+        move |records| {
+            for record in records {
+                if record.labels.get(crate::move_host::MOVED_FROM_LABEL) == Some(&here) {
+                    let _ = tx.send(record);
+                }
+            }
+        },
+    )?;
+    Ok(Some(HostDuties {
+        _live: live,
+        _watch: watch,
+    }))
 }

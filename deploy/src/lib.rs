@@ -35,8 +35,10 @@ mod local;
 mod mcp;
 mod migrate;
 mod mounts;
+mod move_host;
 mod reconcile;
 mod state;
+mod transfer;
 
 pub use commands::{
     create, image_build, list, mount, parse_backend, parse_env, parse_label, parse_owner, recreate,
@@ -53,4 +55,5 @@ pub use image::{BuildOptions, Built, DEFAULT_TAG};
 pub use mcp::{parse_http_addr, serve as serve_mcp, McpOptions};
 pub use migrate::{migrate, MigrateOptions};
 pub use mounts::DEFAULT_MOUNTPOINT;
+pub use move_host::{migrate_to_host, MoveOptions};
 pub use state::{Home, Membership};

@@ -177,8 +177,8 @@ impl EtcdRegistry {
         })
     }
 
-    /// The record for `id`, with its mod revision.
-    fn fetch(&self, id: &SessionId) -> Result<Option<(SessionRecord, i64)>, RegistryError> {
+    /// The record for `id`, with its mod revision (for [`EtcdRegistry::put_if`]).
+    pub fn fetch(&self, id: &SessionId) -> Result<Option<(SessionRecord, i64)>, RegistryError> {
         let key = self.key(id);
         self.run(move |mut client| async move {
             let response = client.get(key, None).await.map_err(etcd_error)?;
@@ -191,12 +191,22 @@ impl EtcdRegistry {
 
     /// Writes `rec` if the key's mod revision is still `seen`; whether it was.
     fn swap(&self, rec: &SessionRecord, seen: i64) -> Result<bool, RegistryError> {
+        Ok(self.put_if(rec, seen)?.is_some())
+    }
+
+    /// Writes `rec` if its key's mod revision is still `seen` (a fence: a writer that read the
+    /// record at `seen` wins only if no one wrote it since); the key's new mod revision, or `None`
+    /// if another write came first.
+    pub fn put_if(&self, rec: &SessionRecord, seen: i64) -> Result<Option<i64>, RegistryError> {
         let (key, value) = (self.key(&rec.id), encode(rec)?);
         self.run(move |mut client| async move {
             let txn = Txn::new()
                 .when([Compare::mod_revision(key.clone(), CompareOp::Equal, seen)])
                 .and_then([TxnOp::put(key, value, None)]);
-            Ok(client.txn(txn).await.map_err(etcd_error)?.succeeded())
+            let response = client.txn(txn).await.map_err(etcd_error)?;
+            Ok(response
+                .succeeded()
+                .then(|| response.header().map_or(0, |h| h.revision())))
         })
     }
 

@@ -318,3 +318,26 @@ fn hosts_are_live_while_kept_and_a_lapsed_lease_is_granted_again() {
     assert!(matches!(r.remove_host("b"), Err(RegistryError::NoHost(_))));
     assert_eq!(names(&r), ["a"]);
 }
+
+/// A write fenced by the revision it read: the first of two writers that read the same revision
+/// wins, the second is told so (and writes nothing); the winner's new revision fences the next.
+#[test]
+fn writes_fenced_by_a_revision_have_one_winner() {
+    let etcd = Etcd::start();
+    let r = etcd.registry();
+    r.register(&record("m")).unwrap();
+    let (rec, seen) = r.fetch(&id("m")).unwrap().unwrap();
+    let mut first = rec.clone();
+    first.labels.insert("to".into(), "b".into());
+    let mut second = rec;
+    second.labels.insert("to".into(), "c".into());
+    let won = r
+        .put_if(&first, seen)
+        .unwrap()
+        .expect("the first writer wins");
+    assert!(won > seen);
+    assert_eq!(r.put_if(&second, seen).unwrap(), None);
+    assert_eq!(r.get(&id("m")).unwrap().unwrap().labels["to"], "b");
+    second.labels.insert("to".into(), "c".into());
+    assert!(r.put_if(&second, won).unwrap().is_some());
+}

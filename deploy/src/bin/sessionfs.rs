@@ -238,7 +238,7 @@ enum SessionCommand {
     /// sessionfs.adopt=1 is then adopted by `sessionfs mount`. Refuses an id registered
     /// with the local backend.
     Certs(CertsArgs),
-    /// Move a session to the other backend: local → docker, or docker → local.
+    /// Move a session to the other backend (local → docker, docker → local), or to this host.
     ///
     /// Copies the workspace (into a new volume sessionfs-<id>, or a new directory, by default
     /// <state>/sessions/<id>/workspace-migrated), verifies the copy (paths, kinds, modes,
@@ -254,8 +254,14 @@ struct MigrateArgs {
     /// Session id.
     id: String,
     /// The target backend: `docker` or `local`.
-    #[arg(long, value_name = "BACKEND", value_parser = deploy::parse_backend)]
-    to: Backend,
+    #[arg(long, value_name = "BACKEND", value_parser = deploy::parse_backend,
+          required_unless_present = "to_host")]
+    to: Option<Backend>,
+    /// Move the session from another host to this one (a local session here), copying its files
+    /// daemon to daemon and verifying them; run it on the target host. The source host stops its
+    /// daemon once it sees the move and keeps its data.
+    #[arg(long, value_name = "HOST", conflicts_with_all = ["to", "image", "purge_source"])]
+    to_host: Option<String>,
     /// --to docker: the session image (default: sessionfs-session:latest).
     #[arg(long, value_name = "IMAGE")]
     image: Option<String>,
@@ -516,9 +522,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", deploy::session_certs(&home()?, &args.id, &args.out)?);
         }
         Command::Session(SessionCommand::Migrate(args)) => {
+            if let Some(to_host) = args.to_host {
+                let opts = deploy::MoveOptions {
+                    id: args.id,
+                    to_host,
+                    dir: args.dir,
+                };
+                println!("{}", deploy::migrate_to_host(&home()?, &opts)?);
+                return Ok(());
+            }
             let opts = deploy::MigrateOptions {
                 id: args.id,
-                to: args.to,
+                to: args
+                    .to
+                    .ok_or_else(|| anyhow::anyhow!("--to or --to-host is needed"))?,
                 image: args.image,
                 dir: args.dir,
                 purge_source: args.purge_source,

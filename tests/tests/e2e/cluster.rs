@@ -321,3 +321,131 @@ fn a_removed_hosts_sessions_stay_unreachable() -> Result<()> {
     );
     Ok(())
 }
+
+/// A tree with what a migration must keep: nested directories, a read-only directory, an
+/// executable, a 3 MiB file, an empty file, a symlink.
+fn fill(ws: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(ws.join("src/deep/er"))?;
+    fs::write(ws.join("src/main.rs"), b"fn main() {}\n")?;
+    fs::write(ws.join("src/deep/er/leaf.txt"), b"leaf")?;
+    let big: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 253) as u8).collect();
+    fs::write(ws.join("big.bin"), big)?;
+    fs::write(ws.join("empty"), b"")?;
+    fs::write(ws.join("run.sh"), b"#!/bin/sh\necho hi\n")?;
+    fs::set_permissions(ws.join("run.sh"), fs::Permissions::from_mode(0o755))?;
+    std::os::unix::fs::symlink("src/main.rs", ws.join("link"))?;
+    fs::create_dir(ws.join("sealed"))?;
+    fs::write(ws.join("sealed/inside"), b"x")?;
+    fs::set_permissions(ws.join("sealed"), fs::Permissions::from_mode(0o555))?;
+    Ok(())
+}
+
+/// `session migrate sa --to-host c`, run on c: the tree arrives whole (bytes, modes, links), every
+/// mount follows the session to its new host at the same path, host a stops its old daemon and
+/// keeps its data; run on another host than the target, it is refused.
+#[test]
+fn a_session_moves_to_another_host_whole() -> Result<()> {
+    let mut c = Cluster::new()?;
+    let wa = c.create("a", "sa")?;
+    fill(&wa)?;
+    let before = sessionfs_tests::tree_digest(&wa)?;
+    c.host("a").mount()?;
+    c.host("b").mount()?;
+    ensure!(fs::read(c.host("b").path("sa", "src/main.rs"))? == b"fn main() {}\n");
+    let old_pid = c.host("a").daemon_pid("sa")?;
+
+    let out = c
+        .host("b")
+        .run(&["session", "migrate", "sa", "--to-host", "c"])?;
+    ensure!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr)
+                .contains("run `sessionfs session migrate sa --to-host c` on host `c`"),
+        "{out:?}"
+    );
+    let said = c
+        .host("c")
+        .ok(&["session", "migrate", "sa", "--to-host", "c"])?;
+    ensure!(said.contains("from host `a` to host `c`"), "{said}");
+    let listed = c.host("b").session_json("sa")?;
+    let c_ip = c.lan.member("c")?.ip;
+    ensure!(
+        listed["host"] == "c"
+            && listed["state"] == "running"
+            && listed["endpoint"]
+                .as_str()
+                .is_some_and(|e| e.starts_with(&format!("{c_ip}:"))),
+        "{listed}"
+    );
+    // The copy on c's disk is the tree a had.
+    let wc = c.hosts[2].home.join("sessions/sa/workspace");
+    ensure!(sessionfs_tests::tree_digest(&wc)? == before);
+    // b's mount follows at the same path, reading c's daemon.
+    wait_until(
+        "b's mount to read the moved session",
+        Duration::from_secs(10),
+        || fs::write(c.hosts[1].path("sa", "after-move"), b"on c").is_ok(),
+    )?;
+    ensure!(fs::read(wc.join("after-move"))? == b"on c");
+    ensure!(!wa.join("after-move").exists());
+    // a stops the daemon it left, and keeps its data.
+    wait_until(
+        "host a to stop its old daemon",
+        Duration::from_secs(15),
+        || !std::path::Path::new(&format!("/proc/{old_pid}")).exists(),
+    )?;
+    ensure!(sessionfs_tests::tree_digest(&wa)? == before);
+    let listed = c.host("a").session_json("sa")?;
+    ensure!(listed["labels"].get("moved.from").is_none(), "{listed}");
+    c.host("a").unmount()?;
+    c.host("b").unmount()?;
+    Ok(())
+}
+
+/// Two hosts migrating one session to themselves at once: exactly one switches; the other is
+/// told, and leaves nothing of its attempt (no workspace, no daemon); the session serves from the
+/// winner with the data it had.
+#[test]
+fn two_concurrent_migrations_have_one_winner() -> Result<()> {
+    let mut c = Cluster::new()?;
+    let wa = c.create("a", "sa")?;
+    fill(&wa)?;
+    let before = sessionfs_tests::tree_digest(&wa)?;
+    let outcomes: Vec<std::process::Output> = std::thread::scope(|s| {
+        let runs: Vec<_> = [(&c.hosts[1], "b"), (&c.hosts[2], "c")]
+            .into_iter()
+            .map(|(h, name)| {
+                s.spawn(move || h.run(&["session", "migrate", "sa", "--to-host", name]))
+            })
+            .collect();
+        runs.into_iter()
+            .map(|r| r.join().expect("migrate thread").expect("run"))
+            .collect()
+    });
+    let won: Vec<bool> = outcomes.iter().map(|o| o.status.success()).collect();
+    ensure!(won.iter().filter(|w| **w).count() == 1, "{outcomes:?}");
+    let (winner, loser) = if won[0] { (1, 2) } else { (2, 1) };
+    let err = String::from_utf8_lossy(&outcomes[if won[0] { 1 } else { 0 }].stderr).into_owned();
+    // Lost at the fence (the other began first), or at the switch.
+    ensure!(
+        err.contains("cannot migrate session `sa`")
+            && (err.contains("the record changed")
+                || err.contains("under way")
+                || err.contains("stays on host `a`")),
+        "{err}"
+    );
+    ensure!(!c.hosts[loser].home.join("sessions/sa/workspace").exists());
+    let listed = c.hosts[0].session_json("sa")?;
+    let winner_name = ["a", "b", "c"][winner];
+    ensure!(
+        listed["host"] == winner_name && listed["state"] == "running",
+        "{listed}"
+    );
+    let moved = c.hosts[winner].home.join("sessions/sa/workspace");
+    ensure!(sessionfs_tests::tree_digest(&moved)? == before);
+    c.host("b").mount()?;
+    ensure!(fs::read(c.host("b").path("sa", "src/deep/er/leaf.txt"))? == b"leaf");
+    c.host("b").unmount()?;
+    Ok(())
+}
