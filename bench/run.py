@@ -12,6 +12,14 @@ One run compares, on the same data, these targets:
   docker-exec       `docker exec <container> cat <file>` per file, in the sessionfs-docker container;
                     measured for the per-file read workload only (whole-tree rg is extrapolated)
 
+Across hosts (not in the default set; --targets local,sshfs-remote,sessionfs-remote):
+
+  sessionfs-remote  a session of host A mounted on host B: two network namespaces joined by a router
+                    namespace whose traffic goes through a user-space delay line (sessionfs-delay-line:
+                    --remote-rtt ms round trip, --remote-loss % of packets dropped each way), checked
+                    with ping and a TCP throughput probe before any figure is taken; etcd on B
+  sshfs-remote      sshfs on B to an sshd on A, over the same link
+
 Workloads, on a real tree of >= N files (a sorted, deterministic selection of crate directories from the
 cargo registry sources, made a git repository with one commit, prepared once, in /dev/shm where it can):
 
@@ -65,6 +73,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 ALL_TARGETS = ["local", "bindfs", "sshfs", "sessionfs-local", "sessionfs-docker", "docker-exec"]
+REMOTE_TARGETS = ["sshfs-remote", "sessionfs-remote"]
+# The link of the remote targets: host A (serves), router R (delay line), host B (mounts).
+LINK_A, LINK_R_A, LINK_B, LINK_R_B = "10.79.1.2", "10.79.1.1", "10.79.2.2", "10.79.2.1"
 SESSIONFS_TARGETS = ["sessionfs-local", "sessionfs-docker"]
 MiB = 1 << 20
 TREE = "tree"  # the top-level directory inside tree.tar
@@ -124,6 +135,12 @@ def pct(samples: list[float], p: float) -> float:
 
 def med(xs: list[float]) -> float | None:
     return statistics.median(xs) if xs else None
+
+
+def ns_cmd(ns: str | None) -> list[str]:
+    """The prefix that runs a command in network namespace `ns` (only the network: a FUSE mount made
+    there stays visible here)."""
+    return ["nsenter", f"--net=/run/netns/{ns}"] if ns else []
 
 
 def run(cmd, *, check=True, env=None, timeout=1800, input=None, cwd=None, text=True):
@@ -342,10 +359,16 @@ class Bench:
         }
         if "bindfs" in a.targets:
             need["bindfs"] = "bindfs"
-        if "bindfs" in a.targets or "sshfs" in a.targets or set(SESSIONFS_TARGETS) & set(a.targets):
+        remote = set(REMOTE_TARGETS) & set(a.targets)
+        if "bindfs" in a.targets or "sshfs" in a.targets or set(SESSIONFS_TARGETS) & set(a.targets) or remote:
             if not (shutil.which("fusermount3") or shutil.which("fusermount")):
                 missing.append("fusermount3 (apt: fuse3)")
-        if "sshfs" in a.targets:
+        if remote:
+            need.update({"ip": "iproute2", "nsenter": "util-linux", "ping": "iputils-ping", "etcd": "etcd-server"})
+            if not os.access(a.delay_line, os.X_OK):
+                missing.append(f"the delay line {a.delay_line} (cargo build --release -p sessionfs-tests "
+                               "--bin sessionfs-delay-line; or --delay-line)")
+        if "sshfs" in a.targets or "sshfs-remote" in a.targets:
             need.update({"sshfs": "sshfs", "ssh": "openssh-client", "ssh-keygen": "openssh-client"})
             for p, pkg in ((a.sshd, "openssh-server"), (a.sftp_server, "openssh-server")):
                 if not os.access(p, os.X_OK):
@@ -356,7 +379,8 @@ class Bench:
         for tool, pkg in need.items():
             if not shutil.which(tool):
                 missing.append(f"{tool} (apt: {pkg})")
-        if set(SESSIONFS_TARGETS) & set(a.targets) or "docker-exec" in a.targets or not a.skip_scale:
+        if set(SESSIONFS_TARGETS) & set(a.targets) or "docker-exec" in a.targets or not a.skip_scale \
+                or "sessionfs-remote" in a.targets:
             if not os.access(a.bin, os.X_OK):
                 missing.append(f"sessionfs binary {a.bin} (cargo build --release; or --bin)")
         if docker:
@@ -564,10 +588,14 @@ class Bench:
             raise SetupError(f"bindfs did not mount: {self.tail('bindfs.log')}")
         return Target("bindfs", mnt, backing=src)
 
-    def setup_sshfs(self) -> Target:
+    def setup_sshfs(self, name: str = "sshfs", server_ns: str | None = None,
+                    client_ns: str | None = None, listen: str = "127.0.0.1") -> Target:
+        """sshfs to a private sshd listening on `listen`; with namespaces, sshd runs in `server_ns` and
+        sshfs (and its checks) in `client_ns`."""
         a = self.args
-        d = os.path.join(self.W, "ssh")
-        src, mnt = os.path.join(self.W, "sshfs-src"), os.path.join(self.W, "mnt-sshfs")
+        d = os.path.join(self.W, f"ssh-{name}")
+        src, mnt = os.path.join(self.W, f"{name}-src"), os.path.join(self.W, f"mnt-{name}")
+        srv, cli = ns_cmd(server_ns), ns_cmd(client_ns)
         for p in (d, src, mnt):
             os.makedirs(p)
         os.chmod(d, 0o700)
@@ -578,13 +606,16 @@ class Bench:
             hostkey = " ".join(f.read().split()[:2])
         with open(f"{d}/known_hosts", "w") as f:
             f.write(f"sessionfs-bench {hostkey}\n")
-        with socket.socket() as s:  # a free loopback port (sshd binds it right after)
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        if server_ns:
+            port = 2222  # the namespace is the benchmark's own
+        else:
+            with socket.socket() as s:  # a free loopback port (sshd binds it right after)
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
         user = pwd.getpwuid(os.getuid()).pw_name
         with open(f"{d}/sshd_config", "w") as f:
             f.write(f"""# private sshd of the sessionfs benchmark: loopback only, key only
-ListenAddress 127.0.0.1:{port}
+ListenAddress {listen}:{port}
 AddressFamily inet
 HostKey {d}/host_key
 PidFile {d}/sshd.pid
@@ -607,7 +638,7 @@ Subsystem sftp {a.sftp_server}
 """)
         with open(f"{d}/ssh_config", "w") as f:
             f.write(f"""Host sessionfs-bench
-  HostName 127.0.0.1
+  HostName {listen}
   Port {port}
   User {user}
   IdentityFile {d}/client_key
@@ -624,38 +655,41 @@ Subsystem sftp {a.sftp_server}
             os.makedirs("/run/sshd", mode=0o755)
             self.on_cleanup("remove /run/sshd (made for sshd)", lambda: os.rmdir("/run/sshd"))
         run([a.sshd, "-t", "-f", f"{d}/sshd_config"])
-        sshd = subprocess.Popen([a.sshd, "-D", "-e", "-f", f"{d}/sshd_config"],
-                                stdout=self.logfile("sshd.log"), stderr=subprocess.STDOUT,
+        sshd = subprocess.Popen([*srv, a.sshd, "-D", "-e", "-f", f"{d}/sshd_config"],
+                                stdout=self.logfile(f"sshd-{name}.log"), stderr=subprocess.STDOUT,
                                 start_new_session=True)
-        self.procs["sshd"] = sshd
-        self.on_cleanup("stop the private sshd", lambda: stop_process(sshd))
+        self.procs[f"sshd-{name}"] = sshd
+        self.on_cleanup(f"stop the private sshd of {name}", lambda: stop_process(sshd))
 
         def listening():
+            if client_ns:
+                probe = f"import socket; socket.create_connection(({listen!r}, {port}), timeout=0.5)"
+                return run([*cli, sys.executable, "-c", probe], check=False, timeout=10).returncode == 0
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                with socket.create_connection((listen, port), timeout=0.5):
                     return True
             except OSError:
                 return False
         if not wait_until(lambda: listening() or sshd.poll() is not None, 15) or sshd.poll() is not None:
-            raise SetupError(f"sshd did not start: {self.tail('sshd.log')}")
-        p = run(["ssh", "-F", f"{d}/ssh_config", "sessionfs-bench", "true"], check=False, timeout=30)
+            raise SetupError(f"sshd did not start: {self.tail(f'sshd-{name}.log')}")
+        p = run([*cli, "ssh", "-F", f"{d}/ssh_config", "sessionfs-bench", "true"], check=False, timeout=30)
         if p.returncode != 0:
             raise SetupError(f"ssh to the private sshd failed: {p.stderr.strip()}")
-        self.extra["sshd"] = {"listen": f"127.0.0.1:{port}", "sftp_server": a.sftp_server}
-        t = Target("sshfs", mnt, backing=src)
-        argv = ["sshfs", "-f", "-F", f"{d}/ssh_config", f"sessionfs-bench:{src}", mnt]
+        self.extra[f"sshd-{name}"] = {"listen": f"{listen}:{port}", "sftp_server": a.sftp_server}
+        t = Target(name, mnt, backing=src)
+        argv = [*cli, "sshfs", "-f", "-F", f"{d}/ssh_config", f"sessionfs-bench:{src}", mnt]
 
         def mount():
-            proc = subprocess.Popen(argv, stdout=self.logfile("sshfs.log"), stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(argv, stdout=self.logfile(f"{name}.log"), stderr=subprocess.STDOUT,
                                     start_new_session=True)
-            self.procs["sshfs"] = proc
+            self.procs[name] = proc
             if not wait_until(lambda: is_mounted(mnt) or proc.poll() is not None, 20) or not is_mounted(mnt):
-                raise SetupError(f"sshfs did not mount: {self.tail('sshfs.log')}")
+                raise SetupError(f"sshfs did not mount: {self.tail(f'{name}.log')}")
 
         def remount():
-            unmount(mnt, self.procs.get("sshfs"))
+            unmount(mnt, self.procs.get(name))
             mount()
-        self.on_cleanup("unmount sshfs", lambda: unmount(mnt, self.procs.get("sshfs")))
+        self.on_cleanup(f"unmount {name}", lambda: unmount(mnt, self.procs.get(name)))
         mount()
         t.remount = remount
         return t
@@ -731,6 +765,146 @@ Subsystem sftp {a.sftp_server}
                 why += f"; container log: {(logs.stdout + logs.stderr).strip()}"
             self.targets.pop(name, None)
             self.record_error(f"setup {name}", SetupError(why))
+
+
+    # ---------------------------------------------------------------- the remote link
+
+    def setup_link(self) -> None:
+        """Hosts A and B as network namespaces joined by router R, where every packet between them
+        goes through the delay line; checked to add the stated round trip and loss (ping) and to
+        carry data (a TCP throughput probe) before anything is measured across it."""
+        a = self.args
+        self.ns = {h: f"sfsb{self.tag}{h}" for h in ("a", "b", "r")}
+        A, B, R = self.ns["a"], self.ns["b"], self.ns["r"]
+
+        def ip(*argv):
+            run(["ip", *argv])
+
+        def remove():
+            for ns in self.ns.values():
+                for pid in run(["ip", "netns", "pids", ns], check=False).stdout.split():
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except (ProcessLookupError, ValueError):
+                        pass
+                run(["ip", "netns", "del", ns], check=False)
+        self.on_cleanup("remove the remote link's namespaces", remove)
+        for ns in (A, B, R):
+            ip("netns", "add", ns)
+            ip("-n", ns, "link", "set", "lo", "up")
+        for host, ns, addr, gw, port in ((A, A, LINK_A, LINK_R_A, "ra"), (B, B, LINK_B, LINK_R_B, "rb")):
+            ip("-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", R)
+            ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
+            ip("-n", ns, "link", "set", "eth0", "up")
+            ip("-n", ns, "route", "add", "default", "via", gw)
+            ip("-n", R, "addr", "add", f"{gw}/24", "dev", port)
+            ip("-n", R, "link", "set", port, "up")
+        run(["ip", "netns", "exec", R, "sysctl", "-qw", "net.ipv4.ip_forward=1",
+             "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"])
+        delay = a.remote_rtt / 2
+        line = subprocess.Popen([*ns_cmd(R), a.delay_line, "--dev", "dl0", "--delay-ms", str(delay),
+                                 "--loss", str(a.remote_loss)],
+                                stdout=subprocess.PIPE, stderr=self.logfile("delay-line.log"), text=True,
+                                start_new_session=True)
+        self.procs["delay-line"] = line
+        self.on_cleanup("stop the delay line", lambda: stop_process(line))
+        first = line.stdout.readline() if line.stdout else ""
+        if not first.startswith("ready"):
+            raise SetupError(f"the delay line did not start: {first!r} {self.tail('delay-line.log')}")
+        run(["ip", "netns", "exec", R, "sysctl", "-qw", "net.ipv4.conf.dl0.rp_filter=0"])
+        ip("-n", R, "link", "set", "dl0", "up")
+        for port in ("ra", "rb"):
+            ip("-n", R, "rule", "add", "iif", port, "lookup", "100")
+        ip("-n", R, "route", "add", "default", "dev", "dl0", "table", "100")
+        # The check: 1000 pings, 2 ms apart.
+        p = run([*ns_cmd(B), "ping", "-q", "-c", "1000", "-i", "0.002", "-W", "2", LINK_A], check=False, timeout=120)
+        m_loss = re.search(r"([0-9.]+)% packet loss", p.stdout)
+        m_rtt = re.search(r"= ([0-9.]+)/([0-9.]+)/([0-9.]+)/", p.stdout)
+        if not (m_loss and m_rtt):
+            raise SetupError(f"ping across the link failed: {p.stdout} {p.stderr}")
+        loss, rtt = float(m_loss.group(1)), float(m_rtt.group(2))
+        probe = textwrap.dedent(f"""
+            import socket, sys, time
+            if sys.argv[1] == "serve":
+                s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(({LINK_A!r}, 5201)); s.listen(1); print("listening", flush=True)
+                c, _ = s.accept()
+                while c.recv(1 << 20): pass
+                c.sendall(b"x")
+            else:
+                s = socket.create_connection(({LINK_A!r}, 5201), timeout=30)
+                data, total, t0 = bytes(1 << 20), 64 << 20, time.time()
+                for _ in range(total >> 20): s.sendall(data)
+                s.shutdown(socket.SHUT_WR); s.recv(1)
+                print(total / (time.time() - t0) / (1 << 20))
+        """)
+        server = subprocess.Popen([*ns_cmd(A), sys.executable, "-c", probe, "serve"], stdout=subprocess.PIPE,
+                                  text=True)
+        try:
+            server.stdout.readline() if server.stdout else None
+            out = run([*ns_cmd(B), sys.executable, "-c", probe, "send"], timeout=300)
+            mibs = float(out.stdout.strip())
+        finally:
+            stop_process(server)
+        self.extra["link"] = {"rtt_ms_asked": a.remote_rtt, "loss_pct_asked_each_way": a.remote_loss,
+                              "ping_rtt_avg_ms": rtt, "ping_loss_pct": loss, "tcp_mib_s": mibs}
+        log(f"remote link: ping rtt {rtt:.2f} ms (asked {a.remote_rtt}), loss {loss}% "
+            f"(asked {a.remote_loss}% each way), TCP {mibs:.0f} MiB/s")
+        # A ping's round trip crosses the line twice; each way may drop it.
+        if not (a.remote_rtt * 0.95 <= rtt <= a.remote_rtt + 1.5):
+            raise SetupError(f"the link's round trip is {rtt} ms, not the {a.remote_rtt} ms asked")
+        expected = 100 * (1 - (1 - a.remote_loss / 100) ** 2)
+        if loss > 3 * expected + 1.0 or (expected >= 1.0 and loss == 0):
+            raise SetupError(f"the link drops {loss}% of pings, expected about {expected:.2f}%")
+
+    def setup_remote_sessionfs(self) -> Target:
+        """Host A serves a local session; host B mounts it; etcd runs on B. Both made with the real
+        `host init` / `host add` / `host join`."""
+        A, B = self.ns["a"], self.ns["b"]
+        home_a, home_b = os.path.join(self.W, "home-remote-a"), os.path.join(self.W, "home-remote-b")
+        etcd_url = f"etcd://{LINK_B}:2379"
+        data = os.path.join(self.W, "etcd-remote")
+        etcd = subprocess.Popen([*ns_cmd(B), "etcd", "--name", "bench", "--data-dir", data,
+                                 "--listen-client-urls", f"http://{LINK_B}:2379",
+                                 "--advertise-client-urls", f"http://{LINK_B}:2379",
+                                 "--listen-peer-urls", f"http://{LINK_B}:2380",
+                                 "--initial-advertise-peer-urls", f"http://{LINK_B}:2380",
+                                 "--initial-cluster", f"bench=http://{LINK_B}:2380"],
+                                stdout=self.logfile("etcd.log"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs["etcd"] = etcd
+        self.on_cleanup("stop etcd", lambda: stop_process(etcd))
+        probe = f"import socket; socket.create_connection(({LINK_B!r}, 2379), timeout=0.5)"
+        if not wait_until(lambda: run([*ns_cmd(B), sys.executable, "-c", probe], check=False).returncode == 0, 20):
+            raise SetupError(f"etcd did not start: {self.tail('etcd.log')}")
+
+        def sfs(ns, home, *argv, timeout=300):
+            p = run([*ns_cmd(ns), self.args.bin, *argv], env=self.sfs_env(home), timeout=timeout, check=False)
+            if p.returncode != 0:
+                raise SetupError(f"sessionfs {' '.join(argv)} failed: {p.stderr.strip()}")
+            return p
+        sfs(A, home_a, "--registry", etcd_url, "host", "init", "--name", "bench-a", "--advertise", LINK_A)
+        bundle = os.path.join(self.W, "bench-b.bundle")
+        sfs(A, home_a, "host", "add", "bench-b", "--out", bundle)
+        sfs(B, home_b, "host", "join", bundle, "--advertise", LINK_B)
+        sid = f"bench-{self.tag}-remote"
+        src = os.path.join(self.W, "sfs-remote-src")
+        mnt = os.path.join(self.W, "mnt-sfs-remote")
+        os.makedirs(src)
+        os.makedirs(mnt)
+        sfs(A, home_a, "session", "create", sid, "--dir", src)
+        self.on_cleanup(f"stop session {sid}", lambda: run([*ns_cmd(A), self.args.bin, "session", "stop", sid],
+                                                             env=self.sfs_env(home_a), check=False))
+        proc = subprocess.Popen([*ns_cmd(B), self.args.bin, "mount", mnt, "--map-owner"], env=self.sfs_env(home_b),
+                                stdout=self.logfile("sessionfs-remote-mount.log"), stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.procs["sessionfs-remote"] = proc
+        self.on_cleanup("unmount sessionfs-remote", lambda: self.stop_bridge(mnt, proc))
+        wait_until(lambda: proc.poll() is not None or (is_mounted(mnt) and os.path.isdir(os.path.join(mnt, sid))), 30)
+        if proc.poll() is not None or not os.path.isdir(os.path.join(mnt, sid)):
+            raise SetupError(f"the remote mount failed: {self.tail('sessionfs-remote-mount.log')}")
+        return Target("sessionfs-remote", os.path.join(mnt, sid), backing=src)
+
+    # ---------------------------------------------------------------- measuring
 
     def stop_bridge(self, mnt: str, proc: subprocess.Popen) -> None:
         if proc.poll() is None:
@@ -1167,6 +1341,22 @@ Subsystem sftp {a.sftp_server}
                     self.targets.pop(n, None)
         if "docker-exec" in a.targets and "sessionfs-docker" in self.targets:
             self.targets["docker-exec"] = Target("docker-exec", "(container)")
+        if set(REMOTE_TARGETS) & set(a.targets):
+            try:
+                self.setup_link()
+                if "sshfs-remote" in a.targets:
+                    try:
+                        self.targets["sshfs-remote"] = self.setup_sshfs(
+                            "sshfs-remote", server_ns=self.ns["a"], client_ns=self.ns["b"], listen=LINK_A)
+                    except Exception as e:  # noqa: BLE001
+                        self.record_error("setup sshfs-remote", e)
+                if "sessionfs-remote" in a.targets:
+                    try:
+                        self.targets["sessionfs-remote"] = self.setup_remote_sessionfs()
+                    except Exception as e:  # noqa: BLE001
+                        self.record_error("setup sessionfs-remote", e)
+            except Exception as e:  # noqa: BLE001
+                self.record_error("setup the remote link", e)
         for name in self.order():
             if name not in self.targets:
                 continue
@@ -1291,7 +1481,7 @@ Subsystem sftp {a.sftp_server}
         log(f"wrote {self.args.out}/bench.json, bench.md, bench.png")
 
     def order(self) -> list[str]:
-        return [n for n in ALL_TARGETS if n in self.args.targets]
+        return [n for n in ALL_TARGETS + REMOTE_TARGETS if n in self.args.targets]
 
     @staticmethod
     def fmt(v, unit: str) -> str:
@@ -1523,7 +1713,12 @@ def parse_args(argv):
     ap.add_argument("--fio-size", help="fio file size (default 1g; quick 32m)")
     ap.add_argument("--runs", type=int, help="runs per timed workload (default 3; quick 1)")
     ap.add_argument("--cold-runs", type=int, help="runs per cold workload (default min(runs, 3))")
-    ap.add_argument("--targets", default=",".join(ALL_TARGETS), help="comma-separated subset of " + ",".join(ALL_TARGETS))
+    ap.add_argument("--targets", default=",".join(ALL_TARGETS),
+                    help="comma-separated subset of " + ",".join(ALL_TARGETS + REMOTE_TARGETS))
+    ap.add_argument("--remote-rtt", type=float, default=10.0, help="round trip of the remote link, ms (default 10)")
+    ap.add_argument("--remote-loss", type=float, default=0.5,
+                    help="packets the remote link drops, %% each way (default 0.5)")
+    ap.add_argument("--delay-line", default=str(target_dir / "release/sessionfs-delay-line"))
     ap.add_argument("--skip-scale", action="store_true", help="skip the many-sessions measurement")
     ap.add_argument("--scale-sessions", type=int, help="sessions in the scale run (default 200; quick 20)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"), help="output directory")
@@ -1552,9 +1747,9 @@ def parse_args(argv):
     if a.cold_runs is None:
         a.cold_runs = max(1, min(a.runs, 3))
     a.targets = [t.strip() for t in a.targets.split(",") if t.strip()]
-    bad = [t for t in a.targets if t not in ALL_TARGETS]
+    bad = [t for t in a.targets if t not in ALL_TARGETS + REMOTE_TARGETS]
     if bad:
-        ap.error(f"unknown targets {bad}; choose from {ALL_TARGETS}")
+        ap.error(f"unknown targets {bad}; choose from {ALL_TARGETS + REMOTE_TARGETS}")
     if a.runs < 1 or a.files < 1 or a.prop_samples < 1 or a.read_samples < 1:
         ap.error("--runs, --files, --prop-samples and --read-samples must be positive")
     a.out = os.path.abspath(a.out)

@@ -9,6 +9,8 @@
 #   scripts/bench.sh                        # full run: 10,000 files, 1 GiB fio file, 3 runs, 200 sessions
 #   scripts/bench.sh --quick --out /tmp/b   # smoke test: 1,000 files, 32 MiB, 1 run, 20 sessions
 #   scripts/bench.sh --targets local,sshfs,sessionfs-local --skip-scale
+#   scripts/bench.sh --targets local,sshfs-remote,sessionfs-remote --remote-rtt 10 --skip-scale
+#                                           # across hosts: namespaces joined by a delay line
 #   SESSIONFS_BENCH_NO_BUILD=1 scripts/bench.sh …   # reuse the binaries already built
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +28,7 @@ command -v fio >/dev/null || need+=(fio)
 command -v rg >/dev/null || need+=(ripgrep)
 command -v git >/dev/null || need+=(git)
 command -v busybox >/dev/null || need+=(busybox-static)  # sh and cat in the image `docker exec` runs in
+command -v ping >/dev/null || need+=(iputils-ping)        # checks the remote targets' link
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   # The benchmark runs its own sshd on 127.0.0.1 only: keep the package from starting the system's
@@ -55,6 +58,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sessionfs-target}"
 if [ -z "${SESSIONFS_BENCH_NO_BUILD:-}" ]; then
   cargo build --release --locked -p sessionfs-deploy --bin sessionfs
   cargo build --release --locked -p sessionfs-daemon --bin sessionfsd   # local sessions' daemon
+  cargo build --release --locked -p sessionfs-tests --bin sessionfs-delay-line  # the remote link
   # The session image is FROM scratch, so its daemon must be statically linked.
   RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build --release --locked -p sessionfs-daemon --target x86_64-unknown-linux-gnu
