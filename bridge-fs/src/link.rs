@@ -69,18 +69,32 @@ pub trait Dialer: Send + Sync + 'static {
 
 /// Dials daemons over QUIC with the bridge's client certificate (see [`sessionfs_pki::client`]).
 pub struct QuicDialer {
+    /// For daemons on this machine.
     endpoint: quinn::Endpoint,
+    /// For daemons on other machines ([`sessionfs_pki::wide_area`]).
+    wide_area: quinn::Endpoint,
 }
 
 impl QuicDialer {
-    /// A client endpoint on a dual-stack socket (IPv4 where IPv6 is missing) using `client`.
-    pub fn new(client: quinn::ClientConfig) -> std::io::Result<Self> {
-        let mut endpoint =
-            sessionfs_pki::endpoint((std::net::Ipv6Addr::UNSPECIFIED, 0).into(), None).or_else(
-                |_| sessionfs_pki::endpoint((std::net::Ipv4Addr::UNSPECIFIED, 0).into(), None),
-            )?;
-        endpoint.set_default_client_config(client);
-        Ok(QuicDialer { endpoint })
+    /// Client endpoints on dual-stack sockets (IPv4 where IPv6 is missing): one using `client`
+    /// for this machine's daemons, one using `wide_area` for other machines'.
+    pub fn new(
+        client: quinn::ClientConfig,
+        wide_area: quinn::ClientConfig,
+    ) -> std::io::Result<Self> {
+        let open = |config| -> std::io::Result<quinn::Endpoint> {
+            let mut endpoint =
+                sessionfs_pki::endpoint((std::net::Ipv6Addr::UNSPECIFIED, 0).into(), None)
+                    .or_else(|_| {
+                        sessionfs_pki::endpoint((std::net::Ipv4Addr::UNSPECIFIED, 0).into(), None)
+                    })?;
+            endpoint.set_default_client_config(config);
+            Ok(endpoint)
+        };
+        Ok(QuicDialer {
+            endpoint: open(client)?,
+            wide_area: open(wide_area)?,
+        })
     }
 }
 
@@ -93,16 +107,21 @@ impl Dialer for QuicDialer {
         pin: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Conn, String>> {
         Box::pin(async move {
-            let conn =
-                sessionfs_pki::client::connect_as(&self.endpoint, addr, id.as_str(), name, pin)
-                    .await
-                    .map_err(|e| e.to_string())?;
+            let endpoint = if sessionfs_pki::wide_area(&addr) {
+                &self.wide_area
+            } else {
+                &self.endpoint
+            };
+            let conn = sessionfs_pki::client::connect_as(endpoint, addr, id.as_str(), name, pin)
+                .await
+                .map_err(|e| e.to_string())?;
             Ok(Arc::new(QuicLink(conn)) as Conn)
         })
     }
 
     fn close_all(&self) {
         self.endpoint.close(0u32.into(), b"bridge unmounting");
+        self.wide_area.close(0u32.into(), b"bridge unmounting");
     }
 }
 

@@ -72,10 +72,20 @@ pub fn mount(config: BridgeConfig, mountpoint: &Path) -> Result<(), MountError> 
             .map_err(certs)?;
     let roots = sessionfs_pki::load_ca_roots(&config.cert_dir.join(sessionfs_pki::CA_FILES.cert))
         .map_err(certs)?;
+    let wide_area = sessionfs_pki::client_config(
+        identity.clone(),
+        roots.clone(),
+        &sessionfs_pki::TransportTuning {
+            wide_area: true,
+            ..sessionfs_pki::TransportTuning::default()
+        },
+    )
+    .map_err(certs)?;
     let client =
         sessionfs_pki::client_config(identity, roots, &sessionfs_pki::TransportTuning::default())
             .map_err(certs)?;
-    let sessions = Arc::new(Sessions::new(&config, client).map_err(MountError::Endpoint)?);
+    let sessions =
+        Arc::new(Sessions::new(&config, client, wide_area).map_err(MountError::Endpoint)?);
 
     let registry_err = |source| MountError::Registry {
         location: config.registry.clone(),

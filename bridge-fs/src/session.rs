@@ -107,9 +107,14 @@ fn not_connected(msg: impl Into<String>) -> ErrorReply {
 }
 
 impl Sessions {
-    /// Sets up the QUIC client endpoint; sessions arrive through [`Sessions::update`].
-    pub fn new(config: &BridgeConfig, client: quinn::ClientConfig) -> Result<Self, std::io::Error> {
-        Self::with_dialer(config, Arc::new(QuicDialer::new(client)?))
+    /// Sets up the QUIC client endpoints (`client` for this machine's daemons, `wide_area` for
+    /// other machines'); sessions arrive through [`Sessions::update`].
+    pub fn new(
+        config: &BridgeConfig,
+        client: quinn::ClientConfig,
+        wide_area: quinn::ClientConfig,
+    ) -> Result<Self, std::io::Error> {
+        Self::with_dialer(config, Arc::new(QuicDialer::new(client, wide_area)?))
     }
 
     /// Sessions whose daemons `dialer` connects to (the core's tests dial in-process daemons).

@@ -75,6 +75,8 @@ pub enum DaemonError {
 /// A bound daemon, ready to serve.
 pub struct Daemon {
     endpoint: quinn::Endpoint,
+    /// The configuration for peers on another machine ([`sessionfs_pki::wide_area`]).
+    wide_area: Arc<quinn::ServerConfig>,
     workspace: Arc<Workspace>,
     watcher: Arc<WorkspaceWatcher>,
     /// Requests and watched changes, for trimming memory once quiet (see [`crate::idle`]).
@@ -101,6 +103,15 @@ impl Daemon {
         let roots =
             sessionfs_pki::load_ca_roots(&config.cert_dir.join(sessionfs_pki::CA_FILES.cert))
                 .map_err(certs)?;
+        let wide_area = sessionfs_pki::server_config(
+            identity.clone(),
+            roots.clone(),
+            &TransportTuning {
+                wide_area: true,
+                ..TransportTuning::default()
+            },
+        )
+        .map_err(certs)?;
         let server_config =
             sessionfs_pki::server_config(identity, roots, &TransportTuning::default())
                 .map_err(certs)?;
@@ -117,6 +128,7 @@ impl Daemon {
             WorkspaceWatcher::start(&config.root, Some(workspace.clone()), activity.clone());
         Ok(Daemon {
             endpoint,
+            wide_area: Arc::new(wide_area),
             workspace,
             watcher,
             activity,
@@ -150,7 +162,8 @@ impl Daemon {
                     let id = self.session_id.clone();
                     let activity = self.activity.clone();
                     let refusals = refusals.clone();
-                    tokio::spawn(serve_connection(incoming, ws, watcher, activity, id, refusals));
+                    let wide = self.wide_area.clone();
+                    tokio::spawn(serve_connection(incoming, wide, ws, watcher, activity, id, refusals));
                 }
                 () = &mut shutdown => break,
             }
@@ -181,6 +194,7 @@ fn refused(log: &RefusalLog, remote: SocketAddr, why: std::fmt::Arguments<'_>) {
 
 async fn serve_connection(
     incoming: quinn::Incoming,
+    wide_area: Arc<quinn::ServerConfig>,
     ws: Arc<Workspace>,
     watcher: Arc<WorkspaceWatcher>,
     activity: Arc<Activity>,
@@ -188,7 +202,19 @@ async fn serve_connection(
     refusals: Arc<RefusalLog>,
 ) {
     let remote = incoming.remote_address();
-    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+    let connecting = if sessionfs_pki::wide_area(&remote) {
+        incoming.accept_with(wide_area)
+    } else {
+        incoming.accept()
+    };
+    let connecting = match connecting {
+        Ok(connecting) => connecting,
+        Err(e) => {
+            refused(&refusals, remote, format_args!("refused connection: {e}"));
+            return;
+        }
+    };
+    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
             refused(

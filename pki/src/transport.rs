@@ -25,6 +25,22 @@ pub struct TransportTuning {
     pub max_concurrent_bidi_streams: u32,
     pub keep_alive: Duration,
     pub idle_timeout: Duration,
+    /// For peers on another machine ([`wide_area`]): BBR congestion control instead of Cubic.
+    pub wide_area: bool,
+}
+
+/// Whether a peer at `addr` is reached over a network (not loopback): its connections use BBR, which
+/// keeps its rate through the random losses of a real link, where Cubic takes each for congestion
+/// (at 0.5% loss each way and a 10 ms round trip, sequential reads fell to 2 MiB/s under Cubic and
+/// ran at 60 MiB/s under BBR). Loopback keeps Cubic, whose figures the same-host benchmarks hold.
+pub fn wide_area(addr: &std::net::SocketAddr) -> bool {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    !ip.is_loopback()
 }
 
 impl Default for TransportTuning {
@@ -33,6 +49,7 @@ impl Default for TransportTuning {
             max_concurrent_bidi_streams: 128,
             keep_alive: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(10),
+            wide_area: false,
         }
     }
 }
@@ -67,6 +84,9 @@ fn transport(
         ),
     };
     t.max_idle_timeout(idle);
+    if tuning.wide_area {
+        t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    }
     let mut mtu = MtuDiscoveryConfig::default();
     mtu.upper_bound(MAX_UDP_PAYLOAD);
     t.mtu_discovery_config(Some(mtu));
@@ -224,5 +244,23 @@ impl quinn::AsyncUdpSocket for OneDatagramPerReceive {
 
     fn may_fragment(&self) -> bool {
         self.0.may_fragment()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_loopback_peers_are_local() {
+        for local in ["127.0.0.1:1", "[::1]:1", "[::ffff:127.0.0.1]:1"] {
+            assert!(!super::wide_area(&local.parse().unwrap()), "{local}");
+        }
+        for remote in [
+            "10.0.0.2:1",
+            "[::ffff:10.0.0.2]:1",
+            "[2001:db8::1]:1",
+            "172.17.0.2:1",
+        ] {
+            assert!(super::wide_area(&remote.parse().unwrap()), "{remote}");
+        }
     }
 }

@@ -24,6 +24,9 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
 
+/// Packets held, each with the moment it is due, and the signal that one arrived.
+type Queue = Arc<(Mutex<VecDeque<(Instant, Vec<u8>)>>, Condvar)>;
+
 #[repr(C)]
 struct IfReq {
     name: [u8; 16],
@@ -85,8 +88,7 @@ fn main() -> Result<()> {
     std::io::stdout().flush()?;
 
     let delay = Duration::from_secs_f64(delay_ms / 1000.0);
-    let queue: Arc<(Mutex<VecDeque<(Instant, Vec<u8>)>>, Condvar)> =
-        Arc::new((Mutex::new(VecDeque::new()), Condvar::new()));
+    let queue: Queue = Arc::new((Mutex::new(VecDeque::new()), Condvar::new()));
     let mut out = tun.try_clone()?;
     let sender = {
         let queue = Arc::clone(&queue);
@@ -96,7 +98,9 @@ fn main() -> Result<()> {
                 let (due, packet) = {
                     let mut q = lock.lock().map_err(|_| anyhow::anyhow!("queue poisoned"))?;
                     while q.is_empty() {
-                        q = ready.wait(q).map_err(|_| anyhow::anyhow!("queue poisoned"))?;
+                        q = ready
+                            .wait(q)
+                            .map_err(|_| anyhow::anyhow!("queue poisoned"))?;
                     }
                     q.pop_front().context("a packet")?
                 };
