@@ -46,7 +46,7 @@ pub use commands::{
     MountOptions,
 };
 pub use compose::session_certs;
-pub use docker::{parse_cpus, parse_memory};
+pub use docker::{parse_cpus, parse_memory, set_publish_ip};
 pub use hosts::{
     add as host_add, init as host_init, join as host_join, keep_live, list as host_list,
     remove as host_remove, render_hosts, HostError, HostStatus,

@@ -62,6 +62,21 @@ impl std::fmt::Debug for EtcdRegistry {
     }
 }
 
+/// The TLS settings of `tls`'s files.
+fn tls_options(tls: &crate::EtcdTls) -> Result<etcd_client::TlsOptions, RegistryError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            RegistryError::Unavailable(format!("TLS to etcd: cannot read {}: {e}", path.display()))
+        })
+    };
+    let mut options =
+        etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)?));
+    if let Some((cert, key)) = &tls.client {
+        options = options.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(options)
+}
+
 pub(crate) fn etcd_error(e: etcd_client::Error) -> RegistryError {
     RegistryError::Etcd(e.to_string())
 }
@@ -81,18 +96,25 @@ fn encode(rec: &SessionRecord) -> Result<Vec<u8>, RegistryError> {
 }
 
 impl EtcdRegistry {
-    /// Connects to etcd at `endpoints` (`host:port`, or URLs) and checks that it answers within
-    /// [`CALL_TIMEOUT`]; records live under `prefix` (normally [`DEFAULT_PREFIX`]).
-    pub fn connect(endpoints: &[String], prefix: &str) -> Result<EtcdRegistry, RegistryError> {
+    /// Connects to etcd at `location` (TLS with its files, if it names them) and checks that it
+    /// answers within [`CALL_TIMEOUT`]; records live under `prefix` (normally [`DEFAULT_PREFIX`]).
+    pub fn connect(
+        location: &crate::EtcdLocation,
+        prefix: &str,
+    ) -> Result<EtcdRegistry, RegistryError> {
+        let endpoints = &location.endpoints;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("sessionfs-etcd")
             .enable_all()
             .build()?;
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(CALL_TIMEOUT)
             .with_timeout(CALL_TIMEOUT)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        if let Some(tls) = &location.tls {
+            options = options.with_tls(tls_options(tls)?);
+        }
         let eps = endpoints.to_vec();
         let client = runtime
             .block_on(async {

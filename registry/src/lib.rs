@@ -25,7 +25,7 @@ mod store;
 pub use etcd::{EtcdRegistry, CALL_TIMEOUT as ETCD_CALL_TIMEOUT, DEFAULT_PREFIX as ETCD_PREFIX};
 pub use hosts::{check_host_name, HostRecord, Installation, Liveness, LIVENESS_TTL};
 pub use id::{InvalidSessionId, SessionId};
-pub use location::{InvalidLocation, Location, Registry};
+pub use location::{EtcdLocation, EtcdTls, InvalidLocation, Location, Registry};
 pub use record::{
     set_this_host, this_host, Backend, SessionRecord, SessionState, CERT_PIN_LABEL, HOST_LABEL,
     OWNER_LABEL,

@@ -1,6 +1,8 @@
 //! One registry interface over its stores: [`Registry`] is the SQLite file of one host
 //! ([`SqliteRegistry`]) or etcd shared by several ([`EtcdRegistry`]), chosen by a [`Location`]
-//! (`sqlite:PATH`, a plain path, or `etcd://HOST:PORT[,HOST:PORT…]`).
+//! (`sqlite:PATH`, a plain path, `etcd://HOST:PORT[,HOST:PORT…]`, or
+//! `etcds://HOST:PORT[,…]?ca=FILE[&cert=FILE&key=FILE]` for TLS to etcd, with a client certificate
+//! when etcd asks for one).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -16,8 +18,27 @@ use crate::{SessionId, SessionRecord};
 pub enum Location {
     /// The SQLite file at this path (one host).
     Sqlite(PathBuf),
-    /// etcd at these endpoints (`host:port`), shared by several hosts.
-    Etcd(Vec<String>),
+    /// etcd, shared by several hosts.
+    Etcd(EtcdLocation),
+}
+
+/// etcd's endpoints and how to reach them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdLocation {
+    /// `host:port` of each member.
+    pub endpoints: Vec<String>,
+    /// TLS (`etcds://`); plain TCP when `None`.
+    pub tls: Option<Box<EtcdTls>>,
+}
+
+/// The files of a TLS connection to etcd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// The CA etcd's server certificate must chain to (PEM).
+    pub ca: PathBuf,
+    /// The client certificate and key (PEM), for an etcd that authenticates clients
+    /// (`--client-cert-auth`).
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 /// A registry location that does not parse.
@@ -36,8 +57,14 @@ impl FromStr for Location {
             given: s.to_owned(),
             reason,
         };
-        if let Some(rest) = s.strip_prefix("etcd://") {
-            let endpoints: Vec<String> = rest.split(',').map(str::to_owned).collect();
+        let (tls, rest) = match (s.strip_prefix("etcd://"), s.strip_prefix("etcds://")) {
+            (Some(rest), _) => (false, Some(rest)),
+            (_, Some(rest)) => (true, Some(rest)),
+            _ => (false, None),
+        };
+        if let Some(rest) = rest {
+            let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let endpoints: Vec<String> = hosts.split(',').map(str::to_owned).collect();
             for e in &endpoints {
                 let (host, port) = e
                     .rsplit_once(':')
@@ -46,10 +73,30 @@ impl FromStr for Location {
                     return Err(invalid("an endpoint is not HOST:PORT"));
                 }
             }
-            return Ok(Location::Etcd(endpoints));
-        }
-        if s.starts_with("etcds://") {
-            return Err(invalid("TLS to etcd is not supported yet"));
+            let mut files: std::collections::BTreeMap<&str, PathBuf> = Default::default();
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                match pair.split_once('=') {
+                    Some((k @ ("ca" | "cert" | "key"), v)) if !v.is_empty() && tls => {
+                        files.insert(k, PathBuf::from(v));
+                    }
+                    _ if !tls => return Err(invalid("options are for etcds:// (TLS) only")),
+                    _ => return Err(invalid("the options are ca=FILE, cert=FILE and key=FILE")),
+                }
+            }
+            let tls = if tls {
+                let ca = files
+                    .remove("ca")
+                    .ok_or_else(|| invalid("etcds:// needs ca=FILE (the CA of etcd's certificate)"))?;
+                let client = match (files.remove("cert"), files.remove("key")) {
+                    (Some(cert), Some(key)) => Some((cert, key)),
+                    (None, None) => None,
+                    _ => return Err(invalid("cert=FILE and key=FILE go together")),
+                };
+                Some(Box::new(EtcdTls { ca, client }))
+            } else {
+                None
+            };
+            return Ok(Location::Etcd(EtcdLocation { endpoints, tls }));
         }
         let path = s.strip_prefix("sqlite:").unwrap_or(s);
         if path.is_empty() {
@@ -63,7 +110,20 @@ impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Location::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
-            Location::Etcd(endpoints) => write!(f, "etcd://{}", endpoints.join(",")),
+            Location::Etcd(EtcdLocation {
+                endpoints,
+                tls: None,
+            }) => write!(f, "etcd://{}", endpoints.join(",")),
+            Location::Etcd(EtcdLocation {
+                endpoints,
+                tls: Some(tls),
+            }) => {
+                write!(f, "etcds://{}?ca={}", endpoints.join(","), tls.ca.display())?;
+                if let Some((cert, key)) = &tls.client {
+                    write!(f, "&cert={}&key={}", cert.display(), key.display())?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -86,8 +146,9 @@ impl Registry {
     pub fn connect(location: &Location) -> Result<Registry, RegistryError> {
         match location {
             Location::Sqlite(path) => Registry::open(path),
-            Location::Etcd(endpoints) => EtcdRegistry::connect(endpoints, DEFAULT_PREFIX)
-                .map(|r| Registry::Etcd(Box::new(r))),
+            Location::Etcd(etcd) => {
+                EtcdRegistry::connect(etcd, DEFAULT_PREFIX).map(|r| Registry::Etcd(Box::new(r)))
+            }
         }
     }
 
@@ -167,8 +228,8 @@ impl Registry {
     pub fn keep_alive(location: &Location, host: &str) -> Result<crate::Liveness, RegistryError> {
         match location {
             Location::Sqlite(_) => Err(RegistryError::NeedsSharedRegistry),
-            Location::Etcd(endpoints) => {
-                let registry = EtcdRegistry::connect(endpoints, DEFAULT_PREFIX)?;
+            Location::Etcd(etcd) => {
+                let registry = EtcdRegistry::connect(etcd, DEFAULT_PREFIX)?;
                 Ok(registry.keep_alive(host)?.keeping(registry))
             }
         }
@@ -187,8 +248,8 @@ impl Registry {
     {
         match location {
             Location::Sqlite(path) => SqliteRegistry::watch(path, poll_interval, on_change),
-            Location::Etcd(endpoints) => {
-                let registry = EtcdRegistry::connect(endpoints, DEFAULT_PREFIX)?;
+            Location::Etcd(etcd) => {
+                let registry = EtcdRegistry::connect(etcd, DEFAULT_PREFIX)?;
                 let handle = registry.watch(on_change)?;
                 Ok(handle.keeping(Box::new(registry)))
             }
@@ -213,9 +274,26 @@ mod tests {
         let etcd: Location = "etcd://127.0.0.1:2379,h2:2380".parse().unwrap();
         assert_eq!(
             etcd,
-            Location::Etcd(vec!["127.0.0.1:2379".into(), "h2:2380".into()])
+            Location::Etcd(EtcdLocation {
+                endpoints: vec!["127.0.0.1:2379".into(), "h2:2380".into()],
+                tls: None
+            })
         );
         assert_eq!(etcd.to_string(), "etcd://127.0.0.1:2379,h2:2380");
+        let tls: Location = "etcds://h:2379?ca=/c.pem&cert=/x.pem&key=/x.key"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            tls,
+            Location::Etcd(EtcdLocation {
+                endpoints: vec!["h:2379".into()],
+                tls: Some(Box::new(EtcdTls {
+                    ca: "/c.pem".into(),
+                    client: Some(("/x.pem".into(), "/x.key".into()))
+                }))
+            })
+        );
+        assert_eq!(tls.to_string().parse::<Location>().unwrap(), tls);
         for bad in [
             "etcd://",
             "etcd://host",
@@ -224,6 +302,10 @@ mod tests {
             "sqlite:",
             "",
             "etcds://h:1",
+            "etcds://h:1?cert=/x",
+            "etcds://h:1?ca=/c&cert=/x",
+            "etcds://h:1?ca=/c&color=red",
+            "etcd://h:1?ca=/c",
         ] {
             assert!(bad.parse::<Location>().is_err(), "{bad}");
         }

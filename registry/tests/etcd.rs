@@ -62,7 +62,11 @@ impl Etcd {
     fn registry(&self) -> EtcdRegistry {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            match EtcdRegistry::connect(std::slice::from_ref(&self.client_url), ETCD_PREFIX) {
+            let location = sessionfs_registry::EtcdLocation {
+                endpoints: vec![self.client_url.clone()],
+                tls: None,
+            };
+            match EtcdRegistry::connect(&location, ETCD_PREFIX) {
                 Ok(r) => return r,
                 // The poll interval of a bounded wait for the server to listen.
                 Err(_) if Instant::now() < deadline => {
@@ -340,4 +344,95 @@ fn writes_fenced_by_a_revision_have_one_winner() {
     assert_eq!(r.get(&id("m")).unwrap().unwrap().labels["to"], "b");
     second.labels.insert("to".into(), "c".into());
     assert!(r.put_if(&second, won).unwrap().is_some());
+}
+
+
+/// `etcds://`: the registry over TLS to an etcd that authenticates its clients
+/// (`--client-cert-auth`): with the CA and a client certificate it works; without the client
+/// certificate, or trusting another CA, it is refused within the call timeout, with a clear error.
+#[test]
+fn the_registry_speaks_tls_to_an_etcd_that_checks_its_clients() {
+    use sessionfs_registry::{Location, Registry};
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let write = |name: &str, text: String| std::fs::write(path(name), text).unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    write("ca.pem", ca.pem());
+    let issue = |name: &str, san: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![san.to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        write(&format!("{name}.pem"), cert.pem());
+        write(&format!("{name}.key"), key.serialize_pem());
+    };
+    issue("server", "127.0.0.1");
+    issue("client", "sessionfs");
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    let mut other = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    other.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    write("other-ca.pem", other.self_signed(&other_key).unwrap().pem());
+
+    let (client, peer) = (free_port(), free_port());
+    let url = format!("https://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let p = |name: &str| path(name).display().to_string();
+    let mut child = Command::new("etcd")
+        .args(["--name", "tls", "--data-dir"])
+        .arg(path("data"))
+        .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+        .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("tls={peer_url}")])
+        .args(["--cert-file", &p("server.pem"), "--key-file", &p("server.key")])
+        .args(["--client-cert-auth", "--trusted-ca-file", &p("ca.pem")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcd");
+    let location = |query: String| -> Location {
+        format!("etcds://127.0.0.1:{client}?{query}").parse().unwrap()
+    };
+    let good = location(format!(
+        "ca={}&cert={}&key={}",
+        p("ca.pem"),
+        p("client.pem"),
+        p("client.key")
+    ));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let registry = loop {
+        match Registry::connect(&good) {
+            Ok(r) => break r,
+            // The poll interval of a bounded wait for the server to listen.
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => panic!("etcds:// did not connect: {e}"),
+        }
+    };
+    registry.register(&record("tls")).unwrap();
+    assert_eq!(registry.get(&id("tls")).unwrap().unwrap().id, id("tls"));
+    for (bad, why) in [
+        (location(format!("ca={}", p("ca.pem"))), "no client certificate"),
+        (
+            location(format!(
+                "ca={}&cert={}&key={}",
+                p("other-ca.pem"),
+                p("client.pem"),
+                p("client.key")
+            )),
+            "another CA",
+        ),
+    ] {
+        let started = Instant::now();
+        let err = Registry::connect(&bad).err().unwrap_or_else(|| panic!("{why}: connected"));
+        assert!(started.elapsed() < Duration::from_secs(12), "{why}: {:?}", started.elapsed());
+        assert!(!err.to_string().is_empty(), "{why}");
+    }
+    let missing = location("ca=/nonexistent/ca.pem".into());
+    let err = Registry::connect(&missing).err().unwrap().to_string();
+    assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+    let _ = child.kill();
+    let _ = child.wait();
 }

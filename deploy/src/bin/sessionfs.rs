@@ -38,8 +38,10 @@ struct Cli {
     /// State directory (overrides $SESSIONFS_HOME; default ~/.local/state/sessionfs).
     #[arg(long, global = true, value_name = "PATH")]
     home: Option<PathBuf>,
-    /// Where the session registry is: sqlite:PATH (default: registry.db in the state directory)
-    /// or etcd://HOST:PORT[,HOST:PORT…], shared by several hosts.
+    /// Where the session registry is: sqlite:PATH (default: registry.db in the state directory),
+    /// etcd://HOST:PORT[,HOST:PORT…] shared by several hosts, or
+    /// etcds://HOST:PORT[,…]?ca=FILE[&cert=FILE&key=FILE] for TLS to etcd (the CA of etcd's
+    /// certificate; a client certificate for an etcd started with --client-cert-auth).
     #[arg(long, global = true, value_name = "URL", env = "SESSIONFS_REGISTRY")]
     registry: Option<sessionfs_registry::Location>,
     #[command(subcommand)]
@@ -442,6 +444,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // A host of several is the host it joined as, whatever the environment says.
     if let Ok(Some(membership)) = home().and_then(|h| h.membership()) {
         sessionfs_registry::set_this_host(&membership.name);
+        // Its containers are reached by other hosts at its advertised address.
+        deploy::set_publish_ip(membership.advertise);
     }
     match cli.command {
         Command::Host(HostCommand::Init(args)) => {

@@ -82,7 +82,7 @@ pub fn observed_state(inspected: &ContainerInspectResponse) -> Observed {
     };
     let endpoint = match session_state {
         SessionState::Running | SessionState::Unhealthy => {
-            host_port(inspected).map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, p)))
+            published(inspected)
         }
         _ => None,
     };
@@ -127,9 +127,8 @@ pub(super) fn status_of(
         exists: true,
         health,
         endpoint: running
-            .then(|| host_port(inspected))
-            .flatten()
-            .map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, p))),
+            .then(|| published(inspected))
+            .flatten(),
     }
 }
 
@@ -164,15 +163,17 @@ pub fn published_beyond_loopback(inspected: &ContainerInspectResponse) -> bool {
         .and_then(Option::as_ref);
     bindings.is_some_and(|bindings| {
         bindings.iter().any(|b| {
-            !matches!(
-                b.host_ip.as_deref(),
-                Some("127.0.0.1") | Some("::1") | Some("localhost")
-            )
+            let ip = b.host_ip.as_deref().unwrap_or("");
+            // This host's advertised address is where its sessions are meant to be reached.
+            !matches!(ip, "127.0.0.1" | "::1" | "localhost")
+                && super::publish_ip().to_string() != ip
         })
     })
 }
 
-pub(super) fn host_port(inspected: &ContainerInspectResponse) -> Option<u16> {
+/// The address the daemon's port is published at: the binding's host address (the host's
+/// advertised address on a host of several, else `127.0.0.1`) and port.
+pub(super) fn published(inspected: &ContainerInspectResponse) -> Option<SocketAddr> {
     inspected
         .network_settings
         .as_ref()?
@@ -181,8 +182,16 @@ pub(super) fn host_port(inspected: &ContainerInspectResponse) -> Option<u16> {
         .get(PORT_KEY)?
         .as_ref()?
         .iter()
-        .find_map(|b| b.host_port.as_deref()?.parse().ok())
-        .filter(|&p: &u16| p != 0)
+        .find_map(|b| {
+            let port: u16 = b.host_port.as_deref()?.parse().ok().filter(|&p| p != 0)?;
+            let ip = b
+                .host_ip
+                .as_deref()
+                .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+                .filter(|ip| !ip.is_unspecified())
+                .unwrap_or(Ipv4Addr::LOCALHOST.into());
+            Some(SocketAddr::new(ip, port))
+        })
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -51,13 +51,31 @@ mod inspect;
 mod spec;
 
 pub use archive::{certs_tar, write_tar, TarEntry};
-use inspect::{host_port, main_pid, not_running, status_of};
+use inspect::{main_pid, not_running, status_of};
 pub use inspect::{
     observed_state, published_beyond_loopback, unknown_status, ContainerStatus, Published,
 };
 use spec::container_body;
 pub(crate) use spec::object_labels;
 pub use spec::{check_volume_name, parse_cpus, parse_memory, ContainerSpec, WorkspaceSource};
+
+/// The address session containers publish their daemon port on: [`set_publish_ip`]'s, else
+/// `127.0.0.1`.
+static PUBLISH_IP: std::sync::OnceLock<std::net::IpAddr> = std::sync::OnceLock::new();
+
+/// On a host of several, containers publish their daemon's port on the host's advertised address
+/// (where other hosts reach it) instead of loopback. Only the first call counts.
+pub fn set_publish_ip(ip: std::net::IpAddr) {
+    let _ = PUBLISH_IP.set(ip);
+}
+
+/// See [`set_publish_ip`].
+pub fn publish_ip() -> std::net::IpAddr {
+    PUBLISH_IP
+        .get()
+        .copied()
+        .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into())
+}
 
 /// Label on every container and volume sessionfs creates: the session id.
 pub const LABEL_SESSION: &str = "sessionfs.session";
@@ -909,8 +927,7 @@ impl Engine {
                 logs: self.logs_tail(container),
             });
         }
-        let endpoint = host_port(&inspected)
-            .map(|port| SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+        let endpoint = inspect::published(&inspected)
             .ok_or_else(|| DockerError::NoPort(container.to_owned()))?;
         Ok(Published {
             endpoint,

@@ -8,7 +8,6 @@
 //!   the workspace mount, the published port, limits and restart policy.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -281,7 +280,7 @@ pub(super) fn container_body(
     let port_bindings = HashMap::from([(
         PORT_KEY.to_owned(),
         Some(vec![PortBinding {
-            host_ip: Some(Ipv4Addr::LOCALHOST.to_string()),
+            host_ip: Some(super::publish_ip().to_string()),
             // Empty: Docker picks a free host port.
             host_port: Some(String::new()),
         }]),

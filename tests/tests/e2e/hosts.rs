@@ -163,3 +163,32 @@ fn another_hosts_sessions_are_reached_over_the_network_only() -> Result<()> {
     h.env = vec![("SESSIONFS_HOST_NAME".into(), "host-b".into())];
     Ok(())
 }
+
+/// A host of several publishes its docker sessions' daemons on its advertised address (here
+/// 127.0.0.2, a loopback address other than the default), records that endpoint, and its mount
+/// reaches the container there.
+#[test]
+fn a_hosts_docker_sessions_listen_on_its_advertised_address() -> Result<()> {
+    let etcd = Etcd::start()?;
+    let mut h = Harness::new()?;
+    h.registry = Some(etcd.url());
+    h.ok(&["host", "init", "--name", "dock", "--advertise", "127.0.0.2"])?;
+    let id = h.unique_id("adv");
+    h.create_docker_session(&id, &[])?;
+    let listed = h.session_json(&id)?;
+    ensure!(
+        listed["host"] == "dock"
+            && listed["endpoint"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("127.0.0.2:")),
+        "{listed}"
+    );
+    let ports = sessionfs_tests::docker(&["port", &format!("sessionfs-{id}")])?;
+    ensure!(ports.contains("127.0.0.2:"), "{ports}");
+    h.mount()?;
+    fs::write(h.path(&id, "f"), b"through the advertised address")?;
+    ensure!(fs::read(h.path(&id, "f"))? == b"through the advertised address");
+    h.unmount()?;
+    h.ok(&["session", "rm", &id, "--purge"])?;
+    Ok(())
+}
