@@ -807,6 +807,28 @@ pub fn list(home: &Home) -> Result<Vec<SessionStatus>, CommandError> {
         .collect())
 }
 
+/// The rows of `session ls` for the sessions a mount last saw (the registry cannot be reached):
+/// their recorded state, nothing judged now.
+pub fn render_seen(seen: &crate::hosts::SeenSessions) -> Vec<SessionStatus> {
+    seen.records
+        .iter()
+        .map(|record| SessionStatus {
+            record: record.clone(),
+            alive: None,
+            container: None,
+            reachable: None,
+        })
+        .collect()
+}
+
+/// Seconds since `at` (unix seconds).
+pub fn age_secs(at: u64) -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        .saturating_sub(at)
+}
+
 /// The `session ls` table: a header and one line per session, columns separated by at
 /// least two spaces, every line ending in a newline.
 pub fn render_table(sessions: &[SessionStatus]) -> String {

@@ -412,21 +412,64 @@ pub fn remove(home: &Home, name: &str) -> Result<String, HostError> {
     ))
 }
 
-/// What a host's serving process (`sessionfs mount`, `sessionfs host serve`) does for the host
-/// while it runs: keeps it live, and stops the daemons of sessions that moved to another host.
-/// Dropping it ends both.
+/// What a host's serving process (`sessionfs mount`, `sessionfs host serve`) does while it runs,
+/// with a registry in etcd: keeps the host live (on a host of several), stops the daemons of
+/// sessions that moved to another host, and keeps the last list of sessions it saw in the state
+/// directory (`registry-cache.json`), which `session ls` shows when etcd cannot be reached.
+/// Dropping it ends all three.
 pub struct HostDuties {
-    _live: Liveness,
+    _live: Option<Liveness>,
     _watch: sessionfs_registry::WatchHandle,
 }
 
-/// Starts this host's duties (`None` when this state directory is not a host of several).
-pub fn keep_live(home: &Home) -> Result<Option<HostDuties>, HostError> {
-    let Some(membership) = home.membership()? else {
-        return Ok(None);
+/// The sessions a serving process last saw (`registry-cache.json`).
+#[derive(Serialize, Deserialize)]
+pub struct SeenSessions {
+    /// When, unix seconds.
+    pub saved_at: u64,
+    /// The registry they came from.
+    pub registry: String,
+    /// The records.
+    pub records: Vec<sessionfs_registry::SessionRecord>,
+}
+
+/// The last list of sessions a serving process of this state directory saw, if any.
+pub fn seen_sessions(home: &Home) -> Option<SeenSessions> {
+    let text = fs::read(home.root().join(SEEN_FILE)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+const SEEN_FILE: &str = "registry-cache.json";
+
+/// Writes the list atomically (a reader never sees half of it).
+fn save_seen(home: &Home, registry: &str, records: &[sessionfs_registry::SessionRecord]) {
+    let seen = SeenSessions {
+        saved_at: now(),
+        registry: registry.to_owned(),
+        records: records.to_vec(),
     };
-    let (_, location) = shared_registry(home)?;
-    let live = Registry::keep_alive(&location, &membership.name)?;
+    let path = home.root().join(SEEN_FILE);
+    let tmp = home.root().join(format!(".{SEEN_FILE}.tmp"));
+    let written = serde_json::to_vec(&seen)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| fs::write(&tmp, bytes))
+        .and_then(|()| fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        tracing::debug!(error = %e, "cannot save the sessions seen");
+    }
+}
+
+/// Starts the duties (`None` when the registry is the SQLite file of one host).
+pub fn keep_live(home: &Home) -> Result<Option<HostDuties>, HostError> {
+    let location = home.registry_location();
+    if !matches!(location, Location::Etcd(_)) {
+        return Ok(None);
+    }
+    let membership = home.membership()?;
+    let live = match &membership {
+        Some(m) => Some(Registry::keep_alive(&location, &m.name)?),
+        None => None,
+    };
     // Records are handed to a worker: stopping a daemon takes seconds, the watch must not wait.
     let (tx, rx) = std::sync::mpsc::channel::<sessionfs_registry::SessionRecord>();
     let worker_home = home.clone();
@@ -438,13 +481,17 @@ pub fn keep_live(home: &Home) -> Result<Option<HostDuties>, HostError> {
             }
         })
         .map_err(|e| file_error("start a thread for", home.root())(e))?;
-    let here = membership.name.clone();
+    let here = membership.map(|m| m.name);
+    let (cache_home, shown) = (home.clone(), location.to_string());
     let watch = Registry::watch(
         &location,
         std::time::Duration::from_secs(1),
         move |records| {
+            save_seen(&cache_home, &shown, &records);
             for record in records {
-                if record.labels.get(crate::move_host::MOVED_FROM_LABEL) == Some(&here) {
+                if here.is_some()
+                    && record.labels.get(crate::move_host::MOVED_FROM_LABEL) == here.as_ref()
+                {
                     let _ = tx.send(record);
                 }
             }

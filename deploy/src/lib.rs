@@ -41,15 +41,15 @@ mod state;
 mod transfer;
 
 pub use commands::{
-    create, image_build, list, mount, parse_backend, parse_env, parse_label, parse_owner, recreate,
-    remove, render_json, render_table, start, stop, umount, CreateOptions, DockerOptions,
-    MountOptions,
+    age_secs, create, image_build, list, mount, parse_backend, parse_env, parse_label, parse_owner,
+    recreate, remove, render_json, render_seen, render_table, start, stop, umount, CreateOptions,
+    DockerOptions, MountOptions,
 };
 pub use compose::session_certs;
 pub use docker::{parse_cpus, parse_memory, set_publish_ip};
 pub use hosts::{
     add as host_add, init as host_init, join as host_join, keep_live, list as host_list,
-    remove as host_remove, render_hosts, HostError, HostStatus,
+    remove as host_remove, render_hosts, seen_sessions, HostError, HostStatus, SeenSessions,
 };
 pub use image::{BuildOptions, Built, DEFAULT_TAG};
 pub use mcp::{parse_http_addr, serve as serve_mcp, McpOptions};

@@ -69,8 +69,8 @@ fn tls_options(tls: &crate::EtcdTls) -> Result<etcd_client::TlsOptions, Registry
             RegistryError::Unavailable(format!("TLS to etcd: cannot read {}: {e}", path.display()))
         })
     };
-    let mut options =
-        etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)?));
+    let mut options = etcd_client::TlsOptions::new()
+        .ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)?));
     if let Some((cert, key)) = &tls.client {
         options = options.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
     }

@@ -84,9 +84,9 @@ impl FromStr for Location {
                 }
             }
             let tls = if tls {
-                let ca = files
-                    .remove("ca")
-                    .ok_or_else(|| invalid("etcds:// needs ca=FILE (the CA of etcd's certificate)"))?;
+                let ca = files.remove("ca").ok_or_else(|| {
+                    invalid("etcds:// needs ca=FILE (the CA of etcd's certificate)")
+                })?;
                 let client = match (files.remove("cert"), files.remove("key")) {
                     (Some(cert), Some(key)) => Some((cert, key)),
                     (None, None) => None,

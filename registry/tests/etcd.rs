@@ -346,7 +346,6 @@ fn writes_fenced_by_a_revision_have_one_winner() {
     assert!(r.put_if(&second, won).unwrap().is_some());
 }
 
-
 /// `etcds://`: the registry over TLS to an etcd that authenticates its clients
 /// (`--client-cert-auth`): with the CA and a client certificate it works; without the client
 /// certificate, or trusting another CA, it is refused within the call timeout, with a clear error.
@@ -384,17 +383,34 @@ fn the_registry_speaks_tls_to_an_etcd_that_checks_its_clients() {
     let mut child = Command::new("etcd")
         .args(["--name", "tls", "--data-dir"])
         .arg(path("data"))
-        .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
-        .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+        ])
         .args(["--initial-cluster", &format!("tls={peer_url}")])
-        .args(["--cert-file", &p("server.pem"), "--key-file", &p("server.key")])
+        .args([
+            "--cert-file",
+            &p("server.pem"),
+            "--key-file",
+            &p("server.key"),
+        ])
         .args(["--client-cert-auth", "--trusted-ca-file", &p("ca.pem")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("etcd");
     let location = |query: String| -> Location {
-        format!("etcds://127.0.0.1:{client}?{query}").parse().unwrap()
+        format!("etcds://127.0.0.1:{client}?{query}")
+            .parse()
+            .unwrap()
     };
     let good = location(format!(
         "ca={}&cert={}&key={}",
@@ -414,7 +430,10 @@ fn the_registry_speaks_tls_to_an_etcd_that_checks_its_clients() {
     registry.register(&record("tls")).unwrap();
     assert_eq!(registry.get(&id("tls")).unwrap().unwrap().id, id("tls"));
     for (bad, why) in [
-        (location(format!("ca={}", p("ca.pem"))), "no client certificate"),
+        (
+            location(format!("ca={}", p("ca.pem"))),
+            "no client certificate",
+        ),
         (
             location(format!(
                 "ca={}&cert={}&key={}",
@@ -426,8 +445,14 @@ fn the_registry_speaks_tls_to_an_etcd_that_checks_its_clients() {
         ),
     ] {
         let started = Instant::now();
-        let err = Registry::connect(&bad).err().unwrap_or_else(|| panic!("{why}: connected"));
-        assert!(started.elapsed() < Duration::from_secs(12), "{why}: {:?}", started.elapsed());
+        let err = Registry::connect(&bad)
+            .err()
+            .unwrap_or_else(|| panic!("{why}: connected"));
+        assert!(
+            started.elapsed() < Duration::from_secs(12),
+            "{why}: {:?}",
+            started.elapsed()
+        );
         assert!(!err.to_string().is_empty(), "{why}");
     }
     let missing = location("ca=/nonexistent/ca.pem".into());

@@ -476,6 +476,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Host(HostCommand::Serve) => {
             let home = home()?;
+            home.membership()?.ok_or(deploy::HostError::NotAHost)?;
             let live = deploy::keep_live(&home)?.ok_or(deploy::HostError::NotAHost)?;
             eprintln!("keeping this host live; stop with SIGINT or SIGTERM");
             wait_for_termination()?;
@@ -500,7 +501,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", deploy::create(&home()?, &opts)?);
         }
         Command::Session(SessionCommand::Ls(args)) => {
-            let sessions = deploy::list(&home()?)?;
+            let home = home()?;
+            let sessions = match deploy::list(&home) {
+                Ok(sessions) => sessions,
+                // A registry in etcd that cannot be reached: what this host's mount last saw,
+                // said to be that, and a failure status all the same.
+                Err(e) => match deploy::seen_sessions(&home) {
+                    Some(seen) => {
+                        let shown = deploy::render_seen(&seen);
+                        if args.json {
+                            print!("{}", deploy::render_json(&shown));
+                        } else {
+                            print!("{}", deploy::render_table(&shown));
+                        }
+                        anyhow::bail!(
+                            "{e}\nabove: the sessions this host's mount last saw ({} s ago), from {}; \
+                             it keeps serving them",
+                            deploy::age_secs(seen.saved_at),
+                            seen.registry
+                        );
+                    }
+                    None => return Err(e.into()),
+                },
+            };
             if args.json {
                 print!("{}", deploy::render_json(&sessions));
             } else {

@@ -81,9 +81,7 @@ pub fn observed_state(inspected: &ContainerInspectResponse) -> Observed {
         }
     };
     let endpoint = match session_state {
-        SessionState::Running | SessionState::Unhealthy => {
-            published(inspected)
-        }
+        SessionState::Running | SessionState::Unhealthy => published(inspected),
         _ => None,
     };
     Observed {
@@ -126,9 +124,7 @@ pub(super) fn status_of(
         running,
         exists: true,
         health,
-        endpoint: running
-            .then(|| published(inspected))
-            .flatten(),
+        endpoint: running.then(|| published(inspected)).flatten(),
     }
 }
 

@@ -226,12 +226,27 @@ fn mounts_outlive_etcd_and_follow_it_back() -> Result<()> {
     // sb was never dialed from c: its last known endpoint is used.
     fs::write(c.host("c").path("sb", "g"), b"3")?;
     ensure!(fs::read(c.host("a").path("sb", "g"))? == b"3");
+    // Commands fail fast; on a host whose mount runs, `session ls` shows what it last saw.
     let started = Instant::now();
     let out = c.host("b").run(&["session", "ls"])?;
     ensure!(
         !out.status.success() && started.elapsed() < Duration::from_secs(12),
         "{out:?} after {:?}",
         started.elapsed()
+    );
+    let out = c.host("c").run(&["session", "ls", "--json"])?;
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let ids: Vec<&str> = seen
+        .as_array()
+        .context("an array")?
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    ensure!(
+        !out.status.success()
+            && ids == ["sa", "sb"]
+            && String::from_utf8_lossy(&out.stderr).contains("last saw"),
+        "{out:?}"
     );
     c.etcd.restart()?;
     c.create("b", "after")?;

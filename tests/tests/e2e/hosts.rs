@@ -70,9 +70,23 @@ fn a_mount_keeps_serving_while_etcd_is_down_and_follows_it_back() -> Result<()> 
     // Known sessions keep working; one not dialed before is dialed at its last known endpoint.
     fs::write(h.path("used", "f"), b"2")?;
     ensure!(fs::read(h.path("unused", "f"))? == b"known before etcd went");
+    // `session ls` fails, naming etcd, and shows what the mount last saw, saying so.
     let out = h.run(&["session", "ls"])?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    ensure!(!out.status.success() && err.contains(&etcd.url()), "{err}");
+    let (err, listed) = (
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout),
+    );
+    ensure!(
+        !out.status.success()
+            && err.contains(&etcd.url())
+            && err.contains("the sessions this host's mount last saw"),
+        "{err}"
+    );
+    ensure!(
+        listed.lines().any(|l| l.starts_with("used "))
+            && listed.lines().any(|l| l.starts_with("unused ")),
+        "{listed}"
+    );
     etcd.restart()?;
     h.create_session("after")?;
     wait_until(
