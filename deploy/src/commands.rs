@@ -821,6 +821,18 @@ pub fn render_seen(seen: &crate::hosts::SeenSessions) -> Vec<SessionStatus> {
         .collect()
 }
 
+/// Whether `e` says the registry (etcd) cannot be reached now, rather than anything else.
+pub fn registry_unreachable(e: &CommandError) -> bool {
+    matches!(
+        e,
+        CommandError::Registry(RegistryError::Unavailable(_) | RegistryError::Etcd(_))
+            | CommandError::State(StateError::Registry {
+                source: RegistryError::Unavailable(_) | RegistryError::Etcd(_),
+                ..
+            })
+    )
+}
+
 /// Seconds since `at` (unix seconds).
 pub fn age_secs(at: u64) -> u64 {
     std::time::SystemTime::now()

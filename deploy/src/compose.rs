@@ -118,9 +118,11 @@ pub fn session_certs(home: &Home, id: &str, out: &Path) -> Result<CertsWritten, 
         issued = true;
         // A registered session accepts only its current certificate.
         if registry.get(&id)?.is_some() {
-            let pin = home.session_cert_pin(&id)?;
+            // The name follows the certificate (a host's sessions are named under its domain).
+            let (pin, name) = (home.session_cert_pin(&id)?, home.session_cert_name(&id)?);
             registry.modify(&id, |r| {
                 r.labels.insert(CERT_PIN_LABEL.to_owned(), pin.clone());
+                r.cert_identity = name.clone();
             })?;
         }
     }

@@ -125,6 +125,20 @@ struct Bundle {
     host_ca_key_pem: String,
 }
 
+/// Refuses an advertised address other hosts cannot dial.
+fn check_advertise(advertise: IpAddr) -> Result<(), HostError> {
+    if advertise.is_unspecified() || advertise.is_multicast() {
+        return Err(HostError::BadName(format!(
+            "--advertise {advertise}: give the address other hosts reach this one at (not a \
+             wildcard or multicast address)"
+        )));
+    }
+    if advertise.is_loopback() {
+        tracing::warn!(%advertise, "a loopback --advertise address: only this machine reaches its sessions");
+    }
+    Ok(())
+}
+
 /// The shared registry `home` names (etcd), connected.
 fn shared_registry(home: &Home) -> Result<(Registry, Location), HostError> {
     let location = home.registry_location();
@@ -142,7 +156,9 @@ pub fn init(home: &Home, name: Option<&str>, advertise: IpAddr) -> Result<String
         return Err(HostError::AlreadyHost(m.name, home.membership_path()));
     }
     let name = name.map_or_else(this_host, str::to_owned);
-    check_host_name(&name).map_err(HostError::BadName)?;
+    check_host_name(&name)
+        .map_err(|e| HostError::BadName(format!("{e} (choose one with --name)")))?;
+    check_advertise(advertise)?;
     let (registry, location) = shared_registry(home)?;
     let _lock = home.lock()?;
     // The root: this state directory's CA (made now, or the one its sessions already use).
@@ -156,10 +172,12 @@ pub fn init(home: &Home, name: Option<&str>, advertise: IpAddr) -> Result<String
         created_by: name.clone(),
         created_at: record.added_at,
     };
-    registry
-        .shared()?
-        .init_installation(&installation, &record)?;
+    // Installed here first: a failure leaves etcd untouched and the command can be run again.
     install(home, &name, advertise, &location, &host_ca)?;
+    if let Err(e) = registry.shared()?.init_installation(&installation, &record) {
+        uninstall(home);
+        return Err(e.into());
+    }
     info!(host = %name, %location, "made the installation");
     Ok(format!(
         "host `{name}` made the installation in {location}; its sessions listen on {advertise}. \
@@ -188,6 +206,14 @@ fn install(
     Ok(())
 }
 
+/// Undoes [`install`] (its membership and host CA).
+fn uninstall(home: &Home) {
+    let _ = fs::remove_file(home.membership_path());
+    for file in [format!("{HOST_CA_STEM}.pem"), format!("{HOST_CA_STEM}.key")] {
+        let _ = fs::remove_file(home.pki_dir().join(file));
+    }
+}
+
 /// `host add NAME --out FILE`: issues NAME's CA and writes its join bundle.
 pub fn add(home: &Home, name: &str, out: &Path) -> Result<String, HostError> {
     check_host_name(name).map_err(HostError::BadName)?;
@@ -206,10 +232,12 @@ pub fn add(home: &Home, name: &str, out: &Path) -> Result<String, HostError> {
         .mode(0o600)
         .open(out)
         .map_err(file_error("create", out))?;
+    let mut registered = false;
     let written = (|| -> Result<(), HostError> {
         registry
             .shared()?
             .add_host(&HostRecord::new(name, host_ca.cert_pem.clone(), false))?;
+        registered = true;
         let bundle = Bundle {
             version: 1,
             name: name.to_owned(),
@@ -225,6 +253,9 @@ pub fn add(home: &Home, name: &str, out: &Path) -> Result<String, HostError> {
     })();
     if let Err(e) = written {
         let _ = fs::remove_file(out);
+        if registered {
+            let _ = registry.shared().map(|etcd| etcd.remove_host(name));
+        }
         return Err(e);
     }
     Ok(format!(
@@ -240,6 +271,7 @@ pub fn join(home: &Home, bundle_path: &Path, advertise: IpAddr) -> Result<String
     if let Some(m) = home.membership()? {
         return Err(HostError::AlreadyHost(m.name, home.membership_path()));
     }
+    check_advertise(advertise)?;
     let bad = |reason: String| HostError::Bundle {
         path: bundle_path.to_path_buf(),
         reason,
@@ -301,14 +333,23 @@ pub fn join(home: &Home, bundle_path: &Path, advertise: IpAddr) -> Result<String
     };
     let _lock = home.lock()?;
     install(&home, &bundle.name, advertise, &location, &host_ca)?;
+    // Joined once: the check is part of the compare-and-swap, so two machines joining with one
+    // bundle at once cannot both succeed.
+    let mut taken = false;
     let joined = registry.shared()?.modify_host(&bundle.name, |h| {
-        h.advertise = Some(advertise);
-        h.joined_at = Some(now());
+        taken = h.joined_at.is_some();
+        if !taken {
+            h.advertise = Some(advertise);
+            h.joined_at = Some(now());
+        }
     });
-    if let Err(e) = joined {
-        let _ = fs::remove_file(home.membership_path());
-        return Err(e.into());
+    if taken || joined.is_err() {
+        uninstall(&home);
+        if taken {
+            return Err(HostError::AlreadyJoined(bundle.name));
+        }
     }
+    joined?;
     Ok(format!(
         "joined as host `{}` of the installation in {location}; this host's sessions listen on \
          {advertise}. You may delete {} now.",
@@ -443,16 +484,36 @@ const SEEN_FILE: &str = "registry-cache.json";
 
 /// Writes the list atomically (a reader never sees half of it).
 fn save_seen(home: &Home, registry: &str, records: &[sessionfs_registry::SessionRecord]) {
+    // Container environments may hold secrets: they are not kept.
+    let records = records
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.labels.retain(|k, _| k != crate::docker::RECORD_ENV);
+            r
+        })
+        .collect();
     let seen = SeenSessions {
         saved_at: now(),
         registry: registry.to_owned(),
-        records: records.to_vec(),
+        records,
     };
     let path = home.root().join(SEEN_FILE);
-    let tmp = home.root().join(format!(".{SEEN_FILE}.tmp"));
+    // One temporary file per process: a mount and a `host serve` may both write.
+    let tmp = home
+        .root()
+        .join(format!(".{SEEN_FILE}.{}.tmp", std::process::id()));
     let written = serde_json::to_vec(&seen)
         .map_err(std::io::Error::other)
-        .and_then(|bytes| fs::write(&tmp, bytes))
+        .and_then(|bytes| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            file.write_all(&bytes)
+        })
         .and_then(|()| fs::rename(&tmp, &path));
     if let Err(e) = written {
         tracing::debug!(error = %e, "cannot save the sessions seen");
@@ -476,8 +537,19 @@ pub fn keep_live(home: &Home) -> Result<Option<HostDuties>, HostError> {
     std::thread::Builder::new()
         .name("sessionfs-moved-away".into())
         .spawn(move || {
+            // Every change lists every record again: handle each move once.
+            let mut done = std::collections::HashSet::new();
             for record in rx {
-                crate::move_host::stop_moved_away(&worker_home, &record);
+                let key = (
+                    record.id.clone(),
+                    record
+                        .labels
+                        .get(crate::move_host::MOVED_PID_LABEL)
+                        .cloned(),
+                );
+                if done.insert(key) {
+                    crate::move_host::stop_moved_away(&worker_home, &record);
+                }
             }
         })
         .map_err(|e| file_error("start a thread for", home.root())(e))?;

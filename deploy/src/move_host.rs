@@ -78,11 +78,25 @@ pub fn migrate_to_host(home: &Home, opts: &MoveOptions) -> Result<String, HostEr
     let registry = home.open_registry()?;
     let etcd = registry.shared()?;
     let _lock = home.lock()?;
-    let (record, seen) = etcd
+    let (mut record, mut seen) = etcd
         .fetch(&id)?
         .ok_or_else(|| refused(&id, "no such session"))?;
+    // A fence this host left: its migration is not running (it would hold this state directory's
+    // lock), so it ended without undoing it (killed, or its rollback could not reach etcd).
+    if record.labels.get(MIGRATING_LABEL) == Some(&here) {
+        let mut cleared = record.clone();
+        cleared.labels.remove(MIGRATING_LABEL);
+        cleared.state = SessionState::Running;
+        match etcd.put_if(&cleared, seen)? {
+            Some(revision) => {
+                warn!(session = %id, "cleared the fence an unfinished migration to this host left");
+                (record, seen) = (cleared, revision);
+            }
+            None => return Err(refused(&id, "the record changed meanwhile: try again")),
+        }
+    }
     let from = record.host().unwrap_or_default().to_owned();
-    if from == here || !record.elsewhere(&here) {
+    if !record.elsewhere(&here) {
         return Err(refused(
             &id,
             format!("it runs on this host (`{here}`) already"),
@@ -91,7 +105,19 @@ pub fn migrate_to_host(home: &Home, opts: &MoveOptions) -> Result<String, HostEr
     if let Some(to) = record.labels.get(MIGRATING_LABEL) {
         return Err(refused(
             &id,
-            format!("a migration to host `{to}` is under way"),
+            format!(
+                "a migration to host `{to}` is under way (if it died, running it again on `{to}` clears it)"
+            ),
+        ));
+    }
+    if record.backend != Backend::Local {
+        return Err(refused(
+            &id,
+            format!(
+                "it is a {} session; only local sessions move between hosts: on host `{from}`, \
+                 `sessionfs session migrate {id} --to local` first",
+                record.backend
+            ),
         ));
     }
     let Some(source_addr) = record
@@ -106,10 +132,17 @@ pub fn migrate_to_host(home: &Home, opts: &MoveOptions) -> Result<String, HostEr
             ),
         ));
     };
-    let workspace = opts
-        .dir
-        .clone()
-        .unwrap_or_else(|| home.default_workspace(&id));
+    let workspace = match &opts.dir {
+        Some(dir) => {
+            std::path::absolute(dir).map_err(|e| refused(&id, format!("{}: {e}", dir.display())))?
+        }
+        None => home.default_workspace(&id),
+    };
+    if let Some(parent) = workspace.parent() {
+        if !parent.is_dir() && opts.dir.is_some() {
+            return Err(refused(&id, format!("{} does not exist", parent.display())));
+        }
+    }
     if workspace.exists()
         && std::fs::read_dir(&workspace)
             .map_err(|e| refused(&id, format!("{}: {e}", workspace.display())))?
@@ -118,7 +151,10 @@ pub fn migrate_to_host(home: &Home, opts: &MoveOptions) -> Result<String, HostEr
     {
         return Err(refused(
             &id,
-            format!("{} exists and is not empty", workspace.display()),
+            format!(
+                "{} exists and is not empty (an earlier copy?): give another with --dir DIR",
+                workspace.display()
+            ),
         ));
     }
 
@@ -136,11 +172,17 @@ pub fn migrate_to_host(home: &Home, opts: &MoveOptions) -> Result<String, HostEr
     };
     info!(session = %id, from = %from, to = %here, "migration fenced");
     let made_dir = !workspace.exists();
+    let made_session_dir = !home.session_dir(&id).exists();
     let made_certs = !home.session_cert_dir(&id).exists();
     let mut target: Option<SessionRecord> = None;
     let outcome = (|| -> Result<(SessionRecord, usize), String> {
-        std::fs::create_dir_all(&workspace)
-            .map_err(|e| format!("create {}: {e}", workspace.display()))?;
+        if made_session_dir {
+            crate::state::private_dir(&home.session_dir(&id)).map_err(|e| e.to_string())?;
+        }
+        if made_dir {
+            std::fs::create_dir(&workspace)
+                .map_err(|e| format!("create {}: {e}", workspace.display()))?;
+        }
         let ca = home.certificate_authority().map_err(|e| e.to_string())?;
         home.issue_session_certs(&ca, &id)
             .map_err(|e| e.to_string())?;
@@ -215,8 +257,12 @@ pub fn migrate_to_host(home: &Home, opts: &MoveOptions) -> Result<String, HostEr
         }
         match etcd.put_if(&switched, fence) {
             Ok(Some(_)) => Ok((switched, verified)),
-            Ok(None) => Err("switch: the record changed during the copy (fenced); the session stays where it was".to_owned()),
-            Err(e) => Err(format!("switch: {e}")),
+            Ok(None) => Err("switch: the record changed during the copy (fenced)".to_owned()),
+            // The write may have landed before the answer was lost: look before undoing anything.
+            Err(e) => match etcd.fetch(&id) {
+                Ok(Some((now, _))) if now == switched => Ok((switched, verified)),
+                _ => Err(format!("switch: {e}")),
+            },
         }
     })();
     match outcome {
@@ -234,16 +280,39 @@ pub fn migrate_to_host(home: &Home, opts: &MoveOptions) -> Result<String, HostEr
             }
             if made_dir {
                 let _ = std::fs::remove_dir_all(&workspace);
+            } else if let Ok(entries) = std::fs::read_dir(&workspace) {
+                // It was empty before the copy: empty again.
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    let _ = if path.is_dir() && !path.is_symlink() {
+                        std::fs::remove_dir_all(&path)
+                    } else {
+                        std::fs::remove_file(&path)
+                    };
+                }
             }
-            if made_certs {
+            if made_session_dir {
+                let _ = std::fs::remove_dir_all(home.session_dir(&id));
+            } else if made_certs {
                 let _ = std::fs::remove_dir_all(home.session_cert_dir(&id));
             }
-            match etcd.put_if(&record, fence) {
-                Ok(Some(_)) => {}
-                Ok(None) => warn!(session = %id, "the record changed meanwhile; not restored"),
-                Err(e) => warn!(session = %id, error = %e, "cannot restore the record"),
-            }
-            Err(refused(&id, format!("{reason}; it stays on host `{from}`")))
+            // Undo the fence only while it is this migration's.
+            let restored = match etcd.fetch(&id) {
+                Ok(Some((now, revision))) if now.labels.get(MIGRATING_LABEL) == Some(&here) => {
+                    matches!(etcd.put_if(&record, revision), Ok(Some(_)))
+                }
+                Ok(_) => true,
+                Err(_) => false,
+            };
+            let outcome = if restored {
+                format!("it stays on host `{from}`")
+            } else {
+                format!(
+                    "its record could not be restored (etcd): it stays on host `{from}`, shown \
+                     stopped until this command is run again here, which clears the fence"
+                )
+            };
+            Err(refused(&id, format!("{reason}; {outcome}")))
         }
     }
 }

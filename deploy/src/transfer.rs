@@ -5,7 +5,7 @@
 //! directories (`Mkdir`, then their mode and times once filled), regular files (`Open`, `Read` in
 //! 1 MiB chunks, `Create` exclusive, `Write`, then mode and times), symlinks (`Readlink`,
 //! `Symlink`), FIFOs and sockets (`Mknod`). Owners are asked for as each node's caller, so a daemon
-//! allowed to (as root) keeps them. Hard links are copied as separate files; device nodes are
+//! allowed to (as root) keeps them; set-user-id and set-group-id bits are dropped. Hard links are copied as separate files; device nodes are
 //! refused. [`manifest`] reads a tree again for verification: every path's kind, permission bits,
 //! size, SHA-256 and symlink target.
 
@@ -19,6 +19,9 @@ use sessionfs_proto::{
     S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK,
 };
 use sha2::{Digest, Sha256};
+
+/// The mode bits a copy keeps: permissions and the sticky bit, never set-user-id or set-group-id.
+pub const COPIED_MODE: u32 = 0o1777;
 
 /// Bytes per `Read`/`Write` of a copy.
 const CHUNK: u32 = sessionfs_proto::MAX_IO_CHUNK;
@@ -41,8 +44,16 @@ pub fn bridge_endpoint(pki_dir: &Path) -> Result<quinn::Endpoint, TransferError>
     let roots = sessionfs_pki::load_ca_roots(&pki_dir.join(sessionfs_pki::CA_FILES.cert))
         .map_err(|e| e.to_string())?;
     let config =
-        sessionfs_pki::client_config(identity, roots, &sessionfs_pki::TransportTuning::default())
-            .map_err(|e| e.to_string())?;
+        // The copy crosses the network: the congestion control for other machines' peers.
+        sessionfs_pki::client_config(
+            identity,
+            roots,
+            &sessionfs_pki::TransportTuning {
+                wide_area: true,
+                ..sessionfs_pki::TransportTuning::default()
+            },
+        )
+        .map_err(|e| e.to_string())?;
     let mut endpoint = sessionfs_pki::endpoint((std::net::Ipv6Addr::UNSPECIFIED, 0).into(), None)
         .or_else(|_| sessionfs_pki::endpoint((std::net::Ipv4Addr::UNSPECIFIED, 0).into(), None))
         .map_err(|e| format!("a QUIC endpoint: {e}"))?;
@@ -167,8 +178,10 @@ impl Peer {
 
     /// Sets `attr`'s permission bits and modification time on `path`.
     async fn finish(&self, path: &WirePath, attr: &Attr) -> Result<(), TransferError> {
+        // Set-user-id and set-group-id bits are not carried over: a source daemon is not trusted
+        // to make such files on this host.
         let attrs = SetAttrs {
-            mode: Some(attr.mode & 0o7777),
+            mode: Some(attr.mode & COPIED_MODE),
             mtime: Some(SetTime::At(attr.mtime)),
             ..SetAttrs::default()
         };
@@ -240,7 +253,7 @@ pub async fn copy_tree(from: &Peer, to: &Peer) -> Result<usize, TransferError> {
                         } else {
                             NodeKind::Socket
                         },
-                        mode: attr.mode & 0o7777,
+                        mode: attr.mode & COPIED_MODE,
                     };
                     to.ask(owner(&attr), request, &path).await?;
                 }
@@ -348,16 +361,36 @@ pub enum Node {
     },
 }
 
-/// Every path of the tree (the root's mode included, as `/`), read again in full.
+/// Every path of the tree (the root's mode included, as `/`), read again in full. Modes are compared
+/// as copied ([`COPIED_MODE`]).
 pub async fn manifest(peer: &Peer) -> Result<BTreeMap<String, Node>, TransferError> {
     let mut out = BTreeMap::new();
+    let root = WirePath::root();
+    match peer
+        .ask(
+            Caller::default(),
+            Request::Lookup { path: root.clone() },
+            &root,
+        )
+        .await?
+    {
+        Reply::Attr(attr) => {
+            out.insert(
+                "/".to_owned(),
+                Node::Dir {
+                    mode: attr.mode & COPIED_MODE,
+                },
+            );
+        }
+        other => return Err(unexpected(&peer.what, &root, &other)),
+    }
     let mut pending = vec![WirePath::root()];
     while let Some(dir) = pending.pop() {
         for (name, attr) in peer.entries(&dir).await? {
             let path = dir
                 .join(&name)
                 .map_err(|e| format!("{}: {e}", show(&dir)))?;
-            let mode = attr.mode & 0o7777;
+            let mode = attr.mode & COPIED_MODE;
             let node = match attr.mode & S_IFMT {
                 S_IFDIR => {
                     pending.push(path.clone());

@@ -122,9 +122,13 @@ fn host_ca_params(host: &str) -> CertificateParams {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
+    // DNS names under its domain only, and no IP address at all.
     params.name_constraints = Some(rcgen::NameConstraints {
         permitted_subtrees: vec![rcgen::GeneralSubtree::DnsName(host_domain(host))],
-        excluded_subtrees: Vec::new(),
+        excluded_subtrees: vec![
+            rcgen::GeneralSubtree::IpAddress(rcgen::CidrSubnet::V4([0; 4], [0; 4])),
+            rcgen::GeneralSubtree::IpAddress(rcgen::CidrSubnet::V6([0; 16], [0; 16])),
+        ],
     });
     params.use_authority_key_identifier_extension = true;
     set_validity(&mut params, HOST_CA_LIFETIME);
@@ -263,6 +267,19 @@ impl CertificateAuthority {
     /// Issues the CA of host `host` under this root: its certificate (constrained to
     /// [`host_domain`]) and key. Only the root issues host CAs.
     pub fn issue_host_ca(&self, host: &str) -> Result<IssuedCert, PkiError> {
+        // One DNS label: `session.h` would get the names of host h's sessions.
+        let label = !host.is_empty()
+            && host.len() <= 63
+            && !host.starts_with('-')
+            && !host.ends_with('-')
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !label {
+            return Err(PkiError::Verifier(format!(
+                "invalid host name {host:?}: one DNS label (a-z, 0-9, '-')"
+            )));
+        }
         if let Some(own) = &self.host {
             return Err(PkiError::Verifier(format!(
                 "host `{own}` cannot add hosts: only the host keeping the installation's root key can"

@@ -32,7 +32,8 @@ pub struct TransportTuning {
 /// Whether a peer at `addr` is reached over a network (not loopback): its connections use BBR, which
 /// keeps its rate through the random losses of a real link, where Cubic takes each for congestion
 /// (at 0.5% loss each way and a 10 ms round trip, sequential reads fell to 2 MiB/s under Cubic and
-/// ran at 60 MiB/s under BBR). Loopback keeps Cubic, whose figures the same-host benchmarks hold.
+/// ran at 60 MiB/s under BBR). Loopback keeps Cubic. A container's daemon sees its own host's
+/// bridge at the Docker network's gateway address, which is not loopback: it sends with BBR too.
 pub fn wide_area(addr: &std::net::SocketAddr) -> bool {
     let ip = match addr.ip() {
         std::net::IpAddr::V6(v6) => v6

@@ -425,8 +425,9 @@ async fn host_cas_issue_only_their_own_names() {
         .unwrap();
     assert!(err.to_string().contains("host `host-b`"), "{err}");
 
-    // Only the root adds hosts.
+    // Only the root adds hosts, and only names of one label.
     assert!(b.issue_host_ca("host-c").is_err());
+    assert!(root.issue_host_ca("session.host-a").is_err());
     // A root-issued certificate is not the host CA's own: due to be issued again by it.
     assert!(a.due_for_renewal(&root.issue_session("s").unwrap().cert_pem));
     assert!(!a.due_for_renewal(&a.issue_session("s").unwrap().cert_pem));

@@ -301,10 +301,10 @@ mod etcd {
         }
 
         /// Keeps host `name` live while the returned handle is kept: a key under
-        /// `live/<name>/` attached to a lease of [`LIVENESS_TTL`], kept alive every third of it,
+        /// `live/<name>/` attached to a lease of [`LIVENESS_TTL`], kept alive every quarter of it,
         /// granted again if it lapsed (etcd was away longer than the TTL). Dropping the handle
-        /// revokes the lease (within a second), so a process that stops cleanly stops counting
-        /// at once.
+        /// revokes the lease and deletes the key (within a second), so a process that stops
+        /// cleanly stops counting at once.
         pub fn keep_alive(&self, name: &str) -> Result<Liveness, RegistryError> {
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
             let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
@@ -318,17 +318,21 @@ mod etcd {
                 let (key, value) = (key.clone(), value.clone());
                 move |client| async move { grant(client, key, value).await }
             })?;
+            let held = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(first));
             self.runtime()?.spawn(async move {
-                let lease = tokio::select! {
-                    lease = keep(client.clone(), key.clone(), value, first) => lease,
-                    _ = stop_rx => None,
-                };
-                let _ = lease;
+                tokio::select! {
+                    () = keep(client.clone(), key.clone(), value, held.clone()) => {}
+                    _ = stop_rx => {}
+                }
                 let mut client = client;
-                // The key may carry a lease granted later than `first`: delete it outright.
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(1), client.delete(key.clone(), None))
-                        .await;
+                // The lease held now (maybe granted after `first`) goes, and its key with it; the
+                // key is deleted too, in case the revoke does not get through.
+                let lease = held.load(std::sync::atomic::Ordering::Relaxed);
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    let _ = client.lease_revoke(lease).await;
+                    let _ = client.delete(key.clone(), None).await;
+                })
+                .await;
                 debug!(key, "host liveness released");
                 let _ = done_tx.send(());
             });
@@ -355,16 +359,27 @@ mod etcd {
         Ok(lease)
     }
 
-    /// Keeps `lease` alive; when it lapses or etcd is away, grants another (retrying every
-    /// second). Runs until cancelled.
-    async fn keep(client: Client, key: String, value: String, first: i64) -> Option<i64> {
-        let mut lease = Some(first);
+    /// How often the lease is refreshed, and how long each step of a refresh may take: a refresh
+    /// that fails is retried several times before the lease could lapse.
+    const REFRESH: Duration = Duration::from_millis(LIVENESS_TTL.as_millis() as u64 / 4);
+    const STEP: Duration = Duration::from_millis(LIVENESS_TTL.as_millis() as u64 / 8);
+
+    /// Keeps the lease in `held` alive; when it lapses or etcd is away, grants another (retrying
+    /// every 200 ms) and stores its id in `held`. Runs until cancelled.
+    async fn keep(
+        client: Client,
+        key: String,
+        value: String,
+        held: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    ) {
+        use std::sync::atomic::Ordering;
+        let mut lease = Some(held.load(Ordering::Relaxed));
         let mut last_error: Option<String> = None;
         loop {
             let id = match lease {
                 Some(id) => id,
                 None => match tokio::time::timeout(
-                    LIVENESS_TTL / 3,
+                    STEP,
                     grant(client.clone(), key.clone(), value.clone()),
                 )
                 .await
@@ -375,37 +390,36 @@ mod etcd {
                 }) {
                     Ok(id) => {
                         info!(key, "host live again");
+                        held.store(id, Ordering::Relaxed);
                         lease = Some(id);
                         id
                     }
                     Err(e) => {
                         note(&mut last_error, e.to_string());
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
                         continue;
                     }
                 },
             };
             let outcome: Result<(), String> = async {
                 let mut c = client.clone();
-                let bounded = LIVENESS_TTL / 3;
-                let (mut keeper, mut stream) =
-                    tokio::time::timeout(bounded, c.lease_keep_alive(id))
-                        .await
-                        .map_err(|_| "etcd did not open a keep-alive stream".to_owned())?
-                        .map_err(|e| e.to_string())?;
+                let (mut keeper, mut stream) = tokio::time::timeout(STEP, c.lease_keep_alive(id))
+                    .await
+                    .map_err(|_| "etcd did not open a keep-alive stream".to_owned())?
+                    .map_err(|e| e.to_string())?;
                 loop {
-                    tokio::time::timeout(bounded, keeper.keep_alive())
+                    tokio::time::timeout(STEP, keeper.keep_alive())
                         .await
                         .map_err(|_| "etcd took no keep-alive".to_owned())?
                         .map_err(|e| e.to_string())?;
-                    match tokio::time::timeout(LIVENESS_TTL / 3, stream.message()).await {
+                    match tokio::time::timeout(STEP, stream.message()).await {
                         Ok(Ok(Some(r))) if r.ttl() > 0 => {}
                         Ok(Ok(Some(_))) => return Err("the lease lapsed".to_owned()),
                         Ok(Ok(None)) => return Err("the keep-alive stream ended".to_owned()),
                         Ok(Err(e)) => return Err(e.to_string()),
                         Err(_) => return Err("etcd did not answer a keep-alive".to_owned()),
                     }
-                    tokio::time::sleep(LIVENESS_TTL / 3).await;
+                    tokio::time::sleep(REFRESH).await;
                 }
             }
             .await;
@@ -416,9 +430,7 @@ mod etcd {
                     lease = None;
                 }
                 note(&mut last_error, e);
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                // Whether the lease survived the interruption is found out by the next
-                // keep-alive; one that lapsed meanwhile is granted again.
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
     }

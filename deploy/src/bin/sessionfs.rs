@@ -442,7 +442,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let home = || Home::locate(cli.home.as_deref()).map(|h| h.with_registry(cli.registry.clone()));
     // A host of several is the host it joined as, whatever the environment says.
-    if let Ok(Some(membership)) = home().and_then(|h| h.membership()) {
+    // A host.json that cannot be read is an error, not a silent fallback to one host's registry.
+    if let Some(membership) = home()?.membership()? {
         sessionfs_registry::set_this_host(&membership.name);
         // Its containers are reached by other hosts at its advertised address.
         deploy::set_publish_ip(membership.advertise);
@@ -506,8 +507,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(sessions) => sessions,
                 // A registry in etcd that cannot be reached: what this host's mount last saw,
                 // said to be that, and a failure status all the same.
-                Err(e) => match deploy::seen_sessions(&home) {
-                    Some(seen) => {
+                Err(e) => match deploy::seen_sessions(&home)
+                    .filter(|seen| seen.registry == home.registry_location().to_string())
+                {
+                    Some(seen) if deploy::registry_unreachable(&e) => {
                         let shown = deploy::render_seen(&seen);
                         if args.json {
                             print!("{}", deploy::render_json(&shown));
@@ -515,13 +518,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                             print!("{}", deploy::render_table(&shown));
                         }
                         anyhow::bail!(
-                            "{e}\nabove: the sessions this host's mount last saw ({} s ago), from {}; \
-                             it keeps serving them",
+                            "{e}\nabove: the sessions this host's mount (or host serve) last saw, {} s \
+                             ago, from {}; a mount still running keeps serving them",
                             deploy::age_secs(seen.saved_at),
                             seen.registry
                         );
                     }
-                    None => return Err(e.into()),
+                    _ => return Err(e.into()),
                 },
             };
             if args.json {
