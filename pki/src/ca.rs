@@ -135,6 +135,39 @@ fn host_ca_params(host: &str) -> CertificateParams {
     params
 }
 
+/// Loads the certificate and key `dir/<stem>.pem` + `.key` of an issuer whose certificate is made
+/// from `params`: checks that they match and that the stored subject is the one `params` gives
+/// (else `wrong`), and re-creates the issuer from the key (rcgen cannot parse certificates here).
+fn load_issuer(
+    dir: &Path,
+    stem: &str,
+    params: CertificateParams,
+    wrong: &str,
+) -> Result<(rcgen::Certificate, KeyPair, String), PkiError> {
+    let (pem_path, key_path) = pem_and_key(dir, stem);
+    let cert_pem = read_text(&pem_path)?;
+    let key_pem = read_text(&key_path)?;
+    warn_if_exposed(&key_path);
+    let pem_what = pem_path.display().to_string();
+    let key =
+        KeyPair::from_pem(&key_pem).map_err(|e| bad_pem(&key_path.display().to_string(), e))?;
+    let stored_der = parse_chain(&cert_pem, &pem_what)?.swap_remove(0);
+    let stored = webpki::EndEntityCert::try_from(&stored_der).map_err(|e| bad_pem(&pem_what, e))?;
+    if stored.subject_public_key_info().as_ref() != key.public_key_der().as_slice() {
+        return Err(bad_pem(
+            &pem_what,
+            format!("certificate does not match {}", key_path.display()),
+        ));
+    }
+    let issuer = params.self_signed(&key)?;
+    let rebuilt = webpki::EndEntityCert::try_from(issuer.der())
+        .map_err(|e| bad_pem("re-created issuer", e))?;
+    if stored.subject() != rebuilt.subject() {
+        return Err(bad_pem(&pem_what, wrong));
+    }
+    Ok((issuer, key, cert_pem))
+}
+
 impl CertificateAuthority {
     /// Loads `dir/ca.pem` + `dir/ca.key`, or creates both if both are absent
     /// (`dir` 0700, key 0600, each written atomically). Exactly one present is
@@ -177,31 +210,12 @@ impl CertificateAuthority {
 
     /// Loads an existing CA; a missing file is `PkiError::NotFound(path)`.
     pub fn load(dir: &Path) -> Result<Self, PkiError> {
-        let (pem_path, key_path) = pem_and_key(dir, CA_STEM);
-        let cert_pem = read_text(&pem_path)?;
-        let key_pem = read_text(&key_path)?;
-        warn_if_exposed(&key_path);
-        let pem_what = pem_path.display().to_string();
-        let key =
-            KeyPair::from_pem(&key_pem).map_err(|e| bad_pem(&key_path.display().to_string(), e))?;
-        let stored_der = parse_chain(&cert_pem, &pem_what)?.swap_remove(0);
-        let stored =
-            webpki::EndEntityCert::try_from(&stored_der).map_err(|e| bad_pem(&pem_what, e))?;
-        if stored.subject_public_key_info().as_ref() != key.public_key_der().as_slice() {
-            return Err(bad_pem(
-                &pem_what,
-                format!("certificate does not match {}", key_path.display()),
-            ));
-        }
-        let issuer = ca_params().self_signed(&key)?;
-        let rebuilt = webpki::EndEntityCert::try_from(issuer.der())
-            .map_err(|e| bad_pem("re-created CA", e))?;
-        if stored.subject() != rebuilt.subject() {
-            return Err(bad_pem(
-                &pem_what,
-                "not a sessionfs CA certificate (unexpected subject)",
-            ));
-        }
+        let (issuer, key, cert_pem) = load_issuer(
+            dir,
+            CA_STEM,
+            ca_params(),
+            "not a sessionfs CA certificate (unexpected subject)",
+        )?;
         Ok(Self {
             issuer,
             key,
@@ -214,34 +228,16 @@ impl CertificateAuthority {
     /// Loads host `host`'s CA from `dir/host-ca.pem` + `dir/host-ca.key`, under the root
     /// certificate `dir/ca.pem` (whose key is not needed here). Refused unless the root signed it.
     pub fn load_host(dir: &Path, host: &str) -> Result<Self, PkiError> {
-        let (pem_path, key_path) = pem_and_key(dir, HOST_CA_STEM);
+        let (issuer, key, cert_pem) = load_issuer(
+            dir,
+            HOST_CA_STEM,
+            host_ca_params(host),
+            &format!("not the CA of host `{host}` (unexpected subject)"),
+        )?;
         let (root_path, _) = pem_and_key(dir, CA_STEM);
-        let cert_pem = read_text(&pem_path)?;
-        let key_pem = read_text(&key_path)?;
         let root_pem = read_text(&root_path)?;
-        warn_if_exposed(&key_path);
-        let pem_what = pem_path.display().to_string();
-        let key =
-            KeyPair::from_pem(&key_pem).map_err(|e| bad_pem(&key_path.display().to_string(), e))?;
-        let stored_der = parse_chain(&cert_pem, &pem_what)?.swap_remove(0);
         let root_der = parse_chain(&root_pem, &root_path.display().to_string())?.swap_remove(0);
-        let stored =
-            webpki::EndEntityCert::try_from(&stored_der).map_err(|e| bad_pem(&pem_what, e))?;
-        if stored.subject_public_key_info().as_ref() != key.public_key_der().as_slice() {
-            return Err(bad_pem(
-                &pem_what,
-                format!("certificate does not match {}", key_path.display()),
-            ));
-        }
-        let issuer = host_ca_params(host).self_signed(&key)?;
-        let rebuilt = webpki::EndEntityCert::try_from(issuer.der())
-            .map_err(|e| bad_pem("re-created host CA", e))?;
-        if stored.subject() != rebuilt.subject() {
-            return Err(bad_pem(
-                &pem_what,
-                format!("not the CA of host `{host}` (unexpected subject)"),
-            ));
-        }
+        let pem_what = pem_and_key(dir, HOST_CA_STEM).0.display().to_string();
         let ca = Self {
             issuer,
             key,
