@@ -7,7 +7,8 @@
 //!   concurrent writers lose no update; `remove` returns the record it deleted.
 //! - `generation` is the etcd revision of the store: it changes whenever a record does.
 //! - [`EtcdRegistry::watch`] lists the records, then follows an etcd watch of the prefix from the
-//!   next revision (no polling); a compacted revision or a broken stream makes it list again.
+//!   next revision (no polling); a broken stream resumes from the last revision seen, a compacted
+//!   revision makes it list again.
 //!
 //! The API is blocking, like the SQLite store's: each call runs on the registry's own runtime
 //! thread and waits at most the call timeout, so it can be used from any thread, tokio's included.
@@ -308,8 +309,9 @@ impl EtcdRegistry {
     }
 
     /// Follows the registry: `on_change` gets the full list at once, and again after every change,
-    /// from an etcd watch of the prefix (no polling). A compaction or a broken stream lists again
-    /// (retried with a backoff up to 5 s, errors logged once each). Dropping the handle stops it.
+    /// from an etcd watch of the prefix (no polling). A broken stream resumes from the last revision
+    /// seen, a compaction lists again (retried with a backoff up to 5 s, errors logged once each).
+    /// Dropping the handle stops it.
     pub fn watch<F>(&self, mut on_change: F) -> Result<WatchHandle, RegistryError>
     where
         F: FnMut(Vec<SessionRecord>) + Send + 'static,
@@ -356,16 +358,26 @@ async fn list_at(
     Ok((records, revision))
 }
 
-/// Lists, then watches from the next revision and lists again on every change; starts over when
-/// the watch breaks or its revision was compacted. Runs until dropped.
+/// Lists, then watches from the next revision and lists again on every change. When the watch
+/// breaks it resumes from the last revision it saw (changes made meanwhile arrive as events); when
+/// that revision was compacted away it lists afresh. Runs until dropped.
 async fn follow(client: Client, prefix: String, on_change: &mut impl FnMut(Vec<SessionRecord>)) {
     let mut backoff = Duration::from_millis(100);
     let mut last_error: Option<String> = None;
+    // The revision the caller's view is of; `None`: list first.
+    let mut seen: Option<i64> = None;
     loop {
         let started = std::time::Instant::now();
         let once = async {
-            let (records, revision) = list_at(client.clone(), prefix.clone()).await?;
-            on_change(records);
+            let from = match seen {
+                Some(revision) => revision,
+                None => {
+                    let (records, revision) = list_at(client.clone(), prefix.clone()).await?;
+                    on_change(records);
+                    seen = Some(revision);
+                    revision
+                }
+            };
             let mut watching = client.clone();
             let mut stream = watching
                 .watch(
@@ -373,13 +385,14 @@ async fn follow(client: Client, prefix: String, on_change: &mut impl FnMut(Vec<S
                     Some(
                         WatchOptions::new()
                             .with_prefix()
-                            .with_start_revision(revision + 1),
+                            .with_start_revision(from + 1),
                     ),
                 )
                 .await
                 .map_err(etcd_error)?;
             while let Some(response) = stream.message().await.map_err(etcd_error)? {
                 if response.compact_revision() > 0 || response.canceled() {
+                    seen = None;
                     return Err(RegistryError::Etcd(format!(
                         "the watch was cancelled (compacted at revision {})",
                         response.compact_revision()
@@ -390,8 +403,9 @@ async fn follow(client: Client, prefix: String, on_change: &mut impl FnMut(Vec<S
                     .iter()
                     .any(|e| matches!(e.event_type(), EventType::Put | EventType::Delete));
                 if changed {
-                    let (records, _) = list_at(client.clone(), prefix.clone()).await?;
+                    let (records, revision) = list_at(client.clone(), prefix.clone()).await?;
                     on_change(records);
+                    seen = Some(revision);
                 }
             }
             Err(RegistryError::Etcd("the watch stream ended".into()))
