@@ -161,9 +161,15 @@ fn main() -> Result<()> {
                         .collect();
                     for rel in &mine {
                         if !names.contains(rel) {
-                            report
-                                .unexpected
-                                .push(format!("list {dir_rel}: {rel} is missing"));
+                            // Whether the name is missing from the listing only, or gone.
+                            let looked_up = match fs::symlink_metadata(mount.join(rel)) {
+                                Ok(m) => format!("a lookup finds it ({} bytes)", m.len()),
+                                Err(e) => format!("a lookup says {e}"),
+                            };
+                            report.unexpected.push(format!(
+                                "list {dir_rel}: {rel} is missing ({} names listed; {looked_up})",
+                                names.len()
+                            ));
                         }
                     }
                     Ok(())
