@@ -82,16 +82,21 @@ pub(crate) fn etcd_error(e: etcd_client::Error) -> RegistryError {
     RegistryError::Etcd(e.to_string())
 }
 
-fn decode(key: &[u8], value: &[u8]) -> Result<SessionRecord, RegistryError> {
+/// The JSON value of `key`.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    key: &[u8],
+    value: &[u8],
+) -> Result<T, RegistryError> {
     serde_json::from_slice(value).map_err(|e| RegistryError::Corrupt {
         id: String::from_utf8_lossy(key).into_owned(),
         reason: e.to_string(),
     })
 }
 
-fn encode(rec: &SessionRecord) -> Result<Vec<u8>, RegistryError> {
-    serde_json::to_vec(rec).map_err(|e| RegistryError::Corrupt {
-        id: rec.id.to_string(),
+/// `value` as JSON (`what` names it in the error).
+pub(crate) fn encode<T: serde::Serialize>(what: &str, value: &T) -> Result<Vec<u8>, RegistryError> {
+    serde_json::to_vec(value).map_err(|e| RegistryError::Corrupt {
+        id: what.to_owned(),
         reason: e.to_string(),
     })
 }
@@ -183,26 +188,22 @@ impl EtcdRegistry {
         }
     }
 
-    /// Adds a new session; [`RegistryError::AlreadyExists`] if the id is taken (also when another
-    /// host registers it at the same moment: exactly one wins).
-    pub fn register(&self, rec: &SessionRecord) -> Result<(), RegistryError> {
-        let (key, value, id) = (self.key(&rec.id), encode(rec)?, rec.id.clone());
+    /// Puts `value` at `key` if no key is there (compare-and-swap on its create revision: of two
+    /// writers, exactly one wins); whether it did.
+    pub(crate) fn create_key(&self, key: String, value: Vec<u8>) -> Result<bool, RegistryError> {
         self.run(move |mut client| async move {
             let txn = Txn::new()
                 .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(key, value, None)]);
-            let response = client.txn(txn).await.map_err(etcd_error)?;
-            if response.succeeded() {
-                Ok(())
-            } else {
-                Err(RegistryError::AlreadyExists(id))
-            }
+            Ok(client.txn(txn).await.map_err(etcd_error)?.succeeded())
         })
     }
 
-    /// The record for `id`, with its mod revision (for [`EtcdRegistry::put_if`]).
-    pub fn fetch(&self, id: &SessionId) -> Result<Option<(SessionRecord, i64)>, RegistryError> {
-        let key = self.key(id);
+    /// The JSON value at `key`, with its mod revision.
+    pub(crate) fn get_key<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        key: String,
+    ) -> Result<Option<(T, i64)>, RegistryError> {
         self.run(move |mut client| async move {
             let response = client.get(key, None).await.map_err(etcd_error)?;
             match response.kvs().first() {
@@ -210,6 +211,41 @@ impl EtcdRegistry {
                 None => Ok(None),
             }
         })
+    }
+
+    /// Puts `value` at `key` if its mod revision is still `seen`; the new revision, or `None` if
+    /// another write came first.
+    pub(crate) fn put_key_if(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        seen: i64,
+    ) -> Result<Option<i64>, RegistryError> {
+        self.run(move |mut client| async move {
+            let txn = Txn::new()
+                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, seen)])
+                .and_then([TxnOp::put(key, value, None)]);
+            let response = client.txn(txn).await.map_err(etcd_error)?;
+            Ok(response
+                .succeeded()
+                .then(|| response.header().map_or(0, |h| h.revision())))
+        })
+    }
+
+    /// Adds a new session; [`RegistryError::AlreadyExists`] if the id is taken (also when another
+    /// host registers it at the same moment: exactly one wins).
+    pub fn register(&self, rec: &SessionRecord) -> Result<(), RegistryError> {
+        let value = encode(rec.id.as_str(), rec)?;
+        if self.create_key(self.key(&rec.id), value)? {
+            Ok(())
+        } else {
+            Err(RegistryError::AlreadyExists(rec.id.clone()))
+        }
+    }
+
+    /// The record for `id`, with its mod revision (for [`EtcdRegistry::put_if`]).
+    pub fn fetch(&self, id: &SessionId) -> Result<Option<(SessionRecord, i64)>, RegistryError> {
+        self.get_key(self.key(id))
     }
 
     /// Writes `rec` if the key's mod revision is still `seen`; whether it was.
@@ -221,16 +257,7 @@ impl EtcdRegistry {
     /// record at `seen` wins only if no one wrote it since); the key's new mod revision, or `None`
     /// if another write came first.
     pub fn put_if(&self, rec: &SessionRecord, seen: i64) -> Result<Option<i64>, RegistryError> {
-        let (key, value) = (self.key(&rec.id), encode(rec)?);
-        self.run(move |mut client| async move {
-            let txn = Txn::new()
-                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, seen)])
-                .and_then([TxnOp::put(key, value, None)]);
-            let response = client.txn(txn).await.map_err(etcd_error)?;
-            Ok(response
-                .succeeded()
-                .then(|| response.header().map_or(0, |h| h.revision())))
-        })
+        self.put_key_if(self.key(&rec.id), encode(rec.id.as_str(), rec)?, seen)
     }
 
     /// Read-modify-write of one record, retried while other writers win the race; returns the new
@@ -352,7 +379,7 @@ async fn list_at(
     let mut records = response
         .kvs()
         .iter()
-        .map(|kv| decode(kv.key(), kv.value()))
+        .map(|kv| decode::<SessionRecord>(kv.key(), kv.value()))
         .collect::<Result<Vec<_>, _>>()?;
     records.sort_by(|a, b| a.id.cmp(&b.id));
     Ok((records, revision))

@@ -87,25 +87,8 @@ mod etcd {
     use tracing::{debug, info, warn};
 
     use super::{HostRecord, Installation, LIVENESS_TTL};
-    use crate::etcd::{etcd_error, EtcdRegistry};
+    use crate::etcd::{decode, encode, etcd_error, EtcdRegistry};
     use crate::store::RegistryError;
-
-    fn decode<T: serde::de::DeserializeOwned>(
-        key: &[u8],
-        value: &[u8],
-    ) -> Result<T, RegistryError> {
-        serde_json::from_slice(value).map_err(|e| RegistryError::Corrupt {
-            id: String::from_utf8_lossy(key).into_owned(),
-            reason: e.to_string(),
-        })
-    }
-
-    fn encode<T: serde::Serialize>(what: &str, value: &T) -> Result<Vec<u8>, RegistryError> {
-        serde_json::to_vec(value).map_err(|e| RegistryError::Corrupt {
-            id: what.to_owned(),
-            reason: e.to_string(),
-        })
-    }
 
     impl EtcdRegistry {
         fn installation_key(&self) -> String {
@@ -164,51 +147,21 @@ mod etcd {
 
         /// The installation, if `host init` made one here.
         pub fn installation(&self) -> Result<Option<Installation>, RegistryError> {
-            let key = self.installation_key();
-            self.run(move |mut client| async move {
-                let response = client.get(key, None).await.map_err(etcd_error)?;
-                response
-                    .kvs()
-                    .first()
-                    .map(|kv| decode(kv.key(), kv.value()))
-                    .transpose()
-            })
+            Ok(self.get_key(self.installation_key())?.map(|(i, _)| i))
         }
 
         /// Adds a host; [`RegistryError::HostExists`] if the name is taken.
         pub fn add_host(&self, host: &HostRecord) -> Result<(), RegistryError> {
-            let (key, value, name) = (
-                self.host_key(&host.name),
-                encode(&host.name, host)?,
-                host.name.clone(),
-            );
-            self.run(move |mut client| async move {
-                let txn = Txn::new()
-                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(key, value, None)]);
-                if client.txn(txn).await.map_err(etcd_error)?.succeeded() {
-                    Ok(())
-                } else {
-                    Err(RegistryError::HostExists(name))
-                }
-            })
-        }
-
-        /// The host `name`, with its mod revision.
-        fn fetch_host(&self, name: &str) -> Result<Option<(HostRecord, i64)>, RegistryError> {
-            let key = self.host_key(name);
-            self.run(move |mut client| async move {
-                let response = client.get(key, None).await.map_err(etcd_error)?;
-                match response.kvs().first() {
-                    Some(kv) => Ok(Some((decode(kv.key(), kv.value())?, kv.mod_revision()))),
-                    None => Ok(None),
-                }
-            })
+            if self.create_key(self.host_key(&host.name), encode(&host.name, host)?)? {
+                Ok(())
+            } else {
+                Err(RegistryError::HostExists(host.name.clone()))
+            }
         }
 
         /// The host `name`, if it is one of the installation's.
         pub fn host(&self, name: &str) -> Result<Option<HostRecord>, RegistryError> {
-            Ok(self.fetch_host(name)?.map(|(h, _)| h))
+            Ok(self.get_key(self.host_key(name))?.map(|(h, _)| h))
         }
 
         /// Read-modify-write of a host record (compare-and-swap, retried); the new record.
@@ -218,19 +171,15 @@ mod etcd {
             mut f: impl FnMut(&mut HostRecord),
         ) -> Result<HostRecord, RegistryError> {
             for _ in 0..64 {
-                let (mut host, seen) = self
-                    .fetch_host(name)?
+                let (mut host, seen): (HostRecord, i64) = self
+                    .get_key(self.host_key(name))?
                     .ok_or_else(|| RegistryError::NoHost(name.to_owned()))?;
                 f(&mut host);
                 host.name = name.to_owned();
-                let (key, value) = (self.host_key(name), encode(name, &host)?);
-                let swapped = self.run(move |mut client| async move {
-                    let txn = Txn::new()
-                        .when([Compare::mod_revision(key.clone(), CompareOp::Equal, seen)])
-                        .and_then([TxnOp::put(key, value, None)]);
-                    Ok(client.txn(txn).await.map_err(etcd_error)?.succeeded())
-                })?;
-                if swapped {
+                if self
+                    .put_key_if(self.host_key(name), encode(name, &host)?, seen)?
+                    .is_some()
+                {
                     return Ok(host);
                 }
             }
