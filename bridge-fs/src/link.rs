@@ -82,18 +82,9 @@ impl QuicDialer {
         client: quinn::ClientConfig,
         wide_area: quinn::ClientConfig,
     ) -> std::io::Result<Self> {
-        let open = |config| -> std::io::Result<quinn::Endpoint> {
-            let mut endpoint =
-                sessionfs_pki::endpoint((std::net::Ipv6Addr::UNSPECIFIED, 0).into(), None)
-                    .or_else(|_| {
-                        sessionfs_pki::endpoint((std::net::Ipv4Addr::UNSPECIFIED, 0).into(), None)
-                    })?;
-            endpoint.set_default_client_config(config);
-            Ok(endpoint)
-        };
         Ok(QuicDialer {
-            endpoint: open(client)?,
-            wide_area: open(wide_area)?,
+            endpoint: sessionfs_pki::client_endpoint(client)?,
+            wide_area: sessionfs_pki::client_endpoint(wide_area)?,
         })
     }
 }

@@ -1057,9 +1057,9 @@ fn check_parents(root: &Path, rel: &Path) -> Result<(), StepError> {
 // ---------------------------------------------------------------------------------------
 // Manifests
 
-/// One node of a tree as the verification compares it.
+/// One node of a tree as the verification compares it (also across hosts, [`crate::transfer`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Node {
+pub(crate) enum Node {
     Dir {
         mode: u32,
     },
@@ -1090,9 +1090,9 @@ impl fmt::Display for Node {
     }
 }
 
-type Manifest = BTreeMap<PathBuf, Node>;
+pub(crate) type Manifest = BTreeMap<PathBuf, Node>;
 
-fn hex(digest: &[u8]) -> String {
+pub(crate) fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -1251,7 +1251,7 @@ fn as_unpacked(manifest: Manifest) -> Manifest {
         .collect()
 }
 
-fn compare(
+pub(crate) fn compare(
     source: &Manifest,
     copy: &Manifest,
     source_name: &str,

@@ -238,9 +238,8 @@ pub fn migrate_to_host(home: &Home, opts: &MoveOptions) -> Result<String, HostEr
                 transfer::manifest(&source).await?,
                 transfer::manifest(&copy).await?,
             );
-            if let Some(difference) = transfer::difference(&a, &b) {
-                return Err(format!("verify: {difference}"));
-            }
+            crate::migrate::compare(&a, &b, &format!("host `{from}`"), "the copy")
+                .map_err(|e| format!("verify: {e}"))?;
             endpoint.close(0u32.into(), b"migration done");
             Ok::<usize, String>(a.len())
         })?;

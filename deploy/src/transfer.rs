@@ -9,9 +9,10 @@
 //! refused. [`manifest`] reads a tree again for verification: every path's kind, permission bits,
 //! size, SHA-256 and symlink target.
 
-use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
 
 use sessionfs_pki::client::{call, connect_as};
 use sessionfs_proto::{
@@ -19,6 +20,8 @@ use sessionfs_proto::{
     S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK,
 };
 use sha2::{Digest, Sha256};
+
+use crate::migrate::{hex, Manifest, Node};
 
 /// The mode bits a copy keeps: permissions and the sticky bit, never set-user-id or set-group-id.
 pub const COPIED_MODE: u32 = 0o1777;
@@ -54,11 +57,7 @@ pub fn bridge_endpoint(pki_dir: &Path) -> Result<quinn::Endpoint, TransferError>
             },
         )
         .map_err(|e| e.to_string())?;
-    let mut endpoint = sessionfs_pki::endpoint((std::net::Ipv6Addr::UNSPECIFIED, 0).into(), None)
-        .or_else(|_| sessionfs_pki::endpoint((std::net::Ipv4Addr::UNSPECIFIED, 0).into(), None))
-        .map_err(|e| format!("a QUIC endpoint: {e}"))?;
-    endpoint.set_default_client_config(config);
-    Ok(endpoint)
+    sessionfs_pki::client_endpoint(config).map_err(|e| format!("a QUIC endpoint: {e}"))
 }
 
 impl Peer {
@@ -341,30 +340,11 @@ async fn copy_file(
     released.1
 }
 
-/// What [`manifest`] records of one node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Node {
-    Dir {
-        mode: u32,
-    },
-    File {
-        mode: u32,
-        size: u64,
-        sha256: String,
-    },
-    Symlink {
-        target: Vec<u8>,
-    },
-    Other {
-        kind: u32,
-        mode: u32,
-    },
-}
-
-/// Every path of the tree (the root's mode included, as `/`), read again in full. Modes are compared
-/// as copied ([`COPIED_MODE`]).
-pub async fn manifest(peer: &Peer) -> Result<BTreeMap<String, Node>, TransferError> {
-    let mut out = BTreeMap::new();
+/// Every path of the tree (the root's mode included, as `.`), read again in full, as the
+/// migration between backends records a tree ([`Manifest`]; compared with
+/// [`crate::migrate::compare`]). Modes are recorded as copied ([`COPIED_MODE`]).
+pub async fn manifest(peer: &Peer) -> Result<Manifest, TransferError> {
+    let mut out = Manifest::new();
     let root = WirePath::root();
     match peer
         .ask(
@@ -376,7 +356,7 @@ pub async fn manifest(peer: &Peer) -> Result<BTreeMap<String, Node>, TransferErr
     {
         Reply::Attr(attr) => {
             out.insert(
-                "/".to_owned(),
+                PathBuf::from("."),
                 Node::Dir {
                     mode: attr.mode & COPIED_MODE,
                 },
@@ -416,37 +396,24 @@ pub async fn manifest(peer: &Peer) -> Result<BTreeMap<String, Node>, TransferErr
                     Node::File {
                         mode,
                         size,
-                        sha256: hash.finalize().iter().map(|b| format!("{b:02x}")).collect(),
+                        sha256: hex(&hash.finalize()),
                     }
                 }
                 S_IFLNK => Node::Symlink {
-                    target: peer.readlink(&path).await?,
+                    target: PathBuf::from(OsString::from_vec(peer.readlink(&path).await?)),
                 },
-                kind => Node::Other { kind, mode },
+                S_IFIFO => Node::Other { kind: "FIFO", mode },
+                S_IFSOCK => Node::Other {
+                    kind: "socket",
+                    mode,
+                },
+                _ => Node::Other {
+                    kind: "special file",
+                    mode,
+                },
             };
-            out.insert(show(&path), node);
+            out.insert(PathBuf::from(OsStr::from_bytes(path.as_bytes())), node);
         }
     }
     Ok(out)
-}
-
-/// The first difference between two manifests, in words; `None` when they are the same.
-pub fn difference(
-    source: &BTreeMap<String, Node>,
-    copy: &BTreeMap<String, Node>,
-) -> Option<String> {
-    for (path, node) in source {
-        match copy.get(path) {
-            None => return Some(format!("{path} is missing from the copy")),
-            Some(other) if other != node => {
-                return Some(format!(
-                    "{path} differs: {node:?} in the source, {other:?} in the copy"
-                ))
-            }
-            Some(_) => {}
-        }
-    }
-    copy.keys()
-        .find(|p| !source.contains_key(*p))
-        .map(|p| format!("{p} is in the copy only"))
 }

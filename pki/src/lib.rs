@@ -24,7 +24,9 @@ pub use files::{
     CertFiles, BRIDGE_FILES, CA_FILES, CERT_MODE, KEY_MODE, SESSION_CERT_DIR, SESSION_FILES,
 };
 pub use identity::{ca_roots_from_pem, load_ca_roots, Identity};
-pub use transport::{client_config, endpoint, server_config, wide_area, TransportTuning};
+pub use transport::{
+    client_config, client_endpoint, endpoint, server_config, wide_area, TransportTuning,
+};
 
 /// DNS SAN carried by the bridge's (and MCP server's) client certificate.
 pub const BRIDGE_IDENTITY: &str = "bridge.client.sessionfs";

@@ -155,6 +155,15 @@ const MAX_UDP_PAYLOAD: u16 = 6_500;
 /// for a few 1 MiB replies in flight, so a busy receiver does not drop them.
 const SOCKET_BUFFER: usize = 4 << 20;
 
+/// A client endpoint using `config`, on a dual-stack socket (IPv4 where IPv6 is missing), so it
+/// dials daemons at either family's addresses.
+pub fn client_endpoint(config: quinn::ClientConfig) -> std::io::Result<quinn::Endpoint> {
+    let mut endpoint = endpoint((std::net::Ipv6Addr::UNSPECIFIED, 0).into(), None)
+        .or_else(|_| endpoint((std::net::Ipv4Addr::UNSPECIFIED, 0).into(), None))?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}
+
 /// A QUIC endpoint on a UDP socket bound to `addr`, accepting datagrams up to
 /// `MAX_UDP_PAYLOAD`; a server when `server` is given.
 pub fn endpoint(
