@@ -1456,7 +1456,7 @@ pub fn mount(home: &Home, opts: &MountOptions) -> Result<(), CommandError> {
     let _watcher =
         crate::reconcile::Watcher::spawn(home.clone()).map_err(CommandError::Reconciler)?;
     // A host of several is live while it is mounted (as while `host serve` runs).
-    let _live = crate::hosts::keep_live(home).map_err(|e| CommandError::Host(Box::new(e)))?;
+    let _duties = crate::hosts::start_duties(home)?;
     sessionfs_bridge::mount(config, &mountpoint).map_err(|source| CommandError::Bridge {
         mountpoint: opts.mountpoint.clone(),
         source,

@@ -440,13 +440,12 @@ pub fn render_hosts(hosts: &[HostStatus]) -> String {
 /// `unreachable`), never silently dropped.
 pub fn remove(home: &Home, name: &str) -> Result<String, HostError> {
     let (registry, _) = shared_registry(home)?;
-    let removed = registry.shared()?.remove_host(name)?;
+    registry.shared()?.remove_host(name)?;
     let orphans = registry
         .list()?
         .iter()
         .filter(|r| r.host() == Some(name))
         .count();
-    let _ = removed;
     Ok(format!(
         "removed host `{name}`; its {orphans} session(s) stay in the registry, shown \
          `unreachable` until removed with `sessionfs session rm` there or moved"
@@ -521,7 +520,7 @@ fn save_seen(home: &Home, registry: &str, records: &[sessionfs_registry::Session
 }
 
 /// Starts the duties (`None` when the registry is the SQLite file of one host).
-pub fn keep_live(home: &Home) -> Result<Option<HostDuties>, HostError> {
+pub fn start_duties(home: &Home) -> Result<Option<HostDuties>, HostError> {
     let location = home.registry_location();
     if !matches!(location, Location::Etcd(_)) {
         return Ok(None);

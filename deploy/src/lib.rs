@@ -48,8 +48,9 @@ pub use commands::{
 pub use compose::session_certs;
 pub use docker::{parse_cpus, parse_memory, set_publish_ip};
 pub use hosts::{
-    add as host_add, init as host_init, join as host_join, keep_live, list as host_list,
-    remove as host_remove, render_hosts, seen_sessions, HostError, HostStatus, SeenSessions,
+    add as host_add, init as host_init, join as host_join, list as host_list,
+    remove as host_remove, render_hosts, seen_sessions, start_duties, HostError, HostStatus,
+    SeenSessions,
 };
 pub use image::{BuildOptions, Built, DEFAULT_TAG};
 pub use mcp::{parse_http_addr, serve as serve_mcp, McpOptions};

@@ -478,7 +478,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Host(HostCommand::Serve) => {
             let home = home()?;
             home.membership()?.ok_or(deploy::HostError::NotAHost)?;
-            let live = deploy::keep_live(&home)?.ok_or(deploy::HostError::NotAHost)?;
+            let live = deploy::start_duties(&home)?.ok_or(deploy::HostError::NotAHost)?;
             eprintln!("keeping this host live; stop with SIGINT or SIGTERM");
             wait_for_termination()?;
             drop(live);
