@@ -11,6 +11,7 @@
 //!   invalidate what the host kernel cached.
 //! - `replaced.rs` keeps the regular files a rename replaced openable by their identity for a moment.
 //! - `refusals.rs` bounds the log lines that refused connections make.
+//! - `revocations.rs` follows the revoked issuing certificates in the certificate directory.
 //! - `idle.rs` hands freed memory back to the system once the daemon goes quiet after a burst.
 //!
 //! `sessionfsd` runs a [`Daemon`]. A [`Workspace`], its open files ([`Handles`]) and [`dispatch`], which
@@ -21,6 +22,7 @@ mod handles;
 mod idle;
 mod refusals;
 mod replaced;
+mod revocations;
 mod server;
 mod watch;
 mod workspace;

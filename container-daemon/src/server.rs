@@ -3,7 +3,8 @@
 //! Architecture invariants:
 //! - **Every peer is authorized before any request is read**: the TLS layer accepts only certificates
 //!   from the installation CA, and [`sessionfs_pki::authorize_peer`] then admits the bridge (all requests)
-//!   or this session's own health probe (`Ping` only).
+//!   or this session's own health probe (`Ping` only). A peer whose chain holds a revoked issuing
+//!   certificate ([`crate::revocations`]) is refused, and its connection ends when that is revoked.
 //! - **Network input never panics the daemon and never allocates without bound**: frames are read with
 //!   a size limit and a time limit; a malformed frame gets an `EPROTO` reply and ends only its stream.
 //! - **One stream per request**: requests of one connection run concurrently. Calls that move file
@@ -28,6 +29,7 @@ use tracing::{debug, info, warn};
 use crate::handles::Handles;
 use crate::idle::Activity;
 use crate::refusals::{RefusalLog, Verdict, BURST, WINDOW};
+use crate::revocations::Revocations;
 use crate::watch::{Subscription, WorkspaceWatcher};
 use crate::workspace::{Workspace, XattrValue};
 use sessionfs_proto::WatchFrame;
@@ -37,6 +39,9 @@ use tokio::sync::broadcast;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a peer may take to send one request frame once it opened the stream.
 pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The close code and reason of a connection refused or ended for a revoked certificate.
+const REVOKED_CODE: u32 = 3;
+const REVOKED_REASON: &[u8] = b"certificate revoked: this host was removed from the installation";
 /// How long shutdown waits for connections to close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -49,7 +54,8 @@ pub struct DaemonConfig {
     pub listen: SocketAddr,
     /// The session this daemon serves; its certificate must name it.
     pub session_id: String,
-    /// Directory with `ca.pem`, `session.pem` and `session.key`.
+    /// Directory with `ca.pem`, `session.pem` and `session.key`, and the revoked issuing
+    /// certificates ([`sessionfs_pki::REVOKED_FILE`]) if any are.
     pub cert_dir: PathBuf,
     /// The fixed owner of new nodes; `None`: the caller on the host.
     pub owner: Option<crate::workspace::Owner>,
@@ -82,6 +88,7 @@ pub struct Daemon {
     /// Requests and watched changes, for trimming memory once quiet (see [`crate::idle`]).
     activity: Arc<Activity>,
     session_id: Arc<str>,
+    revocations: Revocations,
 }
 
 impl Daemon {
@@ -103,6 +110,8 @@ impl Daemon {
         let roots =
             sessionfs_pki::load_ca_roots(&config.cert_dir.join(sessionfs_pki::CA_FILES.cert))
                 .map_err(certs)?;
+        let revocations =
+            Revocations::load(config.cert_dir.join(sessionfs_pki::REVOKED_FILE)).map_err(certs)?;
         let wide_area = sessionfs_pki::server_config(
             identity.clone(),
             roots.clone(),
@@ -133,6 +142,7 @@ impl Daemon {
             watcher,
             activity,
             session_id: config.session_id.as_str().into(),
+            revocations,
         })
     }
 
@@ -153,6 +163,8 @@ impl Daemon {
         tokio::pin!(shutdown);
         let trimmer = tokio::spawn(crate::idle::trim_when_quiet(self.activity.clone()));
         let refusals = Arc::new(RefusalLog::new(Instant::now()));
+        let revoked = self.revocations.subscribe();
+        let follower = tokio::spawn(self.revocations.follow());
         loop {
             tokio::select! {
                 incoming = self.endpoint.accept() => {
@@ -163,13 +175,15 @@ impl Daemon {
                     let activity = self.activity.clone();
                     let refusals = refusals.clone();
                     let wide = self.wide_area.clone();
-                    tokio::spawn(serve_connection(incoming, wide, ws, watcher, activity, id, refusals));
+                    let peer = Peer { session_id: id, refusals, revoked: revoked.clone() };
+                    tokio::spawn(serve_connection(incoming, wide, ws, watcher, activity, peer));
                 }
                 () = &mut shutdown => break,
             }
         }
         info!("shutting down");
         trimmer.abort();
+        follower.abort();
         self.endpoint.close(0u32.into(), b"daemon shutting down");
         if tokio::time::timeout(SHUTDOWN_GRACE, self.endpoint.wait_idle())
             .await
@@ -192,15 +206,30 @@ fn refused(log: &RefusalLog, remote: SocketAddr, why: std::fmt::Arguments<'_>) {
     }
 }
 
+/// What admitting a peer takes: whom this daemon serves, the refusal log, the revoked certificates.
+struct Peer {
+    session_id: Arc<str>,
+    refusals: Arc<RefusalLog>,
+    revoked: tokio::sync::watch::Receiver<Arc<sessionfs_pki::Revoked>>,
+}
+
+impl Peer {
+    /// The revoked certificate in `conn`'s peer chain, if it holds one.
+    fn revoked_in(&self, conn: &quinn::Connection) -> Option<String> {
+        let chain = sessionfs_pki::peer_chain(conn)?;
+        self.revoked.borrow().refused(&chain)
+    }
+}
+
 async fn serve_connection(
     incoming: quinn::Incoming,
     wide_area: Arc<quinn::ServerConfig>,
     ws: Arc<Workspace>,
     watcher: Arc<WorkspaceWatcher>,
     activity: Arc<Activity>,
-    session_id: Arc<str>,
-    refusals: Arc<RefusalLog>,
+    mut peer: Peer,
 ) {
+    let (session_id, refusals) = (peer.session_id.clone(), peer.refusals.clone());
     let remote = incoming.remote_address();
     let connecting = if sessionfs_pki::wide_area(&remote) {
         incoming.accept_with(wide_area)
@@ -241,6 +270,15 @@ async fn serve_connection(
             return;
         }
     };
+    if let Some(fingerprint) = peer.revoked_in(&conn) {
+        refused(
+            &refusals,
+            remote,
+            format_args!("refused connection: its chain holds revoked certificate {fingerprint}"),
+        );
+        conn.close(REVOKED_CODE.into(), REVOKED_REASON);
+        return;
+    }
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&conn, &session_id)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
@@ -264,8 +302,22 @@ async fn serve_connection(
     }
     debug!(%remote, ?role, "connection ready");
     let handles = Arc::new(Handles::default());
+    // The list is followed while the daemon runs; `false` once it no longer is.
+    let mut following = true;
     loop {
-        match conn.accept_bi().await {
+        let accepted = tokio::select! {
+            accepted = conn.accept_bi() => accepted,
+            changed = peer.revoked.changed(), if following => {
+                following = changed.is_ok();
+                if let Some(fingerprint) = peer.revoked_in(&conn) {
+                    warn!(%remote, open_files = handles.len(),
+                          "ending the connection: certificate {fingerprint} in its chain was revoked");
+                    conn.close(REVOKED_CODE.into(), REVOKED_REASON);
+                }
+                continue;
+            }
+        };
+        match accepted {
             Ok((send, recv)) => {
                 activity.note();
                 let (ws, handles, watcher) = (ws.clone(), handles.clone(), watcher.clone());

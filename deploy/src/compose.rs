@@ -137,6 +137,12 @@ pub fn session_certs(home: &Home, id: &str, out: &Path) -> Result<CertsWritten, 
         let data = fs::read(&from).map_err(io_error("read", &from))?;
         write_file(&to, &data, mode)?;
     }
+    // The revoked host certificates, when there are hosts: the daemon refuses them from its start.
+    let revoked = cert_dir.join(sessionfs_pki::REVOKED_FILE);
+    if is_file(&revoked)? {
+        let data = fs::read(&revoked).map_err(io_error("read", &revoked))?;
+        write_file(&out.join(sessionfs_pki::REVOKED_FILE), &data, 0o644)?;
+    }
     info!(session = %id, out = %out.display(), issued, "wrote session certificates");
     Ok(CertsWritten {
         id,

@@ -97,7 +97,7 @@ pub enum HostError {
     },
 }
 
-fn file_error<'a>(
+pub(crate) fn file_error<'a>(
     what: &'static str,
     path: &'a Path,
 ) -> impl FnOnce(std::io::Error) -> HostError + 'a {
@@ -254,7 +254,11 @@ pub fn add(home: &Home, name: &str, out: &Path) -> Result<String, HostError> {
     if let Err(e) = written {
         let _ = fs::remove_file(out);
         if registered {
-            let _ = registry.shared().map(|etcd| etcd.remove_host(name));
+            let _ = registry.shared().map(|etcd| {
+                etcd.remove_host(name, |pem| {
+                    sessionfs_pki::pem_fingerprint(pem).map_err(|e| e.to_string())
+                })
+            });
         }
         return Err(e);
     }
@@ -440,26 +444,33 @@ pub fn render_hosts(hosts: &[HostStatus]) -> String {
 /// `unreachable`), never silently dropped.
 pub fn remove(home: &Home, name: &str) -> Result<String, HostError> {
     let (registry, _) = shared_registry(home)?;
-    registry.shared()?.remove_host(name)?;
+    let (_, revocation) = registry.shared()?.remove_host(name, |pem| {
+        sessionfs_pki::pem_fingerprint(pem).map_err(|e| e.to_string())
+    })?;
     let orphans = registry
         .list()?
         .iter()
         .filter(|r| r.host() == Some(name))
         .count();
     Ok(format!(
-        "removed host `{name}`; its {orphans} session(s) stay in the registry, shown \
-         `unreachable` until removed with `sessionfs session rm` there or moved"
+        "removed host `{name}` and revoked its certificate {}: every host's serving process \
+         (`sessionfs mount`, `sessionfs host serve`) now has its daemons refuse `{name}`; its \
+         {orphans} session(s) stay in the registry, shown `unreachable` until removed with \
+         `sessionfs session rm` there or moved",
+        revocation.fingerprint
     ))
 }
 
 /// What a host's serving process (`sessionfs mount`, `sessionfs host serve`) does while it runs,
 /// with a registry in etcd: keeps the host live (on a host of several), stops the daemons of
-/// sessions that moved to another host, and keeps the last list of sessions it saw in the state
+/// sessions that moved to another host, hands removed hosts' revoked certificates to this host's
+/// daemons ([`crate::revocation`]), and keeps the last list of sessions it saw in the state
 /// directory (`registry-cache.json`), which `session ls` shows when etcd cannot be reached.
-/// Dropping it ends all three.
+/// Dropping it ends them all.
 pub struct HostDuties {
     _live: Option<Liveness>,
     _watch: sessionfs_registry::WatchHandle,
+    _revocations: sessionfs_registry::WatchHandle,
 }
 
 /// The sessions a serving process last saw (`registry-cache.json`).
@@ -553,12 +564,14 @@ pub fn start_duties(home: &Home) -> Result<Option<HostDuties>, HostError> {
         })
         .map_err(|e| file_error("start a thread for", home.root())(e))?;
     let here = membership.map(|m| m.name);
+    let (revocations, sessions) = crate::revocation::hand_out(home, &location, here.clone())?;
     let (cache_home, shown) = (home.clone(), location.to_string());
     let watch = Registry::watch(
         &location,
         std::time::Duration::from_secs(1),
         move |records| {
             save_seen(&cache_home, &shown, &records);
+            let _ = sessions.send(crate::revocation::Heard::Sessions(records.clone()));
             for record in records {
                 if here.is_some()
                     && record.labels.get(crate::move_host::MOVED_FROM_LABEL) == here.as_ref()
@@ -571,5 +584,6 @@ pub fn start_duties(home: &Home) -> Result<Option<HostDuties>, HostError> {
     Ok(Some(HostDuties {
         _live: live,
         _watch: watch,
+        _revocations: revocations,
     }))
 }

@@ -21,6 +21,7 @@
 //!   backends (copy, verify, switch, stop the source; rollback on any failure).
 //! - `mcp.rs` owns `sessionfs mcp`: the MCP server of `sessionfs_mcp` with `session_list` backed by
 //!   the registry and backends.
+//! - `revocation.rs` hands removed hosts' revoked certificates to this host's sessions' daemons.
 //! - `file_error.rs` owns the one error for a failed file operation that every module wraps.
 //! - `commands.rs` owns the `sessionfs` commands (`session create|ls|stop|start|rm|recreate`,
 //!   `image build`, `mount`, `umount`) as functions returning printable reports, so tests can call them.
@@ -37,6 +38,7 @@ mod migrate;
 mod mounts;
 mod move_host;
 mod reconcile;
+mod revocation;
 mod state;
 mod transfer;
 

@@ -394,9 +394,59 @@ impl Home {
             .map_err(pki)?;
         let ca_copy = dir.join(CA_FILES.cert);
         fs::write(&ca_copy, ca.cert_pem()).map_err(io_error("write", &ca_copy))?;
+        // Before its daemon first starts: it must never serve a removed host, even for a moment.
+        if let Some(revoked) = self.revocations()? {
+            write_revoked(&dir, &revoked)?;
+        }
         debug!(session = %id, dir = %dir.display(), "issued session certificate");
         Ok(dir)
     }
+
+    /// The installation's revoked issuing certificates, from the etcd registry; `None` with the
+    /// SQLite registry of one host, which has no hosts to remove.
+    pub fn revocations(&self) -> Result<Option<Vec<sessionfs_registry::Revocation>>, StateError> {
+        let location = self.registry_location();
+        if !matches!(location, Location::Etcd(_)) {
+            return Ok(None);
+        }
+        let registry = self.open_registry()?;
+        let etcd = registry.shared().map_err(|source| StateError::Registry {
+            location: location.clone(),
+            source,
+        })?;
+        etcd.revocations()
+            .map(Some)
+            .map_err(|source| StateError::Registry { location, source })
+    }
+}
+
+/// The text of a daemon's [`sessionfs_pki::REVOKED_FILE`] listing `revoked`.
+pub fn revoked_text(revoked: &[sessionfs_registry::Revocation]) -> String {
+    sessionfs_pki::Revoked::render(
+        revoked
+            .iter()
+            .map(|r| (r.fingerprint.as_str(), r.host.as_str())),
+    )
+}
+
+/// Writes the revocation list into a session's certificate directory `dir` (0644, replaced at
+/// once: its daemon reads it whenever it changes).
+pub fn write_revoked(
+    dir: &Path,
+    revoked: &[sessionfs_registry::Revocation],
+) -> Result<(), StateError> {
+    let path = dir.join(sessionfs_pki::REVOKED_FILE);
+    // One temporary file per process: a mount and a `host serve` may both write.
+    let temporary = dir.join(format!(
+        ".{}.{}.new",
+        sessionfs_pki::REVOKED_FILE,
+        std::process::id()
+    ));
+    fs::write(&temporary, revoked_text(revoked)).map_err(io_error("write", &temporary))?;
+    fs::set_permissions(&temporary, fs::Permissions::from_mode(0o644))
+        .map_err(io_error("set the mode of", &temporary))?;
+    fs::rename(&temporary, &path).map_err(io_error("replace", &path))?;
+    Ok(())
 }
 
 /// Picks the state directory from `--home`, `$SESSIONFS_HOME` and `$HOME`, in that order;

@@ -19,10 +19,7 @@ pub fn authorize_peer(
     conn: &quinn::Connection,
     own_session_id: &str,
 ) -> Result<PeerRole, PkiError> {
-    let chain = conn
-        .peer_identity()
-        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .ok_or(PkiError::NoPeerCertificate)?;
+    let chain = crate::peer_chain(conn).ok_or(PkiError::NoPeerCertificate)?;
     let result = authorize_peer_chain(&chain, own_session_id);
     match &result {
         Ok(role) => tracing::debug!(remote = %conn.remote_address(), ?role, "peer authorized"),

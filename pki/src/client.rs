@@ -26,6 +26,8 @@ pub enum ConnectError {
     },
     #[error("handshake with {addr} failed: {source}")]
     Handshake { addr: SocketAddr, source: WireError },
+    #[error("daemon at {addr} refused this client: {reason}")]
+    Refused { addr: SocketAddr, reason: String },
     #[error("daemon at {addr} speaks protocol version {supported}, this build {PROTOCOL_VERSION}")]
     VersionMismatch { addr: SocketAddr, supported: u32 },
     #[error("daemon at {addr} serves session `{actual}`, expected `{expected}`")]
@@ -107,7 +109,15 @@ pub async fn connect_as(
             });
         }
     }
-    let handshake = |source| ConnectError::Handshake { addr, source };
+    // A daemon that refuses this client (an unauthorized or revoked certificate) closes the
+    // connection once TLS is done: say what it said rather than that a stream broke.
+    let handshake = |source| match conn.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(close)) => ConnectError::Refused {
+            addr,
+            reason: String::from_utf8_lossy(&close.reason).into_owned(),
+        },
+        _ => ConnectError::Handshake { addr, source },
+    };
     let (mut send, mut recv) = conn
         .open_bi()
         .await

@@ -12,6 +12,7 @@ mod error;
 mod files;
 pub mod health;
 mod identity;
+mod revoked;
 mod transport;
 pub mod wire;
 
@@ -24,6 +25,7 @@ pub use files::{
     CertFiles, BRIDGE_FILES, CA_FILES, CERT_MODE, KEY_MODE, SESSION_CERT_DIR, SESSION_FILES,
 };
 pub use identity::{ca_roots_from_pem, load_ca_roots, Identity};
+pub use revoked::{peer_chain, Revoked, REVOKED_FILE};
 pub use transport::{
     client_config, client_endpoint, endpoint, server_config, wide_area, TransportTuning,
 };

@@ -339,12 +339,25 @@ impl EtcdRegistry {
     /// from an etcd watch of the prefix (no polling). A broken stream resumes from the last revision
     /// seen, a compaction lists again (retried with a backoff up to 5 s, errors logged once each).
     /// Dropping the handle stops it.
-    pub fn watch<F>(&self, mut on_change: F) -> Result<WatchHandle, RegistryError>
+    pub fn watch<F>(&self, on_change: F) -> Result<WatchHandle, RegistryError>
     where
         F: FnMut(Vec<SessionRecord>) + Send + 'static,
     {
+        self.follow_prefix(self.sessions_prefix(), on_change)
+    }
+
+    /// [`EtcdRegistry::watch`] of the values under any key prefix, decoded as `T`, in key order.
+    pub(crate) fn follow_prefix<T, F>(
+        &self,
+        prefix: String,
+        mut on_change: F,
+    ) -> Result<WatchHandle, RegistryError>
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+        F: FnMut(Vec<T>) + Send + 'static,
+    {
         let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (client, prefix) = (self.client.clone(), self.sessions_prefix());
+        let client = self.client.clone();
         let handle = self.runtime()?.handle().clone();
         let thread = thread::Builder::new()
             .name("sessionfs-registry-watch".into())
@@ -366,29 +379,32 @@ impl EtcdRegistry {
     }
 }
 
-/// Every record under `prefix` and the revision the list is of.
-async fn list_at(
+/// Every value under `prefix`, in key order (for sessions: by id), and the revision the list is of.
+pub(crate) async fn list_at<T: serde::de::DeserializeOwned>(
     mut client: Client,
     prefix: String,
-) -> Result<(Vec<SessionRecord>, i64), RegistryError> {
+) -> Result<(Vec<T>, i64), RegistryError> {
     let response = client
         .get(prefix, Some(GetOptions::new().with_prefix()))
         .await
         .map_err(etcd_error)?;
     let revision = response.header().map_or(0, |h| h.revision());
-    let mut records = response
+    let records = response
         .kvs()
         .iter()
-        .map(|kv| decode::<SessionRecord>(kv.key(), kv.value()))
+        .map(|kv| decode::<T>(kv.key(), kv.value()))
         .collect::<Result<Vec<_>, _>>()?;
-    records.sort_by(|a, b| a.id.cmp(&b.id));
     Ok((records, revision))
 }
 
 /// Lists, then watches from the next revision and lists again on every change. When the watch
 /// breaks it resumes from the last revision it saw (changes made meanwhile arrive as events); when
 /// that revision was compacted away it lists afresh. Runs until dropped.
-async fn follow(client: Client, prefix: String, on_change: &mut impl FnMut(Vec<SessionRecord>)) {
+async fn follow<T: serde::de::DeserializeOwned>(
+    client: Client,
+    prefix: String,
+    on_change: &mut impl FnMut(Vec<T>),
+) {
     let mut backoff = Duration::from_millis(100);
     let mut last_error: Option<String> = None;
     // The revision the caller's view is of; `None`: list first.

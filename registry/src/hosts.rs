@@ -46,6 +46,19 @@ pub struct HostRecord {
     pub joined_at: Option<u64>,
 }
 
+/// A removed host's issuing certificate, which no daemon of the installation accepts in a peer's
+/// chain any more: kept at `<prefix>revoked/<fingerprint>` by `sessionfs host rm`, and followed
+/// by each host's serving process, which hands the list to its own sessions' daemons.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// SHA-256 of the certificate's DER, lowercase hex (`sessionfs_pki::fingerprint`).
+    pub fingerprint: String,
+    /// The host it was issued to.
+    pub host: String,
+    /// When it was revoked, unix seconds.
+    pub revoked_at: u64,
+}
+
 impl HostRecord {
     /// A host added now, not joined yet.
     pub fn new(name: &str, ca_pem: String, issuer: bool) -> HostRecord {
@@ -86,7 +99,7 @@ mod etcd {
     };
     use tracing::{debug, info, warn};
 
-    use super::{HostRecord, Installation, LIVENESS_TTL};
+    use super::{now, HostRecord, Installation, Revocation, LIVENESS_TTL};
     use crate::etcd::{decode, encode, etcd_error, EtcdRegistry};
     use crate::store::RegistryError;
 
@@ -97,6 +110,10 @@ mod etcd {
 
         fn host_key(&self, name: &str) -> String {
             format!("{}hosts/{name}", self.prefix())
+        }
+
+        fn revoked_prefix(&self) -> String {
+            format!("{}revoked/", self.prefix())
         }
 
         fn live_prefix(&self, name: &str) -> String {
@@ -188,24 +205,70 @@ mod etcd {
             )))
         }
 
-        /// Removes a host and its liveness keys; its last record. Its sessions' records stay.
-        pub fn remove_host(&self, name: &str) -> Result<HostRecord, RegistryError> {
-            let (key, live, owned) = (self.host_key(name), self.live_prefix(name), name.to_owned());
-            self.run(move |mut client| async move {
-                let txn = Txn::new().and_then([
-                    TxnOp::delete(key, Some(DeleteOptions::new().with_prev_key())),
-                    TxnOp::delete(live, Some(DeleteOptions::new().with_prefix())),
-                ]);
-                let response = client.txn(txn).await.map_err(etcd_error)?;
-                let removed = response.op_responses().into_iter().find_map(|op| match op {
-                    etcd_client::TxnOpResponse::Delete(d) => d
-                        .prev_kvs()
-                        .first()
-                        .map(|kv| decode::<HostRecord>(kv.key(), kv.value())),
-                    _ => None,
-                });
-                removed.unwrap_or(Err(RegistryError::NoHost(owned)))
-            })
+        /// Removes a host and its liveness keys, and revokes its issuing certificate, at once
+        /// (compare-and-swap on the host's record, retried): its last record and the revocation.
+        /// `fingerprint` names the certificate in `ca_pem`; one it cannot read fails the removal,
+        /// which would otherwise leave the certificate trusted. Its sessions' records stay.
+        pub fn remove_host(
+            &self,
+            name: &str,
+            fingerprint: impl Fn(&str) -> Result<String, String>,
+        ) -> Result<(HostRecord, Revocation), RegistryError> {
+            let (key, live) = (self.host_key(name), self.live_prefix(name));
+            for _ in 0..64 {
+                let (host, seen): (HostRecord, i64) = self
+                    .get_key(key.clone())?
+                    .ok_or_else(|| RegistryError::NoHost(name.to_owned()))?;
+                let revocation = Revocation {
+                    fingerprint: fingerprint(&host.ca_pem).map_err(|e| RegistryError::Corrupt {
+                        id: key.clone(),
+                        reason: format!(
+                            "its certificate cannot be read, so it cannot be revoked: {e}"
+                        ),
+                    })?,
+                    host: name.to_owned(),
+                    revoked_at: now(),
+                };
+                let revoked_key = format!("{}{}", self.revoked_prefix(), revocation.fingerprint);
+                let value = encode(&revoked_key, &revocation)?;
+                let (key, live) = (key.clone(), live.clone());
+                let removed = self.run(move |mut client| async move {
+                    let txn = Txn::new()
+                        .when([Compare::mod_revision(key.clone(), CompareOp::Equal, seen)])
+                        .and_then([
+                            TxnOp::delete(key, None),
+                            TxnOp::delete(live, Some(DeleteOptions::new().with_prefix())),
+                            TxnOp::put(revoked_key, value, None),
+                        ]);
+                    Ok(client.txn(txn).await.map_err(etcd_error)?.succeeded())
+                })?;
+                if removed {
+                    return Ok((host, revocation));
+                }
+            }
+            Err(RegistryError::Unavailable(format!(
+                "host `{name}` kept changing under 64 attempts to remove it"
+            )))
+        }
+
+        /// Every revoked issuing certificate, by fingerprint.
+        pub fn revocations(&self) -> Result<Vec<Revocation>, RegistryError> {
+            let prefix = self.revoked_prefix();
+            Ok(self
+                .run(move |client| crate::etcd::list_at(client, prefix))?
+                .0)
+        }
+
+        /// Follows the revocations as [`EtcdRegistry::watch`] follows sessions: `on_change` gets
+        /// the whole list at once and after every change. Dropping the handle stops it.
+        pub fn watch_revocations<F>(
+            &self,
+            on_change: F,
+        ) -> Result<crate::WatchHandle, RegistryError>
+        where
+            F: FnMut(Vec<Revocation>) + Send + 'static,
+        {
+            self.follow_prefix(self.revoked_prefix(), on_change)
         }
 
         /// Every host, sorted by name.

@@ -23,7 +23,7 @@ mod record;
 mod store;
 
 pub use etcd::{EtcdRegistry, CALL_TIMEOUT as ETCD_CALL_TIMEOUT, DEFAULT_PREFIX as ETCD_PREFIX};
-pub use hosts::{check_host_name, HostRecord, Installation, Liveness, LIVENESS_TTL};
+pub use hosts::{check_host_name, HostRecord, Installation, Liveness, Revocation, LIVENESS_TTL};
 pub use id::{InvalidSessionId, SessionId};
 pub use location::{EtcdLocation, EtcdTls, InvalidLocation, Location, Registry};
 pub use record::{

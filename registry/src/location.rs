@@ -235,6 +235,25 @@ impl Registry {
         }
     }
 
+    /// Follows the revoked host certificates in the etcd registry at `location`
+    /// ([`EtcdRegistry::watch_revocations`]), on a connection of its own.
+    pub fn watch_revocations<F>(
+        location: &Location,
+        on_change: F,
+    ) -> Result<WatchHandle, RegistryError>
+    where
+        F: FnMut(Vec<crate::Revocation>) + Send + 'static,
+    {
+        match location {
+            Location::Sqlite(_) => Err(RegistryError::NeedsSharedRegistry),
+            Location::Etcd(etcd) => {
+                let registry = EtcdRegistry::connect(etcd, DEFAULT_PREFIX)?;
+                let handle = registry.watch_revocations(on_change)?;
+                Ok(handle.keeping(Box::new(registry)))
+            }
+        }
+    }
+
     /// Follows the registry at `location` from a background thread: `on_change` gets the full
     /// list at once and after every change (SQLite: polled every `poll_interval`; etcd: from its
     /// watch). Dropping the handle stops it.

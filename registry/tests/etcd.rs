@@ -318,8 +318,35 @@ fn hosts_are_live_while_kept_and_a_lapsed_lease_is_granted_again() {
         modified.unwrap().advertise,
         Some("10.0.0.2".parse().unwrap())
     );
-    assert_eq!(r.remove_host("b").unwrap().ca_pem, "b-ca");
-    assert!(matches!(r.remove_host("b"), Err(RegistryError::NoHost(_))));
+    // Removal revokes the host's certificate in the same transaction, and is followed.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _watch = r
+        .watch_revocations(move |list| tx.send(list).unwrap())
+        .unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), []);
+    let fingerprint = |pem: &str| Ok(format!("fp-of-{pem}"));
+    let (removed, revocation) = r.remove_host("b", fingerprint).unwrap();
+    assert_eq!(removed.ca_pem, "b-ca");
+    assert_eq!(
+        (revocation.fingerprint.as_str(), revocation.host.as_str()),
+        ("fp-of-b-ca", "b")
+    );
+    assert_eq!(r.revocations().unwrap(), std::slice::from_ref(&revocation));
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+        [revocation]
+    );
+    assert!(matches!(
+        r.remove_host("b", fingerprint),
+        Err(RegistryError::NoHost(_))
+    ));
+    assert_eq!(names(&r), ["a"]);
+    // A certificate that cannot be read is not silently left trusted: nothing is removed.
+    let unreadable = r.remove_host("a", |_| Err("not PEM".to_owned()));
+    assert!(
+        matches!(&unreadable, Err(RegistryError::Corrupt { reason, .. }) if reason.contains("not PEM")),
+        "{unreadable:?}"
+    );
     assert_eq!(names(&r), ["a"]);
 }
 

@@ -20,7 +20,28 @@ pub fn certs_tar(cert_dir: &Path) -> Result<Vec<u8>, DockerError> {
         let data = fs::read(&path).map_err(io_error("read", &path))?;
         entries.push(TarEntry::file(&format!("run/sessionfs/{name}"), mode, data));
     }
+    let revoked = cert_dir.join(sessionfs_pki::REVOKED_FILE);
+    match fs::read(&revoked) {
+        Ok(data) => entries.push(revoked_entry(data)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_error("read", &revoked)(e).into()),
+    }
     Ok(write_tar(&entries).map_err(io_error("pack the certificates of", cert_dir))?)
+}
+
+/// A tar archive, to be unpacked at `/`, holding only the revocation list `text` (0644) in the
+/// certificate directory (the directory is there since the container was made).
+pub fn revoked_tar(text: &str) -> Result<Vec<u8>, DockerError> {
+    Ok(write_tar(&[revoked_entry(text.as_bytes().to_vec())])
+        .map_err(io_error("pack", Path::new(sessionfs_pki::REVOKED_FILE)))?)
+}
+
+fn revoked_entry(data: Vec<u8>) -> TarEntry {
+    TarEntry::file(
+        &format!("run/sessionfs/{}", sessionfs_pki::REVOKED_FILE),
+        0o644,
+        data,
+    )
 }
 
 /// One member of an in-memory tar archive.

@@ -954,6 +954,22 @@ impl Engine {
             )))
     }
 
+    /// Puts the revocation list `text` into the certificate directory of `record`'s container,
+    /// running or not (its daemon reads it within a second).
+    pub fn upload_revoked(&self, record: &SessionRecord, text: &str) -> Result<(), DockerError> {
+        let container = record_container(record);
+        let upload = UploadToContainerOptionsBuilder::default().path("/").build();
+        self.runtime
+            .block_on(self.docker.upload_to_container(
+                &container,
+                Some(upload),
+                bollard::body_full(bytes::Bytes::from(archive::revoked_tar(text)?)),
+            ))
+            .map_err(DockerError::api(format!(
+                "upload the revocation list into {container}"
+            )))
+    }
+
     /// One health probe of session `id`'s daemon at `endpoint` with the session's certificate from
     /// `cert_dir` (and the daemon's pinned, if `pin`), bounded by [`PROBE_TIMEOUT`] and by what is
     /// `remaining` of the caller's wait.

@@ -337,6 +337,88 @@ fn a_removed_hosts_sessions_stay_unreachable() -> Result<()> {
     Ok(())
 }
 
+/// The error of creating `name` under `id` through `h`'s mount; `None` if it was made.
+fn create_error(h: &Harness, id: &str, name: &str) -> Option<std::io::Error> {
+    fs::write(h.path(id, name), b"probe").err()
+}
+
+/// Waits until `h`'s mount can no longer create files in session `id` (its host refuses `h`);
+/// how long that took. Every probe that succeeded before is a file in the session.
+pub(crate) fn wait_refused(h: &Harness, id: &str, limit: Duration) -> Result<Duration> {
+    let mut n = 0;
+    wait_until(&format!("{id} to refuse the removed host"), limit, || {
+        n += 1;
+        create_error(h, id, &format!("probe-{n}")).is_some()
+    })
+}
+
+/// `host rm c`: every daemon of the other hosts refuses c's certificates from then on. c reached
+/// a's session before; within a couple of seconds of the removal c can neither write to it nor
+/// read what a writes, its connection ended by a's daemon; b, not removed, still can; and a
+/// session made on a after the removal never lets c in.
+#[test]
+fn a_removed_host_loses_access_to_every_session() -> Result<()> {
+    let mut c = Cluster::new()?;
+    let ws = c.create("a", "sa")?;
+    for h in ["a", "b", "c"] {
+        c.host(h).mount()?;
+    }
+    fs::write(c.host("c").path("sa", "from-c"), b"c was here")?;
+    ensure!(fs::read(c.host("a").path("sa", "from-c"))? == b"c was here");
+
+    let removed = Instant::now();
+    let out = c.host("b").ok(&["host", "rm", "c"])?;
+    ensure!(out.contains("revoked its certificate"), "{out}");
+    let took = wait_refused(&c.hosts[2], "sa", Duration::from_secs(15))?;
+    eprintln!(
+        "c was refused {took:?} after `host rm` ({:?} in all)",
+        removed.elapsed()
+    );
+    fs::write(c.host("a").path("sa", "after-rm"), b"not for c")?;
+    ensure!(
+        fs::read(c.host("c").path("sa", "after-rm")).is_err(),
+        "c read what a wrote after c was removed"
+    );
+    ensure!(
+        create_error(c.host("c"), "sa", "late").is_some(),
+        "c could write again"
+    );
+    ensure!(
+        !ws.join("late").exists(),
+        "c's refused write reached the workspace"
+    );
+    fs::write(c.host("b").path("sa", "from-b"), b"b stays")?;
+    ensure!(fs::read(c.host("b").path("sa", "after-rm"))? == b"not for c");
+    // a's daemon says why.
+    let log = fs::read_to_string(c.hosts[0].home.join("sessions/sa/daemon.log"))?;
+    ensure!(
+        log.contains("was revoked") && log.contains("refused connection: its chain holds revoked"),
+        "{log}"
+    );
+
+    // A session made after the removal is issued with the list: c never gets in.
+    c.create("a", "sa2")?;
+    wait_until("c's mount to list sa2", Duration::from_secs(10), || {
+        fs::read_dir(&c.hosts[2].mountpoint)
+            .is_ok_and(|entries| entries.flatten().any(|e| e.file_name() == "sa2"))
+    })?;
+    let refused = fs::write(c.hosts[2].path("sa2", "x"), b"x");
+    ensure!(
+        refused.is_err(),
+        "c wrote into a session made after its removal"
+    );
+    let bridge = fs::read_to_string(c.hosts[2].dir.path().join("bridge.log"))?;
+    ensure!(
+        bridge.contains("refused this client: certificate revoked"),
+        "c's bridge does not say why: {refused:?}"
+    );
+    fs::write(c.host("b").path("sa2", "x"), b"b")?;
+    for h in ["a", "b", "c"] {
+        c.host(h).unmount()?;
+    }
+    Ok(())
+}
+
 /// A tree with what a migration must keep: nested directories, a read-only directory, an
 /// executable, a 3 MiB file, an empty file, a symlink.
 fn fill(ws: &std::path::Path) -> Result<()> {

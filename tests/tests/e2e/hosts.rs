@@ -1,11 +1,12 @@
-//! Several hosts, one registry (issue 16), first step: the registry in a real etcd instead of the
-//! state directory's SQLite file, chosen by `SESSIONFS_REGISTRY` (`--registry`). One host here; the
-//! hosts, their trust and the remote data path come with the rest of the issue.
+//! Several hosts, one registry, on this machine's own network: the registry in a real etcd instead
+//! of the state directory's SQLite file (`SESSIONFS_REGISTRY`, `--registry`), and hosts that need
+//! Docker, which cannot run inside the test namespaces of `cluster.rs`: they advertise loopback
+//! addresses of their own (127.0.0.2, 127.0.0.3).
 
 use std::fs;
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use sessionfs_tests::{wait_until, Etcd, Harness};
 
 #[test]
@@ -202,5 +203,41 @@ fn a_hosts_docker_sessions_listen_on_its_advertised_address() -> Result<()> {
     ensure!(fs::read(h.path(&id, "f"))? == b"through the advertised address");
     h.unmount()?;
     h.ok(&["session", "rm", &id, "--purge"])?;
+    Ok(())
+}
+
+/// `host rm` reaches a docker session too: its host uploads the revocation list into the
+/// container, whose daemon then refuses the removed host (here `peer`, on 127.0.0.3), which had
+/// been writing to it.
+#[test]
+fn a_removed_host_is_refused_by_a_docker_sessions_daemon() -> Result<()> {
+    let etcd = Etcd::start()?;
+    let mut dock = Harness::new()?;
+    dock.registry = Some(etcd.url());
+    dock.ok(&["host", "init", "--name", "dock", "--advertise", "127.0.0.2"])?;
+    let mut peer = Harness::new()?;
+    let bundle = dock.dir.path().join("peer.bundle");
+    let bundle = bundle.to_str().context("utf-8 path")?.to_owned();
+    dock.ok(&["host", "add", "peer", "--out", &bundle])?;
+    peer.ok(&["host", "join", &bundle, "--advertise", "127.0.0.3"])?;
+    let id = dock.unique_id("rev");
+    dock.create_docker_session(&id, &[])?;
+    dock.mount()?;
+    peer.mount()?;
+    fs::write(peer.path(&id, "from-peer"), b"before")?;
+    ensure!(fs::read(dock.path(&id, "from-peer"))? == b"before");
+
+    let out = dock.ok(&["host", "rm", "peer"])?;
+    ensure!(out.contains("revoked its certificate"), "{out}");
+    let took = crate::cluster::wait_refused(&peer, &id, Duration::from_secs(15))?;
+    eprintln!("the docker session refused the removed host {took:?} after `host rm`");
+    fs::write(dock.path(&id, "after"), b"dock's own")?;
+    ensure!(
+        fs::read(peer.path(&id, "after")).is_err(),
+        "peer read after removal"
+    );
+    peer.unmount()?;
+    dock.unmount()?;
+    dock.ok(&["session", "rm", &id, "--purge"])?;
     Ok(())
 }
