@@ -93,17 +93,6 @@ pub enum CommandError {
     /// The Docker reconciler thread could not be started.
     #[error("cannot start the docker reconciler: {0}")]
     Reconciler(#[source] std::io::Error),
-    /// The session belongs to a backend this command line does not manage.
-    #[error("session `{id}` uses the {backend} backend, which `sessionfs session` cannot manage")]
-    UnsupportedBackend {
-        /// The session.
-        id: SessionId,
-        /// Its backend.
-        backend: Backend,
-    },
-    /// `session create --backend` names a backend that cannot create sessions.
-    #[error("the {0} backend is not available (use --backend local or --backend docker)")]
-    BackendNotAvailable(Backend),
     /// An option of `session create` that the chosen backend does not take.
     #[error("{flag} applies only to --backend {applies_to}{hint}")]
     BackendOption {
@@ -149,6 +138,9 @@ pub enum CommandError {
     /// The Docker backend.
     #[error(transparent)]
     Docker(#[from] DockerError),
+    /// The Kubernetes backend.
+    #[error(transparent)]
+    Kube(#[from] crate::k8s::KubeError),
     /// Building the session image.
     #[error(transparent)]
     Image(#[from] ImageError),
@@ -205,12 +197,13 @@ pub fn parse_env(s: &str) -> Result<(String, String), CommandError> {
     }
 }
 
-/// Parses `session create --backend`: `local` or `docker`.
+/// Parses `session create --backend`: `local`, `docker` or `kubernetes`.
 pub fn parse_backend(s: &str) -> Result<Backend, String> {
     match s.parse::<Backend>() {
-        Ok(b @ (Backend::Local | Backend::Docker)) => Ok(b),
-        Ok(other) => Err(CommandError::BackendNotAvailable(other).to_string()),
-        Err(_) => Err(format!("unknown backend {s:?} (expected local or docker)")),
+        Ok(b) => Ok(b),
+        Err(_) => Err(format!(
+            "unknown backend {s:?} (expected local, docker or kubernetes)"
+        )),
     }
 }
 
@@ -229,13 +222,6 @@ fn get_record(registry: &Registry, id: &SessionId) -> Result<SessionRecord, Comm
     Ok(record)
 }
 
-fn unsupported(record: &SessionRecord) -> CommandError {
-    CommandError::UnsupportedBackend {
-        id: record.id.clone(),
-        backend: record.backend,
-    }
-}
-
 fn endpoint_text(record: &SessionRecord) -> String {
     record
         .endpoint
@@ -249,6 +235,14 @@ fn workspace_text(record: &SessionRecord) -> String {
     }
     match record.labels.get(docker::RECORD_VOLUME) {
         Some(volume) if record.backend == Backend::Docker => format!("volume {volume}"),
+        _ if record.backend == Backend::Kubernetes => format!(
+            "claim {}/{}",
+            record
+                .labels
+                .get(crate::k8s::RECORD_NAMESPACE)
+                .map_or("?", String::as_str),
+            crate::k8s::object_name(&record.id)
+        ),
         _ => "-".to_owned(),
     }
 }
@@ -271,8 +265,47 @@ pub struct CreateOptions {
     /// The workspace owner `UID:GID` given to new files (`sessionfsd --owner`); docker sessions
     /// default to `DEFAULT_DOCKER_OWNER` (1000:1000), local sessions to the calling host user.
     pub owner: Option<String>,
-    /// Options of docker sessions.
+    /// Options of docker sessions (`image`, `nano_cpus` and `memory` of kubernetes sessions too).
     pub docker: DockerOptions,
+    /// Options of kubernetes sessions.
+    pub kubernetes: KubeOptions,
+}
+
+/// The options of `session create --backend kubernetes` (with `--image`, `--cpus`, `--memory`).
+#[derive(Debug, Clone, Default)]
+pub struct KubeOptions {
+    /// The namespace; default: the kubeconfig context's.
+    pub namespace: Option<String>,
+    /// The kubeconfig context; default: the current one.
+    pub context: Option<String>,
+    /// The workspace claim's storage class; default: the cluster's default class.
+    pub storage_class: Option<String>,
+    /// The workspace claim's size (a Kubernetes quantity); default 10Gi.
+    pub size: Option<String>,
+    /// Node labels the pod must run on.
+    pub node_selector: Vec<(String, String)>,
+    /// How the daemon is reached; default at the pod's IP.
+    pub reach: Option<crate::k8s::Reach>,
+    /// Where `sessionfsd` is in the image; default `/sessionfsd`.
+    pub daemon_path: Option<String>,
+}
+
+impl KubeOptions {
+    /// The options that were given, as their flags.
+    fn given(&self) -> Vec<&'static str> {
+        [
+            (self.namespace.is_some(), "--namespace"),
+            (self.context.is_some(), "--context"),
+            (self.storage_class.is_some(), "--storage-class"),
+            (self.size.is_some(), "--size"),
+            (!self.node_selector.is_empty(), "--node-selector"),
+            (self.reach.is_some(), "--reach"),
+            (self.daemon_path.is_some(), "--daemon-path"),
+        ]
+        .into_iter()
+        .filter_map(|(given, flag)| given.then_some(flag))
+        .collect()
+    }
 }
 
 /// The workspace owner of docker sessions unless `--owner` says otherwise: the conventional first
@@ -303,6 +336,7 @@ impl Default for CreateOptions {
             labels: Vec::new(),
             owner: None,
             docker: DockerOptions::default(),
+            kubernetes: KubeOptions::default(),
         }
     }
 }
@@ -382,9 +416,25 @@ pub fn create(home: &Home, opts: &CreateOptions) -> Result<Created, CommandError
                     hint: "",
                 });
             }
+            if let Some(flag) = opts.kubernetes.given().first() {
+                return Err(CommandError::BackendOption {
+                    flag,
+                    applies_to: Backend::Kubernetes,
+                    hint: "",
+                });
+            }
         }
-        Backend::Docker => return create_docker(home, id, opts),
-        other => return Err(CommandError::BackendNotAvailable(other)),
+        Backend::Docker => {
+            if let Some(flag) = opts.kubernetes.given().first() {
+                return Err(CommandError::BackendOption {
+                    flag,
+                    applies_to: Backend::Kubernetes,
+                    hint: "",
+                });
+            }
+            return create_docker(home, id, opts);
+        }
+        Backend::Kubernetes => return create_kubernetes(home, id, opts),
     }
     let user_dir = opts
         .dir
@@ -559,6 +609,129 @@ fn create_docker(
         .modify(&id, |r| r.state = SessionState::Running)
         .map_err(|e| undo_all(e.into()))?;
     info!(session = %id, container = %provisioned.container, "created docker session");
+    Ok(Created { record })
+}
+
+/// `session create --backend kubernetes`: a Secret with the session's certificates, a claim for
+/// its workspace and a pod serving it (see [`crate::k8s`]); registered first, `running` with the
+/// pod's endpoint once the pod is ready. On failure everything this call made is removed again
+/// (a claim kept from an earlier session of the id stays).
+fn create_kubernetes(
+    home: &Home,
+    id: SessionId,
+    opts: &CreateOptions,
+) -> Result<Created, CommandError> {
+    use crate::k8s;
+    let d = &opts.docker;
+    let k = &opts.kubernetes;
+    if opts.dir.is_some() {
+        return Err(CommandError::BackendOption {
+            flag: "--dir",
+            applies_to: Backend::Local,
+            hint: "; a kubernetes session's workspace is its claim (--size, --storage-class)",
+        });
+    }
+    for (given, flag) in [
+        (d.volume.is_some(), "--volume"),
+        (d.workspace.is_some(), "--workspace"),
+        (!d.env.is_empty(), "--env"),
+    ] {
+        if given {
+            return Err(CommandError::BackendOption {
+                flag,
+                applies_to: Backend::Docker,
+                hint: "",
+            });
+        }
+    }
+    if let Some((key, _)) = opts.labels.iter().find(|(k, _)| k.starts_with("k8s.")) {
+        return Err(CommandError::ReservedLabel(key.clone()));
+    }
+    let cluster = k8s::Cluster::connect(k.context.as_deref(), k.namespace.as_deref())?;
+    let mut pod = k8s::PodOptions::new(cluster.namespace());
+    pod.context = k.context.clone();
+    if let Some(image) = &d.image {
+        image::check_reference(image)?;
+        pod.image = image.clone();
+    }
+    if let Some(path) = &k.daemon_path {
+        pod.daemon_path = path.clone();
+    }
+    pod.storage_class = k.storage_class.clone();
+    if let Some(size) = &k.size {
+        k8s::check_quantity("--size", size)?;
+        pod.size = size.clone();
+    }
+    // Docker's parsed limits as Kubernetes quantities: millicores, bytes.
+    pod.cpus = d.nano_cpus.map(|n| format!("{}m", (n / 1_000_000).max(1)));
+    pod.memory = d.memory.map(|b| b.to_string());
+    pod.node_selector = k.node_selector.iter().cloned().collect();
+    if let Some(reach) = k.reach {
+        pod.reach = reach;
+    }
+    if let Some(owner) = &opts.owner {
+        pod.owner = owner.clone();
+    }
+    let registry = home.open_registry()?;
+    let _lock = home.lock()?;
+    if registry.get(&id)?.is_some() {
+        return Err(CommandError::AlreadyExists(id));
+    }
+    let ca = home.certificate_authority()?;
+    let installation = k8s::installation(home)?;
+    let mut record = SessionRecord::new(
+        id.clone(),
+        Backend::Kubernetes,
+        sessionfs_pki::session_dns_name(id.as_str()),
+    );
+    record.labels = opts.labels.iter().cloned().collect::<BTreeMap<_, _>>();
+    record
+        .labels
+        .insert(OWNER_LABEL.to_owned(), pod.owner.clone());
+    record.labels.insert(HOST_LABEL.to_owned(), this_host());
+    record.labels.insert(
+        k8s::RECORD_SPEC.to_owned(),
+        serde_json::to_string(&pod).map_err(|e| {
+            CommandError::Kube(k8s::KubeError::InvalidOption(format!(
+                "cannot record the pod options: {e}"
+            )))
+        })?,
+    );
+    record
+        .labels
+        .insert(k8s::RECORD_NAMESPACE.to_owned(), pod.namespace.clone());
+    record
+        .labels
+        .insert(k8s::RECORD_POD.to_owned(), k8s::object_name(&id));
+    registry.register(&record)?;
+    let certs_existed = home.session_cert_dir(&id).exists();
+    let undo = |e: CommandError| {
+        if let Err(re) = registry.remove(&id) {
+            warn!(session = %id, error = %re, "cannot remove the failed session's registration");
+        }
+        remove_created_files(home, &id, false, certs_existed);
+        e
+    };
+    home.issue_session_certs(&ca, &id)
+        .map_err(|e| undo(e.into()))?;
+    pin_certificate(home, &registry, &id).map_err(undo)?;
+    let made = cluster
+        .provision(home, &id, &installation, &pod)
+        .map_err(|e| undo(e.into()))?;
+    let undo_all = |e: CommandError| {
+        cluster.discard(&id, &made);
+        undo(e)
+    };
+    let endpoint = cluster
+        .wait_ready(&id, pod.reach, k8s::READY_TIMEOUT)
+        .map_err(|e| undo_all(e.into()))?;
+    let record = registry
+        .modify(&id, |r| {
+            r.state = SessionState::Running;
+            r.endpoint = Some(endpoint);
+        })
+        .map_err(|e| undo_all(e.into()))?;
+    info!(session = %id, namespace = %pod.namespace, %endpoint, "created kubernetes session");
     Ok(Created { record })
 }
 
@@ -982,7 +1155,16 @@ pub fn stop(home: &Home, id: &str) -> Result<Stopped, CommandError> {
             let container = docker::record_container(&record);
             (StopOutcome::NotRunning, Some((container, stop)), state)
         }
-        Backend::Kubernetes => return Err(unsupported(&record)),
+        Backend::Kubernetes => {
+            // Stopped first: the mount's follower must not take the pod's deletion for a loss.
+            registry.modify(&id, |r| {
+                r.state = SessionState::Stopped;
+                r.endpoint = None;
+            })?;
+            let (cluster, _) = crate::k8s::Cluster::for_record(&record)?;
+            cluster.delete_pod(&id)?;
+            (StopOutcome::NotRunning, None, SessionState::Stopped)
+        }
     };
     registry.modify(&id, |r| {
         r.state = state;
@@ -1078,7 +1260,7 @@ pub fn start(home: &Home, id: &str) -> Result<Started, CommandError> {
                 Started::Started(record)
             });
         }
-        Backend::Kubernetes => return Err(unsupported(&record)),
+        Backend::Kubernetes => return start_kubernetes(home, &registry, record),
     }
     if local::is_running(&record) {
         return Ok(Started::AlreadyRunning(record));
@@ -1095,6 +1277,42 @@ pub fn start(home: &Home, id: &str) -> Result<Started, CommandError> {
         })
         .inspect_err(|_| stop_quietly(&started))?;
     Ok(Started::Started(record))
+}
+
+/// `session start` of a kubernetes session: the certificates (renewed if due) and revocation
+/// list into its Secret, its pod made again unless it runs, and `running` at the pod's endpoint
+/// once ready.
+fn start_kubernetes(
+    home: &Home,
+    registry: &Registry,
+    record: SessionRecord,
+) -> Result<Started, CommandError> {
+    use crate::k8s;
+    let id = record.id.clone();
+    let (cluster, opts) = k8s::Cluster::for_record(&record)?;
+    let installation = k8s::installation(home)?;
+    let existing = cluster
+        .pod(&id)?
+        .filter(|p| p.metadata.deletion_timestamp.is_none());
+    let was_ready = existing.as_ref().is_some_and(k8s::ready);
+    if existing.is_none() {
+        if home.renew_session_certs_if_due(&id)? {
+            pin_certificate(home, registry, &id)?;
+        }
+        cluster.put_secret(home, &id, &installation, &opts)?;
+        cluster.create_pod(&id, &installation, &opts)?;
+    }
+    let endpoint = cluster.wait_ready(&id, opts.reach, k8s::READY_TIMEOUT)?;
+    let unchanged = record.state == SessionState::Running && record.endpoint == Some(endpoint);
+    let record = registry.modify(&id, |r| {
+        r.state = SessionState::Running;
+        r.endpoint = Some(endpoint);
+    })?;
+    Ok(if was_ready && unchanged {
+        Started::AlreadyRunning(record)
+    } else {
+        Started::Started(record)
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1120,9 +1338,14 @@ pub struct Removed {
 impl fmt::Display for Removed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "removed session {}", self.id)?;
+        // A kubernetes session's pod and claim are named with their kind already.
+        let (container, volume) = match &self.container {
+            Some(c) if c.container.starts_with("pod ") => ("", ""),
+            _ => ("container ", "volume "),
+        };
         match (&self.container, self.outcome) {
-            (Some(c), _) if c.existed => write!(f, " (removed container {})", c.container)?,
-            (Some(c), _) => write!(f, " (container {} was already gone)", c.container)?,
+            (Some(c), _) if c.existed => write!(f, " (removed {container}{})", c.container)?,
+            (Some(c), _) => write!(f, " ({container}{} was already gone)", c.container)?,
             (None, StopOutcome::NotRunning) => {}
             (None, StopOutcome::Terminated) => f.write_str(" (stopped its daemon)")?,
             (None, StopOutcome::Killed) => f.write_str(" (killed its daemon)")?,
@@ -1144,9 +1367,9 @@ impl fmt::Display for Removed {
         }
         if let Some(c) = &self.container {
             match &c.volume {
-                Some((volume, true)) => write!(f, "\ndeleted volume {volume}")?,
-                Some((volume, false)) => {
-                    write!(f, "\nkept volume {volume} (use --purge to delete it)")?
+                Some((name, true)) => write!(f, "\ndeleted {volume}{name}")?,
+                Some((name, false)) => {
+                    write!(f, "\nkept {volume}{name} (use --purge to delete it)")?
                 }
                 None => {}
             }
@@ -1185,7 +1408,26 @@ pub fn remove(home: &Home, id: &str, purge: bool) -> Result<Removed, CommandErro
             let removal = Engine::connect()?.remove(&record, purge)?;
             (StopOutcome::NotRunning, Some(removal), None)
         }
-        Backend::Kubernetes => return Err(unsupported(&record)),
+        Backend::Kubernetes => {
+            registry.modify(&id, |r| {
+                r.state = SessionState::Stopped;
+                r.endpoint = None;
+            })?;
+            let (cluster, _) = crate::k8s::Cluster::for_record(&record)?;
+            let removed = cluster.remove(&id, purge)?;
+            let name = crate::k8s::object_name(&id);
+            let namespace = cluster.namespace().to_owned();
+            (
+                StopOutcome::NotRunning,
+                Some(ContainerRemoval {
+                    container: format!("pod {namespace}/{name}"),
+                    existed: removed.pod,
+                    volume: Some((format!("claim {namespace}/{name}"), removed.claim)),
+                    host_dir: None,
+                }),
+                None,
+            )
+        }
     };
     registry.remove(&id)?;
 
@@ -1272,6 +1514,9 @@ pub fn recreate(home: &Home, id: &str, image: Option<&str>) -> Result<Recreated,
     let registry = home.open_registry()?;
     let _lock = home.lock()?;
     let record = get_record(&registry, &id)?;
+    if record.backend == Backend::Kubernetes {
+        return recreate_kubernetes(home, &registry, record, image);
+    }
     if record.backend != Backend::Docker {
         return Err(CommandError::DockerOnly {
             id,
@@ -1328,6 +1573,50 @@ pub fn recreate(home: &Home, id: &str, image: Option<&str>) -> Result<Recreated,
     }
     let record = registry.modify(&id, |r| r.state = SessionState::Running)?;
     info!(session = %id, container = %provisioned.container, "recreated docker session");
+    Ok(Recreated { record, replaced })
+}
+
+/// `session recreate` of a kubernetes session: its pod deleted and made again (with `image` if
+/// given) on the same claim, its certificates put into its Secret again first.
+fn recreate_kubernetes(
+    home: &Home,
+    registry: &Registry,
+    record: SessionRecord,
+    image: Option<&str>,
+) -> Result<Recreated, CommandError> {
+    use crate::k8s;
+    let id = record.id.clone();
+    let (cluster, mut opts) = k8s::Cluster::for_record(&record)?;
+    if let Some(image) = image {
+        image::check_reference(image)?;
+        opts.image = image.to_owned();
+    }
+    let spec = serde_json::to_string(&opts).map_err(|e| {
+        CommandError::Kube(k8s::KubeError::InvalidOption(format!(
+            "cannot record the pod options: {e}"
+        )))
+    })?;
+    let installation = k8s::installation(home)?;
+    registry.modify(&id, |r| {
+        r.state = SessionState::Stopped;
+        r.endpoint = None;
+    })?;
+    let replaced = cluster.delete_pod(&id)?;
+    if home.renew_session_certs_if_due(&id)? {
+        pin_certificate(home, registry, &id)?;
+    }
+    cluster.put_secret(home, &id, &installation, &opts)?;
+    registry.modify(&id, |r| {
+        r.state = SessionState::Starting;
+        r.labels.insert(k8s::RECORD_SPEC.to_owned(), spec.clone());
+    })?;
+    cluster.create_pod(&id, &installation, &opts)?;
+    let endpoint = cluster.wait_ready(&id, opts.reach, k8s::READY_TIMEOUT)?;
+    let record = registry.modify(&id, |r| {
+        r.state = SessionState::Running;
+        r.endpoint = Some(endpoint);
+    })?;
+    info!(session = %id, "recreated kubernetes session");
     Ok(Recreated { record, replaced })
 }
 
@@ -1455,6 +1744,8 @@ pub fn mount(home: &Home, opts: &MountOptions) -> Result<(), CommandError> {
     // Follows Docker while mounted; stopped and joined when dropped, after the unmount.
     let _watcher =
         crate::reconcile::Watcher::spawn(home.clone()).map_err(CommandError::Reconciler)?;
+    // Follows the API server for kubernetes sessions while mounted.
+    let _follower = crate::k8s::Follower::spawn(home.clone()).map_err(CommandError::Reconciler)?;
     // A host of several is live while it is mounted (as while `host serve` runs).
     let _duties = crate::hosts::start_duties(home)?;
     sessionfs_bridge::mount(config, &mountpoint).map_err(|source| CommandError::Bridge {
@@ -1646,6 +1937,7 @@ mod tests {
             labels,
             owner: None,
             docker,
+            kubernetes: KubeOptions::default(),
         };
         let msg = create(
             &home,
@@ -1679,17 +1971,35 @@ mod tests {
             create(&home, &docker(DockerOptions::default(), None, reserved)).unwrap_err(),
             CommandError::ReservedLabel(_)
         ));
-        let kube = CreateOptions {
+        let kube_with_volume = CreateOptions {
             id: "s".into(),
             backend: Backend::Kubernetes,
+            docker: DockerOptions {
+                volume: Some("v".into()),
+                ..Default::default()
+            },
             ..Default::default()
         };
-        assert!(matches!(
-            create(&home, &kube).unwrap_err(),
-            CommandError::BackendNotAvailable(Backend::Kubernetes)
-        ));
+        assert_eq!(
+            create(&home, &kube_with_volume).unwrap_err().to_string(),
+            "--volume applies only to --backend docker"
+        );
+        let local_with_namespace = CreateOptions {
+            id: "s".into(),
+            kubernetes: KubeOptions {
+                namespace: Some("ns".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(
+            create(&home, &local_with_namespace)
+                .unwrap_err()
+                .to_string(),
+            "--namespace applies only to --backend kubernetes"
+        );
         assert_eq!(parse_backend("docker"), Ok(Backend::Docker));
-        assert!(parse_backend("kubernetes").is_err());
+        assert_eq!(parse_backend("kubernetes"), Ok(Backend::Kubernetes));
         assert!(parse_backend("vm").is_err());
         // Nothing was created.
         assert!(!home.root().exists());

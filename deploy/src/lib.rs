@@ -8,6 +8,9 @@
 //!   (volume, certificates delivered at start, published port, health check, limits), driven
 //!   through the Docker Engine API (`mod.rs`; the container spec in `spec.rs`, inspect answers
 //!   in `inspect.rs`, the certificate archive in `archive.rs`).
+//! - `k8s/` owns the Kubernetes backend: a session's `sessionfsd` in a pod with its certificates in
+//!   a Secret and its workspace on a claim (`spec.rs` builds them), driven through the `kube`
+//!   client (`mod.rs`), and followed while mounted (`follow.rs`).
 //! - `image.rs` owns `sessionfs image build`: the static daemon, the in-memory build context,
 //!   and the session image built from it without pulling anything.
 //! - `mounts.rs` owns everything about the mount point: `/proc/self/mountinfo` parsing, the
@@ -32,6 +35,7 @@ mod docker;
 mod file_error;
 mod hosts;
 mod image;
+mod k8s;
 mod local;
 mod mcp;
 mod migrate;
@@ -45,7 +49,7 @@ mod transfer;
 pub use commands::{
     age_secs, create, image_build, list, mount, parse_backend, parse_env, parse_label, parse_owner,
     recreate, registry_unreachable, remove, render_json, render_seen, render_table, start, stop,
-    umount, CreateOptions, DockerOptions, MountOptions,
+    umount, CreateOptions, DockerOptions, KubeOptions, MountOptions,
 };
 pub use compose::session_certs;
 pub use docker::{parse_cpus, parse_memory, set_publish_ip};
@@ -55,6 +59,7 @@ pub use hosts::{
     SeenSessions,
 };
 pub use image::{BuildOptions, Built, DEFAULT_TAG};
+pub use k8s::Reach;
 pub use mcp::{parse_http_addr, serve as serve_mcp, McpOptions};
 pub use migrate::{migrate, MigrateOptions};
 pub use mounts::DEFAULT_MOUNTPOINT;

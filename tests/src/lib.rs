@@ -12,6 +12,7 @@
 //! sessions removes every container and volume labelled with its state directory when dropped, even
 //! after a failure. [`scenario`] is the differential scenario shared by the test files.
 
+pub mod kube;
 pub mod netns;
 mod scenario;
 

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use sessionfs_deploy::{
-    self as deploy, BuildOptions, Built, CreateOptions, DockerOptions, Home, MountOptions,
-    DEFAULT_MOUNTPOINT, DEFAULT_TAG,
+    self as deploy, BuildOptions, Built, CreateOptions, DockerOptions, Home, KubeOptions,
+    MountOptions, DEFAULT_MOUNTPOINT, DEFAULT_TAG,
 };
 use sessionfs_registry::Backend;
 
@@ -207,7 +207,7 @@ enum SessionCommand {
     /// its port published on 127.0.0.1 (docker; the workspace is the volume
     /// `sessionfs-<id>` unless --volume or --workspace is given). Prints
     /// `created session <id> at <endpoint> serving <workspace>`.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List sessions.
     ///
     /// A session recorded as running whose daemon process or container is not running shows
@@ -297,7 +297,8 @@ struct RecreateArgs {
 struct CreateArgs {
     /// Session id: 1-63 characters a-z, 0-9 and '-', not starting or ending with '-'.
     id: String,
-    /// Where the daemon runs: `local` (a process here) or `docker` (a container).
+    /// Where the daemon runs: `local` (a process here), `docker` (a container) or `kubernetes`
+    /// (a pod, through the kubeconfig or the in-cluster configuration).
     #[arg(long, value_name = "BACKEND", default_value = "local", value_parser = deploy::parse_backend)]
     backend: Backend,
     /// Local: directory to serve (must exist); default: <state>/sessions/<id>/workspace.
@@ -310,13 +311,13 @@ struct CreateArgs {
     /// local default: the host user who creates them. See `mount --map-owner`.
     #[arg(long, value_name = "UID:GID", value_parser = deploy::parse_owner)]
     owner: Option<String>,
-    /// Docker: the session image (see `sessionfs image build`).
+    /// Docker, Kubernetes: the session image (see `sessionfs image build`).
     #[arg(long, value_name = "IMAGE", help_heading = "Docker sessions")]
     image: Option<String>,
-    /// Docker: CPU limit, e.g. 1 or 0.5.
+    /// Docker, Kubernetes: CPU limit, e.g. 1 or 0.5.
     #[arg(long, value_name = "N", value_parser = parse_cpus, help_heading = "Docker sessions")]
     cpus: Option<i64>,
-    /// Docker: memory limit, e.g. 512m or 2g.
+    /// Docker, Kubernetes: memory limit, e.g. 512m or 2g.
     #[arg(long, value_name = "SIZE", value_parser = parse_memory, help_heading = "Docker sessions")]
     memory: Option<i64>,
     /// Docker: named volume for /workspace (created if missing); default sessionfs-<id>.
@@ -333,6 +334,28 @@ struct CreateArgs {
     /// Docker: environment variable K=V for the container (repeatable).
     #[arg(long = "env", value_name = "K=V", value_parser = parse_env, help_heading = "Docker sessions")]
     env: Vec<(String, String)>,
+    /// Kubernetes: the namespace (default: the kubeconfig context's).
+    #[arg(long, value_name = "NS", help_heading = "Kubernetes sessions")]
+    namespace: Option<String>,
+    /// Kubernetes: the kubeconfig context (default: the current one).
+    #[arg(long, value_name = "CTX", help_heading = "Kubernetes sessions")]
+    context: Option<String>,
+    /// Kubernetes: the workspace claim's storage class (default: the cluster's).
+    #[arg(long, value_name = "SC", help_heading = "Kubernetes sessions")]
+    storage_class: Option<String>,
+    /// Kubernetes: the workspace claim's size, e.g. 10Gi (the default).
+    #[arg(long, value_name = "QUANTITY", help_heading = "Kubernetes sessions")]
+    size: Option<String>,
+    /// Kubernetes: a node label K=V the pod must run on (repeatable).
+    #[arg(long = "node-selector", value_name = "K=V", value_parser = parse_label, help_heading = "Kubernetes sessions")]
+    node_selector: Vec<(String, String)>,
+    /// Kubernetes: how the mount reaches the daemon: `pod-ip` (the default; a mount in the
+    /// cluster or on a node) or `host-port:PORT` (a UDP port of the pod's node, from outside).
+    #[arg(long, value_name = "HOW", help_heading = "Kubernetes sessions")]
+    reach: Option<deploy::Reach>,
+    /// Kubernetes: where sessionfsd is in the image (default /sessionfsd, as `image build` makes it).
+    #[arg(long, value_name = "PATH", help_heading = "Kubernetes sessions")]
+    daemon_path: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -484,6 +507,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             drop(live);
         }
         Command::Session(SessionCommand::Create(args)) => {
+            let args = *args;
             let opts = CreateOptions {
                 id: args.id,
                 backend: args.backend,
@@ -497,6 +521,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     volume: args.volume,
                     workspace: args.workspace,
                     env: args.env,
+                },
+                kubernetes: KubeOptions {
+                    namespace: args.namespace,
+                    context: args.context,
+                    storage_class: args.storage_class,
+                    size: args.size,
+                    node_selector: args.node_selector,
+                    reach: args.reach,
+                    daemon_path: args.daemon_path,
                 },
             };
             println!("{}", deploy::create(&home()?, &opts)?);

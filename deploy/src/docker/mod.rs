@@ -57,7 +57,9 @@ pub use inspect::{
 };
 use spec::container_body;
 pub(crate) use spec::object_labels;
-pub use spec::{check_volume_name, parse_cpus, parse_memory, ContainerSpec, WorkspaceSource};
+pub use spec::{
+    check_volume_name, parse_cpus, parse_memory, ContainerSpec, WorkspaceSource, KEPT_CAPABILITIES,
+};
 
 /// The address session containers publish their daemon port on: [`set_publish_ip`]'s, else
 /// `127.0.0.1`.

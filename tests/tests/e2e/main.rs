@@ -14,6 +14,7 @@ mod docker;
 mod faults;
 mod hardening;
 mod hosts;
+mod kubernetes;
 mod mcp;
 mod migrate;
 mod ownership;

@@ -1,0 +1,301 @@
+//! The registry follows the API server while `sessionfs mount` runs: one kube-runtime watcher per
+//! namespace (and kubeconfig context) this host's kubernetes sessions live in, on the pods labelled
+//! with this installation. A pod's phase and readiness set its session's state, its address the
+//! endpoint (a pod made again with a new IP is picked up without a remount), and a pod deleted
+//! outside sessionfs makes the session `gone`, which takes it off the mount root.
+//!
+//! `session stop` marks the record `stopped` before it deletes the pod, so that deletion is not
+//! taken for a disappearance; events of a pod being deleted are skipped until it is gone.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::{watcher, WatchStreamExt};
+use sessionfs_registry::{Backend, SessionId, SessionRecord, SessionState};
+use tracing::{debug, info, warn};
+
+use super::{endpoint, ready, record_options, LABEL_INSTALLATION, LABEL_SESSION};
+use crate::state::Home;
+
+/// How often the set of namespaces to watch is read from the registry.
+const RESCAN: Duration = Duration::from_secs(2);
+
+/// A namespace to follow: the kubeconfig context and the namespace.
+type Place = (Option<String>, String);
+
+/// The follower thread; dropping it stops it.
+pub struct Follower {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Follower {
+    /// Starts following `home`'s kubernetes sessions (none yet: it starts watching a namespace
+    /// when a record names it).
+    pub fn spawn(home: Home) -> std::io::Result<Follower> {
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("sessionfs-kubernetes".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        warn!("cannot start the Kubernetes follower: {e}");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    tokio::select! {
+                        () = follow(Arc::new(home)) => {}
+                        _ = stopped => {}
+                    }
+                });
+            })?;
+        Ok(Follower {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// This host's kubernetes sessions, by the place their pods are in.
+fn places(home: &Home) -> BTreeMap<Place, Vec<SessionRecord>> {
+    let mut places: BTreeMap<Place, Vec<SessionRecord>> = BTreeMap::new();
+    let records = match home.open_registry().and_then(|r| {
+        r.list()
+            .map_err(|source| crate::state::StateError::Registry {
+                location: home.registry_location(),
+                source,
+            })
+    }) {
+        Ok(records) => records,
+        Err(e) => {
+            debug!("kubernetes follower: cannot list the sessions: {e}");
+            return places;
+        }
+    };
+    let here = sessionfs_registry::this_host();
+    for record in records {
+        if record.backend != Backend::Kubernetes || record.elsewhere(&here) {
+            continue;
+        }
+        if let Ok(opts) = record_options(&record) {
+            places
+                .entry((opts.context.clone(), opts.namespace.clone()))
+                .or_default()
+                .push(record);
+        }
+    }
+    places
+}
+
+async fn follow(home: Arc<Home>) {
+    let mut watching = BTreeSet::new();
+    let mut tasks = Vec::new();
+    loop {
+        let scan = home.clone();
+        let found = tokio::task::spawn_blocking(move || places(&scan))
+            .await
+            .unwrap_or_default();
+        for place in found.into_keys() {
+            if watching.insert(place.clone()) {
+                info!(context = ?place.0, namespace = %place.1, "following the session pods");
+                tasks.push(tokio::spawn(watch_place(home.clone(), place)));
+            }
+        }
+        tokio::time::sleep(RESCAN).await;
+    }
+}
+
+/// Watches one namespace for ever (the watcher retries with backoff).
+async fn watch_place(home: Arc<Home>, place: Place) {
+    let installation = {
+        let home = home.clone();
+        match tokio::task::spawn_blocking(move || super::installation(&home)).await {
+            Ok(Ok(installation)) => installation,
+            Ok(Err(e)) => {
+                warn!("kubernetes follower: {e}");
+                return;
+            }
+            Err(_) => return,
+        }
+    };
+    let mut last_error = None;
+    loop {
+        let options = kube::config::KubeConfigOptions {
+            context: place.0.clone(),
+            ..Default::default()
+        };
+        let client = match kube::Config::from_kubeconfig(&options).await {
+            Ok(config) => kube::Client::try_from(config).map_err(|e| e.to_string()),
+            Err(e) => kube::Config::incluster()
+                .map_err(|i| format!("kubeconfig: {e}; in-cluster: {i}"))
+                .and_then(|c| kube::Client::try_from(c).map_err(|e| e.to_string())),
+        };
+        let client = match client {
+            Ok(client) => client,
+            Err(e) => {
+                if last_error.as_ref() != Some(&e) {
+                    warn!(namespace = %place.1, "kubernetes follower cannot connect: {e}");
+                }
+                last_error = Some(e);
+                tokio::time::sleep(RESCAN).await;
+                continue;
+            }
+        };
+        let api: kube::Api<Pod> = kube::Api::namespaced(client, &place.1);
+        let config =
+            watcher::Config::default().labels(&format!("{LABEL_INSTALLATION}={installation}"));
+        let mut events = watcher(api, config).default_backoff().boxed();
+        let mut listed = BTreeSet::new();
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::Init) => listed.clear(),
+                Ok(watcher::Event::InitApply(pod)) => {
+                    if let Some(id) = session_of(&pod) {
+                        listed.insert(id);
+                    }
+                    apply(&home, &place, pod).await;
+                }
+                Ok(watcher::Event::InitDone) => vanished(&home, &place, listed.clone()).await,
+                Ok(watcher::Event::Apply(pod)) => apply(&home, &place, pod).await,
+                Ok(watcher::Event::Delete(pod)) => deleted(&home, &place, pod).await,
+                Err(e) => {
+                    let message = e.to_string();
+                    if last_error.as_ref() != Some(&message) {
+                        warn!(namespace = %place.1, "kubernetes watch interrupted: {message}");
+                    }
+                    last_error = Some(message);
+                }
+            }
+        }
+    }
+}
+
+fn session_of(pod: &Pod) -> Option<SessionId> {
+    pod.metadata
+        .labels
+        .as_ref()?
+        .get(LABEL_SESSION)?
+        .parse()
+        .ok()
+}
+
+/// Changes session `id`'s record with `f` (on the blocking pool), if it is a kubernetes session of
+/// this host in `place`; logs what changed.
+async fn change(
+    home: &Arc<Home>,
+    place: &Place,
+    id: SessionId,
+    f: impl FnOnce(&SessionRecord) -> Option<(SessionState, Option<std::net::SocketAddr>)>
+        + Send
+        + 'static,
+) {
+    let (home, place) = (home.clone(), place.clone());
+    let done = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let registry = home.open_registry().map_err(|e| e.to_string())?;
+        let Some(record) = registry.get(&id).map_err(|e| e.to_string())? else {
+            return Ok(());
+        };
+        if record.backend != Backend::Kubernetes || record.elsewhere(&sessionfs_registry::this_host()) {
+            return Ok(());
+        }
+        match record_options(&record) {
+            Ok(opts) if (opts.context.clone(), opts.namespace.clone()) == place => {}
+            _ => return Ok(()),
+        }
+        let Some((state, endpoint)) = f(&record) else {
+            return Ok(());
+        };
+        if record.state == state && record.endpoint == endpoint {
+            return Ok(());
+        }
+        registry
+            .modify(&id, |r| {
+                r.state = state;
+                r.endpoint = endpoint;
+            })
+            .map_err(|e| e.to_string())?;
+        info!(session = %id, from = %record.state, to = %state, endpoint = ?endpoint, "the session's pod changed");
+        Ok(())
+    })
+    .await;
+    match done {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!("kubernetes follower: cannot update a session: {e}"),
+        Err(e) => warn!("kubernetes follower: {e}"),
+    }
+}
+
+async fn apply(home: &Arc<Home>, place: &Place, pod: Pod) {
+    let Some(id) = session_of(&pod) else { return };
+    if pod.metadata.deletion_timestamp.is_some() {
+        return;
+    }
+    change(home, place, id, move |record| {
+        let reach = record_options(record).ok()?.reach;
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        let state = if ready(&pod) {
+            SessionState::Running
+        } else {
+            match (phase, record.state) {
+                (Some("Pending") | None, _) => SessionState::Starting,
+                (_, SessionState::Running | SessionState::Unhealthy) => SessionState::Unhealthy,
+                (Some("Running"), _) => SessionState::Starting,
+                _ => SessionState::Unhealthy,
+            }
+        };
+        let endpoint = endpoint(&pod, reach).or(record.endpoint);
+        Some((state, endpoint))
+    })
+    .await;
+}
+
+async fn deleted(home: &Arc<Home>, place: &Place, pod: Pod) {
+    let Some(id) = session_of(&pod) else { return };
+    change(home, place, id, |record| {
+        (record.state != SessionState::Stopped).then_some((SessionState::Gone, None))
+    })
+    .await;
+}
+
+/// After a full list: sessions that had a pod (running or unhealthy) and have none now are gone.
+async fn vanished(home: &Arc<Home>, place: &Place, listed: BTreeSet<SessionId>) {
+    let scan = home.clone();
+    let records = tokio::task::spawn_blocking(move || places(&scan))
+        .await
+        .unwrap_or_default()
+        .remove(place)
+        .unwrap_or_default();
+    for record in records {
+        if !listed.contains(&record.id)
+            && matches!(
+                record.state,
+                SessionState::Running | SessionState::Unhealthy
+            )
+        {
+            change(home, place, record.id.clone(), |r| {
+                matches!(r.state, SessionState::Running | SessionState::Unhealthy)
+                    .then_some((SessionState::Gone, None))
+            })
+            .await;
+        }
+    }
+}

@@ -1,0 +1,575 @@
+//! The Kubernetes backend: a session's `sessionfsd` in a pod, its workspace on a
+//! PersistentVolumeClaim, its certificates in a Secret (`spec.rs` builds them), driven through the
+//! API server with the `kube` client ([`Cluster`]), and followed while mounted by a watcher
+//! (`follow.rs`): pod phase and readiness set the record's state, the pod's address its endpoint,
+//! and a pod deleted outside sessionfs makes the session `gone`.
+//!
+//! Every API call is bounded ([`CALL_TIMEOUT`]); waiting for a pod is bounded by the caller.
+
+mod follow;
+mod spec;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::Api;
+use sessionfs_registry::{SessionId, SessionRecord};
+use tracing::{info, warn};
+
+pub use follow::Follower;
+pub use spec::{check_quantity, object_name, PodOptions, Reach, LABEL_INSTALLATION, LABEL_SESSION};
+
+use crate::docker::DAEMON_PORT;
+use crate::state::Home;
+
+/// The record label holding a kubernetes session's [`PodOptions`] (JSON).
+pub const RECORD_SPEC: &str = "k8s.spec";
+/// The record label naming the session's namespace.
+pub const RECORD_NAMESPACE: &str = "k8s.namespace";
+/// The record label naming the session's pod.
+pub const RECORD_POD: &str = "k8s.pod";
+
+/// How long one API call may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long `session create` and `session start` wait for the pod to be ready (an image pull,
+/// a volume to attach).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long `session stop` and `session rm` wait for the pod to be gone.
+pub const GONE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Errors of the Kubernetes backend.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    /// No kubeconfig and no in-cluster configuration, or a broken one.
+    #[error("no Kubernetes cluster configured: {0} (set KUBECONFIG, or run inside a cluster)")]
+    Config(String),
+    /// The API server refused or failed a call.
+    #[error("Kubernetes API: {action}: {message}")]
+    Api { action: String, message: String },
+    /// The API server did not answer in time.
+    #[error("Kubernetes API: {action}: no answer within {CALL_TIMEOUT:?}")]
+    Timeout { action: String },
+    /// An object sessionfs would make exists and is not this session's.
+    #[error("{kind} {namespace}/{name} already exists and is not session {id}'s; remove it or pick another id")]
+    Taken {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        id: SessionId,
+    },
+    /// The pod did not become ready.
+    #[error("pod {namespace}/{name} is not ready after {waited:?}: {status}")]
+    NotReady {
+        namespace: String,
+        name: String,
+        waited: Duration,
+        status: String,
+    },
+    /// The pod did not go away.
+    #[error("pod {namespace}/{name} is still there after {waited:?}")]
+    NotGone {
+        namespace: String,
+        name: String,
+        waited: Duration,
+    },
+    /// A bad option.
+    #[error("{0}")]
+    InvalidOption(String),
+    /// A record that is not a kubernetes session's, or lost its labels.
+    #[error("session {0} has no Kubernetes pod specification in its record (label {RECORD_SPEC})")]
+    NoSpec(SessionId),
+    /// The runtime for API calls could not start.
+    #[error("cannot start the Kubernetes client's runtime: {0}")]
+    Runtime(std::io::Error),
+    /// A local file (certificates).
+    #[error(transparent)]
+    File(#[from] crate::file_error::FileError),
+}
+
+fn api_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> KubeError {
+    let action = action.into();
+    move |e| KubeError::Api {
+        action,
+        message: match e {
+            kube::Error::Api(status) => format!("{} ({})", status.message, status.code),
+            other => other.to_string(),
+        },
+    }
+}
+
+fn is_status(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(status) if status.code == code)
+}
+
+/// The installation label's value: the first 16 hex digits of the root CA's fingerprint.
+pub fn installation(home: &Home) -> Result<String, crate::state::StateError> {
+    let ca = home.certificate_authority()?;
+    let fingerprint = sessionfs_pki::pem_fingerprint(&ca.cert_pem()).map_err(|source| {
+        crate::state::StateError::Pki {
+            dir: home.root().join("pki"),
+            source,
+        }
+    })?;
+    Ok(fingerprint[..16].to_owned())
+}
+
+/// A session's pod options from its record.
+pub fn record_options(record: &SessionRecord) -> Result<PodOptions, KubeError> {
+    record
+        .labels
+        .get(RECORD_SPEC)
+        .and_then(|json| serde_json::from_str(json).ok())
+        .ok_or_else(|| KubeError::NoSpec(record.id.clone()))
+}
+
+/// Where a pod's daemon is reached, once the pod has an address.
+pub fn endpoint(pod: &Pod, reach: Reach) -> Option<SocketAddr> {
+    let status = pod.status.as_ref()?;
+    let (ip, port) = match reach {
+        Reach::PodIp => (status.pod_ip.as_deref()?, DAEMON_PORT),
+        Reach::HostPort(port) => (status.host_ip.as_deref()?, port),
+    };
+    Some(SocketAddr::new(ip.parse::<IpAddr>().ok()?, port))
+}
+
+/// Whether a pod is running with every container ready.
+pub fn ready(pod: &Pod) -> bool {
+    let Some(status) = &pod.status else {
+        return false;
+    };
+    status.phase.as_deref() == Some("Running")
+        && status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+/// What a pod says of itself, for messages: phase, the Ready condition's message, the container's
+/// waiting or terminated reason.
+pub fn describe(pod: &Pod) -> String {
+    let Some(status) = &pod.status else {
+        return "no status yet".to_owned();
+    };
+    let mut parts = vec![format!(
+        "phase {}",
+        status.phase.as_deref().unwrap_or("unknown")
+    )];
+    for c in status.conditions.iter().flatten() {
+        if c.status != "True" {
+            if let Some(message) = &c.message {
+                parts.push(format!("{}: {message}", c.type_));
+            }
+        }
+    }
+    for c in status.container_statuses.iter().flatten() {
+        if let Some(state) = &c.state {
+            if let Some(w) = &state.waiting {
+                parts.push(format!(
+                    "{} waiting: {} {}",
+                    c.name,
+                    w.reason.as_deref().unwrap_or(""),
+                    w.message.as_deref().unwrap_or("")
+                ));
+            }
+            if let Some(t) = &state.terminated {
+                parts.push(format!(
+                    "{} terminated: exit {} {}",
+                    c.name,
+                    t.exit_code,
+                    t.reason.as_deref().unwrap_or("")
+                ));
+            }
+        }
+        if c.restart_count > 0 {
+            parts.push(format!("{} restarted {} times", c.name, c.restart_count));
+        }
+    }
+    parts.join("; ")
+}
+
+/// A connection to one namespace of a cluster, with its own runtime; every method blocks.
+pub struct Cluster {
+    runtime: tokio::runtime::Runtime,
+    client: kube::Client,
+    namespace: String,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("namespace", &self.namespace)
+            .finish()
+    }
+}
+
+/// What [`Cluster::provision`] made, so a failure can undo exactly that.
+#[derive(Debug, Default)]
+pub struct Provisioned {
+    pub secret: bool,
+    pub claim: bool,
+    pub pod: bool,
+}
+
+/// What [`Cluster::remove`] deleted.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Removed {
+    pub pod: bool,
+    pub secret: bool,
+    pub claim: bool,
+}
+
+impl Cluster {
+    /// Connects with the kubeconfig's `context` (the current one if `None`; the in-cluster
+    /// configuration when there is no kubeconfig), in `namespace` (the context's if `None`).
+    pub fn connect(context: Option<&str>, namespace: Option<&str>) -> Result<Cluster, KubeError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(KubeError::Runtime)?;
+        let config = runtime.block_on(async {
+            let options = kube::config::KubeConfigOptions {
+                context: context.map(str::to_owned),
+                ..Default::default()
+            };
+            match kube::Config::from_kubeconfig(&options).await {
+                Ok(config) => Ok(config),
+                Err(e) if context.is_some() => Err(KubeError::Config(e.to_string())),
+                Err(kubeconfig) => kube::Config::incluster().map_err(|incluster| {
+                    KubeError::Config(format!("kubeconfig: {kubeconfig}; in-cluster: {incluster}"))
+                }),
+            }
+        })?;
+        let namespace = namespace
+            .map(str::to_owned)
+            .unwrap_or_else(|| config.default_namespace.clone());
+        let client = {
+            let _guard = runtime.enter();
+            kube::Client::try_from(config).map_err(|e| KubeError::Config(e.to_string()))?
+        };
+        Ok(Cluster {
+            runtime,
+            client,
+            namespace,
+        })
+    }
+
+    /// The cluster a kubernetes session's record names.
+    pub fn for_record(record: &SessionRecord) -> Result<(Cluster, PodOptions), KubeError> {
+        let opts = record_options(record)?;
+        let cluster = Cluster::connect(opts.context.as_deref(), Some(&opts.namespace))?;
+        Ok((cluster, opts))
+    }
+
+    /// The namespace this connection works in.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Runs one API call, bounded by [`CALL_TIMEOUT`].
+    fn call<T>(
+        &self,
+        action: &str,
+        work: impl std::future::Future<Output = Result<T, kube::Error>>,
+    ) -> Result<Result<T, kube::Error>, KubeError> {
+        self.runtime
+            .block_on(async { tokio::time::timeout(CALL_TIMEOUT, work).await })
+            .map_err(|_| KubeError::Timeout {
+                action: action.to_owned(),
+            })
+    }
+
+    /// Session `id`'s pod, if there is one.
+    pub fn pod(&self, id: &SessionId) -> Result<Option<Pod>, KubeError> {
+        let name = object_name(id);
+        let action = format!("read pod {}/{name}", self.namespace);
+        self.call(&action, self.api::<Pod>().get_opt(&name))?
+            .map_err(api_error(action))
+    }
+
+    /// Makes session `id`'s Secret (from its certificate directory), claim (kept from an earlier
+    /// session of the id if there is one) and pod.
+    pub fn provision(
+        &self,
+        home: &Home,
+        id: &SessionId,
+        installation: &str,
+        opts: &PodOptions,
+    ) -> Result<Provisioned, KubeError> {
+        let mut made = Provisioned::default();
+        let result = (|| {
+            made.secret = self.put_secret(home, id, installation, opts)?;
+            made.claim = self.ensure_claim(id, installation, opts)?;
+            self.create_pod(id, installation, opts)?;
+            made.pod = true;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => Ok(made),
+            Err(e) => {
+                self.discard(id, &made);
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes what [`Cluster::provision`] made.
+    pub fn discard(&self, id: &SessionId, made: &Provisioned) {
+        let removed = self.delete_objects(id, made.pod, made.secret, made.claim);
+        if let Err(e) = removed {
+            warn!(session = %id, error = %e, "cannot remove the failed session's Kubernetes objects");
+        }
+    }
+
+    /// Whether an object's labels say it is session `id`'s.
+    fn is_ours(labels: Option<&BTreeMap<String, String>>, id: &SessionId) -> bool {
+        labels
+            .and_then(|l| l.get(LABEL_SESSION))
+            .is_some_and(|s| s == id.as_str())
+    }
+
+    /// Writes the Secret of session `id`'s certificate directory; whether it made it (rather
+    /// than replaced its own).
+    pub fn put_secret(
+        &self,
+        home: &Home,
+        id: &SessionId,
+        installation: &str,
+        opts: &PodOptions,
+    ) -> Result<bool, KubeError> {
+        let dir = home.session_cert_dir(id);
+        let mut files = BTreeMap::new();
+        for (name, _) in sessionfs_pki::SESSION_CERT_DIR {
+            let path = dir.join(name);
+            let bytes = std::fs::read(&path).map_err(crate::file_error::io_error("read", &path))?;
+            files.insert(name.to_owned(), bytes);
+        }
+        let revoked = dir.join(sessionfs_pki::REVOKED_FILE);
+        if let Ok(bytes) = std::fs::read(&revoked) {
+            files.insert(sessionfs_pki::REVOKED_FILE.to_owned(), bytes);
+        }
+        let secret = spec::secret(id, installation, opts, &files)?;
+        let name = object_name(id);
+        let action = format!("create secret {}/{name}", self.namespace);
+        match self.call(
+            &action,
+            self.api::<Secret>().create(&PostParams::default(), &secret),
+        )? {
+            Ok(_) => Ok(true),
+            Err(e) if is_status(&e, 409) => {
+                let action = format!("read secret {}/{name}", self.namespace);
+                let current = self
+                    .call(&action, self.api::<Secret>().get(&name))?
+                    .map_err(api_error(action))?;
+                if !Self::is_ours(current.metadata.labels.as_ref(), id) {
+                    return Err(self.taken("Secret", &name, id));
+                }
+                let mut replacement = secret;
+                replacement.metadata.resource_version = current.metadata.resource_version;
+                let action = format!("replace secret {}/{name}", self.namespace);
+                self.call(
+                    &action,
+                    self.api::<Secret>()
+                        .replace(&name, &PostParams::default(), &replacement),
+                )?
+                .map_err(api_error(action))?;
+                Ok(false)
+            }
+            Err(e) => Err(api_error(action)(e)),
+        }
+    }
+
+    /// Puts revocation list `text` into session `id`'s Secret (its pod's kubelet updates the
+    /// mounted file; on a real cluster within its sync period, about a minute).
+    pub fn put_revoked(&self, id: &SessionId, text: &str) -> Result<(), KubeError> {
+        let name = object_name(id);
+        let action = format!("patch secret {}/{name}", self.namespace);
+        let patch = serde_json::json!({"data": {
+            sessionfs_pki::REVOKED_FILE: k8s_openapi::ByteString(text.as_bytes().to_vec()),
+        }});
+        self.call(
+            &action,
+            self.api::<Secret>()
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch)),
+        )?
+        .map_err(api_error(action))?;
+        Ok(())
+    }
+
+    fn taken(&self, kind: &'static str, name: &str, id: &SessionId) -> KubeError {
+        KubeError::Taken {
+            kind,
+            namespace: self.namespace.clone(),
+            name: name.to_owned(),
+            id: id.clone(),
+        }
+    }
+
+    /// Makes the workspace claim unless session `id` has one; whether it made it.
+    fn ensure_claim(
+        &self,
+        id: &SessionId,
+        installation: &str,
+        opts: &PodOptions,
+    ) -> Result<bool, KubeError> {
+        let claim = spec::claim(id, installation, opts)?;
+        let name = object_name(id);
+        let action = format!("create persistentvolumeclaim {}/{name}", self.namespace);
+        match self.call(
+            &action,
+            self.api::<PersistentVolumeClaim>()
+                .create(&PostParams::default(), &claim),
+        )? {
+            Ok(_) => Ok(true),
+            Err(e) if is_status(&e, 409) => {
+                let action = format!("read persistentvolumeclaim {}/{name}", self.namespace);
+                let current = self
+                    .call(&action, self.api::<PersistentVolumeClaim>().get(&name))?
+                    .map_err(api_error(action))?;
+                if !Self::is_ours(current.metadata.labels.as_ref(), id) {
+                    return Err(self.taken("PersistentVolumeClaim", &name, id));
+                }
+                info!(session = %id, claim = %name, "reusing the session's workspace claim");
+                Ok(false)
+            }
+            Err(e) => Err(api_error(action)(e)),
+        }
+    }
+
+    /// Makes session `id`'s pod.
+    pub fn create_pod(
+        &self,
+        id: &SessionId,
+        installation: &str,
+        opts: &PodOptions,
+    ) -> Result<(), KubeError> {
+        let pod = spec::pod(id, installation, opts)?;
+        let name = object_name(id);
+        let action = format!("create pod {}/{name}", self.namespace);
+        match self.call(
+            &action,
+            self.api::<Pod>().create(&PostParams::default(), &pod),
+        )? {
+            Ok(_) => Ok(()),
+            Err(e) if is_status(&e, 409) => Err(self.taken("Pod", &name, id)),
+            Err(e) => Err(api_error(action)(e)),
+        }
+    }
+
+    /// Waits until session `id`'s pod is ready and has an address; its endpoint.
+    pub fn wait_ready(
+        &self,
+        id: &SessionId,
+        reach: Reach,
+        timeout: Duration,
+    ) -> Result<SocketAddr, KubeError> {
+        let started = Instant::now();
+        let name = object_name(id);
+        loop {
+            let pod = self.pod(id)?;
+            if let Some(pod) = &pod {
+                if ready(pod) {
+                    if let Some(endpoint) = endpoint(pod, reach) {
+                        return Ok(endpoint);
+                    }
+                }
+            }
+            if started.elapsed() >= timeout {
+                return Err(KubeError::NotReady {
+                    namespace: self.namespace.clone(),
+                    name,
+                    waited: started.elapsed(),
+                    status: pod
+                        .as_ref()
+                        .map_or_else(|| "the pod is gone".to_owned(), describe),
+                });
+            }
+            // The poll interval of a bounded wait (a watch would need its own stream per call).
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Deletes session `id`'s pod and waits until it is gone; whether there was one.
+    pub fn delete_pod(&self, id: &SessionId) -> Result<bool, KubeError> {
+        let name = object_name(id);
+        let action = format!("delete pod {}/{name}", self.namespace);
+        let existed = match self.call(
+            &action,
+            self.api::<Pod>().delete(&name, &DeleteParams::default()),
+        )? {
+            Ok(_) => true,
+            Err(e) if is_status(&e, 404) => false,
+            Err(e) => return Err(api_error(action)(e)),
+        };
+        let started = Instant::now();
+        while self.pod(id)?.is_some() {
+            if started.elapsed() >= GONE_TIMEOUT {
+                return Err(KubeError::NotGone {
+                    namespace: self.namespace.clone(),
+                    name,
+                    waited: started.elapsed(),
+                });
+            }
+            // The poll interval of a bounded wait.
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Ok(existed)
+    }
+
+    fn delete_named<K>(&self, kind: &str, id: &SessionId) -> Result<bool, KubeError>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        let name = object_name(id);
+        let action = format!("delete {kind} {}/{name}", self.namespace);
+        match self.call(
+            &action,
+            self.api::<K>().delete(&name, &DeleteParams::default()),
+        )? {
+            Ok(_) => Ok(true),
+            Err(e) if is_status(&e, 404) => Ok(false),
+            Err(e) => Err(api_error(action)(e)),
+        }
+    }
+
+    fn delete_objects(
+        &self,
+        id: &SessionId,
+        pod: bool,
+        secret: bool,
+        claim: bool,
+    ) -> Result<Removed, KubeError> {
+        let mut removed = Removed::default();
+        if pod {
+            removed.pod = self.delete_pod(id)?;
+        }
+        if secret {
+            removed.secret = self.delete_named::<Secret>("secret", id)?;
+        }
+        if claim {
+            removed.claim =
+                self.delete_named::<PersistentVolumeClaim>("persistentvolumeclaim", id)?;
+        }
+        Ok(removed)
+    }
+
+    /// Deletes session `id`'s pod and Secret, and with `purge` its workspace claim.
+    pub fn remove(&self, id: &SessionId, purge: bool) -> Result<Removed, KubeError> {
+        self.delete_objects(id, true, true, purge)
+    }
+}

@@ -1,0 +1,311 @@
+//! Kubernetes sessions end to end, without a cluster (none can run here): the real `sessionfs`
+//! CLI and mount talk with the real `kube` client, through a kubeconfig, to a stateful fake API
+//! server (`sessionfs_tests::kube::Api`: real HTTP, resource versions, conflicts, watches), and a
+//! test node (`sessionfs_tests::kube::Node`) runs the pods it holds as real Docker containers of
+//! the session image, with the pod's volumes, probes and status. The daemons, QUIC+TLS and the
+//! FUSE mount are real. What is simulated is listed in docs/deployment-kubernetes.md.
+
+#![forbid(unsafe_code)]
+
+use std::fs;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use serde_json::Value;
+use sessionfs_tests::kube::{request, write_kubeconfig, Api, Node, Served};
+use sessionfs_tests::{assert_same, docker, docker_image, scenario, wait_until, Harness};
+
+const NS: &str = "agents";
+
+/// A fake API server and a node running its pods, and a harness whose kubeconfig points at it.
+struct Cluster {
+    h: Harness,
+    node: Node,
+    served: Served,
+}
+
+impl Cluster {
+    fn new() -> Result<Cluster> {
+        let served = Api::serve()?;
+        let node = Node::start(&served.api, "node-1")?;
+        let mut h = Harness::new()?;
+        let kubeconfig = h.dir.path().join("kubeconfig");
+        write_kubeconfig(&kubeconfig, served.addr, NS)?;
+        h.env.push((
+            "KUBECONFIG".into(),
+            kubeconfig.to_str().context("utf-8")?.to_owned(),
+        ));
+        // The kubeconfig is the only cluster: no in-cluster configuration leaks in.
+        h.env
+            .push(("KUBERNETES_SERVICE_HOST".into(), String::new()));
+        Ok(Cluster { h, node, served })
+    }
+
+    fn api(&self) -> &Api {
+        &self.served.api
+    }
+
+    fn object(&self, resource: &str, name: &str) -> Option<Value> {
+        self.api().get(&(resource.into(), NS.into(), name.into()))
+    }
+
+    /// `session create ID --backend kubernetes --image <test image> extra…`.
+    fn create(&self, id: &str, extra: &[&str]) -> Result<String> {
+        let image = docker_image()?;
+        let mut args = vec![
+            "session",
+            "create",
+            id,
+            "--backend",
+            "kubernetes",
+            "--image",
+            image,
+        ];
+        args.extend_from_slice(extra);
+        self.h.ok(&args).with_context(|| self.node.problems())
+    }
+
+    /// The pod's IP as the API server reports it.
+    fn pod_ip(&self, id: &str) -> Option<String> {
+        self.object("pods", &format!("sessionfs-{id}"))?["status"]["podIP"]
+            .as_str()
+            .map(str::to_owned)
+    }
+}
+
+/// A kubernetes session, a docker one and a local one under one mount pass the differential
+/// scenario; the objects sent to the API server are labelled and wired as documented; a file
+/// written through the mount is in the claim's volume on the node.
+#[test]
+fn pods_docker_and_local_sessions_agree_under_one_mount() -> Result<()> {
+    let mut c = Cluster::new()?;
+    let k = c.h.unique_id("kpod");
+    let out = c.create(&k, &["--cpus", "0.5", "--memory", "256m", "--size", "2Gi"])?;
+    ensure!(out.contains(&format!("claim {NS}/sessionfs-{k}")), "{out}");
+    let d = c.h.unique_id("kdock");
+    c.h.create_docker_session(&d, &[])?;
+    let l = c.h.unique_id("kloc");
+    c.h.create_session(&l)?;
+
+    let name = format!("sessionfs-{k}");
+    let pod = c.object("pods", &name).context("no pod")?;
+    let secret = c.object("secrets", &name).context("no secret")?;
+    let claim = c
+        .object("persistentvolumeclaims", &name)
+        .context("no claim")?;
+    for object in [&pod, &secret, &claim] {
+        ensure!(
+            object["metadata"]["labels"]["sessionfs.io/session"] == k.as_str(),
+            "{object}"
+        );
+        ensure!(
+            object["metadata"]["labels"]["sessionfs.io/installation"].is_string(),
+            "{object}"
+        );
+    }
+    let keys: Vec<&String> = secret["data"]
+        .as_object()
+        .context("no data")?
+        .keys()
+        .collect();
+    ensure!(keys == ["ca.pem", "session.key", "session.pem"], "{keys:?}");
+    ensure!(
+        claim["spec"]["resources"]["requests"]["storage"] == "2Gi",
+        "{claim}"
+    );
+    let container = &pod["spec"]["containers"][0];
+    ensure!(
+        container["resources"]["limits"]["cpu"] == "500m",
+        "{container}"
+    );
+    ensure!(
+        container["readinessProbe"]["exec"]["command"][1] == "--health",
+        "{container}"
+    );
+    ensure!(
+        pod["spec"]["volumes"][0]["secret"]["defaultMode"] == 0o400,
+        "{pod}"
+    );
+    let listed = c.h.session_json(&k)?;
+    let ip = c.pod_ip(&k).context("no pod IP")?;
+    ensure!(
+        listed["backend"] == "kubernetes"
+            && listed["state"] == "running"
+            && listed["endpoint"] == format!("{ip}:7878"),
+        "{listed}"
+    );
+
+    c.h.mount_args = vec!["--map-owner".into()];
+    c.h.mount()?;
+    let plain = c.h.dir.path().join("plain");
+    fs::create_dir(&plain)?;
+    let expected = scenario(&plain);
+    for id in [&k, &d, &l] {
+        let seen = scenario(&c.h.path(id, ""));
+        assert_same(&expected, &seen, &format!("session {id}"));
+    }
+    // The bytes are on the claim's volume, in the pod's container.
+    fs::write(c.h.path(&k, "on-the-claim"), b"persisted")?;
+    let pod_container = c
+        .node
+        .container(NS, &name)
+        .context("the node runs no container")?;
+    let copied = docker(&[
+        "cp",
+        &format!("{pod_container}:/workspace/on-the-claim"),
+        "-",
+    ])?;
+    ensure!(copied.contains("persisted"), "{copied}");
+    c.h.unmount()?;
+    Ok(())
+}
+
+/// The pod made again with a new IP (a node restart): the mount follows it without a remount or
+/// `session start`, and the workspace is the claim's. A pod deleted outside sessionfs: the session
+/// is `gone` and leaves the mount root; `session start` makes it again on the same claim.
+#[test]
+fn a_rescheduled_pod_is_followed_and_a_deleted_one_is_gone() -> Result<()> {
+    let mut c = Cluster::new()?;
+    let k = c.h.unique_id("kmove");
+    let other = c.h.unique_id("kstay");
+    c.create(&k, &[])?;
+    c.create(&other, &[])?;
+    c.h.mount()?;
+    fs::write(c.h.path(&k, "before"), b"1")?;
+    let old_ip = c.pod_ip(&k).context("no pod IP")?;
+
+    c.node.reschedule(NS, &format!("sessionfs-{k}"));
+    let moved = wait_until("a new pod IP", Duration::from_secs(20), || {
+        c.pod_ip(&k).is_some_and(|ip| ip != old_ip)
+    })?;
+    let new_ip = c.pod_ip(&k).context("no pod IP")?;
+    eprintln!("the pod moved from {old_ip} to {new_ip} in {moved:?}");
+    let back = wait_until(
+        "the mount to reach the moved pod",
+        Duration::from_secs(30),
+        || fs::write(c.h.path(&k, "after"), b"2").is_ok(),
+    )
+    .with_context(|| c.h.bridge_log())?;
+    eprintln!("the mount wrote to the moved pod {back:?} after its IP changed");
+    ensure!(fs::read(c.h.path(&k, "before"))? == b"1");
+    let listed = c.h.session_json(&k)?;
+    ensure!(listed["endpoint"] == format!("{new_ip}:7878"), "{listed}");
+
+    let (code, body) = request(
+        c.served.addr,
+        "DELETE",
+        &format!("/api/v1/namespaces/{NS}/pods/sessionfs-{k}"),
+        None,
+    )?;
+    ensure!(code == 200, "{code} {body}");
+    wait_until(
+        "the deleted pod's session to leave the mount root",
+        Duration::from_secs(20),
+        || !c.h.root_names().contains(&k),
+    )
+    .with_context(|| c.h.bridge_log())?;
+    ensure!(c.h.session_json(&k)?["state"] == "gone");
+    ensure!(c.h.root_names().contains(&other));
+    fs::write(c.h.path(&other, "f"), b"untouched")?;
+
+    let out = c.h.ok(&["session", "start", &k])?;
+    ensure!(out.contains("started session"), "{out}");
+    wait_until("the session to come back", Duration::from_secs(20), || {
+        c.h.root_names().contains(&k)
+    })?;
+    ensure!(
+        fs::read(c.h.path(&k, "after"))? == b"2",
+        "the claim's data is not back"
+    );
+    c.h.unmount()?;
+    Ok(())
+}
+
+/// `stop` deletes the pod and keeps Secret and claim; `start` brings the data back; `rm` deletes
+/// pod and Secret and keeps the claim, which a session made again under the id takes up;
+/// `rm --purge` deletes the claim too. A pod of the same name that is not the session's is
+/// refused at create, which leaves nothing behind.
+#[test]
+fn stop_start_and_rm_keep_the_claim_unless_purged() -> Result<()> {
+    let mut c = Cluster::new()?;
+    let k = c.h.unique_id("klife");
+    let name = format!("sessionfs-{k}");
+    c.create(&k, &[])?;
+    c.h.mount()?;
+    fs::write(c.h.path(&k, "kept"), b"across stop")?;
+
+    let out = c.h.ok(&["session", "stop", &k])?;
+    ensure!(out.contains("stopped"), "{out}");
+    ensure!(c.object("pods", &name).is_none(), "the pod is still there");
+    ensure!(
+        c.object("secrets", &name).is_some() && c.object("persistentvolumeclaims", &name).is_some()
+    );
+    ensure!(c.h.session_json(&k)?["state"] == "stopped");
+    ensure!(
+        fs::read(c.h.path(&k, "kept")).is_err(),
+        "a stopped session answered"
+    );
+
+    c.h.ok(&["session", "start", &k])?;
+    let back = wait_until(
+        "the started session's data",
+        Duration::from_secs(20),
+        || fs::read(c.h.path(&k, "kept")).is_ok_and(|b| b == b"across stop"),
+    )?;
+    eprintln!("data readable {back:?} after start");
+
+    let out = c.h.ok(&["session", "rm", &k])?;
+    ensure!(
+        out.contains(&format!("removed pod {NS}/{name}"))
+            && out.contains(&format!("kept claim {NS}/{name}")),
+        "{out}"
+    );
+    ensure!(c.object("pods", &name).is_none() && c.object("secrets", &name).is_none());
+    ensure!(c.object("persistentvolumeclaims", &name).is_some());
+
+    c.create(&k, &[])?;
+    wait_until("the session made again", Duration::from_secs(20), || {
+        fs::read(c.h.path(&k, "kept")).is_ok_and(|b| b == b"across stop")
+    })
+    .context("the kept claim was not taken up")?;
+    let out = c.h.ok(&["session", "rm", &k, "--purge"])?;
+    ensure!(out.contains(&format!("deleted claim {NS}/{name}")), "{out}");
+    ensure!(c.object("persistentvolumeclaims", &name).is_none());
+
+    // A pod of that name that is someone else's.
+    let squatter = c.h.unique_id("ksquat");
+    let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("sessionfs-{squatter}"), "labels": {"app": "other"}},
+        "spec": {"nodeName": "elsewhere", "containers": [{"name": "c", "image": "x"}]}});
+    let (code, body) = request(
+        c.served.addr,
+        "POST",
+        &format!("/api/v1/namespaces/{NS}/pods"),
+        Some(&pod),
+    )?;
+    ensure!(code == 201, "{code} {body}");
+    let image = docker_image()?;
+    let out = c.h.run(&[
+        "session",
+        "create",
+        &squatter,
+        "--backend",
+        "kubernetes",
+        "--image",
+        image,
+    ])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("already exists and is not session"),
+        "{out:?}"
+    );
+    ensure!(c
+        .object("secrets", &format!("sessionfs-{squatter}"))
+        .is_none());
+    ensure!(c
+        .object("persistentvolumeclaims", &format!("sessionfs-{squatter}"))
+        .is_none());
+    ensure!(c.h.session_json(&squatter).is_err(), "a record was left");
+    c.h.unmount()?;
+    Ok(())
+}
