@@ -59,7 +59,7 @@ pub use hosts::{
     SeenSessions,
 };
 pub use image::{BuildOptions, Built, DEFAULT_TAG};
-pub use k8s::Reach;
+pub use k8s::{manifests as k8s_manifests, Reach};
 pub use mcp::{parse_http_addr, serve as serve_mcp, McpOptions};
 pub use migrate::{migrate, MigrateOptions};
 pub use mounts::DEFAULT_MOUNTPOINT;

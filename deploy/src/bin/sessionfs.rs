@@ -80,6 +80,23 @@ enum Command {
     /// the session; paths leading outside the session's workspace are refused. Needs a running
     /// `sessionfs mount` at --mount. See docs/mcp.md.
     Mcp(McpArgs),
+    /// Kubernetes: the manifests for `kubectl apply` (docs/deployment-kubernetes.md).
+    #[command(subcommand)]
+    K8s(K8sCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum K8sCommand {
+    /// Print the namespace, the bridge's ServiceAccount, Role and RoleBinding, the operators' Role
+    /// and the DaemonSet that mounts every session on every node (deploy/kubernetes/sessionfs.yaml).
+    Manifests {
+        /// The namespace the objects go in.
+        #[arg(long, value_name = "NS", default_value = "sessionfs")]
+        namespace: String,
+        /// The image with `sessionfs` and `fusermount3` that the DaemonSet runs.
+        #[arg(long, value_name = "IMAGE", default_value = "sessionfs:latest")]
+        image: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -626,6 +643,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Umount(args) => {
             println!("{}", deploy::umount(&args.mountpoint)?);
+        }
+        Command::K8s(K8sCommand::Manifests { namespace, image }) => {
+            print!("{}", deploy::k8s_manifests(&namespace, &image)?);
         }
         Command::Mcp(args) => {
             let opts = deploy::McpOptions {

@@ -7,6 +7,7 @@
 //! Every API call is bounded ([`CALL_TIMEOUT`]); waiting for a pod is bounded by the caller.
 
 mod follow;
+mod manifests;
 mod spec;
 
 use std::collections::BTreeMap;
@@ -20,6 +21,7 @@ use sessionfs_registry::{SessionId, SessionRecord};
 use tracing::{info, warn};
 
 pub use follow::Follower;
+pub use manifests::manifests;
 pub use spec::{check_quantity, object_name, PodOptions, Reach, LABEL_INSTALLATION, LABEL_SESSION};
 
 use crate::docker::DAEMON_PORT;

@@ -309,3 +309,122 @@ fn stop_start_and_rm_keep_the_claim_unless_purged() -> Result<()> {
     c.h.unmount()?;
     Ok(())
 }
+
+/// `kubernetes-validate` from the tools' virtualenv (scripts/install-deps.sh installs it).
+fn validator() -> Result<std::path::PathBuf> {
+    let tools = match std::env::var_os("SESSIONFS_TOOLS") {
+        Some(t) => std::path::PathBuf::from(t),
+        None => std::path::PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?)
+            .join(".cache/sessionfs-tools"),
+    };
+    let path = tools.join("venv/bin/kubernetes-validate");
+    ensure!(
+        path.is_file(),
+        "{} is missing: run scripts/install-deps.sh",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// Runs the validator (strict: unknown fields are errors) on `files`; its output, or why it failed.
+fn validate(files: &[std::path::PathBuf]) -> Result<std::result::Result<String, String>> {
+    let out = std::process::Command::new(validator()?)
+        .arg("--strict")
+        .args(files)
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    })
+}
+
+/// The shipped manifests, `sessionfs k8s manifests` for another namespace and image, and every
+/// object sessionfs sent for a session with every option (as the API server holds them) pass the
+/// official schemas offline, strictly; a pod with an unknown field does not (the check can fail).
+/// A session reached at a port of its node (`--reach host-port:PORT`) is mounted there.
+#[test]
+fn manifests_and_the_objects_sent_validate_against_the_schemas() -> Result<()> {
+    let mut c = Cluster::new()?;
+    let k = c.h.unique_id("kval");
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let reach = format!("host-port:{port}");
+    c.create(
+        &k,
+        &[
+            "--reach",
+            &reach,
+            "--storage-class",
+            "fast",
+            "--node-selector",
+            "disk=ssd",
+            "--cpus",
+            "1",
+            "--memory",
+            "1g",
+            "--owner",
+            "1000:1000",
+            "--label",
+            "team=a",
+        ],
+    )?;
+    let listed = c.h.session_json(&k)?;
+    ensure!(
+        listed["endpoint"] == format!("127.0.0.1:{port}"),
+        "{listed}"
+    );
+    c.h.mount()?;
+    fs::write(c.h.path(&k, "through-the-node-port"), b"ok")?;
+    ensure!(fs::read(c.h.path(&k, "through-the-node-port"))? == b"ok");
+    c.h.unmount()?;
+
+    let dir = c.h.dir.path().join("objects");
+    fs::create_dir(&dir)?;
+    let mut files = Vec::new();
+    for resource in ["pods", "secrets", "persistentvolumeclaims"] {
+        let object = c
+            .object(resource, &format!("sessionfs-{k}"))
+            .context(resource)?;
+        let path = dir.join(format!("{resource}.json"));
+        fs::write(&path, object.to_string())?;
+        files.push(path);
+    }
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/kubernetes/sessionfs.yaml");
+    files.push(shipped);
+    let printed = c.h.ok(&[
+        "k8s",
+        "manifests",
+        "--namespace",
+        "team-a",
+        "--image",
+        "registry.example/sessionfs:1",
+    ])?;
+    ensure!(
+        printed.contains("namespace: team-a")
+            && printed.contains("image: registry.example/sessionfs:1")
+    );
+    let printed_path = dir.join("printed.yaml");
+    fs::write(&printed_path, printed)?;
+    files.push(printed_path);
+    let report = validate(&files)?.map_err(|e| anyhow::anyhow!("schema validation failed: {e}"))?;
+    ensure!(report.matches("passed").count() >= 3 + 2 * 6, "{report}");
+
+    let mut bad = c.object("pods", &format!("sessionfs-{k}")).context("pod")?;
+    bad["spec"]["containers"][0]["bogus"] = serde_json::json!(1);
+    let bad_path = dir.join("bad.json");
+    fs::write(&bad_path, bad.to_string())?;
+    let refused = validate(&[bad_path])?;
+    ensure!(
+        matches!(&refused, Err(e) if e.contains("bogus")),
+        "an unknown field passed: {refused:?}"
+    );
+    Ok(())
+}
