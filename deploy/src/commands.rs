@@ -229,7 +229,7 @@ fn endpoint_text(record: &SessionRecord) -> String {
 }
 
 /// The workspace: its directory, or `volume <name>` for a docker session's volume.
-fn workspace_text(record: &SessionRecord) -> String {
+pub(crate) fn workspace_text(record: &SessionRecord) -> String {
     if let Some(w) = &record.workspace {
         return w.display().to_string();
     }

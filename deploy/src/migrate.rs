@@ -1,4 +1,5 @@
-//! `sessionfs session migrate <id> --to docker|local`: moves a session between backends.
+//! `sessionfs session migrate <id> --to docker|local`: moves a session between the local and docker
+//! backends (to and from Kubernetes: `between.rs`, over the protocol).
 //!
 //! The steps, each named in errors:
 //! 1. **stop-source** — the source daemon process or container is stopped and the record marked
@@ -205,6 +206,18 @@ pub struct MigrateOptions {
     pub dir: Option<PathBuf>,
     /// Delete the source data (local directory or volume) after a successful migration.
     pub purge_source: bool,
+    /// `--to kubernetes`: the namespace (default: the kubeconfig context's).
+    pub namespace: Option<String>,
+    /// `--to kubernetes`: the kubeconfig context (default: the current one).
+    pub context: Option<String>,
+}
+
+/// [`FAIL_ENV`] for the migrations over the protocol: an error right after `step` if asked for.
+pub(crate) fn injected(step: Step) -> Result<(), String> {
+    match std::env::var(FAIL_ENV) {
+        Ok(v) if v == step.to_string() => Err(format!("failure injected by {FAIL_ENV}={v}")),
+        _ => Ok(()),
+    }
 }
 
 /// What `session migrate` did.
@@ -229,11 +242,7 @@ impl fmt::Display for Migrated {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let r = &self.record;
         let endpoint = r.endpoint.map_or_else(|| "-".to_owned(), |e| e.to_string());
-        let workspace = match (&r.workspace, r.labels.get(docker::RECORD_VOLUME)) {
-            (Some(w), _) => w.display().to_string(),
-            (None, Some(v)) => format!("volume {v}"),
-            (None, None) => "-".to_owned(),
-        };
+        let workspace = crate::commands::workspace_text(r);
         write!(
             f,
             "migrated session {} from {} to {} at {endpoint} serving {workspace} ({} paths verified)",
@@ -275,15 +284,18 @@ pub fn migrate(home: &Home, opts: &MigrateOptions) -> Result<Migrated, MigrateEr
         }),
         Err(_) => None,
     };
-    match opts.to {
-        Backend::Docker if opts.dir.is_some() => {
-            return Err(refuse("--dir applies only to --to local".into()))
-        }
-        Backend::Local if opts.image.is_some() => {
-            return Err(refuse("--image applies only to --to docker".into()))
-        }
-        Backend::Local | Backend::Docker => {}
-        other => return Err(refuse(format!("cannot migrate to the {other} backend"))),
+    if opts.to != Backend::Local && opts.dir.is_some() {
+        return Err(refuse("--dir applies only to --to local".into()));
+    }
+    if opts.to == Backend::Local && opts.image.is_some() {
+        return Err(refuse(
+            "--image applies only to --to docker or --to kubernetes".into(),
+        ));
+    }
+    if opts.to != Backend::Kubernetes && (opts.namespace.is_some() || opts.context.is_some()) {
+        return Err(refuse(
+            "--namespace and --context apply only to --to kubernetes".into(),
+        ));
     }
     let registry = home.open_registry()?;
     let _lock = home.lock()?;
@@ -313,9 +325,7 @@ pub fn migrate(home: &Home, opts: &MigrateOptions) -> Result<Migrated, MigrateEr
         (from, to) if from == to => Err(refuse(format!("it already uses the {to} backend"))),
         (Backend::Local, Backend::Docker) => to_docker(&ctx, opts),
         (Backend::Docker, Backend::Local) => to_local(&ctx, opts),
-        (from, _) => Err(refuse(format!(
-            "sessions of the {from} backend cannot migrate"
-        ))),
+        _ => crate::between::migrate(home, &registry, &record, opts),
     }
 }
 

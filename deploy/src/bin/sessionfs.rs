@@ -272,7 +272,7 @@ enum SessionCommand {
 struct MigrateArgs {
     /// Session id.
     id: String,
-    /// The target backend: `docker` or `local`.
+    /// The target backend: `local`, `docker` or `kubernetes`.
     #[arg(long, value_name = "BACKEND", value_parser = deploy::parse_backend,
           required_unless_present = "to_host")]
     to: Option<Backend>,
@@ -281,12 +281,18 @@ struct MigrateArgs {
     /// daemon once it sees the move and keeps its data.
     #[arg(long, value_name = "HOST", conflicts_with_all = ["to", "image", "purge_source"])]
     to_host: Option<String>,
-    /// --to docker: the session image (default: sessionfs-session:latest).
+    /// --to docker, --to kubernetes: the session image (default: sessionfs-session:latest).
     #[arg(long, value_name = "IMAGE")]
     image: Option<String>,
     /// --to local: the new workspace directory (must not exist, or be empty).
     #[arg(long, value_name = "PATH")]
     dir: Option<PathBuf>,
+    /// --to kubernetes: the namespace (default: the kubeconfig context's).
+    #[arg(long, value_name = "NS", conflicts_with = "to_host")]
+    namespace: Option<String>,
+    /// --to kubernetes: the kubeconfig context (default: the current one).
+    #[arg(long, value_name = "CTX", conflicts_with = "to_host")]
+    context: Option<String>,
     /// After a successful migration, delete the source directory or volume.
     #[arg(long)]
     purge_source: bool,
@@ -619,6 +625,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 image: args.image,
                 dir: args.dir,
                 purge_source: args.purge_source,
+                namespace: args.namespace,
+                context: args.context,
             };
             println!("{}", deploy::migrate(&home()?, &opts)?);
         }

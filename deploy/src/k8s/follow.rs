@@ -214,7 +214,10 @@ async fn change(
         let Some(record) = registry.get(&id).map_err(|e| e.to_string())? else {
             return Ok(());
         };
-        if record.backend != Backend::Kubernetes || record.elsewhere(&sessionfs_registry::this_host()) {
+        if record.backend != Backend::Kubernetes
+            || record.elsewhere(&sessionfs_registry::this_host())
+            || record.labels.contains_key(crate::move_host::MIGRATING_LABEL)
+        {
             return Ok(());
         }
         match record_options(&record) {

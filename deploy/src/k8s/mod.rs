@@ -300,6 +300,16 @@ impl Cluster {
             .map_err(api_error(action))
     }
 
+    /// Whether session `id` has a workspace claim (kept by `rm` without `--purge`).
+    pub fn has_claim(&self, id: &SessionId) -> Result<bool, KubeError> {
+        let name = object_name(id);
+        let action = format!("read persistentvolumeclaim {}/{name}", self.namespace);
+        Ok(self
+            .call(&action, self.api::<PersistentVolumeClaim>().get_opt(&name))?
+            .map_err(api_error(action))?
+            .is_some())
+    }
+
     /// Makes session `id`'s Secret (from its certificate directory), claim (kept from an earlier
     /// session of the id if there is one) and pod.
     pub fn provision(

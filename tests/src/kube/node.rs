@@ -43,6 +43,9 @@ struct Running {
 }
 
 struct Shared {
+    /// This node's label value on its containers and volumes: unique on the machine, so that a
+    /// node dropped by another test never removes them.
+    tag: String,
     running: BTreeMap<Key, Running>,
     next_ip: u8,
     /// Pods the tests asked to reschedule.
@@ -53,7 +56,6 @@ struct Shared {
 
 /// The node; dropping it stops its loop and removes its containers.
 pub struct Node {
-    name: String,
     shared: Arc<Mutex<Shared>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -75,7 +77,14 @@ impl Node {
                 made?;
             }
         }
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let tag = format!(
+            "{name}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         let shared = Arc::new(Mutex::new(Shared {
+            tag,
             running: BTreeMap::new(),
             next_ip: first_free_ip()?,
             reschedule: Vec::new(),
@@ -87,7 +96,6 @@ impl Node {
             .name(format!("test-node-{name}"))
             .spawn(move || run(&api, &node, &s, &flag))?;
         Ok(Node {
-            name: name.to_owned(),
             shared,
             stop,
             thread: Some(thread),
@@ -135,7 +143,7 @@ impl Drop for Node {
         for container in running {
             let _ = docker(&["rm", "-f", &container]);
         }
-        let filter = format!("label={LABEL}={}", self.name);
+        let filter = format!("label={LABEL}={}", lock(&self.shared).tag);
         if let Ok(volumes) = docker(&["volume", "ls", "-q", "--filter", &filter]) {
             for volume in volumes.lines().filter(|v| !v.is_empty()) {
                 let _ = docker(&["volume", "rm", "-f", volume]);
@@ -171,7 +179,7 @@ fn run(api: &Api, node: &str, shared: &Mutex<Shared>, stop: &AtomicBool) {
             if let Some(running) = removed {
                 let _ = docker(&["rm", "-f", &running.container]);
                 if let Some(pod) = api.get(&key) {
-                    if let Err(e) = start_pod(api, node, shared, &key, &pod, running.restarts) {
+                    if let Err(e) = start_pod(api, shared, &key, &pod, running.restarts) {
                         lock(shared).problems.insert(key.clone(), format!("{e:#}"));
                     }
                 }
@@ -246,7 +254,7 @@ fn reconcile(api: &Api, node: &str, shared: &Mutex<Shared>) {
                 if pod["spec"]["nodeName"] != node || pod["status"]["phase"] == "Failed" {
                     continue;
                 }
-                match start_pod(api, node, shared, &key, pod, 0) {
+                match start_pod(api, shared, &key, pod, 0) {
                     Ok(()) => {
                         lock(shared).problems.remove(&key);
                     }
@@ -399,7 +407,6 @@ fn copy_files(container: &str, mount: &str, files: &[SecretFile]) -> Result<()> 
 
 fn start_pod(
     api: &Api,
-    node: &str,
     shared: &Mutex<Shared>,
     key: &Key,
     pod: &Value,
@@ -433,7 +440,7 @@ fn start_pod(
         "--name".into(),
         container.clone(),
         "--label".into(),
-        format!("{LABEL}={node}"),
+        format!("{LABEL}={}", lock(shared).tag),
         "--network".into(),
         NETWORK.into(),
         "--ip".into(),
@@ -498,7 +505,7 @@ fn start_pod(
                     "volume",
                     "create",
                     "--label",
-                    &format!("{LABEL}={node}"),
+                    &format!("{LABEL}={}", lock(shared).tag),
                     &volume,
                 ])?;
             }

@@ -428,3 +428,137 @@ fn manifests_and_the_objects_sent_validate_against_the_schemas() -> Result<()> {
     );
     Ok(())
 }
+
+/// A tree with what a migration must keep: nested directories, an executable, a 3 MiB file, an
+/// empty file, a symlink.
+fn fill(ws: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(ws.join("src/deep/er"))?;
+    fs::write(ws.join("src/main.rs"), b"fn main() {}\n")?;
+    fs::write(ws.join("run.sh"), b"#!/bin/sh\necho hi\n")?;
+    fs::set_permissions(ws.join("run.sh"), fs::Permissions::from_mode(0o755))?;
+    let big: Vec<u8> = (0..3u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(ws.join("src/deep/er/big.bin"), &big)?;
+    fs::write(ws.join("empty"), b"")?;
+    std::os::unix::fs::symlink("src/main.rs", ws.join("link"))?;
+    Ok(())
+}
+
+/// What the mount shows of the tree [`fill`] made.
+fn check_tree(h: &Harness, id: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    ensure!(fs::read(h.path(id, "src/main.rs"))? == b"fn main() {}\n");
+    ensure!(fs::metadata(h.path(id, "run.sh"))?.permissions().mode() & 0o777 == 0o755);
+    let big = fs::read(h.path(id, "src/deep/er/big.bin"))?;
+    ensure!(
+        big.len() == 3 << 20
+            && big
+                .iter()
+                .enumerate()
+                .all(|(i, b)| *b == (i as u32 * 7 % 251) as u8)
+    );
+    ensure!(fs::read(h.path(id, "empty"))?.is_empty());
+    ensure!(fs::read_link(h.path(id, "link"))? == std::path::Path::new("src/main.rs"));
+    Ok(())
+}
+
+/// `session migrate --to kubernetes`, then `--to docker`, then `--to local`: each copied daemon to
+/// daemon and verified, followed by the mount at the same path, the source removed and its data
+/// kept. A failure injected after the verification leaves the session where it was, serving,
+/// and nothing of the target behind.
+#[test]
+fn a_session_migrates_to_a_pod_and_on_verified() -> Result<()> {
+    let mut c = Cluster::new()?;
+    let id = c.h.unique_id("kmig");
+    let name = format!("sessionfs-{id}");
+    let ws = c.h.create_session(&id)?;
+    fill(&ws)?;
+    c.h.mount_args = vec!["--map-owner".into()];
+    c.h.mount()?;
+    check_tree(&c.h, &id)?;
+
+    // A failure after the verification: everything of the target goes, the session stays local.
+    let mut failing = c.h.cli();
+    failing
+        .args([
+            "session",
+            "migrate",
+            &id,
+            "--to",
+            "kubernetes",
+            "--image",
+            docker_image()?,
+        ])
+        .env("SESSIONFS_MIGRATE_FAIL_AFTER", "verify");
+    let out = failing.output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success()
+            && stderr.contains("verify failed")
+            && stderr.contains("stays on the local backend"),
+        "{stderr}"
+    );
+    ensure!(c.object("pods", &name).is_none() && c.object("secrets", &name).is_none());
+    ensure!(c.object("persistentvolumeclaims", &name).is_none());
+    let listed = c.h.session_json(&id)?;
+    ensure!(
+        listed["backend"] == "local" && listed["state"] == "running",
+        "{listed}"
+    );
+    check_tree(&c.h, &id)?;
+
+    let out = c.h.ok(&[
+        "session",
+        "migrate",
+        &id,
+        "--to",
+        "kubernetes",
+        "--image",
+        docker_image()?,
+    ])?;
+    ensure!(
+        out.contains("from local to kubernetes") && out.contains("paths verified"),
+        "{out}"
+    );
+    let listed = c.h.session_json(&id)?;
+    ensure!(
+        listed["backend"] == "kubernetes" && listed["state"] == "running",
+        "{listed}"
+    );
+    check_tree(&c.h, &id)?;
+    ensure!(
+        ws.join("src/main.rs").is_file(),
+        "the source directory was not kept"
+    );
+    fs::write(c.h.path(&id, "in-the-pod"), b"k")?;
+
+    let out = c.h.ok(&[
+        "session",
+        "migrate",
+        &id,
+        "--to",
+        "docker",
+        "--image",
+        docker_image()?,
+    ])?;
+    ensure!(
+        out.contains("from kubernetes to docker")
+            && out.contains(&format!("kept the source claim {NS}/{name}")),
+        "{out}"
+    );
+    ensure!(c.object("pods", &name).is_none() && c.object("secrets", &name).is_none());
+    ensure!(c.object("persistentvolumeclaims", &name).is_some());
+    check_tree(&c.h, &id)?;
+    ensure!(fs::read(c.h.path(&id, "in-the-pod"))? == b"k");
+
+    let out =
+        c.h.ok(&["session", "migrate", &id, "--to", "local", "--purge-source"])?;
+    ensure!(
+        out.contains("from docker to local") && out.contains("deleted the source volume"),
+        "{out}"
+    );
+    check_tree(&c.h, &id)?;
+    ensure!(fs::read(c.h.path(&id, "in-the-pod"))? == b"k");
+    c.h.unmount()?;
+    Ok(())
+}
