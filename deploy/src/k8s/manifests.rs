@@ -7,7 +7,8 @@ use super::KubeError;
 /// The manifests as shipped: namespace `sessionfs`, image `sessionfs:latest`.
 pub const SHIPPED: &str = include_str!("../../kubernetes/sessionfs.yaml");
 
-/// [`SHIPPED`] with `namespace` and `image` in place of the defaults.
+/// The shipped manifests (`deploy/kubernetes/sessionfs.yaml`) with `namespace` and `image` in place
+/// of the defaults.
 pub fn manifests(namespace: &str, image: &str) -> Result<String, KubeError> {
     if sessionfs_registry::check_host_name(namespace).is_err() {
         return Err(KubeError::InvalidOption(format!(
