@@ -20,10 +20,9 @@
 //!   then from the event stream while `sessionfs mount` runs.
 //! - `compose.rs` owns `session certs`: certificates for session containers started outside
 //!   sessionfs (compose, other orchestrators), which the reconciler then adopts.
-//! - `between.rs` owns migrations to and from Kubernetes: copied daemon to daemon over the
-//!   protocol, verified, switched.
-//! - `migrate.rs` owns `session migrate`: moving a session between the local and docker
-//!   backends (copy, verify, switch, stop the source; rollback on any failure).
+//! - `migrate.rs` owns `session migrate`: moving a session between backends, daemon to daemon over
+//!   the protocol (`transfer.rs`; fence, copy, verify, switch, remove the source; rollback on any
+//!   failure), compared with `manifest.rs`.
 //! - `mcp.rs` owns `sessionfs mcp`: the MCP server of `sessionfs_mcp` with `session_list` backed by
 //!   the registry and backends.
 //! - `revocation.rs` hands removed hosts' revoked certificates to this host's sessions' daemons.
@@ -31,7 +30,6 @@
 //! - `commands.rs` owns the `sessionfs` commands (`session create|ls|stop|start|rm|recreate`,
 //!   `image build`, `mount`, `umount`) as functions returning printable reports, so tests can call them.
 
-mod between;
 mod commands;
 mod compose;
 mod docker;
@@ -40,6 +38,7 @@ mod hosts;
 mod image;
 mod k8s;
 mod local;
+mod manifest;
 mod mcp;
 mod migrate;
 mod mounts;

@@ -238,10 +238,11 @@ pub fn migrate_to_host(home: &Home, opts: &MoveOptions) -> Result<String, HostEr
                 transfer::manifest(&source).await?,
                 transfer::manifest(&copy).await?,
             );
-            crate::migrate::compare(&a, &b, &format!("host `{from}`"), "the copy")
+            crate::manifest::compare(&a, &b, &format!("host `{from}`"), "the copy")
                 .map_err(|e| format!("verify: {e}"))?;
             endpoint.close(0u32.into(), b"migration done");
-            Ok::<usize, String>(a.len())
+            // The paths of the tree, its root not counted.
+            Ok::<usize, String>(a.len().saturating_sub(1))
         })?;
         // 4. switch
         let mut switched = started.clone();

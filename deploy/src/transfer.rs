@@ -21,7 +21,7 @@ use sessionfs_proto::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::migrate::{hex, Manifest, Node};
+use crate::manifest::{hex, Manifest, Node};
 
 /// The mode bits a copy keeps: permissions and the sticky bit, never set-user-id or set-group-id.
 pub const COPIED_MODE: u32 = 0o1777;
@@ -342,7 +342,7 @@ async fn copy_file(
 
 /// Every path of the tree (the root's mode included, as `.`), read again in full, as the
 /// migration between backends records a tree ([`Manifest`]; compared with
-/// [`crate::migrate::compare`]). Modes are recorded as copied ([`COPIED_MODE`]).
+/// [`crate::manifest::compare`]). Modes are recorded as copied ([`COPIED_MODE`]).
 pub async fn manifest(peer: &Peer) -> Result<Manifest, TransferError> {
     let mut out = Manifest::new();
     let root = WirePath::root();

@@ -10,7 +10,7 @@
 //!   `/run/sessionfs/` (they are never part of the image) and starts it.
 //! - [`Engine::wait_ready`] waits, with a deadline, until Docker reports the container healthy
 //!   or the daemon answers a health probe through the published port.
-//! - [`Engine::start`], [`Engine::stop`], [`Engine::remove`] and [`Engine::status`] map the
+//! - [`Engine::start_with`], [`Engine::stop`], [`Engine::remove`] and [`Engine::status`] map the
 //!   `session` commands onto the container.
 //!
 //! Everything this backend creates carries the labels [`LABEL_SESSION`], [`LABEL_MANAGED`] and
@@ -1080,18 +1080,9 @@ impl Engine {
     }
 
     /// Starts a docker session's stopped container and returns its (possibly new) endpoint and
-    /// main process once ready, and whether it was running already (then it is left alone). A
+    /// main process once ready, and whether it was running already (then it is left alone), after
+    /// uploading `certs` (a [`certs_tar`]) into it if it was not running (renewed certificates). A
     /// container that this call started but that does not become ready is stopped again.
-    pub fn start(
-        &self,
-        home: &Home,
-        record: &SessionRecord,
-    ) -> Result<(Published, bool), DockerError> {
-        self.start_with(home, record, None)
-    }
-
-    /// [`Engine::start`], uploading `certs` (a [`certs_tar`]) into the container first if it was
-    /// not running (renewed certificates).
     pub fn start_with(
         &self,
         home: &Home,

@@ -494,8 +494,8 @@ fn a_session_migrates_to_a_pod_and_on_verified() -> Result<()> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(
         !out.status.success()
-            && stderr.contains("verify failed")
-            && stderr.contains("stays on the local backend"),
+            && stderr.contains("to kubernetes failed at step verify")
+            && stderr.contains("still a local session"),
         "{stderr}"
     );
     ensure!(c.object("pods", &name).is_none() && c.object("secrets", &name).is_none());

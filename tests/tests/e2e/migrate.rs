@@ -226,7 +226,7 @@ fn a_migration_failing_at_any_step_leaves_the_session_where_it_was() -> Result<(
             v["backend"] == "local" && v["state"] == "running" && v["alive"] == true,
             "{step}: {v}"
         );
-        // The source daemon was stopped for the copy and restarted by the rollback.
+        // The source daemon served the copy and serves on.
         ensure!(
             v["pid"].is_number() && v["workspace"] == ws.to_str().context("utf-8")?,
             "{step}: {v}"
