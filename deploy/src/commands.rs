@@ -716,8 +716,14 @@ fn create_kubernetes(
         .map_err(|e| undo(e.into()))?;
     pin_certificate(home, &registry, &id).map_err(undo)?;
     let made = cluster
-        .provision(home, &id, &installation, &pod)
+        .provision(home, &id, &installation, &mut pod)
         .map_err(|e| undo(e.into()))?;
+    // The node port the API server gave (`--reach node-port`) is the session's from now on.
+    let spec = serde_json::to_string(&pod).map_err(|e| {
+        CommandError::Kube(k8s::KubeError::InvalidOption(format!(
+            "cannot record the pod options: {e}"
+        )))
+    })?;
     let undo_all = |e: CommandError| {
         cluster.discard(&id, &made);
         undo(e)
@@ -729,6 +735,7 @@ fn create_kubernetes(
         .modify(&id, |r| {
             r.state = SessionState::Running;
             r.endpoint = Some(endpoint);
+            r.labels.insert(k8s::RECORD_SPEC.to_owned(), spec.clone());
         })
         .map_err(|e| undo_all(e.into()))?;
     info!(session = %id, namespace = %pod.namespace, %endpoint, "created kubernetes session");

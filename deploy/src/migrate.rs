@@ -308,6 +308,16 @@ impl Target {
     fn switch(&self, r: &mut SessionRecord, id: &SessionId, owner: &str) {
         r.labels.remove(MIGRATING_LABEL);
         r.labels.insert(OWNER_LABEL.to_owned(), owner.to_owned());
+        if let Target::Local {
+            record: started, ..
+        } = self
+        {
+            // As its daemon was started: files belong to whoever makes them.
+            r.labels.remove(OWNER_LABEL);
+            if let Some(owner) = started.labels.get(OWNER_LABEL) {
+                r.labels.insert(OWNER_LABEL.to_owned(), owner.clone());
+            }
+        }
         r.labels
             .retain(|k, _| !k.starts_with("docker.") && !k.starts_with("k8s."));
         r.state = SessionState::Running;
@@ -344,6 +354,12 @@ impl Target {
             }
         }
     }
+}
+
+/// A `UID:GID` owner label.
+fn parse_owner(owner: &str) -> Option<(u32, u32)> {
+    let (uid, gid) = owner.split_once(':')?;
+    Some((uid.parse().ok()?, gid.parse().ok()?))
 }
 
 /// Empties `dir` (it was empty before the copy).
@@ -529,6 +545,12 @@ impl Migration<'_> {
                 new.workspace = Some(dir.clone());
                 new.labels
                     .retain(|k, _| !k.starts_with("docker.") && !k.starts_with("k8s."));
+                // Out of a container the workspace owner is the migrating user (the copy makes its
+                // files theirs): the local daemon gives files to whoever makes them, as a local
+                // session made without `--owner` does.
+                if self.record.backend != Backend::Local {
+                    new.labels.remove(OWNER_LABEL);
+                }
                 match crate::local::start(home, &new) {
                     Ok(started) => Target::Local {
                         record: started,
@@ -572,10 +594,10 @@ impl Migration<'_> {
                 }
             }
             Plan::Kubernetes(planned) => {
-                let (cluster, pod) = *planned;
+                let (cluster, mut pod) = *planned;
                 let installation = k8s::installation(home).map_err(|e| e.to_string())?;
                 let made = cluster
-                    .provision(home, id, &installation, &pod)
+                    .provision(home, id, &installation, &mut pod)
                     .map_err(|e| e.to_string())?;
                 match cluster.wait_ready(id, pod.reach, k8s::READY_TIMEOUT) {
                     Ok(endpoint) => Target::Kubernetes {
@@ -618,7 +640,7 @@ impl Migration<'_> {
                 CALL_BOUND,
             )
             .await?;
-            let copy = Peer::dial(
+            let mut copy = Peer::dial(
                 &endpoint,
                 target,
                 record.id.as_str(),
@@ -628,6 +650,17 @@ impl Migration<'_> {
                 CALL_BOUND,
             )
             .await?;
+            // Out of a container, the workspace owner's files become the migrating user's (as
+            // `--map-owner` shows them), not those of whatever host account has that uid.
+            if self.opts.to == Backend::Local && record.backend != Backend::Local {
+                if let Some(owner) = record.labels.get(OWNER_LABEL).and_then(|o| parse_owner(o)) {
+                    let me = (
+                        rustix::process::geteuid().as_raw(),
+                        rustix::process::getegid().as_raw(),
+                    );
+                    copy = copy.map_owner(owner, me);
+                }
+            }
             let copied = transfer::copy_tree(&from, &copy).await?;
             info!(session = %record.id, nodes = copied, "copied");
             injected(Step::Copy)?;

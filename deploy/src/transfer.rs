@@ -35,6 +35,8 @@ pub struct Peer {
     what: String,
     /// How long one request may take.
     bound: std::time::Duration,
+    /// As a copy's target: the owner (uid, gid) that becomes another one here.
+    owner_map: Option<((u32, u32), (u32, u32))>,
 }
 
 /// A failed transfer step, in words.
@@ -80,7 +82,30 @@ impl Peer {
             conn,
             what: what.to_owned(),
             bound,
+            owner_map: None,
         })
+    }
+
+    /// As a copy's target, nodes the source's `from` (uid, gid) owns are made as `to`'s: the
+    /// workspace owner of a container becomes the migrating user on this host, as `--map-owner`
+    /// shows it.
+    pub fn map_owner(mut self, from: (u32, u32), to: (u32, u32)) -> Peer {
+        self.owner_map = Some((from, to));
+        self
+    }
+
+    /// The caller a node owned as in `attr` is made as, on this (target) side.
+    fn caller(&self, attr: &Attr) -> Caller {
+        let (mut uid, mut gid) = (attr.uid, attr.gid);
+        if let Some(((from_uid, from_gid), (to_uid, to_gid))) = self.owner_map {
+            if uid == from_uid {
+                uid = to_uid;
+            }
+            if gid == from_gid {
+                gid = to_gid;
+            }
+        }
+        Caller { uid, gid }
     }
 
     async fn ask(
@@ -189,14 +214,7 @@ impl Peer {
             fh: None,
             attrs,
         };
-        self.ask(owner(attr), request, path).await.map(drop)
-    }
-}
-
-fn owner(attr: &Attr) -> Caller {
-    Caller {
-        uid: attr.uid,
-        gid: attr.gid,
+        self.ask(self.caller(attr), request, path).await.map(drop)
     }
 }
 
@@ -228,7 +246,7 @@ pub async fn copy_tree(from: &Peer, to: &Peer) -> Result<usize, TransferError> {
                         path: path.clone(),
                         mode: 0o700,
                     };
-                    to.ask(owner(&attr), request, &path).await?;
+                    to.ask(to.caller(&attr), request, &path).await?;
                     pending.push(path.clone());
                     filled.push((path, attr));
                 }
@@ -242,7 +260,7 @@ pub async fn copy_tree(from: &Peer, to: &Peer) -> Result<usize, TransferError> {
                         path: path.clone(),
                         target,
                     };
-                    to.ask(owner(&attr), request, &path).await?;
+                    to.ask(to.caller(&attr), request, &path).await?;
                 }
                 kind @ (S_IFIFO | S_IFSOCK) => {
                     let request = Request::Mknod {
@@ -254,7 +272,7 @@ pub async fn copy_tree(from: &Peer, to: &Peer) -> Result<usize, TransferError> {
                         },
                         mode: attr.mode & COPIED_MODE,
                     };
-                    to.ask(owner(&attr), request, &path).await?;
+                    to.ask(to.caller(&attr), request, &path).await?;
                 }
                 _ => {
                     return Err(format!(
@@ -300,7 +318,7 @@ async fn copy_file(
         mode: 0o600,
         flags: libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
     };
-    let dst = match to.ask(owner(attr), request, path).await? {
+    let dst = match to.ask(to.caller(attr), request, path).await? {
         Reply::Created { fh, .. } => fh,
         other => {
             let _ = from.release(src, path).await;

@@ -373,7 +373,8 @@ struct CreateArgs {
     #[arg(long = "node-selector", value_name = "K=V", value_parser = parse_label, help_heading = "Kubernetes sessions")]
     node_selector: Vec<(String, String)>,
     /// Kubernetes: how the mount reaches the daemon: `pod-ip` (the default; a mount in the
-    /// cluster or on a node) or `host-port:PORT` (a UDP port of the pod's node, from outside).
+    /// cluster or on a node), `host-port:PORT` (a UDP port of the pod's node, from outside) or
+    /// `node-port[:PORT]` (a NodePort Service of the session's, from outside).
     #[arg(long, value_name = "HOW", help_heading = "Kubernetes sessions")]
     reach: Option<deploy::Reach>,
     /// Kubernetes: where sessionfsd is in the image (default /sessionfsd, as `image build` makes it).

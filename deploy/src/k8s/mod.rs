@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::Api;
 use sessionfs_registry::{SessionId, SessionRecord};
@@ -132,7 +132,10 @@ pub fn endpoint(pod: &Pod, reach: Reach) -> Option<SocketAddr> {
     let status = pod.status.as_ref()?;
     let (ip, port) = match reach {
         Reach::PodIp => (status.pod_ip.as_deref()?, DAEMON_PORT),
-        Reach::HostPort(port) => (status.host_ip.as_deref()?, port),
+        Reach::HostPort(port) | Reach::NodePort(port) if port != 0 => {
+            (status.host_ip.as_deref()?, port)
+        }
+        Reach::HostPort(_) | Reach::NodePort(_) => return None,
     };
     Some(SocketAddr::new(ip.parse::<IpAddr>().ok()?, port))
 }
@@ -213,6 +216,7 @@ impl std::fmt::Debug for Cluster {
 pub struct Provisioned {
     pub secret: bool,
     pub claim: bool,
+    pub service: bool,
     pub pod: bool,
 }
 
@@ -221,6 +225,7 @@ pub struct Provisioned {
 pub struct Removed {
     pub pod: bool,
     pub secret: bool,
+    pub service: bool,
     pub claim: bool,
 }
 
@@ -311,18 +316,24 @@ impl Cluster {
     }
 
     /// Makes session `id`'s Secret (from its certificate directory), claim (kept from an earlier
-    /// session of the id if there is one) and pod.
+    /// session of the id if there is one), Service (`--reach node-port`; the node port it got is
+    /// put into `opts`) and pod.
     pub fn provision(
         &self,
         home: &Home,
         id: &SessionId,
         installation: &str,
-        opts: &PodOptions,
+        opts: &mut PodOptions,
     ) -> Result<Provisioned, KubeError> {
         let mut made = Provisioned::default();
         let result = (|| {
             made.secret = self.put_secret(home, id, installation, opts)?;
             made.claim = self.ensure_claim(id, installation, opts)?;
+            if let Reach::NodePort(asked) = opts.reach {
+                let (port, created) = self.ensure_service(id, installation, opts, asked)?;
+                made.service = created;
+                opts.reach = Reach::NodePort(port);
+            }
             self.create_pod(id, installation, opts)?;
             made.pod = true;
             Ok(())
@@ -338,7 +349,7 @@ impl Cluster {
 
     /// Removes what [`Cluster::provision`] made.
     pub fn discard(&self, id: &SessionId, made: &Provisioned) {
-        let removed = self.delete_objects(id, made.pod, made.secret, made.claim);
+        let removed = self.delete_objects(id, made.pod, made.secret, made.service, made.claim);
         if let Err(e) = removed {
             warn!(session = %id, error = %e, "cannot remove the failed session's Kubernetes objects");
         }
@@ -459,6 +470,48 @@ impl Cluster {
         }
     }
 
+    /// Makes session `id`'s NodePort Service unless it has one; its node port, and whether it
+    /// made it.
+    fn ensure_service(
+        &self,
+        id: &SessionId,
+        installation: &str,
+        opts: &PodOptions,
+        asked: u16,
+    ) -> Result<(u16, bool), KubeError> {
+        let service = spec::service(id, installation, opts, asked)?;
+        let name = object_name(id);
+        let action = format!("create service {}/{name}", self.namespace);
+        let (service, created) = match self.call(
+            &action,
+            self.api::<Service>()
+                .create(&PostParams::default(), &service),
+        )? {
+            Ok(service) => (service, true),
+            Err(e) if is_status(&e, 409) => {
+                let action = format!("read service {}/{name}", self.namespace);
+                let current = self
+                    .call(&action, self.api::<Service>().get(&name))?
+                    .map_err(api_error(action))?;
+                if !Self::is_ours(current.metadata.labels.as_ref(), id) {
+                    return Err(self.taken("Service", &name, id));
+                }
+                (current, false)
+            }
+            Err(e) => return Err(api_error(action)(e)),
+        };
+        let port = service
+            .spec
+            .and_then(|s| s.ports)
+            .and_then(|ports| ports.into_iter().find_map(|p| p.node_port))
+            .and_then(|p| u16::try_from(p).ok())
+            .ok_or_else(|| KubeError::Api {
+                action: format!("create service {}/{name}", self.namespace),
+                message: "the API server allocated no node port".into(),
+            })?;
+        Ok((port, created))
+    }
+
     /// Makes session `id`'s pod.
     pub fn create_pod(
         &self,
@@ -564,6 +617,7 @@ impl Cluster {
         id: &SessionId,
         pod: bool,
         secret: bool,
+        service: bool,
         claim: bool,
     ) -> Result<Removed, KubeError> {
         let mut removed = Removed::default();
@@ -573,6 +627,9 @@ impl Cluster {
         if secret {
             removed.secret = self.delete_named::<Secret>("secret", id)?;
         }
+        if service {
+            removed.service = self.delete_named::<Service>("service", id)?;
+        }
         if claim {
             removed.claim =
                 self.delete_named::<PersistentVolumeClaim>("persistentvolumeclaim", id)?;
@@ -580,8 +637,8 @@ impl Cluster {
         Ok(removed)
     }
 
-    /// Deletes session `id`'s pod and Secret, and with `purge` its workspace claim.
+    /// Deletes session `id`'s pod, Secret and Service, and with `purge` its workspace claim.
     pub fn remove(&self, id: &SessionId, purge: bool) -> Result<Removed, KubeError> {
-        self.delete_objects(id, true, true, purge)
+        self.delete_objects(id, true, true, true, purge)
     }
 }

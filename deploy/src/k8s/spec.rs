@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sessionfs_registry::SessionId;
@@ -29,6 +29,10 @@ pub enum Reach {
     /// At a port of the pod's node (`hostPort`): from outside the cluster, one port per session
     /// and node.
     HostPort(u16),
+    /// At a node port of a UDP Service of the session's own (type NodePort), on the pod's node:
+    /// from outside the cluster, one port per session across the cluster. 0 until the API server
+    /// allocated it.
+    NodePort(u16),
 }
 
 impl std::str::FromStr for Reach {
@@ -37,12 +41,18 @@ impl std::str::FromStr for Reach {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "pod-ip" => Ok(Reach::PodIp),
-            other => match other.strip_prefix("host-port:").map(str::parse::<u16>) {
-                Some(Ok(port)) if port > 0 => Ok(Reach::HostPort(port)),
-                _ => Err(format!(
-                    "reach `{s}` is neither `pod-ip` nor `host-port:PORT` (a port of the node)"
-                )),
-            },
+            "node-port" => Ok(Reach::NodePort(0)),
+            other => {
+                let port = |prefix| other.strip_prefix(prefix).map(str::parse::<u16>);
+                match (port("host-port:"), port("node-port:")) {
+                    (Some(Ok(p)), _) if p > 0 => Ok(Reach::HostPort(p)),
+                    (_, Some(Ok(p))) if p > 0 => Ok(Reach::NodePort(p)),
+                    _ => Err(format!(
+                        "reach `{s}` is not `pod-ip`, `host-port:PORT` (a port of the node) or \
+                         `node-port[:PORT]` (a NodePort Service)"
+                    )),
+                }
+            }
         }
     }
 }
@@ -187,6 +197,38 @@ pub fn claim(
     )
 }
 
+/// The UDP Service of type NodePort selecting the session's pod (`--reach node-port`), with the
+/// node port asked for if `port` is not 0.
+pub fn service(
+    id: &SessionId,
+    installation: &str,
+    opts: &PodOptions,
+    port: u16,
+) -> Result<Service, KubeError> {
+    let mut spec_port = json!({"name": "sessionfs", "protocol": "UDP", "port": DAEMON_PORT,
+                               "targetPort": DAEMON_PORT});
+    if port != 0 {
+        spec_port["nodePort"] = json!(port);
+    }
+    from_json(
+        "service",
+        json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": object_name(id),
+                "namespace": opts.namespace,
+                "labels": labels(id, installation),
+            },
+            "spec": {
+                "type": "NodePort",
+                "selector": {LABEL_SESSION: id.as_str(), LABEL_INSTALLATION: installation},
+                "ports": [spec_port],
+            },
+        }),
+    )
+}
+
 /// The pod running the session's daemon: confined like a docker session's container (capabilities
 /// reduced to [`crate::docker::KEPT_CAPABILITIES`], no privilege escalation, no service account
 /// token), probed with `sessionfsd --health`.
@@ -302,6 +344,8 @@ mod tests {
         assert_eq!("pod-ip".parse(), Ok(Reach::PodIp));
         assert_eq!("host-port:31000".parse(), Ok(Reach::HostPort(31000)));
         assert!("host-port:0".parse::<Reach>().is_err());
+        assert_eq!("node-port".parse(), Ok(Reach::NodePort(0)));
+        assert_eq!("node-port:30100".parse(), Ok(Reach::NodePort(30100)));
         assert!("node".parse::<Reach>().is_err());
         for good in ["10Gi", "500m", "2", "1.5", "512Mi"] {
             check_quantity("--size", good).unwrap();

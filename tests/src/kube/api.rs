@@ -1,5 +1,6 @@
 //! A stateful fake of the Kubernetes API server, for the few resources sessionfs uses: core/v1
-//! pods, secrets, persistentvolumeclaims and services, namespaced. It speaks the real wire
+//! pods, secrets, persistentvolumeclaims and services, and apps/v1 deployments and replicasets,
+//! namespaced. It speaks the real wire
 //! protocol over HTTP (JSON bodies, `Status` errors, list and `?watch=true` streams of JSON lines),
 //! so the real `kube` client in the `sessionfs` processes talks to it through a kubeconfig.
 //!
@@ -27,12 +28,14 @@ use axum::response::Response;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
-/// The resources served, by plural name, with their kind.
-const RESOURCES: [(&str, &str); 4] = [
-    ("pods", "Pod"),
-    ("secrets", "Secret"),
-    ("persistentvolumeclaims", "PersistentVolumeClaim"),
-    ("services", "Service"),
+/// The resources served, by plural name, with their kind and API version.
+const RESOURCES: [(&str, &str, &str); 6] = [
+    ("pods", "Pod", "v1"),
+    ("secrets", "Secret", "v1"),
+    ("persistentvolumeclaims", "PersistentVolumeClaim", "v1"),
+    ("services", "Service", "v1"),
+    ("deployments", "Deployment", "apps/v1"),
+    ("replicasets", "ReplicaSet", "apps/v1"),
 ];
 
 /// One object's place: resource (plural), namespace, name.
@@ -182,7 +185,8 @@ impl Api {
     fn new() -> Api {
         let (changes, _) = broadcast::channel(4096);
         let store = Store {
-            next_node_port: 30_000,
+            // Apart from other fakes' ports: tests run in parallel processes on one machine.
+            next_node_port: 30_000 + (std::process::id() % 2_000) as u16,
             next_cluster_ip: 10,
             ..Store::default()
         };
@@ -286,6 +290,26 @@ impl Api {
         Some(self.commit(&mut store, "DELETED", key, object))
     }
 
+    /// Creates `object` in `namespace` as a `POST` would (a controller making an object); the
+    /// status code if refused.
+    pub fn create_object(&self, resource: &str, namespace: &str, object: Value) -> Result<(), u16> {
+        let kind = RESOURCES
+            .iter()
+            .find(|(r, _, _)| *r == resource)
+            .map_or("", |(_, k, _)| *k);
+        let response = self.create(namespace, resource, kind, Some(object));
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(response.status().as_u16())
+        }
+    }
+
+    /// Deletes an object as a `DELETE` would (gracefully for a pod on a node); whether it was there.
+    pub fn delete_object(&self, resource: &str, namespace: &str, name: &str) -> bool {
+        self.delete(namespace, resource, name).status().is_success()
+    }
+
     /// Every change from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.changes.subscribe()
@@ -310,12 +334,16 @@ impl Api {
                     .collect()
             })
             .unwrap_or_default();
-        let (namespace, resource, name, sub) = match path[..] {
-            ["api", "v1", "namespaces", ns, resource] => (ns, resource, None, None),
-            ["api", "v1", "namespaces", ns, resource, name] => (ns, resource, Some(name), None),
-            ["api", "v1", "namespaces", ns, resource, name, sub] => {
-                (ns, resource, Some(name), Some(sub))
-            }
+        // `/api/v1/…` for the core group, `/apis/<group>/<version>/…` for the others.
+        let (version, rest) = match path[..] {
+            ["api", "v1", ref rest @ ..] => ("v1".to_owned(), rest),
+            ["apis", group, version, ref rest @ ..] => (format!("{group}/{version}"), rest),
+            _ => ("".to_owned(), &path[..0]),
+        };
+        let (namespace, resource, name, sub) = match rest[..] {
+            ["namespaces", ns, resource] => (ns, resource, None, None),
+            ["namespaces", ns, resource, name] => (ns, resource, Some(name), None),
+            ["namespaces", ns, resource, name, sub] => (ns, resource, Some(name), Some(sub)),
             _ => {
                 return status(
                     StatusCode::NOT_FOUND,
@@ -326,8 +354,8 @@ impl Api {
         };
         let Some(kind) = RESOURCES
             .iter()
-            .find(|(r, _)| *r == resource)
-            .map(|(_, k)| *k)
+            .find(|(r, _, v)| *r == resource && *v == version)
+            .map(|(_, k, _)| *k)
         else {
             return status(
                 StatusCode::NOT_FOUND,
@@ -415,7 +443,7 @@ impl Api {
             .map(|(_, v)| v.clone())
             .collect();
         let body = json!({
-            "apiVersion": "v1",
+            "apiVersion": api_version(resource),
             "kind": format!("{kind}List"),
             "metadata": {"resourceVersion": store.revision.to_string()},
             "items": items,
@@ -467,8 +495,11 @@ impl Api {
                 format!("{resource} \"{name}\" already exists"),
             );
         }
-        object["apiVersion"] = json!("v1");
+        object["apiVersion"] = json!(api_version(resource));
         object["kind"] = json!(kind);
+        if resource == "deployments" || resource == "replicasets" {
+            object["metadata"]["generation"] = json!(1);
+        }
         let meta = &mut object["metadata"];
         meta["name"] = json!(name);
         meta["namespace"] = json!(namespace);
@@ -489,8 +520,19 @@ impl Api {
                     if let Some(ports) = object["spec"]["ports"].as_array_mut() {
                         for port in ports {
                             if port.get("nodePort").is_none() {
+                                // A port no process here holds (several fakes may run at once).
+                                let mut tries = 0;
+                                while std::net::UdpSocket::bind(("127.0.0.1", store.next_node_port))
+                                    .is_err()
+                                    && tries < 2_767
+                                {
+                                    store.next_node_port =
+                                        30_000 + (store.next_node_port - 29_999) % 2_768;
+                                    tries += 1;
+                                }
                                 port["nodePort"] = json!(store.next_node_port);
-                                store.next_node_port += 1;
+                                store.next_node_port =
+                                    30_000 + (store.next_node_port - 29_999) % 2_768;
                             }
                         }
                     }
@@ -589,6 +631,18 @@ impl Api {
         new["status"] = current["status"].clone();
         new["apiVersion"] = current["apiVersion"].clone();
         new["kind"] = current["kind"].clone();
+        // A workload's generation counts the changes of its spec, as its controller sees them.
+        let generation = current["metadata"]["generation"].as_u64();
+        new["metadata"]["generation"] = match generation {
+            Some(g) if new["spec"] != current["spec"] => json!(g + 1),
+            Some(g) => json!(g),
+            None => Value::Null,
+        };
+        if new["metadata"]["generation"].is_null() {
+            if let Some(meta) = new["metadata"].as_object_mut() {
+                meta.remove("generation");
+            }
+        }
         if resource == "pods" {
             let mut images_only = new["spec"].clone();
             let mut was = current["spec"].clone();
@@ -709,6 +763,14 @@ fn not_found(resource: &str, name: &str) -> Response {
         "NotFound",
         format!("{resource} \"{name}\" not found"),
     )
+}
+
+/// The API version of `resource`.
+fn api_version(resource: &str) -> &'static str {
+    RESOURCES
+        .iter()
+        .find(|(r, _, _)| *r == resource)
+        .map_or("v1", |(_, _, v)| *v)
 }
 
 /// Percent-decoding of a query value.

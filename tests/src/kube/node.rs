@@ -8,8 +8,9 @@
 //!
 //! Simulated, not real: one node, no CNI (the pod IP is the container's address on the node's
 //! Docker network, reachable from this machine as a cluster's pod network is from its nodes),
-//! no resource accounting beyond Docker's limits, one container per pod, `hostPort` published on
-//! 127.0.0.1. [`Node::reschedule`] plays a pod sandbox made again after a node restart: the same
+//! no resource accounting beyond Docker's limits, one container per pod, `hostPort` and the node
+//! ports of NodePort Services selecting the pod (kube-proxy's part) published on 127.0.0.1, as the
+//! pod's container is made. [`Node::reschedule`] plays a pod sandbox made again after a node restart: the same
 //! pod object, a new container and a new pod IP.
 
 use std::collections::BTreeMap;
@@ -459,6 +460,31 @@ fn start_pod(
             args.extend([
                 "--publish".into(),
                 format!("127.0.0.1:{host_port}:{}/{proto}", port["containerPort"]),
+            ]);
+        }
+    }
+    // kube-proxy, for NodePort Services selecting this pod: their node ports on 127.0.0.1.
+    for service in api.list("services", namespace) {
+        let selector = service["spec"]["selector"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let labels = &pod["metadata"]["labels"];
+        let selected =
+            !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v));
+        if service["spec"]["type"] != "NodePort" || !selected {
+            continue;
+        }
+        for port in service["spec"]["ports"].as_array().into_iter().flatten() {
+            let (Some(node_port), Some(target)) =
+                (port["nodePort"].as_u64(), port["targetPort"].as_u64())
+            else {
+                continue;
+            };
+            let proto = port["protocol"].as_str().unwrap_or("TCP").to_lowercase();
+            args.extend([
+                "--publish".into(),
+                format!("127.0.0.1:{node_port}:{target}/{proto}"),
             ]);
         }
     }

@@ -347,7 +347,9 @@ fn validate(files: &[std::path::PathBuf]) -> Result<std::result::Result<String, 
 /// The shipped manifests, `sessionfs k8s manifests` for another namespace and image, and every
 /// object sessionfs sent for a session with every option (as the API server holds them) pass the
 /// official schemas offline, strictly; a pod with an unknown field does not (the check can fail).
-/// A session reached at a port of its node (`--reach host-port:PORT`) is mounted there.
+/// Sessions reached at a port of their node (`--reach host-port:PORT`) and through a NodePort
+/// Service (`--reach node-port`) are mounted there; the node port survives stop and start, and
+/// `rm` deletes the Service.
 #[test]
 fn manifests_and_the_objects_sent_validate_against_the_schemas() -> Result<()> {
     let mut c = Cluster::new()?;
@@ -380,17 +382,46 @@ fn manifests_and_the_objects_sent_validate_against_the_schemas() -> Result<()> {
         listed["endpoint"] == format!("127.0.0.1:{port}"),
         "{listed}"
     );
+    // And one behind a NodePort Service, its port allocated by the API server.
+    let n = c.h.unique_id("knp");
+    c.create(&n, &["--reach", "node-port"])?;
+    let service = c
+        .object("services", &format!("sessionfs-{n}"))
+        .context("no service")?;
+    let node_port = service["spec"]["ports"][0]["nodePort"]
+        .as_u64()
+        .context("no node port")?;
+    ensure!(
+        service["spec"]["ports"][0]["protocol"] == "UDP",
+        "{service}"
+    );
+    let listed = c.h.session_json(&n)?;
+    ensure!(
+        listed["endpoint"] == format!("127.0.0.1:{node_port}"),
+        "{listed}"
+    );
     c.h.mount()?;
-    fs::write(c.h.path(&k, "through-the-node-port"), b"ok")?;
-    ensure!(fs::read(c.h.path(&k, "through-the-node-port"))? == b"ok");
+    for (id, what) in [(&k, "through-the-host-port"), (&n, "through-the-node-port")] {
+        fs::write(c.h.path(id, what), b"ok")?;
+        ensure!(fs::read(c.h.path(id, what))? == b"ok");
+    }
     c.h.unmount()?;
+    // The node port stays the session's across stop and start.
+    c.h.ok(&["session", "stop", &n])?;
+    c.h.ok(&["session", "start", &n])?;
+    ensure!(c.h.session_json(&n)?["endpoint"] == format!("127.0.0.1:{node_port}"));
 
     let dir = c.h.dir.path().join("objects");
     fs::create_dir(&dir)?;
     let mut files = Vec::new();
-    for resource in ["pods", "secrets", "persistentvolumeclaims"] {
+    for (resource, id) in [
+        ("pods", &k),
+        ("secrets", &k),
+        ("persistentvolumeclaims", &k),
+        ("services", &n),
+    ] {
         let object = c
-            .object(resource, &format!("sessionfs-{k}"))
+            .object(resource, &format!("sessionfs-{id}"))
             .context(resource)?;
         let path = dir.join(format!("{resource}.json"));
         fs::write(&path, object.to_string())?;
@@ -415,7 +446,7 @@ fn manifests_and_the_objects_sent_validate_against_the_schemas() -> Result<()> {
     fs::write(&printed_path, printed)?;
     files.push(printed_path);
     let report = validate(&files)?.map_err(|e| anyhow::anyhow!("schema validation failed: {e}"))?;
-    ensure!(report.matches("passed").count() >= 3 + 2 * 6, "{report}");
+    ensure!(report.matches("passed").count() >= 4 + 2 * 6, "{report}");
 
     let mut bad = c.object("pods", &format!("sessionfs-{k}")).context("pod")?;
     bad["spec"]["containers"][0]["bogus"] = serde_json::json!(1);
@@ -425,6 +456,11 @@ fn manifests_and_the_objects_sent_validate_against_the_schemas() -> Result<()> {
     ensure!(
         matches!(&refused, Err(e) if e.contains("bogus")),
         "an unknown field passed: {refused:?}"
+    );
+    c.h.ok(&["session", "rm", &n])?;
+    ensure!(
+        c.object("services", &format!("sessionfs-{n}")).is_none(),
+        "rm left the service"
     );
     Ok(())
 }
