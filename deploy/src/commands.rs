@@ -288,6 +288,11 @@ pub struct KubeOptions {
     pub reach: Option<crate::k8s::Reach>,
     /// Where `sessionfsd` is in the image; default `/sessionfsd`.
     pub daemon_path: Option<String>,
+    /// `POD[/CONTAINER]`: add the daemon as a sidecar of that pod's Deployment instead of making a
+    /// pod, serving a volume of that container.
+    pub attach: Option<String>,
+    /// With `attach`: the container's mount path of the volume to serve.
+    pub workspace_path: Option<String>,
 }
 
 impl KubeOptions {
@@ -301,6 +306,8 @@ impl KubeOptions {
             (!self.node_selector.is_empty(), "--node-selector"),
             (self.reach.is_some(), "--reach"),
             (self.daemon_path.is_some(), "--daemon-path"),
+            (self.attach.is_some(), "--attach"),
+            (self.workspace_path.is_some(), "--workspace-path"),
         ]
         .into_iter()
         .filter_map(|(given, flag)| given.then_some(flag))
@@ -715,6 +722,15 @@ fn create_kubernetes(
     home.issue_session_certs(&ca, &id)
         .map_err(|e| undo(e.into()))?;
     pin_certificate(home, &registry, &id).map_err(undo)?;
+    if k.workspace_path.is_some() && k.attach.is_none() {
+        return Err(undo(CommandError::Kube(k8s::KubeError::InvalidOption(
+            "--workspace-path applies only with --attach".into(),
+        ))));
+    }
+    if k.attach.is_some() {
+        return attach_kubernetes(home, &registry, &cluster, &id, pod, k, &installation)
+            .map_err(undo);
+    }
     let made = cluster
         .provision(home, &id, &installation, &mut pod)
         .map_err(|e| undo(e.into()))?;
@@ -739,6 +755,72 @@ fn create_kubernetes(
         })
         .map_err(|e| undo_all(e.into()))?;
     info!(session = %id, namespace = %pod.namespace, %endpoint, "created kubernetes session");
+    Ok(Created { record })
+}
+
+/// `session create --backend kubernetes --attach POD[/CONTAINER]`: the session's Secret, its
+/// daemon added as a native sidecar to the pod's Deployment (and its NodePort Service with
+/// `--reach node-port`), `running` once a pod of the rollout is ready. A failure takes the sidecar
+/// out again (the caller removes the registration and files).
+fn attach_kubernetes(
+    home: &Home,
+    registry: &Registry,
+    cluster: &crate::k8s::Cluster,
+    id: &SessionId,
+    mut pod: crate::k8s::PodOptions,
+    k: &KubeOptions,
+    installation: &str,
+) -> Result<Created, CommandError> {
+    use crate::k8s;
+    for (given, flag) in [
+        (k.size.is_some(), "--size"),
+        (k.storage_class.is_some(), "--storage-class"),
+    ] {
+        if given {
+            return Err(CommandError::Kube(k8s::KubeError::InvalidOption(format!(
+                "{flag} does not apply with --attach: the session serves the workload's own volume"
+            ))));
+        }
+    }
+    let pod_ref = k.attach.as_deref().unwrap_or_default();
+    let attach = cluster.attach(
+        home,
+        id,
+        installation,
+        &pod,
+        pod_ref,
+        k.workspace_path.as_deref(),
+    )?;
+    pod.attach = Some(attach.clone());
+    let mut finish = || -> Result<SessionRecord, CommandError> {
+        if let k8s::Reach::NodePort(asked) = pod.reach {
+            let (port, _) = cluster.ensure_service(id, installation, &pod, asked)?;
+            pod.reach = k8s::Reach::NodePort(port);
+        }
+        let endpoint = cluster.wait_ready(id, pod.reach, k8s::READY_TIMEOUT)?;
+        let spec = serde_json::to_string(&pod).map_err(|e| {
+            CommandError::Kube(k8s::KubeError::InvalidOption(format!(
+                "cannot record the pod options: {e}"
+            )))
+        })?;
+        Ok(registry.modify(id, |r| {
+            r.state = SessionState::Running;
+            r.endpoint = Some(endpoint);
+            r.labels.insert(k8s::RECORD_SPEC.to_owned(), spec.clone());
+            r.labels.remove(k8s::RECORD_POD);
+        })?)
+    };
+    let record = match finish() {
+        Ok(record) => record,
+        Err(e) => {
+            if let Err(de) = cluster.detach(id, &attach) {
+                warn!(session = %id, error = %de, "cannot take the sidecar out again");
+            }
+            let _ = cluster.remove(id, false);
+            return Err(e);
+        }
+    };
+    info!(session = %id, deployment = %attach.deployment, "attached kubernetes session");
     Ok(Created { record })
 }
 
@@ -1163,12 +1245,15 @@ pub fn stop(home: &Home, id: &str) -> Result<Stopped, CommandError> {
             (StopOutcome::NotRunning, Some((container, stop)), state)
         }
         Backend::Kubernetes => {
+            let (cluster, opts) = crate::k8s::Cluster::for_record(&record)?;
+            if let Some(attach) = &opts.attach {
+                return Err(crate::k8s::attached_error(&id, attach, "stop").into());
+            }
             // Stopped first: the mount's follower must not take the pod's deletion for a loss.
             registry.modify(&id, |r| {
                 r.state = SessionState::Stopped;
                 r.endpoint = None;
             })?;
-            let (cluster, _) = crate::k8s::Cluster::for_record(&record)?;
             cluster.delete_pod(&id)?;
             (StopOutcome::NotRunning, None, SessionState::Stopped)
         }
@@ -1297,10 +1382,11 @@ fn start_kubernetes(
     use crate::k8s;
     let id = record.id.clone();
     let (cluster, opts) = k8s::Cluster::for_record(&record)?;
+    if let Some(attach) = &opts.attach {
+        return Err(k8s::attached_error(&id, attach, "start").into());
+    }
     let installation = k8s::installation(home)?;
-    let existing = cluster
-        .pod(&id)?
-        .filter(|p| p.metadata.deletion_timestamp.is_none());
+    let existing = cluster.live_pod(&id)?;
     let was_ready = existing.as_ref().is_some_and(k8s::ready);
     if existing.is_none() {
         if home.renew_session_certs_if_due(&id)? {
@@ -1420,20 +1506,42 @@ pub fn remove(home: &Home, id: &str, purge: bool) -> Result<Removed, CommandErro
                 r.state = SessionState::Stopped;
                 r.endpoint = None;
             })?;
-            let (cluster, _) = crate::k8s::Cluster::for_record(&record)?;
-            let removed = cluster.remove(&id, purge)?;
+            let (cluster, opts) = crate::k8s::Cluster::for_record(&record)?;
             let name = crate::k8s::object_name(&id);
             let namespace = cluster.namespace().to_owned();
-            (
-                StopOutcome::NotRunning,
-                Some(ContainerRemoval {
-                    container: format!("pod {namespace}/{name}"),
-                    existed: removed.pod,
-                    volume: Some((format!("claim {namespace}/{name}"), removed.claim)),
-                    host_dir: None,
-                }),
-                None,
-            )
+            match &opts.attach {
+                Some(attach) => {
+                    // The workload's volume is its own: never deleted, even with --purge.
+                    cluster.detach(&id, attach)?;
+                    cluster.remove(&id, false)?;
+                    (
+                        StopOutcome::NotRunning,
+                        Some(ContainerRemoval {
+                            container: format!(
+                                "pod sidecar of deployment {namespace}/{}",
+                                attach.deployment
+                            ),
+                            existed: true,
+                            volume: None,
+                            host_dir: None,
+                        }),
+                        None,
+                    )
+                }
+                None => {
+                    let removed = cluster.remove(&id, purge)?;
+                    (
+                        StopOutcome::NotRunning,
+                        Some(ContainerRemoval {
+                            container: format!("pod {namespace}/{name}"),
+                            existed: removed.pod,
+                            volume: Some((format!("claim {namespace}/{name}"), removed.claim)),
+                            host_dir: None,
+                        }),
+                        None,
+                    )
+                }
+            }
         }
     };
     registry.remove(&id)?;
@@ -1594,6 +1702,9 @@ fn recreate_kubernetes(
     use crate::k8s;
     let id = record.id.clone();
     let (cluster, mut opts) = k8s::Cluster::for_record(&record)?;
+    if let Some(attach) = &opts.attach {
+        return Err(k8s::attached_error(&id, attach, "recreate").into());
+    }
     if let Some(image) = image {
         image::check_reference(image)?;
         opts.image = image.to_owned();

@@ -233,6 +233,15 @@ pub fn migrate(home: &Home, opts: &MigrateOptions) -> Result<Migrated, MigrateEr
     if record.backend == opts.to {
         return Err(refuse(format!("it already uses the {} backend", opts.to)));
     }
+    if let Ok(pod) = k8s::record_options(&record) {
+        if let Some(attach) = pod.attach {
+            return Err(refuse(format!(
+                "it is a sidecar of deployment {}, serving the workload's own volume: copy what \
+                 you need into a new session instead",
+                attach.deployment
+            )));
+        }
+    }
     Migration {
         home,
         registry: &registry,
@@ -495,7 +504,7 @@ impl Migration<'_> {
                 let (cluster, pod) = Cluster::for_record(record).map_err(|e| e.to_string())?;
                 let installation = k8s::installation(self.home).map_err(|e| e.to_string())?;
                 if cluster
-                    .pod(&record.id)
+                    .live_pod(&record.id)
                     .map_err(|e| e.to_string())?
                     .is_none()
                 {

@@ -380,6 +380,23 @@ struct CreateArgs {
     /// Kubernetes: where sessionfsd is in the image (default /sessionfsd, as `image build` makes it).
     #[arg(long, value_name = "PATH", help_heading = "Kubernetes sessions")]
     daemon_path: Option<String>,
+    /// Kubernetes: instead of a pod of its own, add sessionfsd as a sidecar of the Deployment
+    /// running POD, serving a volume of CONTAINER (the pod's only container by default).
+    #[arg(
+        long,
+        value_name = "POD[/CONTAINER]",
+        help_heading = "Kubernetes sessions"
+    )]
+    attach: Option<String>,
+    /// Kubernetes, with --attach: the container's mount path of the volume to serve (default:
+    /// its working directory's volume, or its only data volume).
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "attach",
+        help_heading = "Kubernetes sessions"
+    )]
+    workspace_path: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -554,6 +571,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     node_selector: args.node_selector,
                     reach: args.reach,
                     daemon_path: args.daemon_path,
+                    attach: args.attach,
+                    workspace_path: args.workspace_path,
                 },
             };
             println!("{}", deploy::create(&home()?, &opts)?);

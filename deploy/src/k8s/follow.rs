@@ -164,29 +164,88 @@ async fn watch_place(home: Arc<Home>, place: Place) {
         let config =
             watcher::Config::default().labels(&format!("{LABEL_INSTALLATION}={installation}"));
         let mut events = watcher(api, config).default_backoff().boxed();
-        let mut listed = BTreeSet::new();
+        // Every live pod of each session here (a workload may have several during a rollout);
+        // a session's state comes from all of them.
+        let mut pods: BTreeMap<SessionId, BTreeMap<String, Pod>> = BTreeMap::new();
+        let mut listing: Option<BTreeMap<SessionId, BTreeMap<String, Pod>>> = None;
         while let Some(event) = events.next().await {
-            match event {
-                Ok(watcher::Event::Init) => listed.clear(),
-                Ok(watcher::Event::InitApply(pod)) => {
-                    if let Some(id) = session_of(&pod) {
-                        listed.insert(id);
-                    }
-                    apply(&home, &place, pod).await;
+            let touched = match event {
+                Ok(watcher::Event::Init) => {
+                    listing = Some(BTreeMap::new());
+                    continue;
                 }
-                Ok(watcher::Event::InitDone) => vanished(&home, &place, listed.clone()).await,
-                Ok(watcher::Event::Apply(pod)) => apply(&home, &place, pod).await,
-                Ok(watcher::Event::Delete(pod)) => deleted(&home, &place, pod).await,
+                Ok(watcher::Event::InitApply(pod)) => {
+                    if let (Some(listing), Some(id)) = (listing.as_mut(), session_of(&pod)) {
+                        listing.entry(id).or_default().insert(pod_name(&pod), pod);
+                    }
+                    continue;
+                }
+                Ok(watcher::Event::InitDone) => {
+                    let listed = listing.take().unwrap_or_default();
+                    let before: BTreeSet<SessionId> = pods.keys().cloned().collect();
+                    pods = listed;
+                    // Sessions listed now, those that had pods before, and every session of this
+                    // place that should have one.
+                    let mut touched: BTreeSet<SessionId> = pods.keys().cloned().collect();
+                    touched.extend(before);
+                    touched.extend(known(&home, &place).await);
+                    touched
+                }
+                Ok(watcher::Event::Apply(pod)) => {
+                    let Some(id) = session_of(&pod) else { continue };
+                    let name = pod_name(&pod);
+                    let entry = pods.entry(id.clone()).or_default();
+                    if pod.metadata.deletion_timestamp.is_some() {
+                        // Going: no longer serving, gone once deleted.
+                        entry.remove(&name);
+                    } else {
+                        entry.insert(name, pod);
+                    }
+                    BTreeSet::from([id])
+                }
+                Ok(watcher::Event::Delete(pod)) => {
+                    let Some(id) = session_of(&pod) else { continue };
+                    if let Some(entry) = pods.get_mut(&id) {
+                        entry.remove(&pod_name(&pod));
+                    }
+                    BTreeSet::from([id])
+                }
                 Err(e) => {
                     let message = e.to_string();
                     if last_error.as_ref() != Some(&message) {
                         warn!(namespace = %place.1, "kubernetes watch interrupted: {message}");
                     }
                     last_error = Some(message);
+                    continue;
                 }
+            };
+            for id in touched {
+                let live: Vec<Pod> = pods
+                    .get(&id)
+                    .map(|p| p.values().cloned().collect())
+                    .unwrap_or_default();
+                settle(&home, &place, id, live).await;
             }
+            pods.retain(|_, p| !p.is_empty());
         }
     }
+}
+
+fn pod_name(pod: &Pod) -> String {
+    pod.metadata.name.clone().unwrap_or_default()
+}
+
+/// The sessions of `place` in the registry.
+async fn known(home: &Arc<Home>, place: &Place) -> Vec<SessionId> {
+    let scan = home.clone();
+    tokio::task::spawn_blocking(move || places(&scan))
+        .await
+        .unwrap_or_default()
+        .remove(place)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.id)
+        .collect()
 }
 
 fn session_of(pod: &Pod) -> Option<SessionId> {
@@ -247,58 +306,37 @@ async fn change(
     }
 }
 
-async fn apply(home: &Arc<Home>, place: &Place, pod: Pod) {
-    let Some(id) = session_of(&pod) else { return };
-    if pod.metadata.deletion_timestamp.is_some() {
-        return;
-    }
+/// Sets session `id`'s state and endpoint from its live pods: running at a ready pod's address
+/// (the newest), starting or unhealthy while none is ready, gone when it has none (unless it was
+/// stopped, or has not had a pod yet).
+async fn settle(home: &Arc<Home>, place: &Place, id: SessionId, mut live: Vec<Pod>) {
+    live.sort_by_key(|p| p.metadata.creation_timestamp.clone());
     change(home, place, id, move |record| {
         let reach = record_options(record).ok()?.reach;
-        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-        let state = if ready(&pod) {
-            SessionState::Running
-        } else {
-            match (phase, record.state) {
-                (Some("Pending") | None, _) => SessionState::Starting,
-                (_, SessionState::Running | SessionState::Unhealthy) => SessionState::Unhealthy,
-                (Some("Running"), _) => SessionState::Starting,
-                _ => SessionState::Unhealthy,
+        if let Some(pod) = live.iter().rev().find(|p| ready(p)) {
+            return Some((
+                SessionState::Running,
+                endpoint(pod, reach).or(record.endpoint),
+            ));
+        }
+        match live.last() {
+            Some(pod) => {
+                let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+                let state = match (phase, record.state) {
+                    (Some("Pending") | None, _) => SessionState::Starting,
+                    (_, SessionState::Running | SessionState::Unhealthy) => SessionState::Unhealthy,
+                    (Some("Running"), _) => SessionState::Starting,
+                    _ => SessionState::Unhealthy,
+                };
+                Some((state, endpoint(pod, reach).or(record.endpoint)))
             }
-        };
-        let endpoint = endpoint(&pod, reach).or(record.endpoint);
-        Some((state, endpoint))
-    })
-    .await;
-}
-
-async fn deleted(home: &Arc<Home>, place: &Place, pod: Pod) {
-    let Some(id) = session_of(&pod) else { return };
-    change(home, place, id, |record| {
-        (record.state != SessionState::Stopped).then_some((SessionState::Gone, None))
-    })
-    .await;
-}
-
-/// After a full list: sessions that had a pod (running or unhealthy) and have none now are gone.
-async fn vanished(home: &Arc<Home>, place: &Place, listed: BTreeSet<SessionId>) {
-    let scan = home.clone();
-    let records = tokio::task::spawn_blocking(move || places(&scan))
-        .await
-        .unwrap_or_default()
-        .remove(place)
-        .unwrap_or_default();
-    for record in records {
-        if !listed.contains(&record.id)
-            && matches!(
+            // A pod that never came is not a pod that went: `starting` records wait for theirs.
+            None => matches!(
                 record.state,
                 SessionState::Running | SessionState::Unhealthy
             )
-        {
-            change(home, place, record.id.clone(), |r| {
-                matches!(r.state, SessionState::Running | SessionState::Unhealthy)
-                    .then_some((SessionState::Gone, None))
-            })
-            .await;
+            .then_some((SessionState::Gone, None)),
         }
-    }
+    })
+    .await;
 }

@@ -22,7 +22,9 @@ use tracing::{info, warn};
 
 pub use follow::Follower;
 pub use manifests::manifests;
-pub use spec::{check_quantity, object_name, PodOptions, Reach, LABEL_INSTALLATION, LABEL_SESSION};
+pub use spec::{
+    check_quantity, object_name, Attachment, PodOptions, Reach, LABEL_INSTALLATION, LABEL_SESSION,
+};
 
 use crate::docker::DAEMON_PORT;
 use crate::state::Home;
@@ -220,6 +222,15 @@ pub struct Provisioned {
     pub pod: bool,
 }
 
+/// Why a command that acts on a session's own pod refuses an attached session.
+pub fn attached_error(id: &SessionId, attach: &Attachment, command: &str) -> KubeError {
+    KubeError::InvalidOption(format!(
+        "session {id} is a sidecar of deployment {}: it runs with its workload, so `session \
+         {command}` does not apply (scale or change the Deployment; `session rm` detaches it)",
+        attach.deployment
+    ))
+}
+
 /// What [`Cluster::remove`] deleted.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Removed {
@@ -313,6 +324,18 @@ impl Cluster {
             .call(&action, self.api::<PersistentVolumeClaim>().get_opt(&name))?
             .map_err(api_error(action))?
             .is_some())
+    }
+
+    /// Session `id`'s pod unless it is being deleted, after waiting for such a one to be gone
+    /// (a new one of its name can be made then).
+    pub fn live_pod(&self, id: &SessionId) -> Result<Option<Pod>, KubeError> {
+        match self.pod(id)? {
+            Some(pod) if pod.metadata.deletion_timestamp.is_some() => {
+                self.delete_pod(id)?;
+                Ok(None)
+            }
+            other => Ok(other),
+        }
     }
 
     /// Makes session `id`'s Secret (from its certificate directory), claim (kept from an earlier
@@ -470,9 +493,9 @@ impl Cluster {
         }
     }
 
-    /// Makes session `id`'s NodePort Service unless it has one; its node port, and whether it
-    /// made it.
-    fn ensure_service(
+    /// Makes session `id`'s NodePort Service unless it has one (asking for node port `asked`, or
+    /// any if 0); its node port, and whether it made it.
+    pub fn ensure_service(
         &self,
         id: &SessionId,
         installation: &str,
@@ -532,7 +555,22 @@ impl Cluster {
         }
     }
 
-    /// Waits until session `id`'s pod is ready and has an address; its endpoint.
+    /// Session `id`'s live pods (its own, or its workload's with the sidecar), newest last.
+    pub fn session_pods(&self, id: &SessionId) -> Result<Vec<Pod>, KubeError> {
+        let action = format!("list the pods of session {id} in {}", self.namespace);
+        let params = kube::api::ListParams::default().labels(&format!("{LABEL_SESSION}={id}"));
+        let mut pods: Vec<Pod> = self
+            .call(&action, self.api::<Pod>().list(&params))?
+            .map_err(api_error(action))?
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect();
+        pods.sort_by_key(|p| p.metadata.creation_timestamp.clone());
+        Ok(pods)
+    }
+
+    /// Waits until a pod of session `id` is ready and has an address; its endpoint.
     pub fn wait_ready(
         &self,
         id: &SessionId,
@@ -540,24 +578,27 @@ impl Cluster {
         timeout: Duration,
     ) -> Result<SocketAddr, KubeError> {
         let started = Instant::now();
-        let name = object_name(id);
         loop {
-            let pod = self.pod(id)?;
-            if let Some(pod) = &pod {
-                if ready(pod) {
-                    if let Some(endpoint) = endpoint(pod, reach) {
-                        return Ok(endpoint);
-                    }
-                }
+            let pods = self.session_pods(id)?;
+            if let Some(endpoint) = pods
+                .iter()
+                .rev()
+                .filter(|p| ready(p))
+                .find_map(|p| endpoint(p, reach))
+            {
+                return Ok(endpoint);
             }
             if started.elapsed() >= timeout {
                 return Err(KubeError::NotReady {
                     namespace: self.namespace.clone(),
-                    name,
+                    name: pods.last().map_or_else(
+                        || object_name(id),
+                        |p| p.metadata.name.clone().unwrap_or_default(),
+                    ),
                     waited: started.elapsed(),
-                    status: pod
-                        .as_ref()
-                        .map_or_else(|| "the pod is gone".to_owned(), describe),
+                    status: pods
+                        .last()
+                        .map_or_else(|| "no pod of the session".to_owned(), describe),
                 });
             }
             // The poll interval of a bounded wait (a watch would need its own stream per call).
@@ -635,6 +676,208 @@ impl Cluster {
                 self.delete_named::<PersistentVolumeClaim>("persistentvolumeclaim", id)?;
         }
         Ok(removed)
+    }
+
+    /// Adds session `id`'s daemon as a native sidecar to the Deployment running pod `pod_ref`
+    /// (`POD[/CONTAINER]`), serving the volume that container has at `path` (default: its
+    /// working directory's, or its only volume's), and writes the session's Secret. The
+    /// Deployment rolls its pods out with the sidecar.
+    pub fn attach(
+        &self,
+        home: &Home,
+        id: &SessionId,
+        installation: &str,
+        opts: &PodOptions,
+        pod_ref: &str,
+        path: Option<&str>,
+    ) -> Result<Attachment, KubeError> {
+        use k8s_openapi::api::apps::v1::ReplicaSet;
+        let invalid = |m: String| KubeError::InvalidOption(m);
+        let (pod_name, container) = match pod_ref.split_once('/') {
+            Some((p, c)) => (p, Some(c)),
+            None => (pod_ref, None),
+        };
+        let action = format!("read pod {}/{pod_name}", self.namespace);
+        let pod = self
+            .call(&action, self.api::<Pod>().get_opt(pod_name))?
+            .map_err(api_error(action))?
+            .ok_or_else(|| invalid(format!("no pod {}/{pod_name} to attach to", self.namespace)))?;
+        let spec = pod.spec.clone().unwrap_or_default();
+        let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+        let target = match container {
+            Some(c) => spec.containers.iter().find(|x| x.name == c).ok_or_else(|| {
+                invalid(format!("pod {pod_name} has no container {c} (it has {})", names.join(", ")))
+            })?,
+            None if spec.containers.len() == 1 => &spec.containers[0],
+            None => {
+                return Err(invalid(format!(
+                    "pod {pod_name} has several containers ({}): name one, --attach {pod_name}/CONTAINER",
+                    names.join(", ")
+                )))
+            }
+        };
+        let controller = |meta: &kube::api::ObjectMeta| {
+            meta.owner_references
+                .iter()
+                .flatten()
+                .find(|o| o.controller == Some(true))
+                .map(|o| (o.kind.clone(), o.name.clone()))
+        };
+        let not_deployment = |what: String| {
+            invalid(format!(
+                "pod {pod_name} is not a Deployment's ({what}): a pod cannot gain a container, so \
+                 sessionfs adds its sidecar to a Deployment's pod template"
+            ))
+        };
+        let deployment = match controller(&pod.metadata) {
+            Some((kind, rs)) if kind == "ReplicaSet" => {
+                let action = format!("read replicaset {}/{rs}", self.namespace);
+                let set = self
+                    .call(&action, self.api::<ReplicaSet>().get(&rs))?
+                    .map_err(api_error(action))?;
+                match controller(&set.metadata) {
+                    Some((kind, d)) if kind == "Deployment" => d,
+                    other => {
+                        return Err(not_deployment(format!(
+                            "replicaset {rs} is controlled by {other:?}"
+                        )))
+                    }
+                }
+            }
+            Some((kind, name)) => {
+                return Err(not_deployment(format!("controlled by {kind} {name}")))
+            }
+            None => return Err(not_deployment("it has no controller".into())),
+        };
+        let mounts = target.volume_mounts.clone().unwrap_or_default();
+        let path = match path
+            .map(str::to_owned)
+            .or_else(|| target.working_dir.clone())
+        {
+            Some(path) => path,
+            None => {
+                let volumes = spec.volumes.clone().unwrap_or_default();
+                let data: Vec<_> = mounts
+                    .iter()
+                    .filter(|m| {
+                        volumes.iter().any(|v| {
+                            v.name == m.name
+                                && (v.persistent_volume_claim.is_some() || v.empty_dir.is_some())
+                        })
+                    })
+                    .collect();
+                match data[..] {
+                    [one] => one.mount_path.clone(),
+                    _ => return Err(invalid(format!(
+                        "container {} has {} workspace-like volumes: say which with --workspace-path PATH",
+                        target.name,
+                        data.len()
+                    ))),
+                }
+            }
+        };
+        let volume = mounts
+            .iter()
+            .find(|m| m.mount_path == path)
+            .map(|m| m.name.clone())
+            .ok_or_else(|| {
+                invalid(format!(
+                    "container {} mounts no volume at {path}: the sidecar serves a volume it shares \
+                     (--workspace-path names the mount)",
+                    target.name
+                ))
+            })?;
+        let attach = Attachment {
+            deployment: deployment.clone(),
+            container: target.name.clone(),
+            volume,
+            path,
+        };
+        let mut with = opts.clone();
+        with.attach = Some(attach.clone());
+        self.put_secret(home, id, installation, &with)?;
+        let (sidecar, certs) = spec::sidecar(id, &with, &attach)?;
+        let labels = spec::labels(id, installation);
+        self.change_deployment(&deployment, |d| {
+            let template = &mut d.spec.get_or_insert_with(Default::default).template;
+            let meta = template.metadata.get_or_insert_with(Default::default);
+            let l = meta.labels.get_or_insert_with(Default::default);
+            l.insert(LABEL_SESSION.to_owned(), labels[LABEL_SESSION].clone());
+            l.insert(
+                LABEL_INSTALLATION.to_owned(),
+                labels[LABEL_INSTALLATION].clone(),
+            );
+            let pod = template.spec.get_or_insert_with(Default::default);
+            let init = pod.init_containers.get_or_insert_with(Vec::new);
+            init.retain(|c| c.name != spec::SIDECAR);
+            init.push(sidecar.clone());
+            let volumes = pod.volumes.get_or_insert_with(Vec::new);
+            volumes.retain(|v| v.name != spec::SIDECAR_CERTS);
+            volumes.push(certs.clone());
+        })?;
+        Ok(attach)
+    }
+
+    /// Takes session `id`'s sidecar out of its Deployment's pod template again (the Deployment
+    /// rolls its pods out without it) and deletes the session's Secret.
+    pub fn detach(&self, id: &SessionId, attach: &Attachment) -> Result<(), KubeError> {
+        let result = self.change_deployment(&attach.deployment, |d| {
+            let template = &mut d.spec.get_or_insert_with(Default::default).template;
+            if let Some(labels) = template.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
+                labels.remove(LABEL_SESSION);
+                labels.remove(LABEL_INSTALLATION);
+            }
+            if let Some(pod) = template.spec.as_mut() {
+                // As the template was before: an emptied list goes.
+                if let Some(init) = pod.init_containers.as_mut() {
+                    init.retain(|c| c.name != spec::SIDECAR);
+                }
+                if pod.init_containers.as_ref().is_some_and(Vec::is_empty) {
+                    pod.init_containers = None;
+                }
+                if let Some(volumes) = pod.volumes.as_mut() {
+                    volumes.retain(|v| v.name != spec::SIDECAR_CERTS);
+                }
+            }
+        });
+        match result {
+            // A Deployment deleted meanwhile has no sidecar left to take out.
+            Err(KubeError::Api { message, .. }) if message.contains("(404)") => {}
+            other => other?,
+        }
+        self.delete_named::<Secret>("secret", id)?;
+        Ok(())
+    }
+
+    /// Read-modify-write of Deployment `name` at the resource version read (a `409 Conflict`
+    /// from a concurrent writer is retried).
+    fn change_deployment(
+        &self,
+        name: &str,
+        f: impl Fn(&mut k8s_openapi::api::apps::v1::Deployment),
+    ) -> Result<(), KubeError> {
+        use k8s_openapi::api::apps::v1::Deployment;
+        for _ in 0..8 {
+            let action = format!("read deployment {}/{name}", self.namespace);
+            let mut d = self
+                .call(&action, self.api::<Deployment>().get(name))?
+                .map_err(api_error(action))?;
+            f(&mut d);
+            let action = format!("replace deployment {}/{name}", self.namespace);
+            match self.call(
+                &action,
+                self.api::<Deployment>()
+                    .replace(name, &PostParams::default(), &d),
+            )? {
+                Ok(_) => return Ok(()),
+                Err(e) if is_status(&e, 409) => continue,
+                Err(e) => return Err(api_error(action)(e)),
+            }
+        }
+        Err(KubeError::Api {
+            action: format!("replace deployment {}/{name}", self.namespace),
+            message: "it kept changing under 8 attempts".into(),
+        })
     }
 
     /// Deletes session `id`'s pod, Secret and Service, and with `purge` its workspace claim.

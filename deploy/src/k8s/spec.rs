@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Container, PersistentVolumeClaim, Pod, Secret, Service, Volume};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sessionfs_registry::SessionId;
@@ -79,7 +79,25 @@ pub struct PodOptions {
     /// The workspace owner (`UID:GID`) the daemon gives new files.
     pub owner: String,
     pub reach: Reach,
+    /// Set for a sidecar added to a workload's pods (`--attach`), instead of a pod of its own.
+    #[serde(default)]
+    pub attach: Option<Attachment>,
 }
+
+/// Where an attached session's sidecar is: the Deployment whose pod template carries it, and the
+/// workload container's volume it serves (mounted at `path` in both).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub deployment: String,
+    pub container: String,
+    pub volume: String,
+    pub path: String,
+}
+
+/// The name of an attached session's sidecar container and of its certificates' volume.
+pub const SIDECAR: &str = "sessionfsd";
+/// The certificates' volume in an attached workload's pod template.
+pub const SIDECAR_CERTS: &str = "sessionfs-certs";
 
 impl PodOptions {
     /// The options' defaults for namespace `namespace`.
@@ -96,6 +114,7 @@ impl PodOptions {
             node_selector: BTreeMap::new(),
             owner: crate::commands::DEFAULT_DOCKER_OWNER.to_owned(),
             reach: Reach::PodIp,
+            attach: None,
         }
     }
 }
@@ -229,10 +248,15 @@ pub fn service(
     )
 }
 
-/// The pod running the session's daemon: confined like a docker session's container (capabilities
-/// reduced to [`crate::docker::KEPT_CAPABILITIES`], no privilege escalation, no service account
-/// token), probed with `sessionfsd --health`.
-pub fn pod(id: &SessionId, installation: &str, opts: &PodOptions) -> Result<Pod, KubeError> {
+/// The daemon's container serving `root`, with the certificates' volume `certs` and the workspace
+/// volume `workspace` (mounted at `root`).
+fn daemon_container(
+    id: &SessionId,
+    opts: &PodOptions,
+    root: &str,
+    certs: &str,
+    workspace: &str,
+) -> serde_json::Value {
     let health = json!({
         "exec": {"command": [
             opts.daemon_path, "--health", "--session-id", id.as_str(), "--cert-dir", CERT_DIR,
@@ -256,6 +280,43 @@ pub fn pod(id: &SessionId, installation: &str, opts: &PodOptions) -> Result<Pod,
     if let Some(memory) = &opts.memory {
         limits.insert("memory".into(), json!(memory));
     }
+    json!({
+        "name": CONTAINER,
+        "image": opts.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": [opts.daemon_path],
+        "args": [
+            "--session-id", id.as_str(),
+            "--cert-dir", CERT_DIR,
+            "--root", root,
+            "--listen", format!("0.0.0.0:{DAEMON_PORT}"),
+        ],
+        "env": [
+            {"name": crate::commands::OWNER_ENV, "value": opts.owner},
+            {"name": "NO_COLOR", "value": "1"},
+        ],
+        "ports": [port],
+        "readinessProbe": health,
+        "livenessProbe": liveness,
+        "resources": {"limits": limits},
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "capabilities": {
+                "drop": ["ALL"],
+                "add": crate::docker::KEPT_CAPABILITIES,
+            },
+        },
+        "volumeMounts": [
+            {"name": certs, "mountPath": CERT_DIR, "readOnly": true},
+            {"name": workspace, "mountPath": root},
+        ],
+    })
+}
+
+/// The pod running the session's daemon: confined like a docker session's container (capabilities
+/// reduced to [`crate::docker::KEPT_CAPABILITIES`], no privilege escalation, no service account
+/// token), probed with `sessionfsd --health`.
+pub fn pod(id: &SessionId, installation: &str, opts: &PodOptions) -> Result<Pod, KubeError> {
     from_json(
         "pod",
         json!({
@@ -271,37 +332,7 @@ pub fn pod(id: &SessionId, installation: &str, opts: &PodOptions) -> Result<Pod,
                 "automountServiceAccountToken": false,
                 "enableServiceLinks": false,
                 "nodeSelector": opts.node_selector,
-                "containers": [{
-                    "name": CONTAINER,
-                    "image": opts.image,
-                    "imagePullPolicy": "IfNotPresent",
-                    "command": [opts.daemon_path],
-                    "args": [
-                        "--session-id", id.as_str(),
-                        "--cert-dir", CERT_DIR,
-                        "--root", WORKSPACE,
-                        "--listen", format!("0.0.0.0:{DAEMON_PORT}"),
-                    ],
-                    "env": [
-                        {"name": crate::commands::OWNER_ENV, "value": opts.owner},
-                        {"name": "NO_COLOR", "value": "1"},
-                    ],
-                    "ports": [port],
-                    "readinessProbe": health,
-                    "livenessProbe": liveness,
-                    "resources": {"limits": limits},
-                    "securityContext": {
-                        "allowPrivilegeEscalation": false,
-                        "capabilities": {
-                            "drop": ["ALL"],
-                            "add": crate::docker::KEPT_CAPABILITIES,
-                        },
-                    },
-                    "volumeMounts": [
-                        {"name": "certs", "mountPath": CERT_DIR, "readOnly": true},
-                        {"name": "workspace", "mountPath": WORKSPACE},
-                    ],
-                }],
+                "containers": [daemon_container(id, opts, WORKSPACE, "certs", "workspace")],
                 "volumes": [
                     {"name": "certs", "secret": {"secretName": object_name(id), "defaultMode": 0o400}},
                     {"name": "workspace", "persistentVolumeClaim": {"claimName": object_name(id)}},
@@ -309,6 +340,23 @@ pub fn pod(id: &SessionId, installation: &str, opts: &PodOptions) -> Result<Pod,
             },
         }),
     )
+}
+
+/// The native sidecar (an init container that restarts always) serving `attach`'s volume in a
+/// workload's pods, and the certificates' volume it needs.
+pub fn sidecar(
+    id: &SessionId,
+    opts: &PodOptions,
+    attach: &Attachment,
+) -> Result<(Container, Volume), KubeError> {
+    let mut container = daemon_container(id, opts, &attach.path, SIDECAR_CERTS, &attach.volume);
+    container["restartPolicy"] = json!("Always");
+    let volume = json!({"name": SIDECAR_CERTS,
+                        "secret": {"secretName": object_name(id), "defaultMode": 0o400}});
+    Ok((
+        from_json("sidecar", container)?,
+        from_json("volume", volume)?,
+    ))
 }
 
 #[cfg(test)]

@@ -506,6 +506,19 @@ impl Api {
         meta["uid"] = json!(uid);
         meta["creationTimestamp"] = json!(now_rfc3339());
         match resource {
+            "secrets" => {
+                // `stringData` is write-only: merged into `data`, base64-encoded.
+                if let Some(strings) = object.get("stringData").and_then(Value::as_object).cloned()
+                {
+                    for (k, v) in strings {
+                        object["data"][k] =
+                            json!(base64_encode(v.as_str().unwrap_or("").as_bytes()));
+                    }
+                    if let Some(o) = object.as_object_mut() {
+                        o.remove("stringData");
+                    }
+                }
+            }
             "pods" => object["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"}),
             "persistentvolumeclaims" => {
                 let size = object["spec"]["resources"]["requests"]["storage"].clone();
@@ -763,6 +776,26 @@ fn not_found(resource: &str, name: &str) -> Response {
         "NotFound",
         format!("{resource} \"{name}\" not found"),
     )
+}
+
+/// Standard base64 with padding.
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// The API version of `resource`.

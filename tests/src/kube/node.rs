@@ -29,10 +29,11 @@ pub const NETWORK: &str = "sessionfs-test-pods";
 const SUBNET: &str = "10.213.0.0/24";
 const LABEL: &str = "sessionfs.test-node";
 
-/// A pod the node runs.
+/// A pod the node runs: its containers in start order (native sidecars first), the first holding
+/// the pod's network.
 struct Running {
     uid: String,
-    container: String,
+    containers: Vec<Ctr>,
     restarts: u32,
     /// The secrets' resource versions its files came from.
     secrets: BTreeMap<String, String>,
@@ -43,7 +44,25 @@ struct Running {
     started: Instant,
 }
 
+/// One container of a pod: its name in the pod spec, and the Docker container running it.
+#[derive(Clone)]
+struct Ctr {
+    name: String,
+    docker: String,
+}
+
+impl Running {
+    /// Removes every container, those joined to the first one's network first.
+    fn remove(&self) {
+        for c in self.containers.iter().rev() {
+            let _ = docker(&["rm", "-f", &c.docker]);
+        }
+    }
+}
+
 struct Shared {
+    /// How many pods the workload controllers made (their names' suffixes).
+    made: u64,
     /// This node's label value on its containers and volumes: unique on the machine, so that a
     /// node dropped by another test never removes them.
     tag: String,
@@ -85,6 +104,7 @@ impl Node {
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         let shared = Arc::new(Mutex::new(Shared {
+            made: 0,
             tag,
             running: BTreeMap::new(),
             next_ip: first_free_ip()?,
@@ -111,12 +131,24 @@ impl Node {
             .push(("pods".into(), namespace.into(), name.into()));
     }
 
-    /// The Docker container running pod `name`, if the node runs it.
+    /// The Docker container running pod `name`'s first container, if the node runs it.
     pub fn container(&self, namespace: &str, name: &str) -> Option<String> {
         lock(&self.shared)
             .running
             .get(&("pods".to_owned(), namespace.to_owned(), name.to_owned()))
-            .map(|r| r.container.clone())
+            .and_then(|r| r.containers.first())
+            .map(|c| c.docker.clone())
+    }
+
+    /// The Docker container running container `container` of pod `name`.
+    pub fn container_of(&self, namespace: &str, name: &str, container: &str) -> Option<String> {
+        lock(&self.shared)
+            .running
+            .get(&("pods".to_owned(), namespace.to_owned(), name.to_owned()))?
+            .containers
+            .iter()
+            .find(|c| c.name == container)
+            .map(|c| c.docker.clone())
     }
 
     /// Why pods could not start, if any could not.
@@ -136,13 +168,11 @@ impl Drop for Node {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        let running: Vec<String> = lock(&self.shared)
-            .running
-            .values()
-            .map(|r| r.container.clone())
+        let running: Vec<Running> = std::mem::take(&mut lock(&self.shared).running)
+            .into_values()
             .collect();
-        for container in running {
-            let _ = docker(&["rm", "-f", &container]);
+        for pod in running {
+            pod.remove();
         }
         let filter = format!("label={LABEL}={}", lock(&self.shared).tag);
         if let Ok(volumes) = docker(&["volume", "ls", "-q", "--filter", &filter]) {
@@ -178,7 +208,7 @@ fn run(api: &Api, node: &str, shared: &Mutex<Shared>, stop: &AtomicBool) {
         for key in reschedule {
             let removed = lock(shared).running.remove(&key);
             if let Some(running) = removed {
-                let _ = docker(&["rm", "-f", &running.container]);
+                running.remove();
                 if let Some(pod) = api.get(&key) {
                     if let Err(e) = start_pod(api, shared, &key, &pod, running.restarts) {
                         lock(shared).problems.insert(key.clone(), format!("{e:#}"));
@@ -186,6 +216,9 @@ fn run(api: &Api, node: &str, shared: &Mutex<Shared>, stop: &AtomicBool) {
                 }
             }
         }
+        let mut made = lock(shared).made;
+        super::controllers::reconcile(api, &mut made);
+        lock(shared).made = made;
         reconcile(api, node, shared);
         probe(api, shared);
         // Wake on the next change, or in 200 ms for the probes.
@@ -228,7 +261,7 @@ fn reconcile(api: &Api, node: &str, shared: &Mutex<Shared>) {
             if pod["spec"]["nodeName"] == node {
                 let removed = lock(shared).running.remove(&key);
                 if let Some(running) = removed {
-                    let _ = docker(&["rm", "-f", &running.container]);
+                    running.remove();
                 }
                 api.remove(&key);
             }
@@ -244,7 +277,7 @@ fn reconcile(api: &Api, node: &str, shared: &Mutex<Shared>) {
                 // The pod was made again under the same name.
                 let removed = lock(shared).running.remove(&key);
                 if let Some(old) = removed {
-                    let _ = docker(&["rm", "-f", &old.container]);
+                    old.remove();
                 }
             }
             None => {
@@ -281,7 +314,7 @@ fn reconcile(api: &Api, node: &str, shared: &Mutex<Shared>) {
     for key in gone {
         let removed = lock(shared).running.remove(&key);
         if let Some(running) = removed {
-            let _ = docker(&["rm", "-f", &running.container]);
+            running.remove();
         }
     }
 }
@@ -406,47 +439,64 @@ fn copy_files(container: &str, mount: &str, files: &[SecretFile]) -> Result<()> 
     Ok(())
 }
 
-fn start_pod(
-    api: &Api,
-    shared: &Mutex<Shared>,
-    key: &Key,
-    pod: &Value,
-    restarts: u32,
-) -> Result<()> {
-    let namespace = key.1.as_str();
-    let spec = &pod["spec"];
-    let containers = spec["containers"].as_array().context("no containers")?;
-    if containers.len() != 1 {
-        bail!(
-            "the test node runs pods of one container, this one has {}",
-            containers.len()
-        );
+/// The containers of `pod` in start order: native sidecars (init containers that restart
+/// always), then the containers. Run-to-completion init containers are not run here.
+fn containers(pod: &Value) -> Result<Vec<Value>> {
+    let mut out = Vec::new();
+    for c in pod["spec"]["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if c["restartPolicy"] != "Always" {
+            bail!(
+                "the test node runs no run-to-completion init containers ({})",
+                c["name"]
+            );
+        }
+        out.push(c.clone());
     }
-    let c = &containers[0];
-    let uid = pod["metadata"]["uid"].as_str().unwrap_or("").to_owned();
-    let container = format!(
-        "k8s-{namespace}-{}-{}",
-        key.2,
-        &uid[uid.len().saturating_sub(6)..]
+    out.extend(
+        pod["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .cloned(),
     );
-    let next_ip = || {
-        let mut s = lock(shared);
-        let ip = format!("10.213.0.{}", s.next_ip);
-        s.next_ip = s.next_ip.checked_add(1).filter(|n| *n < 255).unwrap_or(2);
-        ip
-    };
-    let mut ip = next_ip();
-    let mut args: Vec<String> = vec![
-        "create".into(),
-        "--name".into(),
-        container.clone(),
-        "--label".into(),
-        format!("{LABEL}={}", lock(shared).tag),
-        "--network".into(),
-        NETWORK.into(),
-        "--ip".into(),
-        ip.clone(),
-    ];
+    if out.is_empty() {
+        bail!("no containers");
+    }
+    Ok(out)
+}
+
+/// What making a pod's containers needs to know of the pod.
+struct PodCtx<'a> {
+    api: &'a Api,
+    namespace: &'a str,
+    pod_name: &'a str,
+    /// The end of the pod's uid, in its Docker objects' names.
+    short: &'a str,
+    /// The node's label value.
+    tag: &'a str,
+    volumes: &'a BTreeMap<&'a str, &'a Value>,
+}
+
+/// The `docker create` arguments for pod container `c`'s environment, limits, capabilities and
+/// volumes (secret files returned to be copied in before it starts).
+fn container_args(
+    ctx: &PodCtx<'_>,
+    c: &Value,
+    args: &mut Vec<String>,
+    secrets: &mut BTreeMap<String, String>,
+) -> Result<Vec<(String, Vec<SecretFile>)>> {
+    let PodCtx {
+        api,
+        namespace,
+        pod_name,
+        short,
+        tag,
+        volumes,
+    } = *ctx;
     for env in c["env"].as_array().into_iter().flatten() {
         let name = env["name"].as_str().context("env without a name")?;
         let value = env["value"]
@@ -454,16 +504,122 @@ fn start_pod(
             .context("the test node takes env values only (no valueFrom)")?;
         args.extend(["--env".into(), format!("{name}={value}")]);
     }
-    for port in c["ports"].as_array().into_iter().flatten() {
-        if let Some(host_port) = port["hostPort"].as_u64() {
-            let proto = port["protocol"].as_str().unwrap_or("TCP").to_lowercase();
-            args.extend([
-                "--publish".into(),
-                format!("127.0.0.1:{host_port}:{}/{proto}", port["containerPort"]),
-            ]);
+    if let Some(q) = c["resources"]["limits"]["cpu"].as_str() {
+        args.extend(["--cpus".into(), cpus(q).context("a bad cpu quantity")?]);
+    }
+    if let Some(q) = c["resources"]["limits"]["memory"].as_str() {
+        args.extend([
+            "--memory".into(),
+            bytes(q).context("a bad memory quantity")?.to_string(),
+        ]);
+    }
+    let capabilities = &c["securityContext"]["capabilities"];
+    for (flag, list) in [("--cap-drop", "drop"), ("--cap-add", "add")] {
+        for cap in capabilities[list]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            args.extend([flag.into(), cap.to_owned()]);
         }
     }
-    // kube-proxy, for NodePort Services selecting this pod: their node ports on 127.0.0.1.
+    if c["securityContext"]["allowPrivilegeEscalation"] == false {
+        args.extend(["--security-opt".into(), "no-new-privileges".into()]);
+    }
+    let mut staged = Vec::new();
+    for mount in c["volumeMounts"].as_array().into_iter().flatten() {
+        let name = mount["name"]
+            .as_str()
+            .context("a volume mount without a name")?;
+        let path = mount["mountPath"]
+            .as_str()
+            .context("a volume mount without a path")?;
+        let volume = volumes
+            .get(name)
+            .with_context(|| format!("no volume {name}"))?;
+        let ro = if mount["readOnly"] == true { ":ro" } else { "" };
+        let docker_volume = if let Some(claim) =
+            volume["persistentVolumeClaim"]["claimName"].as_str()
+        {
+            let pvc = api
+                .get(&(
+                    "persistentvolumeclaims".into(),
+                    namespace.into(),
+                    claim.into(),
+                ))
+                .with_context(|| format!("persistentvolumeclaim \"{claim}\" not found"))?;
+            if pvc["status"]["phase"] != "Bound" {
+                bail!("persistentvolumeclaim {claim} is not bound");
+            }
+            volume_name(namespace, claim)
+        } else if volume.get("emptyDir").is_some() {
+            // Shared by the pod's containers, gone with the pod.
+            format!("sessionfs-ed-{namespace}-{pod_name}-{short}-{name}")
+        } else if volume.get("secret").is_some() {
+            let (files, version) = secret_files(api, namespace, &volume["secret"])?;
+            secrets.insert(
+                volume["secret"]["secretName"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+                version,
+            );
+            staged.push((path.to_owned(), files));
+            continue;
+        } else {
+            bail!("volume {name}: the test node takes secret, persistentVolumeClaim and emptyDir volumes");
+        };
+        if !docker_succeeds(&["volume", "inspect", &docker_volume]) {
+            docker(&[
+                "volume",
+                "create",
+                "--label",
+                &format!("{LABEL}={tag}"),
+                &docker_volume,
+            ])?;
+        }
+        args.extend(["--volume".into(), format!("{docker_volume}:{path}{ro}")]);
+    }
+    let command: Vec<&str> = c["command"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let image = c["image"].as_str().context("no image")?.to_owned();
+    if let Some((entry, rest)) = command.split_first() {
+        args.extend(["--entrypoint".into(), (*entry).to_owned(), image]);
+        args.extend(rest.iter().map(|s| (*s).to_owned()));
+    } else {
+        args.push(image);
+    }
+    args.extend(
+        c["args"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(str::to_owned),
+    );
+    Ok(staged)
+}
+
+/// The ports a pod publishes on the node: its containers' host ports, and (kube-proxy's part) the
+/// node ports of the NodePort Services selecting it.
+fn published(api: &Api, namespace: &str, pod: &Value, specs: &[Value]) -> Vec<String> {
+    let mut publish = Vec::new();
+    for c in specs {
+        for port in c["ports"].as_array().into_iter().flatten() {
+            if let Some(host_port) = port["hostPort"].as_u64() {
+                let proto = port["protocol"].as_str().unwrap_or("TCP").to_lowercase();
+                publish.push(format!(
+                    "127.0.0.1:{host_port}:{}/{proto}",
+                    port["containerPort"]
+                ));
+            }
+        }
+    }
     for service in api.list("services", namespace) {
         let selector = service["spec"]["selector"]
             .as_object()
@@ -482,127 +638,128 @@ fn start_pod(
                 continue;
             };
             let proto = port["protocol"].as_str().unwrap_or("TCP").to_lowercase();
-            args.extend([
-                "--publish".into(),
-                format!("127.0.0.1:{node_port}:{target}/{proto}"),
-            ]);
+            publish.push(format!("127.0.0.1:{node_port}:{target}/{proto}"));
         }
     }
-    if let Some(q) = c["resources"]["limits"]["cpu"].as_str() {
-        args.extend(["--cpus".into(), cpus(q).context("a bad cpu quantity")?]);
-    }
-    if let Some(q) = c["resources"]["limits"]["memory"].as_str() {
-        args.extend([
-            "--memory".into(),
-            bytes(q).context("a bad memory quantity")?.to_string(),
-        ]);
-    }
+    publish
+}
+
+fn start_pod(
+    api: &Api,
+    shared: &Mutex<Shared>,
+    key: &Key,
+    pod: &Value,
+    restarts: u32,
+) -> Result<()> {
+    let namespace = key.1.as_str();
+    let spec = &pod["spec"];
+    let specs = containers(pod)?;
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or("").to_owned();
+    let short = uid[uid.len().saturating_sub(6)..].to_owned();
+    let tag = lock(shared).tag.clone();
+    let next_ip = || {
+        let mut s = lock(shared);
+        let ip = format!("10.213.0.{}", s.next_ip);
+        s.next_ip = s.next_ip.checked_add(1).filter(|n| *n < 255).unwrap_or(2);
+        ip
+    };
     let volumes: BTreeMap<&str, &Value> = spec["volumes"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|v| Some((v["name"].as_str()?, v)))
         .collect();
-    let mut secret_mounts = Vec::new();
-    for mount in c["volumeMounts"].as_array().into_iter().flatten() {
-        let name = mount["name"]
-            .as_str()
-            .context("a volume mount without a name")?;
-        let path = mount["mountPath"]
-            .as_str()
-            .context("a volume mount without a path")?;
-        let volume = volumes
-            .get(name)
-            .with_context(|| format!("no volume {name}"))?;
-        if let Some(claim) = volume["persistentVolumeClaim"]["claimName"].as_str() {
-            let pvc = api
-                .get(&(
-                    "persistentvolumeclaims".into(),
-                    namespace.into(),
-                    claim.into(),
-                ))
-                .with_context(|| format!("persistentvolumeclaim \"{claim}\" not found"))?;
-            if pvc["status"]["phase"] != "Bound" {
-                bail!("persistentvolumeclaim {claim} is not bound");
-            }
-            let volume = volume_name(namespace, claim);
-            if !docker_succeeds(&["volume", "inspect", &volume]) {
-                docker(&[
-                    "volume",
-                    "create",
-                    "--label",
-                    &format!("{LABEL}={}", lock(shared).tag),
-                    &volume,
-                ])?;
-            }
-            let ro = if mount["readOnly"] == true { ":ro" } else { "" };
-            args.extend(["--volume".into(), format!("{volume}:{path}{ro}")]);
-        } else if volume.get("secret").is_some() {
-            secret_mounts.push((path.to_owned(), volume["secret"].clone()));
-        } else if volume.get("emptyDir").is_some() {
-            args.extend(["--volume".into(), path.to_owned()]);
-        } else {
-            bail!("volume {name}: the test node takes secret, persistentVolumeClaim and emptyDir volumes");
-        }
-    }
-    let command: Vec<&str> = c["command"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
-    if let Some((entry, rest)) = command.split_first() {
-        args.extend(["--entrypoint".into(), (*entry).to_owned()]);
-        args.push(c["image"].as_str().context("no image")?.to_owned());
-        args.extend(rest.iter().map(|s| (*s).to_owned()));
-    } else {
-        args.push(c["image"].as_str().context("no image")?.to_owned());
-    }
-    args.extend(
-        c["args"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .map(str::to_owned),
-    );
+    let publish = published(api, namespace, pod, &specs);
+    let mut made: Vec<Ctr> = Vec::new();
     let mut secrets = BTreeMap::new();
-    let mut staged = Vec::new();
-    for (path, volume) in &secret_mounts {
-        let (files, version) = secret_files(api, namespace, volume)?;
-        secrets.insert(
-            volume["secretName"].as_str().unwrap_or("").to_owned(),
-            version,
-        );
-        staged.push((path.clone(), files));
-    }
-    // Nodes of other test processes share the network: an address one took (Docker says so at
-    // create or at start) is skipped.
-    let ip_at = args.iter().position(|a| a == "--ip").map_or(0, |i| i + 1);
-    let mut attempts = 0;
-    loop {
-        args[ip_at] = ip.clone();
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let started = docker(&refs).and_then(|_| {
-            for (path, files) in &staged {
-                copy_files(&container, path, files)?;
-            }
-            docker(&["start", &container])
-        });
-        match started {
-            Ok(_) => break,
-            Err(e) => {
-                let _ = docker(&["rm", "-f", &container]);
-                if !format!("{e:#}").contains("already in use") || attempts >= 250 {
-                    return Err(e);
+    let mut ip = next_ip();
+    let result = (|| -> Result<()> {
+        for (i, c) in specs.iter().enumerate() {
+            let cname = c["name"].as_str().context("a container without a name")?;
+            let container = format!("k8s-{namespace}-{}-{short}-{cname}", key.2);
+            let mut args: Vec<String> = vec![
+                "create".into(),
+                "--name".into(),
+                container.clone(),
+                "--label".into(),
+                format!("{LABEL}={tag}"),
+            ];
+            // The first container holds the pod's network, its address and its ports.
+            match made.first() {
+                None => {
+                    args.extend([
+                        "--network".into(),
+                        NETWORK.into(),
+                        "--ip".into(),
+                        ip.clone(),
+                    ]);
+                    for p in &publish {
+                        args.extend(["--publish".into(), p.clone()]);
+                    }
                 }
-                attempts += 1;
-                ip = next_ip();
+                Some(first) => {
+                    args.extend(["--network".into(), format!("container:{}", first.docker)])
+                }
             }
+            let ctx = PodCtx {
+                api,
+                namespace,
+                pod_name: &key.2,
+                short: &short,
+                tag: &tag,
+                volumes: &volumes,
+            };
+            let staged = container_args(&ctx, c, &mut args, &mut secrets)?;
+            // Nodes of other test processes share the network: an address one took (Docker says
+            // so at create or at start) is skipped.
+            let mut attempts = 0;
+            loop {
+                if i == 0 {
+                    if let Some(at) = args.iter().position(|a| a == "--ip") {
+                        args[at + 1] = ip.clone();
+                    }
+                }
+                let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+                let started = docker(&refs).and_then(|_| {
+                    for (path, files) in &staged {
+                        copy_files(&container, path, files)?;
+                    }
+                    docker(&["start", &container])
+                });
+                match started {
+                    Ok(_) => break,
+                    Err(e) => {
+                        let _ = docker(&["rm", "-f", &container]);
+                        if i != 0 || !format!("{e:#}").contains("already in use") || attempts >= 250
+                        {
+                            return Err(e);
+                        }
+                        attempts += 1;
+                        ip = next_ip();
+                    }
+                }
+            }
+            made.push(Ctr {
+                name: cname.to_owned(),
+                docker: container,
+            });
         }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        for c in made.iter().rev() {
+            let _ = docker(&["rm", "-f", &c.docker]);
+        }
+        return Err(e);
     }
-    let name = c["name"].as_str().unwrap_or("main").to_owned();
-    let image = c["image"].clone();
+    let statuses: Vec<Value> = specs
+        .iter()
+        .map(|c| {
+            json!({"name": c["name"], "image": c["image"], "imageID": "", "ready": false,
+                   "restartCount": restarts, "started": true, "state": {"running": {}}})
+        })
+        .collect();
+    let sidecars = spec["initContainers"].as_array().map_or(0, Vec::len);
     api.update(key, |p| {
         p["status"] = json!({
             "phase": "Running",
@@ -616,21 +773,22 @@ fn start_pod(
                 {"type": "ContainersReady", "status": "False"},
                 {"type": "Ready", "status": "False"},
             ],
-            "containerStatuses": [{
-                "name": name, "image": image, "imageID": "", "ready": false,
-                "restartCount": restarts, "started": true,
-                "state": {"running": {}},
-            }],
+            "containerStatuses": statuses[sidecars..].to_vec(),
         });
+        if sidecars > 0 {
+            p["status"]["initContainerStatuses"] = json!(statuses[..sidecars].to_vec());
+        }
     });
-    let delay = c["readinessProbe"]["initialDelaySeconds"]
-        .as_u64()
+    let delay = specs
+        .iter()
+        .filter_map(|c| c["readinessProbe"]["initialDelaySeconds"].as_u64())
+        .max()
         .unwrap_or(0);
     lock(shared).running.insert(
         key.clone(),
         Running {
             uid,
-            container,
+            containers: made,
             restarts,
             secrets,
             ready: false,
@@ -643,63 +801,66 @@ fn start_pod(
     Ok(())
 }
 
-/// Copies the files of secrets that changed since the container got them.
+/// Copies the files of secrets that changed since the containers got them.
 fn sync_secrets(api: &Api, shared: &Mutex<Shared>, key: &Key, pod: &Value) {
-    let Some(container) = lock(shared).running.get(key).map(|r| r.container.clone()) else {
+    let Some(ctrs) = lock(shared).running.get(key).map(|r| r.containers.clone()) else {
         return;
     };
     let volumes: Vec<Value> = pod["spec"]["volumes"]
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let mounts: Vec<Value> = pod["spec"]["containers"][0]["volumeMounts"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    for mount in mounts {
-        let Some(volume) = volumes.iter().find(|v| v["name"] == mount["name"]) else {
-            continue;
-        };
-        if volume.get("secret").is_none() {
-            continue;
-        }
-        let Ok((files, version)) = secret_files(api, &key.1, &volume["secret"]) else {
-            continue;
-        };
-        let secret = volume["secret"]["secretName"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned();
-        let had = lock(shared)
-            .running
-            .get(key)
-            .and_then(|r| r.secrets.get(&secret).cloned());
-        if had.as_deref() != Some(version.as_str()) {
-            let path = mount["mountPath"].as_str().unwrap_or("/");
-            if copy_files(&container, path, &files).is_ok() {
-                if let Some(r) = lock(shared).running.get_mut(key) {
-                    r.secrets.insert(secret, version);
+    let Ok(specs) = containers(pod) else { return };
+    let mut synced = BTreeMap::new();
+    for (c, ctr) in specs.iter().zip(&ctrs) {
+        for mount in c["volumeMounts"].as_array().into_iter().flatten() {
+            let Some(volume) = volumes.iter().find(|v| v["name"] == mount["name"]) else {
+                continue;
+            };
+            if volume.get("secret").is_none() {
+                continue;
+            }
+            let Ok((files, version)) = secret_files(api, &key.1, &volume["secret"]) else {
+                continue;
+            };
+            let secret = volume["secret"]["secretName"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
+            let had = lock(shared)
+                .running
+                .get(key)
+                .and_then(|r| r.secrets.get(&secret).cloned());
+            if had.as_deref() != Some(version.as_str()) {
+                let path = mount["mountPath"].as_str().unwrap_or("/");
+                if copy_files(&ctr.docker, path, &files).is_ok() {
+                    synced.insert(secret, version);
                 }
             }
         }
     }
+    if let Some(r) = lock(shared).running.get_mut(key) {
+        r.secrets.extend(synced);
+    }
 }
 
-/// Restarts a container that exited (restart policy `Always`, the default).
+/// Restarts containers that exited (restart policy `Always`, the default).
 fn check_alive(api: &Api, shared: &Mutex<Shared>, key: &Key, pod: &Value) {
-    let Some(container) = lock(shared).running.get(key).map(|r| r.container.clone()) else {
+    let Some(ctrs) = lock(shared).running.get(key).map(|r| r.containers.clone()) else {
         return;
     };
-    let running = docker(&["inspect", "--format", "{{.State.Running}}", &container]);
-    if running.as_deref().is_ok_and(|r| r.trim() == "true") {
-        return;
-    }
-    if pod["spec"]["restartPolicy"] == "Never" {
-        api.update(key, |p| p["status"]["phase"] = json!("Failed"));
-        return;
-    }
-    if docker(&["start", &container]).is_ok() {
-        restarted(api, shared, key);
+    for ctr in ctrs {
+        let running = docker(&["inspect", "--format", "{{.State.Running}}", &ctr.docker]);
+        if running.as_deref().is_ok_and(|r| r.trim() == "true") {
+            continue;
+        }
+        if pod["spec"]["restartPolicy"] == "Never" {
+            api.update(key, |p| p["status"]["phase"] = json!("Failed"));
+            return;
+        }
+        if docker(&["start", &ctr.docker]).is_ok() {
+            restarted(api, shared, key);
+        }
     }
 }
 
@@ -716,7 +877,13 @@ fn restarted(api: &Api, shared: &Mutex<Shared>, key: &Key) {
         r.restarts
     };
     api.update(key, |p| {
-        p["status"]["containerStatuses"][0]["restartCount"] = json!(restarts);
+        for list in ["containerStatuses", "initContainerStatuses"] {
+            if let Some(statuses) = p["status"][list].as_array_mut() {
+                for s in statuses {
+                    s["restartCount"] = json!(restarts);
+                }
+            }
+        }
         set_ready(p, false);
     });
 }
@@ -730,7 +897,13 @@ fn set_ready(pod: &mut Value, ready: bool) {
             }
         }
     }
-    pod["status"]["containerStatuses"][0]["ready"] = json!(ready);
+    for list in ["containerStatuses", "initContainerStatuses"] {
+        if let Some(statuses) = pod["status"][list].as_array_mut() {
+            for s in statuses {
+                s["ready"] = json!(ready);
+            }
+        }
+    }
 }
 
 /// Runs `probe`'s exec command in `container`; whether it passed.
@@ -749,21 +922,34 @@ fn passes(container: &str, probe: &Value) -> bool {
     docker_succeeds(&args)
 }
 
-/// Runs the readiness and liveness probes that are due.
+/// Runs the readiness and liveness probes that are due; a pod is ready when every container's
+/// readiness probe passes.
 fn probe(api: &Api, shared: &Mutex<Shared>) {
-    let due: Vec<(Key, String, Instant)> = lock(shared)
+    let due: Vec<(Key, Vec<Ctr>, Instant)> = lock(shared)
         .running
         .iter()
         .filter(|(_, r)| r.next_probe <= Instant::now())
-        .map(|(k, r)| (k.clone(), r.container.clone(), r.started))
+        .map(|(k, r)| (k.clone(), r.containers.clone(), r.started))
         .collect();
-    for (key, container, started) in due {
+    for (key, ctrs, started) in due {
         let Some(pod) = api.get(&key) else { continue };
-        let c = &pod["spec"]["containers"][0];
-        let readiness = &c["readinessProbe"];
-        let liveness = &c["livenessProbe"];
-        let period = readiness["periodSeconds"].as_u64().unwrap_or(10);
-        let ready_now = readiness.is_null() || passes(&container, readiness);
+        let Ok(specs) = containers(&pod) else {
+            continue;
+        };
+        let mut ready_now = true;
+        let (mut period, mut threshold) = (10, 3);
+        for (c, ctr) in specs.iter().zip(&ctrs) {
+            let readiness = &c["readinessProbe"];
+            if readiness.is_null() {
+                continue;
+            }
+            period = readiness["periodSeconds"]
+                .as_u64()
+                .unwrap_or(10)
+                .min(period);
+            threshold = readiness["failureThreshold"].as_u64().unwrap_or(3) as u32;
+            ready_now &= passes(&ctr.docker, readiness);
+        }
         let change = {
             let mut s = lock(shared);
             let Some(r) = s.running.get_mut(&key) else {
@@ -775,7 +961,6 @@ fn probe(api: &Api, shared: &Mutex<Shared>) {
             } else {
                 r.readiness_failures += 1;
             }
-            let threshold = readiness["failureThreshold"].as_u64().unwrap_or(3) as u32;
             let want = if ready_now {
                 true
             } else if r.readiness_failures >= threshold {
@@ -790,18 +975,22 @@ fn probe(api: &Api, shared: &Mutex<Shared>) {
         if let Some(ready) = change {
             api.update(&key, |p| set_ready(p, ready));
         }
-        let delay = liveness["initialDelaySeconds"].as_u64().unwrap_or(0);
-        if !liveness.is_null() && started.elapsed() >= Duration::from_secs(delay) {
-            let alive = passes(&container, liveness);
+        for (c, ctr) in specs.iter().zip(&ctrs) {
+            let liveness = &c["livenessProbe"];
+            let delay = liveness["initialDelaySeconds"].as_u64().unwrap_or(0);
+            if liveness.is_null() || started.elapsed() < Duration::from_secs(delay) {
+                continue;
+            }
+            let alive = passes(&ctr.docker, liveness);
             let restart = {
                 let mut s = lock(shared);
                 let Some(r) = s.running.get_mut(&key) else {
-                    continue;
+                    break;
                 };
                 r.liveness_failures = if alive { 0 } else { r.liveness_failures + 1 };
                 r.liveness_failures >= liveness["failureThreshold"].as_u64().unwrap_or(3) as u32
             };
-            if restart && docker(&["restart", &container]).is_ok() {
+            if restart && docker(&["restart", &ctr.docker]).is_ok() {
                 restarted(api, shared, &key);
             }
         }

@@ -598,3 +598,181 @@ fn a_session_migrates_to_a_pod_and_on_verified() -> Result<()> {
     c.h.unmount()?;
     Ok(())
 }
+
+/// `--attach POD/CONTAINER`: a team's agent already runs in a Deployment's pod, working in /work on
+/// a claim. The session's daemon joins the Deployment's pods as a native sidecar serving that
+/// volume: what the agent wrote is read through the mount and what the mount writes is in the
+/// agent's /work. `stop` is refused (the sidecar runs with its workload); `rm` takes the sidecar
+/// out again, and the agent's files stay. A bare pod cannot be attached to.
+#[test]
+fn a_session_attaches_to_a_deployments_pods_as_a_sidecar() -> Result<()> {
+    let mut c = Cluster::new()?;
+    let image = docker_image()?;
+    let post = |path: &str, body: Value| -> Result<()> {
+        let (code, text) = request(c.served.addr, "POST", path, Some(&body))?;
+        ensure!(code == 201, "POST {path}: {code} {text}");
+        Ok(())
+    };
+    // The agent's own process: a daemon of another id on /work (the session image has nothing
+    // else that keeps running), with certificates of its own.
+    let agent_certs = c.h.dir.path().join("agent-certs");
+    c.h.ok(&[
+        "session",
+        "certs",
+        "agent-proc",
+        "--out",
+        agent_certs.to_str().context("utf-8")?,
+    ])?;
+    let mut strings = serde_json::Map::new();
+    for name in ["ca.pem", "session.pem", "session.key"] {
+        strings.insert(
+            name.into(),
+            Value::String(fs::read_to_string(agent_certs.join(name))?),
+        );
+    }
+    post(
+        &format!("/api/v1/namespaces/{NS}/secrets"),
+        serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "agent-certs"},
+        "stringData": strings}),
+    )?;
+    post(
+        &format!("/api/v1/namespaces/{NS}/persistentvolumeclaims"),
+        serde_json::json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "work"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}),
+    )?;
+    post(
+        &format!("/apis/apps/v1/namespaces/{NS}/deployments"),
+        serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "agent"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "agent"}},
+          "template": {"metadata": {"labels": {"app": "agent"}},
+            "spec": {"containers": [{"name": "agent", "image": image, "command": ["/sessionfsd"],
+              "args": ["--session-id", "agent-proc", "--cert-dir", "/run/agent", "--root", "/work",
+                       "--listen", "0.0.0.0:7879"],
+              "workingDir": "/work",
+              "volumeMounts": [{"name": "work", "mountPath": "/work"},
+                               {"name": "certs", "mountPath": "/run/agent", "readOnly": true}]}],
+              "volumes": [{"name": "work", "persistentVolumeClaim": {"claimName": "work"}},
+                          {"name": "certs", "secret": {"secretName": "agent-certs", "defaultMode": 0o400}}]}}}}),
+    )?;
+    let agent_pod = |api: &Api| -> Option<(String, Value)> {
+        api.list("pods", NS)
+            .into_iter()
+            .filter(|p| {
+                p["metadata"]["labels"]["app"] == "agent"
+                    && p["metadata"]["deletionTimestamp"].is_null()
+            })
+            .find(|p| p["status"]["phase"] == "Running")
+            .map(|p| (p["metadata"]["name"].as_str().unwrap_or("").to_owned(), p))
+    };
+    wait_until("the agent's pod to run", Duration::from_secs(30), || {
+        agent_pod(c.api()).is_some()
+    })
+    .with_context(|| c.node.problems())?;
+    let (pod_name, _) = agent_pod(c.api()).context("no agent pod")?;
+    let agent = c
+        .node
+        .container_of(NS, &pod_name, "agent")
+        .context("no agent container")?;
+    let note = c.h.dir.path().join("note");
+    fs::write(&note, b"written by the agent")?;
+    docker(&[
+        "cp",
+        note.to_str().context("utf-8")?,
+        &format!("{agent}:/work/from-agent"),
+    ])?;
+
+    let k = c.h.unique_id("katt");
+    let out = c.create(&k, &["--attach", &format!("{pod_name}/agent")])?;
+    ensure!(out.contains("created session"), "{out}");
+    let deployment = c.object("deployments", "agent").context("no deployment")?;
+    let template = &deployment["spec"]["template"];
+    ensure!(
+        template["spec"]["initContainers"][0]["name"] == "sessionfsd"
+            && template["spec"]["initContainers"][0]["restartPolicy"] == "Always",
+        "{template}"
+    );
+    ensure!(
+        template["metadata"]["labels"]["sessionfs.io/session"] == k.as_str(),
+        "{template}"
+    );
+    ensure!(
+        c.object("pods", &format!("sessionfs-{k}")).is_none(),
+        "a pod of its own was made"
+    );
+    // The patched Deployment passes the official schema (a native sidecar included).
+    let patched = c.h.dir.path().join("deployment.json");
+    fs::write(&patched, deployment.to_string())?;
+    validate(&[patched])?.map_err(|e| anyhow::anyhow!("the patched deployment: {e}"))?;
+
+    c.h.mount()?;
+    ensure!(fs::read(c.h.path(&k, "from-agent"))? == b"written by the agent");
+    fs::write(c.h.path(&k, "from-the-mount"), b"for the agent")?;
+    let (new_pod, _) = agent_pod(c.api()).context("no agent pod after the rollout")?;
+    ensure!(new_pod != pod_name, "the Deployment did not roll out");
+    let agent = c
+        .node
+        .container_of(NS, &new_pod, "agent")
+        .context("no agent container")?;
+    let seen = docker(&["cp", &format!("{agent}:/work/from-the-mount"), "-"])?;
+    ensure!(seen.contains("for the agent"), "{seen}");
+
+    let out = c.h.run(&["session", "stop", &k])?;
+    ensure!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("is a sidecar of deployment agent"),
+        "{out:?}"
+    );
+    c.h.unmount()?;
+    c.h.ok(&["session", "rm", &k])?;
+    let deployment = c.object("deployments", "agent").context("no deployment")?;
+    ensure!(
+        deployment["spec"]["template"]["spec"]["initContainers"]
+            .as_array()
+            .is_none_or(Vec::is_empty),
+        "the sidecar stayed: {deployment}"
+    );
+    ensure!(c.object("secrets", &format!("sessionfs-{k}")).is_none());
+    wait_until(
+        "the rollout without the sidecar",
+        Duration::from_secs(30),
+        || {
+            agent_pod(c.api()).is_some_and(|(_, p)| {
+                p["spec"]["initContainers"]
+                    .as_array()
+                    .is_none_or(Vec::is_empty)
+            })
+        },
+    )?;
+    let (last_pod, _) = agent_pod(c.api()).context("no agent pod")?;
+    let agent = c
+        .node
+        .container_of(NS, &last_pod, "agent")
+        .context("no agent container")?;
+    ensure!(
+        docker(&["cp", &format!("{agent}:/work/from-the-mount"), "-"])?.contains("for the agent")
+    );
+
+    // A pod of no Deployment.
+    let bare = c.h.unique_id("kbare");
+    c.create(&bare, &[])?;
+    let out = c.h.run(&[
+        "session",
+        "create",
+        &c.h.unique_id("katt2"),
+        "--backend",
+        "kubernetes",
+        "--image",
+        image,
+        "--attach",
+        &format!("sessionfs-{bare}"),
+    ])?;
+    ensure!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("is not a Deployment's"),
+        "{out:?}"
+    );
+    Ok(())
+}
