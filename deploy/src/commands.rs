@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use sessionfs_pki::CertificateAuthority;
 use sessionfs_registry::{
     this_host, Backend, InvalidSessionId, Registry, RegistryError, SessionId, SessionRecord,
     SessionState, CERT_PIN_LABEL, HOST_LABEL, OWNER_LABEL,
@@ -573,21 +574,8 @@ fn create_docker(
     record.labels = opts.labels.iter().cloned().collect::<BTreeMap<_, _>>();
     record.labels.insert(OWNER_LABEL.to_owned(), owner);
     record.labels.insert(HOST_LABEL.to_owned(), this_host());
-    registry.register(&record)?;
-    // Certificates issued earlier (`session certs`, for a compose container) are not this create's
-    // to delete.
-    let certs_existed = home.session_cert_dir(&id).exists();
-
-    let undo = |e: CommandError| {
-        if let Err(re) = registry.remove(&id) {
-            warn!(session = %id, error = %re, "cannot remove the failed session's registration");
-        }
-        remove_created_files(home, &id, false, certs_existed);
-        e
-    };
-    home.issue_session_certs(&ca, &id)
-        .map_err(|e| undo(e.into()))?;
-    pin_certificate(home, &registry, &id).map_err(undo)?;
+    let registered = register_and_issue(home, &registry, &ca, &record)?;
+    let undo = |e: CommandError| registered.undo(e);
     let provisioned = engine
         .provision(home, &id, &spec)
         .map_err(|e| undo(e.into()))?;
@@ -654,6 +642,11 @@ fn create_kubernetes(
     if let Some((key, _)) = opts.labels.iter().find(|(k, _)| k.starts_with("k8s.")) {
         return Err(CommandError::ReservedLabel(key.clone()));
     }
+    if k.workspace_path.is_some() && k.attach.is_none() {
+        return Err(CommandError::Kube(k8s::KubeError::InvalidOption(
+            "--workspace-path applies only with --attach".into(),
+        )));
+    }
     let cluster = k8s::Cluster::connect(k.context.as_deref(), k.namespace.as_deref())?;
     let mut pod = k8s::PodOptions::new(cluster.namespace());
     pod.context = k.context.clone();
@@ -696,37 +689,17 @@ fn create_kubernetes(
         .labels
         .insert(OWNER_LABEL.to_owned(), pod.owner.clone());
     record.labels.insert(HOST_LABEL.to_owned(), this_host());
-    record.labels.insert(
-        k8s::RECORD_SPEC.to_owned(),
-        serde_json::to_string(&pod).map_err(|e| {
-            CommandError::Kube(k8s::KubeError::InvalidOption(format!(
-                "cannot record the pod options: {e}"
-            )))
-        })?,
-    );
+    record
+        .labels
+        .insert(k8s::RECORD_SPEC.to_owned(), crate::k8s::spec_label(&pod)?);
     record
         .labels
         .insert(k8s::RECORD_NAMESPACE.to_owned(), pod.namespace.clone());
     record
         .labels
         .insert(k8s::RECORD_POD.to_owned(), k8s::object_name(&id));
-    registry.register(&record)?;
-    let certs_existed = home.session_cert_dir(&id).exists();
-    let undo = |e: CommandError| {
-        if let Err(re) = registry.remove(&id) {
-            warn!(session = %id, error = %re, "cannot remove the failed session's registration");
-        }
-        remove_created_files(home, &id, false, certs_existed);
-        e
-    };
-    home.issue_session_certs(&ca, &id)
-        .map_err(|e| undo(e.into()))?;
-    pin_certificate(home, &registry, &id).map_err(undo)?;
-    if k.workspace_path.is_some() && k.attach.is_none() {
-        return Err(undo(CommandError::Kube(k8s::KubeError::InvalidOption(
-            "--workspace-path applies only with --attach".into(),
-        ))));
-    }
+    let registered = register_and_issue(home, &registry, &ca, &record)?;
+    let undo = |e: CommandError| registered.undo(e);
     if k.attach.is_some() {
         return attach_kubernetes(home, &registry, &cluster, &id, pod, k, &installation)
             .map_err(undo);
@@ -735,11 +708,7 @@ fn create_kubernetes(
         .provision(home, &id, &installation, &mut pod)
         .map_err(|e| undo(e.into()))?;
     // The node port the API server gave (`--reach node-port`) is the session's from now on.
-    let spec = serde_json::to_string(&pod).map_err(|e| {
-        CommandError::Kube(k8s::KubeError::InvalidOption(format!(
-            "cannot record the pod options: {e}"
-        )))
-    })?;
+    let spec = crate::k8s::spec_label(&pod)?;
     let undo_all = |e: CommandError| {
         cluster.discard(&id, &made);
         undo(e)
@@ -798,11 +767,7 @@ fn attach_kubernetes(
             pod.reach = k8s::Reach::NodePort(port);
         }
         let endpoint = cluster.wait_ready(id, pod.reach, k8s::READY_TIMEOUT)?;
-        let spec = serde_json::to_string(&pod).map_err(|e| {
-            CommandError::Kube(k8s::KubeError::InvalidOption(format!(
-                "cannot record the pod options: {e}"
-            )))
-        })?;
+        let spec = crate::k8s::spec_label(&pod)?;
         Ok(registry.modify(id, |r| {
             r.state = SessionState::Running;
             r.endpoint = Some(endpoint);
@@ -822,6 +787,49 @@ fn attach_kubernetes(
     };
     info!(session = %id, deployment = %attach.deployment, "attached kubernetes session");
     Ok(Created { record })
+}
+
+/// A session `create` registered and issued certificates for: what a later failure removes
+/// again (the registration, and the certificates unless they were there before, as `session
+/// certs` leaves them for a compose container).
+struct Registered<'a> {
+    home: &'a Home,
+    registry: &'a Registry,
+    id: SessionId,
+    certs_existed: bool,
+}
+
+impl Registered<'_> {
+    /// Removes what was made and returns `e`.
+    fn undo(&self, e: CommandError) -> CommandError {
+        if let Err(re) = self.registry.remove(&self.id) {
+            warn!(session = %self.id, error = %re, "cannot remove the failed session's registration");
+        }
+        remove_created_files(self.home, &self.id, false, self.certs_existed);
+        e
+    }
+}
+
+/// Registers `record` (claiming its id: nothing is touched if it is taken), then issues and pins
+/// its certificates; on a failure after the registration, undoes it.
+fn register_and_issue<'a>(
+    home: &'a Home,
+    registry: &'a Registry,
+    ca: &CertificateAuthority,
+    record: &SessionRecord,
+) -> Result<Registered<'a>, CommandError> {
+    let id = record.id.clone();
+    registry.register(record)?;
+    let registered = Registered {
+        home,
+        registry,
+        certs_existed: home.session_cert_dir(&id).exists(),
+        id: id.clone(),
+    };
+    home.issue_session_certs(ca, &id)
+        .map_err(|e| registered.undo(e.into()))?;
+    pin_certificate(home, registry, &id).map_err(|e| registered.undo(e))?;
+    Ok(registered)
 }
 
 /// `--dir` or `--workspace`: must exist, be a directory, not lie inside a sessionfs mount, and
@@ -1709,11 +1717,7 @@ fn recreate_kubernetes(
         image::check_reference(image)?;
         opts.image = image.to_owned();
     }
-    let spec = serde_json::to_string(&opts).map_err(|e| {
-        CommandError::Kube(k8s::KubeError::InvalidOption(format!(
-            "cannot record the pod options: {e}"
-        )))
-    })?;
+    let spec = crate::k8s::spec_label(&opts)?;
     let installation = k8s::installation(home)?;
     registry.modify(&id, |r| {
         r.state = SessionState::Stopped;

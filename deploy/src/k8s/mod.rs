@@ -120,6 +120,12 @@ pub fn installation(home: &Home) -> Result<String, crate::state::StateError> {
     Ok(fingerprint[..16].to_owned())
 }
 
+/// The record label of a session's pod options ([`RECORD_SPEC`]).
+pub fn spec_label(opts: &PodOptions) -> Result<String, KubeError> {
+    serde_json::to_string(opts)
+        .map_err(|e| KubeError::InvalidOption(format!("cannot record the pod options: {e}")))
+}
+
 /// A session's pod options from its record.
 pub fn record_options(record: &SessionRecord) -> Result<PodOptions, KubeError> {
     record

@@ -557,6 +557,7 @@ impl Api {
         respond(StatusCode::CREATED, &object)
     }
 
+    /// A `PUT`: the whole object, refused if its `resourceVersion` is not the current one.
     fn replace(
         &self,
         namespace: &str,
@@ -568,29 +569,21 @@ impl Api {
         let Some(new) = body.filter(Value::is_object) else {
             return status(StatusCode::BAD_REQUEST, "BadRequest", "no object".into());
         };
-        let key: Key = (resource.into(), namespace.into(), name.into());
-        let mut store = lock(&self.store);
-        let Some(current) = store.objects.get(&key).cloned() else {
-            return not_found(resource, name);
-        };
-        if let Some(seen) = new["metadata"]["resourceVersion"].as_str() {
-            if Some(seen) != current["metadata"]["resourceVersion"].as_str() {
-                return status(
-                    StatusCode::CONFLICT,
-                    "Conflict",
-                    format!("Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"),
-                );
+        self.write(namespace, resource, name, status_only, |current| {
+            if let Some(seen) = new["metadata"]["resourceVersion"].as_str() {
+                if Some(seen) != current["metadata"]["resourceVersion"].as_str() {
+                    return Err(Box::new(status(
+                        StatusCode::CONFLICT,
+                        "Conflict",
+                        format!("Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"),
+                    )));
+                }
             }
-        }
-        match self.merged(&current, new, resource, status_only) {
-            Ok(object) => {
-                let object = self.commit(&mut store, "MODIFIED", &key, object);
-                respond(StatusCode::OK, &object)
-            }
-            Err(response) => *response,
-        }
+            Ok(new)
+        })
     }
 
+    /// A `PATCH` (JSON merge patch).
     fn patch(
         &self,
         namespace: &str,
@@ -602,14 +595,30 @@ impl Api {
         let Some(patch) = body else {
             return status(StatusCode::BAD_REQUEST, "BadRequest", "no patch".into());
         };
+        self.write(namespace, resource, name, status_only, |current| {
+            let mut new = current.clone();
+            merge_patch(&mut new, &patch);
+            Ok(new)
+        })
+    }
+
+    /// Writes the object `make` makes of the current one, as [`Api::merged`] allows.
+    fn write(
+        &self,
+        namespace: &str,
+        resource: &str,
+        name: &str,
+        status_only: bool,
+        make: impl FnOnce(&Value) -> Result<Value, Box<Response>>,
+    ) -> Response {
         let key: Key = (resource.into(), namespace.into(), name.into());
         let mut store = lock(&self.store);
         let Some(current) = store.objects.get(&key).cloned() else {
             return not_found(resource, name);
         };
-        let mut new = current.clone();
-        merge_patch(&mut new, &patch);
-        match self.merged(&current, new, resource, status_only) {
+        let written =
+            make(&current).and_then(|new| self.merged(&current, new, resource, status_only));
+        match written {
             Ok(object) => {
                 let object = self.commit(&mut store, "MODIFIED", &key, object);
                 respond(StatusCode::OK, &object)

@@ -776,3 +776,53 @@ fn a_session_attaches_to_a_deployments_pods_as_a_sidecar() -> Result<()> {
     );
     Ok(())
 }
+
+/// The daemon in a pod killed: the mount's operations fail within the op timeout while it is down,
+/// the node restarts the container (restart policy `Always`) and the mount reaches it again
+/// without `session start` or a remount. `session recreate` with another image makes a new pod on
+/// the same claim: the data is there.
+#[test]
+fn a_killed_daemon_comes_back_with_its_pod_and_recreate_keeps_the_data() -> Result<()> {
+    let mut c = Cluster::new()?;
+    let k = c.h.unique_id("kkill");
+    let name = format!("sessionfs-{k}");
+    c.create(&k, &[])?;
+    c.h.mount()?;
+    fs::write(c.h.path(&k, "kept.txt"), b"across a kill\n")?;
+    let container = c.node.container(NS, &name).context("no container")?;
+
+    docker(&["kill", &container])?;
+    let bound = Duration::from_secs(c.h.op_timeout_secs + 1);
+    let started = std::time::Instant::now();
+    let failed = fs::write(c.h.path(&k, "during"), b"x").err();
+    let took = started.elapsed();
+    ensure!(failed.is_some(), "a write to a killed daemon succeeded");
+    ensure!(took <= bound, "the write failed only after {took:?}");
+    let back = wait_until("the restarted daemon", Duration::from_secs(30), || {
+        fs::read(c.h.path(&k, "kept.txt")).is_ok_and(|b| b == b"across a kill\n")
+    })
+    .with_context(|| c.h.bridge_log())?;
+    eprintln!("the killed daemon failed a write in {took:?} and answered again {back:?} later");
+    let pod = c.object("pods", &name).context("no pod")?;
+    ensure!(
+        pod["status"]["containerStatuses"][0]["restartCount"]
+            .as_u64()
+            .is_some_and(|n| n >= 1),
+        "{pod}"
+    );
+
+    let uid = pod["metadata"]["uid"].clone();
+    let out =
+        c.h.ok(&["session", "recreate", &k, "--image", docker_image()?])?;
+    ensure!(out.contains(&k), "{out}");
+    let pod = c.object("pods", &name).context("no pod")?;
+    ensure!(pod["metadata"]["uid"] != uid, "the pod was not made again");
+    let seen = sessionfs_tests::wait_readable(
+        "the recreated session",
+        &c.h.path(&k, "kept.txt"),
+        Duration::from_secs(20),
+    )?;
+    ensure!(seen == b"across a kill\n");
+    c.h.unmount()?;
+    Ok(())
+}
