@@ -826,3 +826,39 @@ fn a_killed_daemon_comes_back_with_its_pod_and_recreate_keeps_the_data() -> Resu
     c.h.unmount()?;
     Ok(())
 }
+
+/// `host rm` reaches a pod through its Secret: the session's host patches the revocation list into
+/// it, the node syncs the mounted file (as a kubelet does), and the daemon refuses the removed host
+/// (here `peer`, on 127.0.0.3), which had been writing to the pod's session.
+#[test]
+fn a_removed_host_is_refused_by_a_pods_daemon() -> Result<()> {
+    let etcd = sessionfs_tests::Etcd::start()?;
+    let mut c = Cluster::new()?;
+    c.h.registry = Some(etcd.url());
+    c.h.ok(&["host", "init", "--name", "kube", "--advertise", "127.0.0.2"])?;
+    let mut peer = Harness::new()?;
+    let bundle = c.h.dir.path().join("peer.bundle");
+    let bundle = bundle.to_str().context("utf-8 path")?.to_owned();
+    c.h.ok(&["host", "add", "peer", "--out", &bundle])?;
+    peer.ok(&["host", "join", &bundle, "--advertise", "127.0.0.3"])?;
+    let k = c.h.unique_id("krev");
+    c.create(&k, &[])?;
+    c.h.mount()?;
+    peer.mount()?;
+    fs::write(peer.path(&k, "from-peer"), b"before")?;
+    ensure!(fs::read(c.h.path(&k, "from-peer"))? == b"before");
+
+    let out = c.h.ok(&["host", "rm", "peer"])?;
+    ensure!(out.contains("revoked its certificate"), "{out}");
+    let took = crate::cluster::wait_refused(&peer, &k, Duration::from_secs(30))?;
+    eprintln!("the pod's daemon refused the removed host {took:?} after `host rm`");
+    let secret = c
+        .object("secrets", &format!("sessionfs-{k}"))
+        .context("no secret")?;
+    ensure!(secret["data"]["revoked"].is_string(), "{secret}");
+    fs::write(c.h.path(&k, "after"), b"kube's own")?;
+    ensure!(fs::read(c.h.path(&k, "after"))? == b"kube's own");
+    peer.unmount()?;
+    c.h.unmount()?;
+    Ok(())
+}
