@@ -679,6 +679,7 @@ fn create_kubernetes(
     }
     let ca = home.certificate_authority()?;
     let installation = k8s::installation(home)?;
+    let cluster = cluster.owned_by(&installation);
     let mut record = SessionRecord::new(
         id.clone(),
         Backend::Kubernetes,
@@ -1253,7 +1254,7 @@ pub fn stop(home: &Home, id: &str) -> Result<Stopped, CommandError> {
             (StopOutcome::NotRunning, Some((container, stop)), state)
         }
         Backend::Kubernetes => {
-            let (cluster, opts) = crate::k8s::Cluster::for_record(&record)?;
+            let (cluster, opts) = crate::k8s::Cluster::for_record(home, &record)?;
             if let Some(attach) = &opts.attach {
                 return Err(crate::k8s::attached_error(&id, attach, "stop").into());
             }
@@ -1389,7 +1390,7 @@ fn start_kubernetes(
 ) -> Result<Started, CommandError> {
     use crate::k8s;
     let id = record.id.clone();
-    let (cluster, opts) = k8s::Cluster::for_record(&record)?;
+    let (cluster, opts) = k8s::Cluster::for_record(home, &record)?;
     if let Some(attach) = &opts.attach {
         return Err(k8s::attached_error(&id, attach, "start").into());
     }
@@ -1510,11 +1511,12 @@ pub fn remove(home: &Home, id: &str, purge: bool) -> Result<Removed, CommandErro
             (StopOutcome::NotRunning, Some(removal), None)
         }
         Backend::Kubernetes => {
+            // The cluster first: a session whose cluster cannot be reached keeps its state.
+            let (cluster, opts) = crate::k8s::Cluster::for_record(home, &record)?;
             registry.modify(&id, |r| {
                 r.state = SessionState::Stopped;
                 r.endpoint = None;
             })?;
-            let (cluster, opts) = crate::k8s::Cluster::for_record(&record)?;
             let name = crate::k8s::object_name(&id);
             let namespace = cluster.namespace().to_owned();
             match &opts.attach {
@@ -1709,7 +1711,7 @@ fn recreate_kubernetes(
 ) -> Result<Recreated, CommandError> {
     use crate::k8s;
     let id = record.id.clone();
-    let (cluster, mut opts) = k8s::Cluster::for_record(&record)?;
+    let (cluster, mut opts) = k8s::Cluster::for_record(home, &record)?;
     if let Some(attach) = &opts.attach {
         return Err(k8s::attached_error(&id, attach, "recreate").into());
     }
@@ -1732,8 +1734,17 @@ fn recreate_kubernetes(
         r.state = SessionState::Starting;
         r.labels.insert(k8s::RECORD_SPEC.to_owned(), spec.clone());
     })?;
-    cluster.create_pod(&id, &installation, &opts)?;
-    let endpoint = cluster.wait_ready(&id, opts.reach, k8s::READY_TIMEOUT)?;
+    let started = cluster
+        .create_pod(&id, &installation, &opts)
+        .and_then(|()| cluster.wait_ready(&id, opts.reach, k8s::READY_TIMEOUT));
+    let endpoint = match started {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            // No pod serves it: recorded stopped (not starting for ever); `start` tries again.
+            registry.modify(&id, |r| r.state = SessionState::Stopped)?;
+            return Err(e.into());
+        }
+    };
     let record = registry.modify(&id, |r| {
         r.state = SessionState::Running;
         r.endpoint = Some(endpoint);

@@ -458,8 +458,10 @@ impl Migration<'_> {
                 Plan::Docker(engine, image)
             }
             Backend::Kubernetes => {
+                let installation = k8s::installation(self.home)?;
                 let cluster = Cluster::connect(opts.context.as_deref(), opts.namespace.as_deref())
-                    .map_err(|e| self.refuse(e))?;
+                    .map_err(|e| self.refuse(e))?
+                    .owned_by(&installation);
                 let mut pod = PodOptions::new(cluster.namespace());
                 pod.context = opts.context.clone();
                 if let Some(image) = &opts.image {
@@ -495,19 +497,24 @@ impl Migration<'_> {
             }
             Backend::Docker => {
                 let engine = Engine::connect().map_err(|e| e.to_string())?;
-                let (published, _) = engine
+                let (published, was_running) = engine
                     .start_with(self.home, record, None)
                     .map_err(|e| e.to_string())?;
-                Ok((published.endpoint, Some(Started::Docker)))
+                // Stopped again on a rollback only if this started it.
+                Ok((
+                    published.endpoint,
+                    (!was_running).then_some(Started::Docker),
+                ))
             }
             Backend::Kubernetes => {
-                let (cluster, pod) = Cluster::for_record(record).map_err(|e| e.to_string())?;
+                let (cluster, pod) =
+                    Cluster::for_record(self.home, record).map_err(|e| e.to_string())?;
                 let installation = k8s::installation(self.home).map_err(|e| e.to_string())?;
-                if cluster
+                let made = cluster
                     .live_pod(&record.id)
                     .map_err(|e| e.to_string())?
-                    .is_none()
-                {
+                    .is_none();
+                if made {
                     cluster
                         .create_pod(&record.id, &installation, &pod)
                         .map_err(|e| e.to_string())?;
@@ -515,7 +522,8 @@ impl Migration<'_> {
                 let addr = cluster
                     .wait_ready(&record.id, pod.reach, k8s::READY_TIMEOUT)
                     .map_err(|e| e.to_string())?;
-                Ok((addr, Some(Started::Kubernetes)))
+                // Deleted again on a rollback only if this made it.
+                Ok((addr, made.then_some(Started::Kubernetes)))
             }
         }
     }
@@ -531,7 +539,7 @@ impl Migration<'_> {
                 .and_then(|engine| engine.stop(record))
                 .map(drop)
                 .map_err(|e| e.to_string()),
-            Started::Kubernetes => Cluster::for_record(record)
+            Started::Kubernetes => Cluster::for_record(self.home, record)
                 .and_then(|(cluster, _)| cluster.delete_pod(&record.id))
                 .map(drop)
                 .map_err(|e| e.to_string()),
@@ -823,7 +831,7 @@ impl Migration<'_> {
             }
             Backend::Kubernetes => {
                 let name = k8s::object_name(id);
-                match Cluster::for_record(running).and_then(|(cluster, opts)| {
+                match Cluster::for_record(self.home, running).and_then(|(cluster, opts)| {
                     cluster
                         .remove(id, purge)
                         .map(|removed| (removed, opts.namespace))

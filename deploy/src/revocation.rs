@@ -133,7 +133,7 @@ impl Worker {
                             .upload_revoked(record, &text)
                             .map_err(|e| e.to_string())
                     }
-                    Backend::Kubernetes => crate::k8s::Cluster::for_record(record)
+                    Backend::Kubernetes => crate::k8s::Cluster::for_record(&self.home, record)
                         .and_then(|(cluster, _)| cluster.put_revoked(&record.id, &text))
                         .map_err(|e| e.to_string()),
                     Backend::Local => Ok(()),

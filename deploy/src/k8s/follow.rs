@@ -175,6 +175,10 @@ async fn watch_place(home: Arc<Home>, place: Place) {
                     continue;
                 }
                 Ok(watcher::Event::InitApply(pod)) => {
+                    if pod.metadata.deletion_timestamp.is_some() {
+                        // Going: no longer serving (as for `Apply`).
+                        continue;
+                    }
                     if let (Some(listing), Some(id)) = (listing.as_mut(), session_of(&pod)) {
                         listing.entry(id).or_default().insert(pod_name(&pod), pod);
                     }
@@ -263,9 +267,7 @@ async fn change(
     home: &Arc<Home>,
     place: &Place,
     id: SessionId,
-    f: impl FnOnce(&SessionRecord) -> Option<(SessionState, Option<std::net::SocketAddr>)>
-        + Send
-        + 'static,
+    f: impl Fn(&SessionRecord) -> Option<(SessionState, Option<std::net::SocketAddr>)> + Send + 'static,
 ) {
     let (home, place) = (home.clone(), place.clone());
     let done = tokio::task::spawn_blocking(move || -> Result<(), String> {
@@ -273,26 +275,29 @@ async fn change(
         let Some(record) = registry.get(&id).map_err(|e| e.to_string())? else {
             return Ok(());
         };
-        if record.backend != Backend::Kubernetes
-            || record.elsewhere(&sessionfs_registry::this_host())
-            || record.labels.contains_key(crate::move_host::MIGRATING_LABEL)
-        {
-            return Ok(());
-        }
-        match record_options(&record) {
-            Ok(opts) if (opts.context.clone(), opts.namespace.clone()) == place => {}
-            _ => return Ok(()),
-        }
-        let Some((state, endpoint)) = f(&record) else {
+        // Whether the follower may change `r`, and to what: decided again on the record the write
+        // is made to, so a command's change made meanwhile (stop, a migration's fence) is never
+        // written over.
+        let decide = |r: &SessionRecord| {
+            let eligible = r.backend == Backend::Kubernetes
+                && !r.elsewhere(&sessionfs_registry::this_host())
+                && !r.labels.contains_key(crate::move_host::MIGRATING_LABEL)
+                && record_options(r)
+                    .is_ok_and(|o| (o.context.clone(), o.namespace.clone()) == place);
+            eligible
+                .then(|| f(r))
+                .flatten()
+                .filter(|(state, endpoint)| (r.state, r.endpoint) != (*state, *endpoint))
+        };
+        let Some((state, endpoint)) = decide(&record) else {
             return Ok(());
         };
-        if record.state == state && record.endpoint == endpoint {
-            return Ok(());
-        }
         registry
             .modify(&id, |r| {
-                r.state = state;
-                r.endpoint = endpoint;
+                if let Some((state, endpoint)) = decide(r) {
+                    r.state = state;
+                    r.endpoint = endpoint;
+                }
             })
             .map_err(|e| e.to_string())?;
         info!(session = %id, from = %record.state, to = %state, endpoint = ?endpoint, "the session's pod changed");

@@ -171,6 +171,12 @@ pub fn describe(pod: &Pod) -> String {
         "phase {}",
         status.phase.as_deref().unwrap_or("unknown")
     )];
+    if let Some(reason) = &status.reason {
+        parts.push(format!(
+            "{reason}: {}",
+            status.message.as_deref().unwrap_or("")
+        ));
+    }
     for c in status.conditions.iter().flatten() {
         if c.status != "True" {
             if let Some(message) = &c.message {
@@ -209,6 +215,9 @@ pub struct Cluster {
     runtime: tokio::runtime::Runtime,
     client: kube::Client,
     namespace: String,
+    /// This installation's label value: objects of the session's name and another
+    /// installation's are never taken for the session's ([`Cluster::owned_by`]).
+    installation: Option<String>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -278,13 +287,26 @@ impl Cluster {
             runtime,
             client,
             namespace,
+            installation: None,
         })
     }
 
-    /// The cluster a kubernetes session's record names.
-    pub fn for_record(record: &SessionRecord) -> Result<(Cluster, PodOptions), KubeError> {
+    /// This connection works for `installation`: only objects carrying its label are a session's.
+    pub fn owned_by(mut self, installation: &str) -> Cluster {
+        self.installation = Some(installation.to_owned());
+        self
+    }
+
+    /// The cluster a kubernetes session's record names, working for `home`'s installation.
+    pub fn for_record(
+        home: &Home,
+        record: &SessionRecord,
+    ) -> Result<(Cluster, PodOptions), KubeError> {
         let opts = record_options(record)?;
-        let cluster = Cluster::connect(opts.context.as_deref(), Some(&opts.namespace))?;
+        let installation =
+            installation(home).map_err(|e| KubeError::Config(format!("this installation: {e}")))?;
+        let cluster = Cluster::connect(opts.context.as_deref(), Some(&opts.namespace))?
+            .owned_by(&installation);
         Ok((cluster, opts))
     }
 
@@ -332,11 +354,21 @@ impl Cluster {
             .is_some())
     }
 
-    /// Session `id`'s pod unless it is being deleted, after waiting for such a one to be gone
-    /// (a new one of its name can be made then).
+    /// Session `id`'s pod unless it is being deleted or ended (failed or succeeded: an evicted
+    /// pod stays so), after deleting such a one and waiting for it to be gone (a new one of its
+    /// name can be made then).
     pub fn live_pod(&self, id: &SessionId) -> Result<Option<Pod>, KubeError> {
         match self.pod(id)? {
-            Some(pod) if pod.metadata.deletion_timestamp.is_some() => {
+            Some(pod) if !self.is_ours(pod.metadata.labels.as_ref(), id) => {
+                Err(self.taken("Pod", &object_name(id), id))
+            }
+            Some(pod)
+                if pod.metadata.deletion_timestamp.is_some()
+                    || matches!(
+                        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+                        Some("Failed" | "Succeeded")
+                    ) =>
+            {
                 self.delete_pod(id)?;
                 Ok(None)
             }
@@ -384,11 +416,22 @@ impl Cluster {
         }
     }
 
-    /// Whether an object's labels say it is session `id`'s.
-    fn is_ours(labels: Option<&BTreeMap<String, String>>, id: &SessionId) -> bool {
-        labels
-            .and_then(|l| l.get(LABEL_SESSION))
-            .is_some_and(|s| s == id.as_str())
+    /// Whether an object's labels say it is session `id`'s, of this installation.
+    fn is_ours(&self, labels: Option<&BTreeMap<String, String>>, id: &SessionId) -> bool {
+        let label = |key: &str| labels.and_then(|l| l.get(key));
+        label(LABEL_SESSION).is_some_and(|s| s == id.as_str())
+            && self
+                .installation
+                .as_ref()
+                .is_none_or(|i| label(LABEL_INSTALLATION) == Some(i))
+    }
+
+    /// The label selector of session `id`'s objects.
+    fn selector(&self, id: &SessionId) -> String {
+        match &self.installation {
+            Some(i) => format!("{LABEL_SESSION}={id},{LABEL_INSTALLATION}={i}"),
+            None => format!("{LABEL_SESSION}={id}"),
+        }
     }
 
     /// Writes the Secret of session `id`'s certificate directory; whether it made it (rather
@@ -424,19 +467,37 @@ impl Cluster {
                 let current = self
                     .call(&action, self.api::<Secret>().get(&name))?
                     .map_err(api_error(action))?;
-                if !Self::is_ours(current.metadata.labels.as_ref(), id) {
+                if !self.is_ours(current.metadata.labels.as_ref(), id) {
                     return Err(self.taken("Secret", &name, id));
                 }
-                let mut replacement = secret;
-                replacement.metadata.resource_version = current.metadata.resource_version;
-                let action = format!("replace secret {}/{name}", self.namespace);
-                self.call(
-                    &action,
-                    self.api::<Secret>()
-                        .replace(&name, &PostParams::default(), &replacement),
-                )?
-                .map_err(api_error(action))?;
-                Ok(false)
+                // Read and replaced again when another writer (the revocation hand-out) came
+                // between.
+                let mut seen = current.metadata.resource_version;
+                for _ in 0..8 {
+                    let mut replacement = secret.clone();
+                    replacement.metadata.resource_version = seen;
+                    let action = format!("replace secret {}/{name}", self.namespace);
+                    match self.call(
+                        &action,
+                        self.api::<Secret>()
+                            .replace(&name, &PostParams::default(), &replacement),
+                    )? {
+                        Ok(_) => return Ok(false),
+                        Err(e) if is_status(&e, 409) => {
+                            let action = format!("read secret {}/{name}", self.namespace);
+                            seen = self
+                                .call(&action, self.api::<Secret>().get(&name))?
+                                .map_err(api_error(action))?
+                                .metadata
+                                .resource_version;
+                        }
+                        Err(e) => return Err(api_error(action)(e)),
+                    }
+                }
+                Err(KubeError::Api {
+                    action: format!("replace secret {}/{name}", self.namespace),
+                    message: "it kept changing under 8 attempts".into(),
+                })
             }
             Err(e) => Err(api_error(action)(e)),
         }
@@ -489,8 +550,15 @@ impl Cluster {
                 let current = self
                     .call(&action, self.api::<PersistentVolumeClaim>().get(&name))?
                     .map_err(api_error(action))?;
-                if !Self::is_ours(current.metadata.labels.as_ref(), id) {
+                if !self.is_ours(current.metadata.labels.as_ref(), id) {
                     return Err(self.taken("PersistentVolumeClaim", &name, id));
+                }
+                if current.metadata.deletion_timestamp.is_some() {
+                    return Err(KubeError::InvalidOption(format!(
+                        "the claim {}/{name} of an earlier session {id} is being deleted: try again \
+                         once it is gone",
+                        self.namespace
+                    )));
                 }
                 info!(session = %id, claim = %name, "reusing the session's workspace claim");
                 Ok(false)
@@ -522,7 +590,7 @@ impl Cluster {
                 let current = self
                     .call(&action, self.api::<Service>().get(&name))?
                     .map_err(api_error(action))?;
-                if !Self::is_ours(current.metadata.labels.as_ref(), id) {
+                if !self.is_ours(current.metadata.labels.as_ref(), id) {
                     return Err(self.taken("Service", &name, id));
                 }
                 (current, false)
@@ -556,7 +624,17 @@ impl Cluster {
             self.api::<Pod>().create(&PostParams::default(), &pod),
         )? {
             Ok(_) => Ok(()),
-            Err(e) if is_status(&e, 409) => Err(self.taken("Pod", &name, id)),
+            Err(e) if is_status(&e, 409) => match self.pod(id)? {
+                Some(p) if self.is_ours(p.metadata.labels.as_ref(), id) => {
+                    Err(KubeError::InvalidOption(format!(
+                        "pod {}/{name} of session {id} exists already ({}); `session stop {id}` \
+                         first, or wait until it is gone",
+                        self.namespace,
+                        describe(&p)
+                    )))
+                }
+                _ => Err(self.taken("Pod", &name, id)),
+            },
             Err(e) => Err(api_error(action)(e)),
         }
     }
@@ -564,7 +642,7 @@ impl Cluster {
     /// Session `id`'s live pods (its own, or its workload's with the sidecar), newest last.
     pub fn session_pods(&self, id: &SessionId) -> Result<Vec<Pod>, KubeError> {
         let action = format!("list the pods of session {id} in {}", self.namespace);
-        let params = kube::api::ListParams::default().labels(&format!("{LABEL_SESSION}={id}"));
+        let params = kube::api::ListParams::default().labels(&self.selector(id));
         let mut pods: Vec<Pod> = self
             .call(&action, self.api::<Pod>().list(&params))?
             .map_err(api_error(action))?
@@ -648,6 +726,19 @@ impl Cluster {
         <K as kube::Resource>::DynamicType: Default,
     {
         let name = object_name(id);
+        // Never another installation's (or anyone else's) object of the same name.
+        let action = format!("read {kind} {}/{name}", self.namespace);
+        match self
+            .call(&action, self.api::<K>().get_opt(&name))?
+            .map_err(api_error(action))?
+        {
+            None => return Ok(false),
+            Some(object) if !self.is_ours(object.meta().labels.as_ref(), id) => {
+                warn!(session = %id, "not deleting {kind} {}/{name}: it is not this session's", self.namespace);
+                return Ok(false);
+            }
+            Some(_) => {}
+        }
         let action = format!("delete {kind} {}/{name}", self.namespace);
         match self.call(
             &action,
@@ -799,12 +890,37 @@ impl Cluster {
             volume,
             path,
         };
+        // A Deployment carries one session's sidecar.
+        let action = format!("read deployment {}/{deployment}", self.namespace);
+        let current = self
+            .call(
+                &action,
+                self.api::<k8s_openapi::api::apps::v1::Deployment>()
+                    .get(&deployment),
+            )?
+            .map_err(api_error(action))?;
+        let template = current.spec.as_ref().map(|s| &s.template);
+        let carried = template
+            .and_then(|t| t.metadata.as_ref())
+            .and_then(|m| m.labels.as_ref())
+            .and_then(|l| l.get(LABEL_SESSION).cloned());
+        let has_sidecar = template
+            .and_then(|t| t.spec.as_ref())
+            .and_then(|s| s.init_containers.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.name == spec::SIDECAR));
+        if has_sidecar || carried.as_deref().is_some_and(|s| s != id.as_str()) {
+            return Err(invalid(format!(
+                "deployment {deployment} carries the sidecar of session {} already: one session \
+                 per workload",
+                carried.unwrap_or_else(|| "(unknown)".into())
+            )));
+        }
         let mut with = opts.clone();
         with.attach = Some(attach.clone());
         self.put_secret(home, id, installation, &with)?;
         let (sidecar, certs) = spec::sidecar(id, &with, &attach)?;
         let labels = spec::labels(id, installation);
-        self.change_deployment(&deployment, |d| {
+        let changed = self.change_deployment(&deployment, |d| {
             let template = &mut d.spec.get_or_insert_with(Default::default).template;
             let meta = template.metadata.get_or_insert_with(Default::default);
             let l = meta.labels.get_or_insert_with(Default::default);
@@ -820,7 +936,12 @@ impl Cluster {
             let volumes = pod.volumes.get_or_insert_with(Vec::new);
             volumes.retain(|v| v.name != spec::SIDECAR_CERTS);
             volumes.push(certs.clone());
-        })?;
+        });
+        if let Err(e) = changed {
+            // The Secret holds the session's key: it goes with the attempt.
+            let _ = self.delete_named::<Secret>("secret", id);
+            return Err(e);
+        }
         Ok(attach)
     }
 
@@ -829,6 +950,15 @@ impl Cluster {
     pub fn detach(&self, id: &SessionId, attach: &Attachment) -> Result<(), KubeError> {
         let result = self.change_deployment(&attach.deployment, |d| {
             let template = &mut d.spec.get_or_insert_with(Default::default).template;
+            let carried = template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.labels.as_ref())
+                .and_then(|l| l.get(LABEL_SESSION));
+            if carried.is_some_and(|s| s != id.as_str()) {
+                // Another session's sidecar now: not this one's to take out.
+                return;
+            }
             if let Some(labels) = template.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
                 labels.remove(LABEL_SESSION);
                 labels.remove(LABEL_INSTALLATION);

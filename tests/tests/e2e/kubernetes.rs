@@ -725,6 +725,29 @@ fn a_session_attaches_to_a_deployments_pods_as_a_sidecar() -> Result<()> {
             && String::from_utf8_lossy(&out.stderr).contains("is a sidecar of deployment agent"),
         "{out:?}"
     );
+    // One session per workload: a second attach is refused, and leaves the first one serving.
+    let (current, _) = agent_pod(c.api()).context("no agent pod")?;
+    let second = c.h.unique_id("katt3");
+    let out = c.h.run(&[
+        "session",
+        "create",
+        &second,
+        "--backend",
+        "kubernetes",
+        "--image",
+        image,
+        "--attach",
+        &format!("{current}/agent"),
+    ])?;
+    ensure!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("carries the sidecar of session"),
+        "{out:?}"
+    );
+    ensure!(c
+        .object("secrets", &format!("sessionfs-{second}"))
+        .is_none());
+    ensure!(fs::read(c.h.path(&k, "from-agent"))? == b"written by the agent");
     c.h.unmount()?;
     c.h.ok(&["session", "rm", &k])?;
     let deployment = c.object("deployments", "agent").context("no deployment")?;
