@@ -1511,8 +1511,10 @@ pub fn remove(home: &Home, id: &str, purge: bool) -> Result<Removed, CommandErro
             (StopOutcome::NotRunning, Some(removal), None)
         }
         Backend::Kubernetes => {
-            // The cluster first: a session whose cluster cannot be reached keeps its state.
+            // The API server first: a session whose cluster cannot be reached keeps its state (and
+            // `rm --forget` drops it).
             let (cluster, opts) = crate::k8s::Cluster::for_record(home, &record)?;
+            cluster.pod(&id)?;
             registry.modify(&id, |r| {
                 r.state = SessionState::Stopped;
                 r.endpoint = None;
@@ -1587,6 +1589,66 @@ pub fn remove(home: &Home, id: &str, purge: bool) -> Result<Removed, CommandErro
     }
     info!(session = %id, "removed session");
     Ok(report)
+}
+
+/// What `session rm --forget` did.
+#[derive(Debug, Clone)]
+pub struct Forgotten {
+    /// The session.
+    pub id: SessionId,
+    /// Files and directories of the state directory deleted.
+    pub deleted: Vec<PathBuf>,
+    /// What may still run or hold data where the session was, in words (left alone).
+    pub left: String,
+}
+
+impl fmt::Display for Forgotten {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "forgot session {} without reaching its backend", self.id)?;
+        for path in &self.deleted {
+            write!(f, "\ndeleted {}", path.display())?;
+        }
+        write!(f, "\nleft as it was: {}", self.left)
+    }
+}
+
+/// `session rm --forget`: removes the registration and the session's files in the state
+/// directory without reaching its backend, for a session whose cluster, engine or context is
+/// gone; whatever still runs or holds data there is left alone and named.
+pub fn forget(home: &Home, id: &str) -> Result<Forgotten, CommandError> {
+    let id = parse_id(id)?;
+    let registry = home.open_registry()?;
+    let _lock = home.lock()?;
+    let record = get_record(&registry, &id)?;
+    let left = match record.backend {
+        Backend::Local => match (record.pid, &record.workspace) {
+            (Some(pid), Some(ws)) => format!("daemon process {pid}, workspace {}", ws.display()),
+            (None, Some(ws)) => format!("workspace {}", ws.display()),
+            _ => "nothing known".to_owned(),
+        },
+        Backend::Docker => format!(
+            "container {} and {}",
+            docker::record_container(&record),
+            workspace_text(&record)
+        ),
+        Backend::Kubernetes => format!(
+            "pod, Secret and Service sessionfs-{id} and {}",
+            workspace_text(&record)
+        ),
+    };
+    registry.remove(&id)?;
+    let mut deleted = Vec::new();
+    for path in [home.session_cert_dir(&id), home.daemon_log(&id)] {
+        if remove_path(&path)? {
+            deleted.push(path);
+        }
+    }
+    let session_dir = home.session_dir(&id);
+    if fs::remove_dir(&session_dir).is_ok() {
+        deleted.push(session_dir);
+    }
+    info!(session = %id, "forgot session");
+    Ok(Forgotten { id, deleted, left })
 }
 
 // ---------------------------------------------------------------------------------------

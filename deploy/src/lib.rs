@@ -49,9 +49,9 @@ mod state;
 mod transfer;
 
 pub use commands::{
-    age_secs, create, image_build, list, mount, parse_backend, parse_env, parse_label, parse_owner,
-    recreate, registry_unreachable, remove, render_json, render_seen, render_table, start, stop,
-    umount, CreateOptions, DockerOptions, KubeOptions, MountOptions,
+    age_secs, create, forget, image_build, list, mount, parse_backend, parse_env, parse_label,
+    parse_owner, recreate, registry_unreachable, remove, render_json, render_seen, render_table,
+    start, stop, umount, CreateOptions, DockerOptions, KubeOptions, MountOptions,
 };
 pub use compose::session_certs;
 pub use docker::{parse_cpus, parse_memory, set_publish_ip};

@@ -423,6 +423,11 @@ struct RmArgs {
     /// or a docker session's volume.
     #[arg(long)]
     purge: bool,
+    /// Only remove the registration and the state directory's files, without reaching the
+    /// backend (for a session whose cluster, engine or context is gone); what may still run
+    /// there is named and left alone.
+    #[arg(long, conflicts_with = "purge")]
+    forget: bool,
 }
 
 #[derive(Args, Debug)]
@@ -616,7 +621,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", deploy::start(&home()?, &args.id)?);
         }
         Command::Session(SessionCommand::Rm(args)) => {
-            println!("{}", deploy::remove(&home()?, &args.id, args.purge)?);
+            if args.forget {
+                println!("{}", deploy::forget(&home()?, &args.id)?);
+            } else {
+                println!("{}", deploy::remove(&home()?, &args.id, args.purge)?);
+            }
         }
         Command::Session(SessionCommand::Recreate(args)) => {
             println!(

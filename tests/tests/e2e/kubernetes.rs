@@ -885,3 +885,33 @@ fn a_removed_host_is_refused_by_a_pods_daemon() -> Result<()> {
     c.h.unmount()?;
     Ok(())
 }
+
+/// A session whose cluster is gone: `session rm` fails naming the API server and changes nothing;
+/// `session rm --forget` drops the registration and the session's files, naming what it left.
+#[test]
+fn a_session_of_a_cluster_that_is_gone_can_be_forgotten() -> Result<()> {
+    let c = Cluster::new()?;
+    let k = c.h.unique_id("kgone");
+    c.create(&k, &[])?;
+    // The cluster goes away: its API server and its node.
+    let Cluster { h, node, served } = c;
+    drop(node);
+    drop(served);
+    let out = h.run(&["session", "rm", &k])?;
+    ensure!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Kubernetes API"),
+        "{out:?}"
+    );
+    ensure!(
+        h.session_json(&k)?["state"] == "running",
+        "rm changed the record"
+    );
+    let out = h.ok(&["session", "rm", &k, "--forget"])?;
+    ensure!(
+        out.contains("forgot session") && out.contains(&format!("sessionfs-{k}")),
+        "{out}"
+    );
+    ensure!(h.session_json(&k).is_err(), "the record is still there");
+    ensure!(!h.home.join("sessions").join(&k).exists());
+    Ok(())
+}
