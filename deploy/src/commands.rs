@@ -325,14 +325,16 @@ pub const OWNER_ENV: &str = "SESSIONFSD_OWNER";
 
 /// Checks a `UID:GID` owner.
 pub fn parse_owner(s: &str) -> Result<String, String> {
-    let valid = s
-        .split_once(':')
-        .is_some_and(|(u, g)| u.parse::<u32>().is_ok() && g.parse::<u32>().is_ok());
-    if valid {
-        Ok(s.to_owned())
-    } else {
-        Err(format!("owner `{s}` is not UID:GID (numbers)"))
+    match owner_ids(s) {
+        Some(_) => Ok(s.to_owned()),
+        None => Err(format!("owner `{s}` is not UID:GID (numbers)")),
     }
+}
+
+/// The uid and gid of a `UID:GID` owner.
+pub(crate) fn owner_ids(s: &str) -> Option<(u32, u32)> {
+    let (uid, gid) = s.split_once(':')?;
+    Some((uid.parse().ok()?, gid.parse().ok()?))
 }
 
 impl Default for CreateOptions {
@@ -1440,14 +1442,9 @@ pub struct Removed {
 impl fmt::Display for Removed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "removed session {}", self.id)?;
-        // A kubernetes session's pod and claim are named with their kind already.
-        let (container, volume) = match &self.container {
-            Some(c) if c.container.starts_with("pod ") => ("", ""),
-            _ => ("container ", "volume "),
-        };
         match (&self.container, self.outcome) {
-            (Some(c), _) if c.existed => write!(f, " (removed {container}{})", c.container)?,
-            (Some(c), _) => write!(f, " ({container}{} was already gone)", c.container)?,
+            (Some(c), _) if c.existed => write!(f, " (removed {} {})", c.kind, c.container)?,
+            (Some(c), _) => write!(f, " ({} {} was already gone)", c.kind, c.container)?,
             (None, StopOutcome::NotRunning) => {}
             (None, StopOutcome::Terminated) => f.write_str(" (stopped its daemon)")?,
             (None, StopOutcome::Killed) => f.write_str(" (killed its daemon)")?,
@@ -1469,10 +1466,12 @@ impl fmt::Display for Removed {
         }
         if let Some(c) = &self.container {
             match &c.volume {
-                Some((name, true)) => write!(f, "\ndeleted {volume}{name}")?,
-                Some((name, false)) => {
-                    write!(f, "\nkept {volume}{name} (use --purge to delete it)")?
-                }
+                Some((name, true)) => write!(f, "\ndeleted {} {name}", c.volume_kind)?,
+                Some((name, false)) => write!(
+                    f,
+                    "\nkept {} {name} (use --purge to delete it)",
+                    c.volume_kind
+                )?,
                 None => {}
             }
             if let Some(dir) = &c.host_dir {
@@ -1529,10 +1528,9 @@ pub fn remove(home: &Home, id: &str, purge: bool) -> Result<Removed, CommandErro
                     (
                         StopOutcome::NotRunning,
                         Some(ContainerRemoval {
-                            container: format!(
-                                "pod sidecar of deployment {namespace}/{}",
-                                attach.deployment
-                            ),
+                            kind: "pod sidecar of deployment",
+                            container: format!("{namespace}/{}", attach.deployment),
+                            volume_kind: "",
                             existed: true,
                             volume: None,
                             host_dir: None,
@@ -1545,9 +1543,11 @@ pub fn remove(home: &Home, id: &str, purge: bool) -> Result<Removed, CommandErro
                     (
                         StopOutcome::NotRunning,
                         Some(ContainerRemoval {
-                            container: format!("pod {namespace}/{name}"),
+                            kind: "pod",
+                            container: format!("{namespace}/{name}"),
+                            volume_kind: "claim",
                             existed: removed.pod,
-                            volume: Some((format!("claim {namespace}/{name}"), removed.claim)),
+                            volume: Some((format!("{namespace}/{name}"), removed.claim)),
                             host_dir: None,
                         }),
                         None,
@@ -2454,7 +2454,9 @@ died  docker   dead     127.0.0.1:32768  sessionfs-died  exited   volume session
                 purged_workspace: None,
                 kept_workspace: None,
                 container: Some(ContainerRemoval {
+                    kind: "container",
                     container: "sessionfs-s".into(),
+                    volume_kind: "volume",
                     existed,
                     volume,
                     host_dir: host_dir.map(PathBuf::from),

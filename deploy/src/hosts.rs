@@ -254,11 +254,9 @@ pub fn add(home: &Home, name: &str, out: &Path) -> Result<String, HostError> {
     if let Err(e) = written {
         let _ = fs::remove_file(out);
         if registered {
-            let _ = registry.shared().map(|etcd| {
-                etcd.remove_host(name, |pem| {
-                    sessionfs_pki::pem_fingerprint(pem).map_err(|e| e.to_string())
-                })
-            });
+            let _ = registry
+                .shared()
+                .map(|etcd| etcd.remove_host(name, ca_fingerprint));
         }
         return Err(e);
     }
@@ -444,9 +442,7 @@ pub fn render_hosts(hosts: &[HostStatus]) -> String {
 /// `unreachable`), never silently dropped.
 pub fn remove(home: &Home, name: &str) -> Result<String, HostError> {
     let (registry, _) = shared_registry(home)?;
-    let (_, revocation) = registry.shared()?.remove_host(name, |pem| {
-        sessionfs_pki::pem_fingerprint(pem).map_err(|e| e.to_string())
-    })?;
+    let (_, revocation) = registry.shared()?.remove_host(name, ca_fingerprint)?;
     let orphans = registry
         .list()?
         .iter()
@@ -459,6 +455,11 @@ pub fn remove(home: &Home, name: &str) -> Result<String, HostError> {
          `sessionfs session rm` there or moved",
         revocation.fingerprint
     ))
+}
+
+/// The fingerprint a host CA is revoked by.
+fn ca_fingerprint(pem: &str) -> Result<String, String> {
+    sessionfs_pki::pem_fingerprint(pem).map_err(|e| e.to_string())
 }
 
 /// What a host's serving process (`sessionfs mount`, `sessionfs host serve`) does while it runs,

@@ -353,7 +353,7 @@ impl Target {
             }
             Target::Kubernetes { opts: pod, .. } => {
                 r.backend = Backend::Kubernetes;
-                if let Ok(spec) = serde_json::to_string(pod) {
+                if let Ok(spec) = k8s::spec_label(pod) {
                     r.labels.insert(k8s::RECORD_SPEC.to_owned(), spec);
                 }
                 r.labels
@@ -363,12 +363,6 @@ impl Target {
             }
         }
     }
-}
-
-/// A `UID:GID` owner label.
-fn parse_owner(owner: &str) -> Option<(u32, u32)> {
-    let (uid, gid) = owner.split_once(':')?;
-    Some((uid.parse().ok()?, gid.parse().ok()?))
 }
 
 /// Empties `dir` (it was empty before the copy).
@@ -670,7 +664,11 @@ impl Migration<'_> {
             // Out of a container, the workspace owner's files become the migrating user's (as
             // `--map-owner` shows them), not those of whatever host account has that uid.
             if self.opts.to == Backend::Local && record.backend != Backend::Local {
-                if let Some(owner) = record.labels.get(OWNER_LABEL).and_then(|o| parse_owner(o)) {
+                if let Some(owner) = record
+                    .labels
+                    .get(OWNER_LABEL)
+                    .and_then(|o| crate::commands::owner_ids(o))
+                {
                     let me = (
                         rustix::process::geteuid().as_raw(),
                         rustix::process::getegid().as_raw(),

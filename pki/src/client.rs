@@ -149,11 +149,9 @@ pub async fn connect_as(
 
 /// The pin of the certificate the peer of `conn` presented, if it presented one.
 pub fn peer_fingerprint(conn: &quinn::Connection) -> Option<String> {
-    let chain = conn
-        .peer_identity()?
-        .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
-        .ok()?;
-    chain.first().map(|c| crate::fingerprint(c.as_ref()))
+    crate::peer_chain(conn)?
+        .first()
+        .map(|c| crate::fingerprint(c.as_ref()))
 }
 
 /// Sends one request on a new stream and waits for its reply.

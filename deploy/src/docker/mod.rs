@@ -359,8 +359,12 @@ pub enum ContainerStop {
 /// What [`Engine::remove`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerRemoval {
+    /// What the runtime is, in words: `container` here (`pod` for a kubernetes session).
+    pub kind: &'static str,
     /// The container's name.
     pub container: String,
+    /// What the volume is, in words: `volume` here (`claim` for a kubernetes session).
+    pub volume_kind: &'static str,
     /// Whether it existed (and was removed).
     pub existed: bool,
     /// The named volume and whether it was deleted (`--purge`), if the session had one.
@@ -1192,7 +1196,9 @@ impl Engine {
             .or_else(|| record.workspace.clone());
         info!(session = %record.id, container = %container, existed, "removed container");
         Ok(ContainerRemoval {
+            kind: "container",
             container,
+            volume_kind: "volume",
             existed,
             volume,
             host_dir,

@@ -693,17 +693,10 @@ impl Cluster {
     /// Deletes session `id`'s pod and waits until it is gone; whether there was one.
     pub fn delete_pod(&self, id: &SessionId) -> Result<bool, KubeError> {
         let name = object_name(id);
-        let action = format!("delete pod {}/{name}", self.namespace);
-        let existed = match self.call(
-            &action,
-            self.api::<Pod>().delete(&name, &DeleteParams::default()),
-        )? {
-            Ok(_) => true,
-            Err(e) if is_status(&e, 404) => false,
-            Err(e) => return Err(api_error(action)(e)),
-        };
+        // Only the session's own pod is deleted, and only it is waited for.
+        let existed = self.delete_named::<Pod>("pod", id)?;
         let started = Instant::now();
-        while self.pod(id)?.is_some() {
+        while existed && self.pod(id)?.is_some() {
             if started.elapsed() >= GONE_TIMEOUT {
                 return Err(KubeError::NotGone {
                     namespace: self.namespace.clone(),

@@ -52,11 +52,16 @@ struct Ctr {
 }
 
 impl Running {
-    /// Removes every container, those joined to the first one's network first.
+    /// Removes every container.
     fn remove(&self) {
-        for c in self.containers.iter().rev() {
-            let _ = docker(&["rm", "-f", &c.docker]);
-        }
+        remove_containers(&self.containers);
+    }
+}
+
+/// Removes a pod's containers, those joined to the first one's network first.
+fn remove_containers(containers: &[Ctr]) {
+    for c in containers.iter().rev() {
+        let _ = docker(&["rm", "-f", &c.docker]);
     }
 }
 
@@ -747,9 +752,7 @@ fn start_pod(
         Ok(())
     })();
     if let Err(e) = result {
-        for c in made.iter().rev() {
-            let _ = docker(&["rm", "-f", &c.docker]);
-        }
+        remove_containers(&made);
         return Err(e);
     }
     let statuses: Vec<Value> = specs

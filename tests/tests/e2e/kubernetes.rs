@@ -915,3 +915,46 @@ fn a_session_of_a_cluster_that_is_gone_can_be_forgotten() -> Result<()> {
     ensure!(!h.home.join("sessions").join(&k).exists());
     Ok(())
 }
+
+/// Two installations share a namespace: a session id the other one uses is refused here, since
+/// its objects carry the other installation's label, and the other one's session is left as it
+/// was (its Secret still holds its certificates, its pod still serves).
+#[test]
+fn another_installations_session_of_the_same_id_is_left_alone() -> Result<()> {
+    let mut c = Cluster::new()?;
+    let k = c.h.unique_id("kshared");
+    c.create(&k, &[])?;
+    let name = format!("sessionfs-{k}");
+    let secret = c.object("secrets", &name).context("no secret")?;
+    let pod = c.object("pods", &name).context("no pod")?;
+    let mut other = Harness::new()?;
+    other.env = c.h.env.clone();
+    let image = docker_image()?;
+    let out = other.run(&[
+        "session",
+        "create",
+        &k,
+        "--backend",
+        "kubernetes",
+        "--image",
+        image,
+    ])?;
+    ensure!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("already exists and is not session"),
+        "{out:?}"
+    );
+    ensure!(
+        other.session_json(&k).is_err(),
+        "the other installation kept a record"
+    );
+    let after = c.object("secrets", &name).context("the secret went")?;
+    ensure!(after["data"] == secret["data"], "the secret was replaced");
+    let pod_after = c.object("pods", &name).context("the pod went")?;
+    ensure!(pod_after["metadata"]["uid"] == pod["metadata"]["uid"]);
+    c.h.mount()?;
+    fs::write(c.h.path(&k, "still-mine"), b"yes")?;
+    ensure!(fs::read(c.h.path(&k, "still-mine"))? == b"yes");
+    c.h.unmount()?;
+    Ok(())
+}
