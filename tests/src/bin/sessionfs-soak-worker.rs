@@ -153,29 +153,34 @@ fn main() -> Result<()> {
                 fs::remove_file(mount.join(&rel)).map_err(|e| format!("unlink {rel}: {e}"))
             }
             // List the directory: every file this worker holds there is listed.
-            _ => match fs::read_dir(&dir) {
-                Ok(entries) => {
-                    let names: Vec<String> = entries
-                        .filter_map(|e| e.ok())
-                        .map(|e| format!("{dir_rel}/{}", e.file_name().to_string_lossy()))
-                        .collect();
-                    for rel in &mine {
-                        if !names.contains(rel) {
-                            // Whether the name is missing from the listing only, or gone.
-                            let looked_up = match fs::symlink_metadata(mount.join(rel)) {
-                                Ok(m) => format!("a lookup finds it ({} bytes)", m.len()),
-                                Err(e) => format!("a lookup says {e}"),
-                            };
-                            report.unexpected.push(format!(
+            _ => {
+                match fs::read_dir(&dir).and_then(|entries| entries.collect::<Result<Vec<_>, _>>())
+                {
+                    // A listing that failed part way (a session stopped underneath: ENOTCONN) is an
+                    // error like any other, not a listing without names.
+                    Ok(entries) => {
+                        let names: Vec<String> = entries
+                            .iter()
+                            .map(|e| format!("{dir_rel}/{}", e.file_name().to_string_lossy()))
+                            .collect();
+                        for rel in &mine {
+                            if !names.contains(rel) {
+                                // Whether the name is missing from the listing only, or gone.
+                                let looked_up = match fs::symlink_metadata(mount.join(rel)) {
+                                    Ok(m) => format!("a lookup finds it ({} bytes)", m.len()),
+                                    Err(e) => format!("a lookup says {e}"),
+                                };
+                                report.unexpected.push(format!(
                                 "list {dir_rel}: {rel} is missing ({} names listed; {looked_up})",
                                 names.len()
                             ));
+                            }
                         }
+                        Ok(())
                     }
-                    Ok(())
+                    Err(e) => Err(format!("list {dir_rel}: {e}")),
                 }
-                Err(e) => Err(format!("list {dir_rel}: {e}")),
-            },
+            }
         };
         if let Err(e) = outcome {
             if churn {
